@@ -4,10 +4,9 @@ import json
 
 import pytest
 import torch
+from fixtures import SCNET_FIXTURES
 
 from freestems.models.scnet import SCNet, band_splits
-
-from fixtures import SCNET_FIXTURES
 
 
 def small_config() -> dict:

@@ -1,0 +1,400 @@
+"""Streaming writers for stems: wav (16/24-bit PCM, 32-bit float), flac (16/24-bit), mp3 (CBR, lameenc).
+
+Every writer writes to a hidden temp file next to the destination (``.<name>.part``) and renames it into
+place on :meth:`StemWriter.close`, so a half-written file never sits at the destination; :meth:`abort` (or
+an exception inside ``with``) removes the temp file.
+
+Sample conversion: float samples are clipped to [-1, 1] and rounded to the nearest integer at full scale
+2**(bits-1) (the inverse of the decoder's division, so integer samples survive a round trip exactly);
+NaN becomes 0. 32-bit float WAV keeps the samples unclipped (only NaN/inf are cleaned).
+
+Exact length: a decoded stem has exactly as many samples as were written, for every format. For MP3 the
+writer adds a Xing "Info" + LAME tag with the encoder delay and padding (see :mod:`.mp3tag`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from .. import SAMPLE_RATE
+from . import mp3tag
+from .errors import AudioEncodeError
+from .formats import FORMATS, MP3_BITRATES
+
+log = logging.getLogger(__name__)
+
+MP3_QUALITY = 3
+"""LAME's algorithm quality (0 best .. 9 fastest); 3 is LAME's default. 2 costs ~1.8x the time."""
+
+_ENCODE_BLOCK = SAMPLE_RATE * 10  # block size used by the one-shot :func:`encode`
+_WAV_MAX_DATA = 0xFFFFFFFF - 100  # RIFF sizes are 32-bit
+
+
+class StemWriter:
+    """Writes one stereo float32 track incrementally. Use :func:`open_writer` to create one.
+
+    ``write(block)`` takes (2, n) float arrays; ``close()`` finalises and moves the file into place;
+    ``abort()`` removes everything. As a context manager it closes on success and aborts on exception.
+    """
+
+    fmt: str = ""
+
+    def __init__(self, path: str | Path, sample_rate: int) -> None:
+        self.path = Path(path)
+        self.sample_rate = sample_rate
+        self.samples_written = 0
+        self.temp_path = self.path.with_name(f".{self.path.name}.part")
+        self._closed = False
+
+    # -- public API --
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def write(self, block: np.ndarray) -> None:
+        """Append ``block`` ((2, n) float32 at the writer's sample rate; other float dtypes are converted)."""
+        if self._closed:
+            raise AudioEncodeError(f"{self.path.name}: cannot write, the writer is already closed")
+        block = self._check_block(block)
+        if block.shape[1] == 0:
+            return
+        try:
+            self._write(block)
+        except Exception as exc:
+            self.abort()
+            raise self._error("cannot write", exc) from exc
+        self.samples_written += block.shape[1]
+
+    def close(self) -> Path:
+        """Finalise the file and move it to :attr:`path`; returns the path. Closing twice is a no-op."""
+        if self._closed:
+            return self.path
+        try:
+            self._finish()
+            os.replace(self.temp_path, self.path)
+        except Exception as exc:
+            self.abort()
+            raise self._error("cannot finish writing", exc) from exc
+        self._closed = True
+        return self.path
+
+    def abort(self) -> None:
+        """Stop writing and remove the temp file; the destination is left untouched."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._discard()
+        except Exception:  # best effort: the encoder state is being thrown away anyway
+            log.debug("error while discarding %s", self.temp_path, exc_info=True)
+        self.temp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> StemWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:  # a writer dropped without close() leaves no temp file behind
+        if not getattr(self, "_closed", True):
+            self.abort()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {self.fmt} {str(self.path)!r} {self.samples_written} samples {state}>"
+
+    # -- for subclasses --
+
+    def _write(self, block: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        raise NotImplementedError
+
+    def _discard(self) -> None:
+        raise NotImplementedError
+
+    # -- helpers --
+
+    def _check_block(self, block: np.ndarray) -> np.ndarray:
+        block = np.asarray(block)
+        if block.ndim != 2 or block.shape[0] != 2:
+            raise AudioEncodeError(
+                f"{self.path.name}: expected a (2, samples) stereo array, got shape {tuple(block.shape)}"
+            )
+        if not np.issubdtype(block.dtype, np.floating):
+            raise AudioEncodeError(f"{self.path.name}: expected float samples in [-1, 1], got {block.dtype}")
+        return block.astype(np.float32, copy=False)
+
+    def _error(self, what: str, exc: BaseException) -> AudioEncodeError:
+        if isinstance(exc, AudioEncodeError):
+            return exc
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        return AudioEncodeError(f"{self.path.name}: {what} ({reason.splitlines()[0]})")
+
+
+def _to_int(block: np.ndarray, bits: int) -> np.ndarray:
+    """(2, n) float -> (n, 2) int, clipped to [-1, 1] and rounded at full scale 2**(bits-1); NaN -> 0.
+
+    float32 arithmetic is exact here: scaling by a power of two and rounding lose nothing up to 24 bits.
+    """
+    scale = float(1 << (bits - 1))
+    x = np.empty((block.shape[1], 2), np.float32)
+    np.multiply(block.T, np.float32(scale), out=x)  # transpose to interleaved and scale in one pass
+    np.nan_to_num(x, copy=False, nan=0.0)
+    np.clip(x, -scale, scale - 1, out=x)
+    np.rint(x, out=x)
+    return x.astype(np.int16 if bits == 16 else np.int32)
+
+
+class _WavWriter(StemWriter):
+    """RIFF/WAVE: 16-bit PCM (format 1), 24-bit PCM (WAVE_FORMAT_EXTENSIBLE, as FFmpeg writes it) or
+    32-bit IEEE float (format 3 with a fact chunk). Sizes are patched into the header on close."""
+
+    fmt = "wav"
+    _PCM_GUID = bytes.fromhex("0100000000001000800000aa00389b71")
+
+    def __init__(self, path: Path, sample_rate: int, bit_depth: int) -> None:
+        super().__init__(path, sample_rate)
+        self.bit_depth = bit_depth
+        self._file: BinaryIO | None = open(self.temp_path, "wb")  # noqa: SIM115 - closed in _finish/_discard
+        self._data_bytes = 0
+        self._file.write(self._header())
+
+    def _header(self) -> bytes:
+        channels, bits = 2, self.bit_depth
+        block_align = channels * bits // 8
+        common = struct.pack(
+            "<HIIHH", channels, self.sample_rate, self.sample_rate * block_align, block_align, bits
+        )
+        frames = self._data_bytes // block_align
+        if bits == 32:  # IEEE float
+            fmt = struct.pack("<4sIH", b"fmt ", 18, 3) + common + struct.pack("<H", 0)
+            fmt += struct.pack("<4sII", b"fact", 4, frames)
+        elif bits == 24:  # WAVE_FORMAT_EXTENSIBLE, front left + front right
+            ext = struct.pack("<HHI", 22, bits, 0x3) + self._PCM_GUID
+            fmt = struct.pack("<4sIH", b"fmt ", 40, 0xFFFE) + common + ext
+        else:
+            fmt = struct.pack("<4sIH", b"fmt ", 16, 1) + common
+        body = b"WAVE" + fmt + struct.pack("<4sI", b"data", self._data_bytes)
+        return struct.pack("<4sI", b"RIFF", len(body) + self._data_bytes) + body
+
+    def _write(self, block: np.ndarray) -> None:
+        if self.bit_depth == 32:
+            x = np.nan_to_num(np.ascontiguousarray(block.T), nan=0.0, posinf=1.0, neginf=-1.0, copy=False)
+            data = x.astype("<f4", copy=False).tobytes()
+        elif self.bit_depth == 24:
+            q = _to_int(block, 24).astype("<i4")
+            data = q.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+        else:
+            data = _to_int(block, 16).astype("<i2").tobytes()
+        if self._data_bytes + len(data) > _WAV_MAX_DATA:
+            raise AudioEncodeError(
+                f"{self.path.name}: too long for a WAV file (4 GB limit); use flac or a lower bit depth"
+            )
+        assert self._file is not None
+        self._file.write(data)
+        self._data_bytes += len(data)
+
+    def _finish(self) -> None:
+        assert self._file is not None
+        self._file.seek(0)
+        self._file.write(self._header())
+        self._file.close()
+        self._file = None
+
+    def _discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class _FlacWriter(StemWriter):
+    """FLAC through PyAV/FFmpeg: s16 samples for 16-bit, s32 (top 24 bits used) for 24-bit."""
+
+    fmt = "flac"
+
+    def __init__(self, path: Path, sample_rate: int, bit_depth: int) -> None:
+        import av
+
+        super().__init__(path, sample_rate)
+        self.bit_depth = bit_depth
+        self._sample_fmt = "s16" if bit_depth == 16 else "s32"
+        self._container = av.open(str(self.temp_path), "w", format="flac")
+        try:
+            self._stream = self._container.add_stream("flac", rate=sample_rate, layout="stereo")
+            self._stream.codec_context.format = self._sample_fmt
+            if bit_depth == 24:
+                self._stream.codec_context.options = {"bits_per_raw_sample": "24"}
+        except Exception:
+            self._container.close()
+            self.temp_path.unlink(missing_ok=True)
+            raise
+        self._pts = 0
+
+    def _write(self, block: np.ndarray) -> None:
+        import av
+
+        # FFmpeg takes 24-bit samples in the top bits of s32
+        data = _to_int(block, 16) if self.bit_depth == 16 else _to_int(block, 24) << 8
+        frame = av.AudioFrame.from_ndarray(data.reshape(1, -1), format=self._sample_fmt, layout="stereo")
+        frame.sample_rate = self.sample_rate
+        frame.pts, frame.time_base = self._pts, Fraction(1, self.sample_rate)
+        self._pts += block.shape[1]
+        self._container.mux(self._stream.encode(frame))
+
+    def _finish(self) -> None:
+        self._container.mux(self._stream.encode(None))
+        self._container.close()
+
+    def _discard(self) -> None:
+        self._container.close()
+
+
+class _Mp3Writer(StemWriter):
+    """Constant-bitrate MP3 with lameenc, plus a Xing/Info + LAME tag frame for gapless, exact-length
+    decoding. The tag frame's space is reserved at the start and filled in on close."""
+
+    fmt = "mp3"
+
+    def __init__(self, path: Path, sample_rate: int, bitrate: int) -> None:
+        import lameenc
+
+        super().__init__(path, sample_rate)
+        self.bitrate = bitrate
+        encoder = lameenc.Encoder()
+        encoder.set_bit_rate(bitrate)
+        encoder.set_in_sample_rate(sample_rate)
+        encoder.set_out_sample_rate(sample_rate)
+        encoder.set_channels(2)
+        encoder.set_quality(MP3_QUALITY)
+        encoder.silence()
+        self._encoder = encoder
+        self._frames = mp3tag.FrameCounter()
+        self._tag_size = 144000 * bitrate // sample_rate
+        self._file: BinaryIO | None = open(self.temp_path, "wb")  # noqa: SIM115 - closed in _finish/_discard
+        self._file.write(bytes(self._tag_size))
+
+    def _put(self, data: bytes) -> None:
+        if data:
+            self._frames.feed(data)
+            assert self._file is not None
+            self._file.write(data)
+
+    def _write(self, block: np.ndarray) -> None:
+        pcm = _to_int(block, 16).astype("<i2", copy=False)
+        self._put(bytes(self._encoder.encode(pcm.tobytes())))  # lameenc releases the GIL while encoding
+
+    def _finish(self) -> None:
+        assert self._file is not None
+        if self.samples_written:  # lameenc refuses to flush an encoder that never encoded
+            self._put(bytes(self._encoder.flush()))
+        frames = self._frames
+        if frames.frames and frames.first_header is not None:
+            padding = frames.frames * mp3tag.SAMPLES_PER_FRAME - mp3tag.ENCODER_DELAY - self.samples_written
+            if not 0 <= padding < 4096:  # cannot happen with LAME 3.100; keep a playable file if it does
+                log.warning(
+                    "%s: unexpected MP3 padding %d; length will not be exact", self.path.name, padding
+                )
+                padding = min(max(padding, 0), 4095)
+            tag = mp3tag.info_frame(
+                bitrate_kbps=self.bitrate,
+                sample_rate=self.sample_rate,
+                channel_mode=frames.first_header[3] >> 6,
+                frames=frames.frames,
+                stream_bytes=self._tag_size + frames.bytes,
+                encoder_delay=mp3tag.ENCODER_DELAY,
+                padding=padding,
+                music_crc=frames.crc,
+            )
+            self._file.seek(0)
+            self._file.write(tag)
+        else:  # no samples: an empty file (there is no MP3 frame for "nothing")
+            self._file.truncate(0)
+        self._file.close()
+        self._file = None
+
+    def _discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _check_options(path: Path, fmt: str, bitrate: int, bit_depth: int, sample_rate: int) -> str:
+    name = path.name or str(path)
+    key = fmt.lower().lstrip(".") if isinstance(fmt, str) else fmt
+    info = FORMATS.get(key) if isinstance(key, str) else None
+    if info is None:
+        raise AudioEncodeError(
+            f"{name}: unsupported output format {fmt!r}; choose one of: {', '.join(FORMATS)}"
+        )
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise AudioEncodeError(f"{name}: invalid sample rate {sample_rate!r}")
+    if info.sample_rates is not None and sample_rate not in info.sample_rates:
+        rates = ", ".join(str(r) for r in info.sample_rates)
+        raise AudioEncodeError(f"{name}: {key} cannot be written at {sample_rate} Hz; use one of: {rates}")
+    if info.bitrates and bitrate not in info.bitrates:
+        rates = ", ".join(str(b) for b in MP3_BITRATES)
+        raise AudioEncodeError(f"{name}: invalid {key} bitrate {bitrate!r} kbps; choose one of: {rates}")
+    if info.bit_depths and bit_depth not in info.bit_depths:
+        depths = ", ".join(str(b) for b in info.bit_depths)
+        extra = " (32 = float)" if key == "wav" else ""
+        raise AudioEncodeError(
+            f"{name}: invalid {key} bit depth {bit_depth!r}; choose one of: {depths}{extra}"
+        )
+    if not path.parent.is_dir():
+        raise AudioEncodeError(f"{name}: output folder {str(path.parent)!r} does not exist")
+    return key
+
+
+def open_writer(
+    path: str | Path,
+    fmt: str,
+    *,
+    bitrate: int = 192,
+    bit_depth: int = 16,
+    sample_rate: int = SAMPLE_RATE,
+) -> StemWriter:
+    """Open a streaming writer for a stereo track.
+
+    fmt: "wav" (bit_depth 16, 24 or 32 = float), "flac" (bit_depth 16 or 24) or "mp3" (constant
+    ``bitrate`` in kbit/s: 128, 160, 192, 224, 256 or 320; other values are rejected, not rounded;
+    sample_rate 32000, 44100 or 48000). Options that do not apply to ``fmt`` are ignored.
+    Raises AudioEncodeError for an unknown format, invalid option, missing folder or unwritable file.
+    """
+    path = Path(path)
+    key = _check_options(path, fmt, bitrate, bit_depth, sample_rate)
+    try:
+        if key == "wav":
+            return _WavWriter(path, sample_rate, bit_depth)
+        if key == "flac":
+            return _FlacWriter(path, sample_rate, bit_depth)
+        return _Mp3Writer(path, sample_rate, bitrate)
+    except AudioEncodeError:
+        raise
+    except Exception as exc:
+        Path(path.with_name(f".{path.name}.part")).unlink(missing_ok=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise AudioEncodeError(f"{path.name}: cannot create the file ({reason})") from exc
+
+
+def encode(audio: np.ndarray, path: str | Path, fmt: str, **kw: int) -> Path:
+    """Write a whole (2, n) float32 track to ``path`` in ``fmt`` (options as :func:`open_writer`)."""
+    audio = np.asarray(audio)
+    with open_writer(path, fmt, **kw) as writer:
+        if audio.ndim != 2 or audio.shape[0] != 2:
+            writer.write(audio)  # raises the shape error
+        for start in range(0, audio.shape[1], _ENCODE_BLOCK):
+            writer.write(audio[:, start : start + _ENCODE_BLOCK])
+    return writer.path

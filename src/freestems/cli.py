@@ -1,0 +1,234 @@
+"""The ``freestems`` command: ``separate``, ``models`` and ``--version``.
+
+A thin shell: it parses arguments, calls :mod:`freestems.pipeline`, and turns our errors into one line on
+stderr and a non-zero exit code. No traceback reaches the user for an expected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from freestems import __version__
+
+AUDIO_SUFFIXES = {
+    ".mp3", ".wav", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4", ".webm", ".aiff", ".aif",
+    ".wma", ".mka", ".mkv", ".mov",
+}  # fmt: skip
+MP3_BITRATES = (128, 160, 192, 224, 256, 320)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("freestems: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="freestems", description="Free, unlimited music stem separation.")
+    parser.add_argument("--version", action="version", version=f"freestems {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    separate = commands.add_parser(
+        "separate",
+        help="split songs into stems",
+        description="Split songs into stems: DIR/<model>/<track>/<stem>.<ext>.",
+    )
+    separate.add_argument("inputs", nargs="+", metavar="INPUT", help="audio/video files or folders of them")
+    separate.add_argument("-o", "--out", default="separated", metavar="DIR", help="output folder (separated)")
+    add_model_arguments(separate)
+    separate.add_argument("--two-stems", metavar="STEM", help="only STEM and no_STEM (e.g. vocals: karaoke)")
+    separate.add_argument("--shifts", type=int, default=1, help="passes with random offsets, averaged (1)")
+    separate.add_argument("--overlap", type=float, default=0.25, help="chunk overlap in [0, 0.9) (0.25)")
+    separate.add_argument("--format", choices=("wav", "flac", "mp3"), default="wav", help="stem format (wav)")
+    separate.add_argument("--bitrate", type=int, default=320, choices=MP3_BITRATES, help="MP3 kbps (320)")
+    separate.add_argument(
+        "--bit-depth", type=int, default=16, choices=(16, 24, 32), help="wav/flac bits (16)"
+    )
+    separate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="(auto)")
+    separate.add_argument("--batch-size", type=int, default=2, help="chunks per forward pass (2)")
+    separate.add_argument(
+        "--segment", type=float, help="chunk length in seconds (the model's training length)"
+    )
+    separate.add_argument("--consistency", action="store_true", help="make the stems sum exactly to the mix")
+    separate.add_argument("--zip", action="store_true", help="also pack each track's stems into <track>.zip")
+    separate.add_argument("--seed", type=int, default=0, help="seed of the --shifts offsets (0)")
+    separate.set_defaults(run=run_separate)
+
+    models = commands.add_parser("models", help="list the available models")
+    models.add_argument(
+        "--cache-dir", type=Path, help="weights cache (FREESTEMS_CACHE or ~/.cache/freestems)"
+    )
+    models.set_defaults(run=run_models)
+    return parser
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model choice, shared by every command that runs a model."""
+    parser.add_argument("-m", "--model", help="catalog model name (see `freestems models`)")
+    parser.add_argument("--model-file", type=Path, metavar="F", help="a checkpoint file instead of -m")
+    parser.add_argument("--model-config", type=Path, metavar="C", help="its MSST YAML (or JSON) config")
+    parser.add_argument(
+        "--cache-dir", type=Path, help="weights cache (FREESTEMS_CACHE or ~/.cache/freestems)"
+    )
+    parser.add_argument(
+        "--spec-norm",
+        action=argparse.BooleanOptionalAction,
+        help="override the spectrogram normalisation flag",
+    )
+    parser.add_argument(
+        "--normalize", action=argparse.BooleanOptionalAction, help="override whole-track normalisation"
+    )
+
+
+def load_model_from_args(args: argparse.Namespace):
+    from freestems.models import load_model
+
+    if args.model and args.model_file:
+        raise UsageError("give either -m/--model or --model-file, not both")
+    if args.model_config and not args.model_file:
+        raise UsageError("--model-config needs --model-file")
+    return load_model(
+        args.model,
+        model_file=args.model_file,
+        model_config=args.model_config,
+        spec_norm=args.spec_norm,
+        normalize=args.normalize,
+        cache_dir=args.cache_dir,
+    )
+
+
+class UsageError(Exception):
+    """Arguments that do not fit together."""
+
+
+def find_inputs(paths: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Expand folders (recursively, audio suffixes only, sorted); report paths that do not exist."""
+    found, missing = [], []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            missing.append(f"{name}: no such file or folder")
+    return found, missing
+
+
+def run_separate(args: argparse.Namespace) -> int:
+    from freestems.audio import AudioError
+    from freestems.models import ModelError
+    from freestems.pipeline import OutputFormat, separate_file, zip_stems
+    from freestems.separate import SeparationError, output_names, resolve_device
+
+    errors: list[str] = []
+    try:
+        inputs, errors = find_inputs(args.inputs)
+        if args.format == "flac" and args.bit_depth == 32:
+            raise UsageError("FLAC supports --bit-depth 16 or 24")
+        device = resolve_device(args.device)
+        model = load_model_from_args(args)
+        output_names(model.sources, args.two_stems)
+    except (UsageError, ModelError, SeparationError) as error:
+        return fail(error)
+    if not inputs:
+        return fail("no audio files found in " + ", ".join(args.inputs))
+
+    output = OutputFormat(args.format, args.bitrate, args.bit_depth)
+    options = dict(
+        overlap=args.overlap,
+        shifts=args.shifts,
+        two_stems=args.two_stems,
+        consistency=args.consistency,
+        segment=round(args.segment * 44100) if args.segment else None,
+        batch_size=args.batch_size,
+        device=device,
+        seed=args.seed,
+    )
+    done = 0
+    for path in inputs:
+        destination = Path(args.out) / model.name / path.stem
+        try:
+            with progress_bar(path.name) as update:
+                result = separate_file(path, destination, model, output=output, progress=update, **options)
+            if args.zip:
+                zip_stems(result.stems, destination.with_suffix(".zip"))
+            done += 1
+            print(f"{path.name}: {len(result.stems)} stems in {destination}", file=sys.stderr)
+        except (AudioError, SeparationError) as error:
+            errors.append(str(error))
+            print(f"freestems: {error}", file=sys.stderr)
+            _remove_if_empty(destination)
+    if errors:
+        print(f"freestems: {done} separated, {len(errors)} failed:", file=sys.stderr)
+        for line in errors:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from freestems.models import CATALOG, DEFAULT_MODEL
+    from freestems.models.download import cached_file
+
+    rows = [("name", "SDR", "bass/drums/vocals/other", "cost", "size", "cached", "title")]
+    for name, info in CATALOG.items():
+        sdr = info.sdr
+        detail = "/".join(f"{sdr[s]:.2f}" for s in ("bass", "drums", "vocals", "other"))
+        size = f"{info.size / 1e6:.0f} MB" if info.size else "?"
+        cached = "yes" if cached_file(info, args.cache_dir) else "no"
+        marker = " (default)" if name == DEFAULT_MODEL else ""
+        rows.append(
+            (
+                name,
+                f"{sdr['avg']:.2f}",
+                detail,
+                f"{info.relative_cost:.1f}x",
+                size,
+                cached,
+                info.title + marker,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print("\nSDR: MUSDB18-HQ test set, as published. cost: compute relative to the default model (estimate).")
+    return 0
+
+
+def fail(error: Exception | str) -> int:
+    print(f"freestems: {error}", file=sys.stderr)
+    return 1
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[float], None]]:
+    """A tqdm bar on stderr fed with fractions; silent when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    with tqdm(total=100, desc=label, unit="%", file=sys.stderr, disable=None, leave=False) as shown:
+
+        def update(fraction: float) -> None:
+            shown.update(round(fraction * 100) - shown.n)
+
+        yield update
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with suppress(OSError):
+        folder.rmdir()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

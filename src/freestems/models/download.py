@@ -1,0 +1,279 @@
+"""Download checkpoints into the weights cache, with integrity checks and no half files.
+
+The cache is a flat folder (``FREESTEMS_CACHE``, else ``$XDG_CACHE_HOME/freestems``, else
+``~/.cache/freestems``) holding each catalog file under its release file name, so a file fetched by hand can
+simply be copied there. :func:`download` streams into a private temp file beside the destination
+(``<name>.part-<random>``), resumes with HTTP ``Range`` requests if the connection drops mid-way, checks size
+and sha256, optionally validates the content, and only then renames it into place: the destination is either
+absent or complete. The temp file is removed on every failure, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm import tqdm
+
+from freestems.models.catalog import ModelInfo
+from freestems.models.errors import CheckpointError, ModelNotAvailable
+
+CHUNK = 1 << 20
+"""Read size while streaming (1 MiB)."""
+
+
+def default_cache_dir() -> Path:
+    """The weights cache folder.
+
+    ``FREESTEMS_CACHE``, else ``$XDG_CACHE_HOME/freestems``, else ``~/.cache/freestems``. An explicit
+    ``cache_dir`` argument (from the ``Settings`` object or ``--cache-dir``) always wins.
+    """
+    configured = os.environ.get("FREESTEMS_CACHE")
+    if configured:
+        return Path(configured).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "freestems"
+
+
+def cache_path(info: ModelInfo, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the weights of ``info`` live in the cache (whether or not they are there)."""
+    return Path(cache_dir or default_cache_dir()).expanduser() / info.filename
+
+
+def cached_file(info: ModelInfo, cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """The cached weights of ``info`` if present (and of the catalog size, when the size is known)."""
+    path = cache_path(info, cache_dir)
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    if not path.is_file() or stat.st_size == 0 or (info.size is not None and stat.st_size != info.size):
+        return None
+    return path
+
+
+def ensure_weights(
+    info: ModelInfo, cache_dir: str | os.PathLike | None = None, progress: bool = True
+) -> Path:
+    """The cached weights of ``info``, downloading them first if missing.
+
+    A fresh download must pass the catalog size and sha256 (when known) and load as a checkpoint whose
+    weights fit ``info.config`` before it is moved into the cache, so a wrong or broken file never sits
+    there looking valid.
+    """
+    path = cached_file(info, cache_dir)
+    if path is not None:
+        return path
+    from freestems.models.loading import ModelSpec, verify_checkpoint
+
+    spec = ModelSpec.from_info(info)
+
+    def validate(candidate: Path) -> None:
+        try:
+            verify_checkpoint(candidate, spec)
+        except CheckpointError as error:
+            raise CheckpointError(
+                f"the file downloaded from {info.url} is not usable as model {info.name} and was discarded: "
+                f"{str(error).replace(str(candidate), 'the file')}"
+            ) from None
+
+    return download(
+        info.url,
+        cache_path(info, cache_dir),
+        sha256=info.sha256,
+        size=info.size,
+        progress=progress,
+        validate=validate,
+    )
+
+
+def download(
+    url: str,
+    dest: str | os.PathLike,
+    *,
+    sha256: str | None = None,
+    size: int | None = None,
+    progress: bool = True,
+    timeout: float = 30,
+    retries: int = 3,
+    validate: Callable[[Path], None] | None = None,
+) -> Path:
+    """Download ``url`` to ``dest`` atomically and return ``dest``.
+
+    Args:
+        sha256: expected hex digest (checked when given).
+        size: expected byte count (else the server's Content-Length, when sent, is checked).
+        progress: show a progress bar on stderr.
+        timeout: seconds without progress on the socket before giving up on a connection.
+        retries: how many times a connection that drops mid-way is resumed (HTTP Range) before failing.
+        validate: called with the complete temp file before it is moved into place; whatever it raises
+            propagates (the temp file is removed).
+
+    Raises:
+        ModelNotAvailable: offline, HTTP error, size or checksum mismatch, cannot write the cache; the
+            message names the URL and where to put the file by hand.
+    """
+    dest = Path(dest)
+
+    def failed(reason: str) -> ModelNotAvailable:
+        return ModelNotAvailable(
+            f"could not download {url}: {reason}; "
+            f"to install it by hand, download that URL and save it as {dest}"
+        )
+
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(prefix=dest.name + ".part-", dir=dest.parent)
+    except OSError as error:
+        raise failed(f"cannot write to the cache folder {dest.parent} ({error.strerror or error})") from None
+    temp = Path(temp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, _bar(dest.name, size, progress) as bar:
+            digest, received, total = _fetch(url, out, bar, size, timeout, retries, failed)
+            out.flush()
+            os.fsync(out.fileno())
+        if total is not None and received != total:
+            raise failed(f"size mismatch: expected {total} bytes, got {received} (truncated download)")
+        if sha256 is not None and digest != sha256.lower():
+            raise failed(f"checksum mismatch: expected sha256 {sha256.lower()}, got {digest}")
+        if validate is not None:
+            validate(temp)
+        os.replace(temp, dest)
+    except OSError as error:  # writing the temp file or renaming it (disk full, permissions, ...)
+        temp.unlink(missing_ok=True)
+        raise failed(f"cannot write {temp.name} ({error.strerror or error})") from None
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def _fetch(url, out, bar, size, timeout, retries, failed) -> tuple[str, int, int | None]:
+    """Stream ``url`` into ``out``, resuming after dropped connections; return (sha256, bytes, total)."""
+    hasher = hashlib.sha256()
+    received = 0
+    total = size
+    attempt = 0
+    while True:
+        request = urllib.request.Request(url, headers={"User-Agent": _user_agent()})
+        if received:
+            request.add_header("Range", f"bytes={received}-")
+        dropped = None
+        try:
+            response = urllib.request.urlopen(request, timeout=timeout)
+        except urllib.error.HTTPError as error:
+            if error.code == 416 and total is not None and received >= total:
+                break  # we already have everything
+            raise failed(f"HTTP {error.code} {error.reason}") from None
+        except urllib.error.URLError as error:
+            if received and attempt < retries:
+                dropped = error
+            else:
+                raise failed(_unreachable(url, error.reason, timeout)) from None
+        except (http.client.HTTPException, TimeoutError, ConnectionError) as error:
+            if received and attempt < retries:
+                dropped = error
+            else:
+                raise failed(_unreachable(url, error, timeout)) from None
+        if dropped is None:
+            with response:
+                start = _body_offset(response)
+                if start is None or start not in (0, received):
+                    raise failed(f"the server answered a request for bytes {received}- with another range")
+                if start == 0 and received:  # the server ignored the Range header: start over
+                    out.seek(0)
+                    out.truncate()
+                    hasher = hashlib.sha256()
+                    received = 0
+                    bar.reset(total=bar.total)
+                announced = _announced_total(response, start)
+                if announced is not None:
+                    if total is not None and announced != total:
+                        raise failed(f"size mismatch: expected {total} bytes, the server has {announced}")
+                    total = announced
+                    if bar.total != total:
+                        bar.total = total
+                        bar.refresh()
+                while True:
+                    try:
+                        chunk = response.read(CHUNK)
+                    except (OSError, http.client.HTTPException) as error:
+                        dropped = error
+                        break
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    hasher.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+        if total is None or received >= total:
+            if dropped is not None and total is None:
+                raise failed(f"connection lost after {received} bytes ({_reason(dropped)})")
+            break
+        if attempt >= retries:
+            break  # the caller reports the size mismatch
+        attempt += 1
+        time.sleep(min(0.25 * 2**attempt, 4.0))
+    return hasher.hexdigest(), received, total
+
+
+def _body_offset(response) -> int | None:
+    """Where the body of ``response`` starts in the file: 0 for a 200, the range start for a 206."""
+    if response.status != 206:
+        return 0
+    found = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+    return int(found.group(1)) if found else None
+
+
+def _announced_total(response, start: int) -> int | None:
+    """The complete file size the server announces, if it does."""
+    if response.status == 206:
+        found = re.match(r"bytes \d+-\d+/(\d+)", response.headers.get("Content-Range", ""))
+        return int(found.group(1)) if found else None
+    length = response.headers.get("Content-Length")
+    if length and length.isdigit() and not response.headers.get("Content-Encoding"):
+        return start + int(length)
+    return None
+
+
+def _unreachable(url: str, reason, timeout: float) -> str:
+    host = urllib.parse.urlsplit(url).hostname or url
+    if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+        return f"no answer from {host} within {timeout:g} s (offline or slow network?)"
+    return f"cannot reach {host} (offline?): {_reason(reason)}"
+
+
+def _reason(reason) -> str:
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return " ".join(str(reason).split()) or type(reason).__name__
+
+
+def _user_agent() -> str:
+    from freestems import __version__
+
+    return f"freestems/{__version__} (+python-urllib)"
+
+
+def _bar(name: str, total: int | None, progress: bool) -> tqdm:
+    return tqdm(
+        total=total,
+        desc=f"downloading {name}",
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )

@@ -1,0 +1,15 @@
+"""Errors of the ``models`` layer: each carries a one-line message a user can act on."""
+
+from __future__ import annotations
+
+
+class ModelError(Exception):
+    """Base class: a model could not be provided. ``str(error)`` is the user-facing message."""
+
+
+class ModelNotAvailable(ModelError):
+    """The model cannot be obtained: unknown name, download failed or offline, missing file."""
+
+
+class CheckpointError(ModelError):
+    """A file is not a usable checkpoint: not a torch file, weights that do not fit, or a bad config."""

@@ -1,0 +1,553 @@
+"""Turn a catalog name or a checkpoint file into a ready-to-run model.
+
+Three ways in (see :func:`load_model`):
+
+* a catalog name: the weights come from the cache (downloaded on first use), the config from the catalog;
+* a checkpoint file plus its config: an MSST YAML (``model:``, ``audio:``, ``inference:`` sections) or a JSON
+  of :class:`~freestems.models.scnet.SCNet` constructor arguments;
+* a freestems checkpoint, which carries its own config (:func:`save_checkpoint` writes one)::
+
+    {"freestems": 1, "name": str, "config": {SCNet kwargs}, "spec_norm": bool, "normalize": bool,
+     "segment": int, "state_dict": {key: tensor}}
+
+Weights always load with ``strict=True``; a file that does not fit gets a :class:`CheckpointError` that says
+what the file seems to need instead of a torch traceback.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import pickle
+import re
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from freestems.models.catalog import CATALOG, DEFAULT_MODEL, SEGMENT, SOURCES, ModelInfo, get_model_info
+from freestems.models.errors import CheckpointError, ModelError, ModelNotAvailable
+from freestems.models.scnet import SCNet
+
+FORMAT_VERSION = 1
+"""Version of the freestems checkpoint format written by :func:`save_checkpoint`."""
+
+SAMPLE_RATE = 44100
+
+CONFIG_KEYS = tuple(
+    name for name in inspect.signature(SCNet.__init__).parameters if name not in ("self", "spec_norm")
+)
+"""The SCNet constructor arguments a config may set (``spec_norm`` is carried separately)."""
+
+# Keys of the older, unrelated "SCNet-PyTorch" port MSST once shipped (models/scnet_unofficial): its weights
+# have a different module tree, so its configs are refused instead of silently building the wrong network.
+_UNOFFICIAL_KEYS = {
+    "bandsplit_ratios",
+    "downsample_strides",
+    "n_conv_modules",
+    "n_rnn_layers",
+    "rnn_hidden_dim",
+}
+
+# Wrappers around a state_dict, in order of preference. The official SCNet trainer saves both ``state`` (last
+# epoch) and ``best_state`` (best validation): the released models are the best state.
+_WRAPPER_KEYS = ("best_state", "state", "state_dict", "model_state_dict")
+_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / DataParallel, torch.compile
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to build a model and run it, apart from the weights.
+
+    ``config`` holds SCNet constructor arguments (``sources`` included; ``sources`` below wins when both are
+    given), ``spec_norm`` the in-model spectrogram normalisation, ``normalize`` the whole-track normalisation
+    before separation and ``segment`` the chunk length in samples.
+    """
+
+    name: str
+    config: dict[str, Any]
+    sources: tuple[str, ...] = SOURCES
+    spec_norm: bool = False
+    normalize: bool = False
+    segment: int = SEGMENT
+
+    @classmethod
+    def from_info(cls, info: ModelInfo) -> ModelSpec:
+        """The spec of a catalog entry."""
+        return cls(
+            name=info.name,
+            config=_plain(dict(info.config)),
+            sources=tuple(info.sources),
+            spec_norm=info.spec_norm,
+            normalize=info.normalize,
+            segment=info.segment,
+        )
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for :mod:`freestems.separate`: ``module`` maps (batch, channels, samples) to
+    (batch, len(sources), channels, samples) and is in eval mode."""
+
+    module: nn.Module = field(repr=False)
+    name: str
+    sources: tuple[str, ...]
+    segment: int
+    normalize: bool
+    sample_rate: int = SAMPLE_RATE
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """Load a checkpoint file onto the CPU with ``weights_only=True``.
+
+    Raises :class:`ModelNotAvailable` when the file is missing and :class:`CheckpointError` when it is not a
+    PyTorch checkpoint or holds more than tensors and plain containers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ModelNotAvailable(f"model file {path} {what}")
+    try:
+        with warnings.catch_warnings():  # torch's note about pickle protocols of non-torch pickles is noise
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # Deliberately no retry with weights_only=False: unpickling arbitrary objects runs arbitrary code, and
+        # checkpoints reach us from downloads and from users of the web service. Official SCNet training and
+        # MSST save only tensors, numbers, strings and containers, which load fine with weights_only=True; a
+        # file that needs more is either unusual or hostile, and a trusting user can convert it in one line.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if found is None:  # not a pickle at all, or a damaged one
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (cannot unpickle it)") from None
+        raise CheckpointError(
+            f"{path} holds Python objects besides tensors (it contains {found.group(1)}); "
+            "freestems only loads plain checkpoints. "
+            'If you trust the file, re-save its weights: python -c "import torch; '
+            f"torch.save(torch.load('{path}', weights_only=False)['state_dict'], 'plain.ckpt')\" "
+            "(use the key that holds the weights)"
+        ) from None
+    except PermissionError as error:
+        raise ModelNotAvailable(f"cannot read model file {path}: {error.strerror}") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError, pickle.PickleError) as error:
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint or is damaged/truncated ({_short(error)})"
+        ) from None
+
+
+def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """The state_dict inside a loaded checkpoint, with ``module.`` prefixes removed.
+
+    Accepts a raw state_dict, or a dict wrapping it in ``best_state`` (preferred), ``state``, ``state_dict``
+    or ``model_state_dict``.
+    """
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, not a state_dict")
+    if not obj:
+        raise CheckpointError("checkpoint is empty")
+    state = obj if _is_state_dict(obj) else None
+    if state is None:
+        for key in _WRAPPER_KEYS:
+            if _is_state_dict(obj.get(key)):
+                state = obj[key]
+                break
+    if state is None:
+        keys = ", ".join(str(key) for key in list(obj)[:8])
+        raise CheckpointError(
+            f"checkpoint has no state_dict: expected tensors or one of {', '.join(_WRAPPER_KEYS)}; "
+            f"found keys {keys}"
+        )
+    result = {}
+    for key, value in state.items():
+        name = str(key)
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in _PREFIXES:
+                if name.startswith(prefix):
+                    name, stripped = name[len(prefix) :], True
+        result[name] = value
+    return result
+
+
+def _is_state_dict(value: Any) -> bool:
+    return (
+        isinstance(value, Mapping)
+        and len(value) > 0
+        and all(isinstance(key, str) and isinstance(tensor, torch.Tensor) for key, tensor in value.items())
+    )
+
+
+def save_checkpoint(path: str | os.PathLike, module: nn.Module, spec: ModelSpec) -> Path:
+    """Write ``module``'s weights and ``spec`` as a self-describing freestems checkpoint (atomically)."""
+    path = Path(path)
+    package = {
+        "freestems": FORMAT_VERSION,
+        "name": spec.name,
+        "config": _plain({**spec.config, "sources": list(spec.sources)}),
+        "spec_norm": bool(spec.spec_norm),
+        "normalize": bool(spec.normalize),
+        "segment": int(spec.segment),
+        "state_dict": {key: value.detach().cpu() for key, value in module.state_dict().items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=path.name + ".part-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            torch.save(package, file)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _spec_from_package(package: Mapping, path: Path) -> ModelSpec:
+    version = package.get("freestems")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} is a freestems checkpoint of format {version!r}; this freestems reads format "
+            f"{FORMAT_VERSION} (upgrade freestems)"
+        )
+    config = package.get("config")
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"{path} is a freestems checkpoint without a 'config' dict")
+    config = _check_config_keys(dict(config), str(path))
+    return ModelSpec(
+        name=str(package.get("name") or path.stem),
+        config=config,
+        sources=tuple(config.get("sources", SOURCES)),
+        spec_norm=bool(package.get("spec_norm", False)),
+        normalize=bool(package.get("normalize", False)),
+        segment=_positive_int(package.get("segment", SEGMENT), "segment", path),
+    )
+
+
+# ------------------------------------------------------------------------------------------------- configs
+
+
+class _MsstLoader(yaml.SafeLoader):
+    """A safe YAML loader that also accepts ``!!python/tuple`` (found in MSST configs) as a tuple."""
+
+
+_MsstLoader.add_constructor(
+    "tag:yaml.org,2002:python/tuple", lambda loader, node: tuple(loader.construct_sequence(node))
+)
+
+
+def read_msst_config(path: str | os.PathLike) -> ModelSpec:
+    """Parse an MSST YAML config.
+
+    ``model:`` gives the SCNet arguments (unknown keys are ignored with a warning), ``training.instruments``
+    the sources when ``model.sources`` is absent, ``audio.chunk_size`` the segment (default 485100) and
+    ``inference.normalize`` whole-track normalisation (default False). ``spec_norm`` is False: MSST's SCNet
+    does not normalise the spectrogram (the caller may override it).
+    """
+    path = Path(path)
+    data = _read_config_file(path, lambda text: yaml.load(text, Loader=_MsstLoader))
+    model = data.get("model")
+    if not isinstance(model, Mapping):
+        raise CheckpointError(f"config {path} has no 'model:' section")
+    unofficial = sorted(_UNOFFICIAL_KEYS & set(model))
+    if unofficial:
+        raise CheckpointError(
+            f"config {path} is for a different SCNet port (keys {', '.join(unofficial)}), "
+            "not the official architecture freestems runs"
+        )
+    unknown = sorted(str(key) for key in model if key not in CONFIG_KEYS)
+    if unknown:
+        warnings.warn(f"config {path.name}: ignoring unknown model keys: {', '.join(unknown)}", stacklevel=2)
+    config = _plain({key: value for key, value in model.items() if key in CONFIG_KEYS})
+    sections = {}
+    for section in ("training", "audio", "inference"):
+        value = data.get(section)
+        sections[section] = value if isinstance(value, Mapping) else {}
+    sources = config.get("sources") or sections["training"].get("instruments") or list(SOURCES)
+    if not isinstance(sources, list | tuple) or not all(isinstance(name, str) for name in sources):
+        raise CheckpointError(f"config {path}: sources must be a list of names, got {sources!r}")
+    config["sources"] = list(sources)
+    return ModelSpec(
+        name=path.stem,
+        config=config,
+        sources=tuple(sources),
+        spec_norm=False,
+        normalize=bool(sections["inference"].get("normalize", False)),
+        segment=_positive_int(sections["audio"].get("chunk_size", SEGMENT), "audio.chunk_size", path),
+    )
+
+
+def read_json_config(path: str | os.PathLike) -> ModelSpec:
+    """Parse a JSON of SCNet constructor arguments (like the reference fixtures' ``small_config.json``).
+
+    Besides constructor arguments it may hold ``spec_norm`` (default True, SCNet's own default: the
+    reference constructor is the authors' code), ``normalize`` (default False) and ``segment``.
+    """
+    path = Path(path)
+    data = dict(_read_config_file(path, json.loads))
+    extras = {key: data.pop(key) for key in ("spec_norm", "normalize", "segment", "name") if key in data}
+    config = _check_config_keys(data, f"config {path}")
+    return ModelSpec(
+        name=str(extras.get("name") or path.stem),
+        config=config,
+        sources=tuple(config.get("sources", SOURCES)),
+        spec_norm=bool(extras.get("spec_norm", True)),
+        normalize=bool(extras.get("normalize", False)),
+        segment=_positive_int(extras.get("segment", SEGMENT), "segment", path),
+    )
+
+
+def read_config(path: str | os.PathLike) -> ModelSpec:
+    """A config file by extension: ``.json`` is a JSON of constructor arguments, anything else MSST YAML."""
+    path = Path(path)
+    return read_json_config(path) if path.suffix.lower() == ".json" else read_msst_config(path)
+
+
+def _read_config_file(path: Path, parse) -> Mapping:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ModelNotAvailable(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"cannot read config file {path}: {_short(error)}") from None
+    try:
+        data = parse(text)
+    except (yaml.YAMLError, ValueError) as error:
+        raise CheckpointError(f"config file {path} does not parse: {_short(error)}") from None
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"config file {path} does not hold a mapping of settings")
+    return data
+
+
+def _check_config_keys(config: dict, where: str) -> dict:
+    unknown = sorted(str(key) for key in config if key not in CONFIG_KEYS)
+    if unknown:
+        raise CheckpointError(
+            f"{where}: unknown SCNet arguments {', '.join(unknown)} (valid: {', '.join(CONFIG_KEYS)})"
+        )
+    return _plain(config)
+
+
+def _positive_int(value: Any, what: str, path: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise CheckpointError(f"{path}: {what} must be a positive number of samples, got {value!r}")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively, so configs compare and serialise the same whatever their origin."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+# ------------------------------------------------------------------------------------------------ building
+
+
+def build_model(spec: ModelSpec) -> SCNet:
+    """An SCNet for ``spec`` with fresh weights in eval mode; bad arguments raise :class:`CheckpointError`."""
+    config = {**spec.config, "sources": list(spec.sources)}
+    _check_config_keys(config, f"model {spec.name}")
+    if int(config.get("num_dplayer", 6)) % 2:
+        raise CheckpointError(f"model {spec.name}: num_dplayer must be even, got {config['num_dplayer']}")
+    try:
+        module = SCNet(**config, spec_norm=bool(spec.spec_norm))
+    except (TypeError, ValueError, IndexError, ZeroDivisionError, RuntimeError) as error:
+        raise CheckpointError(f"model {spec.name}: invalid SCNet config ({_short(error)})") from None
+    return module.eval()
+
+
+def fit_report(module: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
+    """None when ``state`` loads into ``module`` strictly; otherwise what differs and what the file needs."""
+    expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+    found = {key: tuple(value.shape) for key, value in state.items()}
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    reshaped = [key for key in expected if key in found and expected[key] != found[key]]
+    if not (missing or unexpected or reshaped):
+        return None
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys ({_first(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys ({_first(unexpected)})")
+    if reshaped:
+        shown = "; ".join(
+            f"{key}: file {list(found[key])} vs model {list(expected[key])}" for key in reshaped[:2]
+        )
+        parts.append(f"{len(reshaped)} shape mismatches ({shown}{'; ...' if len(reshaped) > 2 else ''})")
+    text = "the weights do not fit the config: " + ", ".join(parts)
+    inferred = infer_config(state)
+    if inferred:
+        text += "; the file looks like " + ", ".join(f"{key}={value}" for key, value in inferred.items())
+        matches = _catalog_matches(inferred)
+        if matches:
+            text += f" (the config of catalog model {' or '.join(matches)})"
+    else:
+        text += "; it does not look like an SCNet checkpoint at all"
+    return text
+
+
+def _catalog_matches(inferred: Mapping[str, Any]) -> list[str]:
+    matches = []
+    for name, info in CATALOG.items():
+        fits = all(info.config.get(key) == value for key, value in inferred.items() if key != "n_sources")
+        if fits and inferred.get("n_sources", len(info.sources)) == len(info.sources):
+            matches.append(name)
+    return matches
+
+
+def infer_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The SCNet hyper-parameters that can be read off a state_dict's shapes (empty if it is not SCNet's)."""
+    shape = {key: tuple(value.shape) for key, value in state.items()}
+    first = [shape.get(f"encoder.{i}.SDlayer.convs.0.weight") for i in range(16)]
+    first = first[: first.index(None)] if None in first else first
+    if not first or any(len(item) != 4 for item in first):
+        return {}
+    inferred: dict[str, Any] = {"dims": [first[0][1]] + [item[0] for item in first]}
+    kernels = [shape.get(f"encoder.0.SDlayer.convs.{j}.weight") for j in range(3)]
+    if all(kernels):
+        inferred["band_kernel"] = [item[2] for item in kernels]
+    depths = []
+    for j in range(3):
+        pattern = re.compile(rf"encoder\.0\.conv_modules\.{j}\.layers\.(\d+)\.")
+        depths.append(len({found.group(1) for key in shape if (found := pattern.match(key))}))
+    inferred["conv_depths"] = depths
+    pattern = re.compile(r"separation_net\.dp_modules\.(\d+)\.")
+    layers = {found.group(1) for key in shape if (found := pattern.match(key))}
+    inferred["num_dplayer"] = len(layers)
+    last = shape.get(f"decoder.{len(first) - 1}.1.convtrs.0.weight")
+    if last and len(last) == 4 and inferred["dims"][0]:
+        inferred["n_sources"] = last[1] // inferred["dims"][0]
+    return inferred
+
+
+def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], origin: str) -> nn.Module:
+    """``module.load_state_dict(state, strict=True)``; a misfit raises :class:`CheckpointError` saying why."""
+    report = fit_report(module, state)
+    if report is not None:
+        raise CheckpointError(f"{origin}: {report}")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:  # e.g. a dtype that cannot be copied
+        raise CheckpointError(f"{origin}: cannot load the weights ({_short(error)})") from None
+    return module
+
+
+def verify_checkpoint(path: str | os.PathLike, spec: ModelSpec) -> None:
+    """Check that ``path`` is a checkpoint whose weights fit ``spec`` (the model is built on the meta device,
+    so no memory is spent on it). Raises :class:`CheckpointError` otherwise."""
+    state = extract_state_dict(read_checkpoint(path))
+    with torch.device("meta"):
+        module = build_model(spec)
+    report = fit_report(module, state)
+    if report is not None:
+        raise CheckpointError(report)
+
+
+# ------------------------------------------------------------------------------------------------- loading
+
+
+def load_model(
+    name: str | None = None,
+    *,
+    model_file: str | os.PathLike | None = None,
+    model_config: str | os.PathLike | None = None,
+    spec_norm: bool | None = None,
+    normalize: bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    progress: bool = True,
+) -> LoadedModel:
+    """Load a model ready to separate.
+
+    Args:
+        name: a catalog name (default :data:`DEFAULT_MODEL` when no ``model_file`` is given). With
+            ``model_file`` it names the catalog config to use for that file.
+        model_file: a checkpoint file instead of the cache: raw or wrapped state_dict (then ``model_config``
+            or ``name`` is required) or a freestems checkpoint (config included).
+        model_config: the config of ``model_file``: MSST YAML, or ``.json`` of SCNet constructor arguments.
+        spec_norm, normalize: override the in-model spectrogram / whole-track normalisation flags.
+        cache_dir: the weights cache (default :func:`freestems.models.download.default_cache_dir`).
+        download: fetch catalog weights missing from the cache (else raise :class:`ModelNotAvailable`).
+        progress: show a download progress bar on stderr.
+
+    Raises:
+        ModelNotAvailable: unknown name, missing file, download failed.
+        CheckpointError: the file is not a checkpoint, a config is bad, or the weights do not fit it.
+    """
+    from freestems.models import download as downloads
+
+    if model_config is not None and model_file is None:
+        raise ModelError("a model config needs a model file (--model-file) to go with it")
+    if model_file is None:
+        info = get_model_info(name or DEFAULT_MODEL)
+        spec = ModelSpec.from_info(info)
+        path = downloads.cached_file(info, cache_dir)
+        if path is None:
+            if not download:
+                raise ModelNotAvailable(
+                    f"model {info.name} is not in the cache; download {info.url} and save it as "
+                    f"{downloads.cache_path(info, cache_dir)}"
+                )
+            path = downloads.ensure_weights(info, cache_dir, progress=progress)
+        hint = " (delete it to download it again)"
+    else:
+        path = Path(model_file)
+        hint = ""
+        if model_config is not None:
+            spec = read_config(model_config)
+            spec.name = path.stem  # the weights name the model, not their (often shared) config file
+        elif name is not None:
+            spec = ModelSpec.from_info(get_model_info(name))
+    try:
+        package = read_checkpoint(path)
+        if model_file is not None and model_config is None and name is None:  # the file must say
+            if not (isinstance(package, Mapping) and "freestems" in package):
+                raise CheckpointError(
+                    f"{path} does not say which model it is: give its config (MSST YAML or JSON) with "
+                    "--model-config, or a catalog name with -m"
+                )
+            spec = _spec_from_package(package, path)
+        state = extract_state_dict(package)
+        del package
+        if spec_norm is not None:
+            spec.spec_norm = bool(spec_norm)
+        if normalize is not None:
+            spec.normalize = bool(normalize)
+        module = load_weights(build_model(spec), state, str(path))
+    except CheckpointError as error:
+        message = str(error)
+        if str(path) not in message:
+            message = f"{path}: {message}"
+        raise CheckpointError(message + hint) from None
+    return LoadedModel(
+        module=module.eval(),
+        name=spec.name,
+        sources=tuple(spec.sources),
+        segment=int(spec.segment),
+        normalize=bool(spec.normalize),
+    )
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+
+
+def _first(keys: list[str], count: int = 3) -> str:
+    return ", ".join(keys[:count]) + (", ..." if len(keys) > count else "")
+
+
+def _short(error: BaseException) -> str:
+    """An exception as one short line."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -1,0 +1,274 @@
+"""From an audio file to stem files: decode, separate and encode as one pipeline over blocks.
+
+Three stages run at once, joined by small bounded queues, so memory stays a few blocks whatever the track
+length and the CPU never waits for the slowest stage more than it must::
+
+    decode thread ──blocks──> engine (this thread, torch) ──stem blocks──> encode thread ──> <stem>.<ext>
+
+Stem files are written under temporary names and renamed when complete (see :mod:`freestems.audio`), so a
+failure at any point leaves nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from freestems import SAMPLE_RATE
+from freestems.audio import AudioReader, open_writer
+from freestems.separate import MixStats, Progress, output_names, separate_blocks
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from freestems.models import LoadedModel
+
+BLOCK_SECONDS = 10
+QUEUE_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """How stems are encoded: ``wav`` (16/24/32-bit float), ``flac`` (16/24-bit) or ``mp3`` (CBR kbps)."""
+
+    format: str = "wav"
+    bitrate: int = 192
+    bit_depth: int = 16
+
+    @property
+    def extension(self) -> str:
+        return self.format
+
+
+@dataclass
+class Timings:
+    """Busy seconds of each stage; they overlap, so they add up to more than ``total``."""
+
+    decode: float = 0.0
+    separate: float = 0.0
+    encode: float = 0.0
+    total: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: round(value, 3) for name, value in vars(self).items()}
+
+
+@dataclass
+class TrackResult:
+    stems: dict[str, Path]
+    samples: int
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def duration(self) -> float:
+        return self.samples / SAMPLE_RATE
+
+
+def separate_file(
+    source: str | Path,
+    destination: str | Path,
+    model: LoadedModel,
+    *,
+    output: OutputFormat = OutputFormat(),
+    max_duration: float | None = None,
+    progress: Progress | None = None,
+    **options,
+) -> TrackResult:
+    """Separate one audio file into ``destination/<stem>.<ext>``.
+
+    Args:
+        source: any audio or video file PyAV can read.
+        destination: folder for the stems (created if needed).
+        model: a loaded model.
+        output: encoding of the stems.
+        max_duration: refuse tracks longer than this many seconds (``AudioDecodeError``).
+        progress: callback with the fraction done.
+        **options: engine options, as for :func:`freestems.separate.separate_blocks`.
+
+    Raises:
+        freestems.audio.AudioDecodeError: the input cannot be read or breaks a limit.
+        freestems.audio.AudioEncodeError: a stem cannot be written.
+        freestems.separate.SeparationError: invalid options.
+    """
+    started = time.perf_counter()
+    timings = Timings()
+    reader = AudioReader(source, max_duration=max_duration)
+    names = output_names(model.sources, options.get("two_stems"))
+
+    stats, length = None, None
+    if model.normalize:  # whole-track statistics need a first pass over the decoded audio
+        clock = time.perf_counter()
+        counted = _Counted(reader.blocks(BLOCK_SECONDS * SAMPLE_RATE))
+        stats = MixStats.of(counted)
+        length = counted.samples
+        timings.decode += time.perf_counter() - clock
+    elif reader.duration:
+        length = round(reader.duration * SAMPLE_RATE)
+
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    paths = {name: destination / f"{name}.{output.extension}" for name in names}
+    writers = {
+        name: open_writer(path, output.format, bitrate=output.bitrate, bit_depth=output.bit_depth)
+        for name, path in paths.items()
+    }
+    decoder = _Producer(reader.blocks(BLOCK_SECONDS * SAMPLE_RATE), name="freestems-decode")
+
+    def encode(block: dict[str, np.ndarray]) -> None:
+        for name in names:
+            writers[name].write(block[name])
+
+    encoder = _Consumer(encode, name="freestems-encode")
+    samples = 0
+    try:
+        clock = time.perf_counter()
+        stems = separate_blocks(decoder, model, length=length, stats=stats, progress=progress, **options)
+        for block in stems:
+            encoder.put(block)
+            samples += block[names[0]].shape[1]
+        timings.separate = time.perf_counter() - clock - decoder.waited - encoder.waited
+        encoder.join()
+        for writer in writers.values():
+            writer.close()
+    except BaseException:
+        decoder.stop()
+        encoder.stop()
+        for writer in writers.values():
+            writer.abort()
+        raise
+    timings.decode += decoder.busy
+    timings.encode = encoder.busy
+    timings.total = time.perf_counter() - started
+    return TrackResult(stems=paths, samples=samples, timings=timings)
+
+
+def zip_stems(stems: dict[str, Path], archive: str | Path) -> Path:
+    """Pack stem files into ``archive`` (compressed formats are stored, PCM is deflated), atomically."""
+    archive = Path(archive)
+    partial = archive.with_name(f".{archive.name}.part")
+    try:
+        with zipfile.ZipFile(partial, "w") as bundle:
+            for path in stems.values():
+                compression = zipfile.ZIP_STORED if path.suffix == ".mp3" else zipfile.ZIP_DEFLATED
+                bundle.write(path, path.name, compress_type=compression)
+        partial.replace(archive)
+    finally:
+        partial.unlink(missing_ok=True)
+    return archive
+
+
+class _Counted:
+    """Iterates blocks and counts their samples."""
+
+    def __init__(self, blocks: Iterable[np.ndarray]):
+        self.blocks = blocks
+        self.samples = 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for block in self.blocks:
+            self.samples += block.shape[1]
+            yield block
+
+
+_DONE = object()
+
+
+class _Producer:
+    """Runs an iterator in a thread, a few items ahead of its consumer, which gets its errors too."""
+
+    def __init__(self, items: Iterable, name: str):
+        self.queue: queue.Queue = queue.Queue(QUEUE_DEPTH)
+        self.stopped = threading.Event()
+        self.busy = 0.0  # seconds spent producing
+        self.waited = 0.0  # seconds the consumer spent waiting
+        self.thread = threading.Thread(target=self._run, args=(iter(items),), name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self, items: Iterator) -> None:
+        try:
+            while not self.stopped.is_set():
+                clock = time.perf_counter()
+                item = next(items, _DONE)
+                self.busy += time.perf_counter() - clock
+                self._put(item)
+                if item is _DONE:
+                    return
+        except BaseException as error:  # handed to the consumer, which raises it
+            self._put(error)
+
+    def _put(self, item) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> Iterator:
+        while True:
+            clock = time.perf_counter()
+            item = self.queue.get()
+            self.waited += time.perf_counter() - clock
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+
+
+class _Consumer:
+    """Applies ``handle`` to items in a thread; errors surface on the next ``put`` or on ``join``."""
+
+    def __init__(self, handle: Callable, name: str):
+        self.handle = handle
+        self.queue: queue.Queue = queue.Queue(QUEUE_DEPTH)
+        self.error: BaseException | None = None
+        self.busy = 0.0
+        self.waited = 0.0  # seconds the producer waited for queue space
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is _DONE:
+                return
+            if self.error is not None:
+                continue  # drain without work after a failure
+            clock = time.perf_counter()
+            try:
+                self.handle(item)
+            except BaseException as error:
+                self.error = error
+            self.busy += time.perf_counter() - clock
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def put(self, item) -> None:
+        self._check()
+        clock = time.perf_counter()
+        self.queue.put(item)
+        self.waited += time.perf_counter() - clock
+
+    def join(self) -> None:
+        self.queue.put(_DONE)
+        self.thread.join()
+        self._check()
+
+    def stop(self) -> None:
+        self.error = self.error or RuntimeError("stopped")
+        if self.thread.is_alive():
+            self.queue.put(_DONE)
+            self.thread.join(timeout=5)
