@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from fixtures import SCNET_FIXTURES
 
 from freestems.models import ModelSpec, build_model, save_checkpoint
 
-SCNET_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "scnet"
 SMALL_CONFIG = SCNET_FIXTURES / "small_config.json"
 SMALL_STATE = SCNET_FIXTURES / "small_state.pt"
 

@@ -5,12 +5,9 @@ import json
 import pytest
 import torch
 from fixtures import SCNET_FIXTURES
+from model_helpers import small_config
 
 from freestems.models.scnet import SCNet, band_splits
-
-
-def small_config() -> dict:
-    return json.loads((SCNET_FIXTURES / "small_config.json").read_text())
 
 
 @pytest.mark.parametrize(

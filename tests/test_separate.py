@@ -1,11 +1,10 @@
 """The engine: exact overlap-add, streaming, shifts, two stems, consistency, normalisation, silence."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
 from fixtures import SCNET_FIXTURES
+from model_helpers import small_config
 
 from freestems.models import LoadedModel
 from freestems.models.scnet import SCNet
@@ -33,8 +32,7 @@ def gains_model(segment=10_000, normalize=False) -> LoadedModel:
 
 
 def small_scnet(normalize=False, segment=44_100) -> LoadedModel:
-    config = json.loads((SCNET_FIXTURES / "small_config.json").read_text())
-    module = SCNet(**config, spec_norm=True).eval()
+    module = SCNet(**small_config(), spec_norm=True).eval()
     module.load_state_dict(torch.load(SCNET_FIXTURES / "small_state.pt", weights_only=True))
     return LoadedModel(module=module, name="small", sources=SOURCES, segment=segment, normalize=normalize)
 
@@ -176,3 +174,11 @@ def test_progress_reaches_one():
     seen = []
     separate(noise(100_000), gains_model(), progress=seen.append)
     assert seen[-1] == 1.0 and seen == sorted(seen) and len(seen) > 3
+
+
+@pytest.mark.parametrize("samples", [286_650, 88_200, 154_350])
+def test_track_ending_exactly_on_a_chunk_border_is_complete(samples):
+    """A regression: the last chunk ended at the input's end before the stream reported its end."""
+    mix = noise(samples)
+    parts = list(separate_blocks([mix], gains_model(segment=88_200), overlap=0.25))
+    np.testing.assert_allclose(np.concatenate([p["drums"] for p in parts], axis=1), mix, atol=1e-6)

@@ -142,6 +142,8 @@ def run_separate(args: argparse.Namespace) -> int:
         output_names(model.sources, args.two_stems)
     except (UsageError, ModelError, SeparationError) as error:
         return fail(error)
+    for line in errors:
+        print(f"freestems: {line}", file=sys.stderr)
     if not inputs:
         return fail("no audio files found in " + ", ".join(args.inputs))
 

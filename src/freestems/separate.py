@@ -191,6 +191,17 @@ def separate_blocks(
     plan = _ChunkPlan(offsets, stride, segment)
     chunks_total = plan.total(length) if length else None
     chunks_done = 0
+
+    def emit(upto: int) -> Iterator[dict[str, np.ndarray]]:
+        """Yield the finished output before ``upto``, then forget the input nobody needs any more."""
+        stems = mixer.pop(upto)
+        if stems is not None:
+            mix = source.take(mixer.start - stems.shape[-1], mixer.start)
+            if stats is not None:
+                stems = stems * stats.std + stats.mean
+            yield _arrange(stems, mix, model.sources, two_stems, consistency)
+        source.forget_before(mixer.start)
+
     block_iter = iter(blocks)
     exhausted = False
     pending: list[int] = []
@@ -220,13 +231,8 @@ def separate_blocks(
         pending = []
         if progress is not None and chunks_total:
             progress(min(chunks_done / chunks_total, 1.0))
-        stems = mixer.pop(min(plan.final_position(), source.end))
-        if stems is not None:
-            mix = source.take(mixer.start - stems.shape[-1], mixer.start)
-            if stats is not None:
-                stems = stems * stats.std + stats.mean
-            yield _arrange(stems, mix, model.sources, two_stems, consistency)
-        source.forget_before(mixer.start)
+        yield from emit(min(plan.final_position(), source.end))
+    yield from emit(source.end)
     if progress is not None:
         progress(1.0)
 

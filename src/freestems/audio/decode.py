@@ -423,7 +423,7 @@ class AudioReader:
             return container.streams.best("audio") or container.streams.audio[0]
         what = _sniff(self._head)
         if what is not None and what != "text":
-            raise self._error(f"contains no audio (looks like {what}). Supported: {SUPPORTED_INPUTS}")
+            raise self._error(f"not an audio file (looks like {what}). Supported: {SUPPORTED_INPUTS}")
         if container.streams.video:
             raise self._error("the video has no audio track; nothing to separate")
         raise self._not_audio(None)
