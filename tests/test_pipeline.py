@@ -4,13 +4,12 @@ import zipfile
 
 import numpy as np
 import pytest
+from audio_samples import write_test_file
+from model_helpers import make_small_checkpoint
 
 from freestems.audio import AudioDecodeError, decode
 from freestems.models import load_model
 from freestems.pipeline import OutputFormat, separate_file, zip_stems
-
-from audio_samples import write_test_file
-from model_helpers import make_small_checkpoint
 
 
 @pytest.fixture(scope="module")
