@@ -77,7 +77,7 @@ def run_one(args: argparse.Namespace) -> dict:
             model,
             output=OutputFormat("mp3", 192),
             overlap=args.overlap,
-            batch_size=args.batch_size,
+            batch_size=args.batch_size or None,
             device="cpu",
         )
         wall = time.perf_counter() - started
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, nargs="+", default=[180, 600, 3600])
     parser.add_argument("--model", default="scnet")
     parser.add_argument("--overlap", type=float, default=0.25)
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=0, help="0: the engine's default")
     parser.add_argument("--input", help=argparse.SUPPRESS)  # internal: run one track in this process
     args = parser.parse_args()
     if args.input:

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--bit-depth", type=int, default=16, choices=(16, 24, 32), help="wav/flac bits (16)"
     )
     separate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="(auto)")
-    separate.add_argument("--batch-size", type=int, default=2, help="chunks per forward pass (2)")
+    separate.add_argument("--batch-size", type=int, help="chunks per forward pass (1 on CPU, 4 on GPU)")
     separate.add_argument(
         "--segment", type=float, help="chunk length in seconds (the model's training length)"
     )

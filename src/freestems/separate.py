@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from freestems import SAMPLE_RATE
+from freestems.runtime import tune_allocator
 
 if TYPE_CHECKING:
     from freestems.models import LoadedModel
@@ -140,7 +141,7 @@ def separate_blocks(
     two_stems: str | None = None,
     consistency: bool = False,
     segment: int | None = None,
-    batch_size: int = 2,
+    batch_size: int | None = None,
     device: str | torch.device = "auto",
     precision: str = "auto",
     seed: int = 0,
@@ -159,7 +160,8 @@ def separate_blocks(
         two_stems: yield only this stem and ``no_<stem>`` (the mix minus the stem).
         consistency: spread the residual ``mix - sum(stems)`` evenly, so the stems sum to the mix.
         segment: chunk length in samples (default: the model's training segment).
-        batch_size: chunks per forward pass.
+        batch_size: chunks per forward pass (default: 1 on the CPU, where larger batches only cost memory;
+            4 on a GPU).
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         precision: ``auto`` (fp16 autocast on CUDA, fp32 elsewhere), ``fp32``, ``fp16`` or ``bf16``.
 
@@ -171,6 +173,9 @@ def separate_blocks(
         raise SeparationError(f"overlap must be in [0, 0.9), got {overlap}")
     if shifts < 1 or shifts > 20:
         raise SeparationError(f"shifts must be between 1 and 20, got {shifts}")
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    if batch_size is None:
+        batch_size = 1 if device.type == "cpu" else 4
     if batch_size < 1:
         raise SeparationError(f"batch_size must be at least 1, got {batch_size}")
     if segment < 4096:
@@ -178,7 +183,6 @@ def separate_blocks(
     if precision not in PRECISIONS:
         raise SeparationError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     output_names(model.sources, two_stems)  # validates two_stems
-    device = device if isinstance(device, torch.device) else resolve_device(device)
     stats = stats if model.normalize else None
 
     stride = max(1, round(segment * (1 - overlap)))
@@ -404,6 +408,8 @@ class _ChunkRunner:
         self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
         if next(self.module.parameters()).device != device:
             self.module.to(device)
+        if device.type == "cpu":
+            tune_allocator()
 
     def __call__(self, chunks: list[torch.Tensor]) -> np.ndarray:
         batch = torch.stack(chunks).to(self.device)
