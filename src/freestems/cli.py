@@ -70,7 +70,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir", type=Path, help="weights cache (FREESTEMS_CACHE or ~/.cache/freestems)"
     )
     models.set_defaults(run=run_models)
+    add_serve_parser(commands)
     return parser
+
+
+def add_serve_parser(commands) -> None:
+    """``freestems serve``: its options win over the FREESTEMS_* environment (README, section Service)."""
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP service (POST /separate, jobs, session WebSocket)",
+        description="Run the HTTP service. Settings come from FREESTEMS_* variables; these options win.",
+    )
+    serve.add_argument("--host", help="address to listen on (FREESTEMS_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port (FREESTEMS_PORT, 8000)")
+    serve.add_argument("--data-dir", type=Path, help="jobs, uploads, results (FREESTEMS_DATA_DIR)")
+    serve.add_argument("--auth", choices=("pow", "none"), help="session keys by proof of work, or none")
+    serve.add_argument(
+        "--allow-public-noauth",
+        action="store_true",
+        default=None,
+        help="allow --auth none on a non-loopback address",
+    )
+    serve.add_argument("--workers", type=int, help="jobs run at once (FREESTEMS_WORKERS, 1)")
+    add_model_arguments(serve)
+    serve.set_defaults(run=run_serve)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -206,6 +229,49 @@ def run_models(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     print("\nSDR: MUSDB18-HQ test set, as published. cost: compute relative to the default model (estimate).")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from freestems.executors import LocalExecutor
+    from freestems.models import ModelError
+    from freestems.service import Settings, SettingsError
+    from freestems.service.jobs import Paths
+    from freestems.service.server import serve
+
+    try:
+        settings = Settings.from_env(
+            host=args.host,
+            port=args.port,
+            data_dir=args.data_dir,
+            auth=args.auth,
+            allow_public_noauth=args.allow_public_noauth,
+            workers=args.workers,
+        )
+        if not (args.model or args.model_file):  # the environment may name the model
+            args.model, args.model_file = settings.model, settings.model_file
+            args.model_config = args.model_config or settings.model_config
+        model = load_model_from_args(args)
+    except (SettingsError, UsageError, ModelError) as error:
+        return fail(error)
+    executor = LocalExecutor(
+        lambda: model,
+        Paths(settings.data_dir).work,
+        workers=settings.workers,
+        threads=settings.threads,
+        device=settings.device,
+    )
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    print(
+        f"freestems: serving {model.name} on http://{host}:{settings.port} "
+        f"(auth: {settings.auth}, data: {settings.data_dir})",
+        file=sys.stderr,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(levelname)-9s %(name)s: %(message)s")
+    with suppress(KeyboardInterrupt):  # Ctrl-C is how a foreground server stops, after a clean shutdown
+        serve(settings, executor)
     return 0
 
 

@@ -1,0 +1,410 @@
+"""The HTTP application: thin routes over the job manager, one error shape, one lifespan.
+
+Routes parse and validate, call :class:`~freestems.service.jobs.JobManager`, and let
+:class:`~freestems.service.errors.ServiceError` become ``{"error": {"code", "message"}}`` JSON. Anything
+else that escapes becomes a plain 500 (the traceback goes to the server log, never to the client).
+
+The lifespan loads the model (the executor's ``start``, off the event loop), opens the job store, resumes
+unfinished jobs, and runs the sweeper; at shutdown it stops the executor so that running jobs go back to
+the queue for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from freestems import __version__
+from freestems.executors import Executor, ExecutorError, LocalExecutor
+
+from .challenges import ChallengeBook
+from .errors import ServiceError, conflict, internal, not_found, unauthorized, unavailable
+from .jobs import JobManager, Paths, result_url
+from .limits import SlidingWindow
+from .network import client_address
+from .options import FILE_FIELD, parse_options
+from .sessions import SessionRegistry
+from .settings import Settings
+from .store import Job, JobStore
+from .uploads import receive_upload
+from .websocket import session_socket
+
+log = logging.getLogger(__name__)
+
+WEB_PAGE = Path(__file__).resolve().parents[1] / "web" / "index.html"
+PLACEHOLDER_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>freestems</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body style="font-family: system-ui, sans-serif; max-width: 40rem; margin: 3rem auto; padding: 0 1rem">
+<h1>freestems</h1>
+<p>Free, unlimited music stem separation. The web page is on its way; the API works now:
+open a WebSocket to <code>/session</code>, solve its challenge, and <code>POST /separate</code> with the
+key in <code>X-Session-Key</code>. See <a href="/docs">the API documentation</a>.</p>
+</body></html>
+"""
+JOB_ID = re.compile(r"[0-9a-f]{16}")
+FAILURE_STATUS = {"too_long": 413, "not_audio": 415, "invalid_options": 422, "interrupted": 503}
+
+_FORM_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FILE_FIELD],
+                    "properties": {
+                        FILE_FIELD: {"type": "string", "format": "binary"},
+                        "two_stems": {"type": "string", "enum": ["vocals", "drums", "bass", "other"]},
+                        "shifts": {"type": "integer", "default": 1},
+                        "overlap": {"type": "number", "default": 0.25},
+                        "mp3": {"type": "boolean", "default": True},
+                        "mp3_bitrate": {"type": "integer", "default": 192, "minimum": 128, "maximum": 320},
+                        "model": {"type": "string"},
+                    },
+                }
+            }
+        },
+    },
+    "parameters": [{"name": "X-Session-Key", "in": "header", "schema": {"type": "string"}}],
+}
+
+
+@dataclass
+class Service:
+    """The running service's parts, shared by the routes (``app.state.service``)."""
+
+    settings: Settings
+    executor: Executor
+    store: JobStore
+    sessions: SessionRegistry
+    challenges: ChallengeBook
+    limiter: SlidingWindow
+    manager: JobManager
+    paths: Paths
+
+
+def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
+    """The FastAPI app. Without ``executor``, an in-process one loads the model the settings name."""
+    paths = Paths(settings.data_dir)
+    if executor is None:
+        executor = LocalExecutor(
+            lambda: _load_model(settings),
+            paths.work,
+            workers=settings.workers,
+            threads=settings.threads,
+            device=settings.device,
+        )
+    secret = settings.hmac_secret
+    if not secret:
+        secret = secrets.token_hex(32)
+        log.warning(
+            "FREESTEMS_HMAC_SECRET is not set: challenges are signed with a random secret of this process, "
+            "so a challenge issued before a restart cannot be answered after it"
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        paths.create()
+        await asyncio.to_thread(executor.start)
+        store = JobStore(paths.database)
+        sessions = SessionRegistry(settings.session_ttl)
+        manager = JobManager(settings, executor, store, sessions, paths)
+        service = Service(
+            settings=settings,
+            executor=executor,
+            store=store,
+            sessions=sessions,
+            challenges=ChallengeBook(
+                secret,
+                algorithm=settings.pow_algorithm,
+                cost=settings.pow_cost,
+                counter=settings.pow_counter,
+                ttl=settings.challenge_ttl,
+            ),
+            limiter=SlidingWindow(settings.sessions_per_minute, 60.0),
+            manager=manager,
+            paths=paths,
+        )
+        await manager.start()
+        app.state.service = service
+        sweeper = asyncio.create_task(_sweep_forever(service))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await manager.close()
+            store.close()
+
+    app = FastAPI(
+        title="freestems",
+        version=__version__,
+        description="Free, unlimited music stem separation. Demucs-compatible `POST /separate`.",
+        lifespan=lifespan,
+    )
+    _add_error_handlers(app)
+    _add_routes(app)
+    app.mount("/static", StaticFiles(directory=WEB_PAGE.parent / "static", check_dir=False), name="static")
+    return app
+
+
+def _load_model(settings: Settings):
+    from freestems.models import load_model
+
+    return load_model(settings.model, model_file=settings.model_file, model_config=settings.model_config)
+
+
+async def _sweep_forever(service: Service) -> None:
+    while True:
+        await asyncio.sleep(service.settings.sweep_interval)
+        try:
+            sweep(service)
+        except Exception:
+            log.exception("the sweeper failed; it tries again next time")
+
+
+def sweep(service: Service) -> None:
+    """Expired results and jobs, expired keys (their sockets are told and closed), old challenges."""
+    service.manager.sweep()
+    service.sessions.sweep()
+    service.challenges.prune()
+    service.limiter.prune()
+
+
+# ---------------------------------------------------------------------------------------------- routes
+
+
+def _service(request: Request | WebSocket) -> Service:
+    return request.app.state.service
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.get("/", include_in_schema=False)
+    async def root(request: Request) -> Response:
+        if "text/html" in request.headers.get("accept", ""):
+            if WEB_PAGE.is_file():
+                return FileResponse(WEB_PAGE, media_type="text/html")
+            return HTMLResponse(PLACEHOLDER_PAGE)
+        return JSONResponse(_health(_service(request)))
+
+    @app.get("/health", summary="Service health: model, version, queue")
+    async def health(request: Request) -> dict[str, Any]:
+        return _health(_service(request))
+
+    @app.websocket("/session")
+    async def session(websocket: WebSocket) -> None:
+        await session_socket(websocket, _service(websocket))
+
+    @app.post(
+        "/separate",
+        summary="Separate a song; the response is a zip of the stems (Demucs-on-Modal compatible)",
+        response_class=FileResponse,
+        openapi_extra=_FORM_SCHEMA,
+    )
+    async def separate(request: Request) -> Response:
+        service = _service(request)
+        job = await _create_job(request, service)
+        finished = await _wait_unless_disconnected(request, service, job)
+        if finished is None:
+            return Response(status_code=499)  # nobody is listening any more
+        return _result_response(service, finished)
+
+    @app.post(
+        "/jobs",
+        status_code=202,
+        summary="Queue a separation; poll it or follow it on the WebSocket",
+        openapi_extra=_FORM_SCHEMA,
+    )
+    async def create_job(request: Request) -> JSONResponse:
+        service = _service(request)
+        job = await _create_job(request, service)
+        body = {
+            **service.manager.view(job),
+            "token": job.token,
+            "status_url": f"/jobs/{job.id}?token={job.token}",
+            "result_url": result_url(job),
+        }
+        headers = {"Location": body["status_url"], "X-Cache": "hit" if job.cache_hit else "miss"}
+        return JSONResponse(body, status_code=202, headers=headers)
+
+    @app.get("/jobs/{job_id}", summary="A job's state, progress and queue position (needs its token)")
+    async def get_job(job_id: str, request: Request) -> dict[str, Any]:
+        service = _service(request)
+        return service.manager.view(_owned_job(request, service, job_id))
+
+    @app.get(
+        "/jobs/{job_id}/result", summary="A finished job's zip (needs its token)", response_class=FileResponse
+    )
+    async def get_result(job_id: str, request: Request) -> Response:
+        service = _service(request)
+        return _result_response(service, _owned_job(request, service, job_id))
+
+    @app.delete(
+        "/jobs/{job_id}", status_code=204, summary="Cancel a job and delete its upload and results now"
+    )
+    async def delete_job(job_id: str, request: Request) -> Response:
+        service = _service(request)
+        job = _owned_job(request, service, job_id)
+        service.manager.delete(job.id)
+        return Response(status_code=204)
+
+
+def _health(service: Service) -> dict[str, Any]:
+    return {
+        "status": "ok",
+        "model": service.executor.model.name,
+        "version": __version__,
+        "auth": service.settings.auth,
+        "queue": service.manager.health(),
+    }
+
+
+async def _create_job(request: Request, service: Service) -> Job:
+    """Key, admission, streamed upload, options, then the manager: the common path of both POSTs."""
+    settings = service.settings
+    client = client_address(request, settings.trust_proxy)
+    key = request.headers.get("x-session-key")
+    session = service.sessions.claim(key, client) if settings.auth_required or key else None
+    try:
+        service.manager.admit(client)  # before reading the body: a flood is refused cheaply
+        upload = await receive_upload(
+            request,
+            service.paths.uploads,
+            max_bytes=settings.max_upload_bytes,
+            file_field=FILE_FIELD,
+            timeout=settings.upload_timeout,
+        )
+        try:
+            model = service.executor.model
+            options = parse_options(
+                upload.fields, sources=model.sources, model=model.name, max_shifts=settings.max_shifts
+            )
+        except BaseException:
+            upload.discard()
+            raise
+        return await service.manager.submit(upload, options, client, session)
+    except ExecutorError as error:
+        log.warning("job refused: %s", error)
+        if session is not None:
+            service.sessions.unclaim(session)
+        raise unavailable("the server is restarting; try again in a minute", retry_after=60) from None
+    except BaseException:
+        if session is not None:
+            service.sessions.unclaim(session)
+        raise
+
+
+async def _wait_unless_disconnected(request: Request, service: Service, job: Job) -> Job | None:
+    """Wait for the job; if the client hangs up first, cancel it (nobody would get the result)."""
+    waiting = asyncio.ensure_future(service.manager.wait(job.id))
+    hangup = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({waiting, hangup}, return_when=asyncio.FIRST_COMPLETED)
+        if waiting in done:
+            finished = waiting.result()
+            if finished is None:
+                raise not_found(f"job {job.id} was deleted")
+            return finished
+        service.manager.cancel(job.id, "cancelled because the client of POST /separate disconnected")
+        return None
+    finally:
+        waiting.cancel()
+        hangup.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has disconnected (the body has been read, so only that can come)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _owned_job(request: Request, service: Service, job_id: str) -> Job:
+    """The job, if the caller has its token (query ``token`` or header ``X-Job-Token``); else 401/404."""
+    token = request.query_params.get("token") or request.headers.get("x-job-token")
+    if not token:
+        raise unauthorized("token_missing", "give the job's token as ?token=... or in the X-Job-Token header")
+    job = service.manager.get(job_id) if JOB_ID.fullmatch(job_id) else None
+    if job is None or not hmac.compare_digest(job.token.encode(), token.encode()):
+        ttl = round(service.settings.result_ttl)
+        raise not_found(
+            f"no job {job_id} with this token (jobs and results are deleted {ttl} s after they end)"
+        )
+    return job
+
+
+def _result_response(service: Service, job: Job) -> Response:
+    if job.state == "done" and job.result_path is not None and job.result_path.is_file():
+        return FileResponse(
+            job.result_path,
+            media_type="application/zip",
+            filename="stems.zip",
+            headers={"X-Cache": "hit" if job.cache_hit else "miss", "X-Job-Id": job.id},
+        )
+    if job.state == "done":
+        raise not_found(f"the result of job {job.id} has been deleted")
+    if job.state == "failed":
+        code = job.error_code or "failed"
+        status = FAILURE_STATUS.get(code, 500)
+        raise ServiceError(status, code, job.error or "the separation failed")
+    if job.state == "cancelled":
+        raise conflict("cancelled", f"job {job.id} was cancelled: {job.error or 'no reason given'}")
+    if service.manager.closing:
+        raise unavailable(
+            f"the server is restarting; job {job.id} runs again when it is back (GET /jobs/{job.id})",
+            retry_after=60,
+        )
+    raise conflict("not_done", f"job {job.id} is {job.state}; its result is not ready yet")
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, error: ServiceError) -> JSONResponse:
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {}
+        location = [
+            str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")
+        ]
+        field = ".".join(location) or "request"
+        problem = ServiceError(
+            422, "invalid_parameter", f"{field}: {first.get('msg', 'invalid')}", field=field
+        )
+        return JSONResponse(problem.body(), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        message = {404: "no such endpoint", 405: "method not allowed"}.get(
+            error.status_code, str(error.detail)
+        )
+        problem = ServiceError(error.status_code, codes.get(error.status_code, "http_error"), message)
+        return JSONResponse(problem.body(), status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+        problem = internal()
+        return JSONResponse(problem.body(), status_code=problem.status)

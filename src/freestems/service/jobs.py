@@ -1,0 +1,481 @@
+"""The job manager: admission, the result cache, state in the store, the executor, and telling the client.
+
+Everything here runs on the event loop (executor reports are brought back to it with
+``call_soon_threadsafe``), so a check and the insert that follows it cannot interleave with another
+request: the queue capacity and per-address limits are exact.
+
+A submission goes: probe the audio (415 not audio, 413 too long) -> admission (429 queue full, 429 too many
+jobs from this address) -> result cache (a hit is a finished job at once, no model run) -> job stored as
+``queued`` -> executor. Reports move it to ``running`` and then ``done``/``failed``/``cancelled``; each
+change goes to the job's session WebSocket, progress is persisted at most once a second, and when a job
+ends its session key dies.
+
+Files (all under the data folder): ``uploads/`` inputs waiting or running (deleted once processed),
+``work/`` the executor's per-job folders, ``results/<job>.zip`` results, ``cache/<key>.zip`` the cache (hard
+links to results). On start, stale temporary files and files no record points at are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from freestems.audio import AudioDecodeError, AudioReader
+from freestems.audio.decode import format_duration
+from freestems.executors import Executor, JobEvent, WorkItem
+
+from .cache import ResultCache, cache_key, link_or_copy
+from .errors import payload_too_large, too_many_requests, unavailable, unsupported_media
+from .options import SeparationOptions
+from .sessions import Session, SessionRegistry
+from .settings import Settings
+from .store import TERMINAL, Job, JobStore
+from .uploads import PART_SUFFIX, Upload
+
+log = logging.getLogger(__name__)
+
+PROGRESS_PERSIST_SECONDS = 1.0
+"""Progress reaches SQLite at most this often per job (the WebSocket gets every update)."""
+DEFAULT_JOB_SECONDS = 60.0
+"""Job duration assumed for Retry-After estimates until one has been measured."""
+SHUTDOWN_REASON = "the server stopped while this job ran; it runs again when the server is back"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The data folder's layout."""
+
+    root: Path
+
+    @property
+    def database(self) -> Path:
+        return self.root / "jobs.sqlite3"
+
+    @property
+    def uploads(self) -> Path:
+        return self.root / "uploads"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    def create(self) -> None:
+        for folder in (self.uploads, self.work, self.results, self.cache):
+            folder.mkdir(parents=True, exist_ok=True)
+
+
+class JobManager:
+    """Owns the life of every job. Create it, ``await start()``, and ``await close()`` at shutdown."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        executor: Executor,
+        store: JobStore,
+        sessions: SessionRegistry,
+        paths: Paths,
+    ) -> None:
+        self.settings = settings
+        self.executor = executor
+        self.store = store
+        self.sessions = sessions
+        self.paths = paths
+        self.cache = ResultCache(store, paths.cache, settings.result_ttl, settings.result_cache)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._progress: dict[str, float] = {}
+        self._persisted: dict[str, float] = {}
+        self._waiters: dict[str, asyncio.Event] = {}
+        self._job_seconds = DEFAULT_JOB_SECONDS
+        self._closed = False
+        self._stopped = False
+
+    # ------------------------------------------------------------------------------------------ life
+
+    async def start(self) -> None:
+        """Clean stale files, recover the store after a restart and resubmit unfinished jobs."""
+        self._loop = asyncio.get_running_loop()
+        self.paths.create()
+        shutil.rmtree(self.paths.work, ignore_errors=True)
+        self.paths.work.mkdir(parents=True, exist_ok=True)
+        for stale in self.paths.uploads.glob(f".*{PART_SUFFIX}"):
+            stale.unlink(missing_ok=True)
+        requeue, failed = self.store.recover(self.settings.result_ttl)
+        for job in failed:
+            log.warning("job %s could not be resumed after a restart (its upload is gone)", job.id)
+        self._remove_orphans()
+        for job in requeue:
+            self.executor.submit(self._work_item(job))
+        if requeue:
+            log.info("resumed %d unfinished job(s) from the store", len(requeue))
+
+    async def close(self) -> None:
+        """Stop the executor; jobs it was running go back to ``queued`` and run after a restart."""
+        self._closed = True
+        await asyncio.to_thread(self.executor.close)
+        for job in self.store.active():
+            if job.state == "running":
+                self.store.update(job.id, state="queued", progress=0.0, started_at=None)
+                log.info("job %s interrupted by shutdown; it will run after a restart", job.id)
+        for event in self._waiters.values():
+            event.set()
+        self._stopped = True  # reports still in the loop's queue are dropped: the store has the state
+
+    @property
+    def closing(self) -> bool:
+        """True once shutdown has begun: unfinished jobs will run after the restart."""
+        return self._closed
+
+    # ------------------------------------------------------------------------------------------ admission
+
+    def admit(self, client: str) -> None:
+        """Raise 429 (with Retry-After) if the queue is full or ``client`` has too many jobs in flight."""
+        if self._closed:
+            raise unavailable("the server is shutting down; try again in a minute", retry_after=60)
+        total = self.store.in_flight()
+        if total >= self.settings.queue_capacity:
+            wait = self._job_seconds * total / self.settings.workers
+            raise too_many_requests(
+                "queue_full",
+                f"the queue is full ({total} jobs); try again in {math.ceil(wait)} s",
+                wait,
+            )
+        mine = self.store.in_flight(client)
+        if mine >= self.settings.jobs_per_ip:
+            raise too_many_requests(
+                "too_many_jobs",
+                f"you already have {mine} job(s) queued or running "
+                f"(the limit is {self.settings.jobs_per_ip}); wait for one to finish",
+                self._job_seconds,
+            )
+
+    async def submit(
+        self, upload: Upload, options: SeparationOptions, client: str, session: Session | None
+    ) -> Job:
+        """Turn a received upload into a job (or a cached result). The upload's temp file is always consumed.
+
+        Raises:
+            ServiceError: 415 not audio, 413 too long, 429 queue full / too many jobs, 401 key died meanwhile.
+        """
+        try:
+            await asyncio.to_thread(self._probe, upload)
+            self.admit(client)  # again: from here to the insert nothing awaits, so this is exact
+            job_id = secrets.token_hex(8)
+            key = cache_key(upload.sha256, self.executor.model.fingerprint, options.as_dict())
+            job = Job(
+                id=job_id,
+                token=secrets.token_urlsafe(24),
+                state="queued",
+                options=options.as_dict(),
+                model=self.executor.model.name,
+                client=client,
+                session=session.hash if session else None,
+                filename=upload.filename,
+                cache_key=key,
+                created_at=time.time(),
+            )
+            result = self.paths.results / f"{job_id}.zip"
+            cached = self.cache.lookup(key)
+            if cached is not None:
+                link_or_copy(cached, result)
+                now = time.time()
+                job.state, job.progress, job.cache_hit, job.result_path = "done", 1.0, True, result
+                job.started_at = job.finished_at = now
+                job.expires_at = now + self.settings.result_ttl
+                self.store.create(job)
+                if session is not None:
+                    self.sessions.post(session.connection, self.message(job))
+                    self.sessions.post(session.connection, self.done_message(job))
+                    self.sessions.consume(session)
+                return job
+            job.input_path = self.paths.uploads / f"{job_id}{upload.suffix}"
+            if session is not None:
+                self.sessions.attach(session, job_id)
+            upload.path.replace(job.input_path)
+            self.store.create(job)
+            self.executor.submit(self._work_item(job))  # if it refuses (closing), the job runs after restart
+            self._notify(job)
+            return job
+        except OSError as error:
+            log.error("cannot store a job: %s", error)
+            raise unavailable(
+                "the server cannot store jobs right now (disk full?); try again later"
+            ) from None
+        finally:
+            upload.discard()
+
+    def _probe(self, upload: Upload) -> None:
+        """Decide by content that the upload is audio (415) and short enough (413). Runs in a thread."""
+        try:
+            reader = AudioReader(upload.path, display_name=upload.filename)
+        except AudioDecodeError as error:
+            raise unsupported_media("not_audio", str(error)) from None
+        limit = self.settings.max_duration
+        if reader.duration is not None and reader.duration > limit:
+            raise payload_too_large(
+                "too_long",
+                f"{upload.filename}: the audio is {format_duration(reader.duration)} long; "
+                f"the limit is {format_duration(limit)}",
+            )
+
+    # ------------------------------------------------------------------------------------------ queries
+
+    def get(self, job_id: str) -> Job | None:
+        job = self.store.get(job_id)
+        if job is not None and job.id in self._progress and job.state == "running":
+            job.progress = self._progress[job.id]
+        return job
+
+    def position(self, job: Job) -> int:
+        return self.store.position(job)
+
+    def health(self) -> dict[str, Any]:
+        counts = self.store.counts()
+        return {
+            "queued": counts["queued"],
+            "running": counts["running"],
+            "capacity": self.settings.queue_capacity,
+        }
+
+    async def wait(self, job_id: str) -> Job | None:
+        """Wait until the job has ended (or the server is closing); returns it (None if deleted)."""
+        event = self._waiters.setdefault(job_id, asyncio.Event())
+        try:
+            job = self.get(job_id)
+            while job is not None and job.state not in TERMINAL and not self._closed:
+                await event.wait()
+                event.clear()
+                job = self.get(job_id)
+            return job
+        finally:
+            self._waiters.pop(job_id, None)
+
+    # ------------------------------------------------------------------------------------------ changes
+
+    def cancel(self, job_id: str, reason: str) -> Job | None:
+        """Cancel a queued or running job (its worker is freed within one chunk); ended jobs are kept."""
+        job = self.store.get(job_id)
+        if job is None or job.state in TERMINAL:
+            return job
+        now = time.time()
+        changes = dict(
+            state="cancelled",
+            error_code="cancelled",
+            error=reason,
+            finished_at=now,
+            expires_at=now + self.settings.result_ttl,
+        )
+        self.store.update(job_id, **changes)
+        for name, value in changes.items():
+            setattr(job, name, value)
+        self.executor.cancel(job_id)
+        self._ended(job)
+        return job
+
+    def delete(self, job_id: str) -> None:
+        """Delete a job now: cancel it if unfinished; remove its upload, result, cached copy and record."""
+        job = self.cancel(job_id, "deleted by its owner")
+        if job is None:
+            return
+        if job.cache_key:
+            self.cache.evict(job.cache_key)  # nothing derived from the upload stays behind
+        self._remove_files(job)
+        self.store.delete(job_id)
+
+    def connection_closed(self, connection: str) -> None:
+        """A session socket closed: its key dies and its unfinished job is cancelled."""
+        for job_id in self.sessions.close_connection(connection):
+            self.cancel(job_id, "cancelled because its session's WebSocket closed")
+
+    def sweep(self) -> int:
+        """Delete ended jobs past their TTL (files and records) and expired cache entries."""
+        expired = self.store.expired()
+        for job in expired:
+            self._remove_files(job)
+            self.store.delete(job.id)
+        return len(expired) + self.cache.sweep()
+
+    # ------------------------------------------------------------------------------------------ messages
+
+    def message(self, job: Job) -> dict[str, Any]:
+        """The WebSocket ``job`` message."""
+        message: dict[str, Any] = {
+            "type": "job",
+            "id": job.id,
+            "state": job.state,
+            "progress": round(job.progress, 4),
+            "position": self.store.position(job),
+        }
+        if job.error:
+            message["error"] = {"code": job.error_code, "message": job.error}
+        return message
+
+    def done_message(self, job: Job) -> dict[str, Any]:
+        return {"type": "done", "id": job.id, "result": result_url(job)}
+
+    def view(self, job: Job) -> dict[str, Any]:
+        """The JSON of ``GET /jobs/{id}``."""
+        view: dict[str, Any] = {
+            "id": job.id,
+            "state": job.state,
+            "progress": round(job.progress, 4),
+            "position": self.store.position(job),
+            "model": job.model,
+            "options": job.options,
+            "cache": "hit" if job.cache_hit else "miss",
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "expires_at": job.expires_at,
+            "result": result_url(job) if job.state == "done" else None,
+            "error": {"code": job.error_code, "message": job.error} if job.error else None,
+        }
+        if job.timings:
+            view["timings"] = job.timings
+        return view
+
+    # ------------------------------------------------------------------------------------------ events
+
+    def _work_item(self, job: Job) -> WorkItem:
+        assert job.input_path is not None
+        options = SeparationOptions.from_dict(job.options)
+        return WorkItem(
+            job_id=job.id,
+            source=job.input_path,
+            result=self.paths.results / f"{job.id}.zip",
+            report=self._report,
+            options=options.engine(),
+            output=options.output(),
+            max_duration=self.settings.max_duration,
+            display_name=job.filename or "audio_file",
+        )
+
+    def _report(self, event: JobEvent) -> None:
+        """Called by executor threads: continue on the loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        # RuntimeError: the loop closed in between; the store keeps the job for the next start.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._on_event, event)
+
+    def _on_event(self, event: JobEvent) -> None:
+        if self._stopped:
+            return
+        try:
+            self._handle(event)
+        except Exception:
+            log.exception("handling %s of job %s failed", event.kind, event.job_id)
+
+    def _handle(self, event: JobEvent) -> None:
+        job = self.store.get(event.job_id)
+        if job is None or job.state in TERMINAL:  # deleted or cancelled meanwhile: only clean up
+            if event.kind == "done" and event.result is not None and (job is None or not job.cache_hit):
+                event.result.unlink(missing_ok=True)
+            if event.kind in ("done", "failed", "cancelled"):
+                self._progress.pop(event.job_id, None)
+                self._broadcast_positions()
+            return
+        now = time.time()
+        if event.kind == "started":
+            self.store.update(job.id, state="running", started_at=now, progress=0.0)
+            job.state, job.started_at = "running", now
+            self._notify(job)
+            self._broadcast_positions()
+        elif event.kind == "progress":
+            self._progress[job.id] = job.progress = event.progress
+            if now - self._persisted.get(job.id, 0.0) >= PROGRESS_PERSIST_SECONDS:
+                self.store.update(job.id, progress=event.progress)
+                self._persisted[job.id] = now
+            self._notify(job)
+        elif event.kind == "done":
+            changes = dict(
+                state="done",
+                progress=1.0,
+                result_path=event.result,
+                timings=dict(event.timings or {}),
+                finished_at=now,
+                expires_at=now + self.settings.result_ttl,
+                input_path=None,
+            )
+            self.store.update(job.id, **changes)
+            for name, value in changes.items():
+                setattr(job, name, value)
+            if job.cache_key and event.result is not None:
+                self.cache.put(job.cache_key, event.result, job.id)
+            if job.started_at:
+                self._job_seconds = 0.7 * self._job_seconds + 0.3 * (now - job.started_at)
+            self._ended(job)
+        elif event.kind in ("failed", "cancelled"):
+            changes = dict(
+                state=event.kind,
+                error_code=event.code or event.kind,
+                error=event.message
+                or ("cancelled" if event.kind == "cancelled" else "the separation failed"),
+                finished_at=now,
+                expires_at=now + self.settings.result_ttl,
+                input_path=None,
+            )
+            self.store.update(job.id, **changes)
+            for name, value in changes.items():
+                setattr(job, name, value)
+            self._ended(job)
+
+    def _ended(self, job: Job) -> None:
+        """A job reached a final state: tell its socket, end its key, wake its waiter, move the queue."""
+        self._progress.pop(job.id, None)
+        self._persisted.pop(job.id, None)
+        self._notify(job)
+        if job.state == "done":
+            self.sessions.post_to_job(job.id, self.done_message(job))
+        self.sessions.finish(job.id)
+        waiter = self._waiters.get(job.id)
+        if waiter is not None:
+            waiter.set()
+        self._broadcast_positions()
+
+    def _notify(self, job: Job) -> None:
+        self.sessions.post_to_job(job.id, self.message(job))
+
+    def _broadcast_positions(self) -> None:
+        """The queue moved: every queued job's socket learns its new place."""
+        for position, job in enumerate(self.store.queued(), start=1):
+            message = self.message(job)
+            message["position"] = position
+            self.sessions.post_to_job(job.id, message)
+
+    # ------------------------------------------------------------------------------------------ files
+
+    def _remove_files(self, job: Job) -> None:
+        for path in (job.input_path, job.result_path, self.paths.results / f"{job.id}.zip"):
+            if path is not None:
+                path.unlink(missing_ok=True)
+
+    def _remove_orphans(self) -> None:
+        """Files in uploads/, results/ and cache/ that no record points at (left by a crash)."""
+        known = {path.resolve() for path in self.store.paths()}
+        for folder in (self.paths.uploads, self.paths.results, self.paths.cache):
+            for path in folder.iterdir():
+                if path.is_file() and path.resolve() not in known:
+                    log.info("removing orphaned file %s", path)
+                    path.unlink(missing_ok=True)
+
+
+def result_url(job: Job) -> str:
+    """Where the result zip is downloaded; relative to the server, token included."""
+    return f"/jobs/{job.id}/result?token={job.token}"

@@ -1,0 +1,235 @@
+"""Session keys: earned on a WebSocket, good for one separation, dead when anything ends.
+
+A key is issued after a valid proof-of-work answer and lives in memory only (a restart ends every socket,
+and with it every key). It is bound to the client address and to its connection, and it dies:
+
+- when its job ends (done, failed or cancelled) - one separation per key;
+- when its WebSocket closes - and its queued or running job is cancelled, so no compute is spent for a
+  client that has gone;
+- when ``session_ttl`` passes before it is used (the timer stops once an upload starts).
+
+Keys are stored by their SHA-256 only; a lookup hashes the presented key and the stored digest is compared
+with :func:`hmac.compare_digest`. Dead keys leave a tombstone for a while, so that a reused or expired key
+gets an error that says so instead of "unknown key".
+
+Status codes, as the API documents them: missing/unknown/expired/closed key -> 401 (get a new key);
+a real key used from another address, or used a second time -> 403 (this key will never work for this).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import ServiceError, forbidden, unauthorized
+
+GET_A_KEY = "open a WebSocket to /session and solve its challenge to get one"
+
+
+@dataclass
+class Session:
+    """One issued key. ``state``: ready (issued) -> claimed (an upload is under way) -> busy (its job)."""
+
+    digest: bytes
+    client: str
+    connection: str
+    expires_at: float
+    state: str = "ready"
+    job_id: str | None = None
+
+    @property
+    def hash(self) -> str:
+        """The key's digest as hex: what the job store keeps to know which session a job belongs to."""
+        return self.digest.hex()
+
+
+@dataclass(frozen=True)
+class _Tombstone:
+    error: ServiceError
+    until: float
+
+
+class SessionRegistry:
+    """Live keys, their connections, and a mailbox per connection. Used from the event loop only."""
+
+    def __init__(self, ttl: float, *, clock: Callable[[], float] = time.time) -> None:
+        self.ttl = ttl
+        self._clock = clock
+        self._sessions: dict[bytes, Session] = {}
+        self._by_connection: dict[str, bytes] = {}
+        self._by_job: dict[str, bytes] = {}
+        self._tombstones: dict[bytes, _Tombstone] = {}
+        self._mailboxes: dict[str, asyncio.Queue] = {}
+
+    # ------------------------------------------------------------------------------------- connections
+
+    def connect(self, connection: str) -> asyncio.Queue:
+        """Register a WebSocket connection; returns its mailbox (messages for it, or None: close)."""
+        mailbox: asyncio.Queue = asyncio.Queue()
+        self._mailboxes[connection] = mailbox
+        return mailbox
+
+    def post(self, connection: str, message: dict | None) -> None:
+        """Queue ``message`` for ``connection``'s socket (dropped when it has gone)."""
+        mailbox = self._mailboxes.get(connection)
+        if mailbox is not None:
+            mailbox.put_nowait(message)
+
+    def post_to_job(self, job_id: str, message: dict) -> None:
+        """Queue ``message`` for the socket of the session that owns ``job_id``, if any."""
+        digest = self._by_job.get(job_id)
+        session = self._sessions.get(digest) if digest is not None else None
+        if session is not None:
+            self.post(session.connection, message)
+
+    def has_live_key(self, connection: str) -> bool:
+        return connection in self._by_connection
+
+    def close_connection(self, connection: str) -> list[str]:
+        """The socket closed: its key dies. Returns the ids of jobs to cancel (queued or running)."""
+        self._mailboxes.pop(connection, None)
+        digest = self._by_connection.pop(connection, None)
+        if digest is None:
+            return []
+        session = self._sessions.pop(digest)
+        self._bury(
+            session,
+            unauthorized(
+                "key_closed", f"the WebSocket this key came from has closed, which ends the key; {GET_A_KEY}"
+            ),
+        )
+        if session.job_id is not None:
+            self._by_job.pop(session.job_id, None)
+            return [session.job_id]
+        return []
+
+    @property
+    def connections(self) -> int:
+        return len(self._mailboxes)
+
+    # ------------------------------------------------------------------------------------- keys
+
+    def issue(self, client: str, connection: str) -> tuple[str, Session]:
+        """A new key for ``client`` on ``connection`` (which must not hold a live one)."""
+        if connection in self._by_connection:
+            raise forbidden("session_active", "this connection already holds a live session key")
+        key = secrets.token_urlsafe(32)
+        session = Session(
+            digest=_digest(key), client=client, connection=connection, expires_at=self._clock() + self.ttl
+        )
+        self._sessions[session.digest] = session
+        self._by_connection[connection] = session.digest
+        return key, session
+
+    def claim(self, key: str | None, client: str) -> Session:
+        """Reserve ``key`` for one separation by ``client`` (an upload is about to be read).
+
+        Raises:
+            ServiceError: 401 missing, unknown, expired or closed key; 403 key of another address, or a key
+                that was used already.
+        """
+        if not key:
+            raise unauthorized(
+                "key_missing", f"a session key is required in the X-Session-Key header; {GET_A_KEY}"
+            )
+        digest = _digest(key)
+        session = self._sessions.get(digest)
+        if session is None or not hmac.compare_digest(session.digest, digest):
+            tombstone = self._tombstones.get(digest)
+            if tombstone is not None:
+                raise tombstone.error
+            raise unauthorized("key_invalid", f"unknown session key; {GET_A_KEY}")
+        if session.state == "ready" and session.expires_at < self._clock():
+            self._expire(session)
+            raise self._tombstones[digest].error
+        if not hmac.compare_digest(session.client.encode(), client.encode()):
+            raise forbidden("key_foreign", "this session key was issued to another address; get your own")
+        if session.state != "ready":
+            raise forbidden(
+                "key_used", "this session key is already in use by another request; get a new one"
+            )
+        session.state = "claimed"
+        return session
+
+    def unclaim(self, session: Session) -> None:
+        """The request was refused before any job existed: the key may be used again (if still alive)."""
+        if session.state == "claimed" and self._sessions.get(session.digest) is session:
+            session.state = "ready"
+            session.expires_at = max(session.expires_at, self._clock() + 1.0)
+
+    def attach(self, session: Session, job_id: str) -> None:
+        """Bind the claimed key to its job. Raises 401 if the key died during the upload."""
+        if self._sessions.get(session.digest) is not session:
+            tombstone = self._tombstones.get(session.digest)
+            raise (
+                tombstone.error
+                if tombstone
+                else unauthorized("key_invalid", f"unknown session key; {GET_A_KEY}")
+            )
+        session.state = "busy"
+        session.job_id = job_id
+        self._by_job[job_id] = session.digest
+
+    def finish(self, job_id: str) -> Session | None:
+        """The job ended: its key dies (one separation per key). Returns the session, if it was alive."""
+        digest = self._by_job.pop(job_id, None)
+        session = self._sessions.get(digest) if digest is not None else None
+        if session is None:
+            return None
+        self._drop(session)
+        self._bury(
+            session, forbidden("key_used", f"this session key was already used for a separation; {GET_A_KEY}")
+        )
+        return session
+
+    def consume(self, session: Session) -> None:
+        """End a claimed key that produced no running job (a cached result was served instead)."""
+        if self._sessions.get(session.digest) is session:
+            self._drop(session)
+            self._bury(
+                session,
+                forbidden("key_used", f"this session key was already used for a separation; {GET_A_KEY}"),
+            )
+
+    def sweep(self) -> list[Session]:
+        """Expire unused keys past their TTL (telling their sockets) and forget old tombstones; returns the
+        expired sessions."""
+        now = self._clock()
+        expired = [s for s in self._sessions.values() if s.state == "ready" and s.expires_at < now]
+        for session in expired:
+            self._expire(session)
+        for digest in [d for d, t in self._tombstones.items() if t.until < now]:
+            del self._tombstones[digest]
+        return expired
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    # ------------------------------------------------------------------------------------- internals
+
+    def _expire(self, session: Session) -> None:
+        """The key outlived its TTL unused: it dies, and its socket is told (and then closed)."""
+        self._drop(session)
+        self._bury(session, unauthorized("key_expired", f"the session key has expired; {GET_A_KEY}"))
+        message = "the session key expired before it was used; connect again for a new one"
+        self.post(session.connection, {"type": "error", "code": "session_expired", "message": message})
+
+    def _drop(self, session: Session) -> None:
+        self._sessions.pop(session.digest, None)
+        if self._by_connection.get(session.connection) == session.digest:
+            del self._by_connection[session.connection]
+        if session.job_id is not None:
+            self._by_job.pop(session.job_id, None)
+
+    def _bury(self, session: Session, error: ServiceError) -> None:
+        if session.digest not in self._tombstones:  # the first cause of death is the one reported
+            self._tombstones[session.digest] = _Tombstone(error, self._clock() + max(self.ttl, 600.0))
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()

@@ -1,0 +1,185 @@
+"""``WS /session``: the socket on which a client earns its key and follows its job.
+
+Server and client exchange JSON text messages::
+
+    (handshake: Origin checked, new-session rate limit)      refused: HTTP 403 / 429 with a JSON error
+    server -> {"type": "challenge", "challenge": {...ALTCHA v2 challenge...}}
+    client -> {"type": "solution", "payload": "<base64 altcha.Payload(challenge, solution)>"}
+    server -> {"type": "session", "key": "<opaque>", "expires_in": 900}
+    ...        the key is sent as X-Session-Key with POST /separate or POST /jobs
+    server -> {"type": "job", "id": ..., "state": "queued", "progress": 0, "position": 2}   (every change)
+    server -> {"type": "done", "id": ..., "result": "/jobs/<id>/result?token=..."}
+    client -> {"type": "challenge"}       a new challenge once the key is spent (counts as a new session)
+    client -> {"type": "ping"}            server -> {"type": "pong"} (browsers cannot send ping frames)
+
+Any error is ``{"type": "error", "code": ..., "message": ...}`` and the server closes the socket (1008).
+Closing the socket ends its key and cancels the key's unfinished job - except when the *server* closes it
+for a restart (close code 1012): then jobs are kept and run again once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from .errors import ServiceError, forbidden
+from .network import client_address, origin_allowed
+
+if TYPE_CHECKING:
+    from .app import Service
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 16 * 1024
+POLICY_VIOLATION = 1008
+SERVER_RESTART = 1012
+
+
+async def session_socket(websocket: WebSocket, service: Service) -> None:
+    """Serve one ``/session`` connection from handshake to close."""
+    settings = service.settings
+    if not origin_allowed(
+        websocket.headers.get("origin"), websocket.headers.get("host"), settings.allowed_origins
+    ):
+        await _deny(websocket, forbidden("bad_origin", "this origin may not open sessions on this server"))
+        return
+    client = client_address(websocket, settings.trust_proxy)
+    try:
+        service.limiter.hit(client)
+    except ServiceError as error:
+        await _deny(websocket, error)
+        return
+    await websocket.accept()
+    connection = secrets.token_hex(8)
+    mailbox = service.sessions.connect(connection)
+    closed_by_server_restart = False
+    try:
+        mailbox.put_nowait(
+            {"type": "challenge", "challenge": await service.challenges.issue_async(connection)}
+        )
+        closed_by_server_restart = await _serve(websocket, service, connection, client, mailbox)
+    except (WebSocketDisconnect, RuntimeError, OSError):  # the peer went away mid-send
+        pass
+    finally:
+        service.challenges.forget(connection)
+        if closed_by_server_restart:
+            service.sessions.close_connection(connection)  # keys die; their jobs resume after the restart
+        else:
+            service.manager.connection_closed(connection)
+
+
+async def _serve(
+    websocket: WebSocket, service: Service, connection: str, client: str, mailbox: asyncio.Queue
+) -> bool:
+    """The connection's loop: incoming messages, outgoing mail, the challenge deadline. Returns True when
+    the server closed the socket for a restart."""
+    receive: asyncio.Task = asyncio.ensure_future(websocket.receive())
+    outgoing: asyncio.Task = asyncio.ensure_future(mailbox.get())
+    idle_since: float | None = None
+    try:
+        while True:
+            deadline, why = _deadline(service, connection, idle_since)
+            idle_since = (idle_since or time.time()) if why.code == "idle" else None
+            timeout = None if deadline is None else max(0.0, deadline - time.time())
+            done, _ = await asyncio.wait(
+                {receive, outgoing}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                await _fail(websocket, why)
+                return False
+            if outgoing in done:
+                message = outgoing.result()
+                await websocket.send_json(message)
+                if message.get("type") == "error":
+                    await _close(websocket)
+                    return False
+                outgoing = asyncio.ensure_future(mailbox.get())
+            if receive in done:
+                event = receive.result()
+                if event["type"] == "websocket.disconnect":
+                    return event.get("code") == SERVER_RESTART
+                try:
+                    reply = await _handle(service, connection, client, event)
+                except ServiceError as error:
+                    await _fail(websocket, error)
+                    return False
+                if reply is not None:
+                    mailbox.put_nowait(reply)
+                receive = asyncio.ensure_future(websocket.receive())
+    finally:
+        receive.cancel()
+        outgoing.cancel()
+
+
+def _deadline(
+    service: Service, connection: str, idle_since: float | None
+) -> tuple[float | None, ServiceError]:
+    """When the connection must hear from the client, and what it is told if it does not.
+
+    A pending challenge must be answered within its TTL. A connection with neither a challenge nor a live
+    key (its job is over) may ask for a new challenge within the same time, else it is closed: idle
+    sockets would otherwise pile up for free. A live key has no deadline here (the sweeper expires it).
+    """
+    expiry = service.challenges.pending_expiry(connection)
+    if expiry is not None:
+        return expiry, forbidden("challenge_expired", "the challenge expired before it was solved")
+    if service.sessions.has_live_key(connection):
+        return None, forbidden("session_active", "")
+    ttl = service.settings.challenge_ttl
+    message = f"no challenge and no key for {ttl:g} s; connect again to start a new session"
+    return (idle_since or time.time()) + ttl, forbidden("idle", message)
+
+
+async def _handle(service: Service, connection: str, client: str, event: dict) -> dict | None:
+    """One client message; returns the reply (or None), raises ServiceError to end the connection."""
+    text = event.get("text")
+    if text is None or len(text) > MAX_MESSAGE_CHARS:
+        raise forbidden("bad_message", "send JSON text messages (at most 16 KiB)")
+    try:
+        message = json.loads(text)
+    except ValueError:
+        message = None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise forbidden("bad_message", 'messages are JSON objects with a "type"')
+    kind = message["type"]
+    if kind == "solution":
+        service.challenges.verify(connection, message.get("payload"))
+        key, _ = service.sessions.issue(client, connection)
+        return {"type": "session", "key": key, "expires_in": round(service.settings.session_ttl)}
+    if kind == "challenge":
+        if service.sessions.has_live_key(connection):
+            raise forbidden("session_active", "this connection still holds a live key; use it first")
+        service.limiter.hit(client)
+        return {"type": "challenge", "challenge": await service.challenges.issue_async(connection)}
+    if kind == "ping":
+        return {"type": "pong"}
+    raise forbidden("bad_message", f"unknown message type {kind!r}; expected solution, challenge or ping")
+
+
+async def _fail(websocket: WebSocket, error: ServiceError) -> None:
+    with contextlib.suppress(Exception):
+        await websocket.send_json({"type": "error", "code": error.code, "message": error.message})
+    await _close(websocket)
+
+
+async def _close(websocket: WebSocket) -> None:
+    if websocket.application_state != WebSocketState.DISCONNECTED:
+        with contextlib.suppress(Exception):
+            await websocket.close(POLICY_VIOLATION)
+
+
+async def _deny(websocket: WebSocket, error: ServiceError) -> None:
+    """Refuse the handshake with an HTTP error (JSON body), or a bare close if the server cannot."""
+    response = JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+    try:
+        await websocket.send_denial_response(response)
+    except RuntimeError:
+        await websocket.close(POLICY_VIOLATION)

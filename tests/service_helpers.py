@@ -1,0 +1,301 @@
+"""Helpers for service tests: a real uvicorn server in a thread, real clients, and the file checks.
+
+    with running_server(settings, executor) as server:          # http://127.0.0.1:<free port>
+        with open_session(server) as (ws, key):                 # WebSocket + solved challenge
+            httpx.post(server.url + "/separate", headers={"X-Session-Key": key}, files=...)
+
+Test modules load the fixtures with ``pytest_plugins = ["service_helpers"]`` and import the helpers; as
+the module is imported before pytest sees it as a plugin, its asserts are left as they are
+(PYTEST_DONT_REWRITE).
+
+Settings for tests are small (a trivial proof of work, short timers) so the suite stays fast; see
+:func:`small_settings`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import altcha
+import httpx
+import pytest
+import torch
+import uvicorn
+from audio_samples import write_test_file
+from model_helpers import make_small_checkpoint
+from websockets.sync.client import ClientConnection, connect
+
+from freestems.executors import Executor, LocalExecutor
+from freestems.models import LoadedModel, load_model
+from freestems.service import Settings, create_app
+from freestems.service.app import Service
+from freestems.service.jobs import Paths
+from freestems.service.server import uvicorn_config
+
+ORIGIN = "http://127.0.0.1"  # completed with the port: same-origin by default
+
+
+def small_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for tests: a proof of work that takes microseconds, small limits, short timers."""
+    values: dict[str, Any] = dict(
+        data_dir=data_dir,
+        host="127.0.0.1",
+        port=0,
+        hmac_secret="test secret",
+        pow_algorithm="SHA-256",
+        pow_cost=1,
+        pow_counter=8,
+        challenge_ttl=30.0,
+        session_ttl=60.0,
+        max_upload_mb=4.0,
+        max_duration=240.0,
+        max_shifts=3,
+        sessions_per_minute=1000,
+        jobs_per_ip=8,
+        queue_capacity=16,
+        result_ttl=600.0,
+        sweep_interval=0.2,
+        upload_timeout=30.0,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class LiveServer:
+    """A started server: its base URLs, settings and (for white-box checks) its running parts."""
+
+    url: str
+    settings: Settings
+    server: uvicorn.Server
+    thread: threading.Thread
+    app: Any
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.url[len("http") :]
+
+    @property
+    def origin(self) -> str:
+        return self.url
+
+    @property
+    def service(self) -> Service:
+        return self.app.state.service
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive(), "the server did not stop"
+
+
+@contextlib.contextmanager
+def running_server(settings: Settings, executor: Executor) -> Iterator[LiveServer]:
+    """Start a real uvicorn server for ``create_app(settings, executor)`` on 127.0.0.1 (a free port)."""
+    app = create_app(settings, executor)
+    config = uvicorn_config(app, settings, host="127.0.0.1", port=0, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the server failed to start (see the log above)")
+        if time.monotonic() > deadline:
+            raise TimeoutError("the server did not start in 60 s")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    live = LiveServer(f"http://127.0.0.1:{port}", settings, server, thread, app)
+    try:
+        yield live
+    finally:
+        if thread.is_alive():
+            live.stop()
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory) -> Iterator[LoadedModel]:
+    """The small seeded checkpoint, loaded once per module. Torch runs on one thread meanwhile: on a
+    small machine that is busy with other work, more threads only spin against each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield load_model(model_file=make_small_checkpoint(tmp_path_factory.mktemp("model") / "small.pt"))
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def start_server(tmp_path, small_model) -> Iterator[Callable[..., LiveServer]]:
+    """``start_server(**settings)`` starts a server on ``tmp_path/data`` (the same folder every call, so a
+    second call is a restart). Afterwards: every server is stopped, and no temporary file may be left."""
+    data_dir = tmp_path / "data"
+    with contextlib.ExitStack() as stack:
+
+        def start(**overrides: Any) -> LiveServer:
+            settings = small_settings(data_dir, **overrides)
+            executor = LocalExecutor(
+                lambda: small_model, Paths(settings.data_dir).work, workers=settings.workers
+            )
+            return stack.enter_context(running_server(settings, executor))
+
+        yield start
+    assert leftover_files(data_dir) == []
+
+
+@pytest.fixture(scope="session")
+def songs(tmp_path_factory) -> dict[str, Path]:
+    """Real encoded files: ``short`` (3 s mp3), ``medium`` (20 s), ``long`` (90 s: with shifts=3 it runs
+    for many seconds, long enough to be caught running), ``wav`` (2 s)."""
+    folder = tmp_path_factory.mktemp("songs")
+    files = {
+        "short": folder / "song.mp3",
+        "medium": folder / "medium.mp3",
+        "long": folder / "long.mp3",
+        "wav": folder / "tone.wav",
+    }
+    write_test_file(files["short"], "mp3", seconds=3.0)
+    write_test_file(files["medium"], "mp3", seconds=20.0, freq=220.0)
+    write_test_file(files["long"], "mp3", seconds=90.0, freq=330.0)
+    write_test_file(files["wav"], "wav", seconds=2.0, freq=550.0)
+    return files
+
+
+# ---------------------------------------------------------------------------------------------- sessions
+
+
+@contextlib.contextmanager
+def connect_session(
+    server: LiveServer,
+    *,
+    origin: str | None = "same",
+    source: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Iterator[ClientConnection]:
+    """Open ``/session`` (Origin: the server's own unless given; ``source``: local address to bind)."""
+    kwargs: dict[str, Any] = {"open_timeout": 10, "close_timeout": 2, "additional_headers": headers or {}}
+    if origin is not None:
+        kwargs["origin"] = server.origin if origin == "same" else origin
+    if source is not None:
+        kwargs["source_address"] = (source, 0)
+    with connect(server.ws_url + "/session", **kwargs) as ws:
+        yield ws
+
+
+def receive(ws: ClientConnection, timeout: float = 30.0) -> dict:
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def solve(message: dict) -> str:
+    """The base64 payload answering a ``challenge`` message."""
+    assert message["type"] == "challenge", message
+    challenge = altcha.Challenge.from_dict(message["challenge"])
+    solution = altcha.solve_challenge(challenge, timeout=30)
+    assert solution is not None, "challenge not solved in time"
+    return altcha.Payload(challenge, solution).to_base64()
+
+
+def send(ws: ClientConnection, message: dict) -> None:
+    ws.send(json.dumps(message))
+
+
+@contextlib.contextmanager
+def open_session(server: LiveServer, **kwargs: Any) -> Iterator[tuple[ClientConnection, str]]:
+    """A WebSocket with a solved challenge, and the session key it earned (closed on exit)."""
+    with connect_session(server, **kwargs) as ws:
+        send(ws, {"type": "solution", "payload": solve(receive(ws))})
+        reply = receive(ws)
+        assert reply["type"] == "session", reply
+        assert reply["expires_in"] == round(server.settings.session_ttl)
+        yield ws, reply["key"]
+
+
+def wait_for_message(ws: ClientConnection, predicate: Callable[[dict], bool], timeout: float = 60.0) -> dict:
+    """Read messages until one satisfies ``predicate``; returns it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no matching WebSocket message in time")
+        message = receive(ws, timeout=left)
+        if predicate(message):
+            return message
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
+    """Poll ``condition`` until it is truthy; returns its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------------------------------------- requests
+
+
+def client_from(address: str, **kwargs: Any) -> httpx.Client:
+    """An HTTP client whose connections come from ``address`` (any of 127.0.0.0/8 works on Linux)."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), **kwargs)
+
+
+def form(path: Path, **fields: Any) -> dict[str, Any]:
+    """httpx keyword arguments for the separation form with ``path`` as ``audio_file``."""
+    return {
+        "files": {"audio_file": (path.name, path.read_bytes(), "application/octet-stream")},
+        "data": {name: str(value) for name, value in fields.items()},
+    }
+
+
+def post_job(server: LiveServer, path: Path, key: str | None, client: httpx.Client | None = None, **fields):
+    """``POST /jobs`` with the form; returns the response."""
+    headers = {"X-Session-Key": key} if key else {}
+    with contextlib.ExitStack() as stack:
+        http = client or stack.enter_context(httpx.Client(timeout=60))
+        return http.post(server.url + "/jobs", headers=headers, **form(path, **fields))
+
+
+def job_status(server: LiveServer, job: dict) -> dict:
+    response = httpx.get(f"{server.url}/jobs/{job['id']}", params={"token": job["token"]}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_for_state(server: LiveServer, job: dict, *states: str, timeout: float = 60.0) -> dict:
+    return wait_until(lambda: (s := job_status(server, job))["state"] in states and s, timeout=timeout)
+
+
+def error_of(response: httpx.Response) -> dict:
+    """The ``error`` object of a JSON error response."""
+    body = response.json()
+    assert set(body) == {"error"}, body
+    return body["error"]
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def leftover_files(data_dir: Path) -> list[str]:
+    """Temporary files, uploads and work folders still in the data folder (there should be none)."""
+    found = [str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.name.endswith(".part")]
+    for folder in ("uploads", "work"):
+        if (data_dir / folder).is_dir():
+            found += [str(p.relative_to(data_dir)) for p in (data_dir / folder).iterdir()]
+    return sorted(set(found))
