@@ -19,6 +19,7 @@ from freestems.audio import (
     AudioEncodeError,
     AudioError,
     AudioReader,
+    AudioTooLong,
     StemWriter,
     decode,
     encode,
@@ -279,7 +280,7 @@ def test_display_name_replaces_file_name(tmp_path):
 def test_too_long_by_container_duration(tmp_path):
     path = tmp_path / "long.wav"
     write_test_file(path, "wav", 3.0)
-    with pytest.raises(AudioDecodeError) as info:
+    with pytest.raises(AudioTooLong) as info:  # an AudioDecodeError a service can tell from "not audio"
         AudioReader(path, max_duration=2)
     assert str(info.value) == "long.wav: audio is 3 s long; the limit is 2 s"
     assert AudioReader(path, max_duration=3).read().shape[1] == 3 * SAMPLE_RATE
@@ -304,9 +305,7 @@ def test_too_long_enforced_while_decoding(tmp_path):
     path.write_bytes(lie + data[len(lie) :])
     reader = AudioReader(path, max_duration=2)
     assert reader.duration < 1
-    with pytest.raises(
-        AudioDecodeError, match=r"liar\.mp3: audio is more than 2\.\d s long; the limit is 2 s"
-    ):
+    with pytest.raises(AudioTooLong, match=r"liar\.mp3: audio is more than 2\.\d s long; the limit is 2 s"):
         for _ in reader.blocks(4096):
             pass
     assert AudioReader(path).read().shape[1] >= 6 * SAMPLE_RATE

@@ -13,12 +13,12 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from freestems import __version__
+from freestems.audio.formats import MP3_BITRATES
 
 AUDIO_SUFFIXES = {
     ".mp3", ".wav", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4", ".webm", ".aiff", ".aif",
     ".wma", ".mka", ".mkv", ".mov",
 }  # fmt: skip
-MP3_BITRATES = (128, 160, 192, 224, 256, 320)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

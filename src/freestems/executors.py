@@ -23,7 +23,6 @@ import collections
 import hashlib
 import json
 import logging
-import re
 import shutil
 import threading
 from collections.abc import Callable, Mapping
@@ -241,7 +240,7 @@ class LocalExecutor:
                     self._running.pop(item.job_id, None)
 
     def _run(self, running: _Running) -> None:
-        from freestems.audio import AudioDecodeError, AudioEncodeError
+        from freestems.audio import AudioDecodeError, AudioEncodeError, AudioTooLong
         from freestems.pipeline import separate_file, zip_stems
         from freestems.separate import SeparationError
 
@@ -279,9 +278,8 @@ class LocalExecutor:
         except _Stopped:
             outcome = None if running.shutdown else JobEvent(item.job_id, "cancelled")
         except AudioDecodeError as error:
-            message = _rename(str(error), item)
-            code = "too_long" if _TOO_LONG.search(message) else "not_audio"
-            outcome = JobEvent(item.job_id, "failed", code=code, message=message)
+            code = "too_long" if isinstance(error, AudioTooLong) else "not_audio"
+            outcome = JobEvent(item.job_id, "failed", code=code, message=_rename(str(error), item))
         except AudioEncodeError as error:
             outcome = JobEvent(item.job_id, "failed", code="encode_failed", message=_rename(str(error), item))
         except SeparationError as error:
@@ -300,8 +298,6 @@ class LocalExecutor:
             _report(item, outcome)
 
 
-_TOO_LONG = re.compile(r"\blong; the limit is\b")
-"""How :class:`freestems.audio.AudioReader` words a duration over ``max_duration``."""
 
 
 def _rename(message: str, item: WorkItem) -> str:

@@ -5,8 +5,8 @@ Knows nothing about models or HTTP. See :mod:`.decode` and :mod:`.encode`.
 
 from .decode import AudioReader, decode
 from .encode import StemWriter, encode, open_writer
-from .errors import AudioDecodeError, AudioEncodeError, AudioError
-from .formats import FORMATS, OutputFormat
+from .errors import AudioDecodeError, AudioEncodeError, AudioError, AudioTooLong
+from .formats import FORMATS, FormatInfo
 
 __all__ = [
     "FORMATS",
@@ -14,7 +14,8 @@ __all__ = [
     "AudioEncodeError",
     "AudioError",
     "AudioReader",
-    "OutputFormat",
+    "AudioTooLong",
+    "FormatInfo",
     "StemWriter",
     "decode",
     "encode",

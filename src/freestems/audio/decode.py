@@ -22,7 +22,7 @@ import numpy as np
 import soxr
 
 from .. import SAMPLE_RATE
-from .errors import SUPPORTED_INPUTS, AudioDecodeError
+from .errors import SUPPORTED_INPUTS, AudioDecodeError, AudioTooLong
 
 log = logging.getLogger(__name__)
 
@@ -460,11 +460,12 @@ class AudioReader:
             f"Supported: {SUPPORTED_INPUTS}"
         )
 
-    def _too_long(self, seconds: float, decoding: bool = False) -> AudioDecodeError:
+    def _too_long(self, seconds: float, decoding: bool = False) -> AudioTooLong:
         assert self.max_duration is not None
         longer = "more than " if decoding else ""
         limit = format_duration(self.max_duration)
-        return self._error(f"audio is {longer}{format_duration(seconds)} long; the limit is {limit}")
+        length = format_duration(seconds)
+        return AudioTooLong(f"{self._name}: audio is {longer}{length} long; the limit is {limit}")
 
 
 def decode(path: str | Path, max_duration: float | None = None) -> np.ndarray:

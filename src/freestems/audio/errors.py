@@ -14,5 +14,9 @@ class AudioDecodeError(AudioError):
     """An input file cannot be read as audio (missing, empty, not audio, corrupt, too long...)."""
 
 
+class AudioTooLong(AudioDecodeError):
+    """The audio is longer than the configured ``max_duration`` (a limit, not a broken file)."""
+
+
 class AudioEncodeError(AudioError):
     """An output file cannot be written (bad format or options, disk error, bad samples...)."""

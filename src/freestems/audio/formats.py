@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class OutputFormat:
+class FormatInfo:
     """One output format and the options it accepts."""
 
     name: str
@@ -25,10 +25,10 @@ class OutputFormat:
 
 MP3_BITRATES = (128, 160, 192, 224, 256, 320)
 
-FORMATS: dict[str, OutputFormat] = {
-    "wav": OutputFormat("wav", ".wav", "audio/wav", True, bit_depths=(16, 24, 32), default_bit_depth=16),
-    "flac": OutputFormat("flac", ".flac", "audio/flac", True, bit_depths=(16, 24), default_bit_depth=16),
-    "mp3": OutputFormat(
+FORMATS: dict[str, FormatInfo] = {
+    "wav": FormatInfo("wav", ".wav", "audio/wav", True, bit_depths=(16, 24, 32), default_bit_depth=16),
+    "flac": FormatInfo("flac", ".flac", "audio/flac", True, bit_depths=(16, 24), default_bit_depth=16),
+    "mp3": FormatInfo(
         "mp3",
         ".mp3",
         "audio/mpeg",
