@@ -1,0 +1,189 @@
+// Words for people: sizes, durations, and what an error means and what to do about it.
+
+export function formatBytes(bytes) {
+  if (!Number.isFinite(bytes)) return "unknown size";
+  if (bytes < 1000) return `${bytes} bytes`;
+  if (bytes < 1e6) return `${(bytes / 1e3).toFixed(0)} kB`;
+  if (bytes < 1e9) return `${(bytes / 1e6).toFixed(bytes < 1e7 ? 1 : 0)} MB`;
+  return `${(bytes / 1e9).toFixed(2)} GB`;
+}
+
+/** 75.4 -> "1:15"; 3725 -> "1:02:05". */
+export function formatClock(seconds) {
+  if (!Number.isFinite(seconds) || seconds < 0) return "0:00";
+  const whole = Math.floor(seconds);
+  const h = Math.floor(whole / 3600);
+  const m = Math.floor((whole % 3600) / 60);
+  const s = String(whole % 60).padStart(2, "0");
+  return h ? `${h}:${String(m).padStart(2, "0")}:${s}` : `${m}:${s}`;
+}
+
+/** 1200 -> "20 minutes"; 90 -> "1 minute 30 seconds"; 45 -> "45 seconds". */
+export function formatDuration(seconds) {
+  const whole = Math.round(seconds);
+  const parts = [];
+  const h = Math.floor(whole / 3600);
+  const m = Math.floor((whole % 3600) / 60);
+  const s = whole % 60;
+  if (h) parts.push(`${h} hour${h === 1 ? "" : "s"}`);
+  if (m) parts.push(`${m} minute${m === 1 ? "" : "s"}`);
+  if (s || parts.length === 0) parts.push(`${s} second${s === 1 ? "" : "s"}`);
+  return parts.join(" ");
+}
+
+/** A limit in MB as people write it: 100 -> "100 MB", 0.5 -> "500 kB". */
+export function formatLimitMB(mb) {
+  return formatBytes(Math.round(mb * 1e6));
+}
+
+export function capitalize(text) {
+  const value = String(text || "").trim();
+  return value ? value[0].toUpperCase() + value.slice(1) : value;
+}
+
+function sentence(text) {
+  const value = capitalize(text);
+  return value && !/[.!?]$/.test(value) ? `${value}.` : value;
+}
+
+/** A failure the page shows: what happened and what to do. */
+export class Problem extends Error {
+  /**
+   * @param {string} code  a server error code (queue_full, not_audio, ...) or a page one (network, ...)
+   * @param {string} message  the detail (the server's message when it sent one)
+   * @param {object} extra  {status, retryAfter (s), field}
+   */
+  constructor(code, message = "", { status = 0, retryAfter = null, field = null } = {}) {
+    super(message || code);
+    this.code = code;
+    this.detail = message;
+    this.status = status;
+    this.retryAfter = retryAfter;
+    this.field = field;
+  }
+}
+
+const AGAIN = "Press Separate to try again.";
+
+/** {title, action, retryAfter} for a Problem (or any error). */
+export function describe(problem) {
+  const code = problem && problem.code ? problem.code : "unexpected";
+  const detail = problem && (problem.detail || problem.message) ? String(problem.detail || problem.message) : "";
+  const wait = problem && problem.retryAfter ? Math.max(1, Math.ceil(problem.retryAfter)) : null;
+  const waitWords = wait ? `Try again in ${formatDuration(wait)}.` : "Try again in a minute.";
+  const said = sentence(detail);
+  switch (code) {
+    case "network":
+      return { title: "The connection to the server was lost.", action: `Check your internet connection. ${AGAIN}` };
+    case "connection_lost":
+      return {
+        title: "The connection to the server was lost, so the separation was stopped.",
+        action: `Check your internet connection. ${AGAIN}`,
+      };
+    case "session_refused":
+      return {
+        title: "The server did not open a session for this page.",
+        action: "You may have started many separations in the last minute. Wait a minute, then try again.",
+      };
+    case "session_expired":
+    case "key_expired":
+    case "key_closed":
+    case "key_invalid":
+    case "key_missing":
+    case "key_used":
+      return { title: "Your session expired before the upload started.", action: AGAIN };
+    case "key_foreign":
+      return {
+        title: "Your network address changed during the separation (for example, Wi-Fi to mobile data).",
+        action: AGAIN,
+      };
+    case "idle":
+      return { title: "The session was closed because nothing happened for a while.", action: AGAIN };
+    case "challenge_expired":
+      return { title: "The anti-abuse check took too long.", action: AGAIN };
+    case "invalid_solution":
+    case "invalid_payload":
+    case "invalid_signature":
+    case "foreign_challenge":
+    case "replayed_solution":
+    case "no_challenge":
+      return { title: "The anti-abuse check was not accepted.", action: "Reload the page and try again." };
+    case "pow_unsupported":
+      return {
+        title: `The anti-abuse check cannot run in this browser: ${detail}`,
+        action: "Use an up-to-date browser (Chrome, Firefox, Safari or Edge).",
+      };
+    case "bad_origin":
+      return {
+        title: "This page is not allowed to use the server it was loaded from.",
+        action: "Open the page from the server's own address.",
+      };
+    case "rate_limited":
+      return { title: "Too many sessions were started from your address.", action: waitWords, retryAfter: wait };
+    case "too_many_jobs":
+      return {
+        title: "You already have separations running.",
+        action: `Wait until they finish. ${waitWords}`,
+        retryAfter: wait,
+      };
+    case "queue_full":
+      return { title: "The server is busy: its queue is full.", action: waitWords, retryAfter: wait };
+    case "unavailable":
+      return {
+        title: said || "The server is busy or restarting.",
+        action: waitWords,
+        retryAfter: wait,
+      };
+    case "upload_too_large":
+      return { title: "This file is too big.", action: `${said} Choose a smaller file (an MP3 is much smaller).` };
+    case "too_long":
+      return { title: "This song is too long.", action: `${said} Choose a shorter file.` };
+    case "not_audio":
+      return {
+        title: "This file is not audio the server can read.",
+        action: "Choose an MP3, WAV, FLAC, OGG, Opus or M4A file, or a video with sound.",
+      };
+    case "not_multipart":
+    case "invalid_form":
+    case "invalid_parameter":
+      return { title: `An option was refused: ${detail}`, action: "Change it and press Separate again." };
+    case "upload_timeout":
+      return {
+        title: "The upload took too long.",
+        action: "Try a smaller file (an MP3 instead of a WAV) or a faster connection.",
+      };
+    case "not_found":
+      return {
+        title: "Your files are no longer on the server (they are deleted after a while).",
+        action: "Separate the song again.",
+      };
+    case "cancelled":
+      return { title: "The separation was cancelled.", action: "Press Separate to start it again." };
+    case "encode_failed":
+    case "internal":
+    case "failed":
+      return {
+        title: "The separation failed on the server.",
+        action: "Try again; if it fails again, try another file.",
+      };
+    case "zip":
+    case "decode":
+      return {
+        title: `The stems were downloaded but cannot be played in this page: ${detail}`,
+        action: "Use Download all to get the files.",
+      };
+    case "server_restart":
+      return {
+        title: "The server restarted and your separation could not be followed.",
+        action: AGAIN,
+      };
+    case "aborted":
+      return { title: "Stopped.", action: "" };
+    default: {
+      const status = problem && problem.status;
+      if (status === 503) return { title: said || "The server is unavailable.", action: waitWords, retryAfter: wait };
+      if (status === 429) return { title: said || "Too many requests.", action: waitWords, retryAfter: wait };
+      return { title: said || "Something went wrong.", action: "Try again. If it keeps happening, reload the page." };
+    }
+  }
+}

@@ -1,0 +1,94 @@
+// A small ZIP reader for the result archive: entries STORED (MP3) or DEFLATED (WAV, FLAC), CRC-checked.
+// Deflate is undone by the browser (DecompressionStream "deflate-raw").
+
+const EOCD_SIGNATURE = 0x06054b50;
+const CENTRAL_SIGNATURE = 0x02014b50;
+const LOCAL_SIGNATURE = 0x04034b50;
+
+export class ZipError extends Error {}
+
+let crcTable = null;
+
+/** CRC-32 (IEEE, as in ZIP) of a Uint8Array. */
+export function crc32(bytes) {
+  if (!crcTable) {
+    crcTable = new Uint32Array(256);
+    for (let n = 0; n < 256; n += 1) {
+      let c = n;
+      for (let k = 0; k < 8; k += 1) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+      crcTable[n] = c >>> 0;
+    }
+  }
+  let crc = 0xffffffff;
+  for (let i = 0; i < bytes.length; i += 1) crc = crcTable[(crc ^ bytes[i]) & 0xff] ^ (crc >>> 8);
+  return (crc ^ 0xffffffff) >>> 0;
+}
+
+/** The entries of the archive's central directory: [{name, method, compressedSize, size, crc, offset}]. */
+export function listEntries(buffer) {
+  const view = new DataView(buffer);
+  const bytes = new Uint8Array(buffer);
+  // The end-of-central-directory record is the last 22 bytes, unless a comment (<= 64 KiB) follows it.
+  let eocd = -1;
+  for (let at = bytes.length - 22; at >= Math.max(0, bytes.length - 22 - 0xffff); at -= 1) {
+    if (view.getUint32(at, true) === EOCD_SIGNATURE) {
+      eocd = at;
+      break;
+    }
+  }
+  if (eocd < 0) throw new ZipError("the download is not a zip archive (it may be cut short)");
+  const total = view.getUint16(eocd + 10, true);
+  const directorySize = view.getUint32(eocd + 12, true);
+  const directoryOffset = view.getUint32(eocd + 16, true);
+  if (directoryOffset === 0xffffffff || total === 0xffff) throw new ZipError("ZIP64 archives are not supported");
+  if (directoryOffset + directorySize > eocd) throw new ZipError("the zip archive is damaged");
+  const decoder = new TextDecoder();
+  const entries = [];
+  let at = directoryOffset;
+  for (let i = 0; i < total; i += 1) {
+    if (view.getUint32(at, true) !== CENTRAL_SIGNATURE) throw new ZipError("the zip archive is damaged");
+    const nameLength = view.getUint16(at + 28, true);
+    const extraLength = view.getUint16(at + 30, true);
+    const commentLength = view.getUint16(at + 32, true);
+    entries.push({
+      name: decoder.decode(bytes.subarray(at + 46, at + 46 + nameLength)),
+      method: view.getUint16(at + 10, true),
+      crc: view.getUint32(at + 16, true),
+      compressedSize: view.getUint32(at + 20, true),
+      size: view.getUint32(at + 24, true),
+      offset: view.getUint32(at + 42, true),
+    });
+    at += 46 + nameLength + extraLength + commentLength;
+  }
+  return entries;
+}
+
+async function inflateRaw(data) {
+  if (typeof DecompressionStream === "undefined") {
+    throw new ZipError("this browser cannot unpack compressed files (no DecompressionStream); use Download all");
+  }
+  const stream = new Blob([data]).stream().pipeThrough(new DecompressionStream("deflate-raw"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+/** The files of the archive: [{name, data: Uint8Array}] in archive order (folders skipped). */
+export async function readZip(buffer) {
+  const view = new DataView(buffer);
+  const files = [];
+  for (const entry of listEntries(buffer)) {
+    if (entry.name.endsWith("/")) continue;
+    if (view.getUint32(entry.offset, true) !== LOCAL_SIGNATURE) throw new ZipError("the zip archive is damaged");
+    const start = entry.offset + 30 + view.getUint16(entry.offset + 26, true) + view.getUint16(entry.offset + 28, true);
+    if (start + entry.compressedSize > buffer.byteLength) throw new ZipError("the zip archive is cut short");
+    const raw = new Uint8Array(buffer, start, entry.compressedSize);
+    let data;
+    if (entry.method === 0) data = raw.slice();
+    else if (entry.method === 8) data = await inflateRaw(raw);
+    else throw new ZipError(`${entry.name} is packed with an unsupported method (${entry.method})`);
+    if (data.length !== entry.size || crc32(data) !== entry.crc) {
+      throw new ZipError(`${entry.name} is damaged in the download (checksum mismatch); download it again`);
+    }
+    files.push({ name: entry.name, data });
+  }
+  return files;
+}

@@ -1,0 +1,177 @@
+"""Helpers for the web page tests: Debian's Chromium driven by Playwright, and a server for the page.
+
+    with chromium() as browser:                      # /usr/bin/chromium, headless, a fresh profile
+        page = browser.new_page()
+
+Playwright only drives the system Chromium (``executable_path``); it never downloads a browser. The flags
+keep Chromium off the network it would otherwise try to reach at start (component updates, sync, field
+trials), which stalls it on a closed network.
+
+Test modules load the fixtures with ``pytest_plugins = ["web_helpers"]``; imported before pytest sees it
+as a plugin, its asserts are left as they are (PYTEST_DONT_REWRITE).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import wave
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from service_helpers import LiveServer, running_server, small_settings
+
+from freestems.executors import LocalExecutor
+from freestems.service.jobs import Paths
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--mute-audio",
+]
+DESKTOP = {"width": 1200, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="the web page tests need Debian's chromium at /usr/bin/chromium (scripts/setup.sh installs it)",
+)
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Browser]:
+    """The system Chromium, headless. Playwright starts it with a fresh temporary profile
+    (``--user-data-dir``), removed when it closes; each browser context is a fresh incognito-like session."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS, timeout=60_000
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture(scope="module")
+def web_server(tmp_path_factory, small_model) -> Iterator[LiveServer]:
+    """A real server for the page: the small model, a real (cheap) PBKDF2 proof of work as in production,
+    and the default upload limits (so the page's built-in defaults and the server agree)."""
+    data_dir = tmp_path_factory.mktemp("web") / "data"
+    settings = small_settings(
+        data_dir,
+        pow_algorithm="PBKDF2/SHA-256",
+        pow_cost=200,
+        pow_counter=40,
+        max_upload_mb=100.0,
+        max_duration=1200.0,
+    )
+    executor = LocalExecutor(lambda: small_model, Paths(settings.data_dir).work, workers=settings.workers)
+    with running_server(settings, executor) as server:
+        yield server
+
+
+class PageWatch:
+    """A page plus what went wrong in it: uncaught errors and console errors."""
+
+    def __init__(self, page: Page, expected: tuple[str, ...] = ()) -> None:
+        self.page = page
+        self.expected = expected
+        self.errors: list[str] = []
+        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
+        page.on("console", self._console)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type != "error":
+            return
+        where = (message.location or {}).get("url", "")
+        if where.endswith("/config") and "404" in message.text:
+            return  # the page asks for GET /config and falls back to defaults while the server lacks it
+        self.errors.append(f"console: {message.text} ({where})")
+
+    def unexpected(self) -> list[str]:
+        return [error for error in self.errors if not any(text in error for text in self.expected)]
+
+
+@pytest.fixture
+def open_page(browser: Browser, web_server: LiveServer) -> Iterator[Any]:
+    """``open_page(viewport=..., server=..., before=...)`` opens the page of ``server`` (default:
+    ``web_server``) in a new browser context (fresh storage; ``before(page)`` runs first) and
+    waits until it has loaded the server's settings. Afterwards: no uncaught error or console error
+    happened in it, except those containing one of ``expected_errors``."""
+    contexts = []
+    watches: list[PageWatch] = []
+
+    def open_(
+        viewport: dict[str, int] | None = None,
+        expected_errors: tuple[str, ...] = (),
+        server: LiveServer | None = None,
+        before: Callable[[Page], None] | None = None,
+    ) -> Page:
+        context = browser.new_context(viewport=viewport or DESKTOP, accept_downloads=True)
+        contexts.append(context)
+        page = context.new_page()
+        watch = PageWatch(page, expected_errors)
+        watches.append(watch)
+        page.set_default_timeout(30_000)
+        if before is not None:
+            before(page)
+        page.goto((server or web_server).url + "/")
+        wait_js(page, "Boolean(window.freestems && window.freestems.ready)")
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+    for watch in watches:
+        assert watch.unexpected() == [], watch.unexpected()
+
+
+def write_silent_wav(path: Path, seconds: float, rate: int = 8000) -> Path:
+    """A mono 8-bit WAV of silence: a long duration in few bytes (1300 s is 10 MB)."""
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(1)
+        out.setframerate(rate)
+        out.writeframes(b"\x80" * int(seconds * rate))
+    return path
+
+
+def wait_js(page: Page, expression: str, timeout: float = 30.0, interval: float = 0.05) -> Any:
+    """Evaluate ``expression`` in the page until it is truthy; returns its value.
+
+    (Playwright's ``wait_for_function`` evaluates strings with ``eval``, which the page's Content Security
+    Policy forbids; ``evaluate`` goes through the DevTools protocol and is not affected.)
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = page.evaluate(expression)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not true within {timeout:g} s: {expression}")
+        time.sleep(interval)
+
+
+def events(page: Page, kind: str | None = None) -> list[dict]:
+    """The page's event log (``window.freestems.events``), optionally of one kind."""
+    log = page.evaluate("window.freestems.events.slice()")
+    return [event for event in log if kind is None or event["kind"] == kind]
