@@ -95,6 +95,40 @@ def test_four_stems_as_wav_and_the_response_headers(start_server, songs):
     assert zip_names(response.content) == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
 
 
+def test_flac_stems_with_the_format_field(start_server, songs, tmp_path):
+    server = start_server()
+    with open_session(server) as (_, key):
+        response = httpx.post(
+            server.url + "/separate",
+            headers={"X-Session-Key": key},
+            timeout=120,
+            **form(songs["short"], format="flac", two_stems="drums"),
+        )
+    assert response.status_code == 200, response.text
+    assert zip_names(response.content) == ["drums.flac", "no_drums.flac"]
+    with zipfile.ZipFile(io.BytesIO(response.content)) as bundle:
+        bundle.extractall(tmp_path / "stems")
+    assert decode(tmp_path / "stems" / "drums.flac").shape == (2, decode(songs["short"]).shape[1])
+
+
+def test_config_describes_limits_models_and_formats(start_server):
+    server = start_server()
+    config = httpx.get(server.url + "/config").json()
+    assert config["model"] == "small"
+    assert config["sources"] == ["drums", "bass", "other", "vocals"]
+    assert [m["name"] for m in config["models"]][:2] == ["scnet", "scnet-large"]
+    assert not any(m["served"] for m in config["models"])  # the test server runs a checkpoint file
+    assert config["models"][0]["sdr"]["avg"] == 9.03
+    settings = server.settings
+    assert config["limits"] == {
+        "max_upload_mb": settings.max_upload_mb,
+        "max_duration": settings.max_duration,
+        "max_shifts": settings.max_shifts,
+    }
+    assert config["formats"] == ["mp3", "wav", "flac"]
+    assert config["pow"]["counter"] == settings.pow_counter
+
+
 def test_async_job_with_live_progress_then_result_then_delete(start_server, songs):
     server = start_server()
     with open_session(server) as (ws, key):
@@ -120,7 +154,7 @@ def test_async_job_with_live_progress_then_result_then_delete(start_server, song
 
     status = job_status(server, job)
     assert status["state"] == "done" and status["progress"] == 1.0 and status["position"] == 0
-    expected = {"two_stems": None, "shifts": 1, "overlap": 0.25, "mp3": True, "mp3_bitrate": 192}
+    expected = {"two_stems": None, "shifts": 1, "overlap": 0.25, "format": "mp3", "mp3_bitrate": 192}
     assert status["options"] == expected
     assert status["result"] == job["result_url"]
     result = httpx.get(server.url + job["result_url"])

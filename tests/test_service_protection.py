@@ -361,6 +361,8 @@ def test_a_body_that_is_not_a_form_is_415(start_server, songs):
         ({"mp3_bitrate": "100"}, "mp3_bitrate"),
         ({"model": "htdemucs"}, "model"),
         ({"two_stem": "vocals"}, "two_stem"),
+        ({"format": "ogg"}, "format"),
+        ({"format": "flac", "mp3": "true"}, "format"),
     ],
 )
 def test_bad_parameters_are_422_naming_the_field(start_server, songs, fields, field):
@@ -384,7 +386,7 @@ def test_lenient_values_existing_clients_send(start_server, songs):
     response = post(server, songs["wav"], shifts=0, mp3="True", mp3_bitrate=200, two_stems="")
     assert response.status_code == 200, response.text
     job = server.service.store.get(response.headers["x-job-id"])
-    assert job.options == {"two_stems": None, "shifts": 1, "overlap": 0.25, "mp3": True, "mp3_bitrate": 192}
+    assert job.options == {"two_stems": None, "shifts": 1, "overlap": 0.25, "format": "mp3", "mp3_bitrate": 192}
 
 
 # ---------------------------------------------------------------------------------------------- queue

@@ -29,14 +29,16 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from freestems import __version__
+from freestems.audio.formats import MP3_BITRATES
 from freestems.executors import Executor, ExecutorError, LocalExecutor
+from freestems.models import CATALOG
 
 from .challenges import ChallengeBook
 from .errors import ServiceError, conflict, internal, not_found, unauthorized, unavailable
 from .jobs import JobManager, Paths, result_url
 from .limits import SlidingWindow
 from .network import client_address
-from .options import FILE_FIELD, parse_options
+from .options import FILE_FIELD, FORMATS, SeparationOptions, parse_options
 from .sessions import SessionRegistry
 from .settings import Settings
 from .store import Job, JobStore
@@ -75,6 +77,7 @@ _FORM_SCHEMA = {
                         "mp3": {"type": "boolean", "default": True},
                         "mp3_bitrate": {"type": "integer", "default": 192, "minimum": 128, "maximum": 320},
                         "model": {"type": "string"},
+                        "format": {"type": "string", "enum": list(FORMATS), "default": "mp3"},
                     },
                 }
             }
@@ -207,6 +210,10 @@ def _add_routes(app: FastAPI) -> None:
     async def health(request: Request) -> dict[str, Any]:
         return _health(_service(request))
 
+    @app.get("/config", summary="What a client needs to know: model, catalog, limits, formats")
+    async def config(request: Request) -> dict[str, Any]:
+        return _config(_service(request))
+
     @app.websocket("/session")
     async def session(websocket: WebSocket) -> None:
         await session_socket(websocket, _service(websocket))
@@ -272,6 +279,37 @@ def _health(service: Service) -> dict[str, Any]:
         "version": __version__,
         "auth": service.settings.auth,
         "queue": service.manager.health(),
+    }
+
+
+def _config(service: Service) -> dict[str, Any]:
+    """The page's settings: it refuses too big or too long files before uploading them."""
+    settings = service.settings
+    served = service.executor.model
+    return {
+        "model": served.name,
+        "sources": list(served.sources),
+        "models": [
+            {
+                "name": info.name,
+                "title": info.title,
+                "sdr": dict(info.sdr),
+                "relative_cost": info.relative_cost,
+                "served": info.name == served.name,
+            }
+            for info in CATALOG.values()
+        ],
+        "limits": {
+            "max_upload_mb": settings.max_upload_mb,
+            "max_duration": settings.max_duration,
+            "max_shifts": settings.max_shifts,
+        },
+        "formats": list(FORMATS),
+        "mp3_bitrates": list(MP3_BITRATES),
+        "mp3_bitrate": SeparationOptions.mp3_bitrate,
+        "auth": settings.auth,
+        "pow": {"algorithm": settings.pow_algorithm, "counter": settings.pow_counter},
+        "result_ttl": settings.result_ttl,
     }
 
 

@@ -1,7 +1,9 @@
 """The separation options of the form, as the Demucs-on-Modal API names them, validated.
 
 ``two_stems`` (a stem name), ``shifts`` (int, default 1), ``overlap`` (float, default 0.25), ``mp3`` (bool,
-default true), ``mp3_bitrate`` (128-320, default 192) and ``model``. Every error is a 422 naming the field.
+default true), ``mp3_bitrate`` (128-320, default 192) and ``model``; one field of our own, ``format``
+(``mp3``, ``wav`` or ``flac``), says the same as ``mp3`` and also offers FLAC. Every error is a 422 naming
+the field.
 
 Two leniencies keep existing clients working: ``shifts=0`` means one pass (as in Demucs), and a bitrate
 between the standard MP3 rates is rounded down to one (MP3 frames only come in 128, 160, 192, 224, 256 and
@@ -23,7 +25,8 @@ from .errors import invalid_parameter
 from .settings import parse_bool
 
 FILE_FIELD = "audio_file"
-OPTION_FIELDS = ("two_stems", "shifts", "overlap", "mp3", "mp3_bitrate", "model")
+OPTION_FIELDS = ("two_stems", "shifts", "overlap", "mp3", "mp3_bitrate", "model", "format")
+FORMATS = ("mp3", "wav", "flac")
 MAX_OVERLAP = 0.9
 
 
@@ -34,7 +37,8 @@ class SeparationOptions:
     two_stems: str | None = None
     shifts: int = 1
     overlap: float = 0.25
-    mp3: bool = True
+    format: str = "mp3"
+    """``mp3``, or 16-bit ``wav`` or ``flac``."""
     mp3_bitrate: int = 192
 
     def engine(self) -> dict[str, Any]:
@@ -42,13 +46,14 @@ class SeparationOptions:
         return {"two_stems": self.two_stems, "shifts": self.shifts, "overlap": self.overlap, "seed": 0}
 
     def output(self) -> OutputFormat:
-        return OutputFormat("mp3", self.mp3_bitrate) if self.mp3 else OutputFormat("wav", bit_depth=16)
+        if self.format == "mp3":
+            return OutputFormat("mp3", self.mp3_bitrate)
+        return OutputFormat(self.format, bit_depth=16)
 
     def stem_files(self, sources: Sequence[str]) -> list[str]:
         """The names in the result zip, e.g. ``vocals.mp3`` and ``no_vocals.mp3``."""
         names = list(sources) if self.two_stems is None else [self.two_stems, f"no_{self.two_stems}"]
-        extension = "mp3" if self.mp3 else "wav"
-        return [f"{name}.{extension}" for name in names]
+        return [f"{name}.{self.format}" for name in names]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,6 +128,19 @@ def parse_options(
             raise invalid_parameter("mp3_bitrate", f"must be an integer from {low} to {high}, got {raw!r}")
         bitrate = max(rate for rate in MP3_BITRATES if rate <= bitrate)
 
+    output = "mp3" if mp3 else "wav"
+    if (raw := given("format")) is not None:
+        if raw not in FORMATS:
+            raise invalid_parameter("format", f"must be one of {', '.join(FORMATS)}, got {raw!r}")
+        if given("mp3") is not None and mp3 != (raw == "mp3"):
+            contradiction = f"format={raw} contradicts mp3={given('mp3')}; give one of them"
+            raise invalid_parameter("format", contradiction)
+        output = raw
+
     return SeparationOptions(
-        two_stems=two_stems, shifts=shifts, overlap=overlap, mp3=mp3, mp3_bitrate=bitrate if mp3 else 192
+        two_stems=two_stems,
+        shifts=shifts,
+        overlap=overlap,
+        format=output,
+        mp3_bitrate=bitrate if output == "mp3" else 192,
     )
