@@ -386,7 +386,8 @@ def test_lenient_values_existing_clients_send(start_server, songs):
     response = post(server, songs["wav"], shifts=0, mp3="True", mp3_bitrate=200, two_stems="")
     assert response.status_code == 200, response.text
     job = server.service.store.get(response.headers["x-job-id"])
-    assert job.options == {"two_stems": None, "shifts": 1, "overlap": 0.25, "format": "mp3", "mp3_bitrate": 192}
+    expected = {"two_stems": None, "shifts": 1, "overlap": 0.25, "format": "mp3", "mp3_bitrate": 192}
+    assert job.options == expected
 
 
 # ---------------------------------------------------------------------------------------------- queue
