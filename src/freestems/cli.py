@@ -1,4 +1,4 @@
-"""The ``freestems`` command: ``separate``, ``models`` and ``--version``.
+"""The ``freestems`` command: ``separate``, ``models``, ``serve``, ``cost`` and ``--version``.
 
 A thin shell: it parses arguments, calls :mod:`freestems.pipeline`, and turns our errors into one line on
 stderr and a non-zero exit code. No traceback reaches the user for an expected failure.
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models.set_defaults(run=run_models)
     add_serve_parser(commands)
+    add_cost_parser(commands)
     return parser
 
 
@@ -94,6 +95,29 @@ def add_serve_parser(commands) -> None:
     serve.add_argument("--workers", type=int, help="jobs run at once (FREESTEMS_WORKERS, 1)")
     add_model_arguments(serve)
     serve.set_defaults(run=run_serve)
+
+
+def add_cost_parser(commands) -> None:
+    """``freestems cost``: dollars per song per GPU type, from recorded jobs (README, Deploy on Modal)."""
+    cost = commands.add_parser(
+        "cost",
+        help="project the GPU cost per song from recorded jobs",
+        description="Project $ per song per GPU type: median GPU seconds per audio second of the recorded "
+        "jobs x song length x price (FREESTEMS_GPU_PRICES).",
+    )
+    cost.add_argument("--data-dir", type=Path, help="the service's data folder (FREESTEMS_DATA_DIR)")
+    cost.add_argument(
+        "--modal",
+        action="store_true",
+        help="read the records of the Modal deployment (FREESTEMS_MODAL_APP_NAME) instead",
+    )
+    cost.add_argument(
+        "--gpu", action="append", metavar="TYPE", help="only this GPU type (repeatable: --gpu T4 --gpu L4)"
+    )
+    cost.add_argument(
+        "--song-seconds", type=float, default=180.0, metavar="S", help="song length to price (180)"
+    )
+    cost.set_defaults(run=run_cost)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -272,6 +296,49 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)-9s %(name)s: %(message)s")
     with suppress(KeyboardInterrupt):  # Ctrl-C is how a foreground server stops, after a clean shutdown
         serve(settings, executor)
+    return 0
+
+
+def run_cost(args: argparse.Namespace) -> int:
+    from freestems.cost import format_projections, modal_usage_records, project
+
+    try:
+        from freestems.service import Settings, SettingsError
+        from freestems.service.jobs import Paths
+        from freestems.service.store import JobStore, StoreError
+    except ImportError as error:
+        return fail(f"{error.name} is missing: pip install 'freestems[serve]'")
+    if args.song_seconds <= 0:
+        return fail("--song-seconds must be positive")
+    try:
+        settings = Settings.from_env(data_dir=args.data_dir)
+    except SettingsError as error:
+        return fail(error)
+    if args.modal:
+        try:
+            records = modal_usage_records(settings.modal_app_name)
+        except ImportError:
+            return fail("the modal package is missing: pip install 'freestems[modal]'")
+        except Exception as error:  # no token, no network, no such Dict
+            return fail(f"cannot read the usage records of Modal app {settings.modal_app_name}: {error}")
+        where = f"Modal app {settings.modal_app_name}"
+    else:
+        database = Paths(settings.data_dir).database
+        if not database.is_file():
+            return fail(f"no job store at {database} (give the service's --data-dir)")
+        try:
+            store = JobStore(database)
+        except StoreError as error:
+            return fail(error)
+        try:
+            records = store.usage_records()
+        finally:
+            store.close()
+        where = str(database)
+    projections = project(records, settings.gpu_prices, gpus=args.gpu, song_seconds=args.song_seconds)
+    skipped = sum(1 for record in records if not (record.gpu and record.gpu_seconds))
+    print(f"{len(records)} recorded job(s) in {where}")
+    print(format_projections(projections, asked=args.gpu, song_seconds=args.song_seconds, skipped=skipped))
     return 0
 
 

@@ -8,7 +8,8 @@ A submission goes: probe the audio (415 not audio, 413 too long) -> admission (4
 jobs from this address) -> result cache (a hit is a finished job at once, no model run) -> job stored as
 ``queued`` -> executor. Reports move it to ``running`` and then ``done``/``failed``/``cancelled``; each
 change goes to the job's session WebSocket, progress is persisted at most once a second, and when a job
-ends its session key dies.
+ends its session key dies. A computed job also leaves a usage row (GPU type, audio and GPU seconds, cost at
+``settings.gpu_prices``), shown as ``cost`` by ``GET /jobs/{id}`` and summed up by ``freestems cost``.
 
 Files (all under the data folder): ``uploads/`` inputs waiting or running (deleted once processed),
 ``work/`` the executor's per-job folders, ``results/<job>.zip`` results, ``cache/<key>.zip`` the cache (hard
@@ -30,6 +31,7 @@ from typing import Any
 
 from freestems.audio import AudioDecodeError, AudioReader
 from freestems.audio.decode import format_duration
+from freestems.cost import UsageRecord, job_cost
 from freestems.executors import Executor, JobEvent, WorkItem
 
 from .cache import ResultCache, cache_key, link_or_copy
@@ -347,6 +349,9 @@ class JobManager:
         }
         if job.timings:
             view["timings"] = job.timings
+        usage = self.store.usage(job.id) if job.state == "done" and not job.cache_hit else None
+        if usage is not None and usage.gpu_seconds is not None:
+            view["cost"] = {"gpu": usage.gpu, "gpu_seconds": usage.gpu_seconds, "usd": usage.cost_usd}
         return view
 
     # ------------------------------------------------------------------------------------------ events
@@ -418,6 +423,7 @@ class JobManager:
                 setattr(job, name, value)
             if job.cache_key and event.result is not None:
                 self.cache.put(job.cache_key, event.result, job.id)
+            self._record_usage(job, event, now)
             if job.started_at:
                 self._job_seconds = 0.7 * self._job_seconds + 0.3 * (now - job.started_at)
             self._ended(job)
@@ -435,6 +441,23 @@ class JobManager:
             for name, value in changes.items():
                 setattr(job, name, value)
             self._ended(job)
+
+    def _record_usage(self, job: Job, event: JobEvent, now: float) -> None:
+        """The job's accounting row: what ran it, for how long, and what that cost (``freestems cost``)."""
+        timings = dict(event.timings or {})
+        gpu_seconds = timings.get("gpu_seconds")
+        self.store.record_usage(
+            UsageRecord(
+                job_id=job.id,
+                finished_at=now,
+                model=job.model,
+                gpu=event.gpu,
+                audio_seconds=timings.get("audio_seconds"),
+                gpu_seconds=gpu_seconds,
+                cost_usd=job_cost(gpu_seconds, event.gpu, self.settings.gpu_prices),
+                timings=timings,
+            )
+        )
 
     def _ended(self, job: Job) -> None:
         """A job reached a final state: tell its socket, end its key, wake its waiter, move the queue."""

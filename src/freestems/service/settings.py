@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from freestems.cost import DEFAULT_GPU_PRICES, parse_prices
+
 from .errors import ServiceError
 
 PREFIX = "FREESTEMS_"
@@ -112,6 +114,42 @@ class Settings:
     """Torch threads for the in-process executor; 0 keeps torch's default (one per core)."""
     device: str = "auto"
 
+    # -- the Modal deployment (read where ``modal deploy`` runs; see freestems.deploy.modal_app) --
+    modal_app_name: str = "freestems"
+    """Name of the deployed Modal app (its usage log is the Dict ``<name>-usage``)."""
+    modal_gpu: str = "L4"
+    """GPU type of the separation class, as Modal names it (``T4``, ``L4``, ``A10G``, ``L40S``, ``H100``...).
+    L4: a light model on a cheap, modern GPU (bf16, fp16 tensor cores, 24 GB); compare with
+    ``freestems cost`` after a few songs on another type."""
+    modal_region: tuple[str, ...] = ()
+    """Regions the GPU class may run in (comma list); empty: anywhere (the fastest to find a GPU)."""
+    modal_scaledown_window: int = 15
+    """Seconds an idle GPU container stays up. Idle seconds are billed: short, since a restore from the
+    memory snapshot is quick."""
+    modal_max_containers: int = 10
+    """Most GPU containers at once (bounds the spend); also how many jobs the web tier runs at once."""
+    modal_timeout: int = 900
+    """Seconds one separation may take on the GPU before Modal stops it."""
+    modal_cpu: float = 4.0
+    """CPU cores of a GPU container: decoding and the MP3 encoders (one per stem) run there."""
+    modal_gpu_snapshot: bool = False
+    """Also snapshot GPU memory (Modal's experimental GPU snapshots): the model is on the GPU and warm
+    right after a restore. Off: the snapshot holds the model on the CPU and it moves to the GPU after."""
+    modal_precision: str = "auto"
+    """Precision on the GPU: ``auto`` (fp16, else bf16, if a probe shows the output stays faithful; else
+    fp32), ``fp32``, ``fp16`` or ``bf16``."""
+    modal_secret_name: str = "freestems"
+    """The ``modal.Secret`` holding ``FREESTEMS_HMAC_SECRET`` for the web tier."""
+    modal_web_max_inputs: int = 500
+    """Requests and WebSockets one web container holds at once (``@modal.concurrent``)."""
+    modal_torch: str = "torch==2.13.0"
+    """The torch requirement of the image (PyPI's Linux wheels are CUDA builds)."""
+    modal_torch_index: str = ""
+    """A package index for torch (e.g. ``https://download.pytorch.org/whl/cu128``); empty: PyPI."""
+    gpu_prices: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_GPU_PRICES))
+    """Dollars per GPU-second by GPU type. ``FREESTEMS_GPU_PRICES="L4=0.000222,T4=0.000164"`` replaces
+    those entries and keeps the other defaults."""
+
     def __post_init__(self) -> None:
         self._check()
 
@@ -202,6 +240,29 @@ class Settings:
                 "allowed_origins",
                 f"{origin!r} is not an origin; write it as scheme://host[:port], e.g. https://example.org",
             )
+        need(
+            2 <= self.modal_scaledown_window <= 3600,
+            "modal_scaledown_window",
+            f"must be between 2 and 3600 seconds (Modal's range), got {self.modal_scaledown_window}",
+        )
+        for name in ("modal_max_containers", "modal_web_max_inputs"):
+            need(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
+        need(
+            10 <= self.modal_timeout <= 86400,
+            "modal_timeout",
+            f"must be between 10 and 86400 seconds, got {self.modal_timeout}",
+        )
+        need(self.modal_cpu > 0, "modal_cpu", f"must be positive, got {self.modal_cpu}")
+        need(bool(self.modal_gpu.strip()), "modal_gpu", "must name a GPU type, e.g. L4")
+        need(
+            self.modal_precision in ("auto", "fp32", "fp16", "bf16"),
+            "modal_precision",
+            f"must be auto, fp32, fp16 or bf16, got {self.modal_precision!r}",
+        )
+        for name in ("modal_app_name", "modal_secret_name"):
+            need(bool(getattr(self, name).strip()), name, "must not be empty")
+        for gpu, price in self.gpu_prices.items():
+            need(price >= 0, "gpu_prices", f"the price of {gpu} must not be negative, got {price}")
         if self.auth == "none" and not self.is_loopback and not self.allow_public_noauth:
             raise SettingsError(
                 f"refusing to serve without session keys (FREESTEMS_AUTH=none) on {self.host}, which is not "
@@ -245,8 +306,10 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
             return float(raw)
         if kind.startswith("tuple"):
             return tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
+        if kind.startswith("dict"):
+            return parse_prices(raw, DEFAULT_GPU_PRICES)
         if kind.startswith("Path"):
             return Path(raw).expanduser()
         return raw
-    except ValueError as error:
+    except ValueError as error:  # PriceError is one
         raise SettingsError(f"{name}={raw!r}: {error}") from None

@@ -6,7 +6,10 @@ a lock. The service calls it from its event loop; each call is a sub-millisecond
 progress is written at most once a second per job.
 
 The same database holds the result cache's table (:mod:`freestems.service.cache`): one file to back up,
-one place where results are accounted for.
+one place where results are accounted for; and ``usage``, one row per computed job (model, GPU type,
+audio and GPU seconds, cost, timings: no file name, no address), which outlives the job's record so that
+``freestems cost`` can project prices from more than the last hour. The table was added without a schema
+version change: ``CREATE TABLE IF NOT EXISTS`` adds it to an older file.
 
 A job goes ``queued -> running -> done | failed | cancelled``. Terminal jobs get ``expires_at``; the sweeper
 deletes them (record and files) after it.
@@ -23,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from freestems.cost import UsageRecord
 
 from .errors import ServiceError
 
@@ -68,6 +73,17 @@ CREATE TABLE IF NOT EXISTS results (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at);
+CREATE TABLE IF NOT EXISTS usage (
+    job_id TEXT PRIMARY KEY,
+    finished_at REAL NOT NULL,
+    model TEXT NOT NULL,
+    gpu TEXT,
+    audio_seconds REAL,
+    gpu_seconds REAL,
+    cost_usd REAL,
+    timings TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS usage_time ON usage (finished_at);
 """
 
 
@@ -295,6 +311,36 @@ class JobStore:
 
     def result_count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM results")[0][0])
+
+    # ------------------------------------------------------------------------------------------ usage
+
+    def record_usage(self, record: UsageRecord) -> None:
+        """Keep the accounting of one computed job (replacing an earlier row of the same job)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.job_id,
+                    record.finished_at,
+                    record.model,
+                    record.gpu,
+                    record.audio_seconds,
+                    record.gpu_seconds,
+                    record.cost_usd,
+                    json.dumps(record.timings, sort_keys=True),
+                ),
+            )
+
+    def usage(self, job_id: str) -> UsageRecord | None:
+        rows = self._query("SELECT * FROM usage WHERE job_id = ?", (job_id,))
+        return UsageRecord.from_dict(dict(rows[0])) if rows else None
+
+    def usage_records(self, since: float | None = None) -> list[UsageRecord]:
+        """Every usage row (finished at or after ``since``), oldest first."""
+        rows = self._query(
+            "SELECT * FROM usage WHERE finished_at >= ? ORDER BY finished_at", (since or 0.0,)
+        )
+        return [UsageRecord.from_dict(dict(row)) for row in rows]
 
 
 def _to_row_values(values: dict[str, Any]) -> dict[str, Any]:

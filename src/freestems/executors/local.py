@@ -1,109 +1,25 @@
-"""Where a separation runs: one small interface between the service and the compute.
+"""The in-process executor: the model loaded once, worker threads taking items in order.
 
-The service decides *whether* and *what* runs (keys, limits, queue, cache); an executor only runs work
-items and reports what happens to them. The embedded default, :class:`LocalExecutor`, keeps one model
-loaded and warm in this process and runs ``workers`` jobs at a time in threads: torch releases the GIL
-during inference, so threads are enough, and they share one copy of the weights. A Modal GPU executor will
-sit behind the same interface.
-
-The contract:
-
-- every submitted item gets exactly one final report, ``done``, ``failed`` or ``cancelled`` (``started`` and
-  ``progress`` reports come before it), *unless* the executor is closed while the item waits or runs: then
-  it gets none and its source file is kept, so the job can run again after a restart;
-- after a final report, the item's source file and all working files are gone; only ``result`` remains
-  (after ``done``);
-- reports are made from worker threads. A caller living in an event loop hops back itself
-  (``loop.call_soon_threadsafe``).
+torch releases the GIL during inference, so threads are enough, and they share one copy of the weights.
 """
 
 from __future__ import annotations
 
 import collections
-import hashlib
-import json
 import logging
-import shutil
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING
 
-from freestems.pipeline import OutputFormat
+from .base import ExecutorError, JobEvent, ModelDescription, WorkItem, describe, report
 
 if TYPE_CHECKING:
     from freestems.models import LoadedModel
 
 log = logging.getLogger(__name__)
-
-EventKind = Literal["started", "progress", "done", "failed", "cancelled"]
-
-
-class ExecutorError(RuntimeError):
-    """The executor cannot take work (not started, closed, or its model failed to load)."""
-
-
-@dataclass(frozen=True)
-class ModelDescription:
-    """What an executor runs. ``fingerprint`` changes whenever outputs could: part of result cache keys."""
-
-    name: str
-    sources: tuple[str, ...]
-    fingerprint: str
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    """A report about one work item.
-
-    ``failed`` carries a ``code`` a service can map to a status: ``too_long`` (the decoded audio is longer
-    than ``max_duration``), ``not_audio`` (undecodable), ``encode_failed``, ``invalid_options`` or
-    ``internal`` (a bug or a broken machine; details are in the server log, not in ``message``).
-    """
-
-    job_id: str
-    kind: EventKind
-    progress: float = 0.0
-    result: Path | None = None
-    timings: Mapping[str, float] | None = None
-    code: str | None = None
-    message: str | None = None
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    """One separation: ``source`` (an audio file) in, a zip of the stems at ``result`` out."""
-
-    job_id: str
-    source: Path
-    result: Path
-    report: Callable[[JobEvent], None]
-    options: Mapping[str, Any] = field(default_factory=dict)
-    """Engine options for :func:`freestems.pipeline.separate_file` (two_stems, shifts, overlap, seed)."""
-    output: OutputFormat = OutputFormat()
-    max_duration: float | None = None
-    display_name: str = "audio"
-    """The file's name as its owner knows it, used in error messages instead of the stored name."""
-
-
-class Executor(Protocol):
-    """Runs work items somewhere. ``model`` is valid once :meth:`start` has returned."""
-
-    @property
-    def model(self) -> ModelDescription: ...
-
-    def start(self) -> None:
-        """Get ready (load the model...); blocking. Raises if the executor cannot work."""
-
-    def submit(self, item: WorkItem) -> None:
-        """Queue an item; returns at once. Items run in submission order."""
-
-    def cancel(self, job_id: str) -> None:
-        """Stop an item: dropped if waiting, stopped within one chunk if running. Unknown ids are ignored."""
-
-    def close(self) -> None:
-        """Stop taking work, interrupt running items (no final report, sources kept), release resources."""
 
 
 class _Stopped(Exception):
@@ -201,7 +117,7 @@ class LocalExecutor:
                 self._pending.remove(dropped)
         if dropped is not None:
             dropped.source.unlink(missing_ok=True)
-            _report(dropped, JobEvent(job_id, "cancelled"))
+            report(dropped, JobEvent(job_id, "cancelled"))
 
     def close(self, timeout: float = 60.0) -> None:
         with self._condition:
@@ -240,12 +156,9 @@ class LocalExecutor:
                     self._running.pop(item.job_id, None)
 
     def _run(self, running: _Running) -> None:
-        from freestems.audio import AudioDecodeError, AudioEncodeError, AudioTooLong
-        from freestems.pipeline import separate_file, zip_stems
-        from freestems.separate import SeparationError
+        from freestems.jobrun import JobFailed, run_job
 
         item = running.item
-        work = self.work_dir / item.job_id
         outcome: JobEvent | None = None
 
         def check() -> None:
@@ -254,77 +167,42 @@ class LocalExecutor:
 
         def progress(fraction: float) -> None:
             check()
-            _report(item, JobEvent(item.job_id, "progress", progress=fraction))
+            report(item, JobEvent(item.job_id, "progress", progress=fraction))
 
         try:
             check()
-            _report(item, JobEvent(item.job_id, "started"))
+            report(item, JobEvent(item.job_id, "started"))
             assert self._loaded is not None
-            result = separate_file(
+            started = time.perf_counter()
+            result = run_job(
                 item.source,
-                work,
+                item.result,
                 self._loaded,
+                work_dir=self.work_dir / item.job_id,
+                options=item.options,
                 output=item.output,
                 max_duration=item.max_duration,
                 progress=progress,
+                before_zip=check,
                 device=self._device,
-                **dict(item.options),
+                display_name=item.display_name,
             )
-            check()
-            item.result.parent.mkdir(parents=True, exist_ok=True)
-            zip_stems(result.stems, item.result)
-            timings = result.timings.as_dict()
+            timings = dict(result.timings)
+            if self._device.type == "cuda":  # the job held this GPU from start to end
+                timings["gpu_seconds"] = round(time.perf_counter() - started, 3)
             outcome = JobEvent(item.job_id, "done", progress=1.0, result=item.result, timings=timings)
         except _Stopped:
             outcome = None if running.shutdown else JobEvent(item.job_id, "cancelled")
-        except AudioDecodeError as error:
-            code = "too_long" if isinstance(error, AudioTooLong) else "not_audio"
-            outcome = JobEvent(item.job_id, "failed", code=code, message=_rename(str(error), item))
-        except AudioEncodeError as error:
-            outcome = JobEvent(item.job_id, "failed", code="encode_failed", message=_rename(str(error), item))
-        except SeparationError as error:
-            outcome = JobEvent(item.job_id, "failed", code="invalid_options", message=str(error))
+        except JobFailed as error:
+            outcome = JobEvent(item.job_id, "failed", code=error.code, message=error.message)
         except Exception:
             log.exception("job %s failed", item.job_id)
             message = "the separation failed (a server error; it is logged)"
             outcome = JobEvent(item.job_id, "failed", code="internal", message=message)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
             if not running.shutdown:
                 item.source.unlink(missing_ok=True)
         if outcome is not None and outcome.kind != "done":
             item.result.unlink(missing_ok=True)
         if outcome is not None:
-            _report(item, outcome)
-
-
-
-
-def _rename(message: str, item: WorkItem) -> str:
-    """Error messages name the stored file; its owner knows it by another name."""
-    return message.replace(item.source.name, item.display_name)
-
-
-def _report(item: WorkItem, event: JobEvent) -> None:
-    try:
-        item.report(event)
-    except Exception:  # a broken listener must not kill the worker or skip the cleanup
-        log.exception("reporting %s of job %s failed", event.kind, item.job_id)
-
-
-def describe(model: LoadedModel) -> ModelDescription:
-    """A model's name, sources and a fingerprint of everything that decides its output (weights too)."""
-    digest = hashlib.sha256()
-    module = model.module
-    flags = {key: value for key, value in vars(module).items() if isinstance(value, (bool, int, float, str))}
-    header = [model.name, list(model.sources), model.segment, model.normalize, repr(module), flags]
-    digest.update(json.dumps(header, sort_keys=True, default=str).encode())
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        tensor = tensor.detach().cpu().contiguous()
-        try:
-            data = tensor.numpy().tobytes()
-        except TypeError:  # bfloat16 has no numpy type
-            data = tensor.float().numpy().tobytes()
-        digest.update(data)
-    return ModelDescription(model.name, tuple(model.sources), digest.hexdigest()[:32])
+            report(item, outcome)

@@ -1,0 +1,634 @@
+"""freestems on Modal: a GPU class that separates, and the web service in front of it.
+
+    modal deploy -m freestems.deploy.modal_app      # settings come from FREESTEMS_* where this runs
+
+Nothing here is a second copy of the engine or the service: the GPU method runs
+:func:`freestems.jobrun.run_job` (the function the in-process worker runs), and the web function serves
+:func:`freestems.service.create_app` with a :class:`~freestems.executors.modal.ModalExecutor`.
+
+**Settings.** This module reads ``Settings.from_env()`` when it is imported: by ``modal deploy`` on the
+deployer's machine (the ``FREESTEMS_*`` variables there decide the GPU type, scale-down window and every
+limit), and again in each container, where the image's environment carries the same values (see
+:func:`image_environment`; machine-local ones such as paths and the HMAC secret are left out).
+
+**Image.** Debian slim, a pinned torch (PyPI's Linux wheels are CUDA builds), freestems' own dependencies
+(read from its installed metadata, so ``pyproject.toml`` stays the one list), then a build step that runs
+the catalog's download code (:func:`freestems.models.ensure_weights`) into ``/weights`` and writes the
+model's description there, and last the ``freestems`` source itself (mounted, so a code change does not
+rebuild the layers above). Nothing is downloaded at request time: the containers load with
+``download=False``.
+
+**GPU class.** :class:`Separator` has a memory snapshot. ``@modal.enter(snap=True)`` loads the model on
+the CPU and runs one small job end to end (decode, model, MP3 encoders, zip), so imports and lazy
+initialisation are in the snapshot; ``@modal.enter(snap=False)`` moves the model to the GPU, picks the
+precision (fp16, else bf16, if a probe shows the output stays faithful) and warms it. With
+``FREESTEMS_MODAL_GPU_SNAPSHOT=1`` (Modal's experimental GPU snapshots) all of that happens before the
+snapshot and a restored container is ready at once.
+
+**Where the seconds go.** A job's GPU container decodes the whole upload first (one pass, on its CPU
+cores), then runs the model while one MP3 encoder per stem works on other cores, then zips: compressed
+audio in, the zip of encoded stems out. Each call records its timings and ``gpu_seconds`` (the method's wall
+time) in the Dict ``<app>-usage`` (read by ``freestems cost --modal``) and sends them, with ``started``
+and ``progress`` events, to the caller through the Queue ``<app>-progress`` (see
+:mod:`freestems.executors.modal`).
+
+**Web tier.** One container (``max_containers=1``: the WebSockets and session keys live in its memory)
+with ``@modal.concurrent``; its jobs go to the GPU class through a ``ModalExecutor``. The HMAC key of the
+challenges comes from the ``modal.Secret`` named by ``FREESTEMS_MODAL_SECRET_NAME``.
+
+For tests, :func:`remote_calls`, :func:`progress_channel` and :func:`usage_log` are the only ways out to
+Modal's cloud; replacing them runs everything in-process (``Separator().separate.local``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import modal
+
+from freestems.cost import UsageRecord, job_cost, usage_dict_name
+from freestems.executors.base import ModelDescription
+from freestems.executors.modal import (
+    ModalCalls,
+    ModalExecutor,
+    ModalQueueChannel,
+    ProgressChannel,
+    RemoteCalls,
+)
+from freestems.jobrun import JobFailed
+from freestems.service.settings import PREFIX, Settings
+
+log = logging.getLogger("freestems.modal")
+
+_IMPORTED_AT = time.time()
+"""When this module was imported: the start of a container that was not restored from a snapshot."""
+
+PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+"""The image's Python is the deployer's: errors and values cross between the two pickled."""
+WEIGHTS_DIR = "/weights"
+DESCRIPTION_FILE = "model.json"
+"""The model's description (name, sources, fingerprint), written into ``/weights`` at build time."""
+WEB_SCALEDOWN_WINDOW = 300
+"""Seconds the (CPU-only, cheap) web container stays up without a request or an open WebSocket."""
+WEB_CPU = 1.0
+WARM_UP_SECONDS = 1.0
+"""Length of the job run before the snapshot."""
+
+LOCAL_ONLY = frozenset(
+    {"HOST", "PORT", "DATA_DIR", "HMAC_SECRET", "CACHE", "MODEL_FILE", "MODEL_CONFIG", "DEVICE", "WORKERS",
+     "THREADS"}
+)  # fmt: skip
+"""Settings that describe the deployer's machine, not the containers: never put in the image."""
+
+
+# ------------------------------------------------------------------------------------------- settings
+
+
+def serving_settings(environ: Mapping[str, str]) -> Settings:
+    """The settings of the deployment: ``environ``'s, seen as the public server it is.
+
+    The host is ``0.0.0.0``, so ``FREESTEMS_AUTH=none`` needs ``FREESTEMS_ALLOW_PUBLIC_NOAUTH`` here too.
+    ``FREESTEMS_TRUST_PROXY`` stays off by default: Modal hands an ASGI app the client's address as the
+    connection's peer (``scope["client"]``), while an ``X-Forwarded-For`` header may be the client's own.
+    """
+    return Settings.from_env(environ, host="0.0.0.0")
+
+
+def image_environment(environ: Mapping[str, str], settings: Settings) -> dict[str, str]:
+    """The ``FREESTEMS_*`` variables of the containers: the deployer's settings minus machine-local ones,
+    with the weights cache and any model file at their places in the image."""
+    names = {PREFIX + item.name.upper() for item in dataclasses.fields(Settings)}
+    env = {
+        name: value
+        for name, value in environ.items()
+        if name in names and name[len(PREFIX) :] not in LOCAL_ONLY and value.strip()
+    }
+    env[f"{PREFIX}HOST"] = "0.0.0.0"
+    env[f"{PREFIX}CACHE"] = WEIGHTS_DIR
+    if settings.model_file is not None:
+        env[f"{PREFIX}MODEL_FILE"] = f"{WEIGHTS_DIR}/{settings.model_file.name}"
+    if settings.model_config is not None:
+        env[f"{PREFIX}MODEL_CONFIG"] = f"{WEIGHTS_DIR}/config/{settings.model_config.name}"
+    return dict(sorted(env.items()))
+
+
+settings = serving_settings(os.environ)
+
+
+# ------------------------------------------------------------------------------------------- image
+
+
+def requirements() -> list[str]:
+    """freestems' dependencies and its ``serve`` extra, from the installed package's metadata, no torch."""
+    try:
+        declared = importlib.metadata.requires("freestems") or []
+    except importlib.metadata.PackageNotFoundError:
+        if modal.is_local() and os.environ.get("MODAL_IS_REMOTE") != "1":
+            raise RuntimeError("install freestems to deploy it: pip install -e '.[modal]'") from None
+        return []  # inside a container (the source is mounted, not installed): the image is built already
+    found = []
+    for requirement in declared:
+        spec, _, marker = requirement.partition(";")
+        marker = marker.replace(" ", "").replace("'", '"')
+        if marker and marker != 'extra=="serve"':
+            continue
+        name = re.split(r"[\s<>=!~\[(;]", spec.strip(), maxsplit=1)[0].lower()
+        if name not in ("torch", "freestems"):
+            found.append(spec.strip())
+    return found
+
+
+def bake_weights(
+    model: str | None, model_file: str | None, model_config: str | None, weights_dir: str
+) -> None:
+    """Image build step: the catalog model's weights into ``weights_dir`` (with the catalog's own
+    download code, size and checksum checks included), and the model's description beside them."""
+    from freestems.executors import describe
+    from freestems.models import DEFAULT_MODEL, ensure_weights, get_model_info, load_model
+
+    if model_file is None:
+        ensure_weights(get_model_info(model or DEFAULT_MODEL), cache_dir=weights_dir, progress=False)
+    loaded = load_model(
+        model,
+        model_file=model_file,
+        model_config=model_config,
+        cache_dir=weights_dir,
+        download=False,
+        progress=False,
+    )
+    description = describe(loaded)
+    Path(weights_dir, DESCRIPTION_FILE).write_text(json.dumps(dataclasses.asdict(description)))
+
+
+def build_image(settings: Settings, environ: Mapping[str, str]) -> modal.Image:
+    """The image of both functions (see the module docstring for the layers and why in this order)."""
+    torch_index = {"index_url": settings.modal_torch_index} if settings.modal_torch_index else {}
+    image = (
+        modal.Image.debian_slim(python_version=PYTHON_VERSION)
+        .pip_install(settings.modal_torch, **torch_index)
+        .pip_install(*requirements())
+    )
+    model_file = model_config = None
+    if settings.model_file is not None:
+        model_file = f"{WEIGHTS_DIR}/{settings.model_file.name}"
+        image = image.add_local_file(settings.model_file, model_file, copy=True)
+    if settings.model_config is not None:
+        model_config = f"{WEIGHTS_DIR}/config/{settings.model_config.name}"
+        image = image.add_local_file(settings.model_config, model_config, copy=True)
+    image = image.run_function(
+        bake_weights,
+        kwargs={
+            "model": settings.model,
+            "model_file": model_file,
+            "model_config": model_config,
+            "weights_dir": WEIGHTS_DIR,
+        },
+    )
+    return image.env(image_environment(environ, settings)).add_local_python_source("freestems", ignore=[])
+
+
+app = modal.App(settings.modal_app_name, include_source=False)
+image = build_image(settings, os.environ)
+progress_queue = modal.Queue.from_name(f"{settings.modal_app_name}-progress", create_if_missing=True)
+usage_dict = modal.Dict.from_name(usage_dict_name(settings.modal_app_name), create_if_missing=True)
+
+
+# ------------------------------------------------------------------------------------------- the ways out
+
+
+class DictUsageLog:
+    """Usage records in a ``modal.Dict`` (kept by Modal across deploys; ``freestems cost --modal``)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def record(self, record: UsageRecord) -> None:
+        self.store.put(f"{record.finished_at:.3f}-{record.job_id}", record.as_dict())
+
+
+def progress_channel() -> ProgressChannel:
+    """Where GPU containers send their events and the web tier reads them."""
+    return ModalQueueChannel(progress_queue)
+
+
+def usage_log() -> Any:
+    """Where GPU containers record what each call used (an object with ``record(UsageRecord)``)."""
+    return DictUsageLog(usage_dict)
+
+
+def remote_calls() -> RemoteCalls:
+    """How the web tier reaches the GPU class."""
+    return ModalCalls(Separator().separate)
+
+
+# ------------------------------------------------------------------------------------------- GPU class
+
+
+def gpu_class_options(settings: Settings) -> dict[str, Any]:
+    """The ``@app.cls`` arguments of :class:`Separator`, from the settings."""
+    options: dict[str, Any] = dict(
+        image=image,
+        gpu=settings.modal_gpu,
+        cpu=settings.modal_cpu,
+        timeout=settings.modal_timeout,
+        scaledown_window=settings.modal_scaledown_window,
+        max_containers=settings.modal_max_containers,
+        enable_memory_snapshot=True,
+    )
+    if settings.modal_region:
+        options["region"] = list(settings.modal_region)
+    if settings.modal_gpu_snapshot:
+        options["experimental_options"] = {"enable_gpu_snapshot": True}
+    return options
+
+
+def load_configured_model():
+    """The model the settings name: from ``/weights`` in a container (never downloaded there)."""
+    from freestems.models import load_model
+
+    return load_model(
+        settings.model,
+        model_file=settings.model_file,
+        model_config=settings.model_config,
+        download=modal.is_local(),
+        progress=False,
+    )
+
+
+def read_description(weights_dir: str | Path) -> ModelDescription | None:
+    """The description :func:`bake_weights` wrote into ``weights_dir``, if there is one."""
+    path = Path(weights_dir, DESCRIPTION_FILE)
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return ModelDescription(data["name"], tuple(data["sources"]), data["fingerprint"])
+
+
+def model_description() -> ModelDescription:
+    """What the GPU class runs, for the web tier: written at build time (no model is loaded in the web
+    container), else (running in-process) computed from the model."""
+    baked = None if modal.is_local() else read_description(WEIGHTS_DIR)
+    if baked is not None:
+        return baked
+    from freestems.executors import describe
+
+    return describe(load_configured_model())
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """The options of one ``Separator.separate`` call, validated."""
+
+    engine: dict[str, Any]
+    output: Any  # freestems.pipeline.OutputFormat
+    max_duration: float
+    filename: str
+    progress: str | None
+
+
+EXTRA_KEYS = ("seed", "max_duration", "filename", "progress")
+"""Options of ``Separator.separate`` beyond the fields of ``POST /separate``."""
+
+
+def parse_request(options: Mapping[str, Any], sources: tuple[str, ...], model: str) -> Request:
+    """Options as ``POST /separate`` takes them (validated by the same code, with the same messages),
+    plus ``seed``, ``max_duration``, ``filename`` (used in messages) and ``progress`` (an event key).
+
+    Raises:
+        JobFailed: ``invalid_options``.
+    """
+    from freestems.service.errors import ServiceError
+    from freestems.service.options import OPTION_FIELDS, parse_options
+
+    unknown = set(options) - set(OPTION_FIELDS) - set(EXTRA_KEYS)
+    if unknown:
+        raise JobFailed("invalid_options", f"unknown option(s) {', '.join(sorted(unknown))}")
+    fields = {
+        name: ("true" if value else "false") if isinstance(value, bool) else str(value)
+        for name, value in options.items()
+        if name in OPTION_FIELDS and value is not None
+    }
+    try:
+        parsed = parse_options(fields, sources=sources, model=model, max_shifts=settings.max_shifts)
+        engine = {**parsed.engine(), "seed": int(options.get("seed") or 0)}
+        max_duration = float(options.get("max_duration") or settings.max_duration)
+    except ServiceError as error:
+        raise JobFailed("invalid_options", error.message) from None
+    except (TypeError, ValueError) as error:
+        raise JobFailed("invalid_options", f"seed and max_duration must be numbers ({error})") from None
+    progress = options.get("progress")
+    return Request(
+        engine=engine,
+        output=parsed.output(),
+        max_duration=max_duration,
+        filename=str(options.get("filename") or "audio"),
+        progress=str(progress) if progress else None,
+    )
+
+
+class _Outbox:
+    """Sends a call's events (and its usage record) from a thread, so the model never waits for the
+    network; progress events that pile up are coalesced to the latest. :meth:`close` flushes."""
+
+    def __init__(self, channel: ProgressChannel | None, key: str | None) -> None:
+        self.channel, self.key = channel, key
+        self._items: deque[tuple[str, Any]] = deque()
+        self._condition = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="freestems-outbox", daemon=True)
+        self._thread.start()
+
+    def event(self, event: dict[str, Any]) -> None:
+        if self.channel is None or self.key is None:
+            return
+        with self._condition:
+            if event.get("type") == "progress" and self._items and self._items[-1][0] == "progress":
+                self._items.pop()
+            self._items.append((str(event.get("type")), event))
+            self._condition.notify()
+
+    def usage(self, record: UsageRecord) -> None:
+        with self._condition:
+            self._items.append(("usage", record))
+            self._condition.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._items and not self._closed:
+                    self._condition.wait()
+                if not self._items:
+                    return
+                kind, payload = self._items.popleft()
+            try:
+                if kind == "usage":
+                    usage_log().record(payload)
+                else:
+                    assert self.channel is not None and self.key is not None
+                    self.channel.put(self.key, payload)
+            except Exception:
+                log.warning("sending %s failed", kind, exc_info=True)
+
+    def close(self, flush: bool = True, timeout: float = 10.0) -> None:
+        with self._condition:
+            if not flush:
+                self._items.clear()
+            self._closed = True
+            self._condition.notify()
+        if flush:
+            self._thread.join(timeout)
+
+
+@app.cls(**gpu_class_options(settings))
+class Separator:
+    """Separates one song per call: ``separate(audio, options) -> zip``, as ``POST /separate`` answers."""
+
+    @modal.enter(snap=True)
+    def load(self) -> None:
+        """Before the snapshot: the model on the CPU (on the GPU with GPU snapshots), one job run."""
+        import torch
+
+        _configure_logging()
+        begin = time.time()
+        self.snapshot_task = os.environ.get("MODAL_TASK_ID")
+        self.model = load_configured_model()
+        self.device = torch.device("cpu")
+        self.precision = "fp32"
+        self.fidelity: dict[str, float] = {}
+        if settings.modal_gpu_snapshot and torch.cuda.is_available():  # only then is a GPU here now
+            self._use(torch.device("cuda"))
+        _warm_up(self.model, self.device, self.precision)
+        self.loaded_at = time.time()
+        self.inputs = 0
+        seconds = time.time() - begin
+        log.info("model %s loaded and warm on %s in %.1f s", self.model.name, self.device, seconds)
+
+    @modal.enter(snap=False)
+    def ready(self) -> None:
+        """After the restore: the model on this container's GPU (when there is one), in its precision."""
+        from freestems.separate import resolve_device
+
+        begin = time.time()
+        self.restored = _was_restored(self.snapshot_task, self.loaded_at)
+        device = resolve_device("auto")
+        if device.type != self.device.type:
+            self._use(device)
+        self.ready_at = time.time()
+        self.container_start = self.ready_at - (begin if self.restored else _IMPORTED_AT)
+        log.info(
+            "ready on %s (%s, precision %s, fidelity %s) in %.2f s",
+            self.device,
+            "restored from a snapshot" if self.restored else "cold start",
+            self.precision,
+            {name: round(value, 1) for name, value in self.fidelity.items()},
+            self.container_start,
+        )
+
+    def _use(self, device) -> None:
+        from freestems.jobrun import choose_precision
+
+        self.model.module.to(device)
+        self.device = device
+        self.precision, self.fidelity = choose_precision(self.model, device, settings.modal_precision)
+        if not self.fidelity:  # the precision probe warmed the GPU; else warm it now
+            _warm_up_device(self.model, device, self.precision)
+
+    @modal.method()
+    def separate(self, audio: bytes, options: dict) -> bytes:
+        """The zip of the stems of ``audio`` (any format ``POST /separate`` takes, as bytes).
+
+        ``options``: the fields of ``POST /separate`` (``two_stems``, ``shifts``, ``overlap``, ``mp3``,
+        ``mp3_bitrate``, ``format``, ``model``), plus ``seed``, ``max_duration``, ``filename`` and
+        ``progress`` (an event key).
+        Raises :class:`freestems.jobrun.JobFailed` for a bad input or bad options.
+        """
+        from freestems.jobrun import run_job
+
+        received, clock = time.time(), time.perf_counter()
+        self.inputs += 1
+        container_start = self.container_start if self.inputs == 1 else 0.0
+        request = parse_request(options, self.model.sources, self.model.name)
+        outbox = _Outbox(progress_channel() if request.progress else None, request.progress)
+        finished = False
+        try:
+            outbox.event(
+                {"type": "started", "at": received, "container_start": round(container_start, 3),
+                 "restored": self.restored, "first_input": self.inputs == 1}
+            )  # fmt: skip
+            folder = Path(tempfile.mkdtemp(prefix="freestems-job-"))
+            try:
+                source = folder / f"input{_suffix(request.filename)}"
+                source.write_bytes(audio)
+                result = run_job(
+                    source,
+                    folder / "stems.zip",
+                    self.model,
+                    work_dir=folder / "stems",
+                    options=request.engine,
+                    output=request.output,
+                    max_duration=request.max_duration,
+                    progress=lambda fraction: outbox.event({"type": "progress", "progress": fraction}),
+                    device=self.device,
+                    precision=self.precision,
+                    display_name=request.filename,
+                    preload=True,
+                    parallel_encode=True,
+                )
+                data = result.archive.read_bytes()
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            timings = {
+                **result.timings,
+                "container_start": round(container_start, 3),
+                "gpu_seconds": round(time.perf_counter() - clock, 3),
+            }
+            outbox.event({"type": "timings", "timings": timings})
+            job_id = (request.progress or "").rsplit("-", 1)[0] or uuid.uuid4().hex[:16]
+            outbox.usage(
+                UsageRecord(
+                    job_id=job_id,
+                    finished_at=time.time(),
+                    model=self.model.name,
+                    gpu=settings.modal_gpu,
+                    audio_seconds=result.audio_seconds,
+                    gpu_seconds=timings["gpu_seconds"],
+                    cost_usd=job_cost(timings["gpu_seconds"], settings.modal_gpu, settings.gpu_prices),
+                    timings=timings,
+                )
+            )
+            finished = True
+            return data
+        finally:
+            outbox.close(flush=finished)
+
+
+def _was_restored(snapshot_task: str | None, loaded_at: float) -> bool:
+    """Whether this container was restored from a snapshot another container took (Modal gives a restored
+    container a new task id; without ids to compare, a long gap since the snapshot says so)."""
+    task = os.environ.get("MODAL_TASK_ID")
+    if snapshot_task and task:
+        return task != snapshot_task
+    return time.time() - loaded_at > 30.0
+
+
+def _suffix(filename: str) -> str:
+    suffix = Path(filename).suffix.lower()
+    return suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else ""
+
+
+def _warm_up(model, device, precision: str) -> None:
+    """One short job end to end: decoding, the model, the MP3 encoders, the zip (imports and lazy
+    initialisation happen here, before the snapshot, instead of in the first request)."""
+    import numpy as np
+
+    from freestems.audio import encode
+    from freestems.jobrun import run_job
+    from freestems.pipeline import OutputFormat
+
+    folder = Path(tempfile.mkdtemp(prefix="freestems-warm-up-"))
+    try:
+        rng = np.random.default_rng(0)
+        noise = (0.05 * rng.standard_normal((2, int(WARM_UP_SECONDS * model.sample_rate)))).astype(np.float32)
+        source = encode(noise, folder / "warm-up.mp3", "mp3", bitrate=128)
+        run_job(
+            source,
+            folder / "warm-up.zip",
+            model,
+            work_dir=folder / "stems",
+            output=OutputFormat("mp3", 192),
+            device=device,
+            precision=precision,
+            preload=True,
+            parallel_encode=True,
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _warm_up_device(model, device, precision: str) -> None:
+    """One chunk through the model on ``device`` (CUDA context, kernels and FFT plans)."""
+    import numpy as np
+
+    from freestems.separate import separate
+
+    separate(np.zeros((2, model.segment), np.float32), model, device=device, precision=precision)
+
+
+def _configure_logging() -> None:
+    if not modal.is_local():  # in a container: our INFO lines go to `modal app logs`
+        logging.basicConfig(level=logging.INFO, format="%(levelname)-8s %(name)s: %(message)s")
+
+
+# ------------------------------------------------------------------------------------------- web tier
+
+
+def web_function_options(settings: Settings) -> dict[str, Any]:
+    """The ``@app.function`` arguments of :func:`web`, from the settings."""
+    # A WebSocket is one input for as long as it is open: a key's life, an upload, and a job.
+    timeout = int(settings.session_ttl + settings.upload_timeout + settings.modal_timeout + 60)
+    return dict(
+        image=image,
+        secrets=[modal.Secret.from_name(settings.modal_secret_name, required_keys=[f"{PREFIX}HMAC_SECRET"])],
+        cpu=WEB_CPU,
+        max_containers=1,
+        scaledown_window=WEB_SCALEDOWN_WINDOW,
+        timeout=min(timeout, 86400),
+    )
+
+
+def make_executor() -> ModalExecutor:
+    """The web tier's executor: jobs to the GPU class, ``modal_max_containers`` at a time."""
+    return ModalExecutor(
+        remote_calls(),
+        progress_channel(),
+        model_description,
+        gpu=settings.modal_gpu,
+        workers=settings.modal_max_containers,
+    )
+
+
+@app.function(**web_function_options(settings))
+@modal.concurrent(max_inputs=settings.modal_web_max_inputs)
+@modal.asgi_app()
+def web():
+    """The service (``POST /separate``, jobs, the session WebSocket, the page), jobs on the GPU class."""
+    from freestems.service import create_app
+
+    _configure_logging()
+    return create_app(settings.replace(workers=settings.modal_max_containers), executor=make_executor())
+
+
+@app.local_entrypoint()
+def main(audio: str, out: str = "stems.zip", two_stems: str = "", wav: bool = False) -> None:
+    """``modal run -m freestems.deploy.modal_app --audio song.mp3 [--two-stems vocals] [--out F]``."""
+    options: dict[str, Any] = {"mp3": not wav, "filename": Path(audio).name}
+    if two_stems:
+        options["two_stems"] = two_stems
+    clock = time.perf_counter()
+    data = Separator().separate.remote(Path(audio).read_bytes(), options)
+    Path(out).write_bytes(data)
+    print(f"{out}: {len(data)} bytes in {time.perf_counter() - clock:.1f} s")
+
+
+__all__ = [
+    "Separator",
+    "app",
+    "image",
+    "settings",
+    "web",
+]

@@ -1,0 +1,138 @@
+"""Where a separation runs: one small interface between the service and the compute.
+
+The service decides *whether* and *what* runs (keys, limits, queue, cache); an executor only runs work
+items and reports what happens to them. Two executors sit behind this interface:
+
+- :class:`freestems.executors.LocalExecutor` keeps one model loaded and warm in this process and runs
+  ``workers`` jobs at a time in threads (the embedded default);
+- :class:`freestems.executors.ModalExecutor` sends each job to a GPU class on Modal and relays what the
+  GPU container reports (see :mod:`freestems.executors.modal`).
+
+Both run a job through the same function, :func:`freestems.jobrun.run_job`.
+
+The contract:
+
+- every submitted item gets exactly one final report, ``done``, ``failed`` or ``cancelled`` (``started`` and
+  ``progress`` reports come before it), *unless* the executor is closed while the item waits or runs: then
+  it gets none and its source file is kept, so the job can run again after a restart;
+- after a final report, the item's source file and all working files are gone; only ``result`` remains
+  (after ``done``);
+- reports are made from worker threads. A caller living in an event loop hops back itself
+  (``loop.call_soon_threadsafe``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from freestems.pipeline import OutputFormat
+
+if TYPE_CHECKING:
+    from freestems.models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+EventKind = Literal["started", "progress", "done", "failed", "cancelled"]
+
+
+class ExecutorError(RuntimeError):
+    """The executor cannot take work (not started, closed, or its model failed to load)."""
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What an executor runs. ``fingerprint`` changes whenever outputs could: part of result cache keys."""
+
+    name: str
+    sources: tuple[str, ...]
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """A report about one work item.
+
+    ``failed`` carries a ``code`` a service can map to a status: ``too_long`` (the decoded audio is longer
+    than ``max_duration``), ``not_audio`` (undecodable), ``encode_failed``, ``invalid_options`` or
+    ``internal`` (a bug or a broken machine; details are in the server log, not in ``message``).
+
+    ``done`` carries ``timings`` (seconds: the pipeline's stages, ``audio_seconds``, and where a GPU ran
+    the job ``gpu_seconds`` and the transfer and queueing times) and ``gpu``, the GPU type that ran it
+    (None on a CPU), for cost accounting.
+    """
+
+    job_id: str
+    kind: EventKind
+    progress: float = 0.0
+    result: Path | None = None
+    timings: Mapping[str, float] | None = None
+    code: str | None = None
+    message: str | None = None
+    gpu: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One separation: ``source`` (an audio file) in, a zip of the stems at ``result`` out."""
+
+    job_id: str
+    source: Path
+    result: Path
+    report: Callable[[JobEvent], None]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Engine options for :func:`freestems.pipeline.separate_file` (two_stems, shifts, overlap, seed)."""
+    output: OutputFormat = OutputFormat()
+    max_duration: float | None = None
+    display_name: str = "audio"
+    """The file's name as its owner knows it, used in error messages instead of the stored name."""
+
+
+class Executor(Protocol):
+    """Runs work items somewhere. ``model`` is valid once :meth:`start` has returned."""
+
+    @property
+    def model(self) -> ModelDescription: ...
+
+    def start(self) -> None:
+        """Get ready (load the model...); blocking. Raises if the executor cannot work."""
+
+    def submit(self, item: WorkItem) -> None:
+        """Queue an item; returns at once. Items run in submission order."""
+
+    def cancel(self, job_id: str) -> None:
+        """Stop an item: dropped if waiting, stopped within one chunk if running. Unknown ids are ignored."""
+
+    def close(self) -> None:
+        """Stop taking work, interrupt running items (no final report, sources kept), release resources."""
+
+
+def report(item: WorkItem, event: JobEvent) -> None:
+    """Give ``event`` to the item's listener; a listener that raises is logged, never propagated."""
+    try:
+        item.report(event)
+    except Exception:  # a broken listener must not kill the worker or skip the cleanup
+        log.exception("reporting %s of job %s failed", event.kind, item.job_id)
+
+
+def describe(model: LoadedModel) -> ModelDescription:
+    """A model's name, sources and a fingerprint of everything that decides its output (weights too)."""
+    digest = hashlib.sha256()
+    module = model.module
+    flags = {key: value for key, value in vars(module).items() if isinstance(value, (bool, int, float, str))}
+    header = [model.name, list(model.sources), model.segment, model.normalize, repr(module), flags]
+    digest.update(json.dumps(header, sort_keys=True, default=str).encode())
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        tensor = tensor.detach().cpu().contiguous()
+        try:
+            data = tensor.numpy().tobytes()
+        except TypeError:  # bfloat16 has no numpy type
+            data = tensor.float().numpy().tobytes()
+        digest.update(data)
+    return ModelDescription(model.name, tuple(model.sources), digest.hexdigest()[:32])

@@ -1,0 +1,163 @@
+"""Helpers for the Modal tests: the deployment module loaded in-process, and what it declares.
+
+Modal's cloud is the one thing faked: :func:`load_modal_app` imports :mod:`freestems.deploy.modal_app`
+under a controlled environment (a small seeded checkpoint as the model, a trivial proof of work) and
+replaces its three ways out (``remote_calls``, ``progress_channel``, ``usage_log``) with in-process ones:
+the GPU class's own ``.local()``, an in-memory queue and a list. Everything else is the real code.
+
+:func:`declared` reads what a Modal function or class would be deployed with. The ``modal`` client keeps
+part of it in a public ``FunctionInfo`` (GPU, CPU, timeout, regions, concurrency, secrets) and the rest
+(snapshot flags, experimental options, autoscaler) only in the loader it builds the deploy request with;
+both are read here, without credentials or network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from service_helpers import LiveServer
+
+from freestems.cost import UsageRecord
+from freestems.executors.modal import InProcessCalls, MemoryChannel
+from freestems.service.server import uvicorn_config
+
+MODULE = "freestems.deploy.modal_app"
+
+
+@dataclass
+class UsageList:
+    """Stands in for the ``modal.Dict`` usage log."""
+
+    records: list[UsageRecord] = field(default_factory=list)
+
+    def record(self, record: UsageRecord) -> None:
+        self.records.append(record)
+
+
+@dataclass
+class Deployment:
+    """The module and the in-process stand-ins wired into it."""
+
+    module: Any
+    channel: MemoryChannel
+    usage: UsageList
+    calls: InProcessCalls | None = None
+
+    @property
+    def Separator(self):  # noqa: N802 - the class's name
+        return self.module.Separator
+
+
+def load_modal_app(monkeypatch, environ: dict[str, str]) -> Deployment:
+    """(Re)import the deployment module with ``environ`` as its ``FREESTEMS_*`` environment, offline."""
+    for name in list(os.environ):
+        if name.startswith("FREESTEMS_"):
+            monkeypatch.delenv(name)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    if MODULE in sys.modules:
+        module = importlib.reload(sys.modules[MODULE])
+    else:
+        module = importlib.import_module(MODULE)
+    deployment = Deployment(module, MemoryChannel(), UsageList())
+    monkeypatch.setattr(module, "progress_channel", lambda: deployment.channel)
+    monkeypatch.setattr(module, "usage_log", lambda: deployment.usage)
+    return deployment
+
+
+def use_in_process_gpu(monkeypatch, deployment: Deployment) -> InProcessCalls:
+    """Route the web tier's GPU calls to one in-process ``Separator`` (its enter hooks run once)."""
+    separator = deployment.Separator()
+    calls = InProcessCalls(separator.separate.local)
+    deployment.calls = calls
+    monkeypatch.setattr(deployment.module, "remote_calls", lambda: calls)
+    return calls
+
+
+def declared(function: Any) -> dict[str, Any]:
+    """What ``modal deploy`` would send for a Modal function or class (no network involved)."""
+    from modal._partial_function import _find_partial_methods_for_user_cls, _PartialFunctionFlags
+    from modal._utils.async_utils import synchronizer
+    from modal.cls import _Cls
+
+    implementation = synchronizer._translate_in(function)
+    hooks: dict[str, list[str]] = {}
+    if isinstance(implementation, _Cls):
+        user_cls = implementation._get_user_cls()
+        flags = _PartialFunctionFlags
+        hooks = {
+            "snap": sorted(_find_partial_methods_for_user_cls(user_cls, flags.ENTER_PRE_SNAPSHOT)),
+            "restore": sorted(_find_partial_methods_for_user_cls(user_cls, flags.ENTER_POST_SNAPSHOT)),
+        }
+        implementation = implementation._get_class_service_function()
+    loader = implementation._load
+    contents = (cell.cell_contents for cell in loader.__closure__)
+    cells = dict(zip(loader.__code__.co_freevars, contents, strict=True))
+    info = implementation._function_info
+    autoscaler = cells["autoscaler_settings"]
+    return {
+        "gpus": info.gpus,
+        "cpu": info.cpu,
+        "timeout": info.timeout,
+        "regions": info.regions,
+        "max_inputs": info.concurrency_info.max_inputs if info.concurrency_info else None,
+        "secrets": info.secrets,
+        "web": info.web_info is not None,
+        "methods": info.method_names,
+        "memory_snapshot": cells["enable_memory_snapshot"],
+        "experimental_options": dict(cells["experimental_options"]),
+        "max_containers": autoscaler.max_containers if autoscaler.HasField("max_containers") else None,
+        "scaledown_window": autoscaler.scaledown_window if autoscaler.HasField("scaledown_window") else None,
+        **hooks,
+    }
+
+
+def modal_environment(model_file: Path, data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of an in-process deployment: the small model, a trivial proof of work."""
+    return {
+        "FREESTEMS_MODEL_FILE": str(model_file),
+        "FREESTEMS_DATA_DIR": str(data_dir),
+        "FREESTEMS_HMAC_SECRET": "test secret",
+        "FREESTEMS_POW_ALGORITHM": "SHA-256",
+        "FREESTEMS_POW_COST": "1",
+        "FREESTEMS_POW_COUNTER": "8",
+        "FREESTEMS_SESSIONS_PER_MINUTE": "1000",
+        "FREESTEMS_JOBS_PER_IP": "8",
+        "FREESTEMS_MAX_DURATION": "240",
+        "FREESTEMS_SWEEP_INTERVAL": "0.2",
+        "FREESTEMS_MODAL_MAX_CONTAINERS": "1",
+        **extra,
+    }
+
+
+@contextlib.contextmanager
+def serving(app: Any, settings: Any) -> Iterator[LiveServer]:
+    """Serve an ASGI app (the web function's) with the service's uvicorn configuration, on 127.0.0.1."""
+    config = uvicorn_config(app, settings, host="127.0.0.1", port=0, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="test-uvicorn-modal", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the server failed to start (see the log above)")
+        if time.monotonic() > deadline:
+            raise TimeoutError("the server did not start in 60 s")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    live = LiveServer(f"http://127.0.0.1:{port}", settings, server, thread, app)
+    try:
+        yield live
+    finally:
+        if thread.is_alive():
+            live.stop()
