@@ -5,16 +5,14 @@ torch releases the GIL during inference, so threads are enough, and they share o
 
 from __future__ import annotations
 
-import collections
 import logging
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .base import ExecutorError, JobEvent, ModelDescription, WorkItem, describe, report
+from .base import JobEvent, ModelDescription, describe, report
+from .pool import Running, Stopped, WorkerPool
 
 if TYPE_CHECKING:
     from freestems.models import LoadedModel
@@ -22,18 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class _Stopped(Exception):
-    """Raised inside the engine (from its progress callback) to abandon a job at the next chunk."""
-
-
-@dataclass
-class _Running:
-    item: WorkItem
-    stop: threading.Event = field(default_factory=threading.Event)
-    shutdown: bool = False
-
-
-class LocalExecutor:
+class LocalExecutor(WorkerPool):
     """Runs separations in this process: the model loaded once, ``workers`` threads taking items in order.
 
     Args:
@@ -55,30 +42,14 @@ class LocalExecutor:
         threads: int = 0,
         device: str = "auto",
     ) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
+        super().__init__(workers)
         self._load_model = load_model
         self.work_dir = Path(work_dir)
-        self.workers = workers
         self.threads = threads
         self.device = device
         self._loaded: LoadedModel | None = None
-        self._description: ModelDescription | None = None
-        self._pending: collections.deque[WorkItem] = collections.deque()
-        self._running: dict[str, _Running] = {}
-        self._condition = threading.Condition()
-        self._threads: list[threading.Thread] = []
-        self._closing = False
 
-    @property
-    def model(self) -> ModelDescription:
-        if self._description is None:
-            raise ExecutorError("the executor has not been started")
-        return self._description
-
-    def start(self) -> None:
-        if self._threads:
-            return
+    def _prepare(self) -> ModelDescription:
         from freestems.separate import resolve_device
 
         if self.threads:
@@ -87,75 +58,10 @@ class LocalExecutor:
             torch.set_num_threads(self.threads)
         self._device = resolve_device(self.device)
         self._loaded = self._load_model()
-        self._description = describe(self._loaded)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self._closing = False
-        for index in range(self.workers):
-            thread = threading.Thread(target=self._work, name=f"freestems-worker-{index}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        return describe(self._loaded)
 
-    def submit(self, item: WorkItem) -> None:
-        with self._condition:
-            if self._closing or not self._threads:
-                raise ExecutorError("the executor is not running")
-            self._pending.append(item)
-            self._condition.notify()
-
-    def cancel(self, job_id: str) -> None:
-        dropped: WorkItem | None = None
-        with self._condition:
-            running = self._running.get(job_id)
-            if running is not None:
-                running.stop.set()
-                return
-            for item in self._pending:
-                if item.job_id == job_id:
-                    dropped = item
-                    break
-            if dropped is not None:
-                self._pending.remove(dropped)
-        if dropped is not None:
-            dropped.source.unlink(missing_ok=True)
-            report(dropped, JobEvent(job_id, "cancelled"))
-
-    def close(self, timeout: float = 60.0) -> None:
-        with self._condition:
-            self._closing = True
-            self._pending.clear()  # their jobs stay queued in the store and run after a restart
-            for running in self._running.values():
-                running.shutdown = True
-                running.stop.set()
-            self._condition.notify_all()
-        for thread in self._threads:
-            thread.join(timeout=timeout)
-        self._threads = []
-
-    @property
-    def busy(self) -> int:
-        """Items running now."""
-        with self._condition:
-            return len(self._running)
-
-    # ------------------------------------------------------------------------------------------ workers
-
-    def _work(self) -> None:
-        while True:
-            with self._condition:
-                while not self._pending and not self._closing:
-                    self._condition.wait()
-                if self._closing:
-                    return
-                item = self._pending.popleft()
-                running = _Running(item)
-                self._running[item.job_id] = running
-            try:
-                self._run(running)
-            finally:
-                with self._condition:
-                    self._running.pop(item.job_id, None)
-
-    def _run(self, running: _Running) -> None:
+    def _run(self, running: Running) -> None:
         from freestems.jobrun import JobFailed, run_job
 
         item = running.item
@@ -163,7 +69,7 @@ class LocalExecutor:
 
         def check() -> None:
             if running.stop.is_set():
-                raise _Stopped
+                raise Stopped
 
         def progress(fraction: float) -> None:
             check()
@@ -191,7 +97,7 @@ class LocalExecutor:
             if self._device.type == "cuda":  # the job held this GPU from start to end
                 timings["gpu_seconds"] = round(time.perf_counter() - started, 3)
             outcome = JobEvent(item.job_id, "done", progress=1.0, result=item.result, timings=timings)
-        except _Stopped:
+        except Stopped:
             outcome = None if running.shutdown else JobEvent(item.job_id, "cancelled")
         except JobFailed as error:
             outcome = JobEvent(item.job_id, "failed", code=error.code, message=error.message)

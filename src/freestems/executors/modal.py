@@ -32,11 +32,11 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .base import ExecutorError, JobEvent, ModelDescription, WorkItem, report
+from .base import JobEvent, ModelDescription, WorkItem, report
+from .pool import Running, Stopped, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -212,17 +212,6 @@ class _ThreadCall:
 # ---------------------------------------------------------------------------------------------- executor
 
 
-class _Stopped(Exception):
-    """The item was cancelled, or the executor is closing."""
-
-
-@dataclass
-class _Running:
-    item: WorkItem
-    stop: threading.Event = field(default_factory=threading.Event)
-    shutdown: bool = False
-
-
 def gpu_options(item: WorkItem) -> dict[str, Any]:
     """The options of ``Separator.separate`` for a work item: the form of ``POST /separate``, plus limits.
 
@@ -254,7 +243,7 @@ def gpu_options(item: WorkItem) -> dict[str, Any]:
     }
 
 
-class ModalExecutor:
+class ModalExecutor(WorkerPool):
     """Runs work items on the GPU class of the Modal deployment, ``workers`` at a time, in order.
 
     Args:
@@ -280,97 +269,19 @@ class ModalExecutor:
         workers: int = 1,
         poll_interval: float = 0.5,
     ) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
+        super().__init__(workers)
         self.calls = calls
         self.channel = channel
         self.gpu = gpu
-        self.workers = workers
         self.poll_interval = poll_interval
         self._describe_model = describe_model
-        self._description: ModelDescription | None = None
-        self._pending: collections.deque[WorkItem] = collections.deque()
-        self._running: dict[str, _Running] = {}
-        self._condition = threading.Condition()
-        self._threads: list[threading.Thread] = []
-        self._closing = False
 
-    @property
-    def model(self) -> ModelDescription:
-        if self._description is None:
-            raise ExecutorError("the executor has not been started")
-        return self._description
+    thread_name = "freestems-modal"
 
-    def start(self) -> None:
-        if self._threads:
-            return
-        self._description = self._describe_model()
-        self._closing = False
-        for index in range(self.workers):
-            thread = threading.Thread(target=self._work, name=f"freestems-modal-{index}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+    def _prepare(self) -> ModelDescription:
+        return self._describe_model()
 
-    def submit(self, item: WorkItem) -> None:
-        with self._condition:
-            if self._closing or not self._threads:
-                raise ExecutorError("the executor is not running")
-            self._pending.append(item)
-            self._condition.notify()
-
-    def cancel(self, job_id: str) -> None:
-        dropped: WorkItem | None = None
-        with self._condition:
-            running = self._running.get(job_id)
-            if running is not None:
-                running.stop.set()
-                return
-            for item in self._pending:
-                if item.job_id == job_id:
-                    dropped = item
-                    break
-            if dropped is not None:
-                self._pending.remove(dropped)
-        if dropped is not None:
-            dropped.source.unlink(missing_ok=True)
-            report(dropped, JobEvent(job_id, "cancelled"))
-
-    def close(self, timeout: float = 60.0) -> None:
-        with self._condition:
-            self._closing = True
-            self._pending.clear()  # their jobs stay queued in the store and run after a restart
-            for running in self._running.values():
-                running.shutdown = True
-                running.stop.set()
-            self._condition.notify_all()
-        for thread in self._threads:
-            thread.join(timeout=timeout)
-        self._threads = []
-
-    @property
-    def busy(self) -> int:
-        with self._condition:
-            return len(self._running)
-
-    # ------------------------------------------------------------------------------------------ workers
-
-    def _work(self) -> None:
-        while True:
-            with self._condition:
-                while not self._pending and not self._closing:
-                    self._condition.wait()
-                if self._closing:
-                    return
-                item = self._pending.popleft()
-                running = _Running(item)
-                self._running[item.job_id] = running
-            try:
-                self._run(running)
-            finally:
-                with self._condition:
-                    self._running.pop(item.job_id, None)
-
-    def _run(self, running: _Running) -> None:
+    def _run(self, running: Running) -> None:
         from freestems.jobrun import JobFailed
 
         item = running.item
@@ -384,14 +295,14 @@ class ModalExecutor:
             options = {**gpu_options(item), "progress": key}
             audio = item.source.read_bytes()
             if running.stop.is_set():
-                raise _Stopped
+                raise Stopped
             spawned_at = time.time()
             call = self.calls.spawn(audio, options)
             timings["upload"] = time.perf_counter() - clock
             del audio
             while True:
                 if running.stop.is_set():
-                    raise _Stopped
+                    raise Stopped
                 for event in self.channel.get(key, self.poll_interval):
                     self._on_remote(item, event, timings, spawned_at, started)
                 clock = time.perf_counter()
@@ -410,7 +321,7 @@ class ModalExecutor:
             outcome = JobEvent(
                 item.job_id, "done", progress=1.0, result=item.result, timings=rounded, gpu=self.gpu
             )
-        except _Stopped:
+        except Stopped:
             outcome = None if running.shutdown else JobEvent(item.job_id, "cancelled")
         except JobFailed as error:
             outcome = JobEvent(item.job_id, "failed", code=error.code, message=error.message)
