@@ -13,23 +13,15 @@ both are read here, without credentials or network.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import sys
-import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-from service_helpers import LiveServer
-
 from freestems.cost import UsageRecord
 from freestems.executors.modal import InProcessCalls, MemoryChannel
-from freestems.service.server import uvicorn_config
 
 MODULE = "freestems.deploy.modal_app"
 
@@ -140,24 +132,3 @@ def modal_environment(model_file: Path, data_dir: Path, **extra: str) -> dict[st
     }
 
 
-@contextlib.contextmanager
-def serving(app: Any, settings: Any) -> Iterator[LiveServer]:
-    """Serve an ASGI app (the web function's) with the service's uvicorn configuration, on 127.0.0.1."""
-    config = uvicorn_config(app, settings, host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="test-uvicorn-modal", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("the server failed to start (see the log above)")
-        if time.monotonic() > deadline:
-            raise TimeoutError("the server did not start in 60 s")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    live = LiveServer(f"http://127.0.0.1:{port}", settings, server, thread, app)
-    try:
-        yield live
-    finally:
-        if thread.is_alive():
-            live.stop()

@@ -103,7 +103,13 @@ class LiveServer:
 @contextlib.contextmanager
 def running_server(settings: Settings, executor: Executor) -> Iterator[LiveServer]:
     """Start a real uvicorn server for ``create_app(settings, executor)`` on 127.0.0.1 (a free port)."""
-    app = create_app(settings, executor)
+    with serving(create_app(settings, executor), settings) as live:
+        yield live
+
+
+@contextlib.contextmanager
+def serving(app: Any, settings: Settings) -> Iterator[LiveServer]:
+    """Serve an ASGI app with the service's uvicorn configuration on 127.0.0.1 (a free port)."""
     config = uvicorn_config(app, settings, host="127.0.0.1", port=0, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)

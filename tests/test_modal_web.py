@@ -11,7 +11,7 @@ import zipfile
 import httpx
 import pytest
 import torch
-from modal_helpers import load_modal_app, modal_environment, serving, use_in_process_gpu
+from modal_helpers import load_modal_app, modal_environment, use_in_process_gpu
 from model_helpers import make_small_checkpoint
 from service_helpers import (
     error_of,
@@ -21,6 +21,7 @@ from service_helpers import (
     open_session,
     post_job,
     receive,
+    serving,
     wait_for_message,
     wait_for_state,
     wait_until,
