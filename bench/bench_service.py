@@ -34,23 +34,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TINY_CONFIG = {  # SCNet with a few channels: loads in milliseconds
-    "sources": ["drums", "bass", "other", "vocals"],
-    "audio_channels": 2,
-    "dims": [4, 8, 16, 24],
-    "nfft": 4096,
-    "hop_size": 1024,
-    "win_size": 4096,
-    "normalized": True,
-    "band_SR": [0.175, 0.392, 0.433],
-    "band_stride": [1, 4, 16],
-    "band_kernel": [3, 4, 16],
-    "conv_depths": [2, 1, 1],
-    "compress": 4,
-    "conv_kernel": 3,
-    "num_dplayer": 2,
-    "expand": 1,
-}
+TINY_DIMS = [4, 8, 16, 24]  # the release architecture with a few channels: loads in milliseconds
 
 
 # ---------------------------------------------------------------------------------------------- server
@@ -61,13 +45,15 @@ def serve(port: int, data_dir: str) -> None:
     import torch
 
     from freestems.executors import LocalExecutor
-    from freestems.models import LoadedModel, ModelSpec, build_model
+    from freestems.models import CATALOG, DEFAULT_MODEL, LoadedModel, ModelSpec, build_model
     from freestems.service import Settings
     from freestems.service.jobs import Paths
     from freestems.service.server import serve as run
 
     torch.manual_seed(0)
-    spec = ModelSpec("tiny", dict(TINY_CONFIG), tuple(TINY_CONFIG["sources"]), segment=44100 * 2)
+    base = CATALOG[DEFAULT_MODEL]
+    config = {**base.config, "dims": TINY_DIMS, "conv_depths": [2, 1, 1], "num_dplayer": 2}
+    spec = ModelSpec("tiny", config, tuple(base.sources), segment=44100 * 2)
     model = LoadedModel(build_model(spec), "tiny", spec.sources, spec.segment, normalize=False)
     settings = Settings(
         port=port,
