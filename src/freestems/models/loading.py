@@ -32,14 +32,13 @@ import torch
 import yaml
 from torch import nn
 
+from freestems import SAMPLE_RATE
 from freestems.models.catalog import CATALOG, DEFAULT_MODEL, SEGMENT, SOURCES, ModelInfo, get_model_info
 from freestems.models.errors import CheckpointError, ModelError, ModelNotAvailable
 from freestems.models.scnet import SCNet
 
 FORMAT_VERSION = 1
 """Version of the freestems checkpoint format written by :func:`save_checkpoint`."""
-
-SAMPLE_RATE = 44100
 
 CONFIG_KEYS = tuple(
     name for name in inspect.signature(SCNet.__init__).parameters if name not in ("self", "spec_norm")
