@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from audio_samples import write_test_file
-from modal_helpers import declared, load_modal_app, modal_environment
+from modal_helpers import declared
 from model_helpers import make_small_checkpoint
 
 from freestems.audio import decode
@@ -28,12 +28,8 @@ from freestems.models import load_model
 from freestems.pipeline import OutputFormat
 from freestems.service import SettingsError
 
+pytest_plugins = ["modal_helpers"]
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return make_small_checkpoint(tmp_path_factory.mktemp("model") / "small.pt")
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +37,6 @@ def song(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("songs") / "song.mp3"
     write_test_file(path, "mp3", seconds=3.0)
     return path
-
-
-@pytest.fixture
-def deployment(monkeypatch, checkpoint, tmp_path):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield load_modal_app(monkeypatch, modal_environment(checkpoint, tmp_path / "data"))
-    finally:
-        torch.set_num_threads(previous)
 
 
 def names_in(data: bytes) -> list[str]:

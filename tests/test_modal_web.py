@@ -10,9 +10,7 @@ import zipfile
 
 import httpx
 import pytest
-import torch
-from modal_helpers import load_modal_app, modal_environment, use_in_process_gpu
-from model_helpers import make_small_checkpoint
+from modal_helpers import use_in_process_gpu
 from service_helpers import (
     error_of,
     form,
@@ -32,29 +30,13 @@ from freestems.executors.modal import InProcessCalls, InputCancellation, ModalEx
 from freestems.pipeline import OutputFormat
 from freestems.service.options import SeparationOptions
 
-pytest_plugins = ["service_helpers"]
-
+pytest_plugins = ["service_helpers", "modal_helpers"]
 FOUR = ["bass.mp3", "drums.mp3", "other.mp3", "vocals.mp3"]
 
 
 def zip_names(content: bytes) -> list[str]:
     with zipfile.ZipFile(io.BytesIO(content)) as bundle:
         return sorted(bundle.namelist())
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_small_checkpoint(tmp_path_factory.mktemp("model") / "small.pt")
-
-
-@pytest.fixture
-def deployment(monkeypatch, checkpoint, tmp_path):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield load_modal_app(monkeypatch, modal_environment(checkpoint, tmp_path / "data"))
-    finally:
-        torch.set_num_threads(previous)
 
 
 @pytest.fixture

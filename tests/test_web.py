@@ -309,17 +309,21 @@ def test_a_refused_session_is_explained(open_page, start_server):
     assert page.is_visible("#retry") and page.is_enabled("#retry")
 
 
-def test_closing_the_tab_cancels_the_job(open_page, web_server, tmp_path):
-    long_song = tmp_path / "long.mp3"
-    write_test_file(long_song, "mp3", seconds=60.0, freq=330.0)
-    page = open_page()
-    choose(page, long_song)
+def start_slow_separation(page, path: Path, seconds: float) -> dict:
+    """Start a separation that runs long enough to be interrupted (three passes); return its job."""
+    write_test_file(path, "mp3", seconds=seconds, freq=330.0)
+    choose(page, path)
     page.click(".advanced summary")
     page.select_option("#shifts", "3")
     wait_js(page, "!document.getElementById('separate').disabled")
     page.click("#separate")
     wait_js(page, "window.freestems.phase === 'separate'", timeout=60)
-    job = page.evaluate("window.freestems.job")
+    return page.evaluate("window.freestems.job")
+
+
+def test_closing_the_tab_cancels_the_job(open_page, web_server, tmp_path):
+    page = open_page()
+    job = start_slow_separation(page, tmp_path / "long.mp3", seconds=60.0)
     assert page.inner_text("#status").startswith("Separating")
     page.close()
     wait_until(lambda: job_state(web_server, job) == "cancelled", timeout=30)
@@ -327,16 +331,8 @@ def test_closing_the_tab_cancels_the_job(open_page, web_server, tmp_path):
 
 
 def test_the_cancel_button_stops_and_returns_to_the_form(open_page, web_server, tmp_path):
-    medium = tmp_path / "medium.mp3"
-    write_test_file(medium, "mp3", seconds=40.0, freq=220.0)
     page = open_page()
-    choose(page, medium)
-    page.click(".advanced summary")
-    page.select_option("#shifts", "3")
-    wait_js(page, "!document.getElementById('separate').disabled")
-    page.click("#separate")
-    wait_js(page, "window.freestems.phase === 'separate'", timeout=60)
-    job = page.evaluate("window.freestems.job")
+    job = start_slow_separation(page, tmp_path / "medium.mp3", seconds=40.0)
     page.click("#cancel")
     wait_js(page, "window.freestems.phase === 'setup'")
     assert page.is_visible("#setup") and page.is_visible("#file-info")
