@@ -37,6 +37,8 @@ from .errors import (
 FIELD_LIMIT = 1024
 """Bytes in one text field (the options are a few characters each)."""
 MAX_FIELDS = 16
+PART_HEADER_LIMIT = 8 * 1024
+"""Bytes of headers in one form part (a Content-Disposition and a Content-Type are ~100)."""
 FORM_SLACK = 64 * 1024
 """Bytes of multipart framing and text fields allowed on top of the file size limit."""
 PART_SUFFIX = ".part"
@@ -163,6 +165,7 @@ class _Receiver:
         self._name = ""
         self._is_file = False
         self._value = bytearray()
+        self._header_bytes = 0
 
     def callbacks(self) -> dict:
         return {
@@ -178,13 +181,23 @@ class _Receiver:
 
     def on_part_begin(self) -> None:
         self._disposition = b""
+        self._header_bytes = 0
         self._value = bytearray()
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_name += data[start:end]
+        self._count_header(end - start)
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
         self._header_value += data[start:end]
+        self._count_header(end - start)
+
+    def _count_header(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > PART_HEADER_LIMIT:
+            raise ServiceError(
+                422, "invalid_form", f"a form part's headers are longer than {PART_HEADER_LIMIT} bytes"
+            )
 
     def on_header_end(self) -> None:
         if self._header_name.lower() == b"content-disposition":
