@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
@@ -109,7 +108,7 @@ async def receive_upload(
             raise request_timeout(f"the upload took longer than {timeout:g} s") from None
         if isinstance(error, ClientDisconnect):
             raise ServiceError(400, "upload_interrupted", "the upload was interrupted") from None
-        if isinstance(error, (FormParserError, UnicodeError)):  # whatever the parser finds wrong: a 422
+        if isinstance(error, ValueError):  # FormParserError, UnicodeError...: whatever the parser finds wrong
             raise ServiceError(422, "invalid_form", f"the multipart form is malformed: {error}") from None
         if isinstance(error, OSError):
             raise unavailable(
