@@ -58,6 +58,7 @@ def small_settings(data_dir: Path, **overrides: Any) -> Settings:
         max_duration=240.0,
         max_shifts=3,
         sessions_per_minute=1000,
+        refused_uploads_per_minute=1000,
         jobs_per_ip=8,
         queue_capacity=16,
         result_ttl=600.0,

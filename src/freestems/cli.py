@@ -219,12 +219,26 @@ def run_separate(args: argparse.Namespace) -> int:
             errors.append(str(error))
             print(f"freestems: {error}", file=sys.stderr)
             _remove_if_empty(destination)
+        except Exception as error:  # one file's surprise (a bug, a full disk) must not stop the batch
+            line = f"{path.name}: {_unexpected(error)}"
+            errors.append(line)
+            print(f"freestems: {line}", file=sys.stderr)
+            _remove_if_empty(destination)
     if errors:
         print(f"freestems: {done} separated, {len(errors)} failed:", file=sys.stderr)
         for line in errors:
             print(f"  {line}", file=sys.stderr)
         return 1
     return 0
+
+
+def _unexpected(error: Exception) -> str:
+    """One line for an error that is not one of ours: what failed, in the system's words."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f" ({error.filename})" if error.filename else ""
+        return f"cannot read or write a file: {error.strerror}{where}"
+    detail = str(error).splitlines()[0] if str(error) else ""
+    return f"failed unexpectedly ({type(error).__name__}{': ' + detail if detail else ''})"
 
 
 def run_models(args: argparse.Namespace) -> int:

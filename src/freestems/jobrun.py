@@ -12,6 +12,7 @@ faithful on a GPU.
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import time
@@ -37,9 +38,26 @@ over every stem of a probe chunk): 40 dB is an error 1 % of the signal's amplitu
 model's own separation error is (SDR 9-10 dB)."""
 
 
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+DISK_FULL_MESSAGE = "the server's disk is full, so the stems could not be written; try again later"
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error``, or an error it was raised from, is 'no space left' (or 'quota exceeded')."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 class JobFailed(Exception):
-    """An expected failure of a job: ``code`` is ``too_long``, ``not_audio``, ``encode_failed`` or
-    ``invalid_options``; ``message`` is for the user. Picklable (it crosses the Modal boundary)."""
+    """An expected failure of a job: ``code`` is ``too_long``, ``not_audio``, ``encode_failed``,
+    ``disk_full`` (no space left for the stems: the server's state, worth a retry) or ``invalid_options``;
+    ``message`` is for the user. Picklable (it crosses the Modal boundary)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(code, message)
@@ -137,7 +155,13 @@ def run_job(
         code = "too_long" if isinstance(error, AudioTooLong) else "not_audio"
         raise JobFailed(code, rename(str(error))) from None
     except AudioEncodeError as error:
+        if disk_full(error):
+            raise JobFailed("disk_full", DISK_FULL_MESSAGE) from None
         raise JobFailed("encode_failed", rename(str(error))) from None
+    except OSError as error:  # the stems' folder or the zip: a full disk is the server's state, not a bug
+        if disk_full(error):
+            raise JobFailed("disk_full", DISK_FULL_MESSAGE) from None
+        raise
     except SeparationError as error:
         raise JobFailed("invalid_options", str(error)) from None
     finally:

@@ -21,6 +21,7 @@ Two entry points:
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -44,6 +45,23 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 class SeparationError(ValueError):
     """Invalid separation options or an unusable device; the message says which and why."""
+
+
+MAX_OVERLAP = 0.9
+"""Overlap is in [0, MAX_OVERLAP): at 0.9 each sample would be computed ten times over."""
+MAX_SHIFTS = 20
+
+
+def check_overlap(overlap: float) -> None:
+    """The engine's rule for ``overlap`` (callers that validate earlier, like the service, use it too)."""
+    if isinstance(overlap, bool) or not isinstance(overlap, numbers.Real) or not 0 <= overlap < MAX_OVERLAP:
+        raise SeparationError(f"overlap must be a number in [0, {MAX_OVERLAP:g}), got {overlap!r}")
+
+
+def check_shifts(shifts: int) -> None:
+    """The engine's rule for ``shifts``."""
+    if isinstance(shifts, bool) or not isinstance(shifts, numbers.Integral) or not 1 <= shifts <= MAX_SHIFTS:
+        raise SeparationError(f"shifts must be an integer from 1 to {MAX_SHIFTS}, got {shifts!r}")
 
 
 @dataclass(frozen=True)
@@ -169,10 +187,8 @@ def separate_blocks(
         ``{stem name: float32 (2, n)}`` blocks whose lengths add up to the input's length.
     """
     segment = int(segment or model.segment)
-    if not 0 <= overlap < 0.9:
-        raise SeparationError(f"overlap must be in [0, 0.9), got {overlap}")
-    if shifts < 1 or shifts > 20:
-        raise SeparationError(f"shifts must be between 1 and 20, got {shifts}")
+    check_overlap(overlap)
+    check_shifts(shifts)
     device = device if isinstance(device, torch.device) else resolve_device(device)
     if batch_size is None:
         batch_size = 1 if device.type == "cpu" else 4

@@ -110,8 +110,12 @@ _SAMPLE_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0, "s64": 922337
 
 def _frame_samples(frame: av.AudioFrame) -> np.ndarray:
     """An audio frame as a (samples, channels) float32 array (full scale = 1.0)."""
-    arr = frame.to_ndarray()
     channels = frame.layout.nb_channels
+    if frame.format.name.rstrip("p") == "s64":  # PyAV has no ndarray conversion for 64-bit integers
+        per_plane = frame.samples * (1 if frame.format.is_planar else channels)
+        arr = np.stack([np.frombuffer(plane, dtype=np.int64, count=per_plane) for plane in frame.planes])
+    else:
+        arr = frame.to_ndarray()
     arr = arr.T if frame.format.is_planar else arr.reshape(-1, channels)
     base = frame.format.name.rstrip("p")
     if base in ("flt", "dbl"):
@@ -193,6 +197,10 @@ class AudioReader:
         self._check_file()
         container, stream = self._open_audio()
         try:
+            if stream.codec_context is None:  # FFmpeg found the track but has no decoder for it
+                raise self._error(
+                    "the audio track cannot be decoded (unsupported codec, or a corrupt header)"
+                )
             self._source_rate = int(stream.codec_context.sample_rate or stream.rate or 0)
             self._source_channels = int(stream.codec_context.channels or 0)
             codec = stream.codec_context.codec
@@ -205,6 +213,8 @@ class AudioReader:
             self._probe(container, stream)
         finally:
             container.close()
+        if self._duration is None and max_duration is not None:
+            self._duration = self._measure(max_duration + DURATION_TOLERANCE)
 
     # -- properties --
 
@@ -436,6 +446,42 @@ class AudioReader:
         if container.duration is not None and container.duration > 0:
             return container.duration / av.time_base
         return None
+
+    def _measure(self, limit: float) -> float | None:
+        """The length of a file whose header states none (a FLAC streamed without its total, a raw stream),
+        from its packets' durations, so that a long one is refused before any work is done on it.
+
+        Demuxing only reads the packets' headers (milliseconds per minute of audio); a packet without a
+        duration is decoded to count its samples. Raises AudioTooLong as soon as the count passes ``limit``.
+        Returns the length, or None if the container ended in a damaged part (the decoder decides then).
+        """
+        container, stream = self._open_audio()
+        try:
+            codec = stream.codec_context
+            time_base = stream.time_base
+            seconds = 0.0
+            packets = container.demux(stream)
+            while True:
+                try:
+                    packet = next(packets)
+                except StopIteration:
+                    break
+                except av.FFmpegError:
+                    return None
+                if packet.size == 0:
+                    continue
+                if packet.duration and time_base is not None:
+                    seconds += float(packet.duration * time_base)
+                else:
+                    try:
+                        seconds += sum(frame.samples / frame.sample_rate for frame in codec.decode(packet))
+                    except (av.FFmpegError, ZeroDivisionError):
+                        continue
+                if seconds > limit:
+                    raise self._too_long(seconds, decoding=True)
+            return seconds or None
+        finally:
+            container.close()
 
     def _probe(self, container: av.container.InputContainer, stream: av.AudioStream) -> None:
         """Decode the first audio frame, to catch corrupt or empty audio at open time."""

@@ -59,8 +59,9 @@ class JobEvent:
     """A report about one work item.
 
     ``failed`` carries a ``code`` a service can map to a status: ``too_long`` (the decoded audio is longer
-    than ``max_duration``), ``not_audio`` (undecodable), ``encode_failed``, ``invalid_options`` or
-    ``internal`` (a bug or a broken machine; details are in the server log, not in ``message``).
+    than ``max_duration``), ``not_audio`` (undecodable), ``encode_failed``, ``disk_full`` (no space left for
+    the stems), ``invalid_options`` or ``internal`` (a bug or a broken machine; details are in the server
+    log, not in ``message``).
 
     ``done`` carries ``timings`` (seconds: the pipeline's stages, ``audio_seconds``, and where a GPU ran
     the job ``gpu_seconds`` and the transfer and queueing times) and ``gpu``, the GPU type that ran it

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -34,7 +35,15 @@ from freestems.executors import Executor, ExecutorError, LocalExecutor
 from freestems.models import CATALOG
 
 from .challenges import ChallengeBook
-from .errors import ServiceError, conflict, internal, not_found, unauthorized, unavailable
+from .errors import (
+    ServiceError,
+    conflict,
+    internal,
+    not_found,
+    too_many_requests,
+    unauthorized,
+    unavailable,
+)
 from .jobs import JobManager, Paths, result_url
 from .limits import SlidingWindow
 from .network import client_address
@@ -59,7 +68,16 @@ key in <code>X-Session-Key</code>. See <a href="/docs">the API documentation</a>
 </body></html>
 """
 JOB_ID = re.compile(r"[0-9a-f]{16}")
-FAILURE_STATUS = {"too_long": 413, "not_audio": 415, "invalid_options": 422, "interrupted": 503}
+FAILURE_STATUS = {
+    "too_long": 413,
+    "not_audio": 415,
+    "invalid_options": 422,
+    "interrupted": 503,
+    "disk_full": 503,
+}
+FAILURE_RETRY_AFTER = {"disk_full": 60.0}
+REFUSED_UPLOAD_STATUSES = frozenset({400, 408, 413, 415, 422})
+"""Upload refusals that leave the session key unspent, so they count against the client's address."""
 
 _FORM_SCHEMA = {
     "requestBody": {
@@ -97,6 +115,8 @@ class Service:
     sessions: SessionRegistry
     challenges: ChallengeBook
     limiter: SlidingWindow
+    refusals: SlidingWindow
+    """Refused uploads per address (see ``REFUSED_UPLOAD_STATUSES``)."""
     manager: JobManager
     paths: Paths
 
@@ -140,6 +160,7 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
                 ttl=settings.challenge_ttl,
             ),
             limiter=SlidingWindow(settings.sessions_per_minute, 60.0),
+            refusals=SlidingWindow(settings.refused_uploads_per_minute, 60.0),
             manager=manager,
             paths=paths,
         )
@@ -188,6 +209,7 @@ def sweep(service: Service) -> None:
     service.sessions.sweep()
     service.challenges.prune()
     service.limiter.prune()
+    service.refusals.prune()
 
 
 # ---------------------------------------------------------------------------------------------- routes
@@ -320,7 +342,8 @@ async def _create_job(request: Request, service: Service) -> Job:
     key = request.headers.get("x-session-key")
     session = service.sessions.claim(key, client) if settings.auth_required or key else None
     try:
-        service.manager.admit(client)  # before reading the body: a flood is refused cheaply
+        _check_refusals(service, client)  # before reading the body: a flood is refused cheaply
+        service.manager.admit(client)
         upload = await receive_upload(
             request,
             service.paths.uploads,
@@ -342,10 +365,26 @@ async def _create_job(request: Request, service: Service) -> Job:
         if session is not None:
             service.sessions.unclaim(session)
         raise unavailable("the server is restarting; try again in a minute", retry_after=60) from None
-    except BaseException:
+    except BaseException as error:
         if session is not None:
             service.sessions.unclaim(session)
+        if isinstance(error, ServiceError) and error.status in REFUSED_UPLOAD_STATUSES:
+            service.refusals.record(client)
         raise
+
+
+def _check_refusals(service: Service, client: str) -> None:
+    """429 once an address has had too many uploads refused: a refusal leaves the key unspent (so a
+    mistake costs no new proof of work), and this keeps that from buying unlimited uploads."""
+    wait = service.refusals.retry_after(client)
+    if wait > 0:
+        limit = service.refusals.limit
+        raise too_many_requests(
+            "too_many_refused",
+            f"too many refused uploads from your address ({limit} per minute); "
+            f"try again in {max(1, math.ceil(wait))} s",
+            wait,
+        )
 
 
 async def _wait_unless_disconnected(request: Request, service: Service, job: Job) -> Job | None:
@@ -401,7 +440,9 @@ def _result_response(service: Service, job: Job) -> Response:
     if job.state == "failed":
         code = job.error_code or "failed"
         status = FAILURE_STATUS.get(code, 500)
-        raise ServiceError(status, code, job.error or "the separation failed")
+        raise ServiceError(
+            status, code, job.error or "the separation failed", retry_after=FAILURE_RETRY_AFTER.get(code)
+        )
     if job.state == "cancelled":
         raise conflict("cancelled", f"job {job.id} was cancelled: {job.error or 'no reason given'}")
     if service.manager.closing:

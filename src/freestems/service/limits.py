@@ -46,6 +46,13 @@ class SlidingWindow:
             )
         self._events.setdefault(key, deque()).append(self._clock())
 
+    def record(self, key: str) -> None:
+        """Count an event for ``key`` that has already happened (a refusal): never raises."""
+        events = self._events.setdefault(key, deque())
+        events.append(self._clock())
+        while len(events) > self.limit:  # only the newest ``limit`` decide when the key may go on
+            events.popleft()
+
     def prune(self) -> None:
         """Forget addresses with no event in the window."""
         for key in list(self._events):

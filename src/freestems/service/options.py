@@ -20,6 +20,7 @@ from typing import Any
 
 from freestems.audio.formats import MP3_BITRATES
 from freestems.pipeline import OutputFormat
+from freestems.separate import MAX_OVERLAP, MAX_SHIFTS, SeparationError, check_overlap, check_shifts
 
 from .errors import invalid_parameter
 from .settings import parse_bool
@@ -27,7 +28,6 @@ from .settings import parse_bool
 FILE_FIELD = "audio_file"
 OPTION_FIELDS = ("two_stems", "shifts", "overlap", "mp3", "mp3_bitrate", "model", "format")
 FORMATS = ("mp3", "wav", "flac")
-MAX_OVERLAP = 0.9
 
 
 @dataclass(frozen=True)
@@ -96,19 +96,24 @@ def parse_options(
             shifts = int(raw)
         except ValueError:
             shifts = -1
-        if not 0 <= shifts <= max_shifts:
-            raise invalid_parameter("shifts", f"must be an integer from 0 to {max_shifts}, got {raw!r}")
+        most = min(max_shifts, MAX_SHIFTS)
+        if not 0 <= shifts <= most:
+            raise invalid_parameter("shifts", f"must be an integer from 0 to {most}, got {raw!r}")
         shifts = max(shifts, 1)
+        check_shifts(shifts)  # the engine's own rule: what passes here, the engine runs
 
     overlap = 0.25
     if (raw := given("overlap")) is not None:
         try:
-            overlap = float(raw)
-        except ValueError:
+            overlap = round(float(raw), 4) + 0.0  # the value the engine gets is the one checked (no -0)
+        except (ValueError, OverflowError):
             overlap = math.nan
-        if not 0 <= overlap < MAX_OVERLAP:
-            raise invalid_parameter("overlap", f"must be a number in [0, {MAX_OVERLAP}), got {raw!r}")
-        overlap = round(overlap, 4)
+        try:
+            check_overlap(overlap)
+        except SeparationError:
+            raise invalid_parameter(
+                "overlap", f"must be a number in [0, {MAX_OVERLAP:g}), got {raw!r}"
+            ) from None
 
     mp3 = True
     if (raw := given("mp3")) is not None:

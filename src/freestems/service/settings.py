@@ -98,6 +98,10 @@ class Settings:
     """Seconds an upload may take, so that a trickling client cannot hold a slot forever."""
     sessions_per_minute: int = 10
     """New sessions (challenges) per client address per minute."""
+    refused_uploads_per_minute: int = 5
+    """Refused uploads (too large, not audio, bad form, too slow, interrupted) per client address per
+    minute; beyond it uploads from the address get 429 before their body is read. A refused upload does not
+    spend its session key, so without this one proof of work would buy any number of them."""
     jobs_per_ip: int = 2
     """Queued plus running jobs per client address."""
     queue_capacity: int = 32
@@ -212,6 +216,7 @@ class Settings:
         for name in ("pow_cost", "pow_counter", "workers", "max_shifts", "queue_capacity", "jobs_per_ip"):
             need(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
         need(self.sessions_per_minute >= 1, "sessions_per_minute", "must be at least 1")
+        need(self.refused_uploads_per_minute >= 1, "refused_uploads_per_minute", "must be at least 1")
         need(self.threads >= 0, "threads", f"must be 0 (torch's default) or more, got {self.threads}")
         for name in (
             "challenge_ttl",

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
@@ -37,9 +36,13 @@ from .errors import (
 FIELD_LIMIT = 1024
 """Bytes in one text field (the options are a few characters each)."""
 MAX_FIELDS = 16
+PART_HEADER_LIMIT = 8 * 1024
+"""Bytes of headers in one form part (a Content-Disposition and a Content-Type are ~100)."""
 FORM_SLACK = 64 * 1024
 """Bytes of multipart framing and text fields allowed on top of the file size limit."""
 PART_SUFFIX = ".part"
+MAX_BOUNDARY = 256
+"""Longest multipart boundary accepted (python-multipart's own bound; RFC 2046 allows 70)."""
 
 
 @dataclass
@@ -79,15 +82,15 @@ async def receive_upload(
     boundary = _boundary(request.headers.get("content-type", ""))
     body_limit = max_bytes + FORM_SLACK
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > body_limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > body_limit:
         raise _too_large(max_bytes)
 
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f".upload-{secrets.token_hex(8)}{PART_SUFFIX}"
     receiver = _Receiver(path, file_field, max_bytes)
-    parser = MultipartParser(boundary, receiver.callbacks())
     received = 0
     try:
+        parser = MultipartParser(boundary, receiver.callbacks())
         async with asyncio.timeout(timeout):
             async for chunk in request.stream():
                 received += len(chunk)
@@ -105,7 +108,7 @@ async def receive_upload(
             raise request_timeout(f"the upload took longer than {timeout:g} s") from None
         if isinstance(error, ClientDisconnect):
             raise ServiceError(400, "upload_interrupted", "the upload was interrupted") from None
-        if isinstance(error, FormParserError):
+        if isinstance(error, ValueError):  # FormParserError, UnicodeError...: whatever the parser finds wrong
             raise ServiceError(422, "invalid_form", f"the multipart form is malformed: {error}") from None
         if isinstance(error, OSError):
             raise unavailable(
@@ -115,13 +118,22 @@ async def receive_upload(
 
 
 def _boundary(content_type: str) -> bytes:
-    kind, params = parse_options_header(content_type)
+    try:
+        kind, params = parse_options_header(content_type)
+    except (ValueError, UnicodeError):  # a header the parser cannot split: not a form we can read
+        kind, params = b"", {}
     boundary = params.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
         raise unsupported_media(
             "not_multipart",
             "send the audio as multipart/form-data with the file in the audio_file field "
             '(curl -F "audio_file=@song.mp3")',
+        )
+    if len(boundary) > MAX_BOUNDARY:
+        raise unsupported_media(
+            "not_multipart",
+            f"the multipart boundary is {len(boundary)} characters long; at most {MAX_BOUNDARY} are "
+            "accepted (RFC 2046 allows 70)",
         )
     return boundary
 
@@ -152,6 +164,7 @@ class _Receiver:
         self._name = ""
         self._is_file = False
         self._value = bytearray()
+        self._header_bytes = 0
 
     def callbacks(self) -> dict:
         return {
@@ -167,13 +180,23 @@ class _Receiver:
 
     def on_part_begin(self) -> None:
         self._disposition = b""
+        self._header_bytes = 0
         self._value = bytearray()
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_name += data[start:end]
+        self._count_header(end - start)
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
         self._header_value += data[start:end]
+        self._count_header(end - start)
+
+    def _count_header(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > PART_HEADER_LIMIT:
+            raise ServiceError(
+                422, "invalid_form", f"a form part's headers are longer than {PART_HEADER_LIMIT} bytes"
+            )
 
     def on_header_end(self) -> None:
         if self._header_name.lower() == b"content-disposition":

@@ -145,7 +145,7 @@ async def _handle(service: Service, connection: str, client: str, event: dict) -
         raise forbidden("bad_message", "send JSON text messages (at most 16 KiB)")
     try:
         message = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: thousands of nested brackets
         message = None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise forbidden("bad_message", 'messages are JSON objects with a "type"')
