@@ -258,10 +258,11 @@ def make_job(base: str, ws_url: str, origin: str, work: Path) -> dict:
     return asyncio.run(run())
 
 
-def _percentile(values: list[float], percent: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(percent / 100 * len(ordered)) - 1))
-    return ordered[index]
+def _percentile(values: list[float], percent: int) -> float:
+    """The ``percent``-th percentile (``statistics.quantiles``; a single sample is its own percentile)."""
+    if len(values) < 2:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[percent - 1]
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -11,7 +11,7 @@ import pytest
 from model_helpers import make_small_checkpoint, serve_directory, small_config
 
 from freestems.models import CheckpointError, ModelInfo, ModelNotAvailable, cached_file, default_cache_dir
-from freestems.models.download import cache_path, download, ensure_weights
+from freestems.models.download import cache_path, download, ensure_weights, verify_cached
 
 DATA = os.urandom(3 * 1024 * 1024 + 12345)  # a few chunks and a ragged tail
 DIGEST = hashlib.sha256(DATA).hexdigest()
@@ -224,7 +224,9 @@ def test_ensure_weights_downloads_once_then_uses_the_cache(tmp_path):
         path = ensure_weights(info, cache, progress=False)
     assert path == cache_path(info, cache) == cache / "small.ckpt"
     assert path.read_bytes() == checkpoint.read_bytes()
-    assert leftovers(cache) == ["small.ckpt"]
+    assert leftovers(cache) == ["small.ckpt", "small.ckpt.sha256"]
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert (cache / "small.ckpt.sha256").read_text() == f"{digest}  small.ckpt\n"
     assert cached_file(info, cache) == path
     assert ensure_weights(info, cache, progress=False) == path  # the server is gone: served from the cache
 
@@ -258,3 +260,57 @@ def test_unusable_download_is_discarded(tmp_path, content):
     if content == "wrong-config":
         assert "dims=[4, 8, 16, 24]" in message
     assert leftovers(cache) == []
+
+
+def test_a_cached_file_that_changed_after_its_download_is_refused(tmp_path):
+    root = tmp_path / "www"
+    checkpoint = make_small_checkpoint(root / "small.ckpt", seed=1)
+    cache = tmp_path / "cache"
+    with serve_directory(root) as base_url:
+        info = small_info(base_url)  # no sha256 published: the first download pins one
+        path = ensure_weights(info, cache, progress=False)
+    pinned = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    damaged = bytearray(path.read_bytes())
+    damaged[-1] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError) as caught:
+        ensure_weights(info, cache, progress=False)
+    message = str(caught.value)
+    actual = hashlib.sha256(bytes(damaged)).hexdigest()
+    assert str(path) in message and pinned in message and actual in message and "\n" not in message
+
+
+def test_a_file_copied_in_by_hand_is_pinned_on_first_use(tmp_path):
+    info = small_info("http://127.0.0.1:9")  # never contacted
+    path = cache_path(info, tmp_path)
+    path.write_bytes(b"weights")
+    assert verify_cached(info, path) == path
+    assert (tmp_path / "small.ckpt.sha256").read_text().split()[0] == hashlib.sha256(b"weights").hexdigest()
+    path.write_bytes(b"other weights")
+    with pytest.raises(CheckpointError, match="pinned in"):
+        verify_cached(info, path)
+
+
+def test_the_catalog_sha256_is_checked_on_every_load(tmp_path):
+    info = small_info("http://127.0.0.1:9", sha256=hashlib.sha256(b"weights").hexdigest())
+    path = cache_path(info, tmp_path)
+    path.write_bytes(b"weights")
+    assert verify_cached(info, path) == path
+    assert leftovers(tmp_path) == ["small.ckpt"]  # a published digest needs no pin
+    path.write_bytes(b"tampered")
+    with pytest.raises(CheckpointError, match="the catalog's sha256 for model"):
+        verify_cached(info, path)
+
+
+def test_a_fresh_download_replaces_a_stale_pin(tmp_path):
+    root = tmp_path / "www"
+    checkpoint = make_small_checkpoint(root / "small.ckpt", seed=1)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "small.ckpt.sha256").write_text("0" * 64 + "  small.ckpt\n")  # left from a deleted file
+    with serve_directory(root) as base_url:
+        path = ensure_weights(small_info(base_url), cache, progress=False)
+    assert (cache / "small.ckpt.sha256").read_text().split()[0] == hashlib.sha256(
+        checkpoint.read_bytes()
+    ).hexdigest()
+    assert verify_cached(small_info(base_url), path) == path

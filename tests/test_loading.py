@@ -355,8 +355,11 @@ def test_catalog_name_downloads_into_the_cache(tmp_path, small_entry):
             warnings.simplefilter("error")
             model = load_model("small-test", cache_dir=cache, progress=False)
     assert_reference_weights(model)
-    assert [path.name for path in cache.iterdir()] == [info.filename]
+    assert sorted(path.name for path in cache.iterdir()) == [info.filename, info.filename + ".sha256"]
     assert_reference_weights(load_model("small-test", cache_dir=cache, download=False))  # server gone
+    torch.save({"best_state": ZEROS}, cache_path(info, cache))  # the file changes under the pin
+    with pytest.raises(CheckpointError, match=r"has sha256 [0-9a-f]{64}, but the sha256 pinned in"):
+        load_model("small-test", cache_dir=cache, download=False)
 
 
 def test_catalog_model_missing_from_the_cache_without_download(tmp_path):

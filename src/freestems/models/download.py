@@ -6,6 +6,11 @@ simply be copied there. :func:`download` streams into a private temp file beside
 (``<name>.part-<random>``), resumes with HTTP ``Range`` requests if the connection drops mid-way, checks size
 and sha256, optionally validates the content, and only then renames it into place: the destination is either
 absent or complete. The temp file is removed on every failure, Ctrl-C included.
+
+Integrity on every load: a catalog entry's sha256 is checked when the publisher shows one; otherwise the
+digest of the first download is pinned beside the file (``<name>.sha256``, in ``sha256sum`` format) and every
+later load checks the file against it (:func:`verify_cached`). A file copied into the cache by hand is pinned
+the first time it is used. A mismatch names the file and both digests.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from freestems.models.errors import CheckpointError, ModelNotAvailable
 
 CHUNK = 1 << 20
 """Read size while streaming (1 MiB)."""
+PIN_SUFFIX = ".sha256"
+"""The pinned digest of a cached file sits beside it under this suffix."""
 
 
 def default_cache_dir() -> Path:
@@ -73,7 +80,7 @@ def ensure_weights(
     """
     path = cached_file(info, cache_dir)
     if path is not None:
-        return path
+        return verify_cached(info, path)
     from freestems.models.loading import ModelSpec, verify_checkpoint
 
     spec = ModelSpec.from_info(info)
@@ -87,7 +94,7 @@ def ensure_weights(
                 f"{str(error).replace(str(candidate), 'the file')}"
             ) from None
 
-    return download(
+    path = download(
         info.url,
         cache_path(info, cache_dir),
         sha256=info.sha256,
@@ -95,6 +102,62 @@ def ensure_weights(
         progress=progress,
         validate=validate,
     )
+    if info.sha256 is None:  # a fresh, validated download replaces any older pin
+        pin = path.with_name(path.name + PIN_SUFFIX)
+        _write_pin(pin, file_sha256(path), path.name)
+    return path
+
+
+def verify_cached(info: ModelInfo, path: Path) -> Path:
+    """Check ``path`` (the cached weights of ``info``) against the catalog's sha256, else against the digest
+    pinned when it was downloaded (pinning it now if it has none yet); returns ``path``.
+
+    Raises:
+        CheckpointError: the digests differ; the message names the file and both digests.
+    """
+    actual = file_sha256(path)
+    pin = path.with_name(path.name + PIN_SUFFIX)
+    if info.sha256 is not None:
+        expected, source = info.sha256.lower(), f"the catalog's sha256 for model {info.name}"
+    else:
+        expected = _read_pin(pin)
+        source = f"the sha256 pinned in {pin} when it was first downloaded"
+        if expected is None:
+            _write_pin(pin, actual, path.name)
+            return path
+    if actual != expected:
+        raise CheckpointError(
+            f"{path} has sha256 {actual}, but {source} is {expected}: the file changed or is damaged; "
+            "delete it (and its .sha256 file) to download it again"
+        )
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file, read in chunks."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _read_pin(pin: Path) -> str | None:
+    try:
+        text = pin.read_text(encoding="ascii").split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text[0].lower() if text and re.fullmatch(r"[0-9a-fA-F]{64}", text[0]) else None
+
+
+def _write_pin(pin: Path, digest: str, name: str) -> None:
+    """Write the pin atomically; a cache we cannot write to only loses the pin, not the model."""
+    temp = pin.with_name(f".{pin.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_text(f"{digest}  {name}\n", encoding="ascii")
+        os.replace(temp, pin)
+    except OSError:
+        temp.unlink(missing_ok=True)
 
 
 def download(

@@ -500,6 +500,8 @@ def load_model(
                     f"{downloads.cache_path(info, cache_dir)}"
                 )
             path = downloads.ensure_weights(info, cache_dir, progress=progress)
+        else:
+            path = downloads.verify_cached(info, path)
         hint = " (delete it to download it again)"
     else:
         path = Path(model_file)
