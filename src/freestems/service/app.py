@@ -37,7 +37,7 @@ from .challenges import ChallengeBook
 from .errors import ServiceError, conflict, internal, not_found, unauthorized, unavailable
 from .jobs import JobManager, Paths, result_url
 from .limits import SlidingWindow
-from .network import client_address
+from .network import AllowedHosts, client_address
 from .options import FILE_FIELD, FORMATS, SeparationOptions, parse_options
 from .sessions import SessionRegistry
 from .settings import Settings
@@ -161,6 +161,7 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
         description="Free, unlimited music stem separation. Demucs-compatible `POST /separate`.",
         lifespan=lifespan,
     )
+    app.add_middleware(AllowedHosts, allowed=settings.hosts)
     _add_error_handlers(app)
     _add_routes(app)
     app.mount("/static", StaticFiles(directory=WEB_PAGE.parent / "static", check_dir=False), name="static")
