@@ -37,7 +37,7 @@ from freestems.models import LoadedModel, load_model
 from freestems.service import Settings, create_app
 from freestems.service.app import Service
 from freestems.service.jobs import Paths
-from freestems.service.server import uvicorn_config
+from freestems.service.server import Server, uvicorn_config
 
 ORIGIN = "http://127.0.0.1"  # completed with the port: same-origin by default
 
@@ -112,7 +112,7 @@ def running_server(settings: Settings, executor: Executor) -> Iterator[LiveServe
 def serving(app: Any, settings: Settings) -> Iterator[LiveServer]:
     """Serve an ASGI app with the service's uvicorn configuration on 127.0.0.1 (a free port)."""
     config = uvicorn_config(app, settings, host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
+    server = Server(config)
     thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -282,7 +282,7 @@ def raw_request(server, head: str, body_chunks=(), limit_seconds: float = 30.0) 
 def test_a_declared_oversized_upload_is_refused_before_its_body(start_server):
     server = start_server(auth="none", max_upload_mb=1.0)
     head = (
-        "POST /separate HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        "POST /separate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
         "Content-Length: 50000000\r\n\r\n"
     )
     response, _ = raw_request(server, head)  # no body at all
@@ -293,7 +293,7 @@ def test_a_declared_oversized_upload_is_refused_before_its_body(start_server):
 def test_a_chunked_oversized_upload_is_cut_off_while_streaming(start_server):
     server = start_server(auth="none", max_upload_mb=1.0)
     head = (
-        "POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        "POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
         "Transfer-Encoding: chunked\r\n\r\n"
     )
     part = b'--b\r\nContent-Disposition: form-data; name="audio_file"; filename="big.mp3"\r\n\r\n'
@@ -308,7 +308,7 @@ def test_a_chunked_oversized_upload_is_cut_off_while_streaming(start_server):
 def test_a_trickling_upload_times_out(start_server):
     server = start_server(auth="none", upload_timeout=0.5)
     head = (
-        "POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        "POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
         "Content-Length: 100000\r\n\r\n--b\r\n"
     )
     response, _ = raw_request(server, head)  # and then nothing

@@ -46,7 +46,7 @@ from .errors import (
 )
 from .jobs import JobManager, Paths, result_url
 from .limits import SlidingWindow
-from .network import client_address
+from .network import AllowedHosts, client_address
 from .options import FILE_FIELD, FORMATS, SeparationOptions, parse_options
 from .sessions import SessionRegistry
 from .settings import Settings
@@ -182,6 +182,7 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
         description="Free, unlimited music stem separation. Demucs-compatible `POST /separate`.",
         lifespan=lifespan,
     )
+    app.add_middleware(AllowedHosts, allowed=settings.hosts)
     _add_error_handlers(app)
     _add_routes(app)
     app.mount("/static", StaticFiles(directory=WEB_PAGE.parent / "static", check_dir=False), name="static")

@@ -23,6 +23,8 @@ from freestems.cost import DEFAULT_GPU_PRICES, parse_prices
 from .errors import ServiceError
 
 PREFIX = "FREESTEMS_"
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+"""The Host names a server on a loopback address answers to by default (any port)."""
 AUTH_MODES = ("pow", "none")
 POW_ALGORITHMS = ("PBKDF2/SHA-256", "PBKDF2/SHA-384", "PBKDF2/SHA-512", "SHA-256", "SHA-384", "SHA-512")
 
@@ -57,6 +59,21 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     """Origins allowed to open the session WebSocket (``https://example.org``). Empty: same origin only (the
     Origin's host:port must equal the Host header). ``*`` allows any site: unsafe."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names (or IP addresses) the server answers to; ``*.example.org`` for subdomains, ``*`` for any.
+    Empty: on a loopback address ``localhost``, ``127.0.0.1`` and ``[::1]`` (so that a web page cannot reach
+    it by DNS rebinding), elsewhere any (set it to the public name). See :attr:`hosts`."""
+    header_timeout: float = 15.0
+    """Seconds a connection has to send a complete request head (from opening, or from its last response);
+    then it is closed."""
+    keep_alive_timeout: float = 5.0
+    """Seconds an idle kept-alive connection stays open after a response."""
+    max_connections: int = 0
+    """Open connections (HTTP and WebSocket) at once; more are refused at once with 503. 0: derived from
+    the open file limit (raised to its hard limit at start): the limit less a quarter, at most 4096."""
+    max_connections_per_address: int = 64
+    """Open connections per client address (an IPv6 /64); more get 429. Not applied with
+    ``trust_proxy``: then every connection comes from the proxy."""
 
     # -- storage --
     data_dir: Path = field(default_factory=default_data_dir)
@@ -199,6 +216,13 @@ class Settings:
     def is_loopback(self) -> bool:
         return is_loopback_host(self.host)
 
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The Host names served: ``allowed_hosts``, or its default for the address listened on."""
+        if self.allowed_hosts:
+            return self.allowed_hosts
+        return LOOPBACK_HOSTS if self.is_loopback else ("*",)
+
     # ----------------------------------------------------------------------------------------- checks
 
     def _check(self) -> None:
@@ -217,6 +241,16 @@ class Settings:
             need(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
         need(self.sessions_per_minute >= 1, "sessions_per_minute", "must be at least 1")
         need(self.refused_uploads_per_minute >= 1, "refused_uploads_per_minute", "must be at least 1")
+        need(
+            self.max_connections >= 0,
+            "max_connections",
+            f"must be 0 (derived from the open file limit) or more, got {self.max_connections}",
+        )
+        need(
+            self.max_connections_per_address >= 1,
+            "max_connections_per_address",
+            f"must be at least 1, got {self.max_connections_per_address}",
+        )
         need(self.threads >= 0, "threads", f"must be 0 (torch's default) or more, got {self.threads}")
         for name in (
             "challenge_ttl",
@@ -226,6 +260,8 @@ class Settings:
             "max_upload_mb",
             "max_duration",
             "upload_timeout",
+            "header_timeout",
+            "keep_alive_timeout",
         ):
             need(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
         need(self.device in ("auto", "cpu", "cuda", "mps"), "device", "must be auto, cpu, cuda or mps")
@@ -244,6 +280,13 @@ class Settings:
                 origin == "*" or "://" in origin,
                 "allowed_origins",
                 f"{origin!r} is not an origin; write it as scheme://host[:port], e.g. https://example.org",
+            )
+        for host in self.allowed_hosts:
+            need(
+                _host_pattern(host),
+                "allowed_hosts",
+                f"{host!r} is not a host name; write names without scheme or port, e.g. example.org, "
+                "*.example.org, 127.0.0.1 or [::1]",
             )
         need(
             2 <= self.modal_scaledown_window <= 3600,
@@ -274,6 +317,19 @@ class Settings:
                 "a loopback address: anyone who reaches it could use the compute. Listen on 127.0.0.1, or "
                 "set FREESTEMS_ALLOW_PUBLIC_NOAUTH=1 (--allow-public-noauth) if that is really what you want"
             )
+
+
+def _host_pattern(host: str) -> bool:
+    """``*``, ``example.org``, ``*.example.org``, an IPv4 or IPv6 address: no scheme, port or path."""
+    if host == "*":
+        return True
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        pass
+    name = host[2:] if host.startswith("*.") else host
+    return bool(name) and not any(char in name for char in "*:/@?# ")
 
 
 def is_loopback_host(host: str) -> bool:
