@@ -6,6 +6,14 @@ between and ramps down again, and every output sample is divided by the sum of t
 The weights are normalised, so a model that returns its input gives back the input exactly, whatever the
 overlap.
 
+The end of the track follows the model's ``chunk_tail`` (a property of the model contract, like its segment):
+
+- ``"zeros"`` (the default): chunks step on until one reaches the end; what lies past the end is silence.
+- ``"centred"``: a chunk starts at every step before the end, and a chunk that runs past the end is moved back
+  by half the part past the end, so the model hears real audio there instead of silence; its output is read
+  back at the same shift and weighted as at its own place. This is what Demucs's ``apply_model`` does, and
+  models trained with it (the HT-Demucs family) give its results only so.
+
 ``shifts`` adds passes whose chunk grid starts a random fraction of a second earlier; all passes feed the same
 output buffer, so they are averaged with the same normalised weights.
 
@@ -41,6 +49,7 @@ Progress = Callable[[float], None]
 MAX_SHIFT_SECONDS = 0.5
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+CHUNK_TAILS = ("zeros", "centred")
 
 
 class SeparationError(ValueError):
@@ -200,6 +209,12 @@ def separate_blocks(
         raise SeparationError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     output_names(model.sources, two_stems)  # validates two_stems
     stats = stats if model.normalize else None
+    # A field of the model contract; getattr keeps models built without it (the default) working.
+    tail = getattr(model, "chunk_tail", "zeros")
+    if tail not in CHUNK_TAILS:
+        raise SeparationError(f"model {model.name}: unknown chunk_tail {tail!r} ({', '.join(CHUNK_TAILS)})")
+    centred = tail == "centred"
+    keep = segment // 2 if centred else 0  # input a centred last chunk may reach back to
 
     stride = max(1, round(segment * (1 - overlap)))
     rng = np.random.default_rng(seed)
@@ -208,7 +223,7 @@ def separate_blocks(
     runner = _ChunkRunner(model, device, precision)
     mixer = _OverlapAdd(len(model.sources), window(segment, segment - stride))
     source = _InputBuffer()
-    plan = _ChunkPlan(offsets, stride, segment)
+    plan = _ChunkPlan(offsets, stride, segment, every_step=centred)
     chunks_total = plan.total(length) if length else None
     chunks_done = 0
 
@@ -220,7 +235,7 @@ def separate_blocks(
             if stats is not None:
                 stems = stems * stats.std + stats.mean
             yield _arrange(stems, mix, model.sources, two_stems, consistency)
-        source.forget_before(mixer.start)
+        source.forget_before(mixer.start - keep)
 
     block_iter = iter(blocks)
     exhausted = False
@@ -244,9 +259,12 @@ def separate_blocks(
                 continue
         if not pending:
             break
-        outputs = runner([source.chunk(chunk_start, segment) for chunk_start in pending])
-        for chunk_start, output in zip(pending, outputs, strict=True):
-            mixer.add(chunk_start, output, limit=source.end if exhausted else None)
+        # Half of what a chunk has past the end of the input (0 unless centred and at the end).
+        backs = [max(0, start + segment - source.end) // 2 if centred else 0 for start in pending]
+        chunks = [source.chunk(start - back, segment) for start, back in zip(pending, backs, strict=True)]
+        outputs = runner(chunks)
+        for chunk_start, back, output in zip(pending, backs, outputs, strict=True):
+            mixer.add(chunk_start, output[..., back:], limit=source.end if exhausted else None)
         chunks_done += len(pending)
         pending = []
         if progress is not None and chunks_total:
@@ -282,11 +300,13 @@ class _ChunkPlan:
     """Chunk start positions of every pass, in order of chunk index, then pass.
 
     Pass ``p`` starts its grid at ``-offsets[p]`` and steps by ``stride``. Its chunk ``k > 0`` is needed while
-    chunk ``k - 1`` ended before the end of the input, which is unknown until :meth:`close`.
+    chunk ``k - 1`` ended before the end of the input (with ``every_step``: while chunk ``k`` starts before
+    the end, as Demucs plans), which is unknown until :meth:`close`.
     """
 
-    def __init__(self, offsets: list[int], stride: int, segment: int):
+    def __init__(self, offsets: list[int], stride: int, segment: int, every_step: bool = False):
         self.offsets, self.stride, self.segment = offsets, stride, segment
+        self.every_step = every_step
         self.length: int | None = None
         self.index = 0
         self.queue = list(range(len(offsets)))  # passes whose chunk `index` is still to come
@@ -300,6 +320,8 @@ class _ChunkPlan:
     def _needed(self, index: int, p: int) -> bool:
         if index == 0 or self.length is None:
             return True
+        if self.every_step:
+            return self._start(index, p) < self.length
         return self._start(index - 1, p) + self.segment < self.length
 
     def peek(self) -> int | None:
@@ -334,7 +356,7 @@ class _ChunkPlan:
         for offset in self.offsets:
             start = -offset
             count += 1
-            while start + self.segment < length:
+            while (start + self.stride if self.every_step else start + self.segment) < length:
                 start += self.stride
                 count += 1
         return count
