@@ -15,7 +15,7 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
-    """``normalize(x) * sqrt(dim) * gamma``: the reference's RMS norm (an L2 norm rescaled, no epsilon term)."""
+    """``normalize(x) * sqrt(dim) * gamma``: the reference's RMS norm (a rescaled L2 norm, no epsilon)."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -45,7 +45,7 @@ class RotaryEmbedding(nn.Module):
         return torch.outer(positions, self.freqs).repeat_interleave(2, dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate ``x`` of shape (..., length, dim); computed in the frequencies' precision like the reference."""
+        """Rotate ``x`` of shape (..., length, dim), in the frequencies' precision like the reference."""
         angles = self.angles(x.shape[-2], x.device)
         pairs = x.unflatten(-1, (-1, 2))
         rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)

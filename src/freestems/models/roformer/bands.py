@@ -23,7 +23,9 @@ class BandSplit(nn.Module):
     def __init__(self, dim: int, dim_inputs: Sequence[int]):
         super().__init__()
         self.dim_inputs = list(dim_inputs)
-        self.to_features = nn.ModuleList(nn.Sequential(RMSNorm(size), nn.Linear(size, dim)) for size in dim_inputs)
+        self.to_features = nn.ModuleList(
+            nn.Sequential(RMSNorm(size), nn.Linear(size, dim)) for size in dim_inputs
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., sum(dim_inputs)) -> (..., bands, dim)."""
@@ -98,8 +100,9 @@ def mel_filter_bank(sample_rate: float, n_fft: int, n_mels: int) -> np.ndarray:
     exact boundary cases (a frequency bin right on a mel point) come out as they did in training.
     """
     fft_freqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sample_rate)
-    mel_points = mel_to_hz(np.linspace(hz_to_mel(np.array([0.0]))[0], hz_to_mel(np.array([sample_rate / 2]))[0],
-                                       n_mels + 2))
+    mel_points = mel_to_hz(
+        np.linspace(hz_to_mel(np.array([0.0]))[0], hz_to_mel(np.array([sample_rate / 2]))[0], n_mels + 2)
+    )
     fdiff = np.diff(mel_points)
     ramps = np.subtract.outer(mel_points, fft_freqs)
     weights = np.zeros((n_mels, len(fft_freqs)), dtype=np.float32)

@@ -76,7 +76,10 @@ class BandRoformer(nn.Module):
         self.skip_connection = skip_connection
         self.zero_dc = zero_dc
         self.stft_kwargs = dict(
-            n_fft=stft_n_fft, hop_length=stft_hop_length, win_length=stft_win_length, normalized=stft_normalized
+            n_fft=stft_n_fft,
+            hop_length=stft_hop_length,
+            win_length=stft_win_length,
+            normalized=stft_normalized,
         )
         window = (stft_window_fn or torch.hann_window)(stft_win_length)
         self.register_buffer("window", window.float(), persistent=False)
@@ -149,7 +152,7 @@ class BandRoformer(nn.Module):
         return self._istft(stems, audio.shape[-1])[..., :length]
 
     def _transform(self, x: torch.Tensor) -> torch.Tensor:
-        """The axial transformers: (optionally over all positions,) over time per band, over bands per frame."""
+        """Axial transformers: (optionally over all positions,) over time per band, over bands per frame."""
         batch, frames, bands, dim = x.shape
         previous: list[torch.Tensor] = []
         for stacks in self.layers:

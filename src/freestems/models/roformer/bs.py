@@ -9,9 +9,7 @@ import torch
 from freestems.models.roformer.attention import RMSNorm
 from freestems.models.roformer.base import BandRoformer
 
-DEFAULT_FREQS_PER_BANDS = (
-    (2,) * 24 + (4,) * 12 + (12,) * 8 + (24,) * 8 + (48,) * 8 + (128, 129)
-)
+DEFAULT_FREQS_PER_BANDS = (2,) * 24 + (4,) * 12 + (12,) * 8 + (24,) * 8 + (48,) * 8 + (128, 129)
 """The reference's default: 62 bands over the 1025 bins of a 2048-point STFT."""
 
 
