@@ -234,6 +234,7 @@ def test_unknown_model_keys_are_ignored_with_a_warning():
     ("change", "message"),
     [
         (lambda c: c["model"].update(num_stems=2), "2 stem"),
+        (lambda c: c["model"].update(num_stems="two"), "num_stems"),
         (lambda c: c["audio"].pop("chunk_size"), "chunk_size"),
         (lambda c: c["audio"].update(sample_rate=48000), "44100"),
         (lambda c: c["model"].pop("num_bands") and c["model"].pop("sample_rate"), "architecture"),

@@ -111,7 +111,10 @@ def roformer_from_msst(
         raise CheckpointError(
             f"{name}: audio.chunk_size must be a positive number of samples, got {segment!r}"
         )
-    sources = _sources(sections["training"], int(kwargs.get("num_stems", 1)), name)
+    num_stems = kwargs.get("num_stems", 1)
+    if isinstance(num_stems, bool) or not isinstance(num_stems, int) or num_stems < 1:
+        raise CheckpointError(f"{name}: model.num_stems must be a positive integer, got {num_stems!r}")
+    sources = _sources(sections["training"], num_stems, name)
 
     try:
         module = ARCHITECTURES[architecture](**kwargs)
