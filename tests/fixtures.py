@@ -4,3 +4,4 @@ from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SCNET_FIXTURES = SHARED / "fixtures" / "scnet"
+ROFORMER_FIXTURES = SHARED / "fixtures" / "roformer"
