@@ -271,7 +271,7 @@ def test_refused_uploads_count_against_the_address_before_the_body_is_read(start
                 b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Session-Key: " + key.encode() + b"\r\n"
                 b"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 4000000\r\n\r\n"
             )
-            head = conn.recv(65536).decode("latin-1")
+            head = read_response(conn)
         assert head.startswith("HTTP/1.1 429"), head
         assert "retry-after:" in head.lower() and "too_many_refused" in head
         # Other addresses are not affected.
@@ -279,6 +279,25 @@ def test_refused_uploads_count_against_the_address_before_the_body_is_read(start
             response = other.post(server.url + "/jobs", **png)
         assert assert_json_error(response, 401, 415)["code"] != "too_many_refused"
     assert leftover_files(server.data_dir) == []
+
+
+def read_response(conn: socket.socket) -> str:
+    """A whole small HTTP response from a raw socket: the head, then as many body bytes as it announces."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in lines if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode("latin-1")
 
 
 def can_mount_tmpfs(folder: Path) -> bool:
