@@ -291,7 +291,8 @@ def read_response(conn: socket.socket) -> str:
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
-    length = next((int(line.split(b":", 1)[1]) for line in lines if line.lower().startswith(b"content-length:")), 0)
+    sizes = [line.split(b":", 1)[1] for line in lines if line.lower().startswith(b"content-length:")]
+    length = int(sizes[0]) if sizes else 0
     while len(body) < length:
         chunk = conn.recv(65536)
         if not chunk:
