@@ -17,7 +17,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Self, get_args
 
 from pydantic import (
     AfterValidator,
@@ -122,7 +122,7 @@ class EnvSettings(BaseSettings):
         return (init_settings,)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any):  # -> Self
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
         """Settings from ``FREESTEMS_*`` variables (of ``os.environ`` by default; a blank one counts as
         unset); ``overrides`` (already typed; None ones are ignored) win over the environment.
 
@@ -133,7 +133,7 @@ class EnvSettings(BaseSettings):
         values.update({name: value for name, value in overrides.items() if value is not None})
         return cls(**values)
 
-    def replace(self, **changes: Any):  # -> Self
+    def replace(self, **changes: Any) -> Self:
         """A copy with ``changes``, checked like the original."""
         return type(self)(**{**{name: getattr(self, name) for name in type(self).model_fields}, **changes})
 
