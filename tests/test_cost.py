@@ -15,6 +15,7 @@ from freestems.cost import (
     price_of,
     project,
 )
+from freestems.deploy.settings import ModalSettings
 from freestems.service import Settings, SettingsError
 from freestems.service.store import JobStore
 
@@ -47,7 +48,7 @@ def test_prices_parse_over_the_defaults_and_name_the_bad_entry():
     with pytest.raises(SettingsError, match="FREESTEMS_GPU_PRICES"):
         Settings.from_env({"FREESTEMS_GPU_PRICES": "L4:0.0003"})
     with pytest.raises(SettingsError, match="FREESTEMS_MODAL_SCALEDOWN_WINDOW"):
-        Settings.from_env({"FREESTEMS_MODAL_SCALEDOWN_WINDOW": "1"})
+        ModalSettings.from_env({"FREESTEMS_MODAL_SCALEDOWN_WINDOW": "1"})
 
 
 def test_the_cost_of_a_job_is_its_gpu_seconds_times_the_price():

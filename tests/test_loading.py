@@ -306,7 +306,7 @@ def test_newer_freestems_format_is_refused(tmp_path):
 def test_bare_state_dict_needs_a_config(tmp_path):
     with pytest.raises(CheckpointError, match="does not say which model it is"):
         load_model(model_file=SMALL_STATE)
-    with pytest.raises(ModelError, match="needs a model file"):
+    with pytest.raises(ModelError, match="needs --model-file"):
         load_model(model_config=SMALL_CONFIG)
 
 

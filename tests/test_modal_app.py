@@ -132,7 +132,7 @@ def test_the_image_installs_pinned_torch_and_the_package_dependencies(deployment
     names = {requirement.split(">")[0].split("=")[0] for requirement in requirements}
     assert {"numpy", "av", "lameenc", "fastapi", "uvicorn", "altcha"} <= names
     assert "torch" not in names and "pytest" not in names and "modal" not in names
-    assert module.settings.modal_torch.startswith("torch==")
+    assert module.modal_settings.modal_torch.startswith("torch==")
 
 
 def test_the_build_step_writes_the_description_the_web_tier_reads(deployment, checkpoint, tmp_path):

@@ -233,8 +233,8 @@ def test_settings_from_the_environment(tmp_path):
 @pytest.mark.parametrize(
     ("name", "value", "phrase"),
     [
-        ("FREESTEMS_PORT", "eighty", "FREESTEMS_PORT='eighty'"),
-        ("FREESTEMS_RESULT_CACHE", "maybe", "FREESTEMS_RESULT_CACHE='maybe'"),
+        ("FREESTEMS_PORT", "eighty", "FREESTEMS_PORT: must be a whole number, got 'eighty'"),
+        ("FREESTEMS_RESULT_CACHE", "maybe", "FREESTEMS_RESULT_CACHE: expected on/off"),
         ("FREESTEMS_AUTH", "password", "FREESTEMS_AUTH: must be one of pow, none"),
         ("FREESTEMS_WORKERS", "0", "FREESTEMS_WORKERS: must be at least 1"),
         ("FREESTEMS_SESSION_TTL", "-5", "FREESTEMS_SESSION_TTL: must be positive"),

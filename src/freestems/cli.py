@@ -14,6 +14,7 @@ from pathlib import Path
 
 from freestems import __version__
 from freestems.audio.formats import MP3_BITRATES
+from freestems.separate import DEVICES
 
 AUDIO_SUFFIXES = {
     ".mp3", ".wav", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4", ".webm", ".aiff", ".aif",
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     separate.add_argument(
         "--bit-depth", type=int, default=16, choices=(16, 24, 32), help="wav/flac bits (16)"
     )
-    separate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="(auto)")
+    separate.add_argument("--device", default="auto", choices=DEVICES, help="(auto)")
     separate.add_argument("--batch-size", type=int, help="chunks per forward pass (1 on CPU, 4 on GPU)")
     separate.add_argument(
         "--segment", type=float, help="chunk length in seconds (the model's training length)"
@@ -139,12 +140,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model_from_args(args: argparse.Namespace):
-    from freestems.models import load_model
+    from freestems.models import check_model_choice, load_model
 
-    if args.model and args.model_file:
-        raise UsageError("give either -m/--model or --model-file, not both")
-    if args.model_config and not args.model_file:
-        raise UsageError("--model-config needs --model-file")
+    check_model_choice(args.model, args.model_file, args.model_config)
     return load_model(
         args.model,
         model_file=args.model_file,
@@ -290,9 +288,9 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         if not (args.model or args.model_file):  # the environment may name the model
             args.model, args.model_file = settings.model, settings.model_file
-            args.model_config = args.model_config or settings.model_config
+            args.model_config = args.model_config or settings.model_config_file
         model = load_model_from_args(args)
-    except (SettingsError, UsageError, ModelError) as error:
+    except (SettingsError, ModelError) as error:
         return fail(error)
     executor = LocalExecutor(
         lambda: model,
@@ -317,6 +315,7 @@ def run_cost(args: argparse.Namespace) -> int:
     from freestems.cost import format_projections, modal_usage_records, project
 
     try:
+        from freestems.deploy.settings import ModalSettings
         from freestems.service import Settings, SettingsError
         from freestems.service.jobs import Paths
         from freestems.service.store import JobStore, StoreError
@@ -326,16 +325,17 @@ def run_cost(args: argparse.Namespace) -> int:
         return fail("--song-seconds must be positive")
     try:
         settings = Settings.from_env(data_dir=args.data_dir)
+        app_name = ModalSettings.from_env().modal_app_name
     except SettingsError as error:
         return fail(error)
     if args.modal:
         try:
-            records = modal_usage_records(settings.modal_app_name)
+            records = modal_usage_records(app_name)
         except ImportError:
             return fail("the modal package is missing: pip install 'freestems[modal]'")
         except Exception as error:  # no token, no network, no such Dict
-            return fail(f"cannot read the usage records of Modal app {settings.modal_app_name}: {error}")
-        where = f"Modal app {settings.modal_app_name}"
+            return fail(f"cannot read the usage records of Modal app {app_name}: {error}")
+        where = f"Modal app {app_name}"
     else:
         database = Paths(settings.data_dir).database
         if not database.is_file():

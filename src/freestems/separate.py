@@ -32,7 +32,7 @@ import contextlib
 import numbers
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 import torch
@@ -47,8 +47,12 @@ Progress = Callable[[float], None]
 """Called with the fraction of the work done, from 0 to 1."""
 
 MAX_SHIFT_SECONDS = 0.5
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+Device = Literal["auto", "cpu", "cuda", "mps"]
+"""Where the model runs; ``auto`` picks cuda, then mps, then cpu. The one list: settings and CLI use it."""
+DEVICES: tuple[Device, ...] = get_args(Device)
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+"""The model's arithmetic; ``auto`` is fp16 autocast on CUDA, fp32 elsewhere. The one list, as ``Device``."""
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 CHUNK_TAILS = ("zeros", "centred")
 
 

@@ -6,7 +6,8 @@ Nothing here is a second copy of the engine or the service: the GPU method runs
 :func:`freestems.jobrun.run_job` (the function the in-process worker runs), and the web function serves
 :func:`freestems.service.create_app` with a :class:`~freestems.executors.modal.ModalExecutor`.
 
-**Settings.** This module reads ``Settings.from_env()`` when it is imported: by ``modal deploy`` on the
+**Settings.** This module reads ``Settings.from_env()`` (the service's) and ``ModalSettings.from_env()``
+(the deployment's, :mod:`freestems.deploy.settings`) when it is imported: by ``modal deploy`` on the
 deployer's machine (the ``FREESTEMS_*`` variables there decide the GPU type, scale-down window and every
 limit), and again in each container, where the image's environment carries the same values (see
 :func:`image_environment`; machine-local ones such as paths and the HMAC secret are left out).
@@ -73,6 +74,8 @@ from freestems.executors.modal import (
 from freestems.jobrun import JobFailed
 from freestems.service.settings import PREFIX, Settings
 
+from .settings import ModalSettings
+
 log = logging.getLogger("freestems.modal")
 
 _IMPORTED_AT = time.time()
@@ -112,7 +115,7 @@ def serving_settings(environ: Mapping[str, str]) -> Settings:
 def image_environment(environ: Mapping[str, str], settings: Settings) -> dict[str, str]:
     """The ``FREESTEMS_*`` variables of the containers: the deployer's settings minus machine-local ones,
     with the weights cache and any model file at their places in the image."""
-    names = {PREFIX + item.name.upper() for item in dataclasses.fields(Settings)}
+    names = Settings.variables() | ModalSettings.variables()
     env = {
         name: value
         for name, value in environ.items()
@@ -122,12 +125,13 @@ def image_environment(environ: Mapping[str, str], settings: Settings) -> dict[st
     env[f"{PREFIX}CACHE"] = WEIGHTS_DIR
     if settings.model_file is not None:
         env[f"{PREFIX}MODEL_FILE"] = f"{WEIGHTS_DIR}/{settings.model_file.name}"
-    if settings.model_config is not None:
-        env[f"{PREFIX}MODEL_CONFIG"] = f"{WEIGHTS_DIR}/config/{settings.model_config.name}"
+    if settings.model_config_file is not None:
+        env[f"{PREFIX}MODEL_CONFIG"] = f"{WEIGHTS_DIR}/config/{settings.model_config_file.name}"
     return dict(sorted(env.items()))
 
 
 settings = serving_settings(os.environ)
+modal_settings = ModalSettings.from_env(os.environ)
 
 
 # ------------------------------------------------------------------------------------------- image
@@ -175,21 +179,21 @@ def bake_weights(
     Path(weights_dir, DESCRIPTION_FILE).write_text(json.dumps(dataclasses.asdict(description)))
 
 
-def build_image(settings: Settings, environ: Mapping[str, str]) -> modal.Image:
+def build_image(settings: Settings, deployment: ModalSettings, environ: Mapping[str, str]) -> modal.Image:
     """The image of both functions (see the module docstring for the layers and why in this order)."""
-    torch_index = {"index_url": settings.modal_torch_index} if settings.modal_torch_index else {}
+    torch_index = {"index_url": deployment.modal_torch_index} if deployment.modal_torch_index else {}
     image = (
         modal.Image.debian_slim(python_version=PYTHON_VERSION)
-        .pip_install(settings.modal_torch, **torch_index)
+        .pip_install(deployment.modal_torch, **torch_index)
         .pip_install(*requirements())
     )
     model_file = model_config = None
     if settings.model_file is not None:
         model_file = f"{WEIGHTS_DIR}/{settings.model_file.name}"
         image = image.add_local_file(settings.model_file, model_file, copy=True)
-    if settings.model_config is not None:
-        model_config = f"{WEIGHTS_DIR}/config/{settings.model_config.name}"
-        image = image.add_local_file(settings.model_config, model_config, copy=True)
+    if settings.model_config_file is not None:
+        model_config = f"{WEIGHTS_DIR}/config/{settings.model_config_file.name}"
+        image = image.add_local_file(settings.model_config_file, model_config, copy=True)
     image = image.run_function(
         bake_weights,
         kwargs={
@@ -202,10 +206,10 @@ def build_image(settings: Settings, environ: Mapping[str, str]) -> modal.Image:
     return image.env(image_environment(environ, settings)).add_local_python_source("freestems", ignore=[])
 
 
-app = modal.App(settings.modal_app_name, include_source=False)
-image = build_image(settings, os.environ)
-progress_queue = modal.Queue.from_name(f"{settings.modal_app_name}-progress", create_if_missing=True)
-usage_dict = modal.Dict.from_name(usage_dict_name(settings.modal_app_name), create_if_missing=True)
+app = modal.App(modal_settings.modal_app_name, include_source=False)
+image = build_image(settings, modal_settings, os.environ)
+progress_queue = modal.Queue.from_name(f"{modal_settings.modal_app_name}-progress", create_if_missing=True)
+usage_dict = modal.Dict.from_name(usage_dict_name(modal_settings.modal_app_name), create_if_missing=True)
 
 
 # ------------------------------------------------------------------------------------------- the ways out
@@ -239,20 +243,20 @@ def remote_calls() -> RemoteCalls:
 # ------------------------------------------------------------------------------------------- GPU class
 
 
-def gpu_class_options(settings: Settings) -> dict[str, Any]:
+def gpu_class_options(deployment: ModalSettings) -> dict[str, Any]:
     """The ``@app.cls`` arguments of :class:`Separator`, from the settings."""
     options: dict[str, Any] = dict(
         image=image,
-        gpu=settings.modal_gpu,
-        cpu=settings.modal_cpu,
-        timeout=settings.modal_timeout,
-        scaledown_window=settings.modal_scaledown_window,
-        max_containers=settings.modal_max_containers,
+        gpu=deployment.modal_gpu,
+        cpu=deployment.modal_cpu,
+        timeout=deployment.modal_timeout,
+        scaledown_window=deployment.modal_scaledown_window,
+        max_containers=deployment.modal_max_containers,
         enable_memory_snapshot=True,
     )
-    if settings.modal_region:
-        options["region"] = list(settings.modal_region)
-    if settings.modal_gpu_snapshot:
+    if deployment.modal_region:
+        options["region"] = list(deployment.modal_region)
+    if deployment.modal_gpu_snapshot:
         options["experimental_options"] = {"enable_gpu_snapshot": True}
     return options
 
@@ -264,7 +268,7 @@ def load_configured_model():
     return load_model(
         settings.model,
         model_file=settings.model_file,
-        model_config=settings.model_config,
+        model_config=settings.model_config_file,
         download=modal.is_local(),
         progress=False,
     )
@@ -394,7 +398,7 @@ class _Outbox:
             self._thread.join(timeout)
 
 
-@app.cls(**gpu_class_options(settings))
+@app.cls(**gpu_class_options(modal_settings))
 class Separator:
     """Separates one song per call: ``separate(audio, options) -> zip``, as ``POST /separate`` answers."""
 
@@ -410,7 +414,7 @@ class Separator:
         self.device = torch.device("cpu")
         self.precision = "fp32"
         self.fidelity: dict[str, float] = {}
-        if settings.modal_gpu_snapshot and torch.cuda.is_available():  # only then is a GPU here now
+        if modal_settings.modal_gpu_snapshot and torch.cuda.is_available():  # only then is a GPU here now
             self._use(torch.device("cuda"))
         _warm_up(self.model, self.device, self.precision)
         self.loaded_at = time.time()
@@ -444,7 +448,7 @@ class Separator:
 
         self.model.module.to(device)
         self.device = device
-        self.precision, self.fidelity = choose_precision(self.model, device, settings.modal_precision)
+        self.precision, self.fidelity = choose_precision(self.model, device, modal_settings.modal_precision)
         if not self.fidelity:  # the precision probe warmed the GPU; else warm it now
             _warm_up_device(self.model, device, self.precision)
 
@@ -504,10 +508,10 @@ class Separator:
                     job_id=job_id,
                     finished_at=time.time(),
                     model=self.model.name,
-                    gpu=settings.modal_gpu,
+                    gpu=modal_settings.modal_gpu,
                     audio_seconds=result.audio_seconds,
                     gpu_seconds=timings["gpu_seconds"],
-                    cost_usd=job_cost(timings["gpu_seconds"], settings.modal_gpu, settings.gpu_prices),
+                    cost_usd=job_cost(timings["gpu_seconds"], modal_settings.modal_gpu, settings.gpu_prices),
                     timings=timings,
                 )
             )
@@ -577,13 +581,14 @@ def _configure_logging() -> None:
 # ------------------------------------------------------------------------------------------- web tier
 
 
-def web_function_options(settings: Settings) -> dict[str, Any]:
+def web_function_options(settings: Settings, deployment: ModalSettings) -> dict[str, Any]:
     """The ``@app.function`` arguments of :func:`web`, from the settings."""
     # A WebSocket is one input for as long as it is open: a key's life, an upload, and a job.
-    timeout = int(settings.session_ttl + settings.upload_timeout + settings.modal_timeout + 60)
+    timeout = int(settings.session_ttl + settings.upload_timeout + deployment.modal_timeout + 60)
+    secret = modal.Secret.from_name(deployment.modal_secret_name, required_keys=[f"{PREFIX}HMAC_SECRET"])
     return dict(
         image=image,
-        secrets=[modal.Secret.from_name(settings.modal_secret_name, required_keys=[f"{PREFIX}HMAC_SECRET"])],
+        secrets=[secret],
         cpu=WEB_CPU,
         max_containers=1,
         scaledown_window=WEB_SCALEDOWN_WINDOW,
@@ -597,20 +602,20 @@ def make_executor() -> ModalExecutor:
         remote_calls(),
         progress_channel(),
         model_description,
-        gpu=settings.modal_gpu,
-        workers=settings.modal_max_containers,
+        gpu=modal_settings.modal_gpu,
+        workers=modal_settings.modal_max_containers,
     )
 
 
-@app.function(**web_function_options(settings))
-@modal.concurrent(max_inputs=settings.modal_web_max_inputs)
+@app.function(**web_function_options(settings, modal_settings))
+@modal.concurrent(max_inputs=modal_settings.modal_web_max_inputs)
 @modal.asgi_app()
 def web():
     """The service (``POST /separate``, jobs, the session WebSocket, the page), jobs on the GPU class."""
     from freestems.service import create_app
 
     _configure_logging()
-    return create_app(settings.replace(workers=settings.modal_max_containers), executor=make_executor())
+    return create_app(settings.replace(workers=modal_settings.modal_max_containers), executor=make_executor())
 
 
 @app.local_entrypoint()
@@ -629,6 +634,7 @@ __all__ = [
     "Separator",
     "app",
     "image",
+    "modal_settings",
     "settings",
     "web",
 ]

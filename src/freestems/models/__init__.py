@@ -9,11 +9,12 @@ Typical use::
 
 from freestems.models.catalog import CATALOG, DEFAULT_MODEL, ModelInfo, get_model_info
 from freestems.models.download import cached_file, default_cache_dir, ensure_weights
-from freestems.models.errors import CheckpointError, ModelError, ModelNotAvailable
+from freestems.models.errors import CheckpointError, ModelChoiceError, ModelError, ModelNotAvailable
 from freestems.models.loading import (
     LoadedModel,
     ModelSpec,
     build_model,
+    check_model_choice,
     load_model,
     read_msst_config,
     save_checkpoint,
@@ -24,12 +25,14 @@ __all__ = [
     "DEFAULT_MODEL",
     "CheckpointError",
     "LoadedModel",
+    "ModelChoiceError",
     "ModelError",
     "ModelInfo",
     "ModelNotAvailable",
     "ModelSpec",
     "build_model",
     "cached_file",
+    "check_model_choice",
     "default_cache_dir",
     "ensure_weights",
     "get_model_info",

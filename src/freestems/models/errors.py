@@ -13,3 +13,10 @@ class ModelNotAvailable(ModelError):
 
 class CheckpointError(ModelError):
     """A file is not a usable checkpoint: not a torch file, weights that do not fit, or a bad config."""
+
+
+class ModelChoiceError(ModelError, ValueError):
+    """A model named in ways that do not fit together (a catalog name and a file, a config without a file).
+
+    A ``ValueError`` too, so that settings validation reports it like any other bad value.
+    """

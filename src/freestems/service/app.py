@@ -192,7 +192,7 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
 def _load_model(settings: Settings):
     from freestems.models import load_model
 
-    return load_model(settings.model, model_file=settings.model_file, model_config=settings.model_config)
+    return load_model(settings.model, model_file=settings.model_file, model_config=settings.model_config_file)
 
 
 async def _sweep_forever(service: Service) -> None:

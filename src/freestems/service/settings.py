@@ -1,8 +1,11 @@
 """Every knob of the service in one frozen object, read from ``FREESTEMS_*`` environment variables.
 
-Nothing in the service reads the environment itself: :meth:`Settings.from_env` does, once, and everything
-else gets the object. A bad value fails at startup with a message naming the variable, instead of surfacing
-later as a strange request error.
+Nothing in the service reads the environment itself: :meth:`EnvSettings.from_env` does, once, and everything
+else gets the object (``Settings(...)`` built in code is the defaults plus what it is given). A bad value
+fails at startup with a :class:`SettingsError` naming the variable, instead of surfacing later as a strange
+request error. The fields are declared for pydantic-settings (types, ``Field`` constraints, two validators
+for rules over several fields); :class:`EnvSettings` adds comma lists, reading any mapping and the one-line
+errors, and is the base of the Modal deployment's settings too (:mod:`freestems.deploy.settings`).
 
 ``FREESTEMS_CACHE`` already names the model weights cache (see :mod:`freestems.models.download`), so the
 result cache is switched with ``FREESTEMS_RESULT_CACHE``.
@@ -10,33 +13,40 @@ result cache is switched with ``FREESTEMS_RESULT_CACHE``.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Self, get_args
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from freestems.cost import DEFAULT_GPU_PRICES, parse_prices
-
-from .errors import ServiceError
+from freestems.models.loading import check_model_choice
+from freestems.separate import Device
 
 PREFIX = "FREESTEMS_"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 """The Host names a server on a loopback address answers to by default (any port)."""
-AUTH_MODES = ("pow", "none")
-POW_ALGORITHMS = ("PBKDF2/SHA-256", "PBKDF2/SHA-384", "PBKDF2/SHA-512", "SHA-256", "SHA-384", "SHA-512")
+AuthMode = Literal["pow", "none"]
+AUTH_MODES: tuple[AuthMode, ...] = get_args(AuthMode)
+PowAlgorithm = Literal["PBKDF2/SHA-256", "PBKDF2/SHA-384", "PBKDF2/SHA-512", "SHA-256", "SHA-384", "SHA-512"]
+POW_ALGORITHMS: tuple[PowAlgorithm, ...] = get_args(PowAlgorithm)
 
 
-class SettingsError(ServiceError, ValueError):
-    """A setting has an invalid value; the message names the environment variable (or option) and why.
+class SettingsError(ValueError):
+    """A setting has an invalid value: one line that names the variable (``FREESTEMS_X``) and says why.
 
-    Raised at startup only; a ``ServiceError`` like every error of this layer.
+    A start-up error, never an HTTP one: ``freestems serve`` prints it and exits non-zero.
     """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(500, "invalid_settings", message)
 
 
 def default_data_dir() -> Path:
@@ -45,162 +55,276 @@ def default_data_dir() -> Path:
     return Path(base) / "freestems"
 
 
-@dataclass(frozen=True)
-class Settings:
+# --------------------------------------------------------------------------------------------- value types
+
+
+def _comma_list(raw: Any) -> Any:
+    """``"a, b/"`` from the environment -> ``("a", "b")``; values given in code pass as they are."""
+    if isinstance(raw, str):
+        return tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
+    return raw
+
+
+def _price_table(raw: Any) -> Any:
+    """``"L4=0.0003"`` -> the default prices, that entry replaced (:func:`freestems.cost.parse_prices`)."""
+    return parse_prices(raw, DEFAULT_GPU_PRICES) if isinstance(raw, str) else raw
+
+
+def _origins(origins: tuple[str, ...]) -> tuple[str, ...]:
+    for origin in origins:
+        if origin != "*" and "://" not in origin:
+            raise ValueError(
+                f"{origin!r} is not an origin; write it as scheme://host[:port], e.g. https://example.org"
+            )
+    return origins
+
+
+def _hosts(hosts: tuple[str, ...]) -> tuple[str, ...]:
+    for host in hosts:
+        if not _host_pattern(host):
+            raise ValueError(
+                f"{host!r} is not a host name; write names without scheme or port, e.g. example.org, "
+                "*.example.org, 127.0.0.1 or [::1]"
+            )
+    return hosts
+
+
+CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list)]
+"""Strings, written ``a,b`` in the environment (not JSON)."""
+Prices = Annotated[dict[str, Annotated[float, Field(ge=0)]], NoDecode, BeforeValidator(_price_table)]
+UserPath = Annotated[Path, AfterValidator(Path.expanduser)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+Positive = Annotated[float, Field(gt=0)]
+AtLeastOne = Annotated[int, Field(ge=1)]
+
+
+# --------------------------------------------------------------------------------------------- the base
+
+
+class EnvSettings(BaseSettings):
+    """Settings read from ``FREESTEMS_*`` variables: field ``x`` from ``FREESTEMS_X``. Immutable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX, frozen=True, extra="forbid", use_attribute_docstrings=True, validate_by_name=True
+    )
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise SettingsError(_one_line(error, type(self))) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: Any, *_: Any, **__: Any
+    ) -> tuple[Any, ...]:
+        """Only the values given: the environment is read by :meth:`from_env`, from any mapping."""
+        return (init_settings,)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+        """Settings from ``FREESTEMS_*`` variables (of ``os.environ`` by default; a blank one counts as
+        unset); ``overrides`` (already typed; None ones are ignored) win over the environment.
+
+        Raises:
+            SettingsError: a value does not parse or is out of range; the message names the variable.
+        """
+        values = _Variables(cls, os.environ if environ is None else environ)()
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with ``changes``, checked like the original."""
+        return type(self)(**{**{name: getattr(self, name) for name in type(self).model_fields}, **changes})
+
+    @classmethod
+    def variable(cls, name: str) -> str:
+        """The environment variable of field ``name`` (or of the variable itself, as errors may say)."""
+        field = cls.model_fields.get(name)
+        if field is not None and isinstance(field.validation_alias, str):
+            return field.validation_alias.upper()
+        return name.upper() if name.upper().startswith(PREFIX) else PREFIX + name.upper()
+
+    @classmethod
+    def variables(cls) -> frozenset[str]:
+        """Every variable these settings read."""
+        return frozenset(cls.variable(name) for name in cls.model_fields)
+
+
+class _Variables(EnvSettingsSource):
+    """pydantic-settings' environment source over any mapping: ``FREESTEMS_*`` names only, values stripped,
+    blank ones left out."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {
+            name.lower(): value.strip()
+            for name, value in self.environ.items()
+            if name.upper().startswith(PREFIX) and value.strip()
+        }
+
+
+_REASONS = {
+    "greater_than": "must be more than {gt}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than": "must be less than {lt}",
+    "less_than_equal": "must be at most {le}",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "int_type": "must be a whole number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "bool_parsing": "expected on/off, true/false, yes/no or 1/0",
+    "bool_type": "expected on/off, true/false, yes/no or 1/0",
+    "string_too_short": "must not be empty",
+}
+
+
+def _one_line(error: ValidationError, cls: type[EnvSettings]) -> str:
+    """Each problem as ``FREESTEMS_X: why, got 'value'``, joined on one line (no pydantic URLs)."""
+    lines = []
+    for item in error.errors(include_url=False):
+        context = item.get("ctx", {})
+        if item["type"] == "value_error":  # our own rules: their message says it all
+            reason = str(context.get("error", item["msg"]))
+        elif item["type"] == "literal_error":
+            reason = "must be one of " + context["expected"].replace("'", "").replace(" or ", ", ")
+        elif item["type"] == "greater_than" and context.get("gt") == 0:
+            reason = "must be positive"
+        elif item["type"] == "extra_forbidden":
+            reason = "unknown setting"
+        else:
+            reason = _REASONS.get(item["type"], item["msg"]).format(**context)
+        if item["type"] not in ("value_error", "extra_forbidden"):
+            reason += f", got {item['input']!r}"
+        where = item["loc"]
+        if where:
+            name = cls.variable(str(where[0])) + "".join(f"[{part}]" for part in where[1:])
+            reason = f"{name}: {reason}"
+        lines.append(reason)
+    return "; ".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- the service
+
+
+class Settings(EnvSettings):
     """The service's configuration. Field ``x`` is read from ``FREESTEMS_X`` (upper case)."""
 
     # -- network --
     host: str = "127.0.0.1"
     """Address to listen on. Anything but loopback exposes the service."""
-    port: int = 8000
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port; 0: any free one."""
     trust_proxy: bool = False
     """Take the client address from ``X-Forwarded-For`` (its last entry, added by the proxy). Only behind a
     reverse proxy that sets it: otherwise clients could pick their own address and dodge per-IP limits."""
-    allowed_origins: tuple[str, ...] = ()
+    allowed_origins: Annotated[CommaList, AfterValidator(_origins)] = ()
     """Origins allowed to open the session WebSocket (``https://example.org``). Empty: same origin only (the
     Origin's host:port must equal the Host header). ``*`` allows any site: unsafe."""
-    allowed_hosts: tuple[str, ...] = ()
+    allowed_hosts: Annotated[CommaList, AfterValidator(_hosts)] = ()
     """Host names (or IP addresses) the server answers to; ``*.example.org`` for subdomains, ``*`` for any.
     Empty: on a loopback address ``localhost``, ``127.0.0.1`` and ``[::1]`` (so that a web page cannot reach
     it by DNS rebinding), elsewhere any (set it to the public name). See :attr:`hosts`."""
-    header_timeout: float = 15.0
+    header_timeout: Positive = 15.0
     """Seconds a connection has to send a complete request head (from opening, or from its last response);
     then it is closed."""
-    keep_alive_timeout: float = 5.0
+    keep_alive_timeout: Positive = 5.0
     """Seconds an idle kept-alive connection stays open after a response."""
-    max_connections: int = 0
+    max_connections: int = Field(0, ge=0)
     """Open connections (HTTP and WebSocket) at once; more are refused at once with 503. 0: derived from
     the open file limit (raised to its hard limit at start): the limit less a quarter, at most 4096."""
-    max_connections_per_address: int = 64
+    max_connections_per_address: AtLeastOne = 64
     """Open connections per client address (an IPv6 /64); more get 429. Not applied with
     ``trust_proxy``: then every connection comes from the proxy."""
 
     # -- storage --
-    data_dir: Path = field(default_factory=default_data_dir)
+    data_dir: UserPath = Field(default_factory=default_data_dir)
     """Job database, uploads being processed, results."""
-    result_ttl: float = 3600.0
+    result_ttl: Positive = 3600.0
     """Seconds a result (and its job record) is kept after the job ends."""
     result_cache: bool = True
     """Serve a stored result for the same audio, model and options instead of separating again."""
-    sweep_interval: float = 30.0
+    sweep_interval: Positive = 30.0
     """Seconds between sweeps of expired results, sessions and challenges."""
 
     # -- protection --
-    auth: str = "pow"
+    auth: AuthMode = "pow"
     """``pow``: a session key earned by proof of work is required; ``none``: no keys (private installs)."""
     allow_public_noauth: bool = False
     """Allow ``auth=none`` on a non-loopback address. Anyone who can reach it can then use the compute."""
     hmac_secret: str = ""
     """Signs challenges. Empty: a random secret per process (challenges do not survive a restart)."""
-    pow_algorithm: str = "PBKDF2/SHA-256"
+    pow_algorithm: PowAlgorithm = "PBKDF2/SHA-256"
     """ALTCHA v2 key derivation; PBKDF2 runs natively in browsers (WebCrypto)."""
-    pow_cost: int = 5000
+    pow_cost: AtLeastOne = 5000
     """Cost of one derivation (PBKDF2 iterations). The server pays one derivation per challenge."""
-    pow_counter: int = 1000
+    pow_counter: AtLeastOne = 1000
     """Work per challenge: the client must find a counter drawn between half this and this, trying each one
     (one derivation each). 5000 iterations x ~750 tries is ~1 s of one browser core."""
-    challenge_ttl: float = 120.0
+    challenge_ttl: Positive = 120.0
     """Seconds a challenge can be solved in."""
-    session_ttl: float = 900.0
+    session_ttl: Positive = 900.0
     """Seconds a session key can be used in (from issue to the start of its upload)."""
+    reattach_grace: Positive = 30.0
+    """Seconds a dropped session WebSocket has to reattach (issue 8: its feature defines the meaning)."""
 
     # -- limits --
-    max_upload_mb: float = 100.0
+    max_upload_mb: Positive = 100.0
     """Largest upload, in MB (10^6 bytes). Checked while streaming."""
-    max_duration: float = 1200.0
+    max_duration: Positive = 1200.0
     """Longest audio, in seconds (decoded length)."""
-    max_shifts: int = 5
+    max_shifts: AtLeastOne = 5
     """Largest ``shifts`` a request may ask for (each shift is one more full pass of the model)."""
-    upload_timeout: float = 600.0
+    upload_timeout: Positive = 600.0
     """Seconds an upload may take, so that a trickling client cannot hold a slot forever."""
-    sessions_per_minute: int = 10
+    sessions_per_minute: AtLeastOne = 10
     """New sessions (challenges) per client address per minute."""
-    refused_uploads_per_minute: int = 5
+    refused_uploads_per_minute: AtLeastOne = 5
     """Refused uploads (too large, not audio, bad form, too slow, interrupted) per client address per
     minute; beyond it uploads from the address get 429 before their body is read. A refused upload does not
     spend its session key, so without this one proof of work would buy any number of them."""
-    jobs_per_ip: int = 2
+    jobs_per_ip: AtLeastOne = 2
     """Queued plus running jobs per client address."""
-    queue_capacity: int = 32
+    queue_capacity: AtLeastOne = 32
     """Queued plus running jobs in total; beyond it new jobs get 429 and are not stored."""
 
     # -- model and compute --
     model: str | None = None
     """Catalog model name (default: the catalog's default)."""
-    model_file: Path | None = None
-    model_config: Path | None = None
-    workers: int = 1
+    model_file: UserPath | None = None
+    """A checkpoint file instead of a catalog model (as ``--model-file``)."""
+    model_config_file: UserPath | None = Field(None, validation_alias="FREESTEMS_MODEL_CONFIG")
+    """The config of ``model_file`` (as ``--model-config``); ``FREESTEMS_MODEL_CONFIG``, since pydantic keeps
+    the attribute name ``model_config`` for itself."""
+    workers: AtLeastOne = 1
     """Jobs run at once by the in-process executor (each one keeps a CPU or GPU busy)."""
-    threads: int = 0
+    threads: int = Field(0, ge=0)
     """Torch threads for the in-process executor; 0 keeps torch's default (one per core)."""
-    device: str = "auto"
+    device: Device = "auto"
+    """Where the in-process executor runs the model."""
+    gpu_prices: Prices = Field(default_factory=lambda: dict(DEFAULT_GPU_PRICES))
+    """Dollars per GPU-second by GPU type, for the cost of each job (usage records, ``freestems cost``).
+    ``FREESTEMS_GPU_PRICES="L4=0.000222,T4=0.000164"`` replaces those entries and keeps the other defaults."""
 
-    # -- the Modal deployment (read where ``modal deploy`` runs; see freestems.deploy.modal_app) --
-    modal_app_name: str = "freestems"
-    """Name of the deployed Modal app (its usage log is the Dict ``<name>-usage``)."""
-    modal_gpu: str = "L4"
-    """GPU type of the separation class, as Modal names it (``T4``, ``L4``, ``A10G``, ``L40S``, ``H100``...).
-    L4: a light model on a cheap, modern GPU (bf16, fp16 tensor cores, 24 GB); compare with
-    ``freestems cost`` after a few songs on another type."""
-    modal_region: tuple[str, ...] = ()
-    """Regions the GPU class may run in (comma list); empty: anywhere (the fastest to find a GPU)."""
-    modal_scaledown_window: int = 15
-    """Seconds an idle GPU container stays up. Idle seconds are billed: short, since a restore from the
-    memory snapshot is quick."""
-    modal_max_containers: int = 10
-    """Most GPU containers at once (bounds the spend); also how many jobs the web tier runs at once."""
-    modal_timeout: int = 900
-    """Seconds one separation may take on the GPU before Modal stops it."""
-    modal_cpu: float = 4.0
-    """CPU cores of a GPU container: decoding and the MP3 encoders (one per stem) run there."""
-    modal_gpu_snapshot: bool = False
-    """Also snapshot GPU memory (Modal's experimental GPU snapshots): the model is on the GPU and warm
-    right after a restore. Off: the snapshot holds the model on the CPU and it moves to the GPU after."""
-    modal_precision: str = "auto"
-    """Precision on the GPU: ``auto`` (fp16, else bf16, if a probe shows the output stays faithful; else
-    fp32), ``fp32``, ``fp16`` or ``bf16``."""
-    modal_secret_name: str = "freestems"
-    """The ``modal.Secret`` holding ``FREESTEMS_HMAC_SECRET`` for the web tier."""
-    modal_web_max_inputs: int = 500
-    """Requests and WebSockets one web container holds at once (``@modal.concurrent``)."""
-    modal_torch: str = "torch==2.13.0"
-    """The torch requirement of the image (PyPI's Linux wheels are CUDA builds)."""
-    modal_torch_index: str = ""
-    """A package index for torch (e.g. ``https://download.pytorch.org/whl/cu128``); empty: PyPI."""
-    gpu_prices: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_GPU_PRICES))
-    """Dollars per GPU-second by GPU type. ``FREESTEMS_GPU_PRICES="L4=0.000222,T4=0.000164"`` replaces
-    those entries and keeps the other defaults."""
+    @model_validator(mode="after")
+    def _one_model(self) -> Settings:
+        names = (self.variable("model"), self.variable("model_file"), self.variable("model_config_file"))
+        check_model_choice(self.model, self.model_file, self.model_config_file, spelled=names)
+        return self
 
-    def __post_init__(self) -> None:
-        self._check()
-
-    # ----------------------------------------------------------------------------------------- reading
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from ``FREESTEMS_*`` variables; ``overrides`` (already typed) win over the environment.
-
-        Raises:
-            SettingsError: a value does not parse or is out of range; the message names the variable.
-        """
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for item in dataclasses.fields(cls):
-            name = PREFIX + item.name.upper()
-            if item.name == "result_cache":
-                name = PREFIX + "RESULT_CACHE"
-            raw = environ.get(name)
-            if raw is None or raw.strip() == "":
-                continue
-            values[item.name] = _parse(name, raw.strip(), item.type)
-        unknown = set(overrides) - {item.name for item in dataclasses.fields(cls)}
-        if unknown:
-            raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        return cls(**values)
-
-    def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
+    @model_validator(mode="after")
+    def _keys_in_public(self) -> Settings:
+        if self.auth == "none" and not self.is_loopback and not self.allow_public_noauth:
+            raise ValueError(
+                f"refusing to serve without session keys (FREESTEMS_AUTH=none) on {self.host}, which is not "
+                "a loopback address: anyone who reaches it could use the compute. Listen on 127.0.0.1, or "
+                "set FREESTEMS_ALLOW_PUBLIC_NOAUTH=1 (--allow-public-noauth) if that is really what you want"
+            )
+        return self
 
     # ----------------------------------------------------------------------------------------- derived
 
@@ -223,100 +347,8 @@ class Settings:
             return self.allowed_hosts
         return LOOPBACK_HOSTS if self.is_loopback else ("*",)
 
-    # ----------------------------------------------------------------------------------------- checks
 
-    def _check(self) -> None:
-        def need(condition: bool, name: str, message: str) -> None:
-            if not condition:
-                raise SettingsError(f"{PREFIX}{name.upper()}: {message}")
-
-        need(self.auth in AUTH_MODES, "auth", f"must be one of {', '.join(AUTH_MODES)}, got {self.auth!r}")
-        need(1 <= self.port <= 65535 or self.port == 0, "port", f"must be a TCP port, got {self.port}")
-        need(
-            self.pow_algorithm in POW_ALGORITHMS,
-            "pow_algorithm",
-            f"must be one of {', '.join(POW_ALGORITHMS)}, got {self.pow_algorithm!r}",
-        )
-        for name in ("pow_cost", "pow_counter", "workers", "max_shifts", "queue_capacity", "jobs_per_ip"):
-            need(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
-        need(self.sessions_per_minute >= 1, "sessions_per_minute", "must be at least 1")
-        need(self.refused_uploads_per_minute >= 1, "refused_uploads_per_minute", "must be at least 1")
-        need(
-            self.max_connections >= 0,
-            "max_connections",
-            f"must be 0 (derived from the open file limit) or more, got {self.max_connections}",
-        )
-        need(
-            self.max_connections_per_address >= 1,
-            "max_connections_per_address",
-            f"must be at least 1, got {self.max_connections_per_address}",
-        )
-        need(self.threads >= 0, "threads", f"must be 0 (torch's default) or more, got {self.threads}")
-        for name in (
-            "challenge_ttl",
-            "session_ttl",
-            "result_ttl",
-            "sweep_interval",
-            "max_upload_mb",
-            "max_duration",
-            "upload_timeout",
-            "header_timeout",
-            "keep_alive_timeout",
-        ):
-            need(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
-        need(self.device in ("auto", "cpu", "cuda", "mps"), "device", "must be auto, cpu, cuda or mps")
-        need(
-            not (self.model and self.model_file),
-            "model",
-            "give either FREESTEMS_MODEL or FREESTEMS_MODEL_FILE (with FREESTEMS_MODEL_CONFIG), not both",
-        )
-        need(
-            self.model_config is None or self.model_file is not None,
-            "model_config",
-            "needs FREESTEMS_MODEL_FILE",
-        )
-        for origin in self.allowed_origins:
-            need(
-                origin == "*" or "://" in origin,
-                "allowed_origins",
-                f"{origin!r} is not an origin; write it as scheme://host[:port], e.g. https://example.org",
-            )
-        for host in self.allowed_hosts:
-            need(
-                _host_pattern(host),
-                "allowed_hosts",
-                f"{host!r} is not a host name; write names without scheme or port, e.g. example.org, "
-                "*.example.org, 127.0.0.1 or [::1]",
-            )
-        need(
-            2 <= self.modal_scaledown_window <= 3600,
-            "modal_scaledown_window",
-            f"must be between 2 and 3600 seconds (Modal's range), got {self.modal_scaledown_window}",
-        )
-        for name in ("modal_max_containers", "modal_web_max_inputs"):
-            need(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
-        need(
-            10 <= self.modal_timeout <= 86400,
-            "modal_timeout",
-            f"must be between 10 and 86400 seconds, got {self.modal_timeout}",
-        )
-        need(self.modal_cpu > 0, "modal_cpu", f"must be positive, got {self.modal_cpu}")
-        need(bool(self.modal_gpu.strip()), "modal_gpu", "must name a GPU type, e.g. L4")
-        need(
-            self.modal_precision in ("auto", "fp32", "fp16", "bf16"),
-            "modal_precision",
-            f"must be auto, fp32, fp16 or bf16, got {self.modal_precision!r}",
-        )
-        for name in ("modal_app_name", "modal_secret_name"):
-            need(bool(getattr(self, name).strip()), name, "must not be empty")
-        for gpu, price in self.gpu_prices.items():
-            need(price >= 0, "gpu_prices", f"the price of {gpu} must not be negative, got {price}")
-        if self.auth == "none" and not self.is_loopback and not self.allow_public_noauth:
-            raise SettingsError(
-                f"refusing to serve without session keys (FREESTEMS_AUTH=none) on {self.host}, which is not "
-                "a loopback address: anyone who reaches it could use the compute. Listen on 127.0.0.1, or "
-                "set FREESTEMS_ALLOW_PUBLIC_NOAUTH=1 (--allow-public-noauth) if that is really what you want"
-            )
+# --------------------------------------------------------------------------------------------- helpers
 
 
 def _host_pattern(host: str) -> bool:
@@ -347,30 +379,7 @@ _FALSE = {"0", "false", "no", "off"}
 
 
 def parse_bool(raw: str) -> bool | None:
-    """``1/true/yes/on`` -> True, ``0/false/no/off`` -> False (any case), anything else -> None."""
+    """``1/true/yes/on`` -> True, ``0/false/no/off`` -> False (any case), anything else -> None (the form
+    parser's rule; settings use pydantic's, which accepts these and ``t/f/y/n``)."""
     lowered = raw.strip().lower()
     return True if lowered in _TRUE else False if lowered in _FALSE else None
-
-
-def _parse(name: str, raw: str, kind: Any) -> Any:
-    """Convert a variable's text to the field's type (annotations are strings: ``from __future__``)."""
-    kind = str(kind)
-    try:
-        if kind == "bool":
-            value = parse_bool(raw)
-            if value is None:
-                raise ValueError("expected on/off, true/false, yes/no or 1/0")
-            return value
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind.startswith("tuple"):
-            return tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
-        if kind.startswith("dict"):
-            return parse_prices(raw, DEFAULT_GPU_PRICES)
-        if kind.startswith("Path"):
-            return Path(raw).expanduser()
-        return raw
-    except ValueError as error:  # PriceError is one
-        raise SettingsError(f"{name}={raw!r}: {error}") from None
