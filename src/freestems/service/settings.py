@@ -67,6 +67,9 @@ class Settings:
     """Serve a stored result for the same audio, model and options instead of separating again."""
     sweep_interval: float = 30.0
     """Seconds between sweeps of expired results, sessions and challenges."""
+    reattach_grace: float = 30.0
+    """Seconds an unfinished job is kept once nothing follows it (its WebSocket closed, no poll): a reloaded
+    page or a reconnecting client can follow it again by id and token; after that it is cancelled."""
 
     # -- protection --
     auth: str = "pow"
@@ -218,6 +221,7 @@ class Settings:
             "session_ttl",
             "result_ttl",
             "sweep_interval",
+            "reattach_grace",
             "max_upload_mb",
             "max_duration",
             "upload_timeout",
