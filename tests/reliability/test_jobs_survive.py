@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -46,7 +43,6 @@ from service_helpers import (
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-import freestems
 from freestems.executors import LocalExecutor
 from freestems.service import create_app
 from freestems.service.jobs import Paths
@@ -54,10 +50,9 @@ from freestems.service.server import uvicorn_config
 from freestems.service.sessions import Mailbox
 
 from .bounds import scaled
+from .serve_process import GRACEFUL, ServeProcess
 
 pytest_plugins = ["service_helpers"]
-GRACEFUL = (0, -signal.SIGTERM)  # uvicorn shuts down, then raises the SIGTERM it caught again
-SOURCE = str(Path(freestems.__file__).resolve().parents[1])  # the code under test, for the subprocesses
 
 
 def running(message: dict) -> bool:
@@ -256,52 +251,6 @@ def test_a_dropped_download_resumes_with_range(start_server, songs):
 
 
 # ---------------------------------------------------------------------------------------------- crashes
-
-
-class ServeProcess:
-    """``python3 -m freestems serve`` on a fixed port and data folder, to be killed and started again."""
-
-    def __init__(self, data_dir: Path, model: Path, port: int, grace: float) -> None:
-        self.data_dir, self.model, self.port, self.grace = data_dir, model, port, grace
-        self.url = f"http://127.0.0.1:{port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> ServeProcess:
-        command = [
-            sys.executable, "-m", "freestems.cli", "serve", "--port", str(self.port), "--auth", "none",
-            "--model-file", str(self.model), "--data-dir", str(self.data_dir),
-        ]  # fmt: skip
-        environ = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([SOURCE, os.environ.get("PYTHONPATH", "")]),
-            "FREESTEMS_REATTACH_GRACE": str(self.grace),
-            "FREESTEMS_SWEEP_INTERVAL": "0.5",
-            "FREESTEMS_THREADS": "1",
-            "FREESTEMS_JOBS_PER_IP": "8",
-        }
-        self.log = open(self.data_dir.parent / "serve.log", "ab")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen(command, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
-
-        def healthy() -> bool:
-            assert self.process is not None and self.process.poll() is None, self.output()
-            try:
-                return httpx.get(self.url + "/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(healthy, timeout=120, interval=0.2)
-        return self
-
-    def output(self) -> str:
-        return (self.data_dir.parent / "serve.log").read_text(errors="replace")[-4000:]
-
-    def stop(self, how: signal.Signals = signal.SIGTERM) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(how)
-        code = self.process.wait(timeout=90)
-        self.log.close()
-        return code
 
 
 @pytest.fixture

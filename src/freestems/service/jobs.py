@@ -416,6 +416,7 @@ class JobManager:
             "state": job.state,
             "progress": round(job.progress, 4),
             "position": self.store.position(job),
+            "started_at": job.started_at,  # a new value: the job started again (after a server restart)
         }
         if job.error:
             message["error"] = {"code": job.error_code, "message": job.error}
