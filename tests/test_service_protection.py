@@ -17,6 +17,7 @@ from service_helpers import (
     error_of,
     form,
     job_status,
+    leftover_files,
     open_session,
     post_job,
     receive,
@@ -407,6 +408,7 @@ def test_jobs_in_flight_per_address_are_limited(start_server, songs):
             assert accepted.status_code == 202
     for cancelled in (job, accepted.json()):  # their sockets closed, nobody polls them
         wait_unfollowed_job_ends(server, cancelled, "cancelled")
+    wait_until(lambda: leftover_files(server.data_dir) == [], timeout=30)  # the workers let go of them
 
 
 def test_a_full_queue_refuses_new_jobs_and_stores_nothing(start_server, songs):
@@ -421,6 +423,7 @@ def test_a_full_queue_refuses_new_jobs_and_stores_nothing(start_server, songs):
         assert server.service.store.counts()["queued"] == 0
         assert [p.name for p in (server.data_dir / "uploads").iterdir()] == [f"{job['id']}.mp3"]
     wait_unfollowed_job_ends(server, job, "cancelled")
+    wait_until(lambda: leftover_files(server.data_dir) == [], timeout=30)  # the worker lets go of it
 
 
 def test_closing_the_socket_cancels_the_job_after_the_grace_and_frees_the_worker(start_server, songs):
