@@ -134,6 +134,7 @@ def modal_environment(model_file: Path, data_dir: Path, **extra: str) -> dict[st
         "FREESTEMS_JOBS_PER_IP": "8",
         "FREESTEMS_MAX_DURATION": "240",
         "FREESTEMS_SWEEP_INTERVAL": "0.2",
+        "FREESTEMS_REATTACH_GRACE": "2",
         "FREESTEMS_MODAL_MAX_CONTAINERS": "1",
         **extra,
     }

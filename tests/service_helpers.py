@@ -63,6 +63,7 @@ def small_settings(data_dir: Path, **overrides: Any) -> Settings:
         queue_capacity=16,
         result_ttl=600.0,
         sweep_interval=0.2,
+        reattach_grace=2.0,
         upload_timeout=30.0,
     )
     values.update(overrides)
@@ -287,6 +288,17 @@ def job_status(server: LiveServer, job: dict) -> dict:
 
 def wait_for_state(server: LiveServer, job: dict, *states: str, timeout: float = 60.0) -> dict:
     return wait_until(lambda: (s := job_status(server, job))["state"] in states and s, timeout=timeout)
+
+
+def stored_job(server: LiveServer, job: dict) -> Any:
+    """The job as the server's store has it. Unlike ``GET /jobs/{id}`` this is no poll by its owner, which
+    would keep an unfollowed job alive (see ``reattach_grace``)."""
+    return server.service.store.get(job["id"])
+
+
+def wait_unfollowed_job_ends(server: LiveServer, job: dict, *states: str, timeout: float = 60.0) -> Any:
+    """Wait, without polling as its owner, until the job is in one of ``states``; returns the stored job."""
+    return wait_until(lambda: (s := stored_job(server, job)) is not None and s.state in states and s, timeout)
 
 
 def error_of(response: httpx.Response) -> dict:

@@ -21,7 +21,7 @@ from service_helpers import (
     receive,
     serving,
     wait_for_message,
-    wait_for_state,
+    wait_unfollowed_job_ends,
     wait_until,
 )
 
@@ -114,8 +114,8 @@ def test_closing_the_socket_cancels_the_gpu_call(web_server, songs):
     with open_session(server) as (ws, key):
         job = post_job(server, songs["long"], key, shifts=3).json()
         wait_for_message(ws, lambda m: m["type"] == "job" and m["state"] == "running" and m["progress"] > 0)
-    status = wait_for_state(server, job, "cancelled")
-    assert "WebSocket closed" in status["error"]["message"]
+    stopped = wait_unfollowed_job_ends(server, job, "cancelled")  # after the reattach grace, unpolled
+    assert "nobody followed this job" in stopped.error
     (call,) = calls.spawned
     assert wait_until(lambda: call.finished.is_set(), timeout=30)
     assert calls.cancelled == 1 and isinstance(call.error, InputCancellation)

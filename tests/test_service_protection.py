@@ -17,13 +17,14 @@ from service_helpers import (
     error_of,
     form,
     job_status,
+    leftover_files,
     open_session,
     post_job,
     receive,
     send,
     solve,
     wait_for_message,
-    wait_for_state,
+    wait_unfollowed_job_ends,
     wait_until,
 )
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -405,8 +406,9 @@ def test_jobs_in_flight_per_address_are_limited(start_server, songs):
         with open_session(server, source="127.0.0.2") as (_, other_key), client_from("127.0.0.2") as there:
             accepted = post_job(server, songs["wav"], other_key, client=there)
             assert accepted.status_code == 202
-    for cancelled in (job, accepted.json()):  # their sockets closed
-        wait_for_state(server, cancelled, "cancelled")
+    for cancelled in (job, accepted.json()):  # their sockets closed, nobody polls them
+        wait_unfollowed_job_ends(server, cancelled, "cancelled")
+    wait_until(lambda: leftover_files(server.data_dir) == [], timeout=30)  # the workers let go of them
 
 
 def test_a_full_queue_refuses_new_jobs_and_stores_nothing(start_server, songs):
@@ -420,19 +422,19 @@ def test_a_full_queue_refuses_new_jobs_and_stores_nothing(start_server, songs):
         assert int(refused.headers["Retry-After"]) >= 1
         assert server.service.store.counts()["queued"] == 0
         assert [p.name for p in (server.data_dir / "uploads").iterdir()] == [f"{job['id']}.mp3"]
-    wait_for_state(server, job, "cancelled")
+    wait_unfollowed_job_ends(server, job, "cancelled")
+    wait_until(lambda: leftover_files(server.data_dir) == [], timeout=30)  # the worker lets go of it
 
 
-def test_closing_the_socket_cancels_the_job_and_frees_the_worker(start_server, songs):
+def test_closing_the_socket_cancels_the_job_after_the_grace_and_frees_the_worker(start_server, songs):
     server = start_server()
     with open_session(server) as (ws, key):
         job = post_job(server, songs["long"], key, shifts=3).json()
         progress = wait_for_message(ws, running)["progress"]
-    status = wait_for_state(server, job, "cancelled")
-    assert status["error"] == {
-        "code": "cancelled",
-        "message": "cancelled because its session's WebSocket closed",
-    }
+    wait_unfollowed_job_ends(server, job, "cancelled")  # after reattach_grace: nobody followed it
+    status = job_status(server, job)
+    assert status["error"]["code"] == "cancelled"
+    assert "nobody followed this job for 2 s" in status["error"]["message"]
     assert status["result"] is None
     wait_until(lambda: server.service.executor.busy == 0, timeout=20)  # the whole job takes much longer
     assert status["progress"] < 1 and progress < 1
@@ -454,10 +456,10 @@ def test_a_queued_job_of_a_closed_socket_never_runs(start_server, songs):
             second = post_job(server, songs["wav"], queued_key).json()
             message = wait_for_message(queued_ws, lambda m: m["type"] == "job")
             assert message["state"] == "queued" and message["position"] == 1
-            assert job_status(server, second)["position"] == 1
-        status = wait_for_state(server, second, "cancelled")
-        assert status["started_at"] is None
-    wait_for_state(server, first, "cancelled")
+            assert job_status(server, second)["position"] == 1  # a poll: the grace restarts from here
+        status = wait_unfollowed_job_ends(server, second, "cancelled")
+        assert status.started_at is None
+    wait_unfollowed_job_ends(server, first, "cancelled")
 
 
 def test_a_client_that_hangs_up_on_separate_cancels_its_job(start_server, songs):

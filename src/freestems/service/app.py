@@ -44,7 +44,7 @@ from .errors import (
     unauthorized,
     unavailable,
 )
-from .jobs import JobManager, Paths, result_url
+from .jobs import RESTARTING, JobManager, Paths, result_url
 from .limits import SlidingWindow
 from .network import AllowedHosts, client_address
 from .options import FILE_FIELD, FORMATS, SeparationOptions, parse_options
@@ -276,14 +276,20 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/jobs/{job_id}", summary="A job's state, progress and queue position (needs its token)")
     async def get_job(job_id: str, request: Request) -> dict[str, Any]:
         service = _service(request)
-        return service.manager.view(_owned_job(request, service, job_id))
+        job = _owned_job(request, service, job_id)
+        service.manager.seen(job.id)  # a poll by the owner follows the job
+        return service.manager.view(job)
 
     @app.get(
-        "/jobs/{job_id}/result", summary="A finished job's zip (needs its token)", response_class=FileResponse
+        "/jobs/{job_id}/result",
+        summary="A finished job's zip (needs its token); answers Range requests (206) to resume a download",
+        response_class=FileResponse,
     )
     async def get_result(job_id: str, request: Request) -> Response:
         service = _service(request)
-        return _result_response(service, _owned_job(request, service, job_id))
+        job = _owned_job(request, service, job_id)
+        service.manager.seen(job.id)
+        return _result_response(service, job)
 
     @app.delete(
         "/jobs/{job_id}", status_code=204, summary="Cancel a job and delete its upload and results now"
@@ -389,21 +395,43 @@ def _check_refusals(service: Service, client: str) -> None:
 
 
 async def _wait_unless_disconnected(request: Request, service: Service, job: Job) -> Job | None:
-    """Wait for the job; if the client hangs up first, cancel it (nobody would get the result)."""
+    """Wait for the job; if the client hangs up first, cancel it (nobody would get the result).
+
+    A graceful shutdown that outlasts uvicorn's grace cancels this request's task: the job is cancelled
+    too (this client has no token and cannot come back for it) and the client gets a JSON 503
+    ``restarting`` instead of uvicorn's plain-text 500.
+    """
     waiting = asyncio.ensure_future(service.manager.wait(job.id))
     hangup = asyncio.ensure_future(_disconnected(request))
     try:
-        done, _ = await asyncio.wait({waiting, hangup}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({waiting, hangup}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # answer the client instead of dying silently
+            service.manager.abandon(job.id)
+            raise _restarting() from None
         if waiting in done:
             finished = waiting.result()
             if finished is None:
                 raise not_found(f"job {job.id} was deleted")
+            if finished.state == "cancelled" and finished.error_code == RESTARTING:
+                raise _restarting()
             return finished
         service.manager.cancel(job.id, "cancelled because the client of POST /separate disconnected")
         return None
     finally:
         waiting.cancel()
         hangup.cancel()
+
+
+def _restarting() -> ServiceError:
+    return unavailable(
+        "the server is restarting and your separation was stopped; send the file again in a minute",
+        code=RESTARTING,
+        retry_after=60,
+    )
 
 
 async def _disconnected(request: Request) -> None:

@@ -7,8 +7,15 @@ request: the queue capacity and per-address limits are exact.
 A submission goes: probe the audio (415 not audio, 413 too long) -> admission (429 queue full, 429 too many
 jobs from this address) -> result cache (a hit is a finished job at once, no model run) -> job stored as
 ``queued`` -> executor. Reports move it to ``running`` and then ``done``/``failed``/``cancelled``; each
-change goes to the job's session WebSocket, progress is persisted at most once a second, and when a job
-ends its session key dies. A computed job also leaves a usage row (GPU type, audio and GPU seconds, cost at
+change goes to the sockets following the job, progress is persisted at most once a second, and when a job
+ends its session key dies.
+
+A job is *followed* while its session WebSocket is open, a socket follows it (``follow`` message), a
+``POST /separate`` waits for it, or its owner polled it (``GET /jobs/{id}`` or its result) within the last
+``reattach_grace`` seconds. An unfinished job that nobody follows for ``reattach_grace`` seconds is
+cancelled: nobody would collect it. The grace lets a reloaded page or a reconnecting client come back.
+
+A computed job also leaves a usage row (GPU type, audio and GPU seconds, cost at
 ``settings.gpu_prices``), shown as ``cost`` by ``GET /jobs/{id}`` and summed up by ``freestems cost``.
 
 Files (all under the data folder): ``uploads/`` inputs waiting or running (deleted once processed),
@@ -49,6 +56,8 @@ PROGRESS_PERSIST_SECONDS = 1.0
 DEFAULT_JOB_SECONDS = 60.0
 """Job duration assumed for Retry-After estimates until one has been measured."""
 SHUTDOWN_REASON = "the server stopped while this job ran; it runs again when the server is back"
+RESTARTING = "restarting"
+"""Error code of a ``POST /separate`` job cancelled by a shutdown (its client cannot come back for it)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,9 @@ class JobManager:
         self._progress: dict[str, float] = {}
         self._persisted: dict[str, float] = {}
         self._waiters: dict[str, asyncio.Event] = {}
+        self._collectors: dict[str, int] = {}  # job id -> POST /separate requests waiting for it
+        self._seen: dict[str, float] = {}  # job id -> when its owner last polled it (time.monotonic)
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # job id -> its "is it still followed?" check
         self._job_seconds = DEFAULT_JOB_SECONDS
         self._closed = False
         self._stopped = False
@@ -123,12 +135,20 @@ class JobManager:
         self._remove_orphans()
         for job in requeue:
             self.executor.submit(self._work_item(job))
+            self.seen(job.id)  # nobody follows it yet: its owner has the grace period to come back
         if requeue:
             log.info("resumed %d unfinished job(s) from the store", len(requeue))
 
     async def close(self) -> None:
-        """Stop the executor; jobs it was running go back to ``queued`` and run after a restart."""
+        """Stop the executor; jobs it was running go back to ``queued`` and run after a restart - except
+        those a ``POST /separate`` waits for: that client has no token and cannot come back, so they are
+        cancelled and their files removed."""
         self._closed = True
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for job_id in list(self._collectors):
+            self.abandon(job_id)
         await asyncio.to_thread(self.executor.close)
         for job in self.store.active():
             if job.state == "running":
@@ -211,6 +231,7 @@ class JobManager:
             upload.path.replace(job.input_path)
             self.store.create(job)
             self.executor.submit(self._work_item(job))  # if it refuses (closing), the job runs after restart
+            self.seen(job_id)  # its creator holds the token: the grace period starts now
             self._notify(job)
             return job
         except OSError as error:
@@ -255,8 +276,12 @@ class JobManager:
         }
 
     async def wait(self, job_id: str) -> Job | None:
-        """Wait until the job has ended (or the server is closing); returns it (None if deleted)."""
+        """Wait until the job has ended (or the server is closing); returns it (None if deleted).
+
+        The caller (a ``POST /separate``) follows the job meanwhile: it is not cancelled for want of a
+        socket, and it is cancelled if the server shuts down (:meth:`close`)."""
         event = self._waiters.setdefault(job_id, asyncio.Event())
+        self._collectors[job_id] = self._collectors.get(job_id, 0) + 1
         try:
             job = self.get(job_id)
             while job is not None and job.state not in TERMINAL and not self._closed:
@@ -265,11 +290,79 @@ class JobManager:
                 job = self.get(job_id)
             return job
         finally:
-            self._waiters.pop(job_id, None)
+            left = self._collectors.get(job_id, 1) - 1
+            if left > 0:
+                self._collectors[job_id] = left
+            else:
+                self._collectors.pop(job_id, None)
+                self._waiters.pop(job_id, None)
+                self._unfollowed(job_id)
+
+    # ------------------------------------------------------------------------------------------ following
+
+    def seen(self, job_id: str) -> None:
+        """Its owner asked about the job (or created it): it counts as followed for ``reattach_grace``."""
+        self._seen[job_id] = time.monotonic()
+        self._unfollowed(job_id)
+
+    def followed(self, job_id: str) -> bool:
+        """True while something follows the job: a socket, a waiting ``POST /separate``, a recent poll."""
+        if self.sessions.followed(job_id) or self._collectors.get(job_id):
+            return True
+        seen = self._seen.get(job_id)
+        return seen is not None and time.monotonic() - seen < self.settings.reattach_grace
+
+    def _unfollowed(self, job_id: str, delay: float | None = None) -> None:
+        """Something stopped following the job (or it was polled): check it again after the grace."""
+        if self._closed or self._loop is None:
+            return
+        timer = self._timers.pop(job_id, None)
+        if timer is not None:
+            timer.cancel()
+        wait = self.settings.reattach_grace if delay is None else delay
+        self._timers[job_id] = self._loop.call_later(wait, self._check_followed, job_id)
+
+    def _check_followed(self, job_id: str) -> None:
+        """The grace has passed: cancel the job if nothing follows it (sockets and waiting requests start
+        a new check when they stop following)."""
+        self._timers.pop(job_id, None)
+        if self._closed:
+            return
+        job = self.store.get(job_id)
+        if job is None or job.state in TERMINAL:
+            self._seen.pop(job_id, None)
+            return
+        if self.sessions.followed(job_id) or self._collectors.get(job_id):
+            return
+        seen = self._seen.get(job_id)
+        left = self.settings.reattach_grace - (time.monotonic() - seen) if seen is not None else 0.0
+        if left > 0:
+            self._unfollowed(job_id, left)
+            return
+        grace = self.settings.reattach_grace
+        log.info("job %s cancelled: nobody followed it for %g s", job_id, grace)
+        self.cancel(
+            job_id,
+            f"nobody followed this job for {grace:g} s after its connection closed, so nobody could "
+            "collect its result; it was cancelled",
+        )
+
+    def abandon(self, job_id: str) -> None:
+        """Shutdown: cancel a ``POST /separate`` job (code ``restarting``) and remove its upload now."""
+        job = self.cancel(
+            job_id,
+            "the server restarted before this separation finished; send the file again",
+            code=RESTARTING,
+        )
+        if job is not None and job.error_code == RESTARTING:
+            if job.input_path is not None:
+                job.input_path.unlink(missing_ok=True)
+            self.store.update(job_id, input_path=None)
+            log.info("job %s cancelled by the shutdown: its POST /separate client cannot come back", job_id)
 
     # ------------------------------------------------------------------------------------------ changes
 
-    def cancel(self, job_id: str, reason: str) -> Job | None:
+    def cancel(self, job_id: str, reason: str, code: str = "cancelled") -> Job | None:
         """Cancel a queued or running job (its worker is freed within one chunk); ended jobs are kept."""
         job = self.store.get(job_id)
         if job is None or job.state in TERMINAL:
@@ -277,7 +370,7 @@ class JobManager:
         now = time.time()
         changes = dict(
             state="cancelled",
-            error_code="cancelled",
+            error_code=code,
             error=reason,
             finished_at=now,
             expires_at=now + self.settings.result_ttl,
@@ -300,9 +393,10 @@ class JobManager:
         self.store.delete(job_id)
 
     def connection_closed(self, connection: str) -> None:
-        """A session socket closed: its key dies and its unfinished job is cancelled."""
+        """A session socket closed: its key dies; the unfinished jobs it followed get the grace period to
+        be followed again (else they are cancelled)."""
         for job_id in self.sessions.close_connection(connection):
-            self.cancel(job_id, "cancelled because its session's WebSocket closed")
+            self._unfollowed(job_id)
 
     def sweep(self) -> int:
         """Delete ended jobs past their TTL (files and records) and expired cache entries."""
@@ -322,6 +416,7 @@ class JobManager:
             "state": job.state,
             "progress": round(job.progress, 4),
             "position": self.store.position(job),
+            "started_at": job.started_at,  # a new value: the job started again (after a server restart)
         }
         if job.error:
             message["error"] = {"code": job.error_code, "message": job.error}
@@ -463,6 +558,10 @@ class JobManager:
         """A job reached a final state: tell its socket, end its key, wake its waiter, move the queue."""
         self._progress.pop(job.id, None)
         self._persisted.pop(job.id, None)
+        self._seen.pop(job.id, None)
+        timer = self._timers.pop(job.id, None)
+        if timer is not None:
+            timer.cancel()
         self._notify(job)
         if job.state == "done":
             self.sessions.post_to_job(job.id, self.done_message(job))

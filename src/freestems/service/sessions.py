@@ -4,8 +4,9 @@ A key is issued after a valid proof-of-work answer and lives in memory only (a r
 and with it every key). It is bound to the client address and to its connection, and it dies:
 
 - when its job ends (done, failed or cancelled) - one separation per key;
-- when its WebSocket closes - and its queued or running job is cancelled, so no compute is spent for a
-  client that has gone;
+- when its WebSocket closes. Its queued or running job is then no longer *followed* by that socket; the job
+  manager gives it ``reattach_grace`` seconds to be followed again (a ``follow`` message on another socket,
+  a poll by its owner) before cancelling it, so no compute is spent for a client that has gone for good;
 - when ``session_ttl`` passes before it is used (the timer stops once an upload starts).
 
 Keys are stored by their SHA-256 only; a lookup hashes the presented key and the stored digest is compared
@@ -23,12 +24,49 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import ServiceError, forbidden, unauthorized
 
 GET_A_KEY = "open a WebSocket to /session and solve its challenge to get one"
+MAX_FOLLOWS = 16
+"""Unfinished jobs one socket may follow at once (``follow`` messages)."""
+COALESCED = ("job", "pong")
+"""Message types of which a mailbox keeps only the newest unsent one (per job id)."""
+
+
+class Mailbox:
+    """Messages waiting for one socket, in order - except that a ``job`` message replaces the unsent one of
+    the same job (and a ``pong`` an unsent ``pong``). A client that reads slowly or not at all thus costs
+    at most one pending message per job, and gets the newest state when it reads, never a backlog."""
+
+    def __init__(self) -> None:
+        self._items: deque[dict | None] = deque()
+        self._ready = asyncio.Event()
+
+    def put_nowait(self, message: dict | None) -> None:
+        if message is not None and message.get("type") in COALESCED:
+            for index, queued in enumerate(self._items):
+                if (
+                    queued is not None
+                    and queued.get("type") == message["type"]
+                    and queued.get("id") == message.get("id")
+                ):
+                    self._items[index] = message
+                    return
+        self._items.append(message)
+        self._ready.set()
+
+    async def get(self) -> dict | None:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def qsize(self) -> int:
+        return len(self._items)
 
 
 @dataclass
@@ -64,13 +102,15 @@ class SessionRegistry:
         self._by_connection: dict[str, bytes] = {}
         self._by_job: dict[str, bytes] = {}
         self._tombstones: dict[bytes, _Tombstone] = {}
-        self._mailboxes: dict[str, asyncio.Queue] = {}
+        self._mailboxes: dict[str, Mailbox] = {}
+        self._watchers: dict[str, set[str]] = {}  # job id -> connections that sent "follow" for it
+        self._watching: dict[str, set[str]] = {}  # connection -> unfinished jobs it follows that way
 
     # ------------------------------------------------------------------------------------- connections
 
-    def connect(self, connection: str) -> asyncio.Queue:
+    def connect(self, connection: str) -> Mailbox:
         """Register a WebSocket connection; returns its mailbox (messages for it, or None: close)."""
-        mailbox: asyncio.Queue = asyncio.Queue()
+        mailbox = Mailbox()
         self._mailboxes[connection] = mailbox
         return mailbox
 
@@ -81,21 +121,55 @@ class SessionRegistry:
             mailbox.put_nowait(message)
 
     def post_to_job(self, job_id: str, message: dict) -> None:
-        """Queue ``message`` for the socket of the session that owns ``job_id``, if any."""
+        """Queue ``message`` for every socket following ``job_id``: its session's and those that sent
+        ``follow`` for it."""
+        connections = set(self._watchers.get(job_id, ()))
         digest = self._by_job.get(job_id)
         session = self._sessions.get(digest) if digest is not None else None
         if session is not None:
-            self.post(session.connection, message)
+            connections.add(session.connection)
+        for connection in connections:
+            self.post(connection, message)
 
     def has_live_key(self, connection: str) -> bool:
         return connection in self._by_connection
 
+    def watch(self, connection: str, job_id: str) -> None:
+        """``connection`` follows the unfinished job ``job_id`` (a ``follow`` message).
+
+        Raises:
+            ServiceError: 403 when the socket already follows :data:`MAX_FOLLOWS` jobs.
+        """
+        if connection not in self._mailboxes:
+            return
+        watching = self._watching.setdefault(connection, set())
+        if job_id not in watching and len(watching) >= MAX_FOLLOWS:
+            raise forbidden("too_many_follows", f"one socket follows at most {MAX_FOLLOWS} unfinished jobs")
+        watching.add(job_id)
+        self._watchers.setdefault(job_id, set()).add(connection)
+
+    def watching(self, connection: str) -> bool:
+        """True while ``connection`` follows an unfinished job with a ``follow`` message."""
+        return bool(self._watching.get(connection))
+
+    def followed(self, job_id: str) -> bool:
+        """True while an open socket follows ``job_id``: its session's, or one that sent ``follow``."""
+        return job_id in self._by_job or bool(self._watchers.get(job_id))
+
     def close_connection(self, connection: str) -> list[str]:
-        """The socket closed: its key dies. Returns the ids of jobs to cancel (queued or running)."""
+        """The socket closed: its key dies. Returns the ids of the unfinished jobs it followed (its session's
+        job and those it followed with ``follow``): they may now have nobody following them."""
         self._mailboxes.pop(connection, None)
+        followed = sorted(self._watching.pop(connection, set()))
+        for job_id in followed:
+            watchers = self._watchers.get(job_id)
+            if watchers is not None:
+                watchers.discard(connection)
+                if not watchers:
+                    del self._watchers[job_id]
         digest = self._by_connection.pop(connection, None)
         if digest is None:
-            return []
+            return followed
         session = self._sessions.pop(digest)
         self._bury(
             session,
@@ -105,8 +179,9 @@ class SessionRegistry:
         )
         if session.job_id is not None:
             self._by_job.pop(session.job_id, None)
-            return [session.job_id]
-        return []
+            if session.job_id not in followed:
+                followed.append(session.job_id)
+        return followed
 
     @property
     def connections(self) -> int:
@@ -176,7 +251,14 @@ class SessionRegistry:
         self._by_job[job_id] = session.digest
 
     def finish(self, job_id: str) -> Session | None:
-        """The job ended: its key dies (one separation per key). Returns the session, if it was alive."""
+        """The job ended: its key dies (one separation per key), its followers stop following it. Returns
+        the session, if it was alive."""
+        for connection in self._watchers.pop(job_id, set()):
+            watching = self._watching.get(connection)
+            if watching is not None:
+                watching.discard(job_id)
+                if not watching:
+                    del self._watching[connection]
         digest = self._by_job.pop(job_id, None)
         session = self._sessions.get(digest) if digest is not None else None
         if session is None:

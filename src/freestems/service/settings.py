@@ -250,6 +250,9 @@ class Settings(EnvSettings):
     """Serve a stored result for the same audio, model and options instead of separating again."""
     sweep_interval: Positive = 30.0
     """Seconds between sweeps of expired results, sessions and challenges."""
+    reattach_grace: Positive = 30.0
+    """Seconds an unfinished job is kept once nothing follows it (its WebSocket closed, no poll): a reloaded
+    page or a reconnecting client can follow it again by id and token; after that it is cancelled."""
 
     # -- protection --
     auth: AuthMode = "pow"
@@ -269,9 +272,6 @@ class Settings(EnvSettings):
     """Seconds a challenge can be solved in."""
     session_ttl: Positive = 900.0
     """Seconds a session key can be used in (from issue to the start of its upload)."""
-    reattach_grace: Positive = 30.0
-    """Seconds a dropped session WebSocket has to reattach (issue 8: its feature defines the meaning)."""
-
     # -- limits --
     max_upload_mb: Positive = 100.0
     """Largest upload, in MB (10^6 bytes). Checked while streaming."""

@@ -7,22 +7,33 @@ Server and client exchange JSON text messages::
     client -> {"type": "solution", "payload": "<base64 altcha.Payload(challenge, solution)>"}
     server -> {"type": "session", "key": "<opaque>", "expires_in": 900}
     ...        the key is sent as X-Session-Key with POST /separate or POST /jobs
-    server -> {"type": "job", "id": ..., "state": "queued", "progress": 0, "position": 2}   (every change)
+    server -> {"type": "job", "id": ..., "state": "queued", "progress": 0, "position": 2}   (its changes)
     server -> {"type": "done", "id": ..., "result": "/jobs/<id>/result?token=..."}
     client -> {"type": "challenge"}       a new challenge once the key is spent (counts as a new session)
     client -> {"type": "ping"}            server -> {"type": "pong"} (browsers cannot send ping frames)
+    client -> {"type": "follow", "id": ..., "token": ...}   follow a job by id and token (no key needed):
+    server -> its current "job" message (and "done" if it has finished), then its changes
 
-Any error is ``{"type": "error", "code": ..., "message": ...}`` and the server closes the socket (1008).
-Closing the socket ends its key and cancels the key's unfinished job - except when the *server* closes it
-for a restart (close code 1012): then jobs are kept and run again once it is back.
+``job`` messages are coalesced: per job the socket holds only the newest one it has not sent yet, so a
+client that reads slowly (or not at all) gets the newest state when it reads, never a backlog.
+
+Any error is ``{"type": "error", "code": ..., "message": ...}`` and the server closes the socket (1008);
+a ``follow`` with an unknown id or a wrong token is answered with code ``not_found``.
+Closing the socket ends its key (an unused key can never be used after that). The job the key started,
+and jobs followed with ``follow``, are no longer followed by this socket: if nothing else follows them
+(another socket, a waiting ``POST /separate``, polls by the owner) they are cancelled after
+``reattach_grace`` seconds. When the *server* closes the socket for a restart (close code 1012), jobs are
+kept and run again once it is back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
+import re
 import secrets
 import time
 from typing import TYPE_CHECKING
@@ -30,8 +41,10 @@ from typing import TYPE_CHECKING
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from .errors import ServiceError, forbidden
+from .errors import ServiceError, forbidden, not_found
 from .network import client_address, origin_allowed
+from .sessions import Mailbox
+from .store import TERMINAL
 
 if TYPE_CHECKING:
     from .app import Service
@@ -39,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 16 * 1024
+JOB_ID = re.compile(r"[0-9a-f]{16}")
 POLICY_VIOLATION = 1008
 SERVER_RESTART = 1012
 
@@ -77,7 +91,7 @@ async def session_socket(websocket: WebSocket, service: Service) -> None:
 
 
 async def _serve(
-    websocket: WebSocket, service: Service, connection: str, client: str, mailbox: asyncio.Queue
+    websocket: WebSocket, service: Service, connection: str, client: str, mailbox: Mailbox
 ) -> bool:
     """The connection's loop: incoming messages, outgoing mail, the challenge deadline. Returns True when
     the server closed the socket for a restart."""
@@ -126,8 +140,11 @@ def _deadline(
 
     A pending challenge must be answered within its TTL. A connection with neither a challenge nor a live
     key (its job is over) may ask for a new challenge within the same time, else it is closed: idle
-    sockets would otherwise pile up for free. A live key has no deadline here (the sweeper expires it).
+    sockets would otherwise pile up for free. A live key has no deadline here (the sweeper expires it), nor
+    has a socket that follows an unfinished job (``follow``): it waits for the job.
     """
+    if service.sessions.watching(connection):
+        return None, forbidden("following", "")
     expiry = service.challenges.pending_expiry(connection)
     if expiry is not None:
         return expiry, forbidden("challenge_expired", "the challenge expired before it was solved")
@@ -161,7 +178,32 @@ async def _handle(service: Service, connection: str, client: str, event: dict) -
         return {"type": "challenge", "challenge": await service.challenges.issue_async(connection)}
     if kind == "ping":
         return {"type": "pong"}
-    raise forbidden("bad_message", f"unknown message type {kind!r}; expected solution, challenge or ping")
+    if kind == "follow":
+        _follow(service, connection, message.get("id"), message.get("token"))
+        return None
+    raise forbidden(
+        "bad_message", f"unknown message type {kind!r}; expected solution, challenge, follow or ping"
+    )
+
+
+def _follow(service: Service, connection: str, job_id: object, token: object) -> None:
+    """``follow``: send the job's state now (and ``done`` if it has finished), and its changes later.
+
+    Raises:
+        ServiceError: ``not_found`` for an unknown id or a wrong token (the socket is then closed).
+    """
+    manager = service.manager
+    job = manager.get(job_id) if isinstance(job_id, str) and JOB_ID.fullmatch(job_id) else None
+    owned = isinstance(token, str) and job is not None
+    if job is None or not owned or not hmac.compare_digest(job.token.encode(), str(token).encode()):
+        ttl = round(service.settings.result_ttl)
+        name = str(job_id)[:32]
+        raise not_found(f"no job {name!r} with this token (jobs and results go {ttl} s after ending)")
+    if job.state not in TERMINAL:
+        service.sessions.watch(connection, job.id)
+    service.sessions.post(connection, manager.message(job))
+    if job.state == "done":
+        service.sessions.post(connection, manager.done_message(job))
 
 
 async def _fail(websocket: WebSocket, error: ServiceError) -> None:

@@ -322,3 +322,65 @@ export async function deleteJob(job) {
   if (response.status === 404) return false;
   throw await problemFromResponse(response);
 }
+
+/**
+ * A socket that follows a job by id and token (`follow`): after a reload, or after the connection dropped.
+ * `run()` resolves when the socket closes ({opened, code, byUs}); `job` and `done` messages go to the
+ * callbacks; an error message (e.g. not_found: the job is gone) rejects it with a Problem.
+ */
+export class Follower {
+  constructor(job, { onJob, onDone } = {}) {
+    this.job = job;
+    this.onJob = onJob || (() => {});
+    this.onDone = onDone || (() => {});
+    this.socket = null;
+    this.byUs = false;
+    this.error = null;
+    this.pinger = null;
+  }
+
+  run() {
+    return new Promise((resolve, reject) => {
+      let opened = false;
+      let socket;
+      try {
+        socket = new WebSocket(websocketUrl("session"));
+      } catch (error) {
+        resolve({ opened: false, code: 0, byUs: false });
+        return;
+      }
+      this.socket = socket;
+      if (this.byUs) socket.close(1000);
+      socket.onopen = () => {
+        opened = true;
+        socket.send(JSON.stringify({ type: "follow", id: this.job.id, token: this.job.token }));
+        this.pinger = setInterval(() => {
+          if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "ping" }));
+        }, 25000);
+      };
+      socket.onmessage = (event) => {
+        let message;
+        try {
+          message = JSON.parse(event.data);
+        } catch (ignored) {
+          return;
+        }
+        if (!message || typeof message.type !== "string") return;
+        if (message.type === "job") this.onJob(message);
+        else if (message.type === "done") this.onDone(message);
+        else if (message.type === "error" && message.code === "not_found") this.error = new Problem("not_found", message.message || "");
+      };
+      socket.onclose = (event) => {
+        clearInterval(this.pinger);
+        if (this.error) reject(this.error);
+        else resolve({ opened, code: event.code, byUs: this.byUs });
+      };
+    });
+  }
+
+  close() {
+    this.byUs = true;
+    clearInterval(this.pinger);
+    if (this.socket && this.socket.readyState <= WebSocket.OPEN) this.socket.close(1000, "done");
+  }
+}

@@ -1,6 +1,11 @@
 // The page: choose a song and options, earn a session key (proof of work in Web Workers), upload, follow
 // the job on the WebSocket, then unzip the stems in the browser and mix them live.
-import { deleteJob, downloadResult, getJob, loadConfig, Session, uploadJob } from "./api.js";
+//
+// A job outlives a dropped connection for a grace period on the server: the page keeps {id, token, name,
+// created} of its job in sessionStorage, so a reload (or a phone that dropped the page) follows it again, and
+// when the socket drops mid-job it reconnects and follows the job by id and token (the server kept it, or
+// resumed it after a restart). A short list of recent separations lives in localStorage.
+import { deleteJob, downloadResult, Follower, getJob, loadConfig, Session, uploadJob, url } from "./api.js";
 import { drawWaveform, Mixer } from "./mixer.js";
 import { solveChallenge } from "./pow.js";
 import { capitalize, describe, formatBytes, formatClock, formatDuration, formatLimitMB, Problem } from "./text.js";
@@ -11,6 +16,10 @@ const STEM_ORDER = ["vocals", "drums", "bass", "other", "guitar", "piano"];
 const STEM_WORDS = { vocals: "Vocals", drums: "Drums", bass: "Bass", other: "Other", guitar: "Guitar", piano: "Piano" };
 const KEEPS_KEY = new Set([413, 415, 422, 429]); // refused uploads do not use the session key up
 const PHASES = ["check", "upload", "queue", "separate", "fetch"];
+const CURRENT_KEY = "freestems.current";
+const RECENT_KEY = "freestems.recent";
+const RECENT_MAX = 8;
+const RECONNECT_GIVE_UP_MS = 10 * 60 * 1000;
 
 const state = {
   config: null,
@@ -27,7 +36,99 @@ const state = {
   events: [],
   retryTimer: null,
   lastAnnounced: 0,
+  lost: false, // the socket dropped while the job was unfinished: follow it by id and token
+  reconnecting: false,
+  follower: null,
+  maxProgress: 0,
+  startedAt: null,
+  restartNote: "",
 };
+
+// ------------------------------------------------------------------------------------------- storage
+
+function readStorage(storage, key, fallback) {
+  try {
+    const value = JSON.parse(storage.getItem(key));
+    return value === null ? fallback : value;
+  } catch (ignored) {
+    return fallback; // storage off (private mode) or garbage
+  }
+}
+
+function writeStorage(storage, key, value) {
+  try {
+    if (value === null) storage.removeItem(key);
+    else storage.setItem(key, JSON.stringify(value));
+  } catch (ignored) {
+    // storage off or full: the page still works, it just cannot re-attach after a reload
+  }
+}
+
+function validEntry(entry) {
+  return Boolean(entry && typeof entry.id === "string" && /^[0-9a-f]{16}$/.test(entry.id) && typeof entry.token === "string");
+}
+
+/** The job this tab follows ({id, token, name, created, options}), kept across reloads of the tab. */
+function saveCurrent(entry) {
+  writeStorage(sessionStorage, CURRENT_KEY, entry);
+}
+
+function loadCurrent() {
+  const entry = readStorage(sessionStorage, CURRENT_KEY, null);
+  return validEntry(entry) ? entry : null;
+}
+
+function recentEntries() {
+  const list = readStorage(localStorage, RECENT_KEY, []);
+  return Array.isArray(list) ? list.filter(validEntry).slice(0, RECENT_MAX) : [];
+}
+
+function remember(entry) {
+  const list = [entry, ...recentEntries().filter((item) => item.id !== entry.id)].slice(0, RECENT_MAX);
+  writeStorage(localStorage, RECENT_KEY, list);
+}
+
+function forget(id) {
+  writeStorage(localStorage, RECENT_KEY, recentEntries().filter((item) => item.id !== id));
+}
+
+/** "Recent separations in this browser": links while their results live on the server (404: dropped). */
+async function renderRecent() {
+  const entries = recentEntries();
+  const items = [];
+  for (const entry of entries) {
+    let view;
+    try {
+      view = await getJob(entry);
+    } catch (error) {
+      if (error && error.code === "not_found") forget(entry.id);
+      continue;
+    }
+    const item = document.createElement("li");
+    const name = document.createElement("span");
+    name.className = "recent-name";
+    name.textContent = entry.name || "a song";
+    item.append(name, " ");
+    if (view.state === "done" && view.result) {
+      const link = document.createElement("a");
+      link.href = url(view.result.replace(/^\//, ""));
+      link.download = `${baseName(entry.name || "song")} - stems.zip`;
+      link.textContent = "Download the stems (zip)";
+      item.append(link);
+    } else {
+      const words = { queued: "waiting", running: "separating", failed: "failed", cancelled: "cancelled" }[view.state] || view.state;
+      const status = document.createElement("span");
+      status.className = "muted";
+      status.textContent = `(${words})`;
+      item.append(status);
+    }
+    item.dataset.job = entry.id;
+    items.push(item);
+  }
+  $("recent-list").replaceChildren(...items);
+  show("recent", items.length > 0);
+  log("recent", { shown: items.length });
+}
 
 // ------------------------------------------------------------------------------------------- helpers
 
@@ -317,13 +418,33 @@ function setProgress(text, fraction, announce = false) {
 function onJobMessage(message) {
   if (state.job && message.id && message.id !== state.job.id) return;
   log("job", { state: message.state, progress: message.progress, position: message.position });
+  if (state.lost && state.reconnecting && state.follower && state.follower.socket && state.follower.socket.readyState === WebSocket.OPEN) {
+    log("reconnected");
+  }
+  // A job that starts again (a new start time, or back in the queue after running) was resumed from its
+  // beginning by a restarted server: say so, instead of letting the progress drop unexplained.
+  const startedAgain =
+    (message.state === "queued" && state.maxProgress > 0) ||
+    (message.started_at && state.startedAt && message.started_at !== state.startedAt);
+  if (startedAgain && !state.restartNote) {
+    state.restartNote = "The server restarted; your separation started again. ";
+    log("restarted", { from: state.maxProgress });
+  }
+  if (startedAgain) state.maxProgress = 0;
+  if (message.started_at) state.startedAt = message.started_at;
   if (message.state === "queued") {
     const position = message.position || 0;
     const words = position <= 1 ? "You are next in line." : `Waiting in line: position ${position}.`;
-    setPhase("queue", words, null);
+    setPhase("queue", `${state.restartNote}${words}`, null);
   } else if (message.state === "running") {
     const fraction = Number(message.progress) || 0;
-    setPhase("separate", `Separating: ${Math.floor(fraction * 100)}%`, fraction);
+    if (fraction + 0.02 < state.maxProgress) {
+      // Progress went back: the server restarted and ran the job again from its start.
+      state.restartNote = "The server restarted; your separation started again. ";
+      log("restarted", { from: state.maxProgress, to: fraction });
+    }
+    state.maxProgress = Math.max(state.maxProgress, fraction);
+    setPhase("separate", `${state.restartNote}Separating: ${Math.floor(fraction * 100)}%`, fraction);
   } else if (message.state === "done") {
     setPhase("separate", "Separated.", 1);
   } else if (message.state === "failed") {
@@ -344,10 +465,11 @@ function onDoneMessage(message) {
 
 function onSessionProblem(problem) {
   log("session_problem", { code: problem.code });
-  if (problem.code === "server_restart") {
-    // Jobs survive a restart, keys do not: follow the job over HTTP instead.
-    state.restarted = true;
-    if (state.follow) pollJob();
+  if (["server_restart", "connection_lost"].includes(problem.code) && state.run) {
+    // The socket dropped (1006, 1011, 1012): the job is kept on the server for a while, or resumed after a
+    // restart. Keys do not survive: follow the job by id and token on a new socket.
+    state.lost = true;
+    if (state.follow) reconnect();
     return;
   }
   settleFollow(problem);
@@ -372,27 +494,55 @@ function followJob(created) {
   const following = new Promise((resolve, reject) => {
     state.follow = { resolve, reject };
   });
-  if (state.restarted) pollJob();
+  if (state.lost) reconnect();
   return following;
 }
 
-async function pollJob() {
-  setProgress("The server is restarting; your separation continues when it is back.", null, true);
+function sleep(ms, signal) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    if (signal) signal.addEventListener("abort", () => (clearTimeout(timer), resolve()), { once: true });
+  });
+}
+
+/**
+ * Follow the job by id and token on a new socket, reconnecting with backoff while the server is away.
+ * Runs until the follow settles (done, failed, cancelled, not found) or the run is cancelled.
+ */
+async function reconnect() {
+  if (state.reconnecting) return;
+  state.reconnecting = true;
   const signal = state.run && state.run.signal;
   const started = Date.now();
-  while (state.follow && !(signal && signal.aborted)) {
-    await new Promise((resolve) => setTimeout(resolve, 2000));
-    try {
-      const view = await getJob(state.job, { signal });
-      onJobMessage(view);
-      if (view.state === "done") settleFollow(null);
-    } catch (error) {
-      if (error && error.name === "AbortError") return;
-      if (error.code === "not_found" || Date.now() - started > 180000) {
-        settleFollow(error.code === "not_found" ? error : new Problem("network"));
+  let delay = 500;
+  try {
+    while (state.follow && !(signal && signal.aborted)) {
+      if (state.lost) {
+        setProgress("Lost contact with the server; reconnecting…", null, true);
+        log("reconnecting", { delay });
+        await sleep(delay, signal);
+        delay = Math.min(delay * 2, 8000);
+      }
+      if (!state.follow || (signal && signal.aborted)) return;
+      const follower = new Follower(state.job, { onJob: onJobMessage, onDone: onDoneMessage });
+      state.follower = follower;
+      let outcome;
+      try {
+        outcome = await follower.run();
+      } catch (problem) {
+        settleFollow(problem); // not_found: the job is gone
+        return;
+      }
+      if (outcome.byUs || !state.follow) return;
+      state.lost = true;
+      if (outcome.opened) delay = 500;
+      if (Date.now() - started > RECONNECT_GIVE_UP_MS) {
+        settleFollow(new Problem("lost_contact"));
         return;
       }
     }
+  } finally {
+    state.reconnecting = false;
   }
 }
 
@@ -406,7 +556,10 @@ async function separate() {
   state.run = run;
   state.doneSeen = false;
   state.pendingProblem = null;
-  state.restarted = false;
+  state.lost = false;
+  state.maxProgress = 0;
+  state.startedAt = null;
+  state.restartNote = "";
   state.job = null;
   clearTimeout(state.retryTimer);
   show("problem", false);
@@ -444,17 +597,14 @@ async function separate() {
     }
     session.spent = true;
     state.job = { id: created.id, token: created.token };
+    const entry = { id: created.id, token: created.token, name: file.name, created: Date.now(), options };
+    saveCurrent(entry);
+    remember({ id: entry.id, token: entry.token, name: entry.name, created: entry.created });
     log("created", { id: created.id, state: created.state, cache: created.cache });
     if (created.state === "queued" && state.phase === "upload") onJobMessage(created);
     await followJob(created);
     session.close(); // the key did its one job; nothing more to hear
-    setPhase("fetch", "Downloading the stems…", 0);
-    const archive = await downloadResult(state.job, {
-      signal: run.signal,
-      onProgress: (received, total) => setProgress(`Downloading the stems: ${Math.floor((100 * received) / total)}%`, received / total),
-    });
-    setProgress("Unpacking and decoding the stems…", null, true);
-    await showResult(archive, file, options);
+    await collect(file, options, run);
   } catch (error) {
     if (run.signal.aborted || (error && error.name === "AbortError")) {
       log("cancelled");
@@ -465,8 +615,83 @@ async function separate() {
     }
   } finally {
     window.removeEventListener("beforeunload", warnBeforeLeaving);
-    if (state.run === run) state.run = null;
-    state.follow = null;
+    endRun(run);
+  }
+}
+
+function endRun(run) {
+  if (state.run === run) state.run = null;
+  state.follow = null;
+  state.lost = false;
+  if (state.follower) state.follower.close();
+  state.follower = null;
+}
+
+/** The job is done: download its zip and show the player. */
+async function collect(file, options, run) {
+  if (state.follower) state.follower.close();
+  setPhase("fetch", "Downloading the stems…", 0);
+  const archive = await downloadResult(state.job, {
+    signal: run.signal,
+    onProgress: (received, total) => setProgress(`Downloading the stems: ${Math.floor((100 * received) / total)}%`, received / total),
+  });
+  setProgress("Unpacking and decoding the stems…", null, true);
+  await showResult(archive, file, options);
+}
+
+/** After a reload: follow this tab's unfinished job again, or show its result if it is done. */
+async function reattach(entry) {
+  let view;
+  try {
+    view = await getJob(entry);
+  } catch (error) {
+    if (error && error.code === "not_found") {
+      saveCurrent(null);
+      forget(entry.id);
+    }
+    log("reattach_failed", { code: error && error.code });
+    return;
+  }
+  const run = new AbortController();
+  state.run = run;
+  state.job = { id: entry.id, token: entry.token };
+  state.doneSeen = false;
+  state.pendingProblem = null;
+  state.maxProgress = 0;
+  state.startedAt = null;
+  state.restartNote = "";
+  state.lost = false;
+  const file = { name: entry.name || "your song" };
+  const given = entry.options || {};
+  const options = { ...given, format: view.options.format || given.format || "mp3", bitrate: view.options.mp3_bitrate || given.bitrate || 192 };
+  log("reattach", { id: entry.id, state: view.state });
+  show("setup", false);
+  show("problem", false);
+  show("result", false);
+  show("work", true);
+  $("work-name").textContent = file.name;
+  $("cancel").disabled = false;
+  try {
+    if (view.state === "failed" || view.state === "cancelled") {
+      onJobMessage(view);
+      throw state.pendingProblem || new Problem(view.state);
+    }
+    if (view.state !== "done") {
+      onJobMessage(view);
+      state.lost = false;
+      const following = followJob(view);
+      reconnect(); // no session socket after a reload: follow by id and token
+      await following;
+    }
+    await collect(file, options, run);
+  } catch (error) {
+    if (run.signal.aborted || (error && error.name === "AbortError")) {
+      backToSetup({ keepFile: false });
+    } else {
+      showProblem(error);
+    }
+  } finally {
+    endRun(run);
   }
 }
 
@@ -514,7 +739,13 @@ function cancelRun() {
   if (!state.run) return;
   $("cancel").disabled = true;
   setProgress("Cancelling…", null, true);
-  // Closing the socket ends the key, and the server cancels the key's job.
+  // Closing the socket ends the key; deleting the job stops it now (else it would wait out the grace).
+  if (state.job) {
+    const job = state.job;
+    deleteJob(job).catch(() => {});
+    forget(job.id);
+  }
+  saveCurrent(null);
   if (state.session) state.session.close();
   state.session = null;
   state.run.abort();
@@ -546,9 +777,14 @@ function showProblem(error) {
   show("problem", true);
   const retry = $("retry");
   clearTimeout(state.retryTimer);
-  const fileProblem = ["upload_too_large", "too_long", "not_audio"].includes(problem.code);
+  const fileProblem = ["upload_too_large", "too_long", "not_audio"].includes(problem.code) || !state.file;
   retry.hidden = fileProblem;
   $("problem-dismiss").textContent = fileProblem ? "Choose another file" : "Change the song or options";
+  if (!state.file && words.action.includes("Try again")) {
+    // After a reload the page no longer has the file: only "Choose another file" is on this screen.
+    $("problem-action").textContent = "Press Choose another file to separate a song again.";
+  }
+  if (problem.code !== "lost_contact") saveCurrent(null); // the job has ended: nothing to re-attach to
   if (words.retryAfter) {
     const until = Date.now() + words.retryAfter * 1000;
     const tick = () => {
@@ -815,6 +1051,8 @@ async function deleteFiles() {
   $("delete-status").textContent = "Deleting your files from the server…";
   try {
     const deleted = await deleteJob(state.job);
+    forget(state.job.id);
+    saveCurrent(null);
     $("delete-status").textContent = deleted
       ? "Your files were deleted from the server. The copies in this page stay until you leave it."
       : "Your files were already gone from the server.";
@@ -878,6 +1116,7 @@ function wire() {
   $("again").addEventListener("click", async () => {
     await disposeResult();
     state.job = null;
+    saveCurrent(null);
     backToSetup({ keepFile: false });
     $("file").focus();
   });
@@ -890,9 +1129,11 @@ function wire() {
     }
   });
   new ResizeObserver(() => drawAll()).observe($("stems"));
-  // Leaving the page closes the socket, which cancels an unfinished job on the server.
+  // Leaving the page closes the socket. An unfinished job is kept on the server for a short grace period
+  // (a reload follows it again, from sessionStorage); after that it is cancelled.
   window.addEventListener("pagehide", () => {
     if (state.session) state.session.close();
+    if (state.follower) state.follower.close();
   });
   for (const heading of ["problem-title", "result-title", "work-title"]) $(heading).tabIndex = -1;
 }
@@ -943,6 +1184,9 @@ async function start() {
   window.freestems.ready = true;
   document.documentElement.dataset.ready = "true";
   log("ready", { described: state.config.described });
+  const current = loadCurrent();
+  if (current) reattach(current);
+  renderRecent();
 }
 
 start();

@@ -63,7 +63,9 @@ export class Problem extends Error {
   }
 }
 
-const AGAIN = "Press Separate to try again.";
+// Actions name only buttons of the screen that shows them: the problem screen has "Try again" and
+// "Change the song or options" (or "Choose another file").
+const AGAIN = "Press Try again.";
 
 /** {title, action, retryAfter} for a Problem (or any error). */
 export function describe(problem) {
@@ -74,11 +76,11 @@ export function describe(problem) {
   const said = sentence(detail);
   switch (code) {
     case "network":
-      return { title: "The connection to the server was lost.", action: `Check your internet connection. ${AGAIN}` };
+      return { title: "The server cannot be reached.", action: "Check your internet connection, then press Try again." };
     case "connection_lost":
       return {
-        title: "The connection to the server was lost, so the separation was stopped.",
-        action: `Check your internet connection. ${AGAIN}`,
+        title: "The connection to the server was lost before the separation started.",
+        action: "Check your internet connection, then press Try again.",
       };
     case "session_refused":
       return {
@@ -146,7 +148,7 @@ export function describe(problem) {
     case "not_multipart":
     case "invalid_form":
     case "invalid_parameter":
-      return { title: `An option was refused: ${detail}`, action: "Change it and press Separate again." };
+      return { title: `An option was refused: ${detail}`, action: "Press Change the song or options to fix it." };
     case "upload_timeout":
       return {
         title: "The upload took too long.",
@@ -155,10 +157,15 @@ export function describe(problem) {
     case "not_found":
       return {
         title: "Your files are no longer on the server (they are deleted after a while).",
-        action: "Separate the song again.",
+        action: "Press Try again to separate the song again.",
       };
     case "cancelled":
-      return { title: "The separation was cancelled.", action: "Press Separate to start it again." };
+      return { title: detail ? `The separation was cancelled: ${detail.replace(/\.$/, "")}.` : "The separation was cancelled.", action: "Press Try again to start it again." };
+    case "lost_contact":
+      return {
+        title: "The server could not be reached for a long time.",
+        action: "Your separation may still finish there: reload this page in a few minutes to see it.",
+      };
     case "encode_failed":
     case "internal":
     case "failed":
@@ -174,7 +181,7 @@ export function describe(problem) {
       };
     case "server_restart":
       return {
-        title: "The server restarted and your separation could not be followed.",
+        title: "The server restarted before your separation started.",
         action: AGAIN,
       };
     case "aborted":
