@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -313,8 +314,10 @@ def error_of(response: httpx.Response) -> dict:
 
 def leftover_files(data_dir: Path) -> list[str]:
     """Temporary files, uploads and work folders still in the data folder (there should be none)."""
-    found = [str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.name.endswith(".part")]
-    for folder in ("uploads", "work"):
-        if (data_dir / folder).is_dir():
-            found += [str(p.relative_to(data_dir)) for p in (data_dir / folder).iterdir()]
+    found = []
+    for folder, dirs, files in os.walk(data_dir):  # unlike rglob, os.walk skips folders deleted meanwhile
+        here = Path(folder)
+        found += [str((here / name).relative_to(data_dir)) for name in dirs + files if name.endswith(".part")]
+        if here.parent == data_dir and here.name in ("uploads", "work"):
+            found += [str((here / name).relative_to(data_dir)) for name in dirs + files]
     return sorted(set(found))
