@@ -136,6 +136,17 @@ def test_flac_without_a_length_is_refused_before_any_work(tmp_path, small_model)
     assert reader.read().shape == (2, 30 * 44100)
 
 
+def test_post_jobs_refuses_a_flac_without_a_length_with_413(start_server, tmp_path):
+    source = unknown_length_flac(tmp_path / "endless.flac", seconds=30.0)
+    server = start_server(auth="none", max_duration=5.0)
+    response = httpx.post(
+        server.url + "/jobs", files={"audio_file": ("endless.flac", source.read_bytes())}, timeout=60
+    )
+    assert assert_json_error(response, 413)["code"] == "too_long"  # not a 202 and a failed job later
+    assert server.service.store.counts()["queued"] == 0
+    assert leftover_files(server.data_dir) == []
+
+
 # ---------------------------------------------------------------------------------------------- options
 
 

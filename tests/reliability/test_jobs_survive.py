@@ -215,6 +215,14 @@ def partial_upload(port: int, path: Path, fraction: float = 0.5) -> socket.socke
     return connection
 
 
+def read_until_closed(connection: socket.socket) -> str:
+    """Everything the server sent on ``connection`` until it closed it (the server has stopped)."""
+    data = b""
+    while chunk := connection.recv(65536):
+        data += chunk
+    return data.decode("latin-1")
+
+
 def part_files(data_dir: Path) -> list[Path]:
     return [p for p in (data_dir / "uploads").iterdir() if p.name.endswith(".part")]
 
@@ -327,7 +335,9 @@ def test_sigterm_mid_separate_answers_503_and_resumes_only_collectable_jobs(serv
 
     assert server.stop(signal.SIGTERM) in GRACEFUL
     waiting.join(timeout=60)
+    unfinished = read_until_closed(upload)  # the half-sent upload is answered, not dropped
     upload.close()
+    assert unfinished.startswith("HTTP/1.1 503") and '"restarting"' in unfinished, unfinished
     (answer,) = answers
     assert answer.status_code == 503, answer.text
     assert error_of(answer)["code"] == "restarting" and int(answer.headers["Retry-After"]) > 0

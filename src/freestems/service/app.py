@@ -372,6 +372,13 @@ async def _create_job(request: Request, service: Service) -> Job:
         if session is not None:
             service.sessions.unclaim(session)
         raise unavailable("the server is restarting; try again in a minute", retry_after=60) from None
+    except asyncio.CancelledError:  # a graceful stop that outlasted its grace cancels unfinished uploads
+        if session is not None:
+            service.sessions.unclaim(session)
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # answer the client (JSON 503) instead of uvicorn's plain-text 500
+        raise _restarting() from None
     except BaseException as error:
         if session is not None:
             service.sessions.unclaim(session)

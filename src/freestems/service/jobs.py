@@ -36,8 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from freestems.audio import AudioDecodeError, AudioReader
-from freestems.audio.decode import format_duration
+from freestems.audio import AudioDecodeError, AudioReader, AudioTooLong
 from freestems.cost import UsageRecord, job_cost
 from freestems.executors import Executor, JobEvent, WorkItem
 
@@ -243,18 +242,17 @@ class JobManager:
             upload.discard()
 
     def _probe(self, upload: Upload) -> None:
-        """Decide by content that the upload is audio (415) and short enough (413). Runs in a thread."""
+        """Decide by content that the upload is audio (415) and short enough (413). Runs in a thread.
+
+        The reader checks the duration the file states, and counts it from the packets when the file states
+        none, so a file without a stated length is refused here too, not after separating up to the limit.
+        """
         try:
-            reader = AudioReader(upload.path, display_name=upload.filename)
+            AudioReader(upload.path, self.settings.max_duration, display_name=upload.filename)
+        except AudioTooLong as error:
+            raise payload_too_large("too_long", str(error)) from None
         except AudioDecodeError as error:
             raise unsupported_media("not_audio", str(error)) from None
-        limit = self.settings.max_duration
-        if reader.duration is not None and reader.duration > limit:
-            raise payload_too_large(
-                "too_long",
-                f"{upload.filename}: the audio is {format_duration(reader.duration)} long; "
-                f"the limit is {format_duration(limit)}",
-            )
 
     # ------------------------------------------------------------------------------------------ queries
 
