@@ -145,7 +145,7 @@ def download(
                     length = response.headers.get("content-length")
                     total = int(length) if length and length.isdigit() else None
                 with open(partial, mode) as out:
-                    for chunk in response.iter_bytes(CHUNK):
+                    for chunk in response.iter_bytes():  # as it arrives: a cut loses nothing received
                         out.write(chunk)
                         have += len(chunk)
                         failing_since = None

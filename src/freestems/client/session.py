@@ -14,7 +14,7 @@ import json
 import threading
 from typing import Any
 
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 from .errors import RemoteError
@@ -51,9 +51,11 @@ class Session:
             socket = connect(
                 url, open_timeout=timeout, close_timeout=2, ping_interval=20, ping_timeout=timeout
             )
+            # Entered as a context manager (websockets 17 warns otherwise); :meth:`close` is its exit.
+            socket = socket.__enter__()
         except InvalidStatus as refused:
             raise _refusal(refused) from None
-        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as error:
+        except (OSError, WebSocketException, TimeoutError, EOFError) as error:  # refused, reset, cut short
             raise RemoteError(None, "unreachable", f"cannot open {url}: {error}") from None
         return cls(socket)
 
