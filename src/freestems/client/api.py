@@ -176,7 +176,7 @@ class Client:
         seen = 0
         last_poll = last_follow = time.monotonic()
         failing_since: float | None = None
-        attempt = 0
+        attempt = follow_failures = 0
         try:
             while not job.ended:
                 now = time.monotonic()
@@ -197,19 +197,19 @@ class Client:
                 else:
                     time.sleep(max(0.0, min(POLL_ALONE - (now - last_poll), 1.0)))
                 now = time.monotonic()
-                if follower is None and can_follow and now - last_follow >= backoff(attempt + 1):
+                if follower is None and can_follow and now - last_follow >= backoff(follow_failures + 1):
                     last_follow = now
                     try:
-                        follower, seen = (
-                            Session.follow(self.ws_url, job.id, job.token, timeout=self.timeout),
-                            0,
-                        )
+                        follower = Session.follow(self.ws_url, job.id, job.token, timeout=self.timeout)
+                        seen = follow_failures = 0
                     except FollowUnsupported:
                         can_follow = False
                     except RemoteError as error:
                         if error.code == "not_found":
                             raise
-                        # unreachable or refused for now: polling goes on, following is tried again later
+                        # Unreachable or refused (429) for now: polling goes on, following is tried again
+                        # later, less and less often.
+                        follow_failures += 1
                 if now - last_poll >= (POLL_BESIDE_SOCKET if follower is not None else POLL_ALONE):
                     last_poll = now
                     try:
