@@ -39,12 +39,14 @@ class Recording(Reporter):
     def __init__(self) -> None:
         self.notes: list[str] = []
         self.states: list[str] = []
+        self.positions: list[int] = []
 
     def note(self, text: str) -> None:
         self.notes.append(text)
 
     def job(self, state: str, position: int, progress: float) -> None:
         self.states.append(state)
+        self.positions.append(position)
 
 
 def running(message: dict) -> bool:
@@ -95,6 +97,25 @@ def test_the_server_accepts_the_answer_and_every_core_finds_the_same_one(algorit
     assert (processes.counter, processes.derived_key) == (alone.counter, alone.derived_key)
     payload = altcha.Payload(altcha.Challenge.from_dict(challenge), processes).to_base64()
     book.verify("connection", payload)  # raises if the server would refuse it
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "library"),
+    [
+        ("SHA-256", altcha.derive_key_sha),
+        ("SHA-512", altcha.derive_key_sha),
+        ("PBKDF2/SHA-256", altcha.derive_key_pbkdf2),
+        ("PBKDF2/SHA-384", altcha.derive_key_pbkdf2),
+        ("SCRYPT", altcha.derive_key_scrypt),
+    ],
+)
+def test_the_native_derivations_equal_the_librarys(algorithm, library):
+    parameters = altcha.create_challenge(algorithm, 16, key_length=24).parameters
+    salt = bytes.fromhex(parameters.salt)
+    derive, _ = pow.deriver(parameters)
+    for counter in (0, 1, 77, 2**32 - 1):
+        password = bytes.fromhex(parameters.nonce) + counter.to_bytes(4, "big")
+        assert derive(password) == library(parameters, salt, password)
 
 
 @pytest.mark.parametrize("processes", [False, True])
@@ -190,6 +211,34 @@ def test_retry_after_is_waited_out(start_server, songs, tmp_path):
     client.close()
     assert "error" not in outcome, outcome.get("error")
     assert sorted(outcome["value"]) == FOUR
+
+
+def test_the_queue_position_is_reported_while_waiting(start_server, songs, tmp_path):
+    server = start_server()  # one worker
+    with open_session(server) as (ws, key):
+        blocker = post_job(server, songs["long"], key, shifts=3).json()
+        wait_for_message(ws, running)
+        reporter = Recording()
+        client = Client(server.url, reporter=reporter)
+        thread, outcome = in_thread(lambda: client.separate(songs["wav"], out_dir=tmp_path))
+        wait_until(lambda: 1 in reporter.positions, timeout=60)
+        assert reporter.states[reporter.positions.index(1)] == "queued"
+        cancel(server, blocker)
+        thread.join(timeout=120)
+    client.close()
+    assert "error" not in outcome, outcome.get("error")
+    assert reporter.states[-1] == "done" and "running" in reporter.states
+
+
+def test_too_many_new_sessions_is_a_clean_error(start_server):
+    server = start_server(sessions_per_minute=1)
+    with Client(server.url) as client, client.get_key():
+        pass
+    with pytest.raises(RemoteError) as caught, Client(server.url, max_wait=0) as client:
+        client.get_key()
+    assert (caught.value.status, caught.value.code) == (429, "rate_limited")
+    assert caught.value.retry_after and caught.value.retry_after > 0
+    assert "gave up" in caught.value.message
 
 
 def test_a_busy_server_past_the_maximum_wait_is_one_clean_error(start_server, songs, capsys):

@@ -49,8 +49,8 @@ INLINE_SECONDS = 0.05
 MAX_COUNTER = 0xFFFFFFFF
 CHECK_EVERY = 16
 """A worker looks at the stop flag and the clock after this many tries (~16 ms at the default cost)."""
-_SHA = {"SHA-256": "sha256", "SHA-384": "sha384", "SHA-512": "sha512"}
-_PBKDF2 = {"PBKDF2/SHA-256": "sha256", "PBKDF2/SHA-384": "sha384", "PBKDF2/SHA-512": "sha512"}
+_SHA = {"SHA-384": "sha384", "SHA-512": "sha512"}
+_PBKDF2 = {"PBKDF2/SHA-384": "sha384", "PBKDF2/SHA-512": "sha512"}
 
 Derive = Callable[[bytes], bytes]
 """password (nonce + counter) -> derived key"""
@@ -78,16 +78,24 @@ def challenge_of(challenge: Mapping[str, Any] | altcha.Challenge) -> altcha.Chal
 
 def deriver(parameters: altcha.ChallengeParameters) -> tuple[Derive, bool]:
     """The native key derivation of ``parameters.algorithm``, and whether it releases the GIL (threads
-    then run it in parallel). Algorithms we do not know fall back to the altcha library's own function."""
+    then run it in parallel).
+
+    The choice mirrors the altcha library's (what the server verifies with): a name starting with PBKDF2
+    (any case) is PBKDF2, with SHA-384/512 only for exactly ``PBKDF2/SHA-384``/``-512``, else SHA-256;
+    ``ARGON2ID`` and ``SCRYPT`` are those; anything else is the iterated SHA, SHA-384/512 for exactly
+    ``SHA-384``/``SHA-512``, else SHA-256. Argon2id (and anything new) runs the library's own function.
+    """
     algorithm = parameters.algorithm.upper()
     salt = bytes.fromhex(parameters.salt)
     length = parameters.key_length
-    cost = max(1, int(parameters.cost))
-    if algorithm in _PBKDF2:
-        pbkdf2 = functools.partial(hashlib.pbkdf2_hmac, _PBKDF2[algorithm], salt=salt, iterations=cost)
+    cost = int(parameters.cost)
+    if algorithm.startswith("PBKDF2"):
+        digest = _PBKDF2.get(parameters.algorithm, "sha256")
+        pbkdf2 = functools.partial(hashlib.pbkdf2_hmac, digest, salt=salt, iterations=max(1, cost))
         return lambda password: pbkdf2(password, dklen=length), True
-    if algorithm in _SHA:
-        return functools.partial(_iterated_sha, getattr(hashlib, _SHA[algorithm]), salt, cost, length), False
+    if algorithm not in ("ARGON2ID", "SCRYPT"):
+        constructor = getattr(hashlib, _SHA.get(parameters.algorithm, "sha256"))
+        return functools.partial(_iterated_sha, constructor, salt, max(1, cost), length), False
     if algorithm == "SCRYPT":
         n, r, p = cost, parameters.memory_cost or 8, parameters.parallelism or 1
         return (
@@ -95,8 +103,7 @@ def deriver(parameters: altcha.ChallengeParameters) -> tuple[Derive, bool]:
                 password, salt=salt, n=n, r=r, p=p, dklen=length, maxmem=256 * n * r
             )
         ), True
-    library = altcha.v2._select_derive_key(parameters.algorithm)
-    return (lambda password: library(parameters, salt, password)), algorithm == "ARGON2ID"
+    return (lambda password: altcha.derive_key_argon2id(parameters, salt, password)), True
 
 
 def _iterated_sha(hash_constructor: Callable, salt: bytes, cost: int, length: int, password: bytes) -> bytes:
@@ -179,7 +186,7 @@ def solve(
             None,
             "pow_timeout",
             f"the proof of work ({parameters.algorithm}, cost {parameters.cost}) was not solved in "
-            f"{time.monotonic() - began:.0f} s; the challenge expired",
+            f"{time.monotonic() - began:.0f} s (the challenge's expiry or the timeout came first)",
         )
     counter, key = found
     return altcha.Solution(
