@@ -44,18 +44,23 @@ def solvers(workers: int) -> dict[str, Callable[[dict], altcha.Solution]]:
 def measure(algorithm: str, cost: int, counter: int, count: int, workers: int) -> list[dict]:
     book = ChallengeBook("bench secret", algorithm=algorithm, cost=cost, counter=counter, ttl=3600)
     challenges = [book.issue(f"c{i}") for i in range(count)]
-    rows = []
-    answers: dict[str, list[altcha.Solution]] = {}
-    for name, solve in solvers(workers).items():
-        if algorithm.startswith("SHA") and "threads" in name:
-            continue  # the iterated SHA holds the GIL: threads would not run in parallel
-        seconds, solutions = [], []
-        for challenge in challenges:
+    chosen = {
+        name: solve
+        for name, solve in solvers(workers).items()
+        # the iterated SHA holds the GIL: threads would not run in parallel
+        if not (algorithm.startswith("SHA") and "threads" in name)
+    }
+    # Interleaved (each challenge by every solver in turn), so that other load on the machine falls on
+    # all solvers alike.
+    seconds: dict[str, list[float]] = {name: [] for name in chosen}
+    answers: dict[str, list[altcha.Solution]] = {name: [] for name in chosen}
+    for challenge in challenges:
+        for name, solve in chosen.items():
             began = time.perf_counter()
-            solutions.append(solve(challenge))
-            seconds.append(time.perf_counter() - began)
-        answers[name] = solutions
-        counters = [solution.counter for solution in solutions]
+            answers[name].append(solve(challenge))
+            seconds[name].append(time.perf_counter() - began)
+    rows = []
+    for name in chosen:
         rows.append(
             {
                 "algorithm": algorithm,
@@ -63,10 +68,10 @@ def measure(algorithm: str, cost: int, counter: int, count: int, workers: int) -
                 "counter": counter,
                 "solver": name,
                 "challenges": count,
-                "mean_s": statistics.mean(seconds),
-                "min_s": min(seconds),
-                "max_s": max(seconds),
-                "mean_counter": statistics.mean(counters),
+                "mean_s": statistics.mean(seconds[name]),
+                "min_s": min(seconds[name]),
+                "max_s": max(seconds[name]),
+                "mean_counter": statistics.mean(answer.counter for answer in answers[name]),
             }
         )
         print(f"{algorithm:15} {name:38} {rows[-1]['mean_s']:7.3f} s/challenge", flush=True)

@@ -84,7 +84,7 @@ class TerminalReporter(Reporter):
         )
         if self._label != label:
             self._label = label
-            bar.set_description_str(label, refresh=False)
+            bar.set_description_str(label)  # shown now: a queue can sit at 0% for long
         bar.update(round(progress * 100) - bar.n)
 
     def downloaded(self, received: int, total: int | None) -> None:
