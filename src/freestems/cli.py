@@ -269,62 +269,6 @@ def run_separate(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_remote(args: argparse.Namespace) -> int:
-    try:
-        from freestems.client import Client, RemoteError
-        from freestems.client.progress import TerminalReporter
-    except ImportError as error:
-        return fail(f"{error.name} is missing: pip install 'freestems[client]'")
-    if not args.url:
-        return fail("give the server with --url http://host:port (or set FREESTEMS_URL)")
-    if args.timeout <= 0 or args.max_wait < 0:
-        return fail("--timeout must be positive and --max-wait not negative")
-    inputs, errors = find_inputs(args.inputs)
-    for line in errors:
-        print(f"freestems: {line}", file=sys.stderr)
-    if not inputs:
-        return fail("no audio files found in " + ", ".join(args.inputs))
-    reporter = TerminalReporter(quiet=args.quiet)
-    done = 0
-    try:
-        client = Client(
-            args.url, timeout=args.timeout, max_wait=args.max_wait, workers=args.workers, reporter=reporter
-        )
-    except RemoteError as error:
-        return fail(error)
-    with client:
-        for path in inputs:
-            try:
-                stems = client.separate(
-                    path,
-                    out_dir=args.out,
-                    two_stems=args.two_stems,
-                    shifts=args.shifts,
-                    overlap=args.overlap,
-                    format=args.format,
-                    bitrate=args.bitrate,
-                    model=args.model,
-                    zip=args.zip,
-                )
-            except RemoteError as error:
-                errors.append(f"{path.name}: {error}")
-                print(f"freestems: {path.name}: {error}", file=sys.stderr)
-                continue
-            done += 1
-            if not args.quiet:
-                if args.zip:
-                    print(f"{path.name}: stems in {stems['zip']}", file=sys.stderr)
-                else:
-                    folder = next(iter(stems.values())).parent
-                    print(f"{path.name}: {len(stems)} stems in {folder}", file=sys.stderr)
-    if errors:
-        print(f"freestems: {done} separated, {len(errors)} failed:", file=sys.stderr)
-        for line in errors:
-            print(f"  {line}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def run_models(args: argparse.Namespace) -> int:
     from freestems.models import CATALOG, DEFAULT_MODEL
     from freestems.models.download import cached_file
@@ -437,6 +381,68 @@ def run_cost(args: argparse.Namespace) -> int:
     skipped = sum(1 for record in records if not (record.gpu and record.gpu_seconds))
     print(f"{len(records)} recorded job(s) in {where}")
     print(format_projections(projections, asked=args.gpu, song_seconds=args.song_seconds, skipped=skipped))
+    return 0
+
+
+def run_remote(args: argparse.Namespace) -> int:
+    try:
+        from freestems.client import Client, RemoteError
+        from freestems.client.progress import TerminalReporter
+    except ImportError as error:
+        return fail(f"{error.name} is missing: pip install 'freestems[client]'")
+    if not args.url:
+        return fail("give the server with --url http://host:port (or set FREESTEMS_URL)")
+    if args.timeout <= 0 or args.max_wait < 0:
+        return fail("--timeout must be positive and --max-wait not negative")
+    inputs, errors = find_inputs(args.inputs)
+    for line in errors:
+        print(f"freestems: {line}", file=sys.stderr)
+    if not inputs:
+        return fail("no audio files found in " + ", ".join(args.inputs))
+    reporter = TerminalReporter(quiet=args.quiet)
+    done = 0
+    try:
+        client = Client(
+            args.url, timeout=args.timeout, max_wait=args.max_wait, workers=args.workers, reporter=reporter
+        )
+    except RemoteError as error:
+        return fail(error)
+    with client:
+        for path in inputs:
+            try:
+                stems = client.separate(
+                    path,
+                    out_dir=args.out,
+                    two_stems=args.two_stems,
+                    shifts=args.shifts,
+                    overlap=args.overlap,
+                    format=args.format,
+                    bitrate=args.bitrate,
+                    model=args.model,
+                    zip=args.zip,
+                )
+            except RemoteError as error:
+                errors.append(f"{path.name}: {error}")
+                print(f"freestems: {path.name}: {error}", file=sys.stderr)
+                continue
+            except Exception as error:  # a surprise (a bug, a full disk) is one line, and the batch goes on
+                detail = f": {str(error).splitlines()[0]}" if str(error) else ""
+                line = f"{path.name}: failed unexpectedly ({type(error).__name__}{detail})"
+                errors.append(line)
+                print(f"freestems: {line}", file=sys.stderr)
+                continue
+            done += 1
+            if not args.quiet:
+                if args.zip:
+                    print(f"{path.name}: stems in {stems['zip']}", file=sys.stderr)
+                else:
+                    folder = next(iter(stems.values())).parent
+                    print(f"{path.name}: {len(stems)} stems in {folder}", file=sys.stderr)
+    if errors:
+        print(f"freestems: {done} separated, {len(errors)} failed:", file=sys.stderr)
+        for line in errors:
+            print(f"  {line}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -295,13 +295,19 @@ class Client:
             job = self._submit_with_a_key(path, options)
             folder = Path(out_dir) / (job.model or model or "remote")
             archive = folder / f"{path.stem}.zip"
-            self.download(job, archive)
-            if zip:
-                return {"zip": archive}
             try:
-                return unpack(archive, folder / path.stem)
-            finally:
-                archive.unlink(missing_ok=True)
+                self.download(job, archive)
+                if zip:
+                    return {"zip": archive}
+                try:
+                    return unpack(archive, folder / path.stem)
+                finally:
+                    archive.unlink(missing_ok=True)
+            except OSError as error:  # the output side: a full disk, a folder we may not write
+                where = f" {error.filename}" if error.filename else ""
+                raise RemoteError(
+                    None, "cannot_write", f"cannot write{where}: {error.strerror or error}"
+                ) from None
         finally:
             self.reporter.end()
 
