@@ -29,7 +29,15 @@ from freestems.service.challenges import ChallengeBook
 pytest_plugins = ["service_helpers"]
 
 FOUR = ["bass", "drums", "other", "vocals"]
-SUPPORTS_FOLLOW = "reattach_grace" in {item.name for item in dataclasses.fields(Settings)}
+
+
+def _setting_names() -> set[str]:
+    if dataclasses.is_dataclass(Settings):
+        return {item.name for item in dataclasses.fields(Settings)}
+    return set(getattr(Settings, "model_fields", {}))  # pydantic-settings
+
+
+SUPPORTS_FOLLOW = "reattach_grace" in _setting_names()
 """The server side of ``follow`` and the grace period (FREESTEMS_REATTACH_GRACE) is there."""
 
 
