@@ -1,4 +1,4 @@
-"""The ``freestems`` command: ``separate``, ``models``, ``serve``, ``cost`` and ``--version``.
+"""The ``freestems`` command: ``separate``, ``models``, ``serve``, ``cost``, ``remote`` and ``--version``.
 
 A thin shell: it parses arguments, calls :mod:`freestems.pipeline`, and turns our errors into one line on
 stderr and a non-zero exit code. No traceback reaches the user for an expected failure.
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(run=run_models)
     add_serve_parser(commands)
     add_cost_parser(commands)
+    add_remote_parser(commands)
     return parser
 
 
@@ -119,6 +120,47 @@ def add_cost_parser(commands) -> None:
         "--song-seconds", type=float, default=180.0, metavar="S", help="song length to price (180)"
     )
     cost.set_defaults(run=run_cost)
+
+
+def add_remote_parser(commands) -> None:
+    """``freestems remote``: separate on a freestems server (README, section Remote client)."""
+    import os
+
+    remote = commands.add_parser(
+        "remote",
+        help="split songs into stems on a freestems server",
+        description="Separate on a freestems server: earn a key (proof of work on every core), upload, "
+        "follow the job, download and unpack DIR/<model>/<track>/<stem>.<ext>.",
+    )
+    remote.add_argument("inputs", nargs="+", metavar="INPUT", help="audio/video files or folders of them")
+    remote.add_argument(
+        "--url",
+        default=os.environ.get("FREESTEMS_URL"),
+        help="the server, e.g. http://127.0.0.1:8000 (FREESTEMS_URL)",
+    )
+    remote.add_argument("-o", "--out", default="separated", metavar="DIR", help="output folder (separated)")
+    remote.add_argument("-m", "--model", help="the model the server must run (it refuses another)")
+    remote.add_argument("--two-stems", metavar="STEM", help="only STEM and no_STEM (e.g. vocals: karaoke)")
+    remote.add_argument("--shifts", type=int, help="passes with random offsets, averaged (server: 1)")
+    remote.add_argument("--overlap", type=float, help="chunk overlap in [0, 0.9) (server: 0.25)")
+    remote.add_argument("--format", choices=("wav", "flac", "mp3"), help="stem format (server: mp3)")
+    remote.add_argument("--bitrate", type=int, choices=MP3_BITRATES, help="MP3 kbps (server: 192)")
+    remote.add_argument(
+        "--zip", action="store_true", help="keep DIR/<model>/<track>.zip instead of unpacking"
+    )
+    remote.add_argument(
+        "--timeout", type=float, default=60.0, metavar="S", help="network timeout and reconnect window (60)"
+    )
+    remote.add_argument(
+        "--max-wait",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="most seconds to wait out a busy server (600)",
+    )
+    remote.add_argument("--workers", type=int, help="cores for the proof of work (all)")
+    remote.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes")
+    remote.set_defaults(run=run_remote)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -353,6 +395,68 @@ def run_cost(args: argparse.Namespace) -> int:
     skipped = sum(1 for record in records if not (record.gpu and record.gpu_seconds))
     print(f"{len(records)} recorded job(s) in {where}")
     print(format_projections(projections, asked=args.gpu, song_seconds=args.song_seconds, skipped=skipped))
+    return 0
+
+
+def run_remote(args: argparse.Namespace) -> int:
+    try:
+        from freestems.client import Client, RemoteError
+        from freestems.client.progress import TerminalReporter
+    except ImportError as error:
+        return fail(f"{error.name} is missing: pip install 'freestems[client]'")
+    if not args.url:
+        return fail("give the server with --url http://host:port (or set FREESTEMS_URL)")
+    if args.timeout <= 0 or args.max_wait < 0:
+        return fail("--timeout must be positive and --max-wait not negative")
+    inputs, errors = find_inputs(args.inputs)
+    for line in errors:
+        print(f"freestems: {line}", file=sys.stderr)
+    if not inputs:
+        return fail("no audio files found in " + ", ".join(args.inputs))
+    reporter = TerminalReporter(quiet=args.quiet)
+    done = 0
+    try:
+        client = Client(
+            args.url, timeout=args.timeout, max_wait=args.max_wait, workers=args.workers, reporter=reporter
+        )
+    except RemoteError as error:
+        return fail(error)
+    with client:
+        for path in inputs:
+            try:
+                stems = client.separate(
+                    path,
+                    out_dir=args.out,
+                    two_stems=args.two_stems,
+                    shifts=args.shifts,
+                    overlap=args.overlap,
+                    format=args.format,
+                    bitrate=args.bitrate,
+                    model=args.model,
+                    zip=args.zip,
+                )
+            except RemoteError as error:
+                errors.append(f"{path.name}: {error}")
+                print(f"freestems: {path.name}: {error}", file=sys.stderr)
+                continue
+            except Exception as error:  # a surprise (a bug, a full disk) is one line, and the batch goes on
+                detail = f": {str(error).splitlines()[0]}" if str(error) else ""
+                line = f"{path.name}: failed unexpectedly ({type(error).__name__}{detail})"
+                errors.append(line)
+                print(f"freestems: {line}", file=sys.stderr)
+                continue
+            done += 1
+            if not args.quiet:
+                if args.zip:
+                    print(f"{path.name}: stems in {stems['zip']}", file=sys.stderr)
+                else:
+                    folder = next(iter(stems.values())).parent
+                    print(f"{path.name}: {len(stems)} stems in {folder}", file=sys.stderr)
+    if errors:
+        print(f"freestems: {done} separated, {len(errors)} failed:", file=sys.stderr)
+        for line in errors:
+            print(f"  {line}", file=sys.stderr)
+        return 1
     return 0
 
 
