@@ -4,13 +4,14 @@ This module imports nothing of freestems, so the audio and model layers at the b
 the executors, the service and the CLI can all use it.
 
 - :class:`FailureCode`: why a job failed (or was refused, or was cancelled), as the stable strings the API
-  sends in ``{"error": {"code": ...}}``; :data:`FAILURE_STATUS` gives each its HTTP status, in one table.
+  sends in ``{"error": {"code": ...}}``; :data:`FAILURE_HTTP` gives each its HTTP status, in one table.
 - :func:`one_line`: an exception as one short line a user can read (the system's own words for an
   ``OSError``), for messages such as ``cannot read model file x.pt: <reason>``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -35,33 +36,40 @@ class FailureCode(StrEnum):
     """A bug or a broken machine; the details are in the server log, never in the message."""
 
 
-FAILURE_STATUS: dict[FailureCode, int] = {
-    FailureCode.TOO_LONG: 413,
-    FailureCode.NOT_AUDIO: 415,
-    FailureCode.ENCODE_FAILED: 500,
-    FailureCode.INVALID_OPTIONS: 422,
-    FailureCode.DISK_FULL: 503,
-    FailureCode.INTERRUPTED: 503,
-    FailureCode.CANCELLED: 409,
-    FailureCode.INTERNAL: 500,
+@dataclass(frozen=True)
+class HttpFailure:
+    """How the API answers a request for what a failed job would have given."""
+
+    status: int
+    retry_after: float | None = None
+    """Seconds after which a retry may succeed (a passing state of the server), else None."""
+
+
+FAILURE_HTTP: dict[FailureCode, HttpFailure] = {
+    FailureCode.TOO_LONG: HttpFailure(413),
+    FailureCode.NOT_AUDIO: HttpFailure(415),
+    FailureCode.ENCODE_FAILED: HttpFailure(500),
+    FailureCode.INVALID_OPTIONS: HttpFailure(422),
+    FailureCode.DISK_FULL: HttpFailure(503, retry_after=60.0),
+    FailureCode.INTERRUPTED: HttpFailure(503),
+    FailureCode.CANCELLED: HttpFailure(409),
+    FailureCode.INTERNAL: HttpFailure(500),
 }
-"""The HTTP status of each code, where a request asks for what the job would have given."""
-
-FAILURE_RETRY_AFTER: dict[FailureCode, float] = {FailureCode.DISK_FULL: 60.0}
-"""Seconds after which a retry may succeed, for the codes that describe a passing state of the server."""
+"""The HTTP status of each code: one table, every code in it."""
 
 
-def failure_status(code: str | None) -> int:
-    """The HTTP status of ``code``; 500 for a code this version does not know (an old store's row)."""
+def http_failure(code: str | None) -> HttpFailure:
+    """The answer for ``code``; a 500 for a code this version does not know (an old store's row)."""
     try:
-        return FAILURE_STATUS[FailureCode(code)]
+        return FAILURE_HTTP[FailureCode(code)]
     except ValueError:
-        return 500
+        return HttpFailure(500)
 
 
-def one_line(error: BaseException, limit: int = 200) -> str:
+def one_line(error: BaseException | str, limit: int = 200) -> str:
     """``error`` as one line of at most ``limit`` characters: an ``OSError``'s (or FFmpeg's) own reason
-    (``No space left on device``), else its message with whitespace folded, else its type's name."""
+    (``No space left on device``), else its message with whitespace folded, else its type's name.
+    A string (``URLError.reason`` may be one) is folded and shortened the same way."""
     reason = getattr(error, "strerror", None)
     text = reason if isinstance(reason, str) and reason.strip() else str(error)
     text = " ".join(text.split()) or type(error).__name__

@@ -32,7 +32,9 @@ from typing import Any
 from freestems.audio import AudioDecodeError, AudioReader
 from freestems.audio.decode import format_duration
 from freestems.cost import UsageRecord, job_cost
+from freestems.errors import FailureCode
 from freestems.executors import Executor, JobEvent, WorkItem
+from freestems.files import TEMP_GLOB
 
 from .cache import ResultCache, cache_key, link_or_copy
 from .errors import payload_too_large, too_many_requests, unavailable, unsupported_media
@@ -40,7 +42,7 @@ from .options import SeparationOptions
 from .sessions import Session, SessionRegistry
 from .settings import Settings
 from .store import TERMINAL, Job, JobStore
-from .uploads import PART_SUFFIX, Upload
+from .uploads import Upload
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,6 @@ PROGRESS_PERSIST_SECONDS = 1.0
 """Progress reaches SQLite at most this often per job (the WebSocket gets every update)."""
 DEFAULT_JOB_SECONDS = 60.0
 """Job duration assumed for Retry-After estimates until one has been measured."""
-SHUTDOWN_REASON = "the server stopped while this job ran; it runs again when the server is back"
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class JobManager:
         self.paths.create()
         shutil.rmtree(self.paths.work, ignore_errors=True)
         self.paths.work.mkdir(parents=True, exist_ok=True)
-        for stale in self.paths.uploads.glob(f".*{PART_SUFFIX}"):
+        for stale in self.paths.uploads.glob(TEMP_GLOB):
             stale.unlink(missing_ok=True)
         requeue, failed = self.store.recover(self.settings.result_ttl)
         for job in failed:
@@ -226,11 +227,11 @@ class JobManager:
         try:
             reader = AudioReader(upload.path, display_name=upload.filename)
         except AudioDecodeError as error:
-            raise unsupported_media("not_audio", str(error)) from None
+            raise unsupported_media(FailureCode.NOT_AUDIO, str(error)) from None
         limit = self.settings.max_duration
         if reader.duration is not None and reader.duration > limit:
             raise payload_too_large(
-                "too_long",
+                FailureCode.TOO_LONG,
                 f"{upload.filename}: the audio is {format_duration(reader.duration)} long; "
                 f"the limit is {format_duration(limit)}",
             )
@@ -277,7 +278,7 @@ class JobManager:
         now = time.time()
         changes = dict(
             state="cancelled",
-            error_code="cancelled",
+            error_code=FailureCode.CANCELLED,
             error=reason,
             finished_at=now,
             expires_at=now + self.settings.result_ttl,
