@@ -108,10 +108,6 @@ class SessionRegistry:
             return [session.job_id]
         return []
 
-    @property
-    def connections(self) -> int:
-        return len(self._mailboxes)
-
     # ------------------------------------------------------------------------------------- keys
 
     def issue(self, client: str, connection: str) -> tuple[str, Session]:
