@@ -3,7 +3,8 @@
 Modal's cloud is the one thing faked: :func:`load_modal_app` imports :mod:`freestems.deploy.modal_app`
 under a controlled environment (a small seeded checkpoint as the model, a trivial proof of work) and
 replaces its three ways out (``remote_calls``, ``progress_channel``, ``usage_log``) with in-process ones:
-the GPU class's own ``.local()``, an in-memory queue and a list. Everything else is the real code.
+the GPU class's own ``.local()`` run by :class:`InProcessCalls`, a :class:`MemoryChannel` and a list.
+Everything else is the real code.
 
 :func:`declared` reads what a Modal function or class would be deployed with. The ``modal`` client keeps
 part of it in a public ``FunctionInfo`` (GPU, CPU, timeout, regions, concurrency, secrets) and the rest
@@ -16,9 +17,13 @@ imported before pytest sees it as a plugin, its asserts are left as they are (PY
 
 from __future__ import annotations
 
+import collections
 import importlib
 import os
+import queue
 import sys
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +33,99 @@ import torch
 from model_helpers import make_small_checkpoint
 
 from freestems.cost import UsageRecord
-from freestems.executors.modal import InProcessCalls, MemoryChannel
+from freestems.executors.modal import InputCancellation
+from freestems.jobrun import Cancelled, cancel_scope
 
 MODULE = "freestems.deploy.modal_app"
+
+
+class MemoryChannel:
+    """Stands in for the ``modal.Queue`` of progress events: one FIFO per key, in this process."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, queue.Queue] = collections.defaultdict(queue.Queue)
+        self._lock = threading.Lock()
+
+    def _queue(self, key: str) -> queue.Queue:
+        with self._lock:
+            return self._queues[key]
+
+    def put(self, key: str, event: Mapping[str, Any]) -> None:
+        self._queue(key).put(dict(event))
+
+    def get(self, key: str, timeout: float) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        pending = self._queue(key)
+        try:
+            events.append(pending.get(timeout=timeout) if timeout > 0 else pending.get_nowait())
+            while True:
+                events.append(pending.get_nowait())
+        except queue.Empty:
+            return events
+
+    def clear(self, key: str) -> None:
+        with self._lock:
+            self._queues.pop(key, None)
+
+
+class InProcessCalls:
+    """Stands in for Modal's spawned calls: runs the GPU method in this process, one thread per call.
+
+    ``function`` is what would run in the container, e.g. ``Separator().separate.local``. It runs in a
+    :func:`~freestems.jobrun.cancel_scope`, so ``cancel`` stops it within one chunk, and the call then
+    ends with :class:`InputCancellation`, as a cancelled Modal call does. ``spawned`` and ``cancelled``
+    record what happened.
+    """
+
+    def __init__(self, function: Callable[[bytes, dict[str, Any]], bytes]) -> None:
+        self.function = function
+        self.spawned: list[ThreadCall] = []
+        self.cancelled = 0
+
+    def spawn(self, audio: bytes, options: dict[str, Any]) -> ThreadCall:
+        call = ThreadCall(self, audio, dict(options))
+        self.spawned.append(call)
+        return call
+
+
+class ThreadCall:
+    """One in-process call: its thread, its cancel token, and its value or error once ``finished``."""
+
+    def __init__(self, owner: InProcessCalls, audio: bytes, options: dict[str, Any]) -> None:
+        self.owner = owner
+        self.stop = threading.Event()
+        self.finished = threading.Event()
+        self.value: bytes | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(
+            target=self._run, args=(audio, options), name="freestems-inprocess-call", daemon=True
+        )
+        self.thread.start()
+
+    def _run(self, audio: bytes, options: dict[str, Any]) -> None:
+        try:
+            with cancel_scope(self.stop):
+                self.value = self.owner.function(audio, options)
+        except Cancelled:
+            self.error = InputCancellation("the call was cancelled")
+        except BaseException as error:
+            self.error = error
+        finally:
+            self.finished.set()
+
+    def result(self, timeout: float) -> bytes:
+        if not self.finished.wait(timeout):
+            raise TimeoutError("the call is still running")
+        if self.error is not None:
+            raise self.error
+        assert self.value is not None
+        return self.value
+
+    def cancel(self) -> None:
+        if self.finished.is_set() or self.stop.is_set():
+            return
+        self.owner.cancelled += 1
+        self.stop.set()
 
 
 @dataclass

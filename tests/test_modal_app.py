@@ -77,7 +77,7 @@ def test_the_module_declares_what_the_settings_say(tmp_path):
         FREESTEMS_MODAL_REGION="us-east,us-west",
         FREESTEMS_MODAL_WEB_MAX_INPUTS="77",
         FREESTEMS_MODAL_SECRET_NAME="stems-secret",
-        PYTHONPATH=str(ROOT / "tests"),
+        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]),  # this tree
     )
     script = (
         "import json, modal_helpers, freestems.deploy.modal_app as m\n"

@@ -10,7 +10,7 @@ import zipfile
 
 import httpx
 import pytest
-from modal_helpers import use_in_process_gpu
+from modal_helpers import InProcessCalls, use_in_process_gpu
 from service_helpers import (
     error_of,
     form,
@@ -26,7 +26,7 @@ from service_helpers import (
 )
 
 from freestems.executors import JobEvent, WorkItem
-from freestems.executors.modal import InProcessCalls, InputCancellation, ModalExecutor
+from freestems.executors.modal import InputCancellation, ModalExecutor
 from freestems.pipeline import OutputFormat
 from freestems.service.options import SeparationOptions
 

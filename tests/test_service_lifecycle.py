@@ -71,7 +71,7 @@ def test_a_restart_resumes_what_the_store_holds(start_server, songs, tmp_path):
             )
         )  # fmt: skip
     store.close()
-    (uploads / ".upload-deadbeef.part").write_bytes(b"half an upload")
+    (uploads / ".upload.deadbeef.part").write_bytes(b"half an upload")
     (data / "work" / jobs["crashed"]["id"]).mkdir(parents=True)
     (data / "work" / jobs["crashed"]["id"] / "vocals.mp3").write_bytes(b"half a stem")
     (data / "results").mkdir()

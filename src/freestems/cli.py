@@ -14,6 +14,7 @@ from pathlib import Path
 
 from freestems import __version__
 from freestems.audio.formats import MP3_BITRATES
+from freestems.errors import one_line
 from freestems.separate import DEVICES
 
 AUDIO_SUFFIXES = {
@@ -276,8 +277,8 @@ def _unexpected(error: Exception) -> str:
     """One line for an error that is not one of ours: what failed, in the system's words."""
     if isinstance(error, OSError) and error.strerror:
         where = f" ({error.filename})" if error.filename else ""
-        return f"cannot read or write a file: {error.strerror}{where}"
-    detail = str(error).splitlines()[0] if str(error) else ""
+        return f"cannot read or write a file: {one_line(error)}{where}"
+    detail = one_line(error) if str(error).strip() else ""
     return f"failed unexpectedly ({type(error).__name__}{': ' + detail if detail else ''})"
 
 

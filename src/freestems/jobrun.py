@@ -4,7 +4,12 @@ The in-process worker (:class:`freestems.executors.LocalExecutor`) and the Modal
 (:mod:`freestems.deploy.modal_app`) both call :func:`run_job`; it runs the streaming pipeline
 (:func:`freestems.pipeline.separate_file`), zips the stems (:func:`freestems.pipeline.zip_stems`), removes
 its working folder on every path, and turns the expected failures into one picklable exception,
-:class:`JobFailed`, whose ``code`` a service maps to an HTTP status.
+:class:`JobFailed`, whose :class:`~freestems.errors.FailureCode` a service maps to an HTTP status.
+
+Cancelling is cooperative: a job runs with a cancel token (a :class:`threading.Event`), checked after every
+chunk of the engine and before zipping; once it is set, the job raises :class:`Cancelled` within one chunk
+and cleans up like any other failure. A caller that cannot pass the token (a Modal method, whose arguments
+cross the network) sets it for the calls in its thread with :func:`cancel_scope`.
 
 :func:`choose_precision` decides, once per process, whether half precision keeps a model's output
 faithful on a GPU.
@@ -15,12 +20,16 @@ from __future__ import annotations
 import errno
 import logging
 import shutil
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from freestems.errors import FailureCode
 from freestems.pipeline import OutputFormat
 
 if TYPE_CHECKING:
@@ -59,13 +68,32 @@ class JobFailed(Exception):
     ``disk_full`` (no space left for the stems: the server's state, worth a retry) or ``invalid_options``;
     ``message`` is for the user. Picklable (it crosses the Modal boundary)."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(code, message)
-        self.code = code
+    def __init__(self, code: FailureCode | str, message: str) -> None:
+        super().__init__(str(code), message)  # plain strings in args: unpickles without this enum's module
+        self.code = FailureCode(code)
         self.message = message
 
     def __str__(self) -> str:
         return self.message
+
+
+class Cancelled(Exception):
+    """The job was cancelled: its token was set (it stopped between two chunks), or the place it ran on
+    cancelled it. Not a failure: it has no code; its message, if any, says who cancelled it."""
+
+
+_SCOPE_CANCEL: ContextVar[threading.Event | None] = ContextVar("freestems_cancel", default=None)
+
+
+@contextmanager
+def cancel_scope(cancel: threading.Event) -> Iterator[None]:
+    """Within this block (this thread and context), :func:`run_job` calls without a token of their own
+    stop once ``cancel`` is set."""
+    token = _SCOPE_CANCEL.set(cancel)
+    try:
+        yield
+    finally:
+        _SCOPE_CANCEL.reset(token)
 
 
 @dataclass
@@ -93,7 +121,7 @@ def run_job(
     output: OutputFormat = DEFAULT_OUTPUT,
     max_duration: float | None = None,
     progress: Callable[[float], None] | None = None,
-    before_zip: Callable[[], None] | None = None,
+    cancel: threading.Event | None = None,
     device: str | torch.device = "auto",
     precision: str = "auto",
     display_name: str | None = None,
@@ -105,8 +133,9 @@ def run_job(
     Args:
         work_dir: a folder of this job only, for the stems before they are zipped; removed on every path.
         options: engine options (``two_stems``, ``shifts``, ``overlap``, ``seed``...).
-        progress: called with the fraction done; whatever it raises (a cancellation) aborts the job.
-        before_zip: called after the separation, before zipping (a last chance to cancel).
+        progress: called with the fraction done; whatever it raises aborts the job.
+        cancel: the job's cancel token (default: the one of the enclosing :func:`cancel_scope`, if any),
+            checked after every chunk and before zipping.
         display_name: the file's name as its owner knows it, used in messages instead of the stored name.
         preload, parallel_encode: as for :func:`freestems.pipeline.separate_file`.
 
@@ -116,7 +145,8 @@ def run_job(
 
     Raises:
         JobFailed: the input is not audio or too long, a stem cannot be encoded, the options are invalid.
-        Anything else (a bug, a cancellation raised by ``progress``) propagates unchanged.
+        Cancelled: ``cancel`` was set.
+        Anything else (a bug, what ``progress`` raises) propagates unchanged.
     """
     from freestems.audio import AudioDecodeError, AudioEncodeError, AudioTooLong
     from freestems.pipeline import separate_file, zip_stems
@@ -128,22 +158,33 @@ def run_job(
     def rename(message: str) -> str:  # messages name the stored file; its owner knows it by another name
         return message.replace(source.name, name) if name != source.name else message
 
+    cancel = cancel if cancel is not None else _SCOPE_CANCEL.get()
+
+    def check() -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled
+
+    def chunk_done(fraction: float) -> None:
+        check()
+        if progress is not None:
+            progress(fraction)
+
     try:
+        check()
         result = separate_file(
             source,
             work,
             model,
             output=output,
             max_duration=max_duration,
-            progress=progress,
+            progress=chunk_done,
             device=device,
             precision=precision,
             preload=preload,
             parallel_encode=parallel_encode,
             **dict(options or {}),
         )
-        if before_zip is not None:
-            before_zip()
+        check()
         clock = time.perf_counter()
         archive.parent.mkdir(parents=True, exist_ok=True)
         zip_stems(result.stems, archive)
@@ -152,18 +193,18 @@ def run_job(
         timings["audio_seconds"] = round(result.duration, 3)
         return JobOutput(archive=archive, samples=result.samples, timings=timings)
     except AudioDecodeError as error:
-        code = "too_long" if isinstance(error, AudioTooLong) else "not_audio"
+        code = FailureCode.TOO_LONG if isinstance(error, AudioTooLong) else FailureCode.NOT_AUDIO
         raise JobFailed(code, rename(str(error))) from None
     except AudioEncodeError as error:
         if disk_full(error):
-            raise JobFailed("disk_full", DISK_FULL_MESSAGE) from None
-        raise JobFailed("encode_failed", rename(str(error))) from None
+            raise JobFailed(FailureCode.DISK_FULL, DISK_FULL_MESSAGE) from None
+        raise JobFailed(FailureCode.ENCODE_FAILED, rename(str(error))) from None
     except OSError as error:  # the stems' folder or the zip: a full disk is the server's state, not a bug
         if disk_full(error):
-            raise JobFailed("disk_full", DISK_FULL_MESSAGE) from None
+            raise JobFailed(FailureCode.DISK_FULL, DISK_FULL_MESSAGE) from None
         raise
     except SeparationError as error:
-        raise JobFailed("invalid_options", str(error)) from None
+        raise JobFailed(FailureCode.INVALID_OPTIONS, str(error)) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from freestems import SAMPLE_RATE
 from freestems.audio import AudioReader, open_writer
+from freestems.files import atomic_path
 from freestems.separate import MixStats, Progress, output_names, separate_blocks
 
 if TYPE_CHECKING:
@@ -180,15 +181,10 @@ def separate_file(
 def zip_stems(stems: dict[str, Path], archive: str | Path) -> Path:
     """Pack stem files into ``archive`` (compressed formats are stored, PCM is deflated), atomically."""
     archive = Path(archive)
-    partial = archive.with_name(f".{archive.name}.part")
-    try:
-        with zipfile.ZipFile(partial, "w") as bundle:
-            for path in stems.values():
-                compression = zipfile.ZIP_STORED if path.suffix == ".mp3" else zipfile.ZIP_DEFLATED
-                bundle.write(path, path.name, compress_type=compression)
-        partial.replace(archive)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_path(archive) as partial, zipfile.ZipFile(partial, "w") as bundle:
+        for path in stems.values():
+            compression = zipfile.ZIP_STORED if path.suffix == ".mp3" else zipfile.ZIP_DEFLATED
+            bundle.write(path, path.name, compress_type=compression)
     return archive
 
 

@@ -184,6 +184,8 @@ def separate_blocks(
         blocks: float32 ``(2, n)`` arrays at 44.1 kHz, any sizes, in order.
         model: a loaded model; ``model.segment`` is the default chunk length.
         length: total samples, if known (only used for progress).
+        progress: called after every batch of chunks with the fraction done (0.0 while ``length`` is
+            unknown) and with 1.0 at the end; whatever it raises (a cancellation) stops the separation.
         stats: whole-track statistics; required for models with ``normalize`` (compute them in a first pass
             with :meth:`MixStats.of`). Without it such a model falls back to no normalisation.
         overlap: fraction of a chunk shared with the next one, in [0, 0.9).
@@ -271,8 +273,8 @@ def separate_blocks(
             mixer.add(chunk_start, output[..., back:], limit=source.end if exhausted else None)
         chunks_done += len(pending)
         pending = []
-        if progress is not None and chunks_total:
-            progress(min(chunks_done / chunks_total, 1.0))
+        if progress is not None:  # after every batch, known total or not: a callback may stop the work
+            progress(min(chunks_done / chunks_total, 1.0) if chunks_total else 0.0)
         yield from emit(min(plan.final_position(), source.end))
     yield from emit(source.end)
     if progress is not None:

@@ -37,6 +37,7 @@ from websockets.exceptions import ConnectionClosed
 
 from freestems.audio import AudioDecodeError, AudioReader, AudioTooLong, decode
 from freestems.cli import main
+from freestems.files import TEMP_GLOB
 from freestems.jobrun import JobFailed, run_job
 from freestems.separate import SeparationError, check_overlap
 
@@ -427,7 +428,7 @@ def test_a_body_cut_short_leaves_nothing(start_server):
             b"POST /separate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[: len(body) // 2]
         )
-        wait_until(lambda: list((server.data_dir / "uploads").glob(".upload-*")), timeout=20)
+        wait_until(lambda: list((server.data_dir / "uploads").glob(TEMP_GLOB)), timeout=20)
     wait_until(lambda: leftover_files(server.data_dir) == [], timeout=20)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import soxr
 
 from .. import SAMPLE_RATE
+from ..errors import one_line
 from .errors import SUPPORTED_INPUTS, AudioDecodeError, AudioTooLong
 
 log = logging.getLogger(__name__)
@@ -97,12 +98,6 @@ def format_duration(seconds: float) -> str:
     if hours:
         return f"{hours} h {minutes} min" if minutes else f"{hours} h"
     return f"{minutes} min {secs} s" if secs else f"{minutes} min"
-
-
-def _ffmpeg_reason(exc: BaseException) -> str:
-    """FFmpeg's short reason ('Invalid data found when processing input'), without paths or codes."""
-    reason = getattr(exc, "strerror", None) or str(exc)
-    return reason.splitlines()[0].rstrip(".") if reason else type(exc).__name__
 
 
 _SAMPLE_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0, "s64": 9223372036854775808.0}
@@ -350,7 +345,8 @@ class AudioReader:
                 break
             except av.FFmpegError as exc:  # the container itself is broken from here on: treat as its end
                 if good == 0:
-                    raise self._error(f"audio data is corrupt or truncated ({_ffmpeg_reason(exc)})") from exc
+                    reason = one_line(exc).rstrip(".")
+                    raise self._error(f"audio data is corrupt or truncated ({reason})") from exc
                 log.warning("%s: stopped reading at a damaged part of the file: %s", self._name, exc)
                 break
             try:
@@ -359,9 +355,8 @@ class AudioReader:
                 bad += 1
                 log.debug("%s: skipped an undecodable packet: %s", self._name, exc)
                 if bad > MAX_BAD_PACKETS and bad > good:
-                    raise self._error(
-                        f"audio data is corrupt ({bad} undecodable packets, {_ffmpeg_reason(exc)})"
-                    ) from exc
+                    reason = one_line(exc).rstrip(".")
+                    raise self._error(f"audio data is corrupt ({bad} undecodable packets, {reason})") from exc
                 continue
             for frame in frames:
                 if frame.samples:
@@ -378,7 +373,7 @@ class AudioReader:
         except FileNotFoundError:
             raise self._error("file not found") from None
         except OSError as exc:
-            raise self._error(f"cannot read the file ({exc.strerror or exc})") from None
+            raise self._error(f"cannot read the file ({one_line(exc)})") from None
         if self._path.is_dir():
             raise self._error("is a folder, not an audio file")
         if st.st_size == 0:
@@ -387,7 +382,7 @@ class AudioReader:
             with open(self._path, "rb") as fh:
                 self._head = fh.read(4096)
         except OSError as exc:
-            raise self._error(f"cannot read the file ({exc.strerror or exc})") from None
+            raise self._error(f"cannot read the file ({one_line(exc)})") from None
 
     def _open(self) -> av.container.InputContainer:
         try:
@@ -404,7 +399,7 @@ class AudioReader:
                     return container
             raise self._not_audio(exc) from exc
         except OSError as exc:
-            raise self._error(f"cannot read the file ({exc.strerror or exc})") from exc
+            raise self._error(f"cannot read the file ({one_line(exc)})") from exc
 
     def _open_audio(self) -> tuple[av.container.InputContainer, av.AudioStream]:
         """Open the file and pick its audio stream (the caller closes the container)."""
@@ -500,7 +495,7 @@ class AudioReader:
         what = _sniff(self._head)
         if what is not None:
             return self._error(f"not an audio file (looks like {what}). Supported: {SUPPORTED_INPUTS}")
-        reason = f" ({_ffmpeg_reason(exc)})" if exc is not None else ""
+        reason = f" ({one_line(exc).rstrip('.')})" if exc is not None else ""
         return self._error(
             f"not a readable audio file: unrecognised format, or the data is corrupt or truncated{reason}. "
             f"Supported: {SUPPORTED_INPUTS}"

@@ -63,6 +63,7 @@ from typing import Any
 import modal
 
 from freestems.cost import UsageRecord, job_cost, usage_dict_name
+from freestems.errors import FailureCode
 from freestems.executors.base import ModelDescription
 from freestems.executors.modal import (
     ModalCalls,
@@ -321,7 +322,7 @@ def parse_request(options: Mapping[str, Any], sources: tuple[str, ...], model: s
 
     unknown = set(options) - set(OPTION_FIELDS) - set(EXTRA_KEYS)
     if unknown:
-        raise JobFailed("invalid_options", f"unknown option(s) {', '.join(sorted(unknown))}")
+        raise JobFailed(FailureCode.INVALID_OPTIONS, f"unknown option(s) {', '.join(sorted(unknown))}")
     fields = {
         name: ("true" if value else "false") if isinstance(value, bool) else str(value)
         for name, value in options.items()
@@ -332,9 +333,10 @@ def parse_request(options: Mapping[str, Any], sources: tuple[str, ...], model: s
         engine = {**parsed.engine(), "seed": int(options.get("seed") or 0)}
         max_duration = float(options.get("max_duration") or settings.max_duration)
     except ServiceError as error:
-        raise JobFailed("invalid_options", error.message) from None
+        raise JobFailed(FailureCode.INVALID_OPTIONS, error.message) from None
     except (TypeError, ValueError) as error:
-        raise JobFailed("invalid_options", f"seed and max_duration must be numbers ({error})") from None
+        message = f"seed and max_duration must be numbers ({error})"
+        raise JobFailed(FailureCode.INVALID_OPTIONS, message) from None
     progress = options.get("progress")
     return Request(
         engine=engine,

@@ -13,8 +13,9 @@ Both run a job through the same function, :func:`freestems.jobrun.run_job`.
 The contract:
 
 - every submitted item gets exactly one final report, ``done``, ``failed`` or ``cancelled`` (``started`` and
-  ``progress`` reports come before it), *unless* the executor is closed while the item waits or runs: then
-  it gets none and its source file is kept, so the job can run again after a restart;
+  ``progress`` reports come before it), *unless* the executor is closed while the item waits or runs (and
+  was not cancelled before): then it gets none and its source file is kept, so the job can run again after
+  a restart;
 - after a final report, the item's source file and all working files are gone; only ``result`` remains
   (after ``done``);
 - reports are made from worker threads. A caller living in an event loop hops back itself

@@ -5,19 +5,18 @@ torch releases the GIL during inference, so threads are enough, and they share o
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from freestems.jobrun import Cancelled, run_job
+
 from .base import JobEvent, ModelDescription, describe, report
-from .pool import Running, Stopped, WorkerPool
+from .pool import Running, WorkerPool
 
 if TYPE_CHECKING:
     from freestems.models import LoadedModel
-
-log = logging.getLogger(__name__)
 
 
 class LocalExecutor(WorkerPool):
@@ -61,54 +60,27 @@ class LocalExecutor(WorkerPool):
         self.work_dir.mkdir(parents=True, exist_ok=True)
         return describe(self._loaded)
 
-    def _run(self, running: Running) -> None:
-        from freestems.jobrun import JobFailed, run_job
-
+    def _run(self, running: Running) -> dict[str, float]:
         item = running.item
-        outcome: JobEvent | None = None
-
-        def check() -> None:
-            if running.stop.is_set():
-                raise Stopped
-
-        def progress(fraction: float) -> None:
-            check()
-            report(item, JobEvent(item.job_id, "progress", progress=fraction))
-
-        try:
-            check()
-            report(item, JobEvent(item.job_id, "started"))
-            assert self._loaded is not None
-            started = time.perf_counter()
-            result = run_job(
-                item.source,
-                item.result,
-                self._loaded,
-                work_dir=self.work_dir / item.job_id,
-                options=item.options,
-                output=item.output,
-                max_duration=item.max_duration,
-                progress=progress,
-                before_zip=check,
-                device=self._device,
-                display_name=item.display_name,
-            )
-            timings = dict(result.timings)
-            if self._device.type == "cuda":  # the job held this GPU from start to end
-                timings["gpu_seconds"] = round(time.perf_counter() - started, 3)
-            outcome = JobEvent(item.job_id, "done", progress=1.0, result=item.result, timings=timings)
-        except Stopped:
-            outcome = None if running.shutdown else JobEvent(item.job_id, "cancelled")
-        except JobFailed as error:
-            outcome = JobEvent(item.job_id, "failed", code=error.code, message=error.message)
-        except Exception:
-            log.exception("job %s failed", item.job_id)
-            message = "the separation failed (a server error; it is logged)"
-            outcome = JobEvent(item.job_id, "failed", code="internal", message=message)
-        finally:
-            if not running.shutdown:
-                item.source.unlink(missing_ok=True)
-        if outcome is not None and outcome.kind != "done":
-            item.result.unlink(missing_ok=True)
-        if outcome is not None:
-            report(item, outcome)
+        if running.stop.is_set():
+            raise Cancelled
+        report(item, JobEvent(item.job_id, "started"))
+        assert self._loaded is not None
+        started = time.perf_counter()
+        result = run_job(
+            item.source,
+            item.result,
+            self._loaded,
+            work_dir=self.work_dir / item.job_id,
+            options=item.options,
+            output=item.output,
+            max_duration=item.max_duration,
+            progress=lambda fraction: report(item, JobEvent(item.job_id, "progress", progress=fraction)),
+            cancel=running.stop,
+            device=self._device,
+            display_name=item.display_name,
+        )
+        timings = dict(result.timings)
+        if self._device.type == "cuda":  # the job held this GPU from start to end
+            timings["gpu_seconds"] = round(time.perf_counter() - started, 3)
+        return timings

@@ -18,25 +18,25 @@ Cancelling a running item cancels the Modal call (``FunctionCall.cancel()``: Mod
 ``InputCancellation`` in the container, whose pipeline cleans up); closing the executor does the same for
 every running item (the jobs stay queued in the store and are spawned again after a restart).
 
-Both mechanisms are injectable, so that tests (and a laptop without Modal credentials) can run the GPU
-class in-process: :class:`InProcessCalls` and :class:`MemoryChannel` stand in for Modal's calls and queue.
+Both mechanisms are injectable (:class:`RemoteCalls`, :class:`ProgressChannel`), so that tests can run the
+GPU class in-process (``tests/modal_helpers.py`` holds the stand-ins for Modal's calls and queue).
 """
 
 from __future__ import annotations
 
-import collections
-import ctypes
 import logging
 import queue
 import secrets
-import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, Protocol
 
+from freestems.errors import FailureCode
+from freestems.files import atomic_path
+from freestems.jobrun import Cancelled, JobFailed
+
 from .base import JobEvent, ModelDescription, WorkItem, report
-from .pool import Running, Stopped, WorkerPool
+from .pool import Running, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ try:  # what Modal raises in a container whose input is cancelled
 except ImportError:  # pragma: no cover - without the modal package
 
     class InputCancellation(BaseException):  # type: ignore[no-redef]
-        """Raised in the thread running a cancelled in-process call."""
+        """What Modal raises in a cancelled call (a stand-in where the modal package is missing)."""
 
 
 # ---------------------------------------------------------------------------------------------- channels
@@ -85,35 +85,6 @@ class ModalQueueChannel:
 
     def clear(self, key: str) -> None:
         self.queue.clear(partition=key)
-
-
-class MemoryChannel:
-    """Events in this process (for in-process calls)."""
-
-    def __init__(self) -> None:
-        self._queues: dict[str, queue.Queue] = collections.defaultdict(queue.Queue)
-        self._lock = threading.Lock()
-
-    def _queue(self, key: str) -> queue.Queue:
-        with self._lock:
-            return self._queues[key]
-
-    def put(self, key: str, event: Mapping[str, Any]) -> None:
-        self._queue(key).put(dict(event))
-
-    def get(self, key: str, timeout: float) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        pending = self._queue(key)
-        try:
-            events.append(pending.get(timeout=timeout) if timeout > 0 else pending.get_nowait())
-            while True:
-                events.append(pending.get_nowait())
-        except queue.Empty:
-            return events
-
-    def clear(self, key: str) -> None:
-        with self._lock:
-            self._queues.pop(key, None)
 
 
 # ---------------------------------------------------------------------------------------------- calls
@@ -154,61 +125,6 @@ class _ModalCall:
         self.call.cancel()
 
 
-class InProcessCalls:
-    """Runs the GPU method in this process, one thread per call: Modal's calls, faked.
-
-    ``function`` is what would run in the container, e.g. ``Separator().separate.local``. ``cancel``
-    raises :class:`InputCancellation` in the thread running the call, as Modal does in a container.
-    ``spawned`` and ``cancelled`` record what happened (for tests).
-    """
-
-    def __init__(self, function: Callable[[bytes, dict[str, Any]], bytes]) -> None:
-        self.function = function
-        self.spawned: list[_ThreadCall] = []
-        self.cancelled = 0
-
-    def spawn(self, audio: bytes, options: dict[str, Any]) -> RemoteCall:
-        call = _ThreadCall(self, audio, dict(options))
-        self.spawned.append(call)
-        return call
-
-
-class _ThreadCall:
-    def __init__(self, owner: InProcessCalls, audio: bytes, options: dict[str, Any]) -> None:
-        self.owner = owner
-        self.finished = threading.Event()
-        self.value: bytes | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(
-            target=self._run, args=(audio, options), name="freestems-inprocess-call", daemon=True
-        )
-        self.thread.start()
-
-    def _run(self, audio: bytes, options: dict[str, Any]) -> None:
-        try:
-            self.value = self.owner.function(audio, options)
-        except BaseException as error:  # InputCancellation included: it ends the call
-            self.error = error
-        finally:
-            self.finished.set()
-
-    def result(self, timeout: float) -> bytes:
-        if not self.finished.wait(timeout):
-            raise TimeoutError("the call is still running")
-        if self.error is not None:
-            raise self.error
-        assert self.value is not None
-        return self.value
-
-    def cancel(self) -> None:
-        if self.finished.is_set() or self.thread.ident is None:
-            return
-        self.owner.cancelled += 1
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(
-            ctypes.c_ulong(self.thread.ident), ctypes.py_object(InputCancellation)
-        )
-
-
 # ---------------------------------------------------------------------------------------------- executor
 
 
@@ -219,19 +135,21 @@ def gpu_options(item: WorkItem) -> dict[str, Any]:
         JobFailed: the item asks for an output the GPU method does not make (it makes what the service
             offers: MP3, or 16-bit WAV or FLAC).
     """
-    from freestems.jobrun import JobFailed
-
     output = item.output
     if output.format == "mp3":
         encoding: dict[str, Any] = {"format": "mp3", "mp3_bitrate": output.bitrate}
     elif output.format in ("wav", "flac") and output.bit_depth == 16:
         encoding = {"format": output.format}
     else:
-        raise JobFailed("invalid_options", f"the GPU tier encodes MP3 or 16-bit WAV or FLAC, not {output}")
+        raise JobFailed(
+            FailureCode.INVALID_OPTIONS, f"the GPU tier encodes MP3 or 16-bit WAV or FLAC, not {output}"
+        )
     engine = dict(item.options)
     unknown = set(engine) - {"two_stems", "shifts", "overlap", "seed"}
     if unknown:
-        raise JobFailed("invalid_options", f"the GPU tier does not take {', '.join(sorted(unknown))}")
+        raise JobFailed(
+            FailureCode.INVALID_OPTIONS, f"the GPU tier does not take {', '.join(sorted(unknown))}"
+        )
     return {
         "two_stems": engine.get("two_stems"),
         "shifts": engine.get("shifts", 1),
@@ -247,9 +165,9 @@ class ModalExecutor(WorkerPool):
     """Runs work items on the GPU class of the Modal deployment, ``workers`` at a time, in order.
 
     Args:
-        calls: how to reach the GPU method (:class:`ModalCalls`, or :class:`InProcessCalls`).
-        channel: where the GPU container's events arrive (:class:`ModalQueueChannel`, or
-            :class:`MemoryChannel` with in-process calls).
+        calls: how to reach the GPU method (:class:`ModalCalls`, or an in-process stand-in).
+        channel: where the GPU container's events arrive (:class:`ModalQueueChannel`, or an in-memory
+            stand-in with in-process calls).
         describe_model: returns what the GPU class runs (name, sources, fingerprint), called by
             :meth:`start`; the deployment writes it into the image at build time, so no model is loaded here.
         gpu: the GPU type the class asks for, recorded with each job for cost accounting.
@@ -281,28 +199,25 @@ class ModalExecutor(WorkerPool):
     def _prepare(self) -> ModelDescription:
         return self._describe_model()
 
-    def _run(self, running: Running) -> None:
-        from freestems.jobrun import JobFailed
-
+    def _run(self, running: Running) -> dict[str, float]:
         item = running.item
         key = f"{item.job_id}-{secrets.token_hex(4)}"  # a fresh partition for each attempt
         timings: dict[str, float] = {}
         started = [False]
-        outcome: JobEvent | None = None
         call: RemoteCall | None = None
         try:
             clock = time.perf_counter()
             options = {**gpu_options(item), "progress": key}
             audio = item.source.read_bytes()
             if running.stop.is_set():
-                raise Stopped
+                raise Cancelled
             spawned_at = time.time()
             call = self.calls.spawn(audio, options)
             timings["upload"] = time.perf_counter() - clock
             del audio
             while True:
                 if running.stop.is_set():
-                    raise Stopped
+                    raise Cancelled
                 for event in self.channel.get(key, self.poll_interval):
                     self._on_remote(item, event, timings, spawned_at, started)
                 clock = time.perf_counter()
@@ -316,31 +231,18 @@ class ModalExecutor(WorkerPool):
                 self._on_remote(item, event, timings, spawned_at, started)
             if not started[0]:
                 report(item, JobEvent(item.job_id, "started"))
-            _write_atomically(item.result, data)
-            rounded = {name: round(value, 3) for name, value in timings.items()}
-            outcome = JobEvent(
-                item.job_id, "done", progress=1.0, result=item.result, timings=rounded, gpu=self.gpu
-            )
-        except Stopped:
-            outcome = None if running.shutdown else JobEvent(item.job_id, "cancelled")
-        except JobFailed as error:
-            outcome = JobEvent(item.job_id, "failed", code=error.code, message=error.message)
-        except InputCancellation:  # cancelled on Modal's side (e.g. from the dashboard)
-            outcome = JobEvent(item.job_id, "cancelled", message="cancelled on the GPU tier")
-        except Exception:
-            log.exception("job %s failed on the GPU tier", item.job_id)
-            message = "the separation failed (a server error; it is logged)"
-            outcome = JobEvent(item.job_id, "failed", code="internal", message=message)
-        finally:
-            if call is not None and (outcome is None or outcome.kind == "cancelled"):
+            item.result.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(item.result) as partial:
+                partial.write_bytes(data)
+            return {name: round(value, 3) for name, value in timings.items()}
+        except Cancelled:  # cancelled here, or the executor is closing: the GPU stops too
+            if call is not None:
                 self._cancel_call(item, call)
+            raise
+        except InputCancellation:  # cancelled on Modal's side (e.g. from the dashboard)
+            raise Cancelled("cancelled on the GPU tier") from None
+        finally:
             self._forget(key)
-            if not running.shutdown:
-                item.source.unlink(missing_ok=True)
-        if outcome is not None and outcome.kind != "done":
-            item.result.unlink(missing_ok=True)
-        if outcome is not None:
-            report(item, outcome)
 
     def _on_remote(
         self,
@@ -378,13 +280,3 @@ class ModalExecutor(WorkerPool):
             self.channel.clear(key)
         except Exception:  # the partition expires by itself
             log.debug("clearing progress partition %s failed", key, exc_info=True)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.part")
-    try:
-        partial.write_bytes(data)
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)

@@ -1,26 +1,39 @@
 """What every executor shares: items wait in order, ``workers`` threads run them, cancel and close.
 
 A subclass says how to get ready (:meth:`WorkerPool._prepare`: load or describe the model) and how to run
-one item (:meth:`WorkerPool._run`); the queue, the threads and the contract of :class:`~.base.Executor`
-about cancelling and closing live here once.
+one item (:meth:`WorkerPool._run`); the queue, the threads, the contract of :class:`~.base.Executor` about
+cancelling and closing, and the mapping of how a run ended to the item's final report live here once:
+
+- it returned: ``done``, with the timings it returned;
+- :class:`~freestems.jobrun.Cancelled`: ``cancelled`` (none at all if the executor is closing);
+- :class:`~freestems.jobrun.JobFailed`: ``failed`` with its code and message;
+- anything else: ``failed`` with code ``internal`` (the traceback goes to the log, not to the user).
+
+Cancelling a running item sets its :attr:`Running.stop` event; the running code checks it (after every
+chunk of the engine, or between two polls of a remote call) and raises :class:`~freestems.jobrun.Cancelled`.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from freestems.errors import FailureCode
+from freestems.jobrun import Cancelled, JobFailed
 
 from .base import ExecutorError, JobEvent, ModelDescription, WorkItem, report
 
+log = logging.getLogger(__name__)
 
-class Stopped(Exception):
-    """Raised inside a running item to abandon it: it was cancelled, or the executor is closing."""
+INTERNAL_MESSAGE = "the separation failed (a server error; it is logged)"
 
 
 @dataclass
 class Running:
-    """An item being run, with the flag that stops it and whether the stop is a shutdown (no report)."""
+    """An item being run, with the event that stops it and whether the stop is a shutdown (no report)."""
 
     item: WorkItem
     stop: threading.Event = field(default_factory=threading.Event)
@@ -31,6 +44,10 @@ class WorkerPool:
     """Runs submitted items in order on ``workers`` threads."""
 
     thread_name = "freestems-worker"
+
+    gpu: str | None = None
+    """The GPU type that runs items, recorded with each finished job for cost accounting (None: a CPU, or
+    not known)."""
 
     def __init__(self, workers: int = 1) -> None:
         if workers < 1:
@@ -49,8 +66,12 @@ class WorkerPool:
         """Get ready to run items (blocking) and say what model they run on."""
         raise NotImplementedError
 
-    def _run(self, running: Running) -> None:
-        """Run one item to its final report (or to :class:`Stopped` on shutdown, without one)."""
+    def _run(self, running: Running) -> Mapping[str, float]:
+        """Run one item (reporting ``started`` and ``progress``), write its result and return its timings.
+
+        Raises :class:`~freestems.jobrun.Cancelled` soon after ``running.stop`` is set,
+        :class:`~freestems.jobrun.JobFailed` for an expected failure; anything else is a bug.
+        """
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------ interface
@@ -100,8 +121,9 @@ class WorkerPool:
             self._closing = True
             self._pending.clear()  # their jobs stay queued in the store and run after a restart
             for running in self._running.values():
-                running.shutdown = True
-                running.stop.set()
+                if not running.stop.is_set():  # a cancelled item still ends as cancelled, its files gone
+                    running.shutdown = True
+                    running.stop.set()
             self._condition.notify_all()
         for thread in self._threads:
             thread.join(timeout=timeout)
@@ -124,7 +146,34 @@ class WorkerPool:
                 running = Running(item)
                 self._running[item.job_id] = running
             try:
-                self._run(running)
+                self._execute(running)
             finally:
                 with self._condition:
                     self._running.pop(item.job_id, None)
+
+    def _execute(self, running: Running) -> None:
+        """Run one item and give it its final report; on every path its source and any partial result go
+        (except at shutdown: then it gets no report and its source stays, to run again after a restart)."""
+        item = running.item
+        outcome: JobEvent | None
+        try:
+            timings = self._run(running)
+            outcome = JobEvent(
+                item.job_id, "done", progress=1.0, result=item.result, timings=dict(timings), gpu=self.gpu
+            )
+        except Cancelled as error:
+            message = str(error) or None
+            outcome = None if running.shutdown else JobEvent(item.job_id, "cancelled", message=message)
+        except JobFailed as error:
+            outcome = JobEvent(item.job_id, "failed", code=error.code, message=error.message)
+        except Exception:
+            log.exception("job %s failed", item.job_id)
+            outcome = JobEvent(item.job_id, "failed", code=FailureCode.INTERNAL, message=INTERNAL_MESSAGE)
+        finally:
+            if not running.shutdown:
+                item.source.unlink(missing_ok=True)
+        if outcome is None:
+            return
+        if outcome.kind != "done":
+            item.result.unlink(missing_ok=True)
+        report(item, outcome)

@@ -89,7 +89,6 @@ class ModelInfo:
     normalize: bool = False
     segment: int = SEGMENT
     relative_cost: float = 1.0
-    sample_rate: int = 44100
 
     @property
     def filename(self) -> str:

@@ -3,7 +3,7 @@
 The cache is a flat folder (``FREESTEMS_CACHE``, else ``$XDG_CACHE_HOME/freestems``, else
 ``~/.cache/freestems``) holding each catalog file under its release file name, so a file fetched by hand can
 simply be copied there. :func:`download` streams into a private temp file beside the destination
-(``<name>.part-<random>``), resumes with HTTP ``Range`` requests if the connection drops mid-way, checks size
+(``.<name>.<random>.part``), resumes with HTTP ``Range`` requests if the connection drops mid-way, checks size
 and sha256, optionally validates the content, and only then renames it into place: the destination is either
 absent or complete. The temp file is removed on every failure, Ctrl-C included.
 
@@ -15,12 +15,12 @@ the first time it is used. A mismatch names the file and both digests.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
 import re
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -30,6 +30,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from freestems.errors import one_line
+from freestems.files import atomic_path
 from freestems.models.catalog import ModelInfo
 from freestems.models.errors import CheckpointError, ModelNotAvailable
 
@@ -152,12 +154,8 @@ def _read_pin(pin: Path) -> str | None:
 
 def _write_pin(pin: Path, digest: str, name: str) -> None:
     """Write the pin atomically; a cache we cannot write to only loses the pin, not the model."""
-    temp = pin.with_name(f".{pin.name}.{os.getpid()}.tmp")
-    try:
+    with contextlib.suppress(OSError), atomic_path(pin) as temp:
         temp.write_text(f"{digest}  {name}\n", encoding="ascii")
-        os.replace(temp, pin)
-    except OSError:
-        temp.unlink(missing_ok=True)
 
 
 def download(
@@ -196,28 +194,23 @@ def download(
 
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(prefix=dest.name + ".part-", dir=dest.parent)
     except OSError as error:
-        raise failed(f"cannot write to the cache folder {dest.parent} ({error.strerror or error})") from None
-    temp = Path(temp_name)
+        raise failed(f"cannot write to the cache folder {dest.parent} ({one_line(error)})") from None
     try:
-        with os.fdopen(fd, "wb") as out, _bar(dest.name, size, progress) as bar:
-            digest, received, total = _fetch(url, out, bar, size, timeout, retries, failed)
-            out.flush()
-            os.fsync(out.fileno())
-        if total is not None and received != total:
-            raise failed(f"size mismatch: expected {total} bytes, got {received} (truncated download)")
-        if sha256 is not None and digest != sha256.lower():
-            raise failed(f"checksum mismatch: expected sha256 {sha256.lower()}, got {digest}")
-        if validate is not None:
-            validate(temp)
-        os.replace(temp, dest)
+        with atomic_path(dest) as temp:
+            with open(temp, "xb") as out, _bar(dest.name, size, progress) as bar:
+                digest, received, total = _fetch(url, out, bar, size, timeout, retries, failed)
+                out.flush()
+                os.fsync(out.fileno())
+            if total is not None and received != total:
+                raise failed(f"size mismatch: expected {total} bytes, got {received} (truncated download)")
+            if sha256 is not None and digest != sha256.lower():
+                raise failed(f"checksum mismatch: expected sha256 {sha256.lower()}, got {digest}")
+            if validate is not None:
+                validate(temp)
     except OSError as error:  # writing the temp file or renaming it (disk full, permissions, ...)
-        temp.unlink(missing_ok=True)
-        raise failed(f"cannot write {temp.name} ({error.strerror or error})") from None
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+        name = error.filename and Path(error.filename).name
+        raise failed(f"cannot write {name or dest.name} ({one_line(error)})") from None
     return dest
 
 
@@ -281,7 +274,7 @@ def _fetch(url, out, bar, size, timeout, retries, failed) -> tuple[str, int, int
                     bar.update(len(chunk))
         if total is None or received >= total:
             if dropped is not None and total is None:
-                raise failed(f"connection lost after {received} bytes ({_reason(dropped)})")
+                raise failed(f"connection lost after {received} bytes ({one_line(dropped)})")
             break
         if attempt >= retries:
             break  # the caller reports the size mismatch
@@ -313,13 +306,7 @@ def _unreachable(url: str, reason, timeout: float) -> str:
     host = urllib.parse.urlsplit(url).hostname or url
     if isinstance(reason, TimeoutError) or "timed out" in str(reason):
         return f"no answer from {host} within {timeout:g} s (offline or slow network?)"
-    return f"cannot reach {host} (offline?): {_reason(reason)}"
-
-
-def _reason(reason) -> str:
-    if isinstance(reason, OSError) and reason.strerror:
-        return reason.strerror
-    return " ".join(str(reason).split()) or type(reason).__name__
+    return f"cannot reach {host} (offline?): {one_line(reason)}"
 
 
 def _user_agent() -> str:

@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from freestems import SAMPLE_RATE
+from freestems.errors import one_line
 from freestems.models.errors import CheckpointError, ModelNotAvailable
 from freestems.models.loading import LoadedModel
 
@@ -178,9 +179,10 @@ def read_demucs_package(path: str | os.PathLike) -> dict:
             "unpickles tensors, plain containers and the Demucs model classes, so it refuses this file"
         ) from None
     except PermissionError as error:
-        raise ModelNotAvailable(f"cannot read model file {path}: {error.strerror}") from None
+        raise ModelNotAvailable(f"cannot read model file {path}: {one_line(error)}") from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError, pickle.PickleError) as error:
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint or is damaged ({error})") from None
+        message = f"{path} is not a PyTorch checkpoint or is damaged ({one_line(error)})"
+        raise CheckpointError(message) from None
     if not isinstance(package, Mapping) or not {"klass", "args", "kwargs", "state"} <= set(package):
         raise CheckpointError(
             f"{path} is not a Demucs model file (expected a dict with klass, args, kwargs and state)"
@@ -208,12 +210,11 @@ def model_from_package(package: Mapping, origin: str) -> nn.Module:
     try:
         model = klass(*args, **kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError, IndexError) as error:
-        raise CheckpointError(f"{origin}: invalid {klass.__name__} arguments ({error})") from None
+        raise CheckpointError(f"{origin}: invalid {klass.__name__} arguments ({one_line(error)})") from None
     try:
         model.load_state_dict(dict(state), strict=True)
     except RuntimeError as error:
-        text = str(error).splitlines()
-        raise CheckpointError(f"{origin}: the weights do not fit the model ({' '.join(text[:3])})") from None
+        raise CheckpointError(f"{origin}: the weights do not fit the model ({one_line(error)})") from None
     return model.eval()
 
 

@@ -21,7 +21,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +32,8 @@ import yaml
 from torch import nn
 
 from freestems import SAMPLE_RATE
+from freestems.errors import one_line
+from freestems.files import atomic_path
 from freestems.models.catalog import CATALOG, DEFAULT_MODEL, SEGMENT, SOURCES, ModelInfo, get_model_info
 from freestems.models.errors import CheckpointError, ModelChoiceError, ModelNotAvailable
 from freestems.models.scnet import SCNet
@@ -136,10 +137,10 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
             "(use the key that holds the weights)"
         ) from None
     except PermissionError as error:
-        raise ModelNotAvailable(f"cannot read model file {path}: {error.strerror}") from None
+        raise ModelNotAvailable(f"cannot read model file {path}: {one_line(error)}") from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError, pickle.PickleError) as error:
         raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint or is damaged/truncated ({_short(error)})"
+            f"{path} is not a PyTorch checkpoint or is damaged/truncated ({one_line(error)})"
         ) from None
 
 
@@ -199,14 +200,8 @@ def save_checkpoint(path: str | os.PathLike, module: nn.Module, spec: ModelSpec)
         "state_dict": {key: value.detach().cpu() for key, value in module.state_dict().items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=path.name + ".part-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            torch.save(package, file)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp:
+        torch.save(package, temp)
     return path
 
 
@@ -316,11 +311,11 @@ def _read_config_file(path: Path, parse) -> Mapping:
     except FileNotFoundError:
         raise ModelNotAvailable(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"cannot read config file {path}: {_short(error)}") from None
+        raise CheckpointError(f"cannot read config file {path}: {one_line(error)}") from None
     try:
         data = parse(text)
     except (yaml.YAMLError, ValueError) as error:
-        raise CheckpointError(f"config file {path} does not parse: {_short(error)}") from None
+        raise CheckpointError(f"config file {path} does not parse: {one_line(error)}") from None
     if not isinstance(data, Mapping):
         raise CheckpointError(f"config file {path} does not hold a mapping of settings")
     return data
@@ -362,7 +357,7 @@ def build_model(spec: ModelSpec) -> SCNet:
     try:
         module = SCNet(**config, spec_norm=bool(spec.spec_norm))
     except (TypeError, ValueError, IndexError, ZeroDivisionError, RuntimeError) as error:
-        raise CheckpointError(f"model {spec.name}: invalid SCNet config ({_short(error)})") from None
+        raise CheckpointError(f"model {spec.name}: invalid SCNet config ({one_line(error)})") from None
     return module.eval()
 
 
@@ -439,7 +434,7 @@ def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], origin: s
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:  # e.g. a dtype that cannot be copied
-        raise CheckpointError(f"{origin}: cannot load the weights ({_short(error)})") from None
+        raise CheckpointError(f"{origin}: cannot load the weights ({one_line(error)})") from None
     return module
 
 
@@ -572,9 +567,3 @@ def load_model(
 
 def _first(keys: list[str], count: int = 3) -> str:
     return ", ".join(keys[:count]) + (", ..." if len(keys) > count else "")
-
-
-def _short(error: BaseException) -> str:
-    """An exception as one short line."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 200 else text[:197] + "..."

@@ -25,12 +25,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from freestems import __version__
 from freestems.audio.formats import MP3_BITRATES
+from freestems.errors import FailureCode, http_failure
 from freestems.executors import Executor, ExecutorError, LocalExecutor
 from freestems.models import CATALOG
 
@@ -44,7 +45,7 @@ from .errors import (
     unauthorized,
     unavailable,
 )
-from .jobs import RESTARTING, JobManager, Paths, result_url
+from .jobs import JobManager, Paths, result_url
 from .limits import SlidingWindow
 from .network import AllowedHosts, client_address
 from .options import FILE_FIELD, FORMATS, SeparationOptions, parse_options
@@ -57,25 +58,7 @@ from .websocket import session_socket
 log = logging.getLogger(__name__)
 
 WEB_PAGE = Path(__file__).resolve().parents[1] / "web" / "index.html"
-PLACEHOLDER_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>freestems</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body style="font-family: system-ui, sans-serif; max-width: 40rem; margin: 3rem auto; padding: 0 1rem">
-<h1>freestems</h1>
-<p>Free, unlimited music stem separation. The web page is on its way; the API works now:
-open a WebSocket to <code>/session</code>, solve its challenge, and <code>POST /separate</code> with the
-key in <code>X-Session-Key</code>. See <a href="/docs">the API documentation</a>.</p>
-</body></html>
-"""
 JOB_ID = re.compile(r"[0-9a-f]{16}")
-FAILURE_STATUS = {
-    "too_long": 413,
-    "not_audio": 415,
-    "invalid_options": 422,
-    "interrupted": 503,
-    "disk_full": 503,
-}
-FAILURE_RETRY_AFTER = {"disk_full": 60.0}
 REFUSED_UPLOAD_STATUSES = frozenset({400, 408, 413, 415, 422})
 """Upload refusals that leave the session key unspent, so they count against the client's address."""
 
@@ -224,9 +207,7 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     async def root(request: Request) -> Response:
         if "text/html" in request.headers.get("accept", ""):
-            if WEB_PAGE.is_file():
-                return FileResponse(WEB_PAGE, media_type="text/html")
-            return HTMLResponse(PLACEHOLDER_PAGE)
+            return FileResponse(WEB_PAGE, media_type="text/html")
         return JSONResponse(_health(_service(request)))
 
     @app.get("/health", summary="Service health: model, version, queue")
@@ -423,7 +404,7 @@ async def _wait_unless_disconnected(request: Request, service: Service, job: Job
             finished = waiting.result()
             if finished is None:
                 raise not_found(f"job {job.id} was deleted")
-            if finished.state == "cancelled" and finished.error_code == RESTARTING:
+            if finished.state == "cancelled" and finished.error_code == FailureCode.RESTARTING:
                 raise _restarting()
             return finished
         service.manager.cancel(job.id, "cancelled because the client of POST /separate disconnected")
@@ -436,7 +417,7 @@ async def _wait_unless_disconnected(request: Request, service: Service, job: Job
 def _restarting() -> ServiceError:
     return unavailable(
         "the server is restarting and your separation was stopped; send the file again in a minute",
-        code=RESTARTING,
+        code=FailureCode.RESTARTING,
         retry_after=60,
     )
 
@@ -475,12 +456,12 @@ def _result_response(service: Service, job: Job) -> Response:
         raise not_found(f"the result of job {job.id} has been deleted")
     if job.state == "failed":
         code = job.error_code or "failed"
-        status = FAILURE_STATUS.get(code, 500)
-        raise ServiceError(
-            status, code, job.error or "the separation failed", retry_after=FAILURE_RETRY_AFTER.get(code)
-        )
+        answer = http_failure(code)
+        message = job.error or "the separation failed"
+        raise ServiceError(answer.status, code, message, retry_after=answer.retry_after)
     if job.state == "cancelled":
-        raise conflict("cancelled", f"job {job.id} was cancelled: {job.error or 'no reason given'}")
+        message = f"job {job.id} was cancelled: {job.error or 'no reason given'}"
+        raise ServiceError(http_failure(FailureCode.CANCELLED).status, FailureCode.CANCELLED, message)
     if service.manager.closing:
         raise unavailable(
             f"the server is restarting; job {job.id} runs again when it is back (GET /jobs/{job.id})",

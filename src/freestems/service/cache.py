@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from freestems.files import atomic_path
+
 from .store import JobStore
 
 log = logging.getLogger(__name__)
@@ -39,13 +41,11 @@ def cache_key(audio_sha256: str, model_fingerprint: str, options: Mapping[str, A
 
 def link_or_copy(source: Path, destination: Path) -> None:
     """Give ``source`` a second name (a copy where hard links are not supported), atomically."""
-    partial = destination.with_name(f".{destination.name}.part")
-    partial.unlink(missing_ok=True)
-    try:
-        os.link(source, partial)
-    except OSError:
-        shutil.copyfile(source, partial)
-    partial.replace(destination)
+    with atomic_path(destination) as partial:
+        try:
+            os.link(source, partial)
+        except OSError:
+            shutil.copyfile(source, partial)
 
 
 class ResultCache:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from freestems.errors import FailureCode
+
 
 class ServiceError(Exception):
     """An HTTP-level failure: ``status``, a stable ``code``, a human ``message``, optional headers."""
@@ -98,4 +100,4 @@ def unavailable(message: str, code: str = "unavailable", retry_after: float | No
 
 
 def internal(message: str = "internal server error; it has been logged") -> ServiceError:
-    return ServiceError(500, "internal", message)
+    return ServiceError(500, FailureCode.INTERNAL, message)

@@ -38,7 +38,9 @@ from typing import Any
 
 from freestems.audio import AudioDecodeError, AudioReader, AudioTooLong
 from freestems.cost import UsageRecord, job_cost
+from freestems.errors import FailureCode
 from freestems.executors import Executor, JobEvent, WorkItem
+from freestems.files import TEMP_GLOB
 
 from .cache import ResultCache, cache_key, link_or_copy
 from .errors import payload_too_large, too_many_requests, unavailable, unsupported_media
@@ -46,7 +48,7 @@ from .options import SeparationOptions
 from .sessions import Session, SessionRegistry
 from .settings import Settings
 from .store import TERMINAL, Job, JobStore
-from .uploads import PART_SUFFIX, Upload
+from .uploads import Upload
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +56,6 @@ PROGRESS_PERSIST_SECONDS = 1.0
 """Progress reaches SQLite at most this often per job (the WebSocket gets every update)."""
 DEFAULT_JOB_SECONDS = 60.0
 """Job duration assumed for Retry-After estimates until one has been measured."""
-SHUTDOWN_REASON = "the server stopped while this job ran; it runs again when the server is back"
-RESTARTING = "restarting"
-"""Error code of a ``POST /separate`` job cancelled by a shutdown (its client cannot come back for it)."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,7 @@ class JobManager:
         self.paths.create()
         shutil.rmtree(self.paths.work, ignore_errors=True)
         self.paths.work.mkdir(parents=True, exist_ok=True)
-        for stale in self.paths.uploads.glob(f".*{PART_SUFFIX}"):
+        for stale in self.paths.uploads.glob(TEMP_GLOB):
             stale.unlink(missing_ok=True)
         requeue, failed = self.store.recover(self.settings.result_ttl)
         for job in failed:
@@ -250,9 +249,9 @@ class JobManager:
         try:
             AudioReader(upload.path, self.settings.max_duration, display_name=upload.filename)
         except AudioTooLong as error:
-            raise payload_too_large("too_long", str(error)) from None
+            raise payload_too_large(FailureCode.TOO_LONG, str(error)) from None
         except AudioDecodeError as error:
-            raise unsupported_media("not_audio", str(error)) from None
+            raise unsupported_media(FailureCode.NOT_AUDIO, str(error)) from None
 
     # ------------------------------------------------------------------------------------------ queries
 
@@ -350,9 +349,9 @@ class JobManager:
         job = self.cancel(
             job_id,
             "the server restarted before this separation finished; send the file again",
-            code=RESTARTING,
+            code=FailureCode.RESTARTING,
         )
-        if job is not None and job.error_code == RESTARTING:
+        if job is not None and job.error_code == FailureCode.RESTARTING:
             if job.input_path is not None:
                 job.input_path.unlink(missing_ok=True)
             self.store.update(job_id, input_path=None)
@@ -360,7 +359,7 @@ class JobManager:
 
     # ------------------------------------------------------------------------------------------ changes
 
-    def cancel(self, job_id: str, reason: str, code: str = "cancelled") -> Job | None:
+    def cancel(self, job_id: str, reason: str, code: str = FailureCode.CANCELLED) -> Job | None:
         """Cancel a queued or running job (its worker is freed within one chunk); ended jobs are kept."""
         job = self.store.get(job_id)
         if job is None or job.state in TERMINAL:

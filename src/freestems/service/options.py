@@ -50,11 +50,6 @@ class SeparationOptions:
             return OutputFormat("mp3", self.mp3_bitrate)
         return OutputFormat(self.format, bit_depth=16)
 
-    def stem_files(self, sources: Sequence[str]) -> list[str]:
-        """The names in the result zip, e.g. ``vocals.mp3`` and ``no_vocals.mp3``."""
-        names = list(sources) if self.two_stems is None else [self.two_stems, f"no_{self.two_stems}"]
-        return [f"{name}.{self.format}" for name in names]
-
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 

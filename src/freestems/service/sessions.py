@@ -183,10 +183,6 @@ class SessionRegistry:
                 followed.append(session.job_id)
         return followed
 
-    @property
-    def connections(self) -> int:
-        return len(self._mailboxes)
-
     # ------------------------------------------------------------------------------------- keys
 
     def issue(self, client: str, connection: str) -> tuple[str, Session]:

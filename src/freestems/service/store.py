@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from freestems.cost import UsageRecord
+from freestems.errors import FailureCode
 
 from .errors import ServiceError
 
@@ -270,7 +271,7 @@ class JobStore:
                     job.state, job.progress, job.started_at = "queued", 0.0, None
                 requeue.append(job)
             else:
-                changes = dict(error_code="interrupted", error=RESTART_REASON, finished_at=now)
+                changes = dict(error_code=FailureCode.INTERRUPTED, error=RESTART_REASON, finished_at=now)
                 self.update(job.id, state="failed", input_path=None, expires_at=now + ttl, **changes)
                 failed.append(job)
         return requeue, failed

@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
+
+from freestems.files import temp_path
 
 from .errors import (
     ServiceError,
@@ -40,7 +41,6 @@ PART_HEADER_LIMIT = 8 * 1024
 """Bytes of headers in one form part (a Content-Disposition and a Content-Type are ~100)."""
 FORM_SLACK = 64 * 1024
 """Bytes of multipart framing and text fields allowed on top of the file size limit."""
-PART_SUFFIX = ".part"
 MAX_BOUNDARY = 256
 """Longest multipart boundary accepted (python-multipart's own bound; RFC 2046 allows 70)."""
 
@@ -86,7 +86,7 @@ async def receive_upload(
         raise _too_large(max_bytes)
 
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f".upload-{secrets.token_hex(8)}{PART_SUFFIX}"
+    path = temp_path(directory / "upload")  # a temp name: a start-up cleanup removes it after a crash
     receiver = _Receiver(path, file_field, max_bytes)
     received = 0
     try:
