@@ -525,7 +525,7 @@ def test_dropped_writer_leaves_no_temp_file(tmp_path):
 @pytest.mark.parametrize(
     ("fmt", "kw", "words"),
     [
-        ("ogg", {}, ["unsupported output format", "wav, flac, mp3"]),
+        ("ogg", {}, ["unsupported output format", "mp3, wav, flac"]),
         ("mp3", {"bitrate": 100}, ["bitrate", "128, 160, 192, 224, 256, 320"]),
         ("mp3", {"bitrate": 193}, ["bitrate"]),
         ("mp3", {"sample_rate": 22050}, ["22050 Hz"]),
@@ -563,6 +563,7 @@ def test_formats_table():
     assert FORMATS["mp3"].bitrates == (128, 160, 192, 224, 256, 320)
     assert FORMATS["wav"].bit_depths == (16, 24, 32) and FORMATS["flac"].bit_depths == (16, 24)
     assert FORMATS["mp3"].mime_type == "audio/mpeg"
+    assert all(info.extension == f".{name}" for name, info in FORMATS.items())  # Path.suffix convention
 
 
 def test_encode_then_decode_every_format_keeps_length(tmp_path):

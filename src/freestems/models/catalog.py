@@ -17,6 +17,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from freestems import SAMPLE_RATE
 from freestems.models.errors import ModelNotAvailable
 
 RELEASES_URL = "https://github.com/ZFTurbo/Music-Source-Separation-Training/releases/download/"
@@ -89,7 +90,7 @@ class ModelInfo:
     normalize: bool = False
     segment: int = SEGMENT
     relative_cost: float = 1.0
-    sample_rate: int = 44100
+    sample_rate: int = SAMPLE_RATE
 
     @property
     def filename(self) -> str:
