@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import wave
@@ -27,6 +28,7 @@ from freestems.audio import (
     open_writer,
 )
 from freestems.audio.decode import downmix_matrix, format_duration
+from freestems.audio.encode import CODECS
 
 SUPPORTED_WORDS = ("mp3", "wav", "flac")
 
@@ -501,6 +503,17 @@ def test_temp_file_lifecycle(tmp_path, fmt):
         w.write(sine_stereo(5000))
         raise RuntimeError("boom")
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"vocals.{fmt}"]
+
+
+def test_wav_refuses_to_pass_its_4gb_limit(tmp_path, monkeypatch):
+    """RIFF sizes are 32-bit: the writer stops with an actionable error instead of writing a broken file."""
+    row = CODECS["wav", 24]
+    monkeypatch.setitem(CODECS, ("wav", 24), dataclasses.replace(row, max_bytes=6 * 1000))
+    writer = open_writer(tmp_path / "long.wav", "wav", bit_depth=24)
+    writer.write(sine_stereo(1000))  # exactly at the limit
+    with pytest.raises(AudioEncodeError, match="4 GB limit.*flac"):
+        writer.write(sine_stereo(1))
+    assert writer.closed and list(tmp_path.iterdir()) == []
 
 
 def test_zero_samples(tmp_path):

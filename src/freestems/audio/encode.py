@@ -2,8 +2,8 @@
 
 WAV and FLAC go through FFmpeg's own muxers and encoders (PyAV), one writer driven by the :data:`CODECS`
 table. MP3 goes through ``lameenc`` plus our own Xing/LAME tag: FFmpeg's libmp3lame + mp3 muxer also
-decodes to the exact length, sample-aligned, but encoded 180 s of stereo at 192 kbps in 4.9 s of CPU against
-lameenc's 1.8 s at the same LAME quality (the LAME inside PyAV's wheels is the slower build).
+decodes to the exact length, sample-aligned, but took about 2.7x the CPU time of lameenc at the same LAME
+quality and bitrate (180 s of stereo at 192 kbps: ~4.9 s against ~1.8 s; ``bench/bench_encode.py``).
 
 Every writer writes to a hidden temp file next to the destination (``.<name>.part``) and renames it into
 place on :meth:`StemWriter.close`, so a half-written file never sits at the destination; :meth:`abort` (or
