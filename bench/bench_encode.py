@@ -94,7 +94,7 @@ def measure(name: str, write: Callable[[Path], None], x: np.ndarray, work: Path,
     else:  # lossless: the decoded samples are the input rounded to the bit depth (float: the input)
         bits = int(name[-2:])
         full = 2.0 ** (bits - 1)
-        expected = x if bits == 32 else np.rint(np.clip(x.astype(np.float64), -1, 1) * full) / full
+        expected = x if bits == 32 else np.clip(np.rint(x.astype(np.float64) * full), -full, full - 1) / full
         row["round_trip_exact"] = bool(y.shape == x.shape and np.array_equal(y.astype(np.float64), expected))
     return row
 
@@ -124,6 +124,7 @@ def main() -> None:
                 row = measure(name, write, x, Path(work), suffix)
                 rows.append(row)
                 extra = f"  lag {row['lag']}  SNR {row['snr_db']} dB" if "lag" in row else ""
+                extra = extra or f"  round trip exact: {row['round_trip_exact']}"
                 print(
                     f"{name:16s} cpu {row['cpu_s']:6.2f} s  wall {row['wall_s']:6.2f} s  {row['bytes']:>10} B"
                     f"  decoded {row['decoded_samples']} (error {row['length_error']}){extra}",
