@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import wave
@@ -27,6 +28,7 @@ from freestems.audio import (
     open_writer,
 )
 from freestems.audio.decode import downmix_matrix, format_duration
+from freestems.audio.encode import CODECS
 
 SUPPORTED_WORDS = ("mp3", "wav", "flac")
 
@@ -503,6 +505,17 @@ def test_temp_file_lifecycle(tmp_path, fmt):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"vocals.{fmt}"]
 
 
+def test_wav_refuses_to_pass_its_4gb_limit(tmp_path, monkeypatch):
+    """RIFF sizes are 32-bit: the writer stops with an actionable error instead of writing a broken file."""
+    row = CODECS["wav", 24]
+    monkeypatch.setitem(CODECS, ("wav", 24), dataclasses.replace(row, max_bytes=6 * 1000))
+    writer = open_writer(tmp_path / "long.wav", "wav", bit_depth=24)
+    writer.write(sine_stereo(1000))  # exactly at the limit
+    with pytest.raises(AudioEncodeError, match="4 GB limit.*flac"):
+        writer.write(sine_stereo(1))
+    assert writer.closed and list(tmp_path.iterdir()) == []
+
+
 def test_zero_samples(tmp_path):
     path = encode(np.zeros((2, 0), np.float32), tmp_path / "empty.wav", "wav")
     with wave.open(str(path)) as w:
@@ -525,7 +538,7 @@ def test_dropped_writer_leaves_no_temp_file(tmp_path):
 @pytest.mark.parametrize(
     ("fmt", "kw", "words"),
     [
-        ("ogg", {}, ["unsupported output format", "wav, flac, mp3"]),
+        ("ogg", {}, ["unsupported output format", "mp3, wav, flac"]),
         ("mp3", {"bitrate": 100}, ["bitrate", "128, 160, 192, 224, 256, 320"]),
         ("mp3", {"bitrate": 193}, ["bitrate"]),
         ("mp3", {"sample_rate": 22050}, ["22050 Hz"]),
@@ -563,6 +576,7 @@ def test_formats_table():
     assert FORMATS["mp3"].bitrates == (128, 160, 192, 224, 256, 320)
     assert FORMATS["wav"].bit_depths == (16, 24, 32) and FORMATS["flac"].bit_depths == (16, 24)
     assert FORMATS["mp3"].mime_type == "audio/mpeg"
+    assert all(info.extension == f".{name}" for name, info in FORMATS.items())  # Path.suffix convention
 
 
 def test_encode_then_decode_every_format_keeps_length(tmp_path):

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from freestems import __version__
-from freestems.audio.formats import MP3_BITRATES
+from freestems import SAMPLE_RATE, __version__
+from freestems.audio.formats import FORMATS, MP3_BITRATES
 from freestems.errors import one_line
 from freestems.separate import DEVICES
 
@@ -52,10 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     separate.add_argument("--two-stems", metavar="STEM", help="only STEM and no_STEM (e.g. vocals: karaoke)")
     separate.add_argument("--shifts", type=int, default=1, help="passes with random offsets, averaged (1)")
     separate.add_argument("--overlap", type=float, default=0.25, help="chunk overlap in [0, 0.9) (0.25)")
-    separate.add_argument("--format", choices=("wav", "flac", "mp3"), default="wav", help="stem format (wav)")
+    separate.add_argument("--format", choices=tuple(FORMATS), default="wav", help="stem format (wav)")
     separate.add_argument("--bitrate", type=int, default=320, choices=MP3_BITRATES, help="MP3 kbps (320)")
     separate.add_argument(
-        "--bit-depth", type=int, default=16, choices=(16, 24, 32), help="wav/flac bits (16)"
+        "--bit-depth", type=int, default=16, choices=FORMATS["wav"].bit_depths, help="wav/flac bits (16)"
     )
     separate.add_argument("--device", default="auto", choices=DEVICES, help="(auto)")
     separate.add_argument("--batch-size", type=int, help="chunks per forward pass (1 on CPU, 4 on GPU)")
@@ -241,7 +241,7 @@ def run_separate(args: argparse.Namespace) -> int:
         shifts=args.shifts,
         two_stems=args.two_stems,
         consistency=args.consistency,
-        segment=round(args.segment * 44100) if args.segment else None,
+        segment=round(args.segment * SAMPLE_RATE) if args.segment else None,
         batch_size=args.batch_size,
         device=device,
         seed=args.seed,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from freestems import SAMPLE_RATE
-from freestems.audio import AudioReader, open_writer
+from freestems.audio import FORMATS, AudioReader, open_writer
 from freestems.files import atomic_path
 from freestems.separate import MixStats, Progress, output_names, separate_blocks
 
@@ -45,7 +45,8 @@ class OutputFormat:
 
     @property
     def extension(self) -> str:
-        return self.format
+        """The stem files' extension, with the dot (``".mp3"``)."""
+        return FORMATS[self.format].extension
 
 
 @dataclass
@@ -130,7 +131,7 @@ def separate_file(
 
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
-    paths = {name: destination / f"{name}.{output.extension}" for name in names}
+    paths = {name: destination / f"{name}{output.extension}" for name in names}
     writers = {
         name: open_writer(path, output.format, bitrate=output.bitrate, bit_depth=output.bit_depth)
         for name, path in paths.items()

@@ -1,8 +1,9 @@
 """Decode any common audio (or video soundtrack) file to float32 stereo at 44.1 kHz, in bounded memory.
 
-PyAV (FFmpeg's libraries, no ffmpeg binary) demuxes and decodes; mono is duplicated to both channels,
-more than two channels are down-mixed to stereo (centre and surrounds at -3 dB, LFE dropped, normalised so
-that a full-scale input cannot clip); other sample rates are resampled with soxr (high quality, streaming).
+PyAV (FFmpeg's libraries, no ffmpeg binary) demuxes, decodes and converts samples to float (its
+``AudioResampler``); mono is duplicated to both channels, more than two channels are down-mixed to stereo
+(centre and surrounds at -3 dB, LFE dropped, normalised so that a full-scale input cannot clip); other
+sample rates are resampled with soxr (high quality, streaming).
 
     reader = AudioReader("song.mp3", max_duration=600)   # validates; raises AudioDecodeError
     for block in reader.blocks():                       # (2, n) float32 blocks, re-decodes each time
@@ -100,25 +101,30 @@ def format_duration(seconds: float) -> str:
     return f"{minutes} min {secs} s" if secs else f"{minutes} min"
 
 
-_SAMPLE_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0, "s64": 9223372036854775808.0}
+class _FloatFrames:
+    """Decoded frames of any sample format as (samples, channels) float32 arrays (full scale = 1.0).
 
+    ``av.AudioResampler`` (libswresample) converts the sample format, scaling integers by 1/2**(bits-1)
+    exactly as a division would, and keeps the frame's channels and rate: the down-mix below and soxr do
+    those. (libswresample's own rematrixing would put mono at -3 dB on each side and leave a 5.1 down-mix
+    unnormalised, up to 2.4x over full scale; its default resampler is below soxr's HQ.) Planar float,
+    what MP3, AAC, Vorbis and Opus decode to, needs no conversion and skips the filter graph.
+    """
 
-def _frame_samples(frame: av.AudioFrame) -> np.ndarray:
-    """An audio frame as a (samples, channels) float32 array (full scale = 1.0)."""
-    channels = frame.layout.nb_channels
-    if frame.format.name.rstrip("p") == "s64":  # PyAV has no ndarray conversion for 64-bit integers
-        per_plane = frame.samples * (1 if frame.format.is_planar else channels)
-        arr = np.stack([np.frombuffer(plane, dtype=np.int64, count=per_plane) for plane in frame.planes])
-    else:
-        arr = frame.to_ndarray()
-    arr = arr.T if frame.format.is_planar else arr.reshape(-1, channels)
-    base = frame.format.name.rstrip("p")
-    if base in ("flt", "dbl"):
-        return arr.astype(np.float32, copy=False)
-    scale = _SAMPLE_SCALE[base]
-    if base == "u8":
-        return ((arr.astype(np.float32) - 128.0) / scale).astype(np.float32)
-    return (arr.astype(np.float64 if base == "s64" else np.float32) / scale).astype(np.float32, copy=False)
+    def __init__(self) -> None:
+        self._resampler: av.AudioResampler | None = None
+        self._setup: tuple[str, str, int] | None = None
+
+    def __call__(self, frame: av.AudioFrame) -> np.ndarray:
+        if frame.format.name == "fltp":
+            return frame.to_ndarray().T
+        setup = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if self._resampler is None or setup != self._setup:  # a new stream setup (rare): a new graph
+            self._resampler = av.AudioResampler(format="flt", layout=frame.layout, rate=frame.sample_rate)
+            self._setup = setup
+        channels = frame.layout.nb_channels
+        parts = [out.to_ndarray().reshape(-1, channels) for out in self._resampler.resample(frame)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 _LEFT = {"FL", "FLC", "BL", "SL", "TFL", "TBL", "TSL", "WL", "SDL", "BFL", "LFE2"}
@@ -302,12 +308,13 @@ class AudioReader:
             resampler_rate = 0
             decoded_seconds = 0.0
             limit = None if self.max_duration is None else self.max_duration + DURATION_TOLERANCE
+            to_float = _FloatFrames()
             for frame in self._frames(container, stream):
                 rate = frame.sample_rate
                 decoded_seconds += frame.samples / rate
                 if limit is not None and decoded_seconds > limit:
                     raise self._too_long(decoded_seconds, decoding=True)
-                samples = _to_stereo(_frame_samples(frame), frame)
+                samples = _to_stereo(to_float(frame), frame)
                 if rate == SAMPLE_RATE and resampler is None:
                     yield samples
                     continue

@@ -1,4 +1,9 @@
-"""What :mod:`freestems.audio.encode` can write: formats, their options and defaults."""
+"""The output formats, defined once: name -> extension, MIME type, bit depths, bitrates and defaults.
+
+Every layer takes its formats from here: the writers (:mod:`freestems.audio.encode`), the pipeline's stem
+file names, the CLI's choices and the service's form. Extensions follow ``Path.suffix``: with the dot
+(``".wav"``), so a file name is ``stem + extension``.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ class FormatInfo:
 
     name: str
     extension: str
+    """With the dot, as ``Path.suffix`` gives it: ``".mp3"``."""
     mime_type: str
     lossless: bool
     bit_depths: tuple[int, ...] = ()
@@ -26,8 +32,6 @@ class FormatInfo:
 MP3_BITRATES = (128, 160, 192, 224, 256, 320)
 
 FORMATS: dict[str, FormatInfo] = {
-    "wav": FormatInfo("wav", ".wav", "audio/wav", True, bit_depths=(16, 24, 32), default_bit_depth=16),
-    "flac": FormatInfo("flac", ".flac", "audio/flac", True, bit_depths=(16, 24), default_bit_depth=16),
     "mp3": FormatInfo(
         "mp3",
         ".mp3",
@@ -35,7 +39,10 @@ FORMATS: dict[str, FormatInfo] = {
         False,
         bitrates=MP3_BITRATES,
         default_bitrate=192,
-        sample_rates=(32000, 44100, 48000),
+        sample_rates=(32000, 44100, 48000),  # MPEG-1 Layer III's rates
     ),
+    "wav": FormatInfo("wav", ".wav", "audio/wav", True, bit_depths=(16, 24, 32), default_bit_depth=16),
+    "flac": FormatInfo("flac", ".flac", "audio/flac", True, bit_depths=(16, 24), default_bit_depth=16),
 }
-"""Output formats by name. ``"mp3" in FORMATS``; ``FORMATS["wav"].bit_depths == (16, 24, 32)``."""
+"""Output formats by name, the service's default first. ``"mp3" in FORMATS``;
+``FORMATS["wav"].bit_depths == (16, 24, 32)``; ``FORMATS["flac"].extension == ".flac"``."""

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from freestems.audio.formats import MP3_BITRATES
+from freestems.audio.formats import FORMATS, MP3_BITRATES
 from freestems.pipeline import OutputFormat
 from freestems.separate import MAX_OVERLAP, MAX_SHIFTS, SeparationError, check_overlap, check_shifts
 
@@ -27,7 +27,6 @@ from .settings import parse_bool
 
 FILE_FIELD = "audio_file"
 OPTION_FIELDS = ("two_stems", "shifts", "overlap", "mp3", "mp3_bitrate", "model", "format")
-FORMATS = ("mp3", "wav", "flac")
 
 
 @dataclass(frozen=True)
