@@ -22,6 +22,7 @@ def test_every_failure_code_has_its_status_and_keeps_its_wire_value():
         "disk_full": 503,
         "interrupted": 503,
         "cancelled": 409,
+        "restarting": 503,
         "internal": 500,
     }
     assert http_failure("disk_full").retry_after == 60.0 and http_failure("too_long").retry_after is None

@@ -323,7 +323,7 @@ def test_too_long_audio_is_413(start_server, songs):
     assert response.status_code == 413
     error = error_of(response)
     assert error["code"] == "too_long"
-    assert error["message"] == "song.mp3: the audio is 3 s long; the limit is 2 s"
+    assert error["message"] == "song.mp3: audio is 3 s long; the limit is 2 s"
 
 
 @pytest.mark.parametrize(
