@@ -1,0 +1,129 @@
+// The form's choices, filled from the server's description (GET /config): the limits in the hint, the stem to
+// take out, the models, the file formats and the passes; then read back as the options of one separation
+// and turned into the upload's form fields. The choices live in the form itself: no state here.
+import { $ } from "./dom.js";
+import { stemWords } from "./names.js";
+import { formatDuration, formatLimitMB } from "./text.js";
+
+export function fillOptions(config) {
+  fillLimits(config);
+  fillTwoStems(config.sources);
+  fillModels(config);
+  fillFormats(config);
+  fillShifts(config.limits);
+}
+
+function option(value, words, selected = false) {
+  const element = document.createElement("option");
+  element.value = value;
+  element.textContent = words;
+  if (selected) element.selected = true;
+  return element;
+}
+
+function fillLimits(config) {
+  const { limits } = config;
+  for (const node of document.querySelectorAll('[data-limit="size"]')) node.textContent = formatLimitMB(limits.max_upload_mb);
+  for (const node of document.querySelectorAll('[data-limit="duration"]')) node.textContent = formatDuration(limits.max_duration);
+  if (config.resultTtl) $("ttl-words").textContent = `after ${formatDuration(config.resultTtl)}`;
+}
+
+function fillTwoStems(sources) {
+  $("two-stems").replaceChildren(
+    ...sources.map((source) => option(source, source === "vocals" ? "Vocals (karaoke)" : stemWords(source), source === "vocals")),
+  );
+}
+
+function fillModels(config) {
+  $("models").replaceChildren(...config.models.map((model) => modelChoice(model, model.name === config.model)));
+}
+
+/** A radio button for one model of the catalog: its title, SDR and cost; disabled when it is not served. */
+function modelChoice(model, checked) {
+  const label = document.createElement("label");
+  label.className = "choice choice-model";
+  const input = document.createElement("input");
+  input.type = "radio";
+  input.name = "model";
+  input.value = model.name;
+  input.disabled = !model.available;
+  input.checked = checked;
+  const text = document.createElement("span");
+  const title = document.createElement("strong");
+  title.textContent = model.title;
+  const facts = document.createElement("small");
+  const parts = [];
+  if (model.sdr && Number.isFinite(model.sdr.avg)) parts.push(`SDR ${model.sdr.avg.toFixed(2)} dB`);
+  if (Number.isFinite(model.relativeCost)) {
+    parts.push(model.relativeCost <= 1 ? "fastest" : `about ${model.relativeCost}× slower`);
+  }
+  if (!model.available) parts.push("not on this server");
+  facts.textContent = parts.join(" · ") || "the model this server runs";
+  text.append(title, facts);
+  label.append(input, text);
+  if (!model.available) label.classList.add("is-disabled");
+  return label;
+}
+
+function fillFormats(config) {
+  const choices = [];
+  if (config.formats.includes("mp3")) {
+    for (const rate of [...config.mp3Bitrates].sort((a, b) => b - a)) {
+      choices.push([`mp3:${rate}`, `MP3, ${rate} kbps${rate === config.mp3Bitrate ? " (default)" : ""}`]);
+    }
+  }
+  if (config.formats.includes("wav")) choices.push(["wav", "WAV, 16-bit (lossless, large)"]);
+  if (config.formats.includes("flac")) choices.push(["flac", "FLAC (lossless, smaller than WAV)"]);
+  const chosen = `mp3:${config.mp3Bitrate}`;
+  $("format").replaceChildren(...choices.map(([value, words]) => option(value, words, value === chosen)));
+}
+
+function fillShifts(limits) {
+  const most = Math.max(1, Math.min(10, limits.max_shifts | 0 || 1));
+  $("shifts").replaceChildren(
+    ...Array.from({ length: most }, (_, index) =>
+      option(String(index + 1), index === 0 ? "1 (fastest)" : `${index + 1} (${index + 1}× slower)`),
+    ),
+  );
+}
+
+function twoStemsChosen() {
+  return document.querySelector('input[name="stems"]:checked').value === "two";
+}
+
+/** The stem to take out can be chosen only with "One stem and the rest". */
+export function updateStemsChoice() {
+  const two = twoStemsChosen();
+  $("two-stems").disabled = !two;
+  $("two-stems-field").classList.toggle("is-disabled", !two);
+}
+
+export function wireOptions() {
+  for (const radio of document.querySelectorAll('input[name="stems"]')) radio.addEventListener("change", updateStemsChoice);
+}
+
+/** The chosen options: {twoStems, model, format, bitrate, shifts}; `defaultModel` when no model is chosen. */
+export function readOptions(defaultModel) {
+  const model = document.querySelector('input[name="model"]:checked');
+  const format = $("format").value || "mp3:192";
+  return {
+    twoStems: twoStemsChosen() ? $("two-stems").value : null,
+    model: model ? model.value : defaultModel,
+    format: format.startsWith("mp3") ? "mp3" : format,
+    bitrate: format.startsWith("mp3:") ? Number(format.slice(4)) : null,
+    shifts: Number($("shifts").value || 1),
+  };
+}
+
+/** The upload's form (POST jobs): the options as the service's fields, then the file. */
+export function formData(file, options) {
+  const form = new FormData();
+  if (options.twoStems) form.append("two_stems", options.twoStems);
+  if (options.model) form.append("model", options.model);
+  form.append("mp3", options.format === "mp3" ? "true" : "false");
+  if (options.format === "mp3") form.append("mp3_bitrate", String(options.bitrate));
+  if (options.format === "flac") form.append("format", "flac");
+  if (options.shifts > 1) form.append("shifts", String(options.shifts));
+  form.append("audio_file", file, file.name);
+  return form;
+}

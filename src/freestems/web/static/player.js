@@ -1,0 +1,299 @@
+// The player of the result: every stem decoded into a Mixer (mixer.js), one row per stem (waveform, mute,
+// solo, volume, download) and the shared transport (play/pause, seek, master volume, the space bar). A song
+// too long for this device's memory gets rows with downloads only.
+import { $, show, cssVar } from "./dom.js";
+import { drawWaveform, Mixer } from "./mixer.js";
+import { stemWords } from "./names.js";
+import { formatBytes, formatClock } from "./text.js";
+
+const DOWNLOAD_ICON =
+  '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M12 4v11m0 0-4.5-4.5M12 15l4.5-4.5M5 19h14" fill="none" stroke="currentColor" stroke-width="1.8" stroke-linecap="round" stroke-linejoin="round"/></svg><span></span>';
+const VOLUME_ICON =
+  '<span class="visually-hidden"></span><svg viewBox="0 0 24 24" aria-hidden="true"><path d="M4 9v6h4l5 4V5L8 9H4z" fill="currentColor"/><path d="M16 8.5a5 5 0 0 1 0 7" fill="none" stroke="currentColor" stroke-width="1.8" stroke-linecap="round"/></svg>';
+
+/** An audio context at the stems' rate (no resampling), else the browser's default one. */
+function makeAudioContext() {
+  try {
+    return new AudioContext({ sampleRate: 44100, latencyHint: "playback" });
+  } catch (ignored) {
+    return new AudioContext();
+  }
+}
+
+/**
+ * `budgetOverride()` is a memory budget in bytes set from outside (tests), else undefined; `setProgress`
+ * reports the decoding.
+ */
+export function createPlayer({ log, setProgress, budgetOverride }) {
+  let mixer = null;
+  let warm = null; // an audio context made during a click may play later without another click
+  let frame = 0;
+  let dragging = false;
+
+  function prepare() {
+    if (warm && warm.state !== "closed") return;
+    try {
+      warm = makeAudioContext();
+    } catch (ignored) {
+      warm = null;
+    }
+  }
+
+  /** Decoded stems take 4 bytes per sample and channel: past this many bytes the page offers downloads only. */
+  function memoryBudget() {
+    const override = budgetOverride();
+    if (Number.isFinite(override)) return override;
+    const gigabytes = navigator.deviceMemory || 4;
+    return Math.min(1.5e9, (gigabytes * 1e9) / 4);
+  }
+
+  /** Decodes `stems` ({name, data}) into a new mixer; resolves with "" or why they cannot be played here. */
+  async function load(stems) {
+    let decoding = null;
+    let noPlayer = "";
+    try {
+      const context = warm && warm.state !== "closed" ? warm : makeAudioContext();
+      warm = null;
+      decoding = new Mixer(context);
+      for (const [index, stem] of stems.entries()) {
+        setProgress(`Decoding the stems: ${index + 1} of ${stems.length}…`, index / stems.length);
+        const added = await decoding.addStem(stem.name, stem.data.slice().buffer);
+        const needed = added.buffer.length * added.buffer.numberOfChannels * 4 * stems.length;
+        if (index === 0 && needed > memoryBudget()) {
+          noPlayer =
+            `This song is too long to play in the page on this device (the player would need about ${formatBytes(needed)} ` +
+            "of memory). Download the stems to listen to them.";
+          throw new Error("over the memory budget");
+        }
+      }
+    } catch (error) {
+      noPlayer = noPlayer || `The stems cannot be played in this browser (${error.message}). Download them to listen.`;
+      if (decoding) await decoding.close();
+      decoding = null;
+    }
+    mixer = decoding;
+    return noPlayer;
+  }
+
+  /** One row per stem ({name, fileName, address, data}); the transport when they can be played. */
+  function showStems(stems) {
+    const controls = mixerControls();
+    $("stems").replaceChildren(
+      ...stems.map((stem) => stemRow(stem.name, stem.fileName, stem.address, stem.data.length, mixer ? controls : null)),
+    );
+    show("transport", Boolean(mixer));
+    if (!mixer) return;
+    $("seek").max = String(mixer.duration);
+    $("seek").value = "0";
+    $("time-total").textContent = formatClock(mixer.duration);
+    mixer.on(() => render());
+  }
+
+  /** What a row's buttons do to the mixer. */
+  function mixerControls() {
+    return {
+      setMuted(name, pressed) {
+        mixer.setMuted(name, pressed);
+        log("mute", { stem: name, pressed });
+      },
+      setSoloed(name, pressed) {
+        mixer.setSoloed(name, pressed);
+        log("solo", { stem: name, pressed });
+      },
+      setVolume: (name, volume) => mixer.setVolume(name, volume),
+      seekTo: (fraction) => mixer.seek(fraction * mixer.duration),
+    };
+  }
+
+  /** The transport and the rows as the mixer is now; again every frame while it plays. */
+  function render() {
+    if (!mixer) return;
+    const position = mixer.position();
+    const play = $("play");
+    play.dataset.playing = String(mixer.playing);
+    play.setAttribute("aria-label", mixer.playing ? "Pause" : "Play");
+    play.title = mixer.playing ? "Pause (space)" : "Play (space)";
+    if (!dragging) $("seek").value = String(position);
+    $("time-now").textContent = formatClock(dragging ? Number($("seek").value) : position);
+    $("seek").setAttribute("aria-valuetext", `${formatClock(position)} of ${formatClock(mixer.duration)}`);
+    const targets = mixer.targets();
+    for (const row of $("stems").children) row.classList.toggle("is-silent", targets[row.dataset.stem] === 0);
+    draw();
+    cancelAnimationFrame(frame);
+    if (mixer.playing) frame = requestAnimationFrame(render);
+  }
+
+  function draw() {
+    if (!mixer || $("result").hidden) return;
+    const progress = mixer.duration ? mixer.position() / mixer.duration : 0;
+    const line = cssVar("--text");
+    for (const row of $("stems").children) {
+      const stem = mixer.stem(row.dataset.stem);
+      const canvas = row.querySelector("canvas");
+      if (!canvas) continue;
+      drawWaveform(canvas, stem.peaks, progress, { line, color: row.style.getPropertyValue("--stem") || cssVar("--stem-other") });
+    }
+  }
+
+  async function dispose() {
+    cancelAnimationFrame(frame);
+    if (mixer) {
+      const closing = mixer;
+      mixer = null;
+      await closing.close();
+    }
+    $("stems").replaceChildren();
+  }
+
+  function wire() {
+    $("play").addEventListener("click", () => mixer && mixer.toggle());
+    const seek = $("seek");
+    seek.addEventListener("input", () => {
+      dragging = true;
+      render();
+    });
+    seek.addEventListener("change", async () => {
+      dragging = false;
+      if (mixer) await mixer.seek(Number(seek.value));
+      render();
+    });
+    $("master").addEventListener("input", () => mixer && mixer.setMasterVolume(Number($("master").value)));
+    document.addEventListener("keydown", (event) => {
+      const target = event.target;
+      const typing = target && (target.closest("input, select, textarea, button, a, summary") || target.isContentEditable);
+      if (event.key === " " && !typing && mixer && !$("result").hidden) {
+        event.preventDefault();
+        mixer.toggle();
+      }
+    });
+    new ResizeObserver(() => draw()).observe($("stems"));
+  }
+
+  return {
+    prepare,
+    load,
+    showStems,
+    render,
+    draw,
+    dispose,
+    wire,
+    /** Seconds of the song (0 without a player). */
+    get duration() {
+      return mixer ? mixer.duration : 0;
+    },
+    get playable() {
+      return Boolean(mixer);
+    },
+    /** What the audio graph does now, for tests (window.freestems.mixer). */
+    view: {
+      gains: () => (mixer ? mixer.gains() : null),
+      targets: () => (mixer ? mixer.targets() : null),
+      playing: () => Boolean(mixer && mixer.playing),
+      position: () => (mixer ? mixer.position() : 0),
+      duration: () => (mixer ? mixer.duration : 0),
+      contextState: () => (mixer ? mixer.context.state : null),
+    },
+  };
+}
+
+/** A stem's row; `controls` (null: downloads only) is what its mute, solo, volume and waveform do. */
+function stemRow(name, downloadName, blobUrl, size, controls) {
+  const words = stemWords(name);
+  const row = document.createElement("li");
+  row.className = controls ? "stem" : "stem stem-download-only";
+  row.dataset.stem = name;
+  row.style.setProperty("--stem", cssVar(`--stem-${name.startsWith("no_") ? "rest" : name}`) || cssVar("--stem-other"));
+
+  const head = document.createElement("div");
+  head.className = "stem-head";
+  const title = document.createElement("h3");
+  title.className = "stem-name";
+  title.id = `stem-${name}-title`;
+  title.textContent = words;
+  head.append(title);
+
+  const tail = document.createElement("div");
+  tail.className = "stem-tail";
+  tail.append(downloadLink(words, downloadName, blobUrl, size));
+  if (!controls) {
+    row.append(head, tail);
+    return row;
+  }
+  const buttons = document.createElement("div");
+  buttons.className = "stem-buttons";
+  buttons.append(
+    toggleButton("Mute", words, "mute", (pressed) => controls.setMuted(name, pressed)),
+    toggleButton("Solo", words, "solo", (pressed) => controls.setSoloed(name, pressed)),
+  );
+  head.append(buttons);
+  tail.prepend(...volumeControl(name, words, controls));
+  row.append(head, waveCanvas(words, controls), tail);
+  return row;
+}
+
+function downloadLink(words, downloadName, blobUrl, size) {
+  const download = document.createElement("a");
+  download.className = "button button-small";
+  download.href = blobUrl;
+  download.download = downloadName;
+  download.innerHTML = DOWNLOAD_ICON;
+  download.lastChild.textContent = "Download";
+  download.setAttribute("aria-label", `Download ${words} (${formatBytes(size)})`);
+  return download;
+}
+
+/** A pressed/not pressed button ("Mute Vocals" to a screen reader); `onToggle(pressed)` after each press. */
+function toggleButton(verb, words, kind, onToggle) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = `toggle toggle-${kind}`;
+  button.setAttribute("aria-pressed", "false");
+  button.textContent = verb;
+  const hidden = document.createElement("span");
+  hidden.className = "visually-hidden";
+  hidden.textContent = ` ${words}`;
+  button.append(hidden);
+  button.addEventListener("click", () => {
+    const pressed = button.getAttribute("aria-pressed") !== "true";
+    button.setAttribute("aria-pressed", String(pressed));
+    onToggle(pressed);
+  });
+  return button;
+}
+
+/** The waveform; a click jumps there. */
+function waveCanvas(words, controls) {
+  const canvas = document.createElement("canvas");
+  canvas.className = "wave";
+  canvas.setAttribute("aria-hidden", "true");
+  canvas.title = `${words}: click to jump there`;
+  canvas.addEventListener("click", (event) => {
+    const box = canvas.getBoundingClientRect();
+    controls.seekTo((event.clientX - box.left) / box.width);
+  });
+  return canvas;
+}
+
+/** The stem's volume slider and its label. */
+function volumeControl(name, words, controls) {
+  const volumeId = `volume-${name}`;
+  const label = document.createElement("label");
+  label.htmlFor = volumeId;
+  label.className = "volume-label";
+  label.innerHTML = VOLUME_ICON;
+  label.firstChild.textContent = `${words} volume`;
+  const volume = document.createElement("input");
+  volume.type = "range";
+  volume.id = volumeId;
+  volume.min = "0";
+  volume.max = "1";
+  volume.step = "0.01";
+  volume.value = "1";
+  volume.className = "volume";
+  volume.setAttribute("aria-valuetext", "100%");
+  volume.addEventListener("input", () => {
+    controls.setVolume(name, Number(volume.value));
+    volume.setAttribute("aria-valuetext", `${Math.round(Number(volume.value) * 100)}%`);
+  });
+  return [label, volume];
+}

@@ -1,0 +1,180 @@
+// The song to separate: the file input and the drop zone (a file dropped anywhere on the page counts), what
+// the page shows of the file (name, size, length), the checks against the server's limits before anything
+// is uploaded, and whether Separate can be pressed.
+import { $, show } from "./dom.js";
+import { formatBytes, formatClock, formatDuration, formatLimitMB } from "./text.js";
+
+const NO_LIMITS = { max_upload_mb: Infinity, max_duration: Infinity };
+
+/**
+ * `canChoose()` says whether the form is in use (a file chosen during a separation is ignored); the page's
+ * settings come later through `useConfig`.
+ */
+export function createSong({ log, canChoose }) {
+  let config = null;
+  let file = null;
+  let token = 0; // the latest choice: a slow check of an earlier file must not overwrite it
+  let ok = false;
+
+  function refresh() {
+    const ready = Boolean(file) && ok && Boolean(config) && canChoose();
+    $("separate").disabled = !ready;
+    let hint = "";
+    if (!config) hint = "Loading the server's settings…";
+    else if (!file) hint = "Choose a song first.";
+    else if (!ok && !$("file-error").hidden) hint = "Choose another file.";
+    else if (!ok) hint = "Reading the file…";
+    $("setup-hint").textContent = hint;
+  }
+
+  function showError(message) {
+    $("file-error").textContent = message;
+    show("file-error", Boolean(message));
+  }
+
+  function refuse(reason, message, extra = {}) {
+    showError(message);
+    log("rejected", { reason, ...extra });
+    refresh();
+  }
+
+  async function choose(chosen) {
+    if (!chosen || !canChoose()) return;
+    const mine = (token += 1);
+    file = chosen;
+    ok = false;
+    showError("");
+    showChosen(chosen);
+    refresh();
+    log("file", { name: chosen.name, size: chosen.size });
+    const limits = config ? config.limits : NO_LIMITS;
+    if (!checkSize(chosen, limits)) return;
+    const duration = await probeDuration(chosen);
+    if (mine !== token) return; // another file was chosen meanwhile
+    if (!checkDuration(duration, limits)) return;
+    ok = true;
+    log("accepted", { duration });
+    refresh();
+  }
+
+  function checkSize(chosen, limits) {
+    if (chosen.size === 0) {
+      $("file-duration").textContent = "none";
+      refuse("empty", "This file is empty. Choose another file.");
+      return false;
+    }
+    if (chosen.size > limits.max_upload_mb * 1e6) {
+      $("file-duration").textContent = "not read";
+      refuse(
+        "size",
+        `This file is too big: it is ${formatBytes(chosen.size)} and the limit is ${formatLimitMB(limits.max_upload_mb)}. ` +
+          "Choose a smaller file (an MP3 is much smaller than a WAV).",
+      );
+      return false;
+    }
+    return true;
+  }
+
+  function checkDuration(duration, limits) {
+    if (duration === null) {
+      $("file-duration").textContent = "unknown (the server checks it)";
+      return true;
+    }
+    $("file-duration").textContent = formatClock(duration);
+    if (duration <= limits.max_duration + 0.5) return true;
+    refuse(
+      "duration",
+      `This song is too long: it lasts ${formatClock(duration)} and the limit is ${formatDuration(limits.max_duration)}. ` +
+        "Choose a shorter file.",
+      { duration },
+    );
+    return false;
+  }
+
+  function clear() {
+    token += 1;
+    file = null;
+    ok = false;
+    $("file").value = "";
+    showError("");
+    show("file-info", false);
+    $("drop").dataset.state = "empty";
+    $("file-label").textContent = "Choose a file";
+    refresh();
+  }
+
+  /** The server's settings arrived: its limits apply, also to a file chosen before. */
+  function useConfig(loaded) {
+    config = loaded;
+    refresh();
+    if (file) choose(file);
+  }
+
+  return {
+    get file() {
+      return file;
+    },
+    /** A file is chosen and passed the checks. */
+    get ready() {
+      return Boolean(file) && ok;
+    },
+    choose,
+    clear,
+    refresh,
+    showError,
+    useConfig,
+    wire: () => wireDrop(choose),
+  };
+}
+
+function showChosen(file) {
+  $("file-name").textContent = file.name;
+  $("file-size").textContent = formatBytes(file.size);
+  $("file-duration").textContent = "reading…";
+  show("file-info", true);
+  $("drop").dataset.state = "chosen";
+  $("file-label").textContent = "Choose another file";
+}
+
+function wireDrop(choose) {
+  const drop = $("drop");
+  const input = $("file");
+  input.addEventListener("change", () => choose(input.files && input.files[0]));
+  for (const kind of ["dragenter", "dragover"]) {
+    drop.addEventListener(kind, (event) => {
+      event.preventDefault();
+      drop.classList.add("is-over");
+    });
+  }
+  for (const kind of ["dragleave", "drop"]) drop.addEventListener(kind, () => drop.classList.remove("is-over"));
+  // A file dropped anywhere on the page is taken (instead of the browser opening it).
+  document.addEventListener("dragover", (event) => event.preventDefault());
+  document.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const file = event.dataTransfer && event.dataTransfer.files && event.dataTransfer.files[0];
+    if (file) choose(file);
+  });
+}
+
+/** The audio's length in seconds as the browser reads it from the file's header, or null. */
+function probeDuration(file, timeout = 10000) {
+  return new Promise((resolve) => {
+    const audio = document.createElement("audio");
+    const address = URL.createObjectURL(file);
+    let finished = false;
+    const finish = (value) => {
+      if (finished) return;
+      finished = true;
+      clearTimeout(timer);
+      audio.removeAttribute("src");
+      audio.load();
+      URL.revokeObjectURL(address);
+      resolve(Number.isFinite(value) && value > 0 ? value : null);
+    };
+    const timer = setTimeout(() => finish(null), timeout);
+    audio.preload = "metadata";
+    audio.onloadedmetadata = () => finish(audio.duration);
+    audio.onerror = () => finish(null);
+    audio.src = address;
+  });
+}
