@@ -65,7 +65,7 @@ FAILURE_HTTP: dict[FailureCode, HttpFailure] = {
 def http_failure(code: str | None) -> HttpFailure:
     """The answer for ``code``; a 500 for a code this version does not know (an old store's row)."""
     try:
-        return FAILURE_HTTP[FailureCode(code)]
+        return FAILURE_HTTP[FailureCode(code or "")]
     except ValueError:
         return HttpFailure(500)
 

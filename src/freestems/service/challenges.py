@@ -32,6 +32,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import altcha
 
@@ -71,20 +72,20 @@ class ChallengeBook:
         self._pending: dict[str, _Pending] = {}
         self._used: dict[str, float] = {}  # challenge signature -> its expiry
 
-    def issue(self, connection: str) -> dict:
+    def issue(self, connection: str) -> dict[str, Any]:
         """A new challenge (as JSON-ready dict) for ``connection``; it replaces any pending one."""
         challenge, pending = self._create(connection)
         self._pending[connection] = pending
         return challenge
 
-    async def issue_async(self, connection: str) -> dict:
+    async def issue_async(self, connection: str) -> dict[str, Any]:
         """:meth:`issue`, with the key derivation (~1.5 ms at the default cost) in a worker thread, so that
         a burst of new connections does not stall the event loop (hashlib releases the GIL)."""
         challenge, pending = await asyncio.to_thread(self._create, connection)
         self._pending[connection] = pending
         return challenge
 
-    def _create(self, connection: str) -> tuple[dict, _Pending]:
+    def _create(self, connection: str) -> tuple[dict[str, Any], _Pending]:
         """Make and sign a challenge (the server's one derivation); touches no shared state."""
         expires_at = self._clock() + self.ttl
         challenge = altcha.create_challenge(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 from freestems.errors import FailureCode
 
@@ -40,8 +41,8 @@ class ServiceError(Exception):
         if self.retry_after is not None:
             self.headers["Retry-After"] = str(self.retry_after)
 
-    def body(self) -> dict:
-        error: dict = {"code": self.code, "message": self.message}
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.field is not None:
             error["field"] = self.field
         if self.retry_after is not None:

@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ServiceError, forbidden, unauthorized
 
@@ -37,16 +38,20 @@ COALESCED = ("job", "pong")
 """Message types of which a mailbox keeps only the newest unsent one (per job id)."""
 
 
+Message = dict[str, Any]
+"""A JSON message sent on a session socket."""
+
+
 class Mailbox:
     """Messages waiting for one socket, in order - except that a ``job`` message replaces the unsent one of
     the same job (and a ``pong`` an unsent ``pong``). A client that reads slowly or not at all thus costs
     at most one pending message per job, and gets the newest state when it reads, never a backlog."""
 
     def __init__(self) -> None:
-        self._items: deque[dict | None] = deque()
+        self._items: deque[Message | None] = deque()
         self._ready = asyncio.Event()
 
-    def put_nowait(self, message: dict | None) -> None:
+    def put_nowait(self, message: Message | None) -> None:
         if message is not None and message.get("type") in COALESCED:
             for index, queued in enumerate(self._items):
                 if (
@@ -59,7 +64,7 @@ class Mailbox:
         self._items.append(message)
         self._ready.set()
 
-    async def get(self) -> dict | None:
+    async def get(self) -> Message | None:
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
@@ -114,13 +119,13 @@ class SessionRegistry:
         self._mailboxes[connection] = mailbox
         return mailbox
 
-    def post(self, connection: str, message: dict | None) -> None:
+    def post(self, connection: str, message: Message | None) -> None:
         """Queue ``message`` for ``connection``'s socket (dropped when it has gone)."""
         mailbox = self._mailboxes.get(connection)
         if mailbox is not None:
             mailbox.put_nowait(message)
 
-    def post_to_job(self, job_id: str, message: dict) -> None:
+    def post_to_job(self, job_id: str, message: Message) -> None:
         """Queue ``message`` for every socket following ``job_id``: its session's and those that sent
         ``follow`` for it."""
         connections = set(self._watchers.get(job_id, ()))

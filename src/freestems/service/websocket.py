@@ -36,14 +36,14 @@ import logging
 import re
 import secrets
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from .errors import ServiceError, forbidden, not_found
 from .network import client_address, origin_allowed
-from .sessions import Mailbox
+from .sessions import Mailbox, Message
 from .store import TERMINAL
 
 if TYPE_CHECKING:
@@ -95,8 +95,8 @@ async def _serve(
 ) -> bool:
     """The connection's loop: incoming messages, outgoing mail, the challenge deadline. Returns True when
     the server closed the socket for a restart."""
-    receive: asyncio.Task = asyncio.ensure_future(websocket.receive())
-    outgoing: asyncio.Task = asyncio.ensure_future(mailbox.get())
+    receive: asyncio.Task[dict[str, Any]] = asyncio.ensure_future(websocket.receive())
+    outgoing: asyncio.Task[Message | None] = asyncio.ensure_future(mailbox.get())
     idle_since: float | None = None
     try:
         while True:
@@ -119,7 +119,7 @@ async def _serve(
             if receive in done:
                 event = receive.result()
                 if event["type"] == "websocket.disconnect":
-                    return event.get("code") == SERVER_RESTART
+                    return bool(event.get("code") == SERVER_RESTART)
                 try:
                     reply = await _handle(service, connection, client, event)
                 except ServiceError as error:
@@ -155,7 +155,7 @@ def _deadline(
     return (idle_since or time.time()) + ttl, forbidden("idle", message)
 
 
-async def _handle(service: Service, connection: str, client: str, event: dict) -> dict | None:
+async def _handle(service: Service, connection: str, client: str, event: dict[str, Any]) -> Message | None:
     """One client message; returns the reply (or None), raises ServiceError to end the connection."""
     text = event.get("text")
     if text is None or len(text) > MAX_MESSAGE_CHARS:
