@@ -151,6 +151,23 @@ def separate(
     return {name: np.concatenate(chunks, axis=1) for name, chunks in parts.items()}
 
 
+COMPLEMENT_PREFIX = "no_"
+
+
+def complement(stem: str) -> str:
+    """The name of what is left of the mix without ``stem`` in two-stem mode: ``no_<stem>``.
+
+    The pair sums to the mix: the complement is the mix minus the stem (see :func:`two_stem_pair`), not the
+    sum of the other stems, so together they give back the input exactly.
+    """
+    return f"{COMPLEMENT_PREFIX}{stem}"
+
+
+def two_stem_pair(stem: str, audio: np.ndarray, mix: np.ndarray) -> dict[str, np.ndarray]:
+    """``{stem: audio, no_<stem>: mix - audio}``: the two stems of two-stem mode, which sum to ``mix``."""
+    return {stem: audio, complement(stem): mix - audio}
+
+
 def output_names(sources: Iterable[str], two_stems: str | None = None) -> list[str]:
     """The stem names a separation yields, in order."""
     sources = list(sources)
@@ -158,7 +175,7 @@ def output_names(sources: Iterable[str], two_stems: str | None = None) -> list[s
         return sources
     if two_stems not in sources:
         raise SeparationError(f"two_stems must be one of {', '.join(sources)}, got {two_stems!r}")
-    return [two_stems, f"no_{two_stems}"]
+    return [two_stems, complement(two_stems)]
 
 
 def separate_blocks(
@@ -190,7 +207,7 @@ def separate_blocks(
             with :meth:`MixStats.of`). Without it such a model falls back to no normalisation.
         overlap: fraction of a chunk shared with the next one, in [0, 0.9).
         shifts: number of passes with random sub-second offsets (seeded by ``seed``), averaged.
-        two_stems: yield only this stem and ``no_<stem>`` (the mix minus the stem).
+        two_stems: yield only this stem and its :func:`complement` (the mix minus the stem).
         consistency: spread the residual ``mix - sum(stems)`` evenly, so the stems sum to the mix.
         segment: chunk length in samples (default: the model's training segment).
         batch_size: chunks per forward pass (default: 1 on the CPU, where larger batches only cost memory;
@@ -298,8 +315,7 @@ def _arrange(stems, mix, sources, two_stems, consistency) -> dict[str, np.ndarra
         stems = stems + (mix - stems.sum(axis=0)) / len(sources)
     if two_stems is None:
         return {name: stems[i] for i, name in enumerate(sources)}
-    stem = stems[list(sources).index(two_stems)]
-    return {two_stems: stem, f"no_{two_stems}": mix - stem}
+    return two_stem_pair(two_stems, stems[list(sources).index(two_stems)], mix)
 
 
 class _ChunkPlan:

@@ -33,7 +33,7 @@ from freestems import __version__
 from freestems.audio.formats import MP3_BITRATES
 from freestems.errors import FailureCode, http_failure
 from freestems.executors import Executor, ExecutorError, LocalExecutor
-from freestems.models import CATALOG
+from freestems.models import CATALOG, DEFAULT_MODEL
 
 from .challenges import ChallengeBook
 from .errors import (
@@ -48,7 +48,7 @@ from .errors import (
 from .jobs import JobManager, Paths, result_url
 from .limits import SlidingWindow
 from .network import AllowedHosts, client_address
-from .options import FILE_FIELD, FORMATS, SeparationOptions, parse_options
+from .options import FILE_FIELD, FORMATS, SeparationOptions, form_schema, parse_options
 from .sessions import SessionRegistry
 from .settings import Settings
 from .store import Job, JobStore
@@ -62,30 +62,9 @@ JOB_ID = re.compile(r"[0-9a-f]{16}")
 REFUSED_UPLOAD_STATUSES = frozenset({400, 408, 413, 415, 422})
 """Upload refusals that leave the session key unspent, so they count against the client's address."""
 
-_FORM_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": [FILE_FIELD],
-                    "properties": {
-                        FILE_FIELD: {"type": "string", "format": "binary"},
-                        "two_stems": {"type": "string", "enum": ["vocals", "drums", "bass", "other"]},
-                        "shifts": {"type": "integer", "default": 1},
-                        "overlap": {"type": "number", "default": 0.25},
-                        "mp3": {"type": "boolean", "default": True},
-                        "mp3_bitrate": {"type": "integer", "default": 192, "minimum": 128, "maximum": 320},
-                        "model": {"type": "string"},
-                        "format": {"type": "string", "enum": list(FORMATS), "default": "mp3"},
-                    },
-                }
-            }
-        },
-    },
-    "parameters": [{"name": "X-Session-Key", "in": "header", "schema": {"type": "string"}}],
-}
+FORM_ROUTES = ("/separate", "/jobs")
+"""The routes that take the separation form (its schema comes from :func:`~.options.form_schema`)."""
+SESSION_KEY_PARAMETER = {"name": "X-Session-Key", "in": "header", "schema": {"type": "string"}}
 
 
 @dataclass
@@ -168,6 +147,7 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
     app.add_middleware(AllowedHosts, allowed=settings.hosts)
     _add_error_handlers(app)
     _add_routes(app)
+    _generate_form_schema(app, settings, executor)
     app.mount("/static", StaticFiles(directory=WEB_PAGE.parent / "static", check_dir=False), name="static")
     return app
 
@@ -226,7 +206,7 @@ def _add_routes(app: FastAPI) -> None:
         "/separate",
         summary="Separate a song; the response is a zip of the stems (Demucs-on-Modal compatible)",
         response_class=FileResponse,
-        openapi_extra=_FORM_SCHEMA,
+        openapi_extra={"parameters": [SESSION_KEY_PARAMETER]},
     )
     async def separate(request: Request) -> Response:
         service = _service(request)
@@ -240,7 +220,7 @@ def _add_routes(app: FastAPI) -> None:
         "/jobs",
         status_code=202,
         summary="Queue a separation; poll it or follow it on the WebSocket",
-        openapi_extra=_FORM_SCHEMA,
+        openapi_extra={"parameters": [SESSION_KEY_PARAMETER]},
     )
     async def create_job(request: Request) -> JSONResponse:
         service = _service(request)
@@ -280,6 +260,33 @@ def _add_routes(app: FastAPI) -> None:
         job = _owned_job(request, service, job_id)
         service.manager.delete(job.id)
         return Response(status_code=204)
+
+
+def _generate_form_schema(app: FastAPI, settings: Settings, executor: Executor) -> None:
+    """``app.openapi()`` with the form of :data:`FORM_ROUTES` described for the served model (its stems,
+    the formats and bitrates the service encodes), from the code that parses that form."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        try:
+            served = executor.model
+            name, sources, known = served.name, served.sources, True
+        except ExecutorError:  # not started yet: the catalog's word for the configured model
+            name = settings.model or DEFAULT_MODEL
+            info = None if settings.model_file else CATALOG.get(name)
+            sources, known = (info.sources if info else ()), False
+        schema = plain()
+        body = form_schema(sources, name, settings.max_shifts)
+        form = {"required": True, "content": {"multipart/form-data": {"schema": body}}}
+        for path in FORM_ROUTES:
+            schema["paths"][path]["post"]["requestBody"] = form
+        if not known:
+            app.openapi_schema = None  # describe the served model once it is known
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _health(service: Service) -> dict[str, Any]:
