@@ -18,7 +18,7 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,39 +94,43 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
             threads=settings.threads,
             device=settings.device,
         )
-    secret = settings.hmac_secret
-    if not secret:
-        secret = secrets.token_hex(32)
-        log.warning(
-            "FREESTEMS_HMAC_SECRET is not set: challenges are signed with a random secret of this process, "
-            "so a challenge issued before a restart cannot be answered after it"
-        )
+    app = FastAPI(
+        title="freestems",
+        version=__version__,
+        description="Free, unlimited music stem separation. Demucs-compatible `POST /separate`.",
+        lifespan=_lifespan(settings, executor, paths, _challenge_secret(settings)),
+    )
+    app.add_middleware(AllowedHosts, allowed=settings.hosts)
+    _add_error_handlers(app)
+    _add_routes(app)
+    _generate_form_schema(app, settings, executor)
+    app.mount("/static", StaticFiles(directory=WEB_PAGE.parent / "static", check_dir=False), name="static")
+    return app
+
+
+def _challenge_secret(settings: Settings) -> str:
+    """The HMAC key of the challenges: the configured one, else a random one of this process."""
+    if settings.hmac_secret:
+        return settings.hmac_secret
+    log.warning(
+        "FREESTEMS_HMAC_SECRET is not set: challenges are signed with a random secret of this process, "
+        "so a challenge issued before a restart cannot be answered after it"
+    )
+    return secrets.token_hex(32)
+
+
+def _lifespan(
+    settings: Settings, executor: Executor, paths: Paths, secret: str
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """Start: the model (off the event loop), the store, resumed jobs, the sweeper. Stop: all of it, with
+    running jobs given back to the queue for the next start."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         paths.create()
         await asyncio.to_thread(executor.start)
-        store = JobStore(paths.database)
-        sessions = SessionRegistry(settings.session_ttl)
-        manager = JobManager(settings, executor, store, sessions, paths)
-        service = Service(
-            settings=settings,
-            executor=executor,
-            store=store,
-            sessions=sessions,
-            challenges=ChallengeBook(
-                secret,
-                algorithm=settings.pow_algorithm,
-                cost=settings.pow_cost,
-                counter=settings.pow_counter,
-                ttl=settings.challenge_ttl,
-            ),
-            limiter=SlidingWindow(settings.sessions_per_minute, 60.0),
-            refusals=SlidingWindow(settings.refused_uploads_per_minute, 60.0),
-            manager=manager,
-            paths=paths,
-        )
-        await manager.start()
+        service = _assemble(settings, executor, paths, secret)
+        await service.manager.start()
         app.state.service = service
         sweeper = asyncio.create_task(_sweep_forever(service))
         try:
@@ -135,21 +139,33 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
-            await manager.close()
-            store.close()
+            await service.manager.close()
+            service.store.close()
 
-    app = FastAPI(
-        title="freestems",
-        version=__version__,
-        description="Free, unlimited music stem separation. Demucs-compatible `POST /separate`.",
-        lifespan=lifespan,
+    return lifespan
+
+
+def _assemble(settings: Settings, executor: Executor, paths: Paths, secret: str) -> Service:
+    """The service's parts around a started executor (opens the job store)."""
+    store = JobStore(paths.database)
+    sessions = SessionRegistry(settings.session_ttl)
+    return Service(
+        settings=settings,
+        executor=executor,
+        store=store,
+        sessions=sessions,
+        challenges=ChallengeBook(
+            secret,
+            algorithm=settings.pow_algorithm,
+            cost=settings.pow_cost,
+            counter=settings.pow_counter,
+            ttl=settings.challenge_ttl,
+        ),
+        limiter=SlidingWindow(settings.sessions_per_minute, 60.0),
+        refusals=SlidingWindow(settings.refused_uploads_per_minute, 60.0),
+        manager=JobManager(settings, executor, store, sessions, paths),
+        paths=paths,
     )
-    app.add_middleware(AllowedHosts, allowed=settings.hosts)
-    _add_error_handlers(app)
-    _add_routes(app)
-    _generate_form_schema(app, settings, executor)
-    app.mount("/static", StaticFiles(directory=WEB_PAGE.parent / "static", check_dir=False), name="static")
-    return app
 
 
 def _load_model(settings: Settings):
@@ -184,6 +200,14 @@ def _service(request: Request | WebSocket) -> Service:
 
 
 def _add_routes(app: FastAPI) -> None:
+    _add_page_routes(app)
+    _add_form_routes(app)
+    _add_job_routes(app)
+
+
+def _add_page_routes(app: FastAPI) -> None:
+    """What a browser or a client asks first: the page, health, the configuration, the session socket."""
+
     @app.get("/", include_in_schema=False)
     async def root(request: Request) -> Response:
         if "text/html" in request.headers.get("accept", ""):
@@ -201,6 +225,10 @@ def _add_routes(app: FastAPI) -> None:
     @app.websocket("/session")
     async def session(websocket: WebSocket) -> None:
         await session_socket(websocket, _service(websocket))
+
+
+def _add_form_routes(app: FastAPI) -> None:
+    """The two routes that take the separation form: wait for the zip, or queue a job."""
 
     @app.post(
         "/separate",
@@ -233,6 +261,10 @@ def _add_routes(app: FastAPI) -> None:
         }
         headers = {"Location": body["status_url"], "X-Cache": "hit" if job.cache_hit else "miss"}
         return JSONResponse(body, status_code=202, headers=headers)
+
+
+def _add_job_routes(app: FastAPI) -> None:
+    """A job, by id and token: its state, its result, its deletion."""
 
     @app.get("/jobs/{job_id}", summary="A job's state, progress and queue position (needs its token)")
     async def get_job(job_id: str, request: Request) -> dict[str, Any]:

@@ -63,7 +63,10 @@ def parse_options(
     output, bitrate = _parse_output(form)
     try:
         return SeparationOptions(
-            two_stems=two_stems, shifts=shifts, overlap=overlap, format=output,
+            two_stems=two_stems,
+            shifts=shifts,
+            overlap=overlap,
+            format=output,
             mp3_bitrate=bitrate,
             model=form.get("model"),
         )
