@@ -264,30 +264,14 @@ def separate_blocks(
     exhausted = False
     pending: list[int] = []
     while True:
-        # Read input until the next chunk is complete or the stream ends.
-        start = plan.peek()
-        while not exhausted and (start is None or source.end < start + segment):
-            block = next(block_iter, None)
-            if block is None:
-                exhausted = True
-                if source.end == 0:
-                    raise SeparationError("the input has no samples")
-                plan.close(source.end)
-            else:
-                source.append(_as_stereo(block), stats)
-            start = plan.peek()
-        if start is not None:
+        exhausted = exhausted or _read_until_chunk(block_iter, source, plan, segment, stats)
+        if plan.peek() is not None:
             pending.append(plan.pop())
             if len(pending) < batch_size and plan.peek() is not None:
                 continue
         if not pending:
             break
-        # Half of what a chunk has past the end of the input (0 unless centred and at the end).
-        backs = [max(0, start + segment - source.end) // 2 if centred else 0 for start in pending]
-        chunks = [source.chunk(start - back, segment) for start, back in zip(pending, backs, strict=True)]
-        outputs = runner(chunks)
-        for chunk_start, back, output in zip(pending, backs, outputs, strict=True):
-            mixer.add(chunk_start, output[..., back:], limit=source.end if exhausted else None)
+        _run_batch(pending, source, runner, mixer, segment, centred=centred, exhausted=exhausted)
         chunks_done += len(pending)
         pending = []
         if progress is not None:  # after every batch, known total or not: a callback may stop the work
@@ -296,6 +280,45 @@ def separate_blocks(
     yield from emit(source.end)
     if progress is not None:
         progress(1.0)
+
+
+def _read_until_chunk(
+    blocks: Iterator[np.ndarray], source: _InputBuffer, plan: _ChunkPlan, segment: int, stats: MixStats | None
+) -> bool:
+    """Read input until the next chunk of ``plan`` is complete or the stream ends; True once it ended."""
+    start = plan.peek()
+    while start is None or source.end < start + segment:
+        block = next(blocks, None)
+        if block is None:
+            if source.end == 0:
+                raise SeparationError("the input has no samples")
+            plan.close(source.end)
+            return True
+        source.append(_as_stereo(block), stats)
+        start = plan.peek()
+    return False
+
+
+def _run_batch(
+    starts: list[int],
+    source: _InputBuffer,
+    runner: _ChunkRunner,
+    mixer: _OverlapAdd,
+    segment: int,
+    *,
+    centred: bool,
+    exhausted: bool,
+) -> None:
+    """Run the chunks at ``starts`` through the model as one batch and add their outputs to the mix.
+
+    A centred chunk that runs past the end of the input is read back by half of what it has past the end
+    (0 otherwise), and its output is taken at the same shift.
+    """
+    backs = [max(0, start + segment - source.end) // 2 if centred else 0 for start in starts]
+    chunks = [source.chunk(start - back, segment) for start, back in zip(starts, backs, strict=True)]
+    outputs = runner(chunks)
+    for start, back, output in zip(starts, backs, outputs, strict=True):
+        mixer.add(start, output[..., back:], limit=source.end if exhausted else None)
 
 
 def _as_stereo(audio: np.ndarray | torch.Tensor) -> np.ndarray:
