@@ -35,6 +35,7 @@ from model_helpers import make_small_checkpoint
 from freestems.cost import UsageRecord
 from freestems.executors.modal import InputCancellation
 from freestems.jobrun import Cancelled, cancel_scope
+from freestems.options import SeparationOptions
 
 MODULE = "freestems.deploy.modal_app"
 
@@ -77,13 +78,13 @@ class InProcessCalls:
     record what happened.
     """
 
-    def __init__(self, function: Callable[[bytes, dict[str, Any]], bytes]) -> None:
+    def __init__(self, function: Callable[..., bytes]) -> None:
         self.function = function
         self.spawned: list[ThreadCall] = []
         self.cancelled = 0
 
-    def spawn(self, audio: bytes, options: dict[str, Any]) -> ThreadCall:
-        call = ThreadCall(self, audio, dict(options))
+    def spawn(self, audio: bytes, options: SeparationOptions, **job: Any) -> ThreadCall:
+        call = ThreadCall(self, audio, options, job)
         self.spawned.append(call)
         return call
 
@@ -91,21 +92,23 @@ class InProcessCalls:
 class ThreadCall:
     """One in-process call: its thread, its cancel token, and its value or error once ``finished``."""
 
-    def __init__(self, owner: InProcessCalls, audio: bytes, options: dict[str, Any]) -> None:
+    def __init__(
+        self, owner: InProcessCalls, audio: bytes, options: SeparationOptions, job: dict[str, Any]
+    ) -> None:
         self.owner = owner
         self.stop = threading.Event()
         self.finished = threading.Event()
         self.value: bytes | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(
-            target=self._run, args=(audio, options), name="freestems-inprocess-call", daemon=True
+            target=self._run, args=(audio, options, job), name="freestems-inprocess-call", daemon=True
         )
         self.thread.start()
 
-    def _run(self, audio: bytes, options: dict[str, Any]) -> None:
+    def _run(self, audio: bytes, options: SeparationOptions, job: dict[str, Any]) -> None:
         try:
             with cancel_scope(self.stop):
-                self.value = self.owner.function(audio, options)
+                self.value = self.owner.function(audio, options, **job)
         except Cancelled:
             self.error = InputCancellation("the call was cancelled")
         except BaseException as error:

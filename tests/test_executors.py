@@ -19,6 +19,7 @@ from freestems.errors import FailureCode
 from freestems.executors import JobEvent, LocalExecutor, ModelDescription, WorkItem
 from freestems.executors.pool import Running, WorkerPool
 from freestems.jobrun import Cancelled, JobFailed, cancel_scope, run_job
+from freestems.options import SeparationOptions
 
 pytest_plugins = ["service_helpers"]
 
@@ -71,14 +72,17 @@ def test_job_failed_keeps_its_code_across_pickling():
 
 
 class ScriptedPool(WorkerPool):
-    """A pool whose runs do what each item's ``options["then"]`` says: the pool's own logic is under test."""
+    """A pool whose runs do what ``script[job_id]`` says: the pool's own logic is under test."""
+
+    def __init__(self, script: dict[str, Callable[[Running], dict[str, float]]]) -> None:
+        super().__init__(1)
+        self.script = script
 
     def _prepare(self) -> ModelDescription:
         return ModelDescription("scripted", ("a",), "0")
 
     def _run(self, running: Running) -> dict[str, float]:
-        then: Callable[[Running], dict[str, float]] = running.item.options["then"]
-        return then(running)
+        return self.script[running.item.job_id](running)
 
 
 def finish(running: Running) -> dict[str, float]:
@@ -100,7 +104,8 @@ def cancelled_remotely(running: Running) -> dict[str, float]:
 
 
 def test_the_pool_maps_every_outcome_to_one_final_report(tmp_path):
-    pool = ScriptedPool()
+    outcomes = {"done": finish, "failed": fail, "internal": crash, "remote": cancelled_remotely}
+    pool = ScriptedPool(outcomes)
     pool.gpu = "L4"
     pool.start()
     events: dict[str, list[JobEvent]] = {}
@@ -111,11 +116,10 @@ def test_the_pool_maps_every_outcome_to_one_final_report(tmp_path):
         if event.kind in ("done", "failed", "cancelled"):
             finished.release()
 
-    outcomes = {"done": finish, "failed": fail, "internal": crash, "remote": cancelled_remotely}
-    for name, then in outcomes.items():
+    for name in outcomes:
         source = tmp_path / f"{name}.mp3"
         source.write_bytes(b"upload")
-        pool.submit(WorkItem(name, source, tmp_path / f"{name}.zip", listener, options={"then": then}))
+        pool.submit(WorkItem(name, source, tmp_path / f"{name}.zip", listener))
     for _ in outcomes:
         assert finished.acquire(timeout=10)
     pool.close()
@@ -153,7 +157,8 @@ def test_a_job_cancelled_just_before_shutdown_ends_cancelled_with_its_upload_rem
 
     source = tmp_path / "upload.mp3"
     shutil.copy(songs["long"], source)
-    executor.submit(WorkItem("job", source, tmp_path / "job.zip", listener, options={"shifts": 3}))
+    three_passes = SeparationOptions(shifts=3)
+    executor.submit(WorkItem("job", source, tmp_path / "job.zip", listener, options=three_passes))
     assert progressed.wait(60)
     executor.cancel("job")
     executor.close()
@@ -175,7 +180,8 @@ def test_a_cancelled_job_frees_the_worker_for_the_next(small_model, songs, tmp_p
     long, short = tmp_path / "long.mp3", tmp_path / "next.wav"
     shutil.copy(songs["long"], long)
     shutil.copy(songs["wav"], short)
-    executor.submit(WorkItem("long", long, tmp_path / "long.zip", listener, options={"shifts": 3}))
+    three_passes = SeparationOptions(shifts=3)
+    executor.submit(WorkItem("long", long, tmp_path / "long.zip", listener, options=three_passes))
     executor.submit(WorkItem("next", short, tmp_path / "next.zip", listener))
     try:
         assert progressed.wait(60)

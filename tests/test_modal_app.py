@@ -25,7 +25,7 @@ from freestems.audio import decode
 from freestems.executors import describe
 from freestems.jobrun import JobFailed, choose_precision, run_job
 from freestems.models import load_model
-from freestems.pipeline import OutputFormat
+from freestems.options import SeparationOptions
 from freestems.service import SettingsError
 
 pytest_plugins = ["modal_helpers"]
@@ -219,8 +219,7 @@ def test_the_gpu_path_decodes_first_and_encodes_in_parallel_to_the_same_stems(tm
             archive,
             model,
             work_dir=tmp_path / f"work-{gpu_path}",
-            output=OutputFormat("wav"),
-            options={"two_stems": "vocals"},
+            options=SeparationOptions(two_stems="vocals", format="wav"),
             preload=gpu_path,
             parallel_encode=gpu_path,
         )

@@ -27,7 +27,6 @@ from service_helpers import (
 
 from freestems.executors import JobEvent, WorkItem
 from freestems.executors.modal import InputCancellation, ModalExecutor
-from freestems.pipeline import OutputFormat
 from freestems.service.options import SeparationOptions
 
 pytest_plugins = ["service_helpers", "modal_helpers"]
@@ -137,7 +136,7 @@ def test_the_executor_relays_failures_and_gives_running_calls_back_at_shutdown(d
         if event.job_id == "long" and event.kind == "progress":
             progressed.set()
 
-    def item(job_id: str, source, output: OutputFormat | None = None, **options) -> WorkItem:
+    def item(job_id: str, source, **options) -> WorkItem:
         copy = tmp_path / f"{job_id}{source.suffix}"
         shutil.copy(source, copy)
         return WorkItem(
@@ -145,8 +144,7 @@ def test_the_executor_relays_failures_and_gives_running_calls_back_at_shutdown(d
             source=copy,
             result=tmp_path / f"{job_id}.zip",
             report=listener,
-            options=SeparationOptions(**options).engine(),
-            output=output or OutputFormat("mp3", 192),
+            options=SeparationOptions(**options),
             max_duration=240,
             display_name=f"{job_id} upload{source.suffix}",
         )
@@ -154,7 +152,7 @@ def test_the_executor_relays_failures_and_gives_running_calls_back_at_shutdown(d
     junk = tmp_path / "sources" / "junk.wav"
     junk.parent.mkdir()
     junk.write_bytes(b"RIFF but nothing else" * 10)
-    flac = item("flac", songs["wav"], output=OutputFormat("flac", bit_depth=24))
+    flac = item("flac", songs["wav"], format="flac", bit_depth=24)
     executor.submit(item("junk", junk))
     executor.submit(flac)
     executor.submit(item("long", songs["long"], shifts=3))
@@ -165,10 +163,15 @@ def test_the_executor_relays_failures_and_gives_running_calls_back_at_shutdown(d
 
     failed = events["junk"][-1]
     assert failed.kind == "failed" and failed.code == "not_audio" and "junk upload.wav" in failed.message
-    assert events["flac"][-1].kind == "failed" and events["flac"][-1].code == "invalid_options"
+    # The options cross as they are: the GPU tier encodes what the item asks for, 24-bit FLAC included.
+    assert events["flac"][-1].kind == "done"
+    with zipfile.ZipFile(tmp_path / "flac.zip") as bundle:
+        assert sorted(bundle.namelist()) == sorted(f"{stem}.flac" for stem in executor.model.sources)
+        info = bundle.read("vocals.flac")[8:42]  # STREAMINFO, after "fLaC" and the block header
+    assert ((info[12] & 1) << 4 | info[13] >> 4) + 1 == 24  # bits per sample
     assert [event.kind for event in events["waiting"]] == ["cancelled"]
     # Shutdown: the running call is cancelled on the GPU, the job gets no final report, its upload stays.
     assert {event.kind for event in events["long"]} == {"started", "progress"}
     assert (tmp_path / "long.mp3").exists() and not (tmp_path / "long.zip").exists()
-    assert calls.cancelled == 1 and len(calls.spawned) == 2  # junk and long; flac never left
+    assert calls.cancelled == 1 and len(calls.spawned) == 3  # junk, flac and long
     assert not (tmp_path / "junk.wav").exists() and not flac.source.exists()

@@ -193,7 +193,7 @@ def test_the_executor_reports_undecodable_input(executor, tmp_path):
 def test_the_executor_runs_an_item_and_cleans_up(executor, songs, tmp_path):
     source = tmp_path / "upload.wav"
     shutil.copy(songs["wav"], source)
-    events = run_item(executor, source, tmp_path, options={"two_stems": "bass"})
+    events = run_item(executor, source, tmp_path, options=SeparationOptions(two_stems="bass", format="wav"))
     assert [e.kind for e in events][0] == "started" and events[-1].kind == "done"
     assert [e.progress for e in events if e.kind == "progress"][-1] == 1.0
     assert events[-1].result == tmp_path / "out.zip" and set(events[-1].timings) >= {"separate", "total"}

@@ -29,6 +29,7 @@ from service_helpers import (
 )
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from freestems.options import SeparationOptions
 from freestems.service import Settings, SettingsError
 
 pytest_plugins = ["service_helpers"]
@@ -388,7 +389,7 @@ def test_lenient_values_existing_clients_send(start_server, songs):
     assert response.status_code == 200, response.text
     job = server.service.store.get(response.headers["x-job-id"])
     expected = {"two_stems": None, "shifts": 1, "overlap": 0.25, "format": "mp3", "mp3_bitrate": 192}
-    assert job.options == expected
+    assert job.options == SeparationOptions(**expected).as_dict()
 
 
 # ---------------------------------------------------------------------------------------------- queue

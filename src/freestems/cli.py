@@ -217,17 +217,26 @@ def find_inputs(paths: Sequence[str]) -> tuple[list[Path], list[str]]:
 def run_separate(args: argparse.Namespace) -> int:
     from freestems.audio import AudioError
     from freestems.models import ModelError
-    from freestems.pipeline import OutputFormat, separate_file, zip_stems
-    from freestems.separate import SeparationError, output_names, resolve_device
+    from freestems.options import SeparationOptions
+    from freestems.pipeline import separate_file, zip_stems
+    from freestems.separate import SeparationError, resolve_device
 
     errors: list[str] = []
     try:
         inputs, errors = find_inputs(args.inputs)
-        if args.format == "flac" and args.bit_depth == 32:
-            raise UsageError("FLAC supports --bit-depth 16 or 24")
+        options = SeparationOptions(
+            two_stems=args.two_stems,
+            shifts=args.shifts,
+            overlap=args.overlap,
+            seed=args.seed,
+            consistency=args.consistency,
+            format=args.format,
+            mp3_bitrate=args.bitrate,
+            bit_depth=args.bit_depth,
+        )
         device = resolve_device(args.device)
         model = load_model_from_args(args)
-        output_names(model.sources, args.two_stems)
+        options.check_model(model.name, model.sources)
     except (UsageError, ModelError, SeparationError) as error:
         return fail(error)
     for line in errors:
@@ -235,23 +244,25 @@ def run_separate(args: argparse.Namespace) -> int:
     if not inputs:
         return fail("no audio files found in " + ", ".join(args.inputs))
 
-    output = OutputFormat(args.format, args.bitrate, args.bit_depth)
-    options = dict(
-        overlap=args.overlap,
-        shifts=args.shifts,
-        two_stems=args.two_stems,
-        consistency=args.consistency,
+    running = dict(
         segment=round(args.segment * SAMPLE_RATE) if args.segment else None,
         batch_size=args.batch_size,
         device=device,
-        seed=args.seed,
     )
     done = 0
     for path in inputs:
         destination = Path(args.out) / model.name / path.stem
         try:
             with progress_bar(path.name) as update:
-                result = separate_file(path, destination, model, output=output, progress=update, **options)
+                result = separate_file(
+                    path,
+                    destination,
+                    model,
+                    output=options.output(),
+                    progress=update,
+                    **options.engine(),
+                    **running,
+                )
             if args.zip:
                 zip_stems(result.stems, destination.with_suffix(".zip"))
             done += 1

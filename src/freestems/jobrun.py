@@ -22,15 +22,15 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from freestems.errors import FailureCode
-from freestems.pipeline import OutputFormat
+from freestems.options import SeparationOptions
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OUTPUT = OutputFormat()
+DEFAULT_OPTIONS = SeparationOptions()
 
 FAITHFUL_SNR_DB = 40.0
 """Half precision is used only if its output is at least this close to fp32's (signal-to-error ratio,
@@ -117,8 +117,7 @@ def run_job(
     model: LoadedModel,
     *,
     work_dir: str | Path,
-    options: Mapping[str, Any] | None = None,
-    output: OutputFormat = DEFAULT_OUTPUT,
+    options: SeparationOptions = DEFAULT_OPTIONS,
     max_duration: float | None = None,
     progress: Callable[[float], None] | None = None,
     cancel: threading.Event | None = None,
@@ -132,7 +131,7 @@ def run_job(
 
     Args:
         work_dir: a folder of this job only, for the stems before they are zipped; removed on every path.
-        options: engine options (``two_stems``, ``shifts``, ``overlap``, ``seed``...).
+        options: what to separate and how to encode the stems (checked against ``model`` first).
         progress: called with the fraction done; whatever it raises aborts the job.
         cancel: the job's cancel token (default: the one of the enclosing :func:`cancel_scope`, if any),
             checked after every chunk and before zipping.
@@ -148,41 +147,25 @@ def run_job(
         Cancelled: ``cancel`` was set.
         Anything else (a bug, what ``progress`` raises) propagates unchanged.
     """
-    from freestems.audio import AudioDecodeError, AudioEncodeError, AudioTooLong
     from freestems.pipeline import separate_file, zip_stems
-    from freestems.separate import SeparationError
 
     source, archive, work = Path(source), Path(archive), Path(work_dir)
-    name = display_name or source.name
-
-    def rename(message: str) -> str:  # messages name the stored file; its owner knows it by another name
-        return message.replace(source.name, name) if name != source.name else message
-
-    cancel = cancel if cancel is not None else _SCOPE_CANCEL.get()
-
-    def check() -> None:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled
-
-    def chunk_done(fraction: float) -> None:
-        check()
-        if progress is not None:
-            progress(fraction)
-
+    check = _CancelCheck(cancel if cancel is not None else _SCOPE_CANCEL.get(), progress)
     try:
         check()
+        options.check_model(model.name, model.sources)
         result = separate_file(
             source,
             work,
             model,
-            output=output,
+            output=options.output(),
             max_duration=max_duration,
-            progress=chunk_done,
+            progress=check.chunk_done,
             device=device,
             precision=precision,
             preload=preload,
             parallel_encode=parallel_encode,
-            **dict(options or {}),
+            **options.engine(),
         )
         check()
         clock = time.perf_counter()
@@ -192,21 +175,52 @@ def run_job(
         timings["zip"] = round(time.perf_counter() - clock, 3)
         timings["audio_seconds"] = round(result.duration, 3)
         return JobOutput(archive=archive, samples=result.samples, timings=timings)
-    except AudioDecodeError as error:
-        code = FailureCode.TOO_LONG if isinstance(error, AudioTooLong) else FailureCode.NOT_AUDIO
-        raise JobFailed(code, rename(str(error))) from None
-    except AudioEncodeError as error:
-        if disk_full(error):
-            raise JobFailed(FailureCode.DISK_FULL, DISK_FULL_MESSAGE) from None
-        raise JobFailed(FailureCode.ENCODE_FAILED, rename(str(error))) from None
-    except OSError as error:  # the stems' folder or the zip: a full disk is the server's state, not a bug
-        if disk_full(error):
-            raise JobFailed(FailureCode.DISK_FULL, DISK_FULL_MESSAGE) from None
-        raise
-    except SeparationError as error:
-        raise JobFailed(FailureCode.INVALID_OPTIONS, str(error)) from None
+    except Exception as error:
+        failure = job_failure(error, source.name, display_name or source.name)
+        if failure is None:
+            raise
+        raise failure from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+class _CancelCheck:
+    """A job's cancel token, checked when called and after every chunk (before its progress report)."""
+
+    def __init__(self, cancel: threading.Event | None, progress: Callable[[float], None] | None) -> None:
+        self.cancel, self.progress = cancel, progress
+
+    def __call__(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled
+
+    def chunk_done(self, fraction: float) -> None:
+        self()
+        if self.progress is not None:
+            self.progress(fraction)
+
+
+def job_failure(error: Exception, stored_name: str, display_name: str) -> JobFailed | None:
+    """The :class:`JobFailed` an expected failure of a job becomes, or None for anything else (a bug).
+
+    Messages name the stored file; its owner knows it by ``display_name``, so they say that instead.
+    """
+    from freestems.audio import AudioDecodeError, AudioEncodeError, AudioTooLong
+    from freestems.separate import SeparationError
+
+    def rename(message: str) -> str:
+        return message.replace(stored_name, display_name) if display_name != stored_name else message
+
+    if isinstance(error, AudioDecodeError):
+        code = FailureCode.TOO_LONG if isinstance(error, AudioTooLong) else FailureCode.NOT_AUDIO
+        return JobFailed(code, rename(str(error)))
+    if isinstance(error, (AudioEncodeError, OSError)) and disk_full(error):
+        return JobFailed(FailureCode.DISK_FULL, DISK_FULL_MESSAGE)
+    if isinstance(error, AudioEncodeError):
+        return JobFailed(FailureCode.ENCODE_FAILED, rename(str(error)))
+    if isinstance(error, SeparationError):
+        return JobFailed(FailureCode.INVALID_OPTIONS, str(error))
+    return None  # an OSError that is not a full disk (the stems' folder, the zip) is a bug or a broken disk
 
 
 # ------------------------------------------------------------------------------------------- precision

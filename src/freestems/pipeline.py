@@ -19,7 +19,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from freestems import SAMPLE_RATE
 from freestems.audio import FORMATS, AudioReader, open_writer
@@ -111,48 +111,22 @@ def separate_file(
     timings = Timings()
     reader = AudioReader(source, max_duration=max_duration)
     names = output_names(model.sources, options.get("two_stems"))
-
-    stats, length = None, None
-    decoded: collections.deque[np.ndarray] | None = None
-    if preload:
-        clock = time.perf_counter()
-        decoded = collections.deque(reader.blocks(BLOCK_SECONDS * SAMPLE_RATE))
-        length = sum(block.shape[1] for block in decoded)
-        stats = MixStats.of(decoded) if model.normalize else None
-        timings.decode += time.perf_counter() - clock
-    elif model.normalize:  # whole-track statistics need a first pass over the decoded audio
-        clock = time.perf_counter()
-        counted = _Counted(reader.blocks(BLOCK_SECONDS * SAMPLE_RATE))
-        stats = MixStats.of(counted)
-        length = counted.samples
-        timings.decode += time.perf_counter() - clock
-    elif reader.duration:
-        length = round(reader.duration * SAMPLE_RATE)
-
+    track = _first_pass(reader, model, preload, timings)
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     paths = {name: destination / f"{name}{output.extension}" for name in names}
-    writers = {
-        name: open_writer(path, output.format, bitrate=output.bitrate, bit_depth=output.bit_depth)
-        for name, path in paths.items()
-    }
-    if decoded is not None:
-        decoder: _Producer | _Decoded = _Decoded(decoded)
+    writers = _open_writers(paths, output)
+    if track.decoded is not None:
+        decoder: _Producer | _Decoded = _Decoded(track.decoded)
     else:
         decoder = _Producer(reader.blocks(BLOCK_SECONDS * SAMPLE_RATE), name="freestems-decode")
-
-    def encode(block: dict[str, np.ndarray]) -> None:
-        for name in names:
-            writers[name].write(block[name])
-
-    if parallel_encode:
-        encoders = [_Consumer(writers[name].write, name=f"freestems-encode-{name}") for name in names]
-    else:
-        encoders = [_Consumer(encode, name="freestems-encode")]
+    encoders = _encoders(writers, parallel_encode)
     samples = 0
     try:
         clock = time.perf_counter()
-        stems = separate_blocks(decoder, model, length=length, stats=stats, progress=progress, **options)
+        stems = separate_blocks(
+            decoder, model, length=track.length, stats=track.stats, progress=progress, **options
+        )
         for block in stems:
             if parallel_encode:
                 for name, encoder in zip(names, encoders, strict=True):
@@ -177,6 +151,54 @@ def separate_file(
     timings.encode = sum(encoder.busy for encoder in encoders)
     timings.total = time.perf_counter() - started
     return TrackResult(stems=paths, samples=samples, timings=timings)
+
+
+@dataclass
+class _Track:
+    """What is known of a track before the model starts: its length, its statistics, maybe its blocks."""
+
+    length: int | None = None
+    stats: MixStats | None = None
+    decoded: collections.deque[np.ndarray] | None = None
+
+
+def _first_pass(reader: AudioReader, model: LoadedModel, preload: bool, timings: Timings) -> _Track:
+    """Decode the whole track first when asked to (``preload``) or when the model needs whole-track
+    statistics; else only read the length the container states."""
+    if not preload and not model.normalize:
+        return _Track(length=round(reader.duration * SAMPLE_RATE) if reader.duration else None)
+    clock = time.perf_counter()
+    try:
+        if preload:
+            decoded = collections.deque(reader.blocks(BLOCK_SECONDS * SAMPLE_RATE))
+            length = sum(block.shape[1] for block in decoded)
+            stats = MixStats.of(decoded) if model.normalize else None
+            return _Track(length, stats, decoded)
+        counted = _Counted(reader.blocks(BLOCK_SECONDS * SAMPLE_RATE))
+        stats = MixStats.of(counted)
+        return _Track(counted.samples, stats)
+    finally:
+        timings.decode += time.perf_counter() - clock
+
+
+def _open_writers(paths: dict[str, Path], output: OutputFormat) -> dict[str, Any]:
+    """One writer per stem, in ``output``'s format."""
+    return {
+        name: open_writer(path, output.format, bitrate=output.bitrate, bit_depth=output.bit_depth)
+        for name, path in paths.items()
+    }
+
+
+def _encoders(writers: dict[str, Any], parallel: bool) -> list[_Consumer]:
+    """One encoder thread for all stems, or with ``parallel`` one per stem."""
+    if parallel:
+        return [_Consumer(writer.write, name=f"freestems-encode-{name}") for name, writer in writers.items()]
+
+    def encode(block: dict[str, np.ndarray]) -> None:
+        for name, writer in writers.items():
+            writer.write(block[name])
+
+    return [_Consumer(encode, name="freestems-encode")]
 
 
 def zip_stems(stems: dict[str, Path], archive: str | Path) -> Path:

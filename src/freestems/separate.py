@@ -151,6 +151,23 @@ def separate(
     return {name: np.concatenate(chunks, axis=1) for name, chunks in parts.items()}
 
 
+COMPLEMENT_PREFIX = "no_"
+
+
+def complement(stem: str) -> str:
+    """The name of what is left of the mix without ``stem`` in two-stem mode: ``no_<stem>``.
+
+    The pair sums to the mix: the complement is the mix minus the stem (see :func:`two_stem_pair`), not the
+    sum of the other stems, so together they give back the input exactly.
+    """
+    return f"{COMPLEMENT_PREFIX}{stem}"
+
+
+def two_stem_pair(stem: str, audio: np.ndarray, mix: np.ndarray) -> dict[str, np.ndarray]:
+    """``{stem: audio, no_<stem>: mix - audio}``: the two stems of two-stem mode, which sum to ``mix``."""
+    return {stem: audio, complement(stem): mix - audio}
+
+
 def output_names(sources: Iterable[str], two_stems: str | None = None) -> list[str]:
     """The stem names a separation yields, in order."""
     sources = list(sources)
@@ -158,7 +175,7 @@ def output_names(sources: Iterable[str], two_stems: str | None = None) -> list[s
         return sources
     if two_stems not in sources:
         raise SeparationError(f"two_stems must be one of {', '.join(sources)}, got {two_stems!r}")
-    return [two_stems, f"no_{two_stems}"]
+    return [two_stems, complement(two_stems)]
 
 
 def separate_blocks(
@@ -190,7 +207,7 @@ def separate_blocks(
             with :meth:`MixStats.of`). Without it such a model falls back to no normalisation.
         overlap: fraction of a chunk shared with the next one, in [0, 0.9).
         shifts: number of passes with random sub-second offsets (seeded by ``seed``), averaged.
-        two_stems: yield only this stem and ``no_<stem>`` (the mix minus the stem).
+        two_stems: yield only this stem and its :func:`complement` (the mix minus the stem).
         consistency: spread the residual ``mix - sum(stems)`` evenly, so the stems sum to the mix.
         segment: chunk length in samples (default: the model's training segment).
         batch_size: chunks per forward pass (default: 1 on the CPU, where larger batches only cost memory;
@@ -247,30 +264,14 @@ def separate_blocks(
     exhausted = False
     pending: list[int] = []
     while True:
-        # Read input until the next chunk is complete or the stream ends.
-        start = plan.peek()
-        while not exhausted and (start is None or source.end < start + segment):
-            block = next(block_iter, None)
-            if block is None:
-                exhausted = True
-                if source.end == 0:
-                    raise SeparationError("the input has no samples")
-                plan.close(source.end)
-            else:
-                source.append(_as_stereo(block), stats)
-            start = plan.peek()
-        if start is not None:
+        exhausted = exhausted or _read_until_chunk(block_iter, source, plan, segment, stats)
+        if plan.peek() is not None:
             pending.append(plan.pop())
             if len(pending) < batch_size and plan.peek() is not None:
                 continue
         if not pending:
             break
-        # Half of what a chunk has past the end of the input (0 unless centred and at the end).
-        backs = [max(0, start + segment - source.end) // 2 if centred else 0 for start in pending]
-        chunks = [source.chunk(start - back, segment) for start, back in zip(pending, backs, strict=True)]
-        outputs = runner(chunks)
-        for chunk_start, back, output in zip(pending, backs, outputs, strict=True):
-            mixer.add(chunk_start, output[..., back:], limit=source.end if exhausted else None)
+        _run_batch(pending, source, runner, mixer, segment, centred=centred, exhausted=exhausted)
         chunks_done += len(pending)
         pending = []
         if progress is not None:  # after every batch, known total or not: a callback may stop the work
@@ -279,6 +280,45 @@ def separate_blocks(
     yield from emit(source.end)
     if progress is not None:
         progress(1.0)
+
+
+def _read_until_chunk(
+    blocks: Iterator[np.ndarray], source: _InputBuffer, plan: _ChunkPlan, segment: int, stats: MixStats | None
+) -> bool:
+    """Read input until the next chunk of ``plan`` is complete or the stream ends; True once it ended."""
+    start = plan.peek()
+    while start is None or source.end < start + segment:
+        block = next(blocks, None)
+        if block is None:
+            if source.end == 0:
+                raise SeparationError("the input has no samples")
+            plan.close(source.end)
+            return True
+        source.append(_as_stereo(block), stats)
+        start = plan.peek()
+    return False
+
+
+def _run_batch(
+    starts: list[int],
+    source: _InputBuffer,
+    runner: _ChunkRunner,
+    mixer: _OverlapAdd,
+    segment: int,
+    *,
+    centred: bool,
+    exhausted: bool,
+) -> None:
+    """Run the chunks at ``starts`` through the model as one batch and add their outputs to the mix.
+
+    A centred chunk that runs past the end of the input is read back by half of what it has past the end
+    (0 otherwise), and its output is taken at the same shift.
+    """
+    backs = [max(0, start + segment - source.end) // 2 if centred else 0 for start in starts]
+    chunks = [source.chunk(start - back, segment) for start, back in zip(starts, backs, strict=True)]
+    outputs = runner(chunks)
+    for start, back, output in zip(starts, backs, outputs, strict=True):
+        mixer.add(start, output[..., back:], limit=source.end if exhausted else None)
 
 
 def _as_stereo(audio: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -298,8 +338,7 @@ def _arrange(stems, mix, sources, two_stems, consistency) -> dict[str, np.ndarra
         stems = stems + (mix - stems.sum(axis=0)) / len(sources)
     if two_stems is None:
         return {name: stems[i] for i, name in enumerate(sources)}
-    stem = stems[list(sources).index(two_stems)]
-    return {two_stems: stem, f"no_{two_stems}": mix - stem}
+    return two_stem_pair(two_stems, stems[list(sources).index(two_stems)], mix)
 
 
 class _ChunkPlan:

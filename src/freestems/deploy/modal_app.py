@@ -73,6 +73,7 @@ from freestems.executors.modal import (
     RemoteCalls,
 )
 from freestems.jobrun import JobFailed
+from freestems.options import SeparationOptions
 from freestems.service.settings import PREFIX, Settings
 
 from .settings import ModalSettings
@@ -297,22 +298,57 @@ def model_description() -> ModelDescription:
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-    """The options of one ``Separator.separate`` call, validated."""
+    """One ``Separator.separate`` call, validated: the options and what the call says about the job."""
 
-    engine: dict[str, Any]
-    output: Any  # freestems.pipeline.OutputFormat
+    options: SeparationOptions
     max_duration: float
     filename: str
     progress: str | None
 
 
 EXTRA_KEYS = ("seed", "max_duration", "filename", "progress")
-"""Options of ``Separator.separate`` beyond the fields of ``POST /separate``."""
+"""Keys of a form-field dict for ``Separator.separate`` beyond the fields of ``POST /separate``."""
 
 
-def parse_request(options: Mapping[str, Any], sources: tuple[str, ...], model: str) -> Request:
-    """Options as ``POST /separate`` takes them (validated by the same code, with the same messages),
-    plus ``seed``, ``max_duration``, ``filename`` (used in messages) and ``progress`` (an event key).
+def parse_request(
+    options: SeparationOptions | Mapping[str, Any],
+    sources: tuple[str, ...],
+    model: str,
+    *,
+    max_duration: float | None = None,
+    filename: str | None = None,
+    progress: str | None = None,
+) -> Request:
+    """A call's options: a :class:`SeparationOptions` as it is (the web tier parsed its form), or the
+    fields of ``POST /separate`` as a dict (a direct caller), parsed here once by the service's form parser,
+    with the same messages; that dict may also carry ``seed``, ``max_duration``, ``filename`` and
+    ``progress``, which the keyword arguments override.
+
+    Raises:
+        JobFailed: ``invalid_options``.
+    """
+    extras: dict[str, Any] = {}
+    if not isinstance(options, SeparationOptions):
+        options, extras = form_options(options, sources, model)
+    given = {"max_duration": max_duration, "filename": filename, "progress": progress}
+    extras.update({name: value for name, value in given.items() if value is not None})
+    try:
+        limit = float(extras.get("max_duration") or settings.max_duration)
+    except (TypeError, ValueError) as error:
+        raise JobFailed(FailureCode.INVALID_OPTIONS, f"max_duration must be a number ({error})") from None
+    key = extras.get("progress")
+    return Request(
+        options=options,
+        max_duration=limit,
+        filename=str(extras.get("filename") or "audio"),
+        progress=str(key) if key else None,
+    )
+
+
+def form_options(
+    fields: Mapping[str, Any], sources: tuple[str, ...], model: str
+) -> tuple[SeparationOptions, dict[str, Any]]:
+    """The options in a form-field dict (values as Python values or as the form's strings), and its extras.
 
     Raises:
         JobFailed: ``invalid_options``.
@@ -320,31 +356,23 @@ def parse_request(options: Mapping[str, Any], sources: tuple[str, ...], model: s
     from freestems.service.errors import ServiceError
     from freestems.service.options import OPTION_FIELDS, parse_options
 
-    unknown = set(options) - set(OPTION_FIELDS) - set(EXTRA_KEYS)
+    unknown = set(fields) - set(OPTION_FIELDS) - set(EXTRA_KEYS)
     if unknown:
         raise JobFailed(FailureCode.INVALID_OPTIONS, f"unknown option(s) {', '.join(sorted(unknown))}")
-    fields = {
+    form = {
         name: ("true" if value else "false") if isinstance(value, bool) else str(value)
-        for name, value in options.items()
+        for name, value in fields.items()
         if name in OPTION_FIELDS and value is not None
     }
     try:
-        parsed = parse_options(fields, sources=sources, model=model, max_shifts=settings.max_shifts)
-        engine = {**parsed.engine(), "seed": int(options.get("seed") or 0)}
-        max_duration = float(options.get("max_duration") or settings.max_duration)
+        parsed = parse_options(form, sources=sources, model=model, max_shifts=settings.max_shifts)
+        seed = int(fields.get("seed") or 0)
+        extras = {key: fields[key] for key in EXTRA_KEYS if key in fields}
+        return dataclasses.replace(parsed, seed=seed), extras
     except ServiceError as error:
         raise JobFailed(FailureCode.INVALID_OPTIONS, error.message) from None
     except (TypeError, ValueError) as error:
-        message = f"seed and max_duration must be numbers ({error})"
-        raise JobFailed(FailureCode.INVALID_OPTIONS, message) from None
-    progress = options.get("progress")
-    return Request(
-        engine=engine,
-        output=parsed.output(),
-        max_duration=max_duration,
-        filename=str(options.get("filename") or "audio"),
-        progress=str(progress) if progress else None,
-    )
+        raise JobFailed(FailureCode.INVALID_OPTIONS, f"seed must be an integer ({error})") from None
 
 
 class _Outbox:
@@ -455,20 +483,35 @@ class Separator:
             _warm_up_device(self.model, device, self.precision)
 
     @modal.method()
-    def separate(self, audio: bytes, options: dict) -> bytes:
+    def separate(
+        self,
+        audio: bytes,
+        options: SeparationOptions | Mapping[str, Any],
+        *,
+        max_duration: float | None = None,
+        filename: str | None = None,
+        progress: str | None = None,
+    ) -> bytes:
         """The zip of the stems of ``audio`` (any format ``POST /separate`` takes, as bytes).
 
-        ``options``: the fields of ``POST /separate`` (``two_stems``, ``shifts``, ``overlap``, ``mp3``,
-        ``mp3_bitrate``, ``format``, ``model``), plus ``seed``, ``max_duration``, ``filename`` and
-        ``progress`` (an event key).
+        ``options``: a :class:`~freestems.options.SeparationOptions` (what the web tier sends), or the
+        fields of ``POST /separate`` as a dict (``two_stems``, ``shifts``, ``overlap``, ``mp3``,
+        ``mp3_bitrate``, ``format``, ``model``, plus ``seed``, ``max_duration``, ``filename`` and
+        ``progress``). ``max_duration`` (seconds), ``filename`` (used in messages) and ``progress`` (an event
+        key) may also come as keyword arguments.
         Raises :class:`freestems.jobrun.JobFailed` for a bad input or bad options.
         """
-        from freestems.jobrun import run_job
-
         received, clock = time.time(), time.perf_counter()
         self.inputs += 1
         container_start = self.container_start if self.inputs == 1 else 0.0
-        request = parse_request(options, self.model.sources, self.model.name)
+        request = parse_request(
+            options,
+            self.model.sources,
+            self.model.name,
+            max_duration=max_duration,
+            filename=filename,
+            progress=progress,
+        )
         outbox = _Outbox(progress_channel() if request.progress else None, request.progress)
         finished = False
         try:
@@ -476,51 +519,58 @@ class Separator:
                 {"type": "started", "at": received, "container_start": round(container_start, 3),
                  "restored": self.restored, "first_input": self.inputs == 1}
             )  # fmt: skip
-            folder = Path(tempfile.mkdtemp(prefix="freestems-job-"))
-            try:
-                source = folder / f"input{_suffix(request.filename)}"
-                source.write_bytes(audio)
-                result = run_job(
-                    source,
-                    folder / "stems.zip",
-                    self.model,
-                    work_dir=folder / "stems",
-                    options=request.engine,
-                    output=request.output,
-                    max_duration=request.max_duration,
-                    progress=lambda fraction: outbox.event({"type": "progress", "progress": fraction}),
-                    device=self.device,
-                    precision=self.precision,
-                    display_name=request.filename,
-                    preload=True,
-                    parallel_encode=True,
-                )
-                data = result.archive.read_bytes()
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
+            data, result = self._run(audio, request, outbox)
             timings = {
                 **result.timings,
                 "container_start": round(container_start, 3),
                 "gpu_seconds": round(time.perf_counter() - clock, 3),
             }
             outbox.event({"type": "timings", "timings": timings})
-            job_id = (request.progress or "").rsplit("-", 1)[0] or uuid.uuid4().hex[:16]
-            outbox.usage(
-                UsageRecord(
-                    job_id=job_id,
-                    finished_at=time.time(),
-                    model=self.model.name,
-                    gpu=modal_settings.modal_gpu,
-                    audio_seconds=result.audio_seconds,
-                    gpu_seconds=timings["gpu_seconds"],
-                    cost_usd=job_cost(timings["gpu_seconds"], modal_settings.modal_gpu, settings.gpu_prices),
-                    timings=timings,
-                )
-            )
+            outbox.usage(self._usage(request, result.audio_seconds, timings))
             finished = True
             return data
         finally:
             outbox.close(flush=finished)
+
+    def _run(self, audio: bytes, request: Request, outbox: _Outbox):
+        """Run the job in a temporary folder: the zip's bytes and the job's output."""
+        from freestems.jobrun import run_job
+
+        folder = Path(tempfile.mkdtemp(prefix="freestems-job-"))
+        try:
+            source = folder / f"input{_suffix(request.filename)}"
+            source.write_bytes(audio)
+            result = run_job(
+                source,
+                folder / "stems.zip",
+                self.model,
+                work_dir=folder / "stems",
+                options=request.options,
+                max_duration=request.max_duration,
+                progress=lambda fraction: outbox.event({"type": "progress", "progress": fraction}),
+                device=self.device,
+                precision=self.precision,
+                display_name=request.filename,
+                preload=True,
+                parallel_encode=True,
+            )
+            return result.archive.read_bytes(), result
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _usage(self, request: Request, audio_seconds: float, timings: dict[str, float]) -> UsageRecord:
+        """What this call used, for ``freestems cost --modal`` (the job id is the progress key's head)."""
+        job_id = (request.progress or "").rsplit("-", 1)[0] or uuid.uuid4().hex[:16]
+        return UsageRecord(
+            job_id=job_id,
+            finished_at=time.time(),
+            model=self.model.name,
+            gpu=modal_settings.modal_gpu,
+            audio_seconds=audio_seconds,
+            gpu_seconds=timings["gpu_seconds"],
+            cost_usd=job_cost(timings["gpu_seconds"], modal_settings.modal_gpu, settings.gpu_prices),
+            timings=timings,
+        )
 
 
 def _was_restored(snapshot_task: str | None, loaded_at: float) -> bool:
@@ -544,7 +594,6 @@ def _warm_up(model, device, precision: str) -> None:
 
     from freestems.audio import encode
     from freestems.jobrun import run_job
-    from freestems.pipeline import OutputFormat
 
     folder = Path(tempfile.mkdtemp(prefix="freestems-warm-up-"))
     try:
@@ -556,7 +605,7 @@ def _warm_up(model, device, precision: str) -> None:
             folder / "warm-up.zip",
             model,
             work_dir=folder / "stems",
-            output=OutputFormat("mp3", 192),
+            options=SeparationOptions(format="mp3", mp3_bitrate=192),
             device=device,
             precision=precision,
             preload=True,
@@ -623,11 +672,9 @@ def web():
 @app.local_entrypoint()
 def main(audio: str, out: str = "stems.zip", two_stems: str = "", wav: bool = False) -> None:
     """``modal run -m freestems.deploy.modal_app --audio song.mp3 [--two-stems vocals] [--out F]``."""
-    options: dict[str, Any] = {"mp3": not wav, "filename": Path(audio).name}
-    if two_stems:
-        options["two_stems"] = two_stems
+    options = SeparationOptions(two_stems=two_stems or None, format="wav" if wav else "mp3")
     clock = time.perf_counter()
-    data = Separator().separate.remote(Path(audio).read_bytes(), options)
+    data = Separator().separate.remote(Path(audio).read_bytes(), options, filename=Path(audio).name)
     Path(out).write_bytes(data)
     print(f"{out}: {len(data)} bytes in {time.perf_counter() - clock:.1f} s")
 

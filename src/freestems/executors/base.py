@@ -28,11 +28,11 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from freestems.pipeline import OutputFormat
+from freestems.options import SeparationOptions
 
 if TYPE_CHECKING:
     from freestems.models import LoadedModel
@@ -87,9 +87,8 @@ class WorkItem:
     source: Path
     result: Path
     report: Callable[[JobEvent], None]
-    options: Mapping[str, Any] = field(default_factory=dict)
-    """Engine options for :func:`freestems.pipeline.separate_file` (two_stems, shifts, overlap, seed)."""
-    output: OutputFormat = OutputFormat()
+    options: SeparationOptions = SeparationOptions()
+    """What to separate and how to encode the stems, as parsed where the request arrived."""
     max_duration: float | None = None
     display_name: str = "audio"
     """The file's name as its owner knows it, used in error messages instead of the stored name."""

@@ -73,7 +73,6 @@ class LocalExecutor(WorkerPool):
             self._loaded,
             work_dir=self.work_dir / item.job_id,
             options=item.options,
-            output=item.output,
             max_duration=item.max_duration,
             progress=lambda fraction: report(item, JobEvent(item.job_id, "progress", progress=fraction)),
             cancel=running.stop,

@@ -3,8 +3,9 @@
 :class:`ModalExecutor` sits behind the same interface as the in-process worker (:mod:`.base`). For each
 item it reads the upload as it arrived (compressed: audio crosses the network as the client sent it, and
 comes back as the zip of encoded stems, never as PCM), *spawns* the GPU method
-``Separator.separate(audio, options) -> zip bytes`` (:mod:`freestems.deploy.modal_app`), and waits for it in
-a worker thread, never on the event loop.
+``Separator.separate(audio, options, max_duration=..., filename=..., progress=...) -> zip bytes``
+(:mod:`freestems.deploy.modal_app`) with the item's :class:`~freestems.options.SeparationOptions` as they
+are, and waits for it in a worker thread, never on the event loop.
 
 Progress. A spawned Modal call returns one value and cannot stream; a generator method could, but a
 generator cannot be spawned, and only a spawned call has a handle to cancel. So the GPU container
@@ -31,9 +32,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from freestems.errors import FailureCode
 from freestems.files import atomic_path
-from freestems.jobrun import Cancelled, JobFailed
+from freestems.jobrun import Cancelled
+from freestems.options import SeparationOptions
 
 from .base import JobEvent, ModelDescription, WorkItem, report
 from .pool import Running, WorkerPool
@@ -99,19 +100,25 @@ class RemoteCall(Protocol):
 
 
 class RemoteCalls(Protocol):
-    """How a job reaches the GPU method."""
+    """How a job reaches the GPU method ``Separator.separate(audio, options, **job)``."""
 
-    def spawn(self, audio: bytes, options: dict[str, Any]) -> RemoteCall: ...
+    def spawn(self, audio: bytes, options: SeparationOptions, **job: Any) -> RemoteCall:
+        """Start the method; ``job`` holds its keyword arguments (``max_duration``, ``filename``,
+        ``progress``)."""
+        ...
 
 
 class ModalCalls:
-    """Spawns a Modal method (``Separator().separate``) and wraps its ``FunctionCall``."""
+    """Spawns a Modal method (``Separator().separate``) and wraps its ``FunctionCall``.
+
+    The options cross as they are: Modal pickles arguments, and the container has the same ``freestems``.
+    """
 
     def __init__(self, method: Any) -> None:
         self.method = method
 
-    def spawn(self, audio: bytes, options: dict[str, Any]) -> RemoteCall:
-        return _ModalCall(self.method.spawn(audio, options))
+    def spawn(self, audio: bytes, options: SeparationOptions, **job: Any) -> RemoteCall:
+        return _ModalCall(self.method.spawn(audio, options, **job))
 
 
 class _ModalCall:
@@ -126,39 +133,6 @@ class _ModalCall:
 
 
 # ---------------------------------------------------------------------------------------------- executor
-
-
-def gpu_options(item: WorkItem) -> dict[str, Any]:
-    """The options of ``Separator.separate`` for a work item: the form of ``POST /separate``, plus limits.
-
-    Raises:
-        JobFailed: the item asks for an output the GPU method does not make (it makes what the service
-            offers: MP3, or 16-bit WAV or FLAC).
-    """
-    output = item.output
-    if output.format == "mp3":
-        encoding: dict[str, Any] = {"format": "mp3", "mp3_bitrate": output.bitrate}
-    elif output.format in ("wav", "flac") and output.bit_depth == 16:
-        encoding = {"format": output.format}
-    else:
-        raise JobFailed(
-            FailureCode.INVALID_OPTIONS, f"the GPU tier encodes MP3 or 16-bit WAV or FLAC, not {output}"
-        )
-    engine = dict(item.options)
-    unknown = set(engine) - {"two_stems", "shifts", "overlap", "seed"}
-    if unknown:
-        raise JobFailed(
-            FailureCode.INVALID_OPTIONS, f"the GPU tier does not take {', '.join(sorted(unknown))}"
-        )
-    return {
-        "two_stems": engine.get("two_stems"),
-        "shifts": engine.get("shifts", 1),
-        "overlap": engine.get("overlap", 0.25),
-        "seed": engine.get("seed", 0),
-        **encoding,
-        "max_duration": item.max_duration,
-        "filename": item.display_name,
-    }
 
 
 class ModalExecutor(WorkerPool):
@@ -207,12 +181,17 @@ class ModalExecutor(WorkerPool):
         call: RemoteCall | None = None
         try:
             clock = time.perf_counter()
-            options = {**gpu_options(item), "progress": key}
             audio = item.source.read_bytes()
             if running.stop.is_set():
                 raise Cancelled
             spawned_at = time.time()
-            call = self.calls.spawn(audio, options)
+            call = self.calls.spawn(
+                audio,
+                item.options,
+                max_duration=item.max_duration,
+                filename=item.display_name,
+                progress=key,
+            )
             timings["upload"] = time.perf_counter() - clock
             del audio
             while True:

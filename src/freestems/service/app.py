@@ -18,7 +18,7 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from freestems import __version__
 from freestems.audio.formats import MP3_BITRATES
 from freestems.errors import FailureCode, http_failure
 from freestems.executors import Executor, ExecutorError, LocalExecutor
-from freestems.models import CATALOG
+from freestems.models import CATALOG, DEFAULT_MODEL
 
 from .challenges import ChallengeBook
 from .errors import (
@@ -48,7 +48,7 @@ from .errors import (
 from .jobs import JobManager, Paths, result_url
 from .limits import SlidingWindow
 from .network import AllowedHosts, client_address
-from .options import FILE_FIELD, FORMATS, SeparationOptions, parse_options
+from .options import FILE_FIELD, FORMATS, SeparationOptions, form_schema, parse_options
 from .sessions import SessionRegistry
 from .settings import Settings
 from .store import Job, JobStore
@@ -62,30 +62,9 @@ JOB_ID = re.compile(r"[0-9a-f]{16}")
 REFUSED_UPLOAD_STATUSES = frozenset({400, 408, 413, 415, 422})
 """Upload refusals that leave the session key unspent, so they count against the client's address."""
 
-_FORM_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": [FILE_FIELD],
-                    "properties": {
-                        FILE_FIELD: {"type": "string", "format": "binary"},
-                        "two_stems": {"type": "string", "enum": ["vocals", "drums", "bass", "other"]},
-                        "shifts": {"type": "integer", "default": 1},
-                        "overlap": {"type": "number", "default": 0.25},
-                        "mp3": {"type": "boolean", "default": True},
-                        "mp3_bitrate": {"type": "integer", "default": 192, "minimum": 128, "maximum": 320},
-                        "model": {"type": "string"},
-                        "format": {"type": "string", "enum": list(FORMATS), "default": "mp3"},
-                    },
-                }
-            }
-        },
-    },
-    "parameters": [{"name": "X-Session-Key", "in": "header", "schema": {"type": "string"}}],
-}
+FORM_ROUTES = ("/separate", "/jobs")
+"""The routes that take the separation form (its schema comes from :func:`~.options.form_schema`)."""
+SESSION_KEY_PARAMETER = {"name": "X-Session-Key", "in": "header", "schema": {"type": "string"}}
 
 
 @dataclass
@@ -115,39 +94,43 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
             threads=settings.threads,
             device=settings.device,
         )
-    secret = settings.hmac_secret
-    if not secret:
-        secret = secrets.token_hex(32)
-        log.warning(
-            "FREESTEMS_HMAC_SECRET is not set: challenges are signed with a random secret of this process, "
-            "so a challenge issued before a restart cannot be answered after it"
-        )
+    app = FastAPI(
+        title="freestems",
+        version=__version__,
+        description="Free, unlimited music stem separation. Demucs-compatible `POST /separate`.",
+        lifespan=_lifespan(settings, executor, paths, _challenge_secret(settings)),
+    )
+    app.add_middleware(AllowedHosts, allowed=settings.hosts)
+    _add_error_handlers(app)
+    _add_routes(app)
+    _generate_form_schema(app, settings, executor)
+    app.mount("/static", StaticFiles(directory=WEB_PAGE.parent / "static", check_dir=False), name="static")
+    return app
+
+
+def _challenge_secret(settings: Settings) -> str:
+    """The HMAC key of the challenges: the configured one, else a random one of this process."""
+    if settings.hmac_secret:
+        return settings.hmac_secret
+    log.warning(
+        "FREESTEMS_HMAC_SECRET is not set: challenges are signed with a random secret of this process, "
+        "so a challenge issued before a restart cannot be answered after it"
+    )
+    return secrets.token_hex(32)
+
+
+def _lifespan(
+    settings: Settings, executor: Executor, paths: Paths, secret: str
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """Start: the model (off the event loop), the store, resumed jobs, the sweeper. Stop: all of it, with
+    running jobs given back to the queue for the next start."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         paths.create()
         await asyncio.to_thread(executor.start)
-        store = JobStore(paths.database)
-        sessions = SessionRegistry(settings.session_ttl)
-        manager = JobManager(settings, executor, store, sessions, paths)
-        service = Service(
-            settings=settings,
-            executor=executor,
-            store=store,
-            sessions=sessions,
-            challenges=ChallengeBook(
-                secret,
-                algorithm=settings.pow_algorithm,
-                cost=settings.pow_cost,
-                counter=settings.pow_counter,
-                ttl=settings.challenge_ttl,
-            ),
-            limiter=SlidingWindow(settings.sessions_per_minute, 60.0),
-            refusals=SlidingWindow(settings.refused_uploads_per_minute, 60.0),
-            manager=manager,
-            paths=paths,
-        )
-        await manager.start()
+        service = _assemble(settings, executor, paths, secret)
+        await service.manager.start()
         app.state.service = service
         sweeper = asyncio.create_task(_sweep_forever(service))
         try:
@@ -156,20 +139,33 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
-            await manager.close()
-            store.close()
+            await service.manager.close()
+            service.store.close()
 
-    app = FastAPI(
-        title="freestems",
-        version=__version__,
-        description="Free, unlimited music stem separation. Demucs-compatible `POST /separate`.",
-        lifespan=lifespan,
+    return lifespan
+
+
+def _assemble(settings: Settings, executor: Executor, paths: Paths, secret: str) -> Service:
+    """The service's parts around a started executor (opens the job store)."""
+    store = JobStore(paths.database)
+    sessions = SessionRegistry(settings.session_ttl)
+    return Service(
+        settings=settings,
+        executor=executor,
+        store=store,
+        sessions=sessions,
+        challenges=ChallengeBook(
+            secret,
+            algorithm=settings.pow_algorithm,
+            cost=settings.pow_cost,
+            counter=settings.pow_counter,
+            ttl=settings.challenge_ttl,
+        ),
+        limiter=SlidingWindow(settings.sessions_per_minute, 60.0),
+        refusals=SlidingWindow(settings.refused_uploads_per_minute, 60.0),
+        manager=JobManager(settings, executor, store, sessions, paths),
+        paths=paths,
     )
-    app.add_middleware(AllowedHosts, allowed=settings.hosts)
-    _add_error_handlers(app)
-    _add_routes(app)
-    app.mount("/static", StaticFiles(directory=WEB_PAGE.parent / "static", check_dir=False), name="static")
-    return app
 
 
 def _load_model(settings: Settings):
@@ -204,6 +200,14 @@ def _service(request: Request | WebSocket) -> Service:
 
 
 def _add_routes(app: FastAPI) -> None:
+    _add_page_routes(app)
+    _add_form_routes(app)
+    _add_job_routes(app)
+
+
+def _add_page_routes(app: FastAPI) -> None:
+    """What a browser or a client asks first: the page, health, the configuration, the session socket."""
+
     @app.get("/", include_in_schema=False)
     async def root(request: Request) -> Response:
         if "text/html" in request.headers.get("accept", ""):
@@ -222,11 +226,15 @@ def _add_routes(app: FastAPI) -> None:
     async def session(websocket: WebSocket) -> None:
         await session_socket(websocket, _service(websocket))
 
+
+def _add_form_routes(app: FastAPI) -> None:
+    """The two routes that take the separation form: wait for the zip, or queue a job."""
+
     @app.post(
         "/separate",
         summary="Separate a song; the response is a zip of the stems (Demucs-on-Modal compatible)",
         response_class=FileResponse,
-        openapi_extra=_FORM_SCHEMA,
+        openapi_extra={"parameters": [SESSION_KEY_PARAMETER]},
     )
     async def separate(request: Request) -> Response:
         service = _service(request)
@@ -240,7 +248,7 @@ def _add_routes(app: FastAPI) -> None:
         "/jobs",
         status_code=202,
         summary="Queue a separation; poll it or follow it on the WebSocket",
-        openapi_extra=_FORM_SCHEMA,
+        openapi_extra={"parameters": [SESSION_KEY_PARAMETER]},
     )
     async def create_job(request: Request) -> JSONResponse:
         service = _service(request)
@@ -253,6 +261,10 @@ def _add_routes(app: FastAPI) -> None:
         }
         headers = {"Location": body["status_url"], "X-Cache": "hit" if job.cache_hit else "miss"}
         return JSONResponse(body, status_code=202, headers=headers)
+
+
+def _add_job_routes(app: FastAPI) -> None:
+    """A job, by id and token: its state, its result, its deletion."""
 
     @app.get("/jobs/{job_id}", summary="A job's state, progress and queue position (needs its token)")
     async def get_job(job_id: str, request: Request) -> dict[str, Any]:
@@ -280,6 +292,33 @@ def _add_routes(app: FastAPI) -> None:
         job = _owned_job(request, service, job_id)
         service.manager.delete(job.id)
         return Response(status_code=204)
+
+
+def _generate_form_schema(app: FastAPI, settings: Settings, executor: Executor) -> None:
+    """``app.openapi()`` with the form of :data:`FORM_ROUTES` described for the served model (its stems,
+    the formats and bitrates the service encodes), from the code that parses that form."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        try:
+            served = executor.model
+            name, sources, known = served.name, served.sources, True
+        except ExecutorError:  # not started yet: the catalog's word for the configured model
+            name = settings.model or DEFAULT_MODEL
+            info = None if settings.model_file else CATALOG.get(name)
+            sources, known = (info.sources if info else ()), False
+        schema = plain()
+        body = form_schema(sources, name, settings.max_shifts)
+        form = {"required": True, "content": {"multipart/form-data": {"schema": body}}}
+        for path in FORM_ROUTES:
+            schema["paths"][path]["post"]["requestBody"] = form
+        if not known:
+            app.openapi_schema = None  # describe the served model once it is known
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _health(service: Service) -> dict[str, Any]:

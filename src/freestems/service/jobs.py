@@ -44,7 +44,7 @@ from freestems.files import TEMP_GLOB
 
 from .cache import ResultCache, cache_key, link_or_copy
 from .errors import payload_too_large, too_many_requests, unavailable, unsupported_media
-from .options import SeparationOptions
+from .options import SeparationOptions, options_view
 from .sessions import Session, SessionRegistry
 from .settings import Settings
 from .store import TERMINAL, Job, JobStore
@@ -430,7 +430,7 @@ class JobManager:
             "progress": round(job.progress, 4),
             "position": self.store.position(job),
             "model": job.model,
-            "options": job.options,
+            "options": options_view(job.options),
             "cache": "hit" if job.cache_hit else "miss",
             "created_at": job.created_at,
             "started_at": job.started_at,
@@ -450,14 +450,12 @@ class JobManager:
 
     def _work_item(self, job: Job) -> WorkItem:
         assert job.input_path is not None
-        options = SeparationOptions.from_dict(job.options)
         return WorkItem(
             job_id=job.id,
             source=job.input_path,
             result=self.paths.results / f"{job.id}.zip",
             report=self._report,
-            options=options.engine(),
-            output=options.output(),
+            options=SeparationOptions.from_dict(job.options),
             max_duration=self.settings.max_duration,
             display_name=job.filename or "audio_file",
         )

@@ -15,46 +15,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
-from freestems.audio.formats import FORMATS, MP3_BITRATES
-from freestems.pipeline import OutputFormat
-from freestems.separate import MAX_OVERLAP, MAX_SHIFTS, SeparationError, check_overlap, check_shifts
+from freestems.audio.formats import FORMATS as ENCODINGS
+from freestems.audio.formats import MP3_BITRATES
+from freestems.options import SeparationOptions
+from freestems.separate import MAX_OVERLAP, MAX_SHIFTS, SeparationError, check_overlap, complement
 
-from .errors import invalid_parameter
+from .errors import ServiceError, invalid_parameter
 from .settings import parse_bool
 
 FILE_FIELD = "audio_file"
 OPTION_FIELDS = ("two_stems", "shifts", "overlap", "mp3", "mp3_bitrate", "model", "format")
+DEFAULTS = SeparationOptions()
+FORMATS = (DEFAULTS.format, *(name for name in ENCODINGS if name != DEFAULTS.format))
+"""What the service encodes (every format of :data:`freestems.audio.formats.FORMATS`, lossless ones at
+16 bits), the default first."""
 
+VIEW_FIELDS = ("two_stems", "shifts", "overlap", "format", "mp3_bitrate")
+"""The options a job's JSON shows (``GET /jobs/{id}``): what the form can set, as it was normalised."""
 
-@dataclass(frozen=True)
-class SeparationOptions:
-    """Validated, normalised options: equal options give equal :meth:`as_dict` (a result cache key part)."""
-
-    two_stems: str | None = None
-    shifts: int = 1
-    overlap: float = 0.25
-    format: str = "mp3"
-    """``mp3``, or 16-bit ``wav`` or ``flac``."""
-    mp3_bitrate: int = 192
-
-    def engine(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`freestems.pipeline.separate_file`."""
-        return {"two_stems": self.two_stems, "shifts": self.shifts, "overlap": self.overlap, "seed": 0}
-
-    def output(self) -> OutputFormat:
-        if self.format == "mp3":
-            return OutputFormat("mp3", self.mp3_bitrate)
-        return OutputFormat(self.format, bit_depth=16)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> SeparationOptions:
-        return cls(**{key: values[key] for key in cls.__dataclass_fields__ if key in values})
+__all__ = [
+    "FILE_FIELD",
+    "FORMATS",
+    "OPTION_FIELDS",
+    "SeparationOptions",
+    "form_schema",
+    "options_view",
+    "parse_options",
+]
 
 
 def parse_options(
@@ -65,81 +54,155 @@ def parse_options(
     Raises:
         ServiceError: 422 naming the first bad field.
     """
+    _refuse_unknown(fields)
+    form = {name: value for name, value in fields.items() if value not in (None, "")}
+    _check_model(form.get("model"), model)
+    two_stems = _parse_two_stems(form.get("two_stems"), sources)
+    shifts = _parse_shifts(form.get("shifts"), max_shifts)
+    overlap = _parse_overlap(form.get("overlap"))
+    output, bitrate = _parse_output(form)
+    try:
+        return SeparationOptions(
+            two_stems=two_stems,
+            shifts=shifts,
+            overlap=overlap,
+            format=output,
+            mp3_bitrate=bitrate,
+            model=form.get("model"),
+        )
+    except SeparationError as error:  # the fields were checked one by one: only a new rule gets here
+        raise ServiceError(422, "invalid_parameter", str(error)) from None
+
+
+def options_view(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A job's options as its JSON shows them, from what the store keeps (``as_dict()``)."""
+    return {name: stored.get(name, getattr(DEFAULTS, name)) for name in VIEW_FIELDS}
+
+
+def _refuse_unknown(fields: Mapping[str, str]) -> None:
     for name in fields:
         if name not in OPTION_FIELDS:
             expected = ", ".join((FILE_FIELD, *OPTION_FIELDS))
             raise invalid_parameter(name, f"unknown field; the form takes {expected}")
 
-    def given(name: str) -> str | None:
-        value = fields.get(name)
-        return value if value not in (None, "") else None
 
-    requested_model = given("model")
-    if requested_model is not None and requested_model != model:
-        raise invalid_parameter(
-            "model", f"this server runs the model {model!r} only, got {requested_model!r}"
-        )
+def _check_model(requested: str | None, model: str) -> None:
+    if requested is not None and requested != model:
+        raise invalid_parameter("model", f"this server runs the model {model!r} only, got {requested!r}")
 
-    two_stems = given("two_stems")
-    if two_stems is not None and two_stems not in sources:
-        raise invalid_parameter("two_stems", f"must be one of {', '.join(sources)}, got {two_stems!r}")
 
-    shifts = 1
-    if (raw := given("shifts")) is not None:
-        try:
-            shifts = int(raw)
-        except ValueError:
-            shifts = -1
-        most = min(max_shifts, MAX_SHIFTS)
-        if not 0 <= shifts <= most:
-            raise invalid_parameter("shifts", f"must be an integer from 0 to {most}, got {raw!r}")
-        shifts = max(shifts, 1)
-        check_shifts(shifts)  # the engine's own rule: what passes here, the engine runs
+def _parse_two_stems(raw: str | None, sources: Sequence[str]) -> str | None:
+    if raw is not None and raw not in sources:
+        raise invalid_parameter("two_stems", f"must be one of {', '.join(sources)}, got {raw!r}")
+    return raw
 
-    overlap = 0.25
-    if (raw := given("overlap")) is not None:
-        try:
-            overlap = round(float(raw), 4) + 0.0  # the value the engine gets is the one checked (no -0)
-        except (ValueError, OverflowError):
-            overlap = math.nan
-        try:
-            check_overlap(overlap)
-        except SeparationError:
-            raise invalid_parameter(
-                "overlap", f"must be a number in [0, {MAX_OVERLAP:g}), got {raw!r}"
-            ) from None
 
-    mp3 = True
-    if (raw := given("mp3")) is not None:
-        parsed = parse_bool(raw)
-        if parsed is None:
-            raise invalid_parameter("mp3", f"must be true or false, got {raw!r}")
-        mp3 = parsed
+def _parse_shifts(raw: str | None, max_shifts: int) -> int:
+    """Demucs's leniency: ``0`` means one pass."""
+    if raw is None:
+        return DEFAULTS.shifts
+    try:
+        shifts = int(raw)
+    except ValueError:
+        shifts = -1
+    most = min(max_shifts, MAX_SHIFTS)
+    if not 0 <= shifts <= most:
+        raise invalid_parameter("shifts", f"must be an integer from 0 to {most}, got {raw!r}")
+    return max(shifts, 1)
 
-    bitrate = 192
-    if (raw := given("mp3_bitrate")) is not None:
-        try:
-            bitrate = int(raw)
-        except ValueError:
-            bitrate = 0
-        low, high = MP3_BITRATES[0], MP3_BITRATES[-1]
-        if not low <= bitrate <= high:
-            raise invalid_parameter("mp3_bitrate", f"must be an integer from {low} to {high}, got {raw!r}")
-        bitrate = max(rate for rate in MP3_BITRATES if rate <= bitrate)
 
-    output = "mp3" if mp3 else "wav"
-    if (raw := given("format")) is not None:
+def _parse_overlap(raw: str | None) -> float:
+    if raw is None:
+        return DEFAULTS.overlap
+    try:
+        overlap = round(float(raw), 4) + 0.0  # the value the engine gets is the one checked (no -0)
+    except (ValueError, OverflowError):
+        overlap = math.nan
+    try:
+        check_overlap(overlap)
+    except SeparationError:
+        raise invalid_parameter("overlap", f"must be a number in [0, {MAX_OVERLAP:g}), got {raw!r}") from None
+    return overlap
+
+
+def _parse_output(form: Mapping[str, str]) -> tuple[str, int]:
+    """The format (from ``format``, else ``mp3``) and its bitrate (normalised to the default when unused)."""
+    mp3 = _parse_mp3(form.get("mp3"))
+    bitrate = _parse_bitrate(form.get("mp3_bitrate"))
+    output = DEFAULTS.format if mp3 else "wav"
+    if (raw := form.get("format")) is not None:
         if raw not in FORMATS:
             raise invalid_parameter("format", f"must be one of {', '.join(FORMATS)}, got {raw!r}")
-        if given("mp3") is not None and mp3 != (raw == "mp3"):
-            contradiction = f"format={raw} contradicts mp3={given('mp3')}; give one of them"
+        if form.get("mp3") is not None and mp3 != (raw == "mp3"):
+            contradiction = f"format={raw} contradicts mp3={form['mp3']}; give one of them"
             raise invalid_parameter("format", contradiction)
         output = raw
+    return output, bitrate if output == "mp3" else DEFAULTS.mp3_bitrate
 
-    return SeparationOptions(
-        two_stems=two_stems,
-        shifts=shifts,
-        overlap=overlap,
-        format=output,
-        mp3_bitrate=bitrate if output == "mp3" else 192,
-    )
+
+def _parse_mp3(raw: str | None) -> bool:
+    if raw is None:
+        return True
+    parsed = parse_bool(raw)
+    if parsed is None:
+        raise invalid_parameter("mp3", f"must be true or false, got {raw!r}")
+    return parsed
+
+
+def _parse_bitrate(raw: str | None) -> int:
+    """A bitrate between the standard MP3 rates is rounded down to one (200 gives 192)."""
+    if raw is None:
+        return DEFAULTS.mp3_bitrate
+    try:
+        bitrate = int(raw)
+    except ValueError:
+        bitrate = 0
+    low, high = MP3_BITRATES[0], MP3_BITRATES[-1]
+    if not low <= bitrate <= high:
+        raise invalid_parameter("mp3_bitrate", f"must be an integer from {low} to {high}, got {raw!r}")
+    return max(rate for rate in MP3_BITRATES if rate <= bitrate)
+
+
+def form_schema(sources: Sequence[str], model: str, max_shifts: int) -> dict[str, Any]:
+    """The OpenAPI ``multipart/form-data`` schema of the form :func:`parse_options` reads, for a server
+    that runs ``model`` (whose stems are ``sources``): the one description of the form's fields."""
+    low, high = MP3_BITRATES[0], MP3_BITRATES[-1]
+    example = sources[-1] if sources else "vocals"
+    pair = f"{example} and {complement(example)}"
+    properties: dict[str, Any] = {
+        FILE_FIELD: {"type": "string", "format": "binary", "description": "the song (any common format)"},
+        "two_stems": {
+            "type": "string",
+            "enum": list(sources),
+            "description": f"only this stem and the rest of the mix (e.g. {pair})",
+        },
+        "shifts": {
+            "type": "integer",
+            "default": DEFAULTS.shifts,
+            "minimum": 0,
+            "maximum": min(max_shifts, MAX_SHIFTS),
+            "description": "passes with random offsets, averaged (0 means 1)",
+        },
+        "overlap": {
+            "type": "number",
+            "default": DEFAULTS.overlap,
+            "minimum": 0,
+            "exclusiveMaximum": MAX_OVERLAP,
+        },
+        "mp3": {"type": "boolean", "default": DEFAULTS.format == "mp3", "description": "false: 16-bit WAV"},
+        "mp3_bitrate": {
+            "type": "integer",
+            "default": DEFAULTS.mp3_bitrate,
+            "minimum": low,
+            "maximum": high,
+            "description": f"kbit/s, rounded down to one of {', '.join(map(str, MP3_BITRATES))}",
+        },
+        "model": {"type": "string", "enum": [model], "description": "the served model (the only one)"},
+        "format": {
+            "type": "string",
+            "enum": list(FORMATS),
+            "default": DEFAULTS.format,
+            "description": "lossless formats are 16-bit",
+        },
+    }
+    return {"type": "object", "required": [FILE_FIELD], "properties": properties}
