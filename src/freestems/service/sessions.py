@@ -66,6 +66,12 @@ class Mailbox:
             await self._ready.wait()
         return self._items.popleft()
 
+    def get_nowait(self) -> Message:
+        """The next message without waiting (like ``asyncio.Queue``); raises ``asyncio.QueueEmpty``."""
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
     def qsize(self) -> int:
         return len(self._items)
 
