@@ -173,7 +173,8 @@ def _to_stereo(samples: np.ndarray, frame: av.AudioFrame) -> np.ndarray:
         return samples
     if channels == 1:
         return np.repeat(samples, 2, axis=1)
-    return samples @ downmix_matrix(tuple(ch.name for ch in frame.layout.channels))
+    stereo: np.ndarray = samples @ downmix_matrix(tuple(ch.name for ch in frame.layout.channels))
+    return stereo
 
 
 # ---------------------------------------------------------------------------------------------- reader
@@ -432,7 +433,8 @@ class AudioReader:
 
     def _audio_stream(self, container: av.container.InputContainer) -> av.AudioStream:
         if container.streams.audio:
-            return container.streams.best("audio") or container.streams.audio[0]
+            best = container.streams.best("audio")  # typed as any Stream; for "audio" it is an AudioStream
+            return best if isinstance(best, av.AudioStream) else container.streams.audio[0]
         what = _sniff(self._head)
         if what is not None and what != "text":
             raise self._error(f"not an audio file (looks like {what}). Supported: {SUPPORTED_INPUTS}")

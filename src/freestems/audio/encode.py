@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import numpy as np
 
@@ -170,8 +170,8 @@ class Codec:
 
     container: str
     """FFmpeg muxer."""
-    codec: str
-    """FFmpeg encoder."""
+    codec: Literal["pcm_s16le", "pcm_s24le", "pcm_f32le", "flac"]
+    """FFmpeg encoder (a literal, so PyAV's typing knows ``add_stream`` gives an audio stream)."""
     sample_format: str
     """Packed sample format handed to the encoder."""
     bits: int
@@ -221,7 +221,8 @@ class _AvWriter(StemWriter):
         """(2, n) float -> (1, 2n) interleaved samples in the codec's sample format."""
         if self._codec.bits == 32:  # float keeps overs; only NaN and infinities are cleaned
             x = np.ascontiguousarray(block.T)
-            return np.nan_to_num(x, copy=False, nan=0.0, posinf=1.0, neginf=-1.0).reshape(1, -1)
+            cleaned: np.ndarray = np.nan_to_num(x, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
+            return cleaned.reshape(1, -1)
         if self._codec.bits == 24:  # FFmpeg takes 24-bit samples in the top bits of s32
             return (_to_int(block, 24) << 8).reshape(1, -1)
         return _to_int(block, 16).reshape(1, -1)

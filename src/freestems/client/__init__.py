@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 from .errors import RemoteError
 
 if TYPE_CHECKING:
-    from .api import Client, Job, Session
+    from .api import Client, Job
+    from .session import Session
 
 __all__ = ["Client", "Job", "RemoteError", "Session"]
 

@@ -44,7 +44,7 @@ class Job:
     progress: float = 0.0
     model: str | None = None
     cache: str = "miss"
-    error: dict | None = None
+    error: dict[str, Any] | None = None
     view: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -132,7 +132,7 @@ class Client:
             session.close()
             raise
 
-    def submit(self, path: str | os.PathLike, session: Session | None, **options: Any) -> Job:
+    def submit(self, path: str | os.PathLike[str], session: Session | None, **options: Any) -> Job:
         """``POST /jobs``: upload ``path`` (streamed from disk) with the options of the form
         (``two_stems``, ``shifts``, ``overlap``, ``format``, ``mp3_bitrate``, ``model``; None leaves the
         server's default). ``session`` is None only for servers without keys (``FREESTEMS_AUTH=none``)."""
@@ -236,9 +236,10 @@ class Client:
         response = self.http.get(f"/jobs/{job.id}", headers={"X-Job-Token": job.token})
         if response.status_code != 200:
             raise error_of(response)
-        return response.json()
+        view: dict[str, Any] = response.json()
+        return view
 
-    def download(self, job: Job, destination: str | os.PathLike) -> Path:
+    def download(self, job: Job, destination: str | os.PathLike[str]) -> Path:
         """``GET /jobs/{id}/result`` into ``destination`` (the zip), resuming a dropped transfer."""
         destination = Path(destination)
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -261,9 +262,9 @@ class Client:
 
     def separate(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         *,
-        out_dir: str | os.PathLike = "separated",
+        out_dir: str | os.PathLike[str] = "separated",
         two_stems: str | None = None,
         shifts: int | None = None,
         overlap: float | None = None,

@@ -192,4 +192,4 @@ def _range_total(response: httpx.Response, start: int) -> int:
 
 def backoff(attempt: int) -> float:
     """Seconds before retry number ``attempt`` (1, 2, ...): 0.5, 1, 2, 4, then every 5 s."""
-    return min(5.0, 0.25 * 2**attempt)
+    return min(5.0, 0.25 * 2.0**attempt)

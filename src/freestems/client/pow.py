@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import altcha
 
@@ -106,7 +106,15 @@ def deriver(parameters: altcha.ChallengeParameters) -> tuple[Derive, bool]:
     return (lambda password: altcha.derive_key_argon2id(parameters, salt, password)), True
 
 
-def _iterated_sha(hash_constructor: Callable, salt: bytes, cost: int, length: int, password: bytes) -> bytes:
+class _Hash(Protocol):
+    """What ``_iterated_sha`` needs of a ``hashlib`` hash object."""
+
+    def digest(self) -> bytes: ...
+
+
+def _iterated_sha(
+    hash_constructor: Callable[[bytes], _Hash], salt: bytes, cost: int, length: int, password: bytes
+) -> bytes:
     """ALTCHA's SHA derivation: hash(salt + password), then ``cost - 1`` more hashes of the digest."""
     digest = hash_constructor(salt + password).digest()
     for _ in range(cost - 1):
@@ -247,7 +255,7 @@ def _in_processes(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_root, env.get("PYTHONPATH"))))
     seconds = max(0.0, deadline - time.monotonic())
-    procs: list[subprocess.Popen] = []
+    procs: list[subprocess.Popen[bytes]] = []
     found: tuple[int, bytes] | None = None
     with selectors.DefaultSelector() as selector:
         try:

@@ -33,9 +33,9 @@ class Session:
         self.expires_in: float | None = None
         self._changed = threading.Condition()
         self._version = 0
-        self._jobs: dict[str, dict] = {}
-        self._done: dict[str, dict] = {}
-        self.error: dict | None = None
+        self._jobs: dict[str, dict[str, Any]] = {}
+        self._done: dict[str, dict[str, Any]] = {}
+        self.error: dict[str, Any] | None = None
         self.closed = False
         self.close_code: int | None = None
         self._reader: threading.Thread | None = None
@@ -59,7 +59,7 @@ class Session:
             raise RemoteError(None, "unreachable", f"cannot open {url}: {error}") from None
         return cls(socket)
 
-    def receive(self, timeout: float) -> dict:
+    def receive(self, timeout: float) -> dict[str, Any]:
         """The next message, before the reader runs (the handshake of challenge and key)."""
         try:
             text = self.socket.recv(timeout=timeout)
@@ -76,7 +76,7 @@ class Session:
             raise RemoteError(None, str(message.get("code")), str(message.get("message")))
         return message
 
-    def send(self, message: dict) -> None:
+    def send(self, message: dict[str, Any]) -> None:
         try:
             self.socket.send(json.dumps(message))
         except ConnectionClosed as closed:
@@ -152,7 +152,7 @@ class Session:
             self._changed.wait_for(lambda: self._version != seen or self.closed, timeout)
             return self._version
 
-    def job(self, job_id: str) -> dict | None:
+    def job(self, job_id: str) -> dict[str, Any] | None:
         """The newest ``job`` message about ``job_id`` (a ``done`` message counts as state ``done``)."""
         with self._changed:
             if job_id in self._done:

@@ -27,6 +27,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from tqdm import tqdm
 
@@ -54,12 +55,12 @@ def default_cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "freestems"
 
 
-def cache_path(info: ModelInfo, cache_dir: str | os.PathLike | None = None) -> Path:
+def cache_path(info: ModelInfo, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Where the weights of ``info`` live in the cache (whether or not they are there)."""
     return Path(cache_dir or default_cache_dir()).expanduser() / info.filename
 
 
-def cached_file(info: ModelInfo, cache_dir: str | os.PathLike | None = None) -> Path | None:
+def cached_file(info: ModelInfo, cache_dir: str | os.PathLike[str] | None = None) -> Path | None:
     """The cached weights of ``info`` if present (and of the catalog size, when the size is known)."""
     path = cache_path(info, cache_dir)
     try:
@@ -72,7 +73,7 @@ def cached_file(info: ModelInfo, cache_dir: str | os.PathLike | None = None) -> 
 
 
 def ensure_weights(
-    info: ModelInfo, cache_dir: str | os.PathLike | None = None, progress: bool = True
+    info: ModelInfo, cache_dir: str | os.PathLike[str] | None = None, progress: bool = True
 ) -> Path:
     """The cached weights of ``info``, downloading them first if missing.
 
@@ -119,6 +120,7 @@ def verify_cached(info: ModelInfo, path: Path) -> Path:
     """
     actual = file_sha256(path)
     pin = path.with_name(path.name + PIN_SUFFIX)
+    expected: str | None
     if info.sha256 is not None:
         expected, source = info.sha256.lower(), f"the catalog's sha256 for model {info.name}"
     else:
@@ -160,7 +162,7 @@ def _write_pin(pin: Path, digest: str, name: str) -> None:
 
 def download(
     url: str,
-    dest: str | os.PathLike,
+    dest: str | os.PathLike[str],
     *,
     sha256: str | None = None,
     size: int | None = None,
@@ -214,7 +216,15 @@ def download(
     return dest
 
 
-def _fetch(url, out, bar, size, timeout, retries, failed) -> tuple[str, int, int | None]:
+def _fetch(
+    url: str,
+    out: BinaryIO,
+    bar: tqdm,
+    size: int | None,
+    timeout: float,
+    retries: int,
+    failed: Callable[[str], ModelNotAvailable],
+) -> tuple[str, int, int | None]:
     """Stream ``url`` into ``out``, resuming after dropped connections; return (sha256, bytes, total)."""
     hasher = hashlib.sha256()
     received = 0
@@ -224,7 +234,7 @@ def _fetch(url, out, bar, size, timeout, retries, failed) -> tuple[str, int, int
         request = urllib.request.Request(url, headers={"User-Agent": _user_agent()})
         if received:
             request.add_header("Range", f"bytes={received}-")
-        dropped = None
+        dropped: BaseException | None = None
         try:
             response = urllib.request.urlopen(request, timeout=timeout)
         except urllib.error.HTTPError as error:
@@ -283,7 +293,7 @@ def _fetch(url, out, bar, size, timeout, retries, failed) -> tuple[str, int, int
     return hasher.hexdigest(), received, total
 
 
-def _body_offset(response) -> int | None:
+def _body_offset(response: http.client.HTTPResponse) -> int | None:
     """Where the body of ``response`` starts in the file: 0 for a 200, the range start for a 206."""
     if response.status != 206:
         return 0
@@ -291,7 +301,7 @@ def _body_offset(response) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def _announced_total(response, start: int) -> int | None:
+def _announced_total(response: http.client.HTTPResponse, start: int) -> int | None:
     """The complete file size the server announces, if it does."""
     if response.status == 206:
         found = re.match(r"bytes \d+-\d+/(\d+)", response.headers.get("Content-Range", ""))
@@ -302,7 +312,7 @@ def _announced_total(response, start: int) -> int | None:
     return None
 
 
-def _unreachable(url: str, reason, timeout: float) -> str:
+def _unreachable(url: str, reason: BaseException | str, timeout: float) -> str:
     host = urllib.parse.urlsplit(url).hostname or url
     if isinstance(reason, TimeoutError) or "timed out" in str(reason):
         return f"no answer from {host} within {timeout:g} s (offline or slow network?)"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,14 @@ class ConvolutionModule(nn.Module):
 class SDlayer(nn.Module):
     """Sparse down-sampling: one strided Conv2d over frequency per band."""
 
-    def __init__(self, channels_in: int, channels_out: int, ratios, strides, kernels):
+    def __init__(
+        self,
+        channels_in: int,
+        channels_out: int,
+        ratios: Sequence[float],
+        strides: Sequence[int],
+        kernels: Sequence[int],
+    ):
         super().__init__()
         self.ratios = list(ratios)
         self.strides = list(strides)
@@ -80,7 +88,8 @@ class SDlayer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[int]]:
-        outputs, lengths = [], []
+        outputs: list[torch.Tensor] = []
+        lengths: list[int] = []
         for conv, stride, kernel, (start, end) in zip(
             self.convs, self.strides, self.kernels, band_splits(x.shape[2], self.ratios), strict=True
         ):
@@ -95,7 +104,7 @@ class SDlayer(nn.Module):
 class SUlayer(nn.Module):
     """Sparse up-sampling: one ConvTranspose2d per band, trimmed back to the band's original length."""
 
-    def __init__(self, channels_in: int, channels_out: int, strides, kernels):
+    def __init__(self, channels_in: int, channels_out: int, strides: Sequence[int], kernels: Sequence[int]):
         super().__init__()
         self.convtrs = nn.ModuleList(
             nn.ConvTranspose2d(channels_in, channels_out, (kernel, 1), (stride, 1))
@@ -103,7 +112,8 @@ class SUlayer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, lengths: list[int], original_lengths: list[int]) -> torch.Tensor:
-        outputs, start = [], 0
+        outputs: list[torch.Tensor] = []
+        start = 0
         for convtr, length, original in zip(self.convtrs, lengths, original_lengths, strict=True):
             out = convtr(x[:, :, start : start + length, :])
             start += length
@@ -115,7 +125,17 @@ class SUlayer(nn.Module):
 class SDblock(nn.Module):
     """Encoder block: sparse down-sampling, per-band convolution modules, then a 3x3 global convolution."""
 
-    def __init__(self, channels_in, channels_out, ratios, strides, kernels, depths, compress, conv_kernel):
+    def __init__(
+        self,
+        channels_in: int,
+        channels_out: int,
+        ratios: Sequence[float],
+        strides: Sequence[int],
+        kernels: Sequence[int],
+        depths: Sequence[int],
+        compress: float,
+        conv_kernel: int,
+    ):
         super().__init__()
         self.SDlayer = SDlayer(channels_in, channels_out, ratios, strides, kernels)
         self.conv_modules = nn.ModuleList(
@@ -123,9 +143,9 @@ class SDblock(nn.Module):
         )
         self.globalconv = nn.Conv2d(channels_out, channels_out, 3, 1, 1)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
         bands, original_lengths = self.SDlayer(x)
-        processed = []
+        processed: list[torch.Tensor] = []
         for conv, band in zip(self.conv_modules, bands, strict=True):
             b, c, f, t = band.shape
             rows = band.permute(0, 2, 1, 3).reshape(b * f, c, t)  # every frequency row is a sequence in time
@@ -147,15 +167,22 @@ class FusionLayer(nn.Module):
         return F.glu(self.conv(x), dim=1)
 
 
-class DecoderStage(nn.Sequential):
-    """``decoder.N``: index 0 is the fusion layer, index 1 the sparse up-sampling layer (reference layout)."""
+class DecoderStage(nn.ModuleList):
+    """``decoder.N``: index 0 is the fusion layer, index 1 the sparse up-sampling layer (reference layout).
+
+    A ``ModuleList`` rather than a ``Sequential``: the children keep the reference names ``0`` and ``1``, and
+    ``forward`` takes the skip and band lengths as well as the input, which a ``Sequential`` cannot.
+    """
 
     def __init__(self, fusion: FusionLayer, upsample: SUlayer):
-        super().__init__(fusion, upsample)
+        super().__init__([fusion, upsample])
 
-    def forward(self, x, skip, lengths, original_lengths):
-        fusion, upsample = self[0], self[1]
-        return upsample(fusion(x, skip), lengths, original_lengths)
+    def forward(
+        self, x: torch.Tensor, skip: torch.Tensor, lengths: list[int], original_lengths: list[int]
+    ) -> torch.Tensor:
+        fusion, upsample = cast(FusionLayer, self[0]), cast(SUlayer, self[1])
+        out: torch.Tensor = upsample(fusion(x, skip), lengths, original_lengths)
+        return out
 
 
 class DualPathRNN(nn.Module):
@@ -179,7 +206,8 @@ class DualPathRNN(nn.Module):
         # Time path: one sequence over time per (item, frequency row).
         y = self.norm_layers[1](x).permute(0, 2, 3, 1).reshape(b * f, t, c)
         y = self.linear_layers[1](self.lstm_layers[1](y)[0])
-        return x + y.view(b, f, t, c).permute(0, 3, 1, 2)
+        out: torch.Tensor = x + y.view(b, f, t, c).permute(0, 3, 1, 2)
+        return out
 
 
 class FeatureConversion(nn.Module):
@@ -193,8 +221,9 @@ class FeatureConversion(nn.Module):
         x = x.float()
         if self.inverse:
             real, imag = x.chunk(2, dim=1)
-            return torch.fft.irfft(torch.complex(real, imag), dim=3, norm="ortho")
-        spec = torch.fft.rfft(x, dim=3, norm="ortho")
+            wave: torch.Tensor = torch.fft.irfft(torch.complex(real, imag), dim=3, norm="ortho")
+            return wave
+        spec: torch.Tensor = torch.fft.rfft(x, dim=3, norm="ortho")
         return torch.cat([spec.real, spec.imag], dim=1)
 
 
@@ -229,6 +258,8 @@ class SCNet(nn.Module):
     ``(batch, len(sources), audio_channels, samples)``.
     """
 
+    window: torch.Tensor  # registered buffer (not saved): the rectangular STFT window
+
     def __init__(
         self,
         sources: Sequence[str] = ("drums", "bass", "other", "vocals"),
@@ -254,7 +285,9 @@ class SCNet(nn.Module):
         self.dims = list(dims)
         self.hop_size = hop_size
         self.spec_norm = spec_norm
-        self.stft_args = dict(n_fft=nfft, hop_length=hop_size, win_length=win_size, normalized=normalized)
+        self.nfft = nfft
+        self.win_size = win_size
+        self.normalized = normalized
         # The reference passes no window to the STFT, which means a rectangular one.
         self.register_buffer("window", torch.ones(win_size), persistent=False)
 
@@ -297,10 +330,13 @@ class SCNet(nn.Module):
         # Complex STFT; channels are laid out [L.re, L.im, R.re, R.im].
         spec = torch.stft(
             x.reshape(batch * channels, -1),
+            n_fft=self.nfft,
+            hop_length=self.hop_size,
+            win_length=self.win_size,
             window=self.window,
-            return_complex=True,
             center=True,
-            **self.stft_args,
+            normalized=self.normalized,
+            return_complex=True,
         )
         _, freqs, frames = spec.shape
         x = torch.view_as_real(spec).view(batch, channels, freqs, frames, 2)
@@ -324,6 +360,14 @@ class SCNet(nn.Module):
 
         # (B, S*C*2, F, T): for each source, each audio channel, its real and imaginary parts.
         x = x.reshape(-1, 2, freqs, frames).permute(0, 2, 3, 1).contiguous()
-        wave = torch.istft(torch.view_as_complex(x), window=self.window, center=True, **self.stft_args)
+        wave = torch.istft(
+            torch.view_as_complex(x),
+            n_fft=self.nfft,
+            hop_length=self.hop_size,
+            win_length=self.win_size,
+            window=self.window,
+            center=True,
+            normalized=self.normalized,
+        )
         wave = wave.reshape(batch, len(self.sources), channels, -1)
         return wave[..., :length]

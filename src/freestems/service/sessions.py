@@ -48,26 +48,28 @@ class Mailbox:
     at most one pending message per job, and gets the newest state when it reads, never a backlog."""
 
     def __init__(self) -> None:
-        self._items: deque[Message | None] = deque()
+        self._items: deque[Message] = deque()
         self._ready = asyncio.Event()
 
-    def put_nowait(self, message: Message | None) -> None:
-        if message is not None and message.get("type") in COALESCED:
+    def put_nowait(self, message: Message) -> None:
+        if message.get("type") in COALESCED:
             for index, queued in enumerate(self._items):
-                if (
-                    queued is not None
-                    and queued.get("type") == message["type"]
-                    and queued.get("id") == message.get("id")
-                ):
+                if queued.get("type") == message["type"] and queued.get("id") == message.get("id"):
                     self._items[index] = message
                     return
         self._items.append(message)
         self._ready.set()
 
-    async def get(self) -> Message | None:
+    async def get(self) -> Message:
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
+        return self._items.popleft()
+
+    def get_nowait(self) -> Message:
+        """The next message without waiting (like ``asyncio.Queue``); raises ``asyncio.QueueEmpty``."""
+        if not self._items:
+            raise asyncio.QueueEmpty
         return self._items.popleft()
 
     def qsize(self) -> int:
@@ -114,12 +116,12 @@ class SessionRegistry:
     # ------------------------------------------------------------------------------------- connections
 
     def connect(self, connection: str) -> Mailbox:
-        """Register a WebSocket connection; returns its mailbox (messages for it, or None: close)."""
+        """Register a WebSocket connection; returns its mailbox (the messages for its socket)."""
         mailbox = Mailbox()
         self._mailboxes[connection] = mailbox
         return mailbox
 
-    def post(self, connection: str, message: Message | None) -> None:
+    def post(self, connection: str, message: Message) -> None:
         """Queue ``message`` for ``connection``'s socket (dropped when it has gone)."""
         mailbox = self._mailboxes.get(connection)
         if mailbox is not None:

@@ -36,6 +36,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse
@@ -95,8 +96,9 @@ async def _serve(
 ) -> bool:
     """The connection's loop: incoming messages, outgoing mail, the challenge deadline. Returns True when
     the server closed the socket for a restart."""
-    receive: asyncio.Task[dict[str, Any]] = asyncio.ensure_future(websocket.receive())
-    outgoing: asyncio.Task[Message | None] = asyncio.ensure_future(mailbox.get())
+    # Starlette's ASGI events are MutableMappings; the mailbox holds the JSON messages to send.
+    receive: asyncio.Task[MutableMapping[str, Any]] = asyncio.ensure_future(websocket.receive())
+    outgoing: asyncio.Task[Message] = asyncio.ensure_future(mailbox.get())
     idle_since: float | None = None
     try:
         while True:
@@ -155,7 +157,7 @@ def _deadline(
     return (idle_since or time.time()) + ttl, forbidden("idle", message)
 
 
-async def _handle(service: Service, connection: str, client: str, event: dict[str, Any]) -> Message | None:
+async def _handle(service: Service, connection: str, client: str, event: Mapping[str, Any]) -> Message | None:
     """One client message; returns the reply (or None), raises ServiceError to end the connection."""
     text = event.get("text")
     if text is None or len(text) > MAX_MESSAGE_CHARS:

@@ -9,6 +9,8 @@ modules only run inference).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,7 +25,8 @@ class RMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=-1) * self.scale * self.gamma
+        out: torch.Tensor = F.normalize(x, dim=-1) * self.scale * self.gamma
+        return out
 
 
 class RotaryEmbedding(nn.Module):
@@ -47,7 +50,7 @@ class RotaryEmbedding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Rotate ``x`` of shape (..., length, dim), in the frequencies' precision like the reference."""
         angles = self.angles(x.shape[-2], x.device)
-        pairs = x.unflatten(-1, (-1, 2))
+        pairs = torch.unflatten(x, -1, (-1, 2))
         rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
         return (x * angles.cos() + rotated * angles.sin()).to(x.dtype)
 
@@ -78,7 +81,8 @@ class Attention(nn.Module):
             q, k = self.rotary_embed(q), self.rotary_embed(k)
         out = F.scaled_dot_product_attention(q, k, v)
         out = out * self.to_gates(x).transpose(1, 2).unsqueeze(-1).sigmoid()
-        return self.to_out(out.transpose(1, 2).reshape(batch, length, -1))
+        projected: torch.Tensor = self.to_out(out.transpose(1, 2).reshape(batch, length, -1))
+        return projected
 
 
 class LinearAttention(nn.Module):
@@ -107,7 +111,8 @@ class LinearAttention(nn.Module):
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         q = q * self.temperature.exp()
         out = F.scaled_dot_product_attention(q, k, v, scale=self.SCALE)
-        return self.to_out(out.permute(0, 3, 1, 2).reshape(batch, length, -1))
+        projected: torch.Tensor = self.to_out(out.permute(0, 3, 1, 2).reshape(batch, length, -1))
+        return projected
 
 
 class FeedForward(nn.Module):
@@ -125,7 +130,8 @@ class FeedForward(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        out: torch.Tensor = self.net(x)
+        return out
 
 
 class Transformer(nn.Module):
@@ -160,7 +166,9 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(dim) if norm_output else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for attn, ff in self.layers:
+        for block in self.layers:
+            attn, ff = cast(nn.ModuleList, block)  # layers.N: [attention, feed-forward]
             x = attn(x) + x
             x = ff(x) + x
-        return self.norm(x)
+        out: torch.Tensor = self.norm(x)
+        return out

@@ -29,7 +29,7 @@ class BandSplit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., sum(dim_inputs)) -> (..., bands, dim)."""
-        parts = x.split(self.dim_inputs, dim=-1)
+        parts = torch.split(x, self.dim_inputs, dim=-1)
         return torch.stack([net(part) for net, part in zip(self.to_features, parts, strict=True)], dim=-2)
 
 

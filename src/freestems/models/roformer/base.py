@@ -8,6 +8,7 @@ over the spectrogram.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,8 @@ class BandRoformer(nn.Module):
     input's. A stereo model needs two channels; a mono model separates each channel on its own.
     """
 
+    window: torch.Tensor  # registered buffer (not saved): the STFT window
+
     def __init__(
         self,
         dim: int,
@@ -75,29 +78,47 @@ class BandRoformer(nn.Module):
         self.num_stems = num_stems
         self.skip_connection = skip_connection
         self.zero_dc = zero_dc
-        self.stft_kwargs = dict(
-            n_fft=stft_n_fft,
-            hop_length=stft_hop_length,
-            win_length=stft_win_length,
-            normalized=stft_normalized,
-        )
+        self.n_fft = stft_n_fft
+        self.hop_length = stft_hop_length
+        self.win_length = stft_win_length
+        self.stft_normalized = stft_normalized
         window = (stft_window_fn or torch.hann_window)(stft_win_length)
         self.register_buffer("window", window.float(), persistent=False)
 
         # One rotary embedding for all time stacks and one for all frequency stacks, as in the reference: its
         # frequencies appear in the state_dict under every attention layer.
         time_rotary, freq_rotary = RotaryEmbedding(dim_head), RotaryEmbedding(dim_head)
-        common = dict(dim=dim, heads=heads, dim_head=dim_head, norm_output=transformer_norm_output)
         self.layers = nn.ModuleList()
         for _ in range(depth):
             stacks = []
             if linear_transformer_depth > 0:
-                stacks.append(Transformer(depth=linear_transformer_depth, linear_attn=True, **common))
-            stacks.append(Transformer(depth=time_transformer_depth, rotary_embed=time_rotary, **common))
-            stacks.append(Transformer(depth=freq_transformer_depth, rotary_embed=freq_rotary, **common))
+                stacks.append(
+                    Transformer(
+                        dim=dim,
+                        depth=linear_transformer_depth,
+                        heads=heads,
+                        dim_head=dim_head,
+                        norm_output=transformer_norm_output,
+                        linear_attn=True,
+                    )
+                )
+            time_and_freq = ((time_transformer_depth, time_rotary), (freq_transformer_depth, freq_rotary))
+            for stack_depth, rotary in time_and_freq:
+                stacks.append(
+                    Transformer(
+                        dim=dim,
+                        depth=stack_depth,
+                        heads=heads,
+                        dim_head=dim_head,
+                        rotary_embed=rotary,
+                        norm_output=transformer_norm_output,
+                    )
+                )
             self.layers.append(nn.ModuleList(stacks))
 
-    def _build_bands(self, dim: int, band_sizes: Sequence[int], mask_layers: int, mlp_expansion_factor: int):
+    def _build_bands(
+        self, dim: int, band_sizes: Sequence[int], mask_layers: int, mlp_expansion_factor: int
+    ) -> None:
         """Band split and one mask estimator per stem, for bands of ``band_sizes`` frequency bins each."""
         dim_inputs = [2 * size * self.audio_channels for size in band_sizes]  # real/imag of every channel
         self.band_split = BandSplit(dim, dim_inputs)
@@ -122,7 +143,7 @@ class BandRoformer(nn.Module):
 
     def _min_length(self) -> int:
         """Shortest input the centred STFT's reflect padding accepts."""
-        return self.stft_kwargs["n_fft"] // 2 + 1
+        return self.n_fft // 2 + 1
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         if audio.ndim == 2 and not self.stereo:
@@ -156,7 +177,7 @@ class BandRoformer(nn.Module):
         batch, frames, bands, dim = x.shape
         previous: list[torch.Tensor] = []
         for stacks in self.layers:
-            *linear, time_stack, freq_stack = stacks
+            *linear, time_stack, freq_stack = cast(nn.ModuleList, stacks)  # layers.N: [linear,] time, freq
             if linear:
                 x = linear[0](x.reshape(batch, frames * bands, dim)).view(batch, frames, bands, dim)
             if self.skip_connection:
@@ -173,9 +194,12 @@ class BandRoformer(nn.Module):
         batch, channels, length = audio.shape
         spec = torch.stft(
             audio.float().reshape(batch * channels, length),
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            win_length=self.win_length,
             window=self.window,
+            normalized=self.stft_normalized,
             return_complex=True,
-            **self.stft_kwargs,
         )
         bins, frames = spec.shape[-2:]
         spec = torch.view_as_real(spec).view(batch, channels, bins, frames, 2)
@@ -189,5 +213,13 @@ class BandRoformer(nn.Module):
         stems = stems.reshape(batch * num_stems * channels, -1, frames)
         if self.zero_dc:
             stems = stems.index_fill(1, torch.tensor(0, device=stems.device), 0.0)
-        audio = torch.istft(stems, window=self.window, length=length, **self.stft_kwargs)
+        audio = torch.istft(
+            stems,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            win_length=self.win_length,
+            window=self.window,
+            normalized=self.stft_normalized,
+            length=length,
+        )
         return audio.view(batch, num_stems, channels, length)

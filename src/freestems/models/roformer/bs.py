@@ -48,7 +48,7 @@ class BSRoformer(BandRoformer):
         multi_stft_resolutions_window_sizes: Sequence[int] = (4096, 2048, 1024, 512, 256),
         multi_stft_hop_size: int = 147,
         multi_stft_normalized: bool = False,
-        multi_stft_window_fn: Callable | None = None,
+        multi_stft_window_fn: Callable[[int], torch.Tensor] | None = None,
         mlp_expansion_factor: int = 4,
         use_torch_checkpoint: bool = False,
         skip_connection: bool = False,
@@ -85,4 +85,5 @@ class BSRoformer(BandRoformer):
         self._build_bands(dim, freqs_per_bands, mask_estimator_depth, mlp_expansion_factor)
 
     def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
-        return self.final_norm(x)
+        out: torch.Tensor = self.final_norm(x)
+        return out

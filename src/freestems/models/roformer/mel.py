@@ -20,6 +20,9 @@ class MelBandRoformer(BandRoformer):
     short by default); ``use_pope=True`` is refused.
     """
 
+    freq_indices: torch.Tensor  # registered buffer (not saved): each band's spectrogram rows, bands in order
+    bands_per_row: torch.Tensor  # registered buffer (not saved): how many bands hold each spectrogram row
+
     def __init__(
         self,
         dim: int,
@@ -49,7 +52,7 @@ class MelBandRoformer(BandRoformer):
         multi_stft_resolutions_window_sizes: Sequence[int] = (4096, 2048, 1024, 512, 256),
         multi_stft_hop_size: int = 147,
         multi_stft_normalized: bool = False,
-        multi_stft_window_fn: Callable | None = None,
+        multi_stft_window_fn: Callable[[int], torch.Tensor] | None = None,
         match_input_audio_length: bool = False,
         mlp_expansion_factor: int = 4,
         use_torch_checkpoint: bool = False,

@@ -97,10 +97,10 @@ def roformer_from_msst(
     if "dim" not in kwargs or "depth" not in kwargs:
         raise CheckpointError(f"{name}: the model section needs 'dim' and 'depth'")
 
-    sections = {
-        key: config.get(key) if isinstance(config.get(key), Mapping) else {}
-        for key in ("training", "audio", "inference")
-    }
+    sections: dict[str, Mapping[str, Any]] = {}
+    for key in ("training", "audio", "inference"):
+        section = config.get(key)
+        sections[key] = section if isinstance(section, Mapping) else {}
     rate = sections["audio"].get("sample_rate", SAMPLE_RATE)
     if rate != SAMPLE_RATE:
         raise CheckpointError(
