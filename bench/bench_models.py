@@ -40,22 +40,25 @@ def build(name: str):
     info = CATALOG[name]
     if info.architecture == "scnet":
         module = build_model(ModelSpec.from_info(info))
-        return LoadedModel(module=module, name=name, sources=info.sources, segment=info.segment,
-                           normalize=info.normalize)
+        return LoadedModel(
+            module=module, name=name, sources=info.sources, segment=info.segment, normalize=info.normalize
+        )
     if info.architecture == "htdemucs":
         from demucs.htdemucs import HTDemucs
 
         from freestems.models.htdemucs import wrap_demucs
 
         # The release arguments of htdemucs (955717e8): dconv_mode 3, bottom_channels 512, 5 layers, 7.8 s.
-        model = HTDemucs(list(info.sources), dconv_mode=3, bottom_channels=512, t_layers=5,
-                         segment=Fraction(39, 5))
+        model = HTDemucs(
+            list(info.sources), dconv_mode=3, bottom_channels=512, t_layers=5, segment=Fraction(39, 5)
+        )
         return wrap_demucs(model.eval(), name)
     from freestems.models.roformer import roformer_from_msst
 
     module, facts = roformer_from_msst(info.config, info.architecture, name=name)
-    return LoadedModel(module=module, name=name, sources=facts.sources, segment=facts.segment,
-                       normalize=facts.normalize)
+    return LoadedModel(
+        module=module, name=name, sources=facts.sources, segment=facts.segment, normalize=facts.normalize
+    )
 
 
 def one_run(name: str, seconds: int) -> dict:
@@ -99,7 +102,9 @@ def main() -> None:
         done = subprocess.run(command, check=True, capture_output=True, text=True)
         run = json.loads(done.stdout.strip().splitlines()[-1])
         runs.append(run)
-        print(f"{name:20} {run['seconds_per_audio_minute']:8.1f} s/min  {run['peak_rss_mb']:6d} MB", flush=True)
+        print(
+            f"{name:20} {run['seconds_per_audio_minute']:8.1f} s/min  {run['peak_rss_mb']:6d} MB", flush=True
+        )
     base = [run["seconds_per_audio_minute"] for run in runs if run["model"] == "scnet"]
     reference = sum(base) / len(base) if base else None
     costs = {}

@@ -430,9 +430,9 @@ _PRESETS = (
         sources=HTDEMUCS_SOURCES,
         sdr={"bass": 11.96, "drums": 11.13, "vocals": 10.98, "other": 5.85},
         sdr_set=MULTISONG,
-        note="Multisong: vocals 10.98 (Kim) beats htdemucs_ft's 8.38 and every SCNet's (<= 9.05); drums 11.13, "
-        "bass 11.96, other 5.85 (htdemucs_ft) beat every SCNet's Multisong figures. Each stem from one member, "
-        "so each stem's SDR is its member's published figure.",
+        note="Multisong: vocals 10.98 (Kim) beats htdemucs_ft's 8.38 and every SCNet's (<= 9.05); "
+        "drums 11.13, bass 11.96, other 5.85 (htdemucs_ft) beat every SCNet's Multisong figures. Each stem "
+        "comes from one member, so each stem's SDR is its member's published figure.",
     ),
     _ensemble(
         "ensemble-vocals-kim-scnet",

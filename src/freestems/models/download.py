@@ -123,7 +123,9 @@ def ensure_files(
             continue
         dest = cache_path(info, cache_dir, url)
         if not download:
-            raise ModelNotAvailable(f"model {info.name} is not in the cache; download {url} and save it as {dest}")
+            raise ModelNotAvailable(
+                f"model {info.name} is not in the cache; download {url} and save it as {dest}"
+            )
         paths.append(_download_file(info, url, dest, progress))
     return paths
 

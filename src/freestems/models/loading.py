@@ -632,7 +632,9 @@ def _load_file(path: Path, model_config, name: str | None, flags: _Flags) -> Loa
             return flags.apply(_load_demucs_file(path))
         if info.architecture in ROFORMERS:
             if not info.config:
-                raise ModelChoiceError(f"model {name} has no embedded config: give its YAML with --model-config")
+                raise ModelChoiceError(
+                    f"model {name} has no embedded config: give its YAML with --model-config"
+                )
             return flags.apply(_load_roformer(path, info.config, info.architecture, path.stem, ""))
         if info.architecture != "scnet":
             raise ModelChoiceError(f"model {name} is an ensemble, not a config for one file")
@@ -685,7 +687,9 @@ def _load_scnet(path: Path, spec: ModelSpec | None, flags: _Flags, hint: str) ->
     )
 
 
-def _load_roformer(path: Path, config: Mapping, architecture: str | None, name: str, hint: str) -> LoadedModel:
+def _load_roformer(
+    path: Path, config: Mapping, architecture: str | None, name: str, hint: str
+) -> LoadedModel:
     """A BS-RoFormer or Mel-Band RoFormer checkpoint and its MSST config (a dict)."""
     from freestems.models.roformer import roformer_from_msst
 
