@@ -601,10 +601,10 @@ def _load_ensemble(name, spelled, members, flags: _Flags, fetch: _Fetch) -> Load
     """An ensemble of catalog entries (presets nest: a member may itself be a preset)."""
     from freestems.models.ensemble import make_ensemble
 
-    loaded = []
-    for member, weights in members:
-        info = get_model_info(member)
-        loaded.append((_load_entry(info, flags, fetch), weights))
+    infos = [get_model_info(member) for member, _ in members]  # every name checked before any download
+    loaded = [
+        (_load_entry(info, flags, fetch), weights) for info, (_, weights) in zip(infos, members, strict=True)
+    ]
     try:
         return make_ensemble(name, loaded)
     except ModelChoiceError as error:
