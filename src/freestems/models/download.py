@@ -115,6 +115,11 @@ def ensure_files(
         ModelNotAvailable: a file is missing and ``download`` is False, or the download failed.
         CheckpointError: a cached file changed since it was pinned, or a download is not usable.
     """
+    if info.architecture == "ensemble":  # its members' files
+        from freestems.models.catalog import get_model_info
+
+        members = [get_model_info(name) for name, _ in info.config["members"]]
+        return [path for member in members for path in ensure_files(member, cache_dir, progress, download)]
     paths = []
     for url in entry_urls(info):
         path = _present(info, url, cache_dir)
