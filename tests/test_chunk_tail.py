@@ -25,7 +25,7 @@ class Recorder(torch.nn.Module):
 
 def recorder_model(tail: str, segment: int = 10_000) -> LoadedModel:
     model = LoadedModel(module=Recorder(), name="rec", sources=SOURCES, segment=segment, normalize=False)
-    model.chunk_tail = tail  # the field LoadedModel gains when the HT-Demucs family is merged
+    model.chunk_tail = tail
     return model
 
 

@@ -166,7 +166,9 @@ def add_remote_parser(commands) -> None:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Model choice, shared by every command that runs a model."""
-    parser.add_argument("-m", "--model", help="catalog model name (see `freestems models`)")
+    parser.add_argument(
+        "-m", "--model", help="catalog model name (see `freestems models`), or an ensemble: a+b"
+    )
     parser.add_argument("--model-file", type=Path, metavar="F", help="a checkpoint file instead of -m")
     parser.add_argument("--model-config", type=Path, metavar="C", help="its MSST YAML (or JSON) config")
     parser.add_argument(
@@ -219,7 +221,7 @@ def run_separate(args: argparse.Namespace) -> int:
     from freestems.models import ModelError
     from freestems.options import SeparationOptions
     from freestems.pipeline import separate_file, zip_stems
-    from freestems.separate import SeparationError, resolve_device
+    from freestems.separate import SeparationError, check_segment, resolve_device
 
     errors: list[str] = []
     try:
@@ -237,6 +239,7 @@ def run_separate(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         model = load_model_from_args(args)
         options.check_model(model.name, model.sources)
+        check_segment(model, round(args.segment * SAMPLE_RATE) if args.segment else None)
     except (UsageError, ModelError, SeparationError) as error:
         return fail(error)
     for line in errors:
@@ -295,31 +298,42 @@ def _unexpected(error: Exception) -> str:
 
 def run_models(args: argparse.Namespace) -> int:
     from freestems.models import CATALOG, DEFAULT_MODEL
-    from freestems.models.download import cached_file
+    from freestems.models.download import is_cached
 
-    rows = [("name", "SDR", "bass/drums/vocals/other", "cost", "size", "cached", "title")]
+    rows = [("name", "stems", "SDR (test set)", "cost", "size", "licence", "cached", "title")]
     for name, info in CATALOG.items():
-        sdr = info.sdr
-        detail = "/".join(f"{sdr[s]:.2f}" for s in ("bass", "drums", "vocals", "other"))
-        size = f"{info.size / 1e6:.0f} MB" if info.size else "?"
-        cached = "yes" if cached_file(info, args.cache_dir) else "no"
         marker = " (default)" if name == DEFAULT_MODEL else ""
         rows.append(
             (
                 name,
-                f"{sdr['avg']:.2f}",
-                detail,
-                f"{info.relative_cost:.1f}x",
-                size,
-                cached,
+                _stems_cell(info.sources),
+                _sdr_cell(info.sdr, info.sdr_set),
+                "not measured" if info.relative_cost is None else f"{info.relative_cost:.1f}x",
+                f"{info.size / 1e6:.0f} MB" if info.size else "?",
+                info.license,
+                "yes" if is_cached(info, args.cache_dir) else "no",
                 info.title + marker,
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    print("\nSDR: MUSDB18-HQ test set, as published. cost: compute relative to the default model (estimate).")
+    print(
+        "\nSDR: dB as published, on the test set named (MUSDB18-HQ, or MVSep's Multisong). cost: seconds per "
+        "minute of audio relative to scnet, measured by bench/bench_models.py on one CPU. A one-stem model "
+        "gives <stem> and no_<stem>. Ensembles: -m a+b."
+    )
     return 0
+
+
+def _stems_cell(sources: Sequence[str]) -> str:
+    return ",".join(sources) + (f",no_{sources[0]}" if len(sources) == 1 else "")
+
+
+def _sdr_cell(sdr: dict[str, float], test_set: str) -> str:
+    order = ("avg", "vocals", "drums", "bass", "other")
+    names = [key for key in order if key in sdr] + [key for key in sdr if key not in order]
+    return " ".join(f"{key} {sdr[key]:.2f}" for key in names) + f" ({test_set})" if sdr else "-"
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ between and ramps down again, and every output sample is divided by the sum of t
 The weights are normalised, so a model that returns its input gives back the input exactly, whatever the
 overlap.
 
-The end of the track follows the model's ``chunk_tail`` (a property of the model contract, like its segment):
+The end of the track follows the model's ``chunk_tail`` (a field of the model contract, like its segment):
 
 - ``"zeros"`` (the default): chunks step on until one reaches the end; what lies past the end is silence.
 - ``"centred"``: a chunk starts at every step before the end, and a chunk that runs past the end is moved back
@@ -168,9 +168,27 @@ def two_stem_pair(stem: str, audio: np.ndarray, mix: np.ndarray) -> dict[str, np
     return {stem: audio, complement(stem): mix - audio}
 
 
+def pair_stem(sources: Iterable[str], two_stems: str | None) -> str | None:
+    """The stem a separation pairs with its complement: ``two_stems``, or the only stem of a one-stem model
+    (a vocals model gives ``vocals`` and ``no_vocals``, the mix minus the vocals)."""
+    sources = list(sources)
+    return sources[0] if two_stems is None and len(sources) == 1 else two_stems
+
+
+def check_segment(model: LoadedModel, segment: int | None) -> None:
+    """Refuse a chunk length the model cannot take (HT-Demucs: longer than its training segment)."""
+    limit = model.max_segment
+    if segment is not None and limit is not None and segment > limit:
+        raise SeparationError(
+            f"model {model.name} takes chunks of at most {limit} samples ({limit / SAMPLE_RATE:.2f} s, its "
+            f"training segment); the segment asked for is {segment / SAMPLE_RATE:.2f} s: give less"
+        )
+
+
 def output_names(sources: Iterable[str], two_stems: str | None = None) -> list[str]:
     """The stem names a separation yields, in order."""
     sources = list(sources)
+    two_stems = pair_stem(sources, two_stems)
     if two_stems is None:
         return sources
     if two_stems not in sources:
@@ -218,7 +236,9 @@ def separate_blocks(
     Yields:
         ``{stem name: float32 (2, n)}`` blocks whose lengths add up to the input's length.
     """
+    asked_segment = segment
     segment = int(segment or model.segment)
+    check_segment(model, segment)
     check_overlap(overlap)
     check_shifts(shifts)
     device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -231,9 +251,27 @@ def separate_blocks(
     if precision not in PRECISIONS:
         raise SeparationError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     output_names(model.sources, two_stems)  # validates two_stems
+    two_stems = pair_stem(model.sources, two_stems)
     stats = stats if model.normalize else None
-    # A field of the model contract; getattr keeps models built without it (the default) working.
-    tail = getattr(model, "chunk_tail", "zeros")
+    if model.stream is not None:  # a model made of models (an ensemble) runs each one through this engine
+        members = model.stream(
+            separate_blocks,
+            blocks,
+            length=length,
+            stats=stats,
+            progress=progress,
+            overlap=overlap,
+            shifts=shifts,
+            segment=asked_segment,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            seed=seed,
+        )
+        for stems, mix in members:
+            yield _arrange(stems, mix, model.sources, two_stems, consistency)
+        return
+    tail = model.chunk_tail
     if tail not in CHUNK_TAILS:
         raise SeparationError(f"model {model.name}: unknown chunk_tail {tail!r} ({', '.join(CHUNK_TAILS)})")
     centred = tail == "centred"

@@ -253,8 +253,10 @@ def serve_with_128_descriptors(tmp_path: Path, **env: str) -> Iterator[tuple[str
         )
     try:
         found = wait_until(
-            lambda: process.poll() is not None
-            or re.search(r"running on http://127\.0\.0\.1:(\d+)", log_path.read_text(errors="replace")),
+            lambda: (
+                process.poll() is not None
+                or re.search(r"running on http://127\.0\.0\.1:(\d+)", log_path.read_text(errors="replace"))
+            ),
             timeout=120,
         )
         assert process.poll() is None, log_path.read_text(errors="replace")

@@ -50,28 +50,35 @@ _XL_IHF = {**_XL, "band_stride": [1, 4, 4], "band_kernel": [3, 4, 4], "conv_dept
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """One released checkpoint.
+    """One released checkpoint (or a named ensemble of them).
 
     Attributes:
         name: the CLI id (``freestems separate -m NAME``).
         title: a human title.
-        architecture: the network family (``"scnet"``).
-        config: keyword arguments of the :class:`~freestems.models.scnet.SCNet` constructor (without
-            ``spec_norm``); treat it as read-only.
+        architecture: the network family: ``scnet``, ``bs_roformer``, ``mel_band_roformer``, ``htdemucs``
+            or ``ensemble``.
+        config: what builds the network; treat it as read-only. SCNet: keyword arguments of
+            :class:`~freestems.models.scnet.SCNet` (without ``spec_norm``). RoFormers: the whole MSST YAML as
+            a dict, or empty when it is not known here (then the YAML at ``config_url`` is downloaded beside
+            the weights). HT-Demucs: ``{"weights": per-member per-stem bag weights}`` (the networks' own
+            config is inside the ``.th`` files). Ensembles: ``{"members": [[name, {stem: weight}], ...]}``.
         sources: stem names in the order the model outputs them.
-        url: the weights file.
-        config_url: the MSST YAML published with the weights (for reference; ``config`` is authoritative).
+        url: the weights file (the first member's, for a bag).
+        config_url: the MSST YAML published with the weights (downloaded only when ``config`` is empty).
+        more_urls: further weights files of a bag (HT-Demucs ``htdemucs_ft``: one file per specialist).
         size: file size in bytes, or None when unknown.
-        sha256: hex digest, or None when unknown (then only the size, if known, and a strict load check it).
-        license: licence of the weights as far as we know (see the module docstring).
-        sdr: published SDR (dB) on the MUSDB18-HQ test set: ``avg``, ``bass``, ``drums``, ``vocals``,
-            ``other``.
-        spec_norm: the model normalises its spectrogram inside ``forward`` (authors' current code) or not
-            (MSST code).
+        sha256: hex digest, or None when unknown (then the digest of the first download is pinned beside
+            the file and checked on every load). Demucs file names carry a published sha256 prefix
+            (``<signature>-<8 hex>.th``), checked on download.
+        license: licence of the weights as published ("MIT", "MIT (model card)", "none stated", ...).
+        sdr: published SDR (dB) per stem (and ``avg``), measured on ``sdr_set``.
+        sdr_set: the test set of ``sdr``: ``"MUSDB18-HQ"`` or ``"Multisong"`` (MVSep's Multisong dataset).
+        spec_norm: (SCNet) the model normalises its spectrogram inside ``forward`` (authors' code) or not.
         normalize: normalise the whole track by the mono mix's mean and std before separation.
         segment: chunk length in samples the model was trained on.
-        relative_cost: rough compute per second of audio relative to the base model (an estimate: measured
-            FLOPs and CPU time of the architecture, rounded).
+        relative_cost: seconds per minute of audio relative to ``scnet``, measured by
+            ``bench/bench_models.py`` on one machine (None until measured).
+        note: where the numbers come from, for entries that need saying (ensembles).
     """
 
     name: str
@@ -81,19 +88,38 @@ class ModelInfo:
     sources: tuple[str, ...]
     url: str
     config_url: str
+    more_urls: tuple[str, ...] = ()
     size: int | None = None
     sha256: str | None = None
     license: str = "MIT"
     sdr: dict[str, float] = field(default_factory=dict)
+    sdr_set: str = "MUSDB18-HQ"
     spec_norm: bool = False
     normalize: bool = False
     segment: int = SEGMENT
-    relative_cost: float = 1.0
+    relative_cost: float | None = None
+    note: str = ""
 
     @property
     def filename(self) -> str:
         """The file name of the weights in the cache (last URL path component)."""
-        return self.url.rstrip("/").rsplit("/", 1)[-1]
+        return _filename(self.url)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every weights file of the entry (one, or a bag's members); none for an ensemble."""
+        return () if self.architecture == "ensemble" else (self.url, *self.more_urls)
+
+    @property
+    def config_filename(self) -> str | None:
+        """The config downloaded beside the weights (RoFormers whose config is not embedded), else None."""
+        if self.architecture in ROFORMERS and not self.config:
+            return _filename(self.config_url)
+        return None
+
+
+def _filename(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _sdr(avg: float, bass: float, drums: float, vocals: float, other: float) -> dict[str, float]:
@@ -113,12 +139,13 @@ def _entry(name, title, config, release, weights, yaml, *, sdr, spec_norm, norma
         spec_norm=spec_norm,
         normalize=normalize,
         relative_cost=cost,
+        sdr_set="MUSDB18-HQ",
     )
 
 
 # relative_cost: FLOPs of a 3 s stereo input (torch flop counter) were 42 / 228 / 253 / 410 GFLOP for
-# base / large / XL / XL IHF and single-thread CPU time scaled about the same (1 / 4.7 / 6.3 / 10.8).
-_ENTRIES = (
+# base / large / XL / XL IHF and single-thread CPU time measured about the same (1 / 4.7 / 6.3 / 10.8).
+_SCNETS = (
     _entry(
         "scnet",
         "SCNet (authors' base)",
@@ -181,8 +208,246 @@ _ENTRIES = (
     ),
 )
 
-CATALOG: dict[str, ModelInfo] = {info.name: info for info in _ENTRIES}
-"""Every known model by name, cheapest first."""
+ROFORMERS = ("bs_roformer", "mel_band_roformer")
+MSST_CONFIGS = "https://raw.githubusercontent.com/ZFTurbo/Music-Source-Separation-Training/main/configs/"
+DEMUCS_URL = "https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/"
+HTDEMUCS_SOURCES = ("drums", "bass", "other", "vocals")
+MULTISONG = "Multisong"
+_MULTI_STFT = {
+    "multi_stft_resolution_loss_weight": 1.0,
+    "multi_stft_resolutions_window_sizes": [4096, 2048, 1024, 512, 256],
+    "multi_stft_hop_size": 147,
+    "multi_stft_normalized": False,
+}
+_STFT = {
+    "dim_freqs_in": 1025,
+    "stft_n_fft": 2048,
+    "stft_hop_length": 441,
+    "stft_win_length": 2048,
+    "stft_normalized": False,
+    "mask_estimator_depth": 2,
+}
+_VOCALS_TRAINING = {"instruments": ["vocals", "other"], "target_instrument": "vocals"}
+
+KIM_CONFIG: dict[str, Any] = {
+    "audio": {
+        "chunk_size": 352800,
+        "dim_f": 1024,
+        "dim_t": 256,
+        "hop_length": 441,
+        "n_fft": 2048,
+        "num_channels": 2,
+        "sample_rate": 44100,
+        "min_mean_abs": 0.0,
+    },
+    "model": {
+        "dim": 384,
+        "depth": 6,
+        "stereo": True,
+        "num_stems": 1,
+        "time_transformer_depth": 1,
+        "freq_transformer_depth": 1,
+        "num_bands": 60,
+        "dim_head": 64,
+        "heads": 8,
+        "attn_dropout": 0,
+        "ff_dropout": 0,
+        "flash_attn": True,
+        "sample_rate": 44100,
+        **_STFT,
+        **_MULTI_STFT,
+    },
+    "training": _VOCALS_TRAINING,
+    "inference": {"batch_size": 4, "dim_t": 256, "num_overlap": 2},
+}
+"""MSST's configs/KimberleyJensen/config_vocals_mel_band_roformer_kj.yaml, as published."""
+
+VIPERX_CONFIG: dict[str, Any] = {
+    "audio": {"chunk_size": 352800, "num_channels": 2, "sample_rate": 44100},
+    "model": {
+        "dim": 512,
+        "depth": 12,
+        "stereo": True,
+        "num_stems": 1,
+        "time_transformer_depth": 1,
+        "freq_transformer_depth": 1,
+        "linear_transformer_depth": 0,
+        "freqs_per_bands": [2] * 24 + [4] * 12 + [12] * 8 + [24] * 8 + [48] * 8 + [128, 129],
+        "dim_head": 64,
+        "heads": 8,
+        "attn_dropout": 0.1,
+        "ff_dropout": 0.1,
+        "flash_attn": True,
+        **_STFT,
+        **_MULTI_STFT,
+    },
+    "training": _VOCALS_TRAINING,
+    "inference": {"num_overlap": 2},
+}
+"""MSST's configs/viperx/model_bs_roformer_ep_317_sdr_12.9755.yaml (the model and stem facts)."""
+
+# Measured by bench/bench_models.py (seconds per minute of audio relative to scnet, back to back on one
+# shared 2-core CPU; see bench/results/models.json). None: not measured.
+_MEASURED: dict[str, float] = {"mel-roformer-kim": 5.3}
+
+
+def _roformer(name, title, architecture, config, url, config_url, *, sources, sdr, sdr_set, license):
+    segment = config.get("audio", {}).get("chunk_size", 352800) if config else 485_100
+    return ModelInfo(
+        name=name,
+        title=title,
+        architecture=architecture,
+        config=copy.deepcopy(config),
+        sources=sources,
+        url=url,
+        config_url=config_url,
+        license=license,
+        sdr=sdr,
+        sdr_set=sdr_set,
+        normalize=False,
+        segment=segment,
+        relative_cost=_MEASURED.get(name),
+    )
+
+
+def _demucs(name, title, files, *, sources=HTDEMUCS_SOURCES, weights=None, sdr):
+    weights = weights or [[1.0] * len(sources)]
+    return ModelInfo(
+        name=name,
+        title=title,
+        architecture="htdemucs",
+        config={"weights": weights},
+        sources=sources,
+        url=DEMUCS_URL + files[0],
+        config_url="",
+        more_urls=tuple(DEMUCS_URL + file for file in files[1:]),
+        license="none stated (code MIT)",
+        sdr=sdr,
+        sdr_set=MULTISONG,
+        normalize=True,
+        segment=343_980,  # 7.8 s, HT-Demucs's training segment (checked against the file on load)
+        relative_cost=_MEASURED.get(name),
+    )
+
+
+def _ensemble(name, title, members, *, sources, sdr, sdr_set, note):
+    return ModelInfo(
+        name=name,
+        title=title,
+        architecture="ensemble",
+        config={"members": [[member, dict(weights)] for member, weights in members]},
+        sources=sources,
+        url="",
+        config_url="",
+        license="as its members",
+        sdr=sdr,
+        sdr_set=sdr_set,
+        note=note,
+    )
+
+
+_VOCALS = ("vocals",)
+_OTHERS = {"vocals": 0.0}
+_ONLY_VOCALS = {"drums": 0.0, "bass": 0.0, "other": 0.0}
+
+_FAMILIES = (
+    _roformer(
+        "mel-roformer-kim",
+        "Mel-Band RoFormer vocals (Kimberley Jensen)",
+        "mel_band_roformer",
+        KIM_CONFIG,
+        "https://huggingface.co/KimberleyJSN/melbandroformer/resolve/main/MelBandRoformer.ckpt",
+        MSST_CONFIGS + "KimberleyJensen/config_vocals_mel_band_roformer_kj.yaml",
+        sources=_VOCALS,
+        sdr={"vocals": 10.98},
+        sdr_set=MULTISONG,
+        license="MIT (model card)",
+    ),
+    _roformer(
+        "bs-roformer-viperx",
+        "BS-RoFormer vocals (viperx, ep 317)",
+        "bs_roformer",
+        VIPERX_CONFIG,
+        "https://github.com/TRvlvr/model_repo/releases/download/all_public_uvr_models/"
+        "model_bs_roformer_ep_317_sdr_12.9755.ckpt",
+        MSST_CONFIGS + "viperx/model_bs_roformer_ep_317_sdr_12.9755.yaml",
+        sources=_VOCALS,
+        sdr={"vocals": 10.87},
+        sdr_set=MULTISONG,
+        license="none stated",
+    ),
+    _roformer(
+        "bs-roformer-4stem",
+        "BS-RoFormer 4 stems (ZFTurbo, MUSDB18-HQ training)",
+        "bs_roformer",
+        {},
+        RELEASES_URL + "v1.0.12/model_bs_roformer_ep_17_sdr_9.6568.ckpt",
+        RELEASES_URL + "v1.0.12/config_bs_roformer_384_8_2_485100.yaml",
+        sources=("bass", "drums", "vocals", "other"),
+        sdr=_sdr(9.65, 8.48, 11.61, 11.08, 7.44),
+        sdr_set="MUSDB18-HQ",
+        license="none stated (repository MIT)",
+    ),
+    _roformer(
+        "mel-roformer-4stem",
+        "Mel-Band RoFormer 4 stems (ZFTurbo experiment, MUSDB18-HQ training)",
+        "mel_band_roformer",
+        {},
+        RELEASES_URL + "v1.0.11/model_mel_band_roformer_ep_1_sdr_8.2175.ckpt",
+        RELEASES_URL + "v1.0.11/model_mel_band_roformer_ep_1_sdr_8.2175.yaml",
+        sources=("bass", "drums", "vocals", "other"),
+        sdr={"avg": 8.22},
+        sdr_set="MUSDB18-HQ",
+        license="none stated (repository MIT)",
+    ),
+    _demucs(
+        "htdemucs",
+        "HT-Demucs v4",
+        ["955717e8-8726e21a.th"],
+        sdr=_sdr(9.16, 11.76, 10.88, 8.24, 5.74),
+    ),
+    _demucs(
+        "htdemucs_ft",
+        "HT-Demucs v4 fine-tuned (bag of 4 specialists)",
+        ["f7e0c4bc-ba3fe64a.th", "d12395a8-e57c48e6.th", "92cfc3b6-ef3bcb9c.th", "04573f0d-f3cf25b2.th"],
+        weights=[[1.0 if i == j else 0.0 for j in range(4)] for i in range(4)],
+        sdr={"bass": 11.96, "drums": 11.13, "vocals": 8.38, "other": 5.85},  # each from its specialist
+    ),
+    _demucs(
+        "htdemucs_6s",
+        "HT-Demucs v4, 6 stems (guitar, piano)",
+        ["5c90dfd2-34c22ccb.th"],
+        sources=(*HTDEMUCS_SOURCES, "guitar", "piano"),
+        sdr={"bass": 11.22, "drums": 10.22, "vocals": 8.05},
+    ),
+)
+
+_PRESETS = (
+    _ensemble(
+        "ensemble-vocals-kim-ft",
+        "Kim Mel-Band RoFormer vocals + HT-Demucs ft drums/bass/other",
+        [("mel-roformer-kim", {}), ("htdemucs_ft", _OTHERS)],
+        sources=HTDEMUCS_SOURCES,
+        sdr={"bass": 11.96, "drums": 11.13, "vocals": 10.98, "other": 5.85},
+        sdr_set=MULTISONG,
+        note="Multisong: vocals 10.98 (Kim) beats htdemucs_ft's 8.38 and every SCNet's (<= 9.05); "
+        "drums 11.13, bass 11.96, other 5.85 (htdemucs_ft) beat every SCNet's Multisong figures. Each stem "
+        "comes from one member, so each stem's SDR is its member's published figure.",
+    ),
+    _ensemble(
+        "ensemble-vocals-kim-scnet",
+        "Kim Mel-Band RoFormer vocals + SCNet Large (authors) drums/bass/other",
+        [("mel-roformer-kim", {}), ("scnet-large-authors", _OTHERS)],
+        sources=SOURCES,
+        sdr={"bass": 11.27, "drums": 11.23, "vocals": 10.98, "other": 5.57},
+        sdr_set=MULTISONG,
+        note="Multisong: vocals 10.98 (Kim) over SCNet Large (authors) 9.05; drums 11.23, bass 11.27, "
+        "other 5.57 from SCNet Large (authors). The cheaper choice of the two presets.",
+    ),
+)
+
+CATALOG: dict[str, ModelInfo] = {info.name: info for info in (*_SCNETS, *_FAMILIES, *_PRESETS)}
+"""Every known model by name: the SCNets cheapest first, then the other families, then ensemble presets."""
 
 DEFAULT_MODEL = "scnet"
 """The light base model: the cheapest inference, which is what keeps separation free."""

@@ -55,65 +55,132 @@ def default_cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "freestems"
 
 
-def cache_path(info: ModelInfo, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Where the weights of ``info`` live in the cache (whether or not they are there)."""
-    return Path(cache_dir or default_cache_dir()).expanduser() / info.filename
+def cache_path(
+    info: ModelInfo, cache_dir: str | os.PathLike[str] | None = None, url: str | None = None
+) -> Path:
+    """Where a file of ``info`` (default: its weights, ``info.url``) lives in the cache, present or not."""
+    return Path(cache_dir or default_cache_dir()).expanduser() / _filename(url or info.url)
+
+
+def entry_urls(info: ModelInfo) -> list[str]:
+    """Every file a catalog entry downloads: its weights (a bag's members too) and, for a RoFormer whose
+    config is not embedded, the MSST YAML published beside them."""
+    return [*info.urls, *([info.config_url] if info.config_filename else [])]
 
 
 def cached_file(info: ModelInfo, cache_dir: str | os.PathLike[str] | None = None) -> Path | None:
-    """The cached weights of ``info`` if present (and of the catalog size, when the size is known)."""
-    path = cache_path(info, cache_dir)
+    """The cached weights of ``info`` when every file of the entry is present (the weights of the catalog
+    size, when the size is known), else None."""
+    paths = [_present(info, url, cache_dir) for url in entry_urls(info)]
+    if not paths or any(path is None for path in paths):
+        return None
+    return paths[0]
+
+
+def is_cached(info: ModelInfo, cache_dir: str | os.PathLike[str] | None = None) -> bool:
+    """Whether using ``info`` needs no download (an ensemble: none of its members needs one)."""
+    if info.architecture == "ensemble":
+        from freestems.models.catalog import get_model_info
+
+        return all(is_cached(get_model_info(name), cache_dir) for name, _ in info.config["members"])
+    return cached_file(info, cache_dir) is not None
+
+
+def _present(info: ModelInfo, url: str, cache_dir) -> Path | None:
+    path = cache_path(info, cache_dir, url)
     try:
         stat = path.stat()
     except OSError:
         return None
-    if not path.is_file() or stat.st_size == 0 or (info.size is not None and stat.st_size != info.size):
-        return None
-    return path
+    sized = url != info.url or info.size is None or stat.st_size == info.size
+    return path if path.is_file() and stat.st_size > 0 and sized else None
 
 
 def ensure_weights(
     info: ModelInfo, cache_dir: str | os.PathLike[str] | None = None, progress: bool = True
 ) -> Path:
-    """The cached weights of ``info``, downloading them first if missing.
+    """The cached weights of ``info`` (every file of the entry), downloading the missing ones first; returns
+    the path of the first weights file (:func:`ensure_files` returns them all)."""
+    return ensure_files(info, cache_dir, progress=progress)[0]
 
-    A fresh download must pass the catalog size and sha256 (when known) and load as a checkpoint whose
-    weights fit ``info.config`` before it is moved into the cache, so a wrong or broken file never sits
-    there looking valid.
+
+def ensure_files(
+    info: ModelInfo,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    download: bool = True,
+) -> list[Path]:
+    """Every file of ``info`` (:func:`entry_urls` order) in the cache, each checked against its sha256.
+
+    A fresh download must pass the catalog size and sha256 (when known), the sha256 prefix a Demucs file
+    name publishes, and load as what the entry needs (weights that fit the config, a Demucs model file, a
+    YAML config) before it is moved into the cache, so a wrong or broken file never sits there looking
+    valid. Its digest is then pinned beside it and checked on every later load.
+
+    Raises:
+        ModelNotAvailable: a file is missing and ``download`` is False, or the download failed.
+        CheckpointError: a cached file changed since it was pinned, or a download is not usable.
     """
-    path = cached_file(info, cache_dir)
-    if path is not None:
-        return verify_cached(info, path)
-    from freestems.models.loading import ModelSpec, verify_checkpoint
+    if info.architecture == "ensemble":  # its members' files
+        from freestems.models.catalog import get_model_info
 
-    spec = ModelSpec.from_info(info)
+        members = [get_model_info(name) for name, _ in info.config["members"]]
+        return [path for member in members for path in ensure_files(member, cache_dir, progress, download)]
+    paths = []
+    for url in entry_urls(info):
+        path = _present(info, url, cache_dir)
+        if path is not None:
+            paths.append(verify_cached(info, path))
+            continue
+        dest = cache_path(info, cache_dir, url)
+        if not download:
+            raise ModelNotAvailable(
+                f"model {info.name} is not in the cache; download {url} and save it as {dest}"
+            )
+        paths.append(_download_file(info, url, dest, progress))
+    return paths
+
+
+def _download_file(info: ModelInfo, url: str, dest: Path, progress: bool) -> Path:
+    from freestems.models.loading import validate_file
+
+    primary = url == info.url
 
     def validate(candidate: Path) -> None:
         try:
-            verify_checkpoint(candidate, spec)
+            validate_file(info, url, candidate)
         except CheckpointError as error:
             raise CheckpointError(
-                f"the file downloaded from {info.url} is not usable as model {info.name} and was discarded: "
+                f"the file downloaded from {url} is not usable as model {info.name} and was discarded: "
                 f"{str(error).replace(str(candidate), 'the file')}"
             ) from None
 
+    sha256 = info.sha256 if primary else None
     path = download(
-        info.url,
-        cache_path(info, cache_dir),
-        sha256=info.sha256,
-        size=info.size,
+        url,
+        dest,
+        sha256=sha256,
+        sha256_prefix=hash_prefix(url),
+        size=info.size if primary else None,
         progress=progress,
         validate=validate,
     )
-    if info.sha256 is None:  # a fresh, validated download replaces any older pin
+    if sha256 is None:  # a fresh, validated download replaces any older pin
         pin = path.with_name(path.name + PIN_SUFFIX)
         _write_pin(pin, file_sha256(path), path.name)
     return path
 
 
+def hash_prefix(url: str) -> str | None:
+    """The sha256 prefix a Demucs file name publishes (``<signature>-<8 hex>.th``), else None."""
+    found = re.fullmatch(r"[0-9a-f]{8}-([0-9a-f]{8})\.th", _filename(url))
+    return found.group(1) if found else None
+
+
 def verify_cached(info: ModelInfo, path: Path) -> Path:
-    """Check ``path`` (the cached weights of ``info``) against the catalog's sha256, else against the digest
-    pinned when it was downloaded (pinning it now if it has none yet); returns ``path``.
+    """Check ``path`` (a cached file of ``info``) against the catalog's sha256, else against the digest
+    pinned when it was downloaded (pinning it now if it has none yet, after checking the sha256 prefix its
+    name publishes, if any); returns ``path``.
 
     Raises:
         CheckpointError: the digests differ; the message names the file and both digests.
@@ -121,12 +188,18 @@ def verify_cached(info: ModelInfo, path: Path) -> Path:
     actual = file_sha256(path)
     pin = path.with_name(path.name + PIN_SUFFIX)
     expected: str | None
-    if info.sha256 is not None:
+    if info.sha256 is not None and path.name == info.filename:
         expected, source = info.sha256.lower(), f"the catalog's sha256 for model {info.name}"
     else:
         expected = _read_pin(pin)
         source = f"the sha256 pinned in {pin} when it was first downloaded"
         if expected is None:
+            prefix = hash_prefix(path.name)
+            if prefix is not None and not actual.startswith(prefix):
+                raise CheckpointError(
+                    f"{path} has sha256 {actual}, but its name says it starts with {prefix}: the file is "
+                    "damaged or not the published one; delete it to download it again"
+                )
             _write_pin(pin, actual, path.name)
             return path
     if actual != expected:
@@ -135,6 +208,10 @@ def verify_cached(info: ModelInfo, path: Path) -> Path:
             "delete it (and its .sha256 file) to download it again"
         )
     return path
+
+
+def _filename(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
 
 
 def file_sha256(path: Path) -> str:
@@ -165,6 +242,7 @@ def download(
     dest: str | os.PathLike[str],
     *,
     sha256: str | None = None,
+    sha256_prefix: str | None = None,
     size: int | None = None,
     progress: bool = True,
     timeout: float = 30,
@@ -175,6 +253,8 @@ def download(
 
     Args:
         sha256: expected hex digest (checked when given).
+        sha256_prefix: the first hex digits of the digest, as a Demucs file name publishes them (checked
+            when given, as ``torch.hub``'s ``hash_prefix``).
         size: expected byte count (else the server's Content-Length, when sent, is checked).
         progress: show a progress bar on stderr.
         timeout: seconds without progress on the socket before giving up on a connection.
@@ -208,6 +288,8 @@ def download(
                 raise failed(f"size mismatch: expected {total} bytes, got {received} (truncated download)")
             if sha256 is not None and digest != sha256.lower():
                 raise failed(f"checksum mismatch: expected sha256 {sha256.lower()}, got {digest}")
+            if sha256_prefix is not None and not digest.startswith(sha256_prefix.lower()):
+                raise failed(f"checksum mismatch: expected a sha256 starting {sha256_prefix}, got {digest}")
             if validate is not None:
                 validate(temp)
     except OSError as error:  # writing the temp file or renaming it (disk full, permissions, ...)

@@ -27,7 +27,6 @@ import pickle
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -63,18 +62,6 @@ def model_classes() -> tuple[type, ...]:
 def allowed_globals() -> list[Any]:
     """What ``torch.load(weights_only=True)`` may rebuild from a Demucs file, besides tensors and lists."""
     return [*model_classes(), Fraction]
-
-
-@dataclass
-class LoadedDemucs(LoadedModel):
-    """A :class:`LoadedModel` whose last chunks are centred, as Demucs's ``apply_model`` runs them.
-
-    ``chunk_tail`` belongs to the model contract (see :mod:`freestems.separate`); until ``LoadedModel``
-    carries it, this subclass does.
-    """
-
-    normalize: bool = True
-    chunk_tail: str = "centred"
 
 
 class DemucsModule(nn.Module):
@@ -122,8 +109,9 @@ class DemucsModule(nn.Module):
         return out[..., trim // 2 : trim // 2 + length]
 
 
-def wrap_demucs(model: nn.Module, name: str) -> LoadedDemucs:
-    """Turn a Demucs model (HTDemucs, HDemucs, Demucs) or a ``BagOfModels`` into a :class:`LoadedDemucs`."""
+def wrap_demucs(model: nn.Module, name: str) -> LoadedModel:
+    """Turn a Demucs model (HTDemucs, HDemucs, Demucs) or a ``BagOfModels`` into a :class:`LoadedModel`
+    whose last chunks are centred and whose chunks are at most the training segment, as Demucs runs them."""
     apply, *_ = _demucs()
     if isinstance(model, apply.BagOfModels):
         members, weights = list(model.models), [list(row) for row in model.weights]
@@ -148,7 +136,15 @@ def wrap_demucs(model: nn.Module, name: str) -> LoadedDemucs:
     # One chunk for all: the shortest member segment (HT-Demucs cannot take more than its own).
     segment = min(int(member.segment * member.samplerate) for member in members)
     module = DemucsModule([member.eval() for member in members], weights, segment).eval()
-    return LoadedDemucs(module=module, name=name, sources=sources, segment=segment)
+    return LoadedModel(
+        module=module,
+        name=name,
+        sources=sources,
+        segment=segment,
+        normalize=True,
+        chunk_tail="centred",
+        max_segment=segment,
+    )
 
 
 # ------------------------------------------------------------------------------------------------- loading
@@ -218,7 +214,7 @@ def model_from_package(package: Mapping, origin: str) -> nn.Module:
     return model.eval()
 
 
-def load_demucs_file(path: str | os.PathLike, name: str | None = None) -> LoadedDemucs:
+def load_demucs_file(path: str | os.PathLike, name: str | None = None) -> LoadedModel:
     """A single Demucs model file (``.th``), ready for the engine; ``name`` defaults to the file's stem."""
     path = Path(path)
     _demucs()
@@ -261,7 +257,7 @@ def check_name_hash(path: Path) -> None:
 
 def load_demucs_bag(
     yaml_path: str | os.PathLike, folder: str | os.PathLike | None = None, name: str | None = None
-) -> LoadedDemucs:
+) -> LoadedModel:
     """A Demucs bag: a YAML (``models:`` signatures, optional ``weights:`` and ``segment:``) whose ``.th``
     files sit in ``folder`` (default: beside the YAML). Each file's name hash is checked, as Demucs does."""
     apply, *_ = _demucs()
@@ -289,3 +285,19 @@ def load_demucs_bag(
     except (AssertionError, TypeError) as error:
         raise CheckpointError(f"{yaml_path}: the bag's models or weights do not match ({error})") from None
     return wrap_demucs(model, name or yaml_path.stem)
+
+
+def load_demucs_files(
+    paths: Sequence[str | os.PathLike], weights: Sequence[Sequence[float]], name: str
+) -> LoadedModel:
+    """A catalog entry's Demucs files (one model, or a bag's members in order) with the bag's per-member,
+    per-stem ``weights``, ready for the engine."""
+    apply, *_ = _demucs()
+    members = [model_from_package(read_demucs_package(path), str(path)) for path in paths]
+    if len(members) == 1:
+        return wrap_demucs(members[0], name)
+    try:
+        bag = apply.BagOfModels(members, [list(row) for row in weights], None)
+    except (AssertionError, TypeError) as error:
+        raise CheckpointError(f"model {name}: the bag's models or weights do not match ({error})") from None
+    return wrap_demucs(bag, name)

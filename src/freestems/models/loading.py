@@ -22,11 +22,12 @@ import os
 import pickle
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -34,7 +35,15 @@ from torch import nn
 from freestems import SAMPLE_RATE
 from freestems.errors import one_line
 from freestems.files import atomic_path
-from freestems.models.catalog import CATALOG, DEFAULT_MODEL, SEGMENT, SOURCES, ModelInfo, get_model_info
+from freestems.models.catalog import (
+    CATALOG,
+    DEFAULT_MODEL,
+    ROFORMERS,
+    SEGMENT,
+    SOURCES,
+    ModelInfo,
+    get_model_info,
+)
 from freestems.models.errors import CheckpointError, ModelChoiceError, ModelNotAvailable
 from freestems.models.scnet import SCNet
 
@@ -94,7 +103,15 @@ class ModelSpec:
 @dataclass
 class LoadedModel:
     """A model ready for :mod:`freestems.separate`: ``module`` maps (batch, channels, samples) to
-    (batch, len(sources), channels, samples) and is in eval mode."""
+    (batch, len(sources), channels, samples) and is in eval mode.
+
+    Besides stems, training ``segment`` and whole-track ``normalize``, the contract says how the engine
+    fills the end of the track (``chunk_tail``: ``"zeros"``, or ``"centred"`` as Demucs's ``apply_model``
+    does), the longest chunk the network accepts (``max_segment``, None for any: HT-Demucs refuses chunks
+    longer than its training segment) and, for a model made of models, ``stream``: a callable that runs the
+    members through the engine itself (see :mod:`freestems.models.ensemble`). A model with one stem yields
+    it and its complement (``vocals`` and ``no_vocals``).
+    """
 
     module: nn.Module = field(repr=False)
     name: str
@@ -102,6 +119,9 @@ class LoadedModel:
     segment: int
     normalize: bool
     sample_rate: int = SAMPLE_RATE
+    chunk_tail: str = "zeros"
+    max_segment: int | None = None
+    stream: Callable[..., Iterator[tuple[np.ndarray, np.ndarray]]] | None = field(default=None, repr=False)
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
@@ -361,8 +381,9 @@ def build_model(spec: ModelSpec) -> SCNet:
     return module.eval()
 
 
-def fit_report(module: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
-    """None when ``state`` loads into ``module`` strictly; otherwise what differs and what the file needs."""
+def fit_report(module: nn.Module, state: Mapping[str, torch.Tensor], scnet: bool = True) -> str | None:
+    """None when ``state`` loads into ``module`` strictly; otherwise what differs (and, for an SCNet, which
+    config the file seems to need)."""
     expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
     found = {key: tuple(value.shape) for key, value in state.items()}
     missing = [key for key in expected if key not in found]
@@ -381,6 +402,8 @@ def fit_report(module: nn.Module, state: Mapping[str, torch.Tensor]) -> str | No
         )
         parts.append(f"{len(reshaped)} shape mismatches ({shown}{'; ...' if len(reshaped) > 2 else ''})")
     text = "the weights do not fit the config: " + ", ".join(parts)
+    if not scnet:
+        return text
     inferred = infer_config(state)
     if inferred:
         text += "; the file looks like " + ", ".join(f"{key}={value}" for key, value in inferred.items())
@@ -395,6 +418,8 @@ def fit_report(module: nn.Module, state: Mapping[str, torch.Tensor]) -> str | No
 def _catalog_matches(inferred: Mapping[str, Any]) -> list[str]:
     matches = []
     for name, info in CATALOG.items():
+        if info.architecture != "scnet":
+            continue
         fits = all(info.config.get(key) == value for key, value in inferred.items() if key != "n_sources")
         if fits and inferred.get("n_sources", len(info.sources)) == len(info.sources):
             matches.append(name)
@@ -426,9 +451,11 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     return inferred
 
 
-def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], origin: str) -> nn.Module:
+def load_weights(
+    module: nn.Module, state: Mapping[str, torch.Tensor], origin: str, scnet: bool = True
+) -> nn.Module:
     """``module.load_state_dict(state, strict=True)``; a misfit raises :class:`CheckpointError` saying why."""
-    report = fit_report(module, state)
+    report = fit_report(module, state, scnet)
     if report is not None:
         raise CheckpointError(f"{origin}: {report}")
     try:
@@ -490,51 +517,152 @@ def load_model(
     download: bool = True,
     progress: bool = True,
 ) -> LoadedModel:
-    """Load a model ready to separate.
+    """Load a model of any family ready to separate.
 
     Args:
-        name: a catalog name (default :data:`DEFAULT_MODEL` when no ``model_file`` is given). With
-            ``model_file`` it names the catalog config to use for that file.
-        model_file: a checkpoint file instead of the cache: raw or wrapped state_dict (then ``model_config``
-            or ``name`` is required) or a freestems checkpoint (config included).
-        model_config: the config of ``model_file``: MSST YAML, or ``.json`` of SCNet constructor arguments.
+        name: a catalog name (default :data:`DEFAULT_MODEL` when no ``model_file`` is given), or an ensemble
+            of them: ``"a+b"``, with optional weights ``"a:vocals=2+b:vocals=0"`` (see
+            :func:`freestems.models.ensemble.parse_members`). With ``model_file`` it names the catalog config
+            to use for that file.
+        model_file: a checkpoint file instead of the cache: an SCNet or RoFormer state_dict (raw or wrapped;
+            then ``model_config`` or ``name`` is required), a freestems checkpoint (config included), or a
+            Demucs ``.th`` model file (config included).
+        model_config: the config of ``model_file``: an MSST YAML (its ``model:`` section tells SCNet,
+            BS-RoFormer and Mel-Band RoFormer apart), or ``.json`` of SCNet constructor arguments.
         spec_norm, normalize: override the in-model spectrogram / whole-track normalisation flags.
         cache_dir: the weights cache (default :func:`freestems.models.download.default_cache_dir`).
-        download: fetch catalog weights missing from the cache (else raise :class:`ModelNotAvailable`).
+        download: fetch catalog files missing from the cache (else raise :class:`ModelNotAvailable`).
         progress: show a download progress bar on stderr.
 
     Raises:
-        ModelNotAvailable: unknown name, missing file, download failed.
+        ModelNotAvailable: unknown name, missing file, download failed, the demucs extra is missing.
         CheckpointError: the file is not a checkpoint, a config is bad, or the weights do not fit it.
+        ModelChoiceError: names and files that do not fit together, or a bad ensemble.
     """
-    from freestems.models import download as downloads
+    from freestems.models.ensemble import SEPARATOR, parse_members
 
     check_model_choice(name, model_file, model_config, name_with_file=True)
-    if model_file is None:
-        info = get_model_info(name or DEFAULT_MODEL)
-        spec = ModelSpec.from_info(info)
-        path = downloads.cached_file(info, cache_dir)
-        if path is None:
-            if not download:
-                raise ModelNotAvailable(
-                    f"model {info.name} is not in the cache; download {info.url} and save it as "
-                    f"{downloads.cache_path(info, cache_dir)}"
-                )
-            path = downloads.ensure_weights(info, cache_dir, progress=progress)
+    flags = _Flags(spec_norm, normalize)
+    if model_file is not None:
+        return _load_file(Path(model_file), model_config, name, flags)
+    name = name or DEFAULT_MODEL
+    fetch = _Fetch(cache_dir, download, progress)
+    if SEPARATOR in name:
+        return _load_ensemble(name, name, parse_members(name), flags, fetch)
+    return _load_entry(get_model_info(name), flags, fetch)
+
+
+@dataclass(frozen=True)
+class _Flags:
+    """The user's overrides of the normalisation flags (None: the model's own)."""
+
+    spec_norm: bool | None = None
+    normalize: bool | None = None
+
+    def apply(self, model: LoadedModel) -> LoadedModel:
+        if self.normalize is not None:
+            model.normalize = bool(self.normalize)
+        return model
+
+
+@dataclass(frozen=True)
+class _Fetch:
+    """Where catalog files come from: the cache, downloading what is missing unless told not to."""
+
+    cache_dir: str | os.PathLike | None
+    download: bool
+    progress: bool
+
+    def files(self, info: ModelInfo) -> list[Path]:
+        from freestems.models.download import ensure_files
+
+        return ensure_files(info, self.cache_dir, progress=self.progress, download=self.download)
+
+
+def _load_entry(info: ModelInfo, flags: _Flags, fetch: _Fetch) -> LoadedModel:
+    """A catalog entry of any family: its files from the cache, its config from the catalog (or beside)."""
+    if info.architecture == "ensemble":
+        members = [(member, dict(weights)) for member, weights in info.config["members"]]
+        return _load_ensemble(info.name, "+".join(m for m, _ in members), members, flags, fetch)
+    paths = fetch.files(info)
+    hint = " (delete it to download it again)"
+    if info.architecture == "htdemucs":
+        from freestems.models.htdemucs import load_demucs_files
+
+        return flags.apply(load_demucs_files(paths, info.config["weights"], info.name))
+    if info.architecture in ROFORMERS:
+        config = info.config or read_yaml(paths[-1])
+        return flags.apply(_load_roformer(paths[0], config, info.architecture, info.name, hint))
+    spec = ModelSpec.from_info(info)
+    return _load_scnet(paths[0], spec, flags, hint)
+
+
+def _load_ensemble(name, spelled, members, flags: _Flags, fetch: _Fetch) -> LoadedModel:
+    """An ensemble of catalog entries (presets nest: a member may itself be a preset)."""
+    from freestems.models.ensemble import make_ensemble
+
+    infos = [get_model_info(member) for member, _ in members]  # every name checked before any download
+    loaded = [
+        (_load_entry(info, flags, fetch), weights) for info, (_, weights) in zip(infos, members, strict=True)
+    ]
+    try:
+        return make_ensemble(name, loaded)
+    except ModelChoiceError as error:
+        raise ModelChoiceError(f"{spelled}: {error}") from None
+
+
+def _load_file(path: Path, model_config, name: str | None, flags: _Flags) -> LoadedModel:
+    """A checkpoint file: its family from its config (or the catalog entry ``name``), or from the file."""
+    if model_config is None and name is None and path.suffix == ".th":
+        return flags.apply(_load_demucs_file(path))
+    if model_config is not None:
+        if Path(model_config).suffix.lower() == ".json":
+            spec = read_json_config(model_config)
         else:
-            path = downloads.verify_cached(info, path)
-        hint = " (delete it to download it again)"
-    else:
-        path = Path(model_file)
-        hint = ""
-        if model_config is not None:
-            spec = read_config(model_config)
-            spec.name = path.stem  # the weights name the model, not their (often shared) config file
-        elif name is not None:
-            spec = ModelSpec.from_info(get_model_info(name))
+            config = read_yaml(model_config)
+            architecture = _yaml_family(config)
+            if architecture in ROFORMERS:
+                return flags.apply(_load_roformer(path, config, architecture, path.stem, ""))
+            spec = read_msst_config(model_config)
+        spec.name = path.stem  # the weights name the model, not their (often shared) config file
+        return _load_scnet(path, spec, flags, "")
+    if name is not None:
+        info = get_model_info(name)
+        if info.architecture == "htdemucs":
+            return flags.apply(_load_demucs_file(path))
+        if info.architecture in ROFORMERS:
+            if not info.config:
+                raise ModelChoiceError(
+                    f"model {name} has no embedded config: give its YAML with --model-config"
+                )
+            return flags.apply(_load_roformer(path, info.config, info.architecture, path.stem, ""))
+        if info.architecture != "scnet":
+            raise ModelChoiceError(f"model {name} is an ensemble, not a config for one file")
+        return _load_scnet(path, ModelSpec.from_info(info), flags, "")
+    return _load_scnet(path, None, flags, "")
+
+
+def _yaml_family(config: Mapping) -> str:
+    """``scnet``, ``bs_roformer`` or ``mel_band_roformer`` from an MSST YAML's ``model:`` keys."""
+    from freestems.models.roformer import guess_architecture
+
+    model = config.get("model")
+    if not isinstance(model, Mapping):
+        return "scnet"  # read_msst_config says what is missing
+    return guess_architecture(model) or "scnet"
+
+
+def _load_demucs_file(path: Path) -> LoadedModel:
+    from freestems.models.htdemucs import load_demucs_file
+
+    return load_demucs_file(path)
+
+
+def _load_scnet(path: Path, spec: ModelSpec | None, flags: _Flags, hint: str) -> LoadedModel:
+    """An SCNet checkpoint; without ``spec`` the file must be a freestems checkpoint that says its config."""
     try:
         package = read_checkpoint(path)
-        if model_file is not None and model_config is None and name is None:  # the file must say
+        if spec is None:
             if not (isinstance(package, Mapping) and "freestems" in package):
                 raise CheckpointError(
                     f"{path} does not say which model it is: give its config (MSST YAML or JSON) with "
@@ -543,16 +671,13 @@ def load_model(
             spec = _spec_from_package(package, path)
         state = extract_state_dict(package)
         del package
-        if spec_norm is not None:
-            spec.spec_norm = bool(spec_norm)
-        if normalize is not None:
-            spec.normalize = bool(normalize)
+        if flags.spec_norm is not None:
+            spec.spec_norm = bool(flags.spec_norm)
+        if flags.normalize is not None:
+            spec.normalize = bool(flags.normalize)
         module = load_weights(build_model(spec), state, str(path))
     except CheckpointError as error:
-        message = str(error)
-        if str(path) not in message:
-            message = f"{path}: {message}"
-        raise CheckpointError(message + hint) from None
+        raise CheckpointError(_naming(error, path) + hint) from None
     return LoadedModel(
         module=module.eval(),
         name=spec.name,
@@ -560,6 +685,70 @@ def load_model(
         segment=int(spec.segment),
         normalize=bool(spec.normalize),
     )
+
+
+def _load_roformer(
+    path: Path, config: Mapping, architecture: str | None, name: str, hint: str
+) -> LoadedModel:
+    """A BS-RoFormer or Mel-Band RoFormer checkpoint and its MSST config (a dict)."""
+    from freestems.models.roformer import roformer_from_msst
+
+    try:
+        module, facts = roformer_from_msst(config, architecture, name=f"config of {name}")
+        state = extract_state_dict(read_checkpoint(path))
+        load_weights(module, state, str(path), scnet=False)
+    except CheckpointError as error:
+        raise CheckpointError(_naming(error, path) + hint) from None
+    return LoadedModel(
+        module=module.eval(),
+        name=name,
+        sources=facts.sources,
+        segment=facts.segment,
+        normalize=facts.normalize,
+    )
+
+
+def read_yaml(path: str | os.PathLike) -> Mapping:
+    """An MSST YAML file as a dict (``!!python/tuple`` accepted, nothing else beyond safe YAML)."""
+    return _read_config_file(Path(path), lambda text: yaml.load(text, Loader=_MsstLoader))
+
+
+def validate_file(info: ModelInfo, url: str, path: Path) -> None:
+    """Check a freshly downloaded file of ``info`` before it enters the cache: a config that parses and
+    builds, SCNet/RoFormer weights that fit the config (built on the meta device: no memory spent), a Demucs
+    model file that unpickles safely. Raises :class:`CheckpointError` otherwise."""
+    if url == info.config_url:
+        from freestems.models.roformer import roformer_from_msst
+
+        with torch.device("meta"):
+            roformer_from_msst(read_yaml(path), info.architecture, name="the config")
+        return
+    if info.architecture == "htdemucs":
+        from freestems.models.htdemucs import read_demucs_package
+
+        read_demucs_package(path)
+        return
+    state = extract_state_dict(read_checkpoint(path))
+    if info.architecture in ROFORMERS:
+        if info.config:
+            from freestems.models.roformer import roformer_from_msst
+
+            with torch.device("meta"):
+                module, _ = roformer_from_msst(info.config, info.architecture, name=info.name)
+            report = fit_report(module, state, scnet=False)
+            if report is not None:
+                raise CheckpointError(report)
+        return
+    with torch.device("meta"):
+        module = build_model(ModelSpec.from_info(info))
+    report = fit_report(module, state)
+    if report is not None:
+        raise CheckpointError(report)
+
+
+def _naming(error: CheckpointError, path: Path) -> str:
+    message = str(error)
+    return message if str(path) in message else f"{path}: {message}"
 
 
 # ------------------------------------------------------------------------------------------------- helpers

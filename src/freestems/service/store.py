@@ -338,9 +338,7 @@ class JobStore:
 
     def usage_records(self, since: float | None = None) -> list[UsageRecord]:
         """Every usage row (finished at or after ``since``), oldest first."""
-        rows = self._query(
-            "SELECT * FROM usage WHERE finished_at >= ? ORDER BY finished_at", (since or 0.0,)
-        )
+        rows = self._query("SELECT * FROM usage WHERE finished_at >= ? ORDER BY finished_at", (since or 0.0,))
         return [UsageRecord.from_dict(dict(row)) for row in rows]
 
 

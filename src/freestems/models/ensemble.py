@@ -1,0 +1,247 @@
+"""Ensembles: a model that averages its members' stems by name, each member run exactly as it runs alone.
+
+Design (why not one module on one chunk): members differ in training segment, whole-track normalisation and
+how the end of the track is chunked (``chunk_tail``), and each gives its published quality only when run its
+own way. Cutting the track into one chunk length for all, or normalising the input for a member trained
+without it, would make an ensemble member a different model from the one whose SDR the catalog shows. So an
+ensemble is a :class:`~freestems.models.loading.LoadedModel` whose ``stream`` runs every member through the
+engine's own block stream (``separate_blocks``: its segment, its normalisation with the whole-track
+statistics, its chunk tail) in lockstep over one shared input:
+
+* the input blocks are read once; every member reads them through its own cursor, and a block is forgotten
+  as soon as every member has read it and its stems are out;
+* the member whose output is furthest behind runs next, so the members stay within a few chunks of each
+  other and memory stays bounded whatever the track length;
+* as soon as every member has yielded a stretch, the ensemble yields it: stem ``s`` is
+  ``sum_i w_i[s] * member_i[s] / sum_i w_i[s]`` over the members that separate ``s`` (weight 1 unless
+  given; 0 leaves a member out of that stem). A one-stem member (a vocals model) contributes its stem only.
+
+Whole-track statistics are computed once (the ensemble normalises when any member does) and handed to every
+member; a member that does not normalise ignores them, as the engine always does. ``two_stems`` and
+``consistency`` apply to the averaged stems. The engine never branches on a family: it only calls
+``model.stream`` when a model has one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+from torch import nn
+
+from freestems.models.errors import ModelChoiceError
+from freestems.models.loading import LoadedModel
+
+SEPARATOR = "+"
+"""``-m a+b``: the members of an ad-hoc ensemble."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One model of an ensemble and its per-stem weights (stems not named weigh 1)."""
+
+    model: LoadedModel
+    weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    def weight(self, stem: str) -> float:
+        return float(self.weights.get(stem, 1.0)) if stem in self.model.sources else 0.0
+
+
+def parse_members(text: str) -> list[tuple[str, dict[str, float]]]:
+    """``a+b`` or ``a:2+b:vocals=0,drums=2`` into ``[(name, {stem: weight})]``; ``:2`` weighs every stem.
+
+    Raises :class:`ModelChoiceError` for an empty member or a weight that is not a non-negative number.
+    """
+    members = []
+    for part in text.split(SEPARATOR):
+        name, _, spec = part.strip().partition(":")
+        if not name:
+            raise ModelChoiceError(f"ensemble {text!r} has an empty member name (write a+b)")
+        weights: dict[str, float] = {}
+        for item in filter(None, (piece.strip() for piece in spec.split(","))):
+            stem, equals, value = item.rpartition("=")
+            key = stem.strip() if equals else "*"
+            try:
+                weight = float(value)
+            except ValueError:
+                weight = -1.0
+            if not weight >= 0 or weight == float("inf"):
+                raise ModelChoiceError(f"ensemble member {part!r}: weight {value!r} is not a number >= 0")
+            weights[key] = weight
+        members.append((name, weights))
+    return members
+
+
+def make_ensemble(name: str, members: Sequence[tuple[LoadedModel, Mapping[str, float]]]) -> LoadedModel:
+    """An ensemble of loaded models; weights map stem names (``"*"``: every stem) to weights.
+
+    Raises:
+        ModelChoiceError: fewer than two members, or a stem left with no weight.
+    """
+    if len(members) < 2:
+        raise ModelChoiceError(f"an ensemble needs at least two models, got {len(members)}")
+    parts = []
+    for model, weights in members:
+        every = float(weights.get("*", 1.0))
+        table = {stem: float(weights.get(stem, every)) for stem in model.sources}
+        unknown = sorted(set(weights) - set(model.sources) - {"*"})
+        if unknown:
+            raise ModelChoiceError(
+                f"ensemble {name}: model {model.name} has no stem {', '.join(unknown)} "
+                f"(its stems: {', '.join(model.sources)})"
+            )
+        parts.append(Member(model, table))
+    sources: list[str] = []
+    for part in parts:
+        sources += [stem for stem in part.model.sources if part.weight(stem) > 0 and stem not in sources]
+    if not sources:
+        raise ModelChoiceError(f"ensemble {name}: every weight is 0")
+    limits = [part.model.max_segment for part in parts if part.model.max_segment is not None]
+    ensemble = Ensemble(parts, tuple(sources))
+    return LoadedModel(
+        module=nn.ModuleList(part.model.module for part in parts),
+        name=name,
+        sources=tuple(sources),
+        segment=min(part.model.segment for part in parts),
+        normalize=any(part.model.normalize for part in parts),
+        max_segment=min(limits) if limits else None,
+        stream=ensemble.stream,
+    )
+
+
+class Ensemble:
+    """The members and the lockstep runner (:meth:`stream`, the ``LoadedModel.stream`` of an ensemble)."""
+
+    def __init__(self, members: Sequence[Member], sources: tuple[str, ...]):
+        self.members = list(members)
+        self.sources = sources
+        # weights[i, s]: member i's share of stem s (rows of members without s are 0).
+        table = np.array([[part.weight(stem) for stem in sources] for part in self.members], np.float32)
+        self.weights = table / table.sum(axis=0, keepdims=True)
+
+    def stream(
+        self,
+        run: Callable[..., Iterator[dict[str, np.ndarray]]],
+        blocks: Iterable[np.ndarray],
+        *,
+        length: int | None,
+        stats,
+        progress: Callable[[float], None] | None,
+        **options,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(stems (len(sources), 2, n), mix (2, n))`` blocks in order; ``run`` is the engine's
+        ``separate_blocks``, called once per member with the engine's options."""
+        shared = _SharedInput(blocks)
+        fractions = [0.0] * len(self.members)
+
+        def report(index: int) -> Callable[[float], None]:
+            def update(fraction: float) -> None:
+                fractions[index] = fraction
+                if progress is not None:  # whatever it raises (a cancellation) stops every member
+                    progress(sum(fractions) / len(fractions))
+
+            return update
+
+        streams = [
+            run(shared.reader(i), part.model, length=length, stats=stats, progress=report(i), **options)
+            for i, part in enumerate(self.members)
+        ]
+        pending = [_Pending() for _ in self.members]
+        done = [False] * len(self.members)
+        emitted = 0
+        try:
+            while not all(done):
+                index = min((i for i in range(len(streams)) if not done[i]), key=lambda i: pending[i].end)
+                block = next(streams[index], None)
+                if block is None:
+                    done[index] = True
+                else:
+                    pending[index].add(block, self.members[index].model.sources)
+                upto = min(part.end for part in pending)
+                if upto > emitted:
+                    yield self._mix(pending, upto - emitted), shared.take(emitted, upto)
+                    emitted = upto
+                    shared.forget_before(emitted)
+        finally:
+            for stream in streams:
+                stream.close()
+
+    def _mix(self, pending: list[_Pending], count: int) -> np.ndarray:
+        out = np.zeros((len(self.sources), 2, count), np.float32)
+        for i, part in enumerate(pending):
+            stems = part.take(count)
+            for s, stem in enumerate(self.sources):
+                if self.weights[i, s] > 0:
+                    out[s] += self.weights[i, s] * stems[stem]
+        return out
+
+
+class _Pending:
+    """A member's stem blocks not yet mixed; ``end`` is how far its output has come."""
+
+    def __init__(self):
+        self.parts: dict[str, list[np.ndarray]] = {}
+        self.end = 0
+        self.start = 0
+
+    def add(self, block: dict[str, np.ndarray], sources: Sequence[str]) -> None:
+        for stem in sources:
+            self.parts.setdefault(stem, []).append(block[stem])
+        self.end += block[sources[0]].shape[-1]
+
+    def take(self, count: int) -> dict[str, np.ndarray]:
+        out = {}
+        for stem, parts in self.parts.items():
+            joined = np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+            out[stem] = joined[:, :count]
+            self.parts[stem] = [joined[:, count:]]
+        self.start += count
+        return out
+
+
+class _SharedInput:
+    """One pass over the input blocks, read by every member at its own pace; also the mix for the output."""
+
+    def __init__(self, blocks: Iterable[np.ndarray]):
+        self.source = iter(blocks)
+        self.blocks: list[np.ndarray] = []
+        self.first = 0  # index of self.blocks[0] in the stream
+        self.start = 0  # sample position of self.blocks[0]
+        self.cursors: dict[int, int] = {}
+        self.ended = False
+
+    def reader(self, key: int) -> Iterator[np.ndarray]:
+        self.cursors[key] = 0
+        while True:
+            index = self.cursors[key]
+            while index - self.first >= len(self.blocks) and not self.ended:
+                block = next(self.source, None)
+                if block is None:
+                    self.ended = True
+                else:
+                    self.blocks.append(np.asarray(block, np.float32))
+            if index - self.first >= len(self.blocks):
+                return
+            self.cursors[key] = index + 1
+            yield self.blocks[index - self.first]
+
+    def take(self, lo: int, hi: int) -> np.ndarray:
+        """The input samples ``[lo, hi)`` (stereo; all of them were read by the members already)."""
+        parts, position = [], self.start
+        for block in self.blocks:
+            block = block if block.ndim == 2 else block[None]
+            block = np.repeat(block, 2, axis=0) if block.shape[0] == 1 else block
+            end = position + block.shape[-1]
+            if end > lo and position < hi:
+                parts.append(block[:, max(lo - position, 0) : hi - position])
+            position = end
+        return np.concatenate(parts, axis=-1)
+
+    def forget_before(self, position: int) -> None:
+        """Drop blocks that end before ``position`` and that every member has read."""
+        oldest = min(self.cursors.values(), default=self.first)
+        while self.blocks and self.first < oldest and self.start + self.blocks[0].shape[-1] <= position:
+            self.start += self.blocks[0].shape[-1]
+            self.blocks.pop(0)
+            self.first += 1
