@@ -5,7 +5,8 @@ table. MP3 goes through ``lameenc`` plus our own Xing/LAME tag: FFmpeg's libmp3l
 decodes to the exact length, sample-aligned, but took about 2.7x the CPU time of lameenc at the same LAME
 quality and bitrate (180 s of stereo at 192 kbps: ~4.9 s against ~1.8 s; ``bench/bench_encode.py``).
 
-Every writer writes to a hidden temp file next to the destination (``.<name>.part``) and renames it into
+Every writer writes to a hidden temp file next to the destination (``.<name>.<random>.part``, the one
+scheme of :mod:`freestems.files`) and renames it into
 place on :meth:`StemWriter.close`, so a half-written file never sits at the destination; :meth:`abort` (or
 an exception inside ``with``) removes the temp file.
 
@@ -28,6 +29,9 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 import numpy as np
+
+from freestems.errors import one_line
+from freestems.files import temp_path
 
 from .. import SAMPLE_RATE
 from . import mp3tag
@@ -56,7 +60,7 @@ class StemWriter:
         self.path = Path(path)
         self.sample_rate = sample_rate
         self.samples_written = 0
-        self.temp_path = self.path.with_name(f".{self.path.name}.part")
+        self.temp_path = temp_path(self.path)
         self._closed = False
 
     # -- public API --
@@ -146,8 +150,7 @@ class StemWriter:
     def _error(self, what: str, exc: BaseException) -> AudioEncodeError:
         if isinstance(exc, AudioEncodeError):
             return exc
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
-        return AudioEncodeError(f"{self.path.name}: {what} ({reason.splitlines()[0]})")
+        return AudioEncodeError(f"{self.path.name}: {what} ({one_line(exc)})")
 
 
 def _to_int(block: np.ndarray, bits: int) -> np.ndarray:
@@ -271,7 +274,12 @@ class _Mp3Writer(StemWriter):
         self._frames = mp3tag.FrameCounter()
         self._tag_size = 144000 * bitrate // sample_rate
         self._file: BinaryIO | None = open(self.temp_path, "wb")  # noqa: SIM115 - closed in _finish/_discard
-        self._file.write(bytes(self._tag_size))
+        try:
+            self._file.write(bytes(self._tag_size))
+        except BaseException:
+            self._file.close()
+            self.temp_path.unlink(missing_ok=True)
+            raise
 
     def _put(self, data: bytes) -> None:
         if data:
@@ -368,10 +376,8 @@ def open_writer(
         return _AvWriter(path, sample_rate, key, bit_depth)
     except AudioEncodeError:
         raise
-    except Exception as exc:
-        Path(path.with_name(f".{path.name}.part")).unlink(missing_ok=True)
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
-        raise AudioEncodeError(f"{path.name}: cannot create the file ({reason})") from exc
+    except Exception as exc:  # each writer removes its own temp file when it cannot start
+        raise AudioEncodeError(f"{path.name}: cannot create the file ({one_line(exc)})") from exc
 
 
 def encode(audio: np.ndarray, path: str | Path, fmt: str, **kw: int) -> Path:
