@@ -11,8 +11,7 @@ part of it in a public ``FunctionInfo`` (GPU, CPU, timeout, regions, concurrency
 (snapshot flags, experimental options, autoscaler) only in the loader it builds the deploy request with;
 both are read here, without credentials or network.
 
-Test modules load the ``checkpoint`` and ``deployment`` fixtures with ``pytest_plugins = ["modal_helpers"]``;
-imported before pytest sees it as a plugin, its asserts are left as they are (PYTEST_DONT_REWRITE).
+The ``checkpoint`` and ``deployment`` fixtures built from these live in ``conftest.py``.
 """
 
 from __future__ import annotations
@@ -27,10 +26,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import pytest
-import torch
-from model_helpers import make_small_checkpoint
 
 from freestems.cost import UsageRecord
 from freestems.executors.modal import InputCancellation
@@ -233,20 +228,3 @@ def modal_environment(model_file: Path, data_dir: Path, **extra: str) -> dict[st
         "FREESTEMS_MODAL_MAX_CONTAINERS": "1",
         **extra,
     }
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A small seeded checkpoint the deployment serves."""
-    return make_small_checkpoint(tmp_path_factory.mktemp("model") / "small.pt")
-
-
-@pytest.fixture
-def deployment(monkeypatch, checkpoint, tmp_path):
-    """The Modal module imported with settings pointing at ``checkpoint``; torch on one thread meanwhile."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield load_modal_app(monkeypatch, modal_environment(checkpoint, tmp_path / "data"))
-    finally:
-        torch.set_num_threads(previous)

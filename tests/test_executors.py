@@ -20,8 +20,6 @@ from freestems.executors import JobEvent, LocalExecutor, ModelDescription, WorkI
 from freestems.executors.pool import Running, WorkerPool
 from freestems.jobrun import Cancelled, JobFailed, cancel_scope, run_job
 
-pytest_plugins = ["service_helpers"]
-
 
 def files_under(folder: Path) -> list[str]:
     return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())

@@ -28,7 +28,6 @@ from freestems.models import load_model
 from freestems.pipeline import OutputFormat
 from freestems.service import SettingsError
 
-pytest_plugins = ["modal_helpers"]
 ROOT = Path(__file__).resolve().parents[1]
 
 

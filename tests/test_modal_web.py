@@ -30,7 +30,6 @@ from freestems.executors.modal import InputCancellation, ModalExecutor
 from freestems.pipeline import OutputFormat
 from freestems.service.options import SeparationOptions
 
-pytest_plugins = ["service_helpers", "modal_helpers"]
 FOUR = ["bass.mp3", "drums.mp3", "other.mp3", "vocals.mp3"]
 
 
