@@ -6,10 +6,9 @@ replaces its three ways out (``remote_calls``, ``progress_channel``, ``usage_log
 the GPU class's own ``.local()`` run by :class:`InProcessCalls`, a :class:`MemoryChannel` and a list.
 Everything else is the real code.
 
-:func:`declared` reads what a Modal function or class would be deployed with. The ``modal`` client keeps
-part of it in a public ``FunctionInfo`` (GPU, CPU, timeout, regions, concurrency, secrets) and the rest
-(snapshot flags, experimental options, autoscaler) only in the loader it builds the deploy request with;
-both are read here, without credentials or network.
+:func:`declared` reads what the module's GPU class and web function are declared with, from the option
+dictionaries the module keeps and passes to Modal's decorators (no Modal internals, no credentials, no
+network).
 
 The ``checkpoint`` and ``deployment`` fixtures built from these live in ``conftest.py``.
 """
@@ -173,41 +172,21 @@ def use_in_process_gpu(monkeypatch, deployment: Deployment) -> InProcessCalls:
     return calls
 
 
-def declared(function: Any) -> dict[str, Any]:
-    """What ``modal deploy`` would send for a Modal function or class (no network involved)."""
-    from modal._partial_function import _find_partial_methods_for_user_cls, _PartialFunctionFlags
-    from modal._utils.async_utils import synchronizer
-    from modal.cls import _Cls
+def declared(module: Any) -> dict[str, Any]:
+    """What the deployment ``module`` declares its GPU class (``gpu``) and web function (``web``) with: the
+    options it passes to ``@app.cls``, ``@app.function`` and ``@modal.concurrent``, which it keeps as plain
+    values. JSON-ready: the image is left out (compare ``module.image``), secrets are given by name."""
 
-    implementation = synchronizer._translate_in(function)
-    hooks: dict[str, list[str]] = {}
-    if isinstance(implementation, _Cls):
-        user_cls = implementation._get_user_cls()
-        flags = _PartialFunctionFlags
-        hooks = {
-            "snap": sorted(_find_partial_methods_for_user_cls(user_cls, flags.ENTER_PRE_SNAPSHOT)),
-            "restore": sorted(_find_partial_methods_for_user_cls(user_cls, flags.ENTER_POST_SNAPSHOT)),
+    def plain(options: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            name: [secret.name for secret in value] if name == "secrets" else value
+            for name, value in options.items()
+            if name != "image"
         }
-        implementation = implementation._get_class_service_function()
-    loader = implementation._load
-    contents = (cell.cell_contents for cell in loader.__closure__)
-    cells = dict(zip(loader.__code__.co_freevars, contents, strict=True))
-    info = implementation._function_info
-    autoscaler = cells["autoscaler_settings"]
+
     return {
-        "gpus": info.gpus,
-        "cpu": info.cpu,
-        "timeout": info.timeout,
-        "regions": info.regions,
-        "max_inputs": info.concurrency_info.max_inputs if info.concurrency_info else None,
-        "secrets": info.secrets,
-        "web": info.web_info is not None,
-        "methods": info.method_names,
-        "memory_snapshot": cells["enable_memory_snapshot"],
-        "experimental_options": dict(cells["experimental_options"]),
-        "max_containers": autoscaler.max_containers if autoscaler.HasField("max_containers") else None,
-        "scaledown_window": autoscaler.scaledown_window if autoscaler.HasField("scaledown_window") else None,
-        **hooks,
+        "gpu": plain(module.GPU_CLASS_OPTIONS),
+        "web": {**plain(module.WEB_FUNCTION_OPTIONS), **module.WEB_CONCURRENCY},
     }
 
 
