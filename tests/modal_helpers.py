@@ -6,13 +6,11 @@ replaces its three ways out (``remote_calls``, ``progress_channel``, ``usage_log
 the GPU class's own ``.local()`` run by :class:`InProcessCalls`, a :class:`MemoryChannel` and a list.
 Everything else is the real code.
 
-:func:`declared` reads what a Modal function or class would be deployed with. The ``modal`` client keeps
-part of it in a public ``FunctionInfo`` (GPU, CPU, timeout, regions, concurrency, secrets) and the rest
-(snapshot flags, experimental options, autoscaler) only in the loader it builds the deploy request with;
-both are read here, without credentials or network.
+:func:`declared` reads what the module's GPU class and web function are declared with, from the option
+dictionaries the module keeps and passes to Modal's decorators (no Modal internals, no credentials, no
+network).
 
-Test modules load the ``checkpoint`` and ``deployment`` fixtures with ``pytest_plugins = ["modal_helpers"]``;
-imported before pytest sees it as a plugin, its asserts are left as they are (PYTEST_DONT_REWRITE).
+The ``checkpoint`` and ``deployment`` fixtures built from these live in ``conftest.py``.
 """
 
 from __future__ import annotations
@@ -27,10 +25,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import pytest
-import torch
-from model_helpers import make_small_checkpoint
 
 from freestems.cost import UsageRecord
 from freestems.executors.modal import InputCancellation
@@ -181,41 +175,21 @@ def use_in_process_gpu(monkeypatch, deployment: Deployment) -> InProcessCalls:
     return calls
 
 
-def declared(function: Any) -> dict[str, Any]:
-    """What ``modal deploy`` would send for a Modal function or class (no network involved)."""
-    from modal._partial_function import _find_partial_methods_for_user_cls, _PartialFunctionFlags
-    from modal._utils.async_utils import synchronizer
-    from modal.cls import _Cls
+def declared(module: Any) -> dict[str, Any]:
+    """What the deployment ``module`` declares its GPU class (``gpu``) and web function (``web``) with: the
+    options it passes to ``@app.cls``, ``@app.function`` and ``@modal.concurrent``, which it keeps as plain
+    values. JSON-ready: the image is left out (compare ``module.image``), secrets are given by name."""
 
-    implementation = synchronizer._translate_in(function)
-    hooks: dict[str, list[str]] = {}
-    if isinstance(implementation, _Cls):
-        user_cls = implementation._get_user_cls()
-        flags = _PartialFunctionFlags
-        hooks = {
-            "snap": sorted(_find_partial_methods_for_user_cls(user_cls, flags.ENTER_PRE_SNAPSHOT)),
-            "restore": sorted(_find_partial_methods_for_user_cls(user_cls, flags.ENTER_POST_SNAPSHOT)),
+    def plain(options: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            name: [secret.name for secret in value] if name == "secrets" else value
+            for name, value in options.items()
+            if name != "image"
         }
-        implementation = implementation._get_class_service_function()
-    loader = implementation._load
-    contents = (cell.cell_contents for cell in loader.__closure__)
-    cells = dict(zip(loader.__code__.co_freevars, contents, strict=True))
-    info = implementation._function_info
-    autoscaler = cells["autoscaler_settings"]
+
     return {
-        "gpus": info.gpus,
-        "cpu": info.cpu,
-        "timeout": info.timeout,
-        "regions": info.regions,
-        "max_inputs": info.concurrency_info.max_inputs if info.concurrency_info else None,
-        "secrets": info.secrets,
-        "web": info.web_info is not None,
-        "methods": info.method_names,
-        "memory_snapshot": cells["enable_memory_snapshot"],
-        "experimental_options": dict(cells["experimental_options"]),
-        "max_containers": autoscaler.max_containers if autoscaler.HasField("max_containers") else None,
-        "scaledown_window": autoscaler.scaledown_window if autoscaler.HasField("scaledown_window") else None,
-        **hooks,
+        "gpu": plain(module.GPU_CLASS_OPTIONS),
+        "web": {**plain(module.WEB_FUNCTION_OPTIONS), **module.WEB_CONCURRENCY},
     }
 
 
@@ -236,20 +210,3 @@ def modal_environment(model_file: Path, data_dir: Path, **extra: str) -> dict[st
         "FREESTEMS_MODAL_MAX_CONTAINERS": "1",
         **extra,
     }
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A small seeded checkpoint the deployment serves."""
-    return make_small_checkpoint(tmp_path_factory.mktemp("model") / "small.pt")
-
-
-@pytest.fixture
-def deployment(monkeypatch, checkpoint, tmp_path):
-    """The Modal module imported with settings pointing at ``checkpoint``; torch on one thread meanwhile."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield load_modal_app(monkeypatch, modal_environment(checkpoint, tmp_path / "data"))
-    finally:
-        torch.set_num_threads(previous)

@@ -4,9 +4,7 @@
         with open_session(server) as (ws, key):                 # WebSocket + solved challenge
             httpx.post(server.url + "/separate", headers={"X-Session-Key": key}, files=...)
 
-Test modules load the fixtures with ``pytest_plugins = ["service_helpers"]`` and import the helpers; as
-the module is imported before pytest sees it as a plugin, its asserts are left as they are
-(PYTEST_DONT_REWRITE).
+The fixtures built from these (``small_model``, ``start_server``, ``songs``) live in ``conftest.py``.
 
 Settings for tests are small (a trivial proof of work, short timers) so the suite stays fast; see
 :func:`small_settings`.
@@ -26,18 +24,12 @@ from typing import Any
 
 import altcha
 import httpx
-import pytest
-import torch
 import uvicorn
-from audio_samples import write_test_file
-from model_helpers import make_small_checkpoint
 from websockets.sync.client import ClientConnection, connect
 
-from freestems.executors import Executor, LocalExecutor
-from freestems.models import LoadedModel, load_model
+from freestems.executors import Executor
 from freestems.service import Settings, create_app
 from freestems.service.app import Service
-from freestems.service.jobs import Paths
 from freestems.service.server import Server, uvicorn_config
 
 ORIGIN = "http://127.0.0.1"  # completed with the port: same-origin by default
@@ -134,54 +126,6 @@ def serving(app: Any, settings: Settings) -> Iterator[LiveServer]:
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def small_model(tmp_path_factory) -> Iterator[LoadedModel]:
-    """The small seeded checkpoint, loaded once per module. Torch runs on one thread meanwhile: on a
-    small machine that is busy with other work, more threads only spin against each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield load_model(model_file=make_small_checkpoint(tmp_path_factory.mktemp("model") / "small.pt"))
-    finally:
-        torch.set_num_threads(previous)
-
-
-@pytest.fixture
-def start_server(tmp_path, small_model) -> Iterator[Callable[..., LiveServer]]:
-    """``start_server(**settings)`` starts a server on ``tmp_path/data`` (the same folder every call, so a
-    second call is a restart). Afterwards: every server is stopped, and no temporary file may be left."""
-    data_dir = tmp_path / "data"
-    with contextlib.ExitStack() as stack:
-
-        def start(**overrides: Any) -> LiveServer:
-            settings = small_settings(data_dir, **overrides)
-            executor = LocalExecutor(
-                lambda: small_model, Paths(settings.data_dir).work, workers=settings.workers
-            )
-            return stack.enter_context(running_server(settings, executor))
-
-        yield start
-    assert leftover_files(data_dir) == []
-
-
-@pytest.fixture(scope="session")
-def songs(tmp_path_factory) -> dict[str, Path]:
-    """Real encoded files: ``short`` (3 s mp3), ``medium`` (20 s), ``long`` (90 s: with shifts=3 it runs
-    for many seconds, long enough to be caught running), ``wav`` (2 s)."""
-    folder = tmp_path_factory.mktemp("songs")
-    files = {
-        "short": folder / "song.mp3",
-        "medium": folder / "medium.mp3",
-        "long": folder / "long.mp3",
-        "wav": folder / "tone.wav",
-    }
-    write_test_file(files["short"], "mp3", seconds=3.0)
-    write_test_file(files["medium"], "mp3", seconds=20.0, freq=220.0)
-    write_test_file(files["long"], "mp3", seconds=90.0, freq=330.0)
-    write_test_file(files["wav"], "wav", seconds=2.0, freq=550.0)
-    return files
 
 
 # ---------------------------------------------------------------------------------------------- sessions

@@ -26,8 +26,6 @@ from freestems.client import Client, RemoteError, pow
 from freestems.client.progress import Reporter
 from freestems.service.challenges import ChallengeBook
 
-pytest_plugins = ["service_helpers"]
-
 FOUR = ["bass", "drums", "other", "vocals"]
 
 

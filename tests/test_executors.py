@@ -21,8 +21,6 @@ from freestems.executors.pool import Running, WorkerPool
 from freestems.jobrun import Cancelled, JobFailed, cancel_scope, run_job
 from freestems.options import SeparationOptions
 
-pytest_plugins = ["service_helpers"]
-
 
 def files_under(folder: Path) -> list[str]:
     return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())

@@ -28,7 +28,6 @@ from freestems.models import load_model
 from freestems.options import SeparationOptions
 from freestems.service import SettingsError
 
-pytest_plugins = ["modal_helpers"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,17 +48,25 @@ def names_in(data: bytes) -> list[str]:
 
 def test_the_defaults_declare_a_snapshotted_l4_and_one_concurrent_web_container(deployment):
     module = deployment.module
-    gpu = declared(module.Separator)
-    assert gpu["gpus"] == [("L4", 1)] and gpu["cpu"] == 4.0 and gpu["timeout"] == 900
-    assert gpu["memory_snapshot"] is True and gpu["experimental_options"] == {}
-    assert gpu["scaledown_window"] == 15 and gpu["max_containers"] == 1  # the environment asked for 1
-    assert gpu["regions"] is None and gpu["methods"] == ["separate"]
-    assert gpu["snap"] == ["load"] and gpu["restore"] == ["ready"]
-    web = declared(module.web)
-    assert web["web"] and web["gpus"] == [] and web["max_containers"] == 1
-    assert web["max_inputs"] == 500 and web["scaledown_window"] == module.WEB_SCALEDOWN_WINDOW
-    assert web["secrets"] == ["modal.Secret.from_name('freestems')"]
-    assert web["timeout"] == 900 + 600 + 900 + 60  # a key's life, an upload and a job fit in one socket
+    found = declared(module)
+    assert found["gpu"] == {
+        "gpu": "L4",
+        "cpu": 4.0,
+        "timeout": 900,
+        "scaledown_window": 15,
+        "max_containers": 1,  # the environment asked for 1
+        "enable_memory_snapshot": True,
+    }  # no region, no experimental options
+    assert found["web"] == {
+        "secrets": ["freestems"],
+        "cpu": module.WEB_CPU,
+        "max_containers": 1,
+        "max_inputs": 500,
+        "scaledown_window": module.WEB_SCALEDOWN_WINDOW,
+        "timeout": 900 + 600 + 900 + 60,  # a key's life, an upload and a job fit in one socket
+    }
+    assert module.GPU_CLASS_OPTIONS["image"] is module.image
+    assert module.WEB_FUNCTION_OPTIONS["image"] is module.image
     assert module.app.name == "freestems"
 
 
@@ -81,8 +88,7 @@ def test_the_module_declares_what_the_settings_say(tmp_path):
     )
     script = (
         "import json, modal_helpers, freestems.deploy.modal_app as m\n"
-        "print(json.dumps({'app': m.app.name, 'gpu': modal_helpers.declared(m.Separator),"
-        " 'web': modal_helpers.declared(m.web)}))\n"
+        "print(json.dumps({'app': m.app.name, **modal_helpers.declared(m)}))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], env=environ, capture_output=True, text=True, timeout=120, cwd=tmp_path
@@ -91,12 +97,18 @@ def test_the_module_declares_what_the_settings_say(tmp_path):
     found = json.loads(result.stdout.strip().splitlines()[-1])
     gpu, web = found["gpu"], found["web"]
     assert found["app"] == "stems-test"
-    assert gpu["gpus"] == [["A10G", 1]] and gpu["cpu"] == 6.0 and gpu["timeout"] == 1200
-    assert gpu["memory_snapshot"] is True and gpu["experimental_options"] == {"enable_gpu_snapshot": "True"}
-    assert gpu["scaledown_window"] == 42 and gpu["max_containers"] == 3
-    assert gpu["regions"] == ["us-east", "us-west"]
+    assert gpu == {
+        "gpu": "A10G",
+        "cpu": 6.0,
+        "timeout": 1200,
+        "scaledown_window": 42,
+        "max_containers": 3,
+        "enable_memory_snapshot": True,
+        "experimental_options": {"enable_gpu_snapshot": True},
+        "region": ["us-east", "us-west"],
+    }
     assert web["max_inputs"] == 77 and web["max_containers"] == 1
-    assert web["secrets"] == ["modal.Secret.from_name('stems-secret')"]
+    assert web["secrets"] == ["stems-secret"]
 
 
 def test_the_image_gets_the_settings_but_no_secret_and_no_local_path(deployment, checkpoint):

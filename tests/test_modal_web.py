@@ -29,7 +29,6 @@ from freestems.executors import JobEvent, WorkItem
 from freestems.executors.modal import InputCancellation, ModalExecutor
 from freestems.service.options import SeparationOptions
 
-pytest_plugins = ["service_helpers", "modal_helpers"]
 FOUR = ["bass.mp3", "drums.mp3", "other.mp3", "vocals.mp3"]
 
 

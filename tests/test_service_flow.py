@@ -23,8 +23,6 @@ from service_helpers import (
 
 from freestems.audio import decode
 
-pytest_plugins = ["service_helpers"]
-
 FOUR = ["bass.mp3", "drums.mp3", "other.mp3", "vocals.mp3"]
 
 

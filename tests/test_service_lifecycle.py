@@ -33,8 +33,6 @@ from freestems.service import Settings, SettingsError
 from freestems.service.options import SeparationOptions
 from freestems.service.store import RESTART_REASON, Job, JobStore
 
-pytest_plugins = ["service_helpers"]
-
 
 def running(message: dict) -> bool:
     return message["type"] == "job" and message["state"] == "running" and message["progress"] > 0

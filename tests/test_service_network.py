@@ -18,8 +18,6 @@ from freestems.service.connections import Throttle, default_max_connections
 from freestems.service.network import address_key, client_address, host_allowed
 from freestems.service.settings import Settings, SettingsError
 
-pytest_plugins = ["service_helpers"]
-
 
 def request_with(headers: list[tuple[str, str]], peer: str = "127.0.0.1") -> Request:
     raw = [(name.lower().encode(), value.encode()) for name, value in headers]

@@ -32,8 +32,6 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from freestems.options import SeparationOptions
 from freestems.service import Settings, SettingsError
 
-pytest_plugins = ["service_helpers"]
-
 
 def post(server, path, key=None, *, client=None, **fields) -> httpx.Response:
     headers = {"X-Session-Key": key} if key else {}

@@ -22,7 +22,6 @@ from audio_samples import tiny_png, write_test_file
 from service_helpers import connect_session, leftover_files, receive, wait_until
 from web_helpers import ARTIFACTS, PHONE, events, needs_chromium, wait_js, write_silent_wav
 
-pytest_plugins = ["service_helpers", "web_helpers"]
 pytestmark = needs_chromium
 
 FOUR = ["bass.mp3", "drums.mp3", "other.mp3", "vocals.mp3"]

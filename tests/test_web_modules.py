@@ -10,8 +10,6 @@ from pathlib import Path
 
 from web_helpers import DESKTOP, ROOT, needs_chromium, wait_js
 
-pytest_plugins = ["service_helpers", "web_helpers"]
-
 WEB = ROOT / "src" / "freestems" / "web"
 STATIC = WEB / "static"
 IMPORT = re.compile(r'^\s*(?:import|export)\b[^;]*?\bfrom\s+"([^"]+)"\s*;', re.MULTILINE)

@@ -13,7 +13,6 @@ from reliability.serve_process import ServeProcess
 from test_web import job_state, start_slow_separation, wait_result
 from web_helpers import events, needs_chromium, wait_js
 
-pytest_plugins = ["service_helpers", "web_helpers"]
 pytestmark = needs_chromium
 
 

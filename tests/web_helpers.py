@@ -7,8 +7,7 @@ Playwright only drives the system Chromium (``executable_path``); it never downl
 keep Chromium off the network it would otherwise try to reach at start (component updates, sync, field
 trials), which stalls it on a closed network.
 
-Test modules load the fixtures with ``pytest_plugins = ["web_helpers"]``; imported before pytest sees it
-as a plugin, its asserts are left as they are (PYTEST_DONT_REWRITE).
+The fixtures built from these (``browser``, ``web_server``, ``open_page``) live in ``conftest.py``.
 """
 
 from __future__ import annotations
@@ -16,16 +15,12 @@ from __future__ import annotations
 import contextlib
 import time
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
-from service_helpers import LiveServer, running_server, small_settings
-
-from freestems.executors import LocalExecutor
-from freestems.service.jobs import Paths
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,30 +60,6 @@ def chromium() -> Iterator[Browser]:
             browser.close()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
-@pytest.fixture(scope="module")
-def web_server(tmp_path_factory, small_model) -> Iterator[LiveServer]:
-    """A real server for the page: the small model, a real (cheap) PBKDF2 proof of work as in production,
-    and the default upload limits (so the page's built-in defaults and the server agree)."""
-    data_dir = tmp_path_factory.mktemp("web") / "data"
-    settings = small_settings(
-        data_dir,
-        pow_algorithm="PBKDF2/SHA-256",
-        pow_cost=200,
-        pow_counter=40,
-        max_upload_mb=100.0,
-        max_duration=1200.0,
-    )
-    executor = LocalExecutor(lambda: small_model, Paths(settings.data_dir).work, workers=settings.workers)
-    with running_server(settings, executor) as server:
-        yield server
-
-
 class PageWatch:
     """A page plus what went wrong in it: uncaught errors and console errors."""
 
@@ -109,40 +80,6 @@ class PageWatch:
 
     def unexpected(self) -> list[str]:
         return [error for error in self.errors if not any(text in error for text in self.expected)]
-
-
-@pytest.fixture
-def open_page(browser: Browser, web_server: LiveServer) -> Iterator[Any]:
-    """``open_page(viewport=..., server=..., before=...)`` opens the page of ``server`` (default:
-    ``web_server``) in a new browser context (fresh storage; ``before(page)`` runs first) and
-    waits until it has loaded the server's settings. Afterwards: no uncaught error or console error
-    happened in it, except those containing one of ``expected_errors``."""
-    contexts = []
-    watches: list[PageWatch] = []
-
-    def open_(
-        viewport: dict[str, int] | None = None,
-        expected_errors: tuple[str, ...] = (),
-        server: LiveServer | None = None,
-        before: Callable[[Page], None] | None = None,
-    ) -> Page:
-        context = browser.new_context(viewport=viewport or DESKTOP, accept_downloads=True)
-        contexts.append(context)
-        page = context.new_page()
-        watch = PageWatch(page, expected_errors)
-        watches.append(watch)
-        page.set_default_timeout(30_000)
-        if before is not None:
-            before(page)
-        page.goto((server or web_server).url + "/")
-        wait_js(page, "Boolean(window.freestems && window.freestems.ready)")
-        return page
-
-    yield open_
-    for context in contexts:
-        context.close()
-    for watch in watches:
-        assert watch.unexpected() == [], watch.unexpected()
 
 
 def write_silent_wav(path: Path, seconds: float, rate: int = 8000) -> Path:

@@ -32,8 +32,6 @@ from freestems.service.connections import default_max_connections
 
 from .bounds import FULL, scaled
 
-pytest_plugins = ["service_helpers"]
-
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 

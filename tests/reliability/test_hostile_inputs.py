@@ -43,8 +43,6 @@ from freestems.separate import SeparationError, check_overlap
 
 from .bounds import FULL, scaled
 
-pytest_plugins = ["service_helpers"]
-
 FUZZ = dict(deadline=None, database=None, derandomize=not FULL, print_blob=True)
 
 

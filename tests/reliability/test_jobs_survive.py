@@ -52,8 +52,6 @@ from freestems.service.sessions import Mailbox
 from .bounds import scaled
 from .serve_process import GRACEFUL, ServeProcess
 
-pytest_plugins = ["service_helpers"]
-
 
 def running(message: dict) -> bool:
     return message["type"] == "job" and message["state"] == "running" and message["progress"] > 0

@@ -428,7 +428,11 @@ class _Outbox:
             self._thread.join(timeout)
 
 
-@app.cls(**gpu_class_options(modal_settings))
+GPU_CLASS_OPTIONS = gpu_class_options(modal_settings)
+"""What :class:`Separator` is declared with, kept as plain values so they can be checked without Modal."""
+
+
+@app.cls(**GPU_CLASS_OPTIONS)
 class Separator:
     """Separates one song per call: ``separate(audio, options) -> zip``, as ``POST /separate`` answers."""
 
@@ -658,8 +662,13 @@ def make_executor() -> ModalExecutor:
     )
 
 
-@app.function(**web_function_options(settings, modal_settings))
-@modal.concurrent(max_inputs=modal_settings.modal_web_max_inputs)
+WEB_FUNCTION_OPTIONS = web_function_options(settings, modal_settings)
+WEB_CONCURRENCY = {"max_inputs": modal_settings.modal_web_max_inputs}
+"""What :func:`web` is declared with (``@app.function``, ``@modal.concurrent``), kept as plain values."""
+
+
+@app.function(**WEB_FUNCTION_OPTIONS)
+@modal.concurrent(**WEB_CONCURRENCY)
 @modal.asgi_app()
 def web():
     """The service (``POST /separate``, jobs, the session WebSocket, the page), jobs on the GPU class."""
