@@ -8,8 +8,6 @@ from service_helpers import form, open_session
 from freestems.audio.formats import FORMATS, MP3_BITRATES
 from freestems.service.options import OPTION_FIELDS
 
-pytest_plugins = ["service_helpers"]
-
 
 def test_openapi_describes_the_form_of_the_served_model(start_server, songs):
     server = start_server(max_shifts=3)
