@@ -11,11 +11,21 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from freestems import SAMPLE_RATE, __version__
 from freestems.audio.formats import FORMATS, MP3_BITRATES
 from freestems.errors import one_line
 from freestems.separate import DEVICES
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from freestems.models import LoadedModel
+
+    # What ``add_subparsers`` returns: argparse names no public type for it, and it is generic only in the
+    # stubs (so the alias exists for the type checker alone).
+    Subcommands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 AUDIO_SUFFIXES = {
     ".mp3", ".wav", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4", ".webm", ".aiff", ".aif",
@@ -30,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.run(args)
+        code: int = args.run(args)
+        return code
     except KeyboardInterrupt:
         print("freestems: interrupted", file=sys.stderr)
         return 130
@@ -78,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_serve_parser(commands) -> None:
+def add_serve_parser(commands: Subcommands) -> None:
     """``freestems serve``: its options win over the FREESTEMS_* environment (README, section Service)."""
     serve = commands.add_parser(
         "serve",
@@ -100,7 +111,7 @@ def add_serve_parser(commands) -> None:
     serve.set_defaults(run=run_serve)
 
 
-def add_cost_parser(commands) -> None:
+def add_cost_parser(commands: Subcommands) -> None:
     """``freestems cost``: dollars per song per GPU type, from recorded jobs (README, Deploy on Modal)."""
     cost = commands.add_parser(
         "cost",
@@ -123,7 +134,7 @@ def add_cost_parser(commands) -> None:
     cost.set_defaults(run=run_cost)
 
 
-def add_remote_parser(commands) -> None:
+def add_remote_parser(commands: Subcommands) -> None:
     """``freestems remote``: separate on a freestems server (README, section Remote client)."""
     import os
 
@@ -184,7 +195,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_model_from_args(args: argparse.Namespace):
+def load_model_from_args(args: argparse.Namespace) -> LoadedModel:
     from freestems.models import check_model_choice, load_model
 
     check_model_choice(args.model, args.model_file, args.model_config)

@@ -19,7 +19,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from freestems import SAMPLE_RATE
 from freestems.audio import FORMATS, AudioReader, open_writer
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from freestems.models import LoadedModel
+
+T = TypeVar("T")
 
 BLOCK_SECONDS = 10
 QUEUE_DEPTH = 4
@@ -83,7 +85,7 @@ def separate_file(
     progress: Progress | None = None,
     preload: bool = False,
     parallel_encode: bool = False,
-    **options,
+    **options: Any,
 ) -> TrackResult:
     """Separate one audio file into ``destination/<stem>.<ext>``.
 
@@ -117,7 +119,7 @@ def separate_file(
     paths = {name: destination / f"{name}{output.extension}" for name in names}
     writers = _open_writers(paths, output)
     if track.decoded is not None:
-        decoder: _Producer | _Decoded = _Decoded(track.decoded)
+        decoder: _Producer[np.ndarray] | _Decoded = _Decoded(track.decoded)
     else:
         decoder = _Producer(reader.blocks(BLOCK_SECONDS * SAMPLE_RATE), name="freestems-decode")
     encoders = _encoders(writers, parallel_encode)
@@ -189,7 +191,7 @@ def _open_writers(paths: dict[str, Path], output: OutputFormat) -> dict[str, Any
     }
 
 
-def _encoders(writers: dict[str, Any], parallel: bool) -> list[_Consumer]:
+def _encoders(writers: dict[str, Any], parallel: bool) -> list[_Consumer[Any]]:
     """One encoder thread for all stems, or with ``parallel`` one per stem."""
     if parallel:
         return [_Consumer(writer.write, name=f"freestems-encode-{name}") for name, writer in writers.items()]
@@ -244,18 +246,18 @@ class _Decoded:
 _DONE = object()
 
 
-class _Producer:
+class _Producer(Generic[T]):
     """Runs an iterator in a thread, a few items ahead of its consumer, which gets its errors too."""
 
-    def __init__(self, items: Iterable, name: str):
-        self.queue: queue.Queue = queue.Queue(QUEUE_DEPTH)
+    def __init__(self, items: Iterable[T], name: str):
+        self.queue: queue.Queue[Any] = queue.Queue(QUEUE_DEPTH)  # items (T), then _DONE or an error
         self.stopped = threading.Event()
         self.busy = 0.0  # seconds spent producing
         self.waited = 0.0  # seconds the consumer spent waiting
         self.thread = threading.Thread(target=self._run, args=(iter(items),), name=name, daemon=True)
         self.thread.start()
 
-    def _run(self, items: Iterator) -> None:
+    def _run(self, items: Iterator[T]) -> None:
         try:
             while not self.stopped.is_set():
                 clock = time.perf_counter()
@@ -267,7 +269,7 @@ class _Producer:
         except BaseException as error:  # handed to the consumer, which raises it
             self._put(error)
 
-    def _put(self, item) -> None:
+    def _put(self, item: object) -> None:
         while not self.stopped.is_set():
             try:
                 self.queue.put(item, timeout=0.1)
@@ -275,7 +277,7 @@ class _Producer:
             except queue.Full:
                 continue
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator[T]:
         while True:
             clock = time.perf_counter()
             item = self.queue.get()
@@ -291,12 +293,12 @@ class _Producer:
         self.thread.join(timeout=5)
 
 
-class _Consumer:
+class _Consumer(Generic[T]):
     """Applies ``handle`` to items in a thread; errors surface on the next ``put`` or on ``join``."""
 
-    def __init__(self, handle: Callable, name: str):
+    def __init__(self, handle: Callable[[T], None], name: str):
         self.handle = handle
-        self.queue: queue.Queue = queue.Queue(QUEUE_DEPTH)
+        self.queue: queue.Queue[Any] = queue.Queue(QUEUE_DEPTH)  # items (T), then _DONE
         self.error: BaseException | None = None
         self.busy = 0.0
         self.waited = 0.0  # seconds the producer waited for queue space
@@ -321,7 +323,7 @@ class _Consumer:
         if self.error is not None:
             raise self.error
 
-    def put(self, item) -> None:
+    def put(self, item: T) -> None:
         self._check()
         clock = time.perf_counter()
         self.queue.put(item)

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -126,7 +126,7 @@ def separate(
     model: LoadedModel,
     *,
     progress: Progress | None = None,
-    **options,
+    **options: Any,
 ) -> dict[str, np.ndarray]:
     """Separate a whole waveform.
 
@@ -370,7 +370,9 @@ def _as_stereo(audio: np.ndarray | torch.Tensor) -> np.ndarray:
     return audio.astype(np.float32, copy=False)
 
 
-def _arrange(stems, mix, sources, two_stems, consistency) -> dict[str, np.ndarray]:
+def _arrange(
+    stems: np.ndarray, mix: np.ndarray, sources: Sequence[str], two_stems: str | None, consistency: bool
+) -> dict[str, np.ndarray]:
     """Turn a (sources, 2, n) block into named stems: consistency, two-stem pairing."""
     if consistency:
         stems = stems + (mix - stems.sum(axis=0)) / len(sources)
@@ -451,7 +453,7 @@ class _InputBuffer:
     Keeps the raw mix too, for ``no_<stem>`` and consistency.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.start = 0
         self.end = 0
         self.normalised = np.zeros((2, 0), np.float32)
@@ -540,5 +542,5 @@ class _ChunkRunner:
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
-            out = self.module(batch)
+            out: torch.Tensor = self.module(batch)
         return out.float().cpu().numpy()

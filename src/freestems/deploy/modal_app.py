@@ -58,7 +58,7 @@ import uuid
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import modal
 
@@ -72,11 +72,17 @@ from freestems.executors.modal import (
     ProgressChannel,
     RemoteCalls,
 )
-from freestems.jobrun import JobFailed
+from freestems.jobrun import JobFailed, JobOutput
 from freestems.options import SeparationOptions
 from freestems.service.settings import PREFIX, Settings
 
 from .settings import ModalSettings
+
+if TYPE_CHECKING:
+    import torch
+    from fastapi import FastAPI
+
+    from freestems.models import LoadedModel
 
 log = logging.getLogger("freestems.modal")
 
@@ -183,7 +189,9 @@ def bake_weights(
 
 def build_image(settings: Settings, deployment: ModalSettings, environ: Mapping[str, str]) -> modal.Image:
     """The image of both functions (see the module docstring for the layers and why in this order)."""
-    torch_index = {"index_url": deployment.modal_torch_index} if deployment.modal_torch_index else {}
+    torch_index: dict[str, Any] = (
+        {"index_url": deployment.modal_torch_index} if deployment.modal_torch_index else {}
+    )
     image = (
         modal.Image.debian_slim(python_version=PYTHON_VERSION)
         .pip_install(deployment.modal_torch, **torch_index)
@@ -263,7 +271,7 @@ def gpu_class_options(deployment: ModalSettings) -> dict[str, Any]:
     return options
 
 
-def load_configured_model():
+def load_configured_model() -> LoadedModel:
     """The model the settings name: from ``/weights`` in a container (never downloaded there)."""
     from freestems.models import load_model
 
@@ -477,7 +485,7 @@ class Separator:
             self.container_start,
         )
 
-    def _use(self, device) -> None:
+    def _use(self, device: torch.device) -> None:
         from freestems.jobrun import choose_precision
 
         self.model.module.to(device)
@@ -536,7 +544,7 @@ class Separator:
         finally:
             outbox.close(flush=finished)
 
-    def _run(self, audio: bytes, request: Request, outbox: _Outbox):
+    def _run(self, audio: bytes, request: Request, outbox: _Outbox) -> tuple[bytes, JobOutput]:
         """Run the job in a temporary folder: the zip's bytes and the job's output."""
         from freestems.jobrun import run_job
 
@@ -591,7 +599,7 @@ def _suffix(filename: str) -> str:
     return suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else ""
 
 
-def _warm_up(model, device, precision: str) -> None:
+def _warm_up(model: LoadedModel, device: torch.device, precision: str) -> None:
     """One short job end to end: decoding, the model, the MP3 encoders, the zip (imports and lazy
     initialisation happen here, before the snapshot, instead of in the first request)."""
     import numpy as np
@@ -619,7 +627,7 @@ def _warm_up(model, device, precision: str) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _warm_up_device(model, device, precision: str) -> None:
+def _warm_up_device(model: LoadedModel, device: torch.device, precision: str) -> None:
     """One chunk through the model on ``device`` (CUDA context, kernels and FFT plans)."""
     import numpy as np
 
@@ -670,7 +678,7 @@ WEB_CONCURRENCY = {"max_inputs": modal_settings.modal_web_max_inputs}
 @app.function(**WEB_FUNCTION_OPTIONS)
 @modal.concurrent(**WEB_CONCURRENCY)
 @modal.asgi_app()
-def web():
+def web() -> FastAPI:
     """The service (``POST /separate``, jobs, the session WebSocket, the page), jobs on the GPU class."""
     from freestems.service import create_app
 

@@ -126,7 +126,8 @@ class _ModalCall:
         self.call = call
 
     def result(self, timeout: float) -> bytes:
-        return self.call.get(timeout=timeout)  # builtin TimeoutError while unfinished
+        result: bytes = self.call.get(timeout=timeout)  # builtin TimeoutError while unfinished
+        return result
 
     def cancel(self) -> None:
         self.call.cancel()

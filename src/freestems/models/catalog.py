@@ -126,7 +126,19 @@ def _sdr(avg: float, bass: float, drums: float, vocals: float, other: float) -> 
     return {"avg": avg, "bass": bass, "drums": drums, "vocals": vocals, "other": other}
 
 
-def _entry(name, title, config, release, weights, yaml, *, sdr, spec_norm, normalize, cost) -> ModelInfo:
+def _entry(
+    name: str,
+    title: str,
+    config: dict[str, Any],
+    release: str,
+    weights: str,
+    yaml: str,
+    *,
+    sdr: dict[str, float],
+    spec_norm: bool,
+    normalize: bool,
+    cost: float | None,
+) -> ModelInfo:
     return ModelInfo(
         name=name,
         title=title,
@@ -291,8 +303,20 @@ VIPERX_CONFIG: dict[str, Any] = {
 _MEASURED: dict[str, float] = {"mel-roformer-kim": 5.3}
 
 
-def _roformer(name, title, architecture, config, url, config_url, *, sources, sdr, sdr_set, license):
-    segment = config.get("audio", {}).get("chunk_size", 352800) if config else 485_100
+def _roformer(
+    name: str,
+    title: str,
+    architecture: str,
+    config: dict[str, Any],
+    url: str,
+    config_url: str,
+    *,
+    sources: tuple[str, ...],
+    sdr: dict[str, float],
+    sdr_set: str,
+    license: str,
+) -> ModelInfo:
+    segment: int = config.get("audio", {}).get("chunk_size", 352800) if config else 485_100
     return ModelInfo(
         name=name,
         title=title,
@@ -310,7 +334,15 @@ def _roformer(name, title, architecture, config, url, config_url, *, sources, sd
     )
 
 
-def _demucs(name, title, files, *, sources=HTDEMUCS_SOURCES, weights=None, sdr):
+def _demucs(
+    name: str,
+    title: str,
+    files: list[str],
+    *,
+    sources: tuple[str, ...] = HTDEMUCS_SOURCES,
+    weights: list[list[float]] | None = None,
+    sdr: dict[str, float],
+) -> ModelInfo:
     weights = weights or [[1.0] * len(sources)]
     return ModelInfo(
         name=name,
@@ -330,7 +362,16 @@ def _demucs(name, title, files, *, sources=HTDEMUCS_SOURCES, weights=None, sdr):
     )
 
 
-def _ensemble(name, title, members, *, sources, sdr, sdr_set, note):
+def _ensemble(
+    name: str,
+    title: str,
+    members: list[tuple[str, dict[str, float]]],
+    *,
+    sources: tuple[str, ...],
+    sdr: dict[str, float],
+    sdr_set: str,
+    note: str,
+) -> ModelInfo:
     return ModelInfo(
         name=name,
         title=title,

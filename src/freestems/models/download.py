@@ -86,7 +86,7 @@ def is_cached(info: ModelInfo, cache_dir: str | os.PathLike[str] | None = None) 
     return cached_file(info, cache_dir) is not None
 
 
-def _present(info: ModelInfo, url: str, cache_dir) -> Path | None:
+def _present(info: ModelInfo, url: str, cache_dir: str | os.PathLike[str] | None) -> Path | None:
     path = cache_path(info, cache_dir, url)
     try:
         stat = path.stat()

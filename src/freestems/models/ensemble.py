@@ -25,13 +25,17 @@ member; a member that does not normalise ignores them, as the engine always does
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import nn
 
 from freestems.models.errors import ModelChoiceError
 from freestems.models.loading import LoadedModel
+
+if TYPE_CHECKING:
+    from freestems.separate import MixStats
 
 SEPARATOR = "+"
 """``-m a+b``: the members of an ad-hoc ensemble."""
@@ -122,13 +126,13 @@ class Ensemble:
 
     def stream(
         self,
-        run: Callable[..., Iterator[dict[str, np.ndarray]]],
+        run: Callable[..., Generator[dict[str, np.ndarray], None, None]],
         blocks: Iterable[np.ndarray],
         *,
         length: int | None,
-        stats,
+        stats: MixStats | None,
         progress: Callable[[float], None] | None,
-        **options,
+        **options: Any,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(stems (len(sources), 2, n), mix (2, n))`` blocks in order; ``run`` is the engine's
         ``separate_blocks``, called once per member with the engine's options."""
@@ -180,7 +184,7 @@ class Ensemble:
 class _Pending:
     """A member's stem blocks not yet mixed; ``end`` is how far its output has come."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.parts: dict[str, list[np.ndarray]] = {}
         self.end = 0
         self.start = 0

@@ -26,10 +26,11 @@ import os
 import pickle
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, cast
 
 import torch
 import yaml
@@ -44,7 +45,7 @@ from freestems.models.loading import LoadedModel
 INSTALL_HINT = 'the HT-Demucs models need the demucs extra: pip install "freestems[demucs]"'
 
 
-def _demucs():
+def _demucs() -> tuple[ModuleType, ModuleType, ModuleType, ModuleType]:
     """The demucs modules, or :class:`ModelNotAvailable` saying how to install them."""
     try:
         from demucs import apply, demucs, hdemucs, htdemucs
@@ -53,7 +54,7 @@ def _demucs():
     return apply, demucs, hdemucs, htdemucs
 
 
-def model_classes() -> tuple[type, ...]:
+def model_classes() -> tuple[type[Any], ...]:
     """The Demucs network classes a ``.th`` file may name as its ``klass``."""
     _, demucs, hdemucs, htdemucs = _demucs()
     return (htdemucs.HTDemucs, hdemucs.HDemucs, demucs.Demucs)
@@ -74,6 +75,8 @@ class DemucsModule(nn.Module):
     precision.
     """
 
+    weights: torch.Tensor  # a buffer: per-member, per-stem weights, normalised per stem
+
     def __init__(self, members: Sequence[nn.Module], weights: Sequence[Sequence[float]], segment: int):
         super().__init__()
         table = torch.tensor([list(map(float, row)) for row in weights], dtype=torch.float32)
@@ -92,19 +95,24 @@ class DemucsModule(nn.Module):
             )
         with torch.autocast(mix.device.type, enabled=False):
             mix = mix.float()
-            out = None
+            out: torch.Tensor | None = None
             for member, weight in zip(self.members, self.weights, strict=True):
                 stems = self._run(member, mix) * weight[None, :, None, None]
                 out = stems if out is None else out + stems
+        if out is None:  # wrap_demucs refuses a bag that leaves every member out
+            raise ValueError("this Demucs module has no members with a non-zero weight")
         return out
 
     def _run(self, member: nn.Module, mix: torch.Tensor) -> torch.Tensor:
         if isinstance(member, self._htdemucs):
-            return member(mix)  # pads a short chunk to its training length and trims the output itself
+            # HT-Demucs pads a short chunk to its training length and trims the output itself.
+            whole: torch.Tensor = member(mix)
+            return whole
         # Demucs and HDemucs want a "valid length"; apply_model pads around the chunk and trims the centre.
         length = mix.shape[-1]
-        delta = int(member.valid_length(length)) - length
-        out = member(F.pad(mix, (delta // 2, delta - delta // 2)))
+        valid_length = cast("Callable[[int], int]", member.valid_length)  # demucs has no type hints
+        delta = int(valid_length(length)) - length
+        out: torch.Tensor = member(F.pad(mix, (delta // 2, delta - delta // 2)))
         trim = out.shape[-1] - length
         return out[..., trim // 2 : trim // 2 + length]
 
@@ -150,7 +158,7 @@ def wrap_demucs(model: nn.Module, name: str) -> LoadedModel:
 # ------------------------------------------------------------------------------------------------- loading
 
 
-def read_demucs_package(path: str | os.PathLike) -> dict:
+def read_demucs_package(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A Demucs ``.th`` file's dict, unpickled with ``weights_only=True`` and only the Demucs classes allowed.
 
     Raises :class:`ModelNotAvailable` when the file is missing and :class:`CheckpointError` when it is not
@@ -186,7 +194,7 @@ def read_demucs_package(path: str | os.PathLike) -> dict:
     return dict(package)
 
 
-def model_from_package(package: Mapping, origin: str) -> nn.Module:
+def model_from_package(package: Mapping[str, Any], origin: str) -> nn.Module:
     """Build the network a Demucs package describes and load its weights (strictly), in eval mode."""
     klass, args, kwargs, state = (package[key] for key in ("klass", "args", "kwargs", "state"))
     if klass not in model_classes():
@@ -204,7 +212,7 @@ def model_from_package(package: Mapping, origin: str) -> nn.Module:
         warnings.warn(f"{origin}: dropping unknown {klass.__name__} argument {key}", stacklevel=2)
         del kwargs[key]
     try:
-        model = klass(*args, **kwargs)
+        model: nn.Module = klass(*args, **kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError, IndexError) as error:
         raise CheckpointError(f"{origin}: invalid {klass.__name__} arguments ({one_line(error)})") from None
     try:
@@ -214,7 +222,7 @@ def model_from_package(package: Mapping, origin: str) -> nn.Module:
     return model.eval()
 
 
-def load_demucs_file(path: str | os.PathLike, name: str | None = None) -> LoadedModel:
+def load_demucs_file(path: str | os.PathLike[str], name: str | None = None) -> LoadedModel:
     """A single Demucs model file (``.th``), ready for the engine; ``name`` defaults to the file's stem."""
     path = Path(path)
     _demucs()
@@ -256,7 +264,7 @@ def check_name_hash(path: Path) -> None:
 
 
 def load_demucs_bag(
-    yaml_path: str | os.PathLike, folder: str | os.PathLike | None = None, name: str | None = None
+    yaml_path: str | os.PathLike[str], folder: str | os.PathLike[str] | None = None, name: str | None = None
 ) -> LoadedModel:
     """A Demucs bag: a YAML (``models:`` signatures, optional ``weights:`` and ``segment:``) whose ``.th``
     files sit in ``folder`` (default: beside the YAML). Each file's name hash is checked, as Demucs does."""
@@ -288,7 +296,7 @@ def load_demucs_bag(
 
 
 def load_demucs_files(
-    paths: Sequence[str | os.PathLike], weights: Sequence[Sequence[float]], name: str
+    paths: Sequence[str | os.PathLike[str]], weights: Sequence[Sequence[float]], name: str
 ) -> LoadedModel:
     """A catalog entry's Demucs files (one model, or a bag's members in order) with the bag's per-member,
     per-stem ``weights``, ready for the engine."""

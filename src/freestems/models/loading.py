@@ -22,7 +22,7 @@ import os
 import pickle
 import re
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,7 +127,7 @@ class LoadedModel:
 # --------------------------------------------------------------------------------------------- checkpoints
 
 
-def read_checkpoint(path: str | os.PathLike) -> Any:
+def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     """Load a checkpoint file onto the CPU with ``weights_only=True``.
 
     Raises :class:`ModelNotAvailable` when the file is missing and :class:`CheckpointError` when it is not a
@@ -207,7 +207,7 @@ def _is_state_dict(value: Any) -> bool:
     )
 
 
-def save_checkpoint(path: str | os.PathLike, module: nn.Module, spec: ModelSpec) -> Path:
+def save_checkpoint(path: str | os.PathLike[str], module: nn.Module, spec: ModelSpec) -> Path:
     """Write ``module``'s weights and ``spec`` as a self-describing freestems checkpoint (atomically)."""
     path = Path(path)
     package = {
@@ -225,7 +225,7 @@ def save_checkpoint(path: str | os.PathLike, module: nn.Module, spec: ModelSpec)
     return path
 
 
-def _spec_from_package(package: Mapping, path: Path) -> ModelSpec:
+def _spec_from_package(package: Mapping[str, Any], path: Path) -> ModelSpec:
     version = package.get("freestems")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
@@ -249,7 +249,7 @@ def _spec_from_package(package: Mapping, path: Path) -> ModelSpec:
 # ------------------------------------------------------------------------------------------------- configs
 
 
-class _MsstLoader(yaml.SafeLoader):
+class _MsstLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no type hints (no types-PyYAML here)
     """A safe YAML loader that also accepts ``!!python/tuple`` (found in MSST configs) as a tuple."""
 
 
@@ -258,7 +258,7 @@ _MsstLoader.add_constructor(
 )
 
 
-def read_msst_config(path: str | os.PathLike) -> ModelSpec:
+def read_msst_config(path: str | os.PathLike[str]) -> ModelSpec:
     """Parse an MSST YAML config.
 
     ``model:`` gives the SCNet arguments (unknown keys are ignored with a warning), ``training.instruments``
@@ -299,7 +299,7 @@ def read_msst_config(path: str | os.PathLike) -> ModelSpec:
     )
 
 
-def read_json_config(path: str | os.PathLike) -> ModelSpec:
+def read_json_config(path: str | os.PathLike[str]) -> ModelSpec:
     """Parse a JSON of SCNet constructor arguments (like the reference fixtures' ``small_config.json``).
 
     Besides constructor arguments it may hold ``spec_norm`` (default True, SCNet's own default: the
@@ -319,13 +319,13 @@ def read_json_config(path: str | os.PathLike) -> ModelSpec:
     )
 
 
-def read_config(path: str | os.PathLike) -> ModelSpec:
+def read_config(path: str | os.PathLike[str]) -> ModelSpec:
     """A config file by extension: ``.json`` is a JSON of constructor arguments, anything else MSST YAML."""
     path = Path(path)
     return read_json_config(path) if path.suffix.lower() == ".json" else read_msst_config(path)
 
 
-def _read_config_file(path: Path, parse) -> Mapping:
+def _read_config_file(path: Path, parse: Callable[[str], Any]) -> Mapping[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -341,13 +341,14 @@ def _read_config_file(path: Path, parse) -> Mapping:
     return data
 
 
-def _check_config_keys(config: dict, where: str) -> dict:
+def _check_config_keys(config: dict[str, Any], where: str) -> dict[str, Any]:
     unknown = sorted(str(key) for key in config if key not in CONFIG_KEYS)
     if unknown:
         raise CheckpointError(
             f"{where}: unknown SCNet arguments {', '.join(unknown)} (valid: {', '.join(CONFIG_KEYS)})"
         )
-    return _plain(config)
+    plain: dict[str, Any] = _plain(config)
+    return plain
 
 
 def _positive_int(value: Any, what: str, path: Path) -> int:
@@ -429,14 +430,19 @@ def _catalog_matches(inferred: Mapping[str, Any]) -> list[str]:
 def infer_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """The SCNet hyper-parameters that can be read off a state_dict's shapes (empty if it is not SCNet's)."""
     shape = {key: tuple(value.shape) for key, value in state.items()}
-    first = [shape.get(f"encoder.{i}.SDlayer.convs.0.weight") for i in range(16)]
-    first = first[: first.index(None)] if None in first else first
+    first: list[tuple[int, ...]] = []
+    for i in range(16):  # encoder layers up to the first one missing
+        item = shape.get(f"encoder.{i}.SDlayer.convs.0.weight")
+        if item is None:
+            break
+        first.append(item)
     if not first or any(len(item) != 4 for item in first):
         return {}
     inferred: dict[str, Any] = {"dims": [first[0][1]] + [item[0] for item in first]}
     kernels = [shape.get(f"encoder.0.SDlayer.convs.{j}.weight") for j in range(3)]
-    if all(kernels):
-        inferred["band_kernel"] = [item[2] for item in kernels]
+    present = [item for item in kernels if item]
+    if len(present) == len(kernels):
+        inferred["band_kernel"] = [item[2] for item in present]
     depths = []
     for j in range(3):
         pattern = re.compile(rf"encoder\.0\.conv_modules\.{j}\.layers\.(\d+)\.")
@@ -465,7 +471,7 @@ def load_weights(
     return module
 
 
-def verify_checkpoint(path: str | os.PathLike, spec: ModelSpec) -> None:
+def verify_checkpoint(path: str | os.PathLike[str], spec: ModelSpec) -> None:
     """Check that ``path`` is a checkpoint whose weights fit ``spec`` (the model is built on the meta device,
     so no memory is spent on it). Raises :class:`CheckpointError` otherwise."""
     state = extract_state_dict(read_checkpoint(path))
@@ -509,11 +515,11 @@ def check_model_choice(
 def load_model(
     name: str | None = None,
     *,
-    model_file: str | os.PathLike | None = None,
-    model_config: str | os.PathLike | None = None,
+    model_file: str | os.PathLike[str] | None = None,
+    model_config: str | os.PathLike[str] | None = None,
     spec_norm: bool | None = None,
     normalize: bool | None = None,
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
     download: bool = True,
     progress: bool = True,
 ) -> LoadedModel:
@@ -569,7 +575,7 @@ class _Flags:
 class _Fetch:
     """Where catalog files come from: the cache, downloading what is missing unless told not to."""
 
-    cache_dir: str | os.PathLike | None
+    cache_dir: str | os.PathLike[str] | None
     download: bool
     progress: bool
 
@@ -597,7 +603,13 @@ def _load_entry(info: ModelInfo, flags: _Flags, fetch: _Fetch) -> LoadedModel:
     return _load_scnet(paths[0], spec, flags, hint)
 
 
-def _load_ensemble(name, spelled, members, flags: _Flags, fetch: _Fetch) -> LoadedModel:
+def _load_ensemble(
+    name: str,
+    spelled: str,
+    members: Sequence[tuple[str, Mapping[str, float]]],
+    flags: _Flags,
+    fetch: _Fetch,
+) -> LoadedModel:
     """An ensemble of catalog entries (presets nest: a member may itself be a preset)."""
     from freestems.models.ensemble import make_ensemble
 
@@ -611,7 +623,9 @@ def _load_ensemble(name, spelled, members, flags: _Flags, fetch: _Fetch) -> Load
         raise ModelChoiceError(f"{spelled}: {error}") from None
 
 
-def _load_file(path: Path, model_config, name: str | None, flags: _Flags) -> LoadedModel:
+def _load_file(
+    path: Path, model_config: str | os.PathLike[str] | None, name: str | None, flags: _Flags
+) -> LoadedModel:
     """A checkpoint file: its family from its config (or the catalog entry ``name``), or from the file."""
     if model_config is None and name is None and path.suffix == ".th":
         return flags.apply(_load_demucs_file(path))
@@ -642,7 +656,7 @@ def _load_file(path: Path, model_config, name: str | None, flags: _Flags) -> Loa
     return _load_scnet(path, None, flags, "")
 
 
-def _yaml_family(config: Mapping) -> str:
+def _yaml_family(config: Mapping[str, Any]) -> str:
     """``scnet``, ``bs_roformer`` or ``mel_band_roformer`` from an MSST YAML's ``model:`` keys."""
     from freestems.models.roformer import guess_architecture
 
@@ -688,7 +702,7 @@ def _load_scnet(path: Path, spec: ModelSpec | None, flags: _Flags, hint: str) ->
 
 
 def _load_roformer(
-    path: Path, config: Mapping, architecture: str | None, name: str, hint: str
+    path: Path, config: Mapping[str, Any], architecture: str | None, name: str, hint: str
 ) -> LoadedModel:
     """A BS-RoFormer or Mel-Band RoFormer checkpoint and its MSST config (a dict)."""
     from freestems.models.roformer import roformer_from_msst
@@ -708,7 +722,7 @@ def _load_roformer(
     )
 
 
-def read_yaml(path: str | os.PathLike) -> Mapping:
+def read_yaml(path: str | os.PathLike[str]) -> Mapping[str, Any]:
     """An MSST YAML file as a dict (``!!python/tuple`` accepted, nothing else beyond safe YAML)."""
     return _read_config_file(Path(path), lambda text: yaml.load(text, Loader=_MsstLoader))
 
@@ -740,8 +754,8 @@ def validate_file(info: ModelInfo, url: str, path: Path) -> None:
                 raise CheckpointError(report)
         return
     with torch.device("meta"):
-        module = build_model(ModelSpec.from_info(info))
-    report = fit_report(module, state)
+        scnet = build_model(ModelSpec.from_info(info))
+    report = fit_report(scnet, state)
     if report is not None:
         raise CheckpointError(report)
 

@@ -33,7 +33,7 @@ from freestems import __version__
 from freestems.audio.formats import MP3_BITRATES
 from freestems.errors import FailureCode, http_failure
 from freestems.executors import Executor, ExecutorError, LocalExecutor
-from freestems.models import CATALOG, DEFAULT_MODEL
+from freestems.models import CATALOG, DEFAULT_MODEL, LoadedModel
 
 from .challenges import ChallengeBook
 from .errors import (
@@ -168,7 +168,7 @@ def _assemble(settings: Settings, executor: Executor, paths: Paths, secret: str)
     )
 
 
-def _load_model(settings: Settings):
+def _load_model(settings: Settings) -> LoadedModel:
     from freestems.models import load_model
 
     return load_model(settings.model, model_file=settings.model_file, model_config=settings.model_config_file)
@@ -196,7 +196,8 @@ def sweep(service: Service) -> None:
 
 
 def _service(request: Request | WebSocket) -> Service:
-    return request.app.state.service
+    service: Service = request.app.state.service
+    return service
 
 
 def _add_routes(app: FastAPI) -> None:
