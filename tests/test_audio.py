@@ -575,7 +575,6 @@ def test_formats_table():
     assert set(FORMATS) == {"wav", "flac", "mp3"}
     assert FORMATS["mp3"].bitrates == (128, 160, 192, 224, 256, 320)
     assert FORMATS["wav"].bit_depths == (16, 24, 32) and FORMATS["flac"].bit_depths == (16, 24)
-    assert FORMATS["mp3"].mime_type == "audio/mpeg"
     assert all(info.extension == f".{name}" for name, info in FORMATS.items())  # Path.suffix convention
 
 

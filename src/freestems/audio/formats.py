@@ -1,4 +1,4 @@
-"""The output formats, defined once: name -> extension, MIME type, bit depths, bitrates and defaults.
+"""The output formats, defined once: name -> extension, bit depths, bitrates and sample rates.
 
 Every layer takes its formats from here: the writers (:mod:`freestems.audio.encode`), the pipeline's stem
 file names, the CLI's choices and the service's form. Extensions follow ``Path.suffix``: with the dot
@@ -17,14 +17,10 @@ class FormatInfo:
     name: str
     extension: str
     """With the dot, as ``Path.suffix`` gives it: ``".mp3"``."""
-    mime_type: str
-    lossless: bool
     bit_depths: tuple[int, ...] = ()
     """Accepted ``bit_depth`` values (lossless formats); 32 means 32-bit float for wav."""
-    default_bit_depth: int | None = None
     bitrates: tuple[int, ...] = ()
     """Accepted constant bitrates in kbit/s (lossy formats)."""
-    default_bitrate: int | None = None
     sample_rates: tuple[int, ...] | None = None
     """Accepted sample rates, or None for any positive rate."""
 
@@ -32,17 +28,9 @@ class FormatInfo:
 MP3_BITRATES = (128, 160, 192, 224, 256, 320)
 
 FORMATS: dict[str, FormatInfo] = {
-    "mp3": FormatInfo(
-        "mp3",
-        ".mp3",
-        "audio/mpeg",
-        False,
-        bitrates=MP3_BITRATES,
-        default_bitrate=192,
-        sample_rates=(32000, 44100, 48000),  # MPEG-1 Layer III's rates
-    ),
-    "wav": FormatInfo("wav", ".wav", "audio/wav", True, bit_depths=(16, 24, 32), default_bit_depth=16),
-    "flac": FormatInfo("flac", ".flac", "audio/flac", True, bit_depths=(16, 24), default_bit_depth=16),
+    "mp3": FormatInfo("mp3", ".mp3", bitrates=MP3_BITRATES, sample_rates=(32000, 44100, 48000)),  # MPEG-1's
+    "wav": FormatInfo("wav", ".wav", bit_depths=(16, 24, 32)),
+    "flac": FormatInfo("flac", ".flac", bit_depths=(16, 24)),
 }
 """Output formats by name, the service's default first. ``"mp3" in FORMATS``;
 ``FORMATS["wav"].bit_depths == (16, 24, 32)``; ``FORMATS["flac"].extension == ".flac"``."""
