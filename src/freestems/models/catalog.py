@@ -298,9 +298,9 @@ VIPERX_CONFIG: dict[str, Any] = {
 }
 """MSST's configs/viperx/model_bs_roformer_ep_317_sdr_12.9755.yaml (the model and stem facts)."""
 
-# Measured by bench/bench_models.py (seconds per minute of audio relative to scnet, back to back on one
-# shared 2-core CPU; see bench/results/models.json). None: not measured.
-_MEASURED: dict[str, float] = {"mel-roformer-kim": 5.3}
+# Measured by bench/bench_models.py (seconds per minute of audio relative to scnet, back to back on an idle
+# 2-core CPU; see bench/results/models.json). None: not measured.
+_MEASURED: dict[str, float] = {"htdemucs": 2.2, "mel-roformer-kim": 15.4, "bs-roformer-viperx": 34.8}
 
 
 def _roformer(
