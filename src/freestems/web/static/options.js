@@ -34,8 +34,10 @@ function fillTwoStems(sources) {
   );
 }
 
+/** Only the models this server runs: the rest of the catalog cannot be chosen here, so it is not shown. */
 function fillModels(config) {
-  $("models").replaceChildren(...config.models.map((model) => modelChoice(model, model.name === config.model)));
+  const served = config.models.filter((model) => model.available);
+  $("models").replaceChildren(...served.map((model) => modelChoice(model, model.name === config.model)));
 }
 
 /** A radio button for one model of the catalog: its title, SDR and cost; disabled when it is not served. */
