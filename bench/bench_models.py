@@ -23,8 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+from freestems import SAMPLE_RATE
+
 RESULTS = Path(__file__).resolve().parent / "results"
-SAMPLE_RATE = 44100
 ROWS = ("scnet", "mel-roformer-kim", "bs-roformer-viperx", "htdemucs", "scnet")
 
 

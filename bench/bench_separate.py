@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from freestems import SAMPLE_RATE
+
 RESULTS = Path(__file__).resolve().parent / "results"
-SAMPLE_RATE = 44100
 
 
 def synthetic_track(path: Path, seconds: int, seed: int = 0) -> None:
