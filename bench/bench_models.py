@@ -6,10 +6,17 @@ SCNet base (``scnet``), Kim's Mel-Band RoFormer (``mel-roformer-kim``), viperx's
 arguments). Every row separates the same synthetic track with the engine's defaults (overlap 0.25, batch 1 on
 the CPU) in a fresh process, so its peak RSS is its own. ``scnet`` runs first and last: the machine is shared
 and noisy, and the two SCNet runs show how much; ``relative_cost`` is each row over the mean of the two.
+Each row also records the process's CPU seconds. On a machine others are using, wall time swells and so does
+the CPU time of several torch threads (they spin while waiting for each other); with ``--threads 1`` the CPU
+seconds of a row barely depend on the load, so that run's ``relative_cpu_cost`` is the ratio to trust.
 
     python bench/bench_models.py --seconds 20
+    python bench/bench_models.py --seconds 20 --rows scnet htdemucs_6s htdemucs_ft bs-roformer-4stem scnet \
+        --results models_more.json
 
-Prints a table and writes bench/results/models.json.
+Prints a table and writes bench/results/models.json (or ``--results``). ``bs-roformer-4stem`` runs the
+geometry of its published YAML written down in :data:`BS_4STEM_MODEL`; ``mel-roformer-4stem`` has no row: its
+YAML is published only beside the weights and its geometry is not known here.
 """
 
 from __future__ import annotations
@@ -27,6 +34,26 @@ from freestems import SAMPLE_RATE
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROWS = ("scnet", "mel-roformer-kim", "bs-roformer-viperx", "htdemucs", "scnet")
+MORE_ROWS = ("scnet", "htdemucs_6s", "htdemucs_ft", "bs-roformer-4stem", "scnet")
+"""``--rows`` for the second run: the families whose cost the first run did not measure."""
+
+BS_4STEM_MODEL = {
+    "dim": 384,
+    "depth": 8,
+    "stereo": True,
+    "num_stems": 4,
+    "time_transformer_depth": 1,
+    "freq_transformer_depth": 1,
+    "linear_transformer_depth": 0,
+    "freqs_per_bands": [2] * 24 + [4] * 12 + [12] * 8 + [24] * 8 + [48] * 8 + [128, 129],
+    "dim_head": 64,
+    "heads": 8,
+    "mlp_expansion_factor": 2,
+    "flash_attn": True,
+}
+"""The geometry of ``config_bs_roformer_384_8_2_485100.yaml`` (the YAML is published only beside the
+weights): dim 384, depth 8, 8 heads of 64, viperx's 62 bands, four stems, 11 s chunks. Written down from
+what ports of that checkpoint state; speed depends on these numbers, not on the weights."""
 
 
 def build(name: str):
@@ -45,21 +72,41 @@ def build(name: str):
             module=module, name=name, sources=info.sources, segment=info.segment, normalize=info.normalize
         )
     if info.architecture == "htdemucs":
+        from demucs.apply import BagOfModels
         from demucs.htdemucs import HTDemucs
 
         from freestems.models.htdemucs import wrap_demucs
 
-        # The release arguments of htdemucs (955717e8): dconv_mode 3, bottom_channels 512, 5 layers, 7.8 s.
-        model = HTDemucs(
-            list(info.sources), dconv_mode=3, bottom_channels=512, t_layers=5, segment=Fraction(39, 5)
-        )
-        return wrap_demucs(model.eval(), name)
+        # The release arguments of htdemucs (955717e8): dconv_mode 3, bottom_channels 512, 5 layers, 7.8 s;
+        # htdemucs_6s has the same with six sources, htdemucs_ft is a bag of four such models.
+        def one() -> HTDemucs:
+            return HTDemucs(
+                list(info.sources), dconv_mode=3, bottom_channels=512, t_layers=5, segment=Fraction(39, 5)
+            ).eval()
+
+        weights = info.config["weights"]
+        if len(weights) == 1:
+            return wrap_demucs(one(), name)
+        return wrap_demucs(BagOfModels([one() for _ in weights], weights, None).eval(), name)
     from freestems.models.roformer import roformer_from_msst
 
-    module, facts = roformer_from_msst(info.config, info.architecture, name=name)
+    config = info.config
+    if name == "bs-roformer-4stem":
+        config = {
+            "audio": {"chunk_size": 485100, "num_channels": 2, "sample_rate": SAMPLE_RATE},
+            "model": BS_4STEM_MODEL,
+            "training": {"instruments": list(info.sources), "target_instrument": None},
+            "inference": {"num_overlap": 2},
+        }
+    module, facts = roformer_from_msst(config, info.architecture, name=name)
     return LoadedModel(
         module=module, name=name, sources=facts.sources, segment=facts.segment, normalize=facts.normalize
     )
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def one_run(name: str, seconds: int) -> dict:
@@ -73,56 +120,77 @@ def one_run(name: str, seconds: int) -> dict:
     t = np.arange(seconds * SAMPLE_RATE) / SAMPLE_RATE
     tone = 0.2 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 55 * t)
     mix = (np.stack([tone, 0.8 * tone]) + 0.05 * rng.standard_normal((2, t.size))).astype(np.float32)
+    cpu_before = _cpu_seconds()
     start = time.perf_counter()
     stems = separate(mix, model, overlap=0.25, device="cpu")
     elapsed = time.perf_counter() - start
+    cpu = _cpu_seconds() - cpu_before
     assert all(stem.shape == mix.shape for stem in stems.values())
     return {
         "model": name,
         "audio_seconds": seconds,
         "wall_seconds": round(elapsed, 2),
         "seconds_per_audio_minute": round(elapsed / seconds * 60, 1),
+        "cpu_seconds_per_audio_minute": round(cpu / seconds * 60, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "threads": torch.get_num_threads(),
         "parameters_m": round(sum(p.numel() for p in model.module.parameters()) / 1e6, 1),
     }
 
 
+def _relative(runs: list[dict], key: str) -> dict[str, float]:
+    """Each row's ``key`` over the mean of the ``scnet`` rows (empty without a ``scnet`` row)."""
+    base = [run[key] for run in runs if run["model"] == "scnet"]
+    if not base:
+        return {}
+    reference = sum(base) / len(base)
+    costs = {run["model"]: round(run[key] / reference, 1) for run in runs if run["model"] != "scnet"}
+    return {"scnet": 1.0, **costs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--rows", nargs="+", default=list(ROWS))
+    parser.add_argument("--results", default="models.json", help="file name under bench/results/")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads per row (0: default; 1: CPU-time ratios)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         print(json.dumps(one_run(args.child, args.seconds)))
         return
     runs = []
     for name in args.rows:
         command = [sys.executable, __file__, "--child", name, "--seconds", str(args.seconds)]
+        command += ["--threads", str(args.threads)]
         done = subprocess.run(command, check=True, capture_output=True, text=True)
         run = json.loads(done.stdout.strip().splitlines()[-1])
         runs.append(run)
         print(
-            f"{name:20} {run['seconds_per_audio_minute']:8.1f} s/min  {run['peak_rss_mb']:6d} MB", flush=True
+            f"{name:20} {run['seconds_per_audio_minute']:8.1f} s/min  "
+            f"{run['cpu_seconds_per_audio_minute']:8.1f} cpu-s/min  {run['peak_rss_mb']:6d} MB",
+            flush=True,
         )
+    costs = _relative(runs, "seconds_per_audio_minute")
+    cpu_costs = _relative(runs, "cpu_seconds_per_audio_minute")
+    print("relative cost (wall):", json.dumps(costs))
+    print("relative cost (cpu): ", json.dumps(cpu_costs))
     base = [run["seconds_per_audio_minute"] for run in runs if run["model"] == "scnet"]
-    reference = sum(base) / len(base) if base else None
-    costs = {}
-    for run in runs:
-        if reference and run["model"] != "scnet":
-            costs[run["model"]] = round(run["seconds_per_audio_minute"] / reference, 1)
-    if reference:
-        costs["scnet"] = 1.0
-    print("relative cost:", json.dumps(costs))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "models.json").write_text(
+    (RESULTS / args.results).write_text(
         json.dumps(
             {
                 "machine": platform.machine(),
                 "note": "shared 2-core CPU, other jobs running: compare rows of one run, not across runs",
                 "scnet_runs_s_per_min": base,
                 "relative_cost": costs,
+                "relative_cpu_cost": cpu_costs,
                 "runs": runs,
             },
             indent=2,

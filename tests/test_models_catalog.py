@@ -197,3 +197,50 @@ def test_every_roformer_config_in_the_catalog_builds():
                 module, facts = roformer_from_msst(info.config, info.architecture, name=info.name)
             assert facts.sources == info.sources and facts.segment == info.segment
             assert facts.normalize == info.normalize
+
+
+def _parameters_m(module: torch.nn.Module) -> float:
+    return round(sum(parameter.numel() for parameter in module.parameters()) / 1e6, 1)
+
+
+def test_parameter_counts_are_those_of_the_configs_built():
+    from freestems.models.roformer import roformer_from_msst
+
+    checked = 0
+    for info in CATALOG.values():
+        with torch.device("meta"):
+            if info.architecture == "scnet":
+                module = build_model(ModelSpec.from_info(info))
+            elif info.architecture in ("bs_roformer", "mel_band_roformer") and info.config:
+                module, _ = roformer_from_msst(info.config, info.architecture, name=info.name)
+            else:
+                continue
+        assert info.parameters_m == _parameters_m(module), info.name
+        checked += 1
+    assert checked == 7  # five SCNets, Kim's and viperx's RoFormers
+
+
+def test_htdemucs_parameter_counts_are_the_release_networks():
+    from fractions import Fraction
+
+    pytest.importorskip("demucs")
+    from demucs.htdemucs import HTDemucs
+
+    for name, members in (("htdemucs", 1), ("htdemucs_6s", 1), ("htdemucs_ft", 4)):
+        info = CATALOG[name]
+        with torch.device("meta"):
+            network = HTDemucs(
+                list(info.sources), dconv_mode=3, bottom_channels=512, t_layers=5, segment=Fraction(39, 5)
+            )
+        count = sum(parameter.numel() for parameter in network.parameters())
+        assert info.parameters_m == round(members * count / 1e6, 1), name
+
+
+def test_a_presets_cost_and_size_are_its_members_added_up():
+    for info in CATALOG.values():
+        if info.architecture != "ensemble":
+            continue
+        members = [CATALOG[name] for name, _ in info.config["members"]]
+        assert info.relative_cost == round(sum(m.relative_cost for m in members), 1)
+        assert info.parameters_m == round(sum(m.parameters_m for m in members), 1)
+        assert info.relative_cost > max(m.relative_cost for m in members)

@@ -320,7 +320,7 @@ def run_models(args: argparse.Namespace) -> int:
                 _stems_cell(info.sources),
                 _sdr_cell(info.sdr, info.sdr_set),
                 "not measured" if info.relative_cost is None else f"{info.relative_cost:.1f}x",
-                f"{info.size / 1e6:.0f} MB" if info.size else "?",
+                _size_cell(info.size, info.parameters_m),
                 info.license,
                 "yes" if is_cached(info, args.cache_dir) else "no",
                 info.title + marker,
@@ -331,10 +331,18 @@ def run_models(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     print(
         "\nSDR: dB as published, on the test set named (MUSDB18-HQ, or MVSep's Multisong). cost: seconds per "
-        "minute of audio relative to scnet, measured by bench/bench_models.py on one CPU. A one-stem model "
+        "minute of audio relative to scnet, measured by bench/bench_models.py on one CPU. size: the download "
+        "when known, else the network's parameters (4 bytes each in MSST checkpoints). A one-stem model "
         "gives <stem> and no_<stem>. Ensembles: -m a+b."
     )
     return 0
+
+
+def _size_cell(size: int | None, parameters_m: float | None) -> str:
+    """The download size when the catalog knows it, else the parameter count (or ``?``)."""
+    if size:
+        return f"{size / 1e6:.0f} MB"
+    return f"{parameters_m:g}M params" if parameters_m else "?"
 
 
 def _stems_cell(sources: Sequence[str]) -> str:

@@ -14,7 +14,7 @@ released weights carry no separate licence file, so "MIT" is our best knowledge,
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from freestems.models.errors import ModelNotAvailable
@@ -78,6 +78,8 @@ class ModelInfo:
         segment: chunk length in samples the model was trained on.
         relative_cost: seconds per minute of audio relative to ``scnet``, measured by
             ``bench/bench_models.py`` on one machine (None until measured).
+        parameters_m: millions of network parameters, counted on the release configuration built with
+            seeded weights (None when the configuration is not known here); an ensemble's is its members' sum.
         note: where the numbers come from, for entries that need saying (ensembles).
     """
 
@@ -98,6 +100,7 @@ class ModelInfo:
     normalize: bool = False
     segment: int = SEGMENT
     relative_cost: float | None = None
+    parameters_m: float | None = None
     note: str = ""
 
     @property
@@ -298,9 +301,35 @@ VIPERX_CONFIG: dict[str, Any] = {
 }
 """MSST's configs/viperx/model_bs_roformer_ep_317_sdr_12.9755.yaml (the model and stem facts)."""
 
-# Measured by bench/bench_models.py (seconds per minute of audio relative to scnet, back to back on an idle
-# 2-core CPU; see bench/results/models.json). None: not measured.
-_MEASURED: dict[str, float] = {"htdemucs": 2.2, "mel-roformer-kim": 15.4, "bs-roformer-viperx": 34.8}
+# Measured by bench/bench_models.py: seconds per minute of audio relative to scnet. htdemucs and the Kim and
+# viperx RoFormers: wall time, back to back on an idle 2-core CPU (bench/results/models.json). htdemucs_6s,
+# htdemucs_ft and bs-roformer-4stem: single-thread CPU time in one run beside htdemucs and mel-roformer-kim
+# on a busy machine (bench/results/models_more.json), scaled by those anchors' idle ratios (6s and ft by
+# htdemucs's, the BS-RoFormer by Kim's; that run's own CPU ratio for Kim was 15.7 against 15.4 idle). None:
+# not measured (mel-roformer-4stem: its geometry is known only from the YAML published beside its weights).
+_MEASURED: dict[str, float] = {
+    "htdemucs": 2.2,
+    "htdemucs_6s": 2.3,
+    "htdemucs_ft": 8.7,
+    "mel-roformer-kim": 15.4,
+    "bs-roformer-4stem": 24.3,
+    "bs-roformer-viperx": 34.8,
+}
+
+# Millions of parameters of each release configuration, counted by building it with seeded weights.
+_PARAMETERS_M: dict[str, float] = {
+    "scnet": 10.6,
+    "scnet-large": 42.2,
+    "scnet-large-authors": 42.2,
+    "scnet-xl": 54.0,
+    "scnet-xl-ihf": 53.5,
+    "mel-roformer-kim": 228.2,
+    "bs-roformer-viperx": 159.8,
+    "bs-roformer-4stem": 131.7,
+    "htdemucs": 42.0,
+    "htdemucs_ft": 167.9,
+    "htdemucs_6s": 42.0,
+}
 
 
 def _roformer(
@@ -330,7 +359,6 @@ def _roformer(
         sdr_set=sdr_set,
         normalize=False,
         segment=segment,
-        relative_cost=_MEASURED.get(name),
     )
 
 
@@ -358,7 +386,6 @@ def _demucs(
         sdr_set=MULTISONG,
         normalize=True,
         segment=343_980,  # 7.8 s, HT-Demucs's training segment (checked against the file on load)
-        relative_cost=_MEASURED.get(name),
     )
 
 
@@ -424,7 +451,7 @@ _FAMILIES = (
         {},
         RELEASES_URL + "v1.0.12/model_bs_roformer_ep_17_sdr_9.6568.ckpt",
         RELEASES_URL + "v1.0.12/config_bs_roformer_384_8_2_485100.yaml",
-        sources=("bass", "drums", "vocals", "other"),
+        sources=("drums", "bass", "other", "vocals"),
         sdr=_sdr(9.65, 8.48, 11.61, 11.08, 7.44),
         sdr_set="MUSDB18-HQ",
         license="none stated (repository MIT)",
@@ -436,7 +463,7 @@ _FAMILIES = (
         {},
         RELEASES_URL + "v1.0.11/model_mel_band_roformer_ep_1_sdr_8.2175.ckpt",
         RELEASES_URL + "v1.0.11/model_mel_band_roformer_ep_1_sdr_8.2175.yaml",
-        sources=("bass", "drums", "vocals", "other"),
+        sources=("drums", "bass", "other", "vocals"),
         sdr={"avg": 8.22},
         sdr_set="MUSDB18-HQ",
         license="none stated (repository MIT)",
@@ -487,7 +514,24 @@ _PRESETS = (
     ),
 )
 
-CATALOG: dict[str, ModelInfo] = {info.name: info for info in (*_SCNETS, *_FAMILIES, *_PRESETS)}
+def _measured(info: ModelInfo) -> ModelInfo:
+    """``info`` with the bench's numbers: its own, or for a preset the sum of its members' (an ensemble runs
+    each member once over the same input, so its cost and size are theirs added up)."""
+    if info.architecture != "ensemble":
+        cost = info.relative_cost if info.relative_cost is not None else _MEASURED.get(info.name)
+        return replace(info, relative_cost=cost, parameters_m=_PARAMETERS_M.get(info.name))
+    members = [_MODELS[name] for name, _ in info.config["members"]]
+    costs = [member.relative_cost for member in members]
+    sizes = [member.parameters_m for member in members]
+    return replace(
+        info,
+        relative_cost=None if None in costs else round(sum(c for c in costs if c is not None), 1),
+        parameters_m=None if None in sizes else round(sum(s for s in sizes if s is not None), 1),
+    )
+
+
+_MODELS = {info.name: _measured(info) for info in (*_SCNETS, *_FAMILIES)}
+CATALOG: dict[str, ModelInfo] = {**_MODELS, **{info.name: _measured(info) for info in _PRESETS}}
 """Every known model by name: the SCNets cheapest first, then the other families, then ensemble presets."""
 
 DEFAULT_MODEL = "scnet"
