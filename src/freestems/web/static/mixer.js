@@ -87,14 +87,16 @@ export class Mixer {
   /** Seconds into the song. */
   position() {
     if (!this.playing) return this.offset;
-    return Math.min(this.duration, Math.max(0, this.context.currentTime - this.startedAt + this.offset));
+    // Before a scheduled start (`startedAt` is a few ms ahead) the position is where it starts, not before.
+    return Math.min(this.duration, Math.max(this.offset, this.context.currentTime - this.startedAt + this.offset));
   }
 
-  async play() {
+  /** Plays from `offset`, starting at context time `at` (default: in 30 ms). */
+  async play(at = null) {
     if (this.playing || !this.stems.length) return;
     if (this.context.state !== "running") await this.context.resume();
     if (this.offset >= this.duration - 0.01) this.offset = 0;
-    const when = this.context.currentTime + 0.03;
+    const when = at ?? this.context.currentTime + 0.03;
     const sources = this.stems.map((stem) => {
       const source = this.context.createBufferSource();
       source.buffer = stem.buffer;
