@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from audio_samples import write_test_file
-from web_helpers import events, needs_chromium, wait_js
+from web_helpers import ARTIFACTS, DESKTOP, PHONE, events, needs_chromium, wait_js
 
 from freestems.audio.encode import encode
 
@@ -208,6 +208,14 @@ def test_the_stems_play_while_they_are_separated_and_hand_over_to_the_result(ope
     assert page.evaluate("window.freestems.mixer.position()") == pytest.approx(2.0, abs=0.05)
     ready = page.evaluate("getComputedStyle(document.getElementById('seek')).getPropertyValue('--ready')")
     assert float(ready.strip().rstrip("%")) == pytest.approx(100 / SEGMENTS, abs=0.01)
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "page-live.png"), full_page=True)
+    page.set_viewport_size(PHONE)
+    page.wait_for_timeout(200)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    page.screenshot(path=str(ARTIFACTS / "page-live-phone.png"), full_page=True)
+    page.set_viewport_size(DESKTOP)
 
     # The rest exists: it goes on by itself, and the seek bar shows all of it.
     fake.available = SEGMENTS

@@ -2,6 +2,7 @@
 // solo, volume, download) and the shared transport (play/pause, seek, master volume, the space bar). A song
 // too long for this device's memory gets rows with downloads only.
 import { $, show, cssVar } from "./dom.js";
+import { createLoop } from "./loop.js";
 import { drawWaveform, Mixer } from "./mixer.js";
 import { stemWords } from "./names.js";
 import { formatBytes, formatClock } from "./text.js";
@@ -41,6 +42,7 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
   let warm = null; // an audio context made during a click may play later without another click
   let frame = 0;
   let dragging = false;
+  const loop = createLoop({ mixer: () => mixer, render: () => render(), log });
 
   function prepare() {
     if (warm && warm.state !== "closed") return;
@@ -128,6 +130,7 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
     $("seek").value = String(mixer.position());
     $("time-total").textContent = formatClock(mixer.duration);
     mixer.on(() => render());
+    loop.show();
   }
 
   /** What a row's buttons do to the mixer. */
@@ -143,6 +146,13 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
       },
       setVolume: (name, volume) => mixer.setVolume(name, volume),
       seekTo: (fraction) => mixer.seek(fraction * mixer.duration),
+      /** A waveform: a click jumps there, a drag loops the region (loop.js). */
+      dragOn: (canvas) =>
+        loop.dragOn(
+          canvas,
+          () => mixer.duration,
+          (fraction) => mixer.seek(fraction * mixer.duration).then(render),
+        ),
     };
   }
 
@@ -190,7 +200,8 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
       const stem = mixer.stem(row.dataset.stem);
       const canvas = row.querySelector("canvas");
       if (!canvas) continue;
-      drawWaveform(canvas, stem.peaks, progress, { line, color: row.style.getPropertyValue("--stem") || cssVar("--stem-other") });
+      const region = mixer.loop && mixer.duration ? { from: mixer.loop.start / mixer.duration, to: mixer.loop.end / mixer.duration } : null;
+      drawWaveform(canvas, stem.peaks, progress, { line, color: row.style.getPropertyValue("--stem") || cssVar("--stem-other"), region });
     }
   }
 
@@ -208,6 +219,7 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
   }
 
   function wire() {
+    loop.wire();
     $("play").addEventListener("click", () => mixer && mixer.toggle());
     const seek = $("seek");
     seek.addEventListener("input", () => {
@@ -252,6 +264,8 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
     draw,
     dispose,
     wire,
+    /** The mixer now (null without a player): for the export of the mix. */
+    current: () => mixer,
     /** Seconds of the song (0 without a player). */
     get duration() {
       return mixer ? mixer.duration : 0;
@@ -267,6 +281,10 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
       position: () => (mixer ? mixer.position() : 0),
       duration: () => (mixer ? mixer.duration : 0),
       contextState: () => (mixer ? mixer.context.state : null),
+      /** The region that loops ({start, end} seconds), or null; and whether every source loops it. */
+      loop: () => (mixer && mixer.loop ? { ...mixer.loop } : null),
+      sourcesLoop: () =>
+        Boolean(mixer && mixer.sources.length && mixer.sources.every((source) => source.loop && source.loopStart === mixer.loop.start && source.loopEnd === mixer.loop.end)),
       /** The live player's state ({ready, waiting, complete}), null when the stems are whole. */
       live: () => (mixer && mixer.live ? { ready: mixer.ready, waiting: mixer.waiting, complete: mixer.complete } : null),
       /** A stem's GainNode and the context (tests tap what each stem plays). */
@@ -359,11 +377,8 @@ function waveCanvas(words, controls) {
   const canvas = document.createElement("canvas");
   canvas.className = "wave";
   canvas.setAttribute("aria-hidden", "true");
-  canvas.title = `${words}: click to jump there`;
-  canvas.addEventListener("click", (event) => {
-    const box = canvas.getBoundingClientRect();
-    controls.seekTo((event.clientX - box.left) / box.width);
-  });
+  canvas.title = `${words}: click to jump there, drag to loop a part`;
+  controls.dragOn(canvas);
   return canvas;
 }
 

@@ -3,6 +3,7 @@
 import { deleteJob } from "./api.js";
 import { $ } from "./dom.js";
 import { baseName, stemRank } from "./names.js";
+import { wireExport } from "./mixdown.js";
 import { describe, formatClock, Problem } from "./text.js";
 import { readZip, writeZip } from "./zip.js";
 
@@ -10,6 +11,8 @@ const TYPES = { mp3: "audio/mpeg", wav: "audio/wav", flac: "audio/flac" };
 
 export function createResult({ player, screens, log }) {
   let urls = [];
+  let songName = "song";
+  wireExport({ mixer: () => player.current(), songName: () => songName, log });
 
   function objectUrl(data, type) {
     const address = URL.createObjectURL(data instanceof Blob ? data : new Blob([data], { type }));
@@ -22,6 +25,7 @@ export function createResult({ player, screens, log }) {
     const files = await unpack(archive);
     await dispose({ keepLive: true }); // a player that played while it separated hands over to the new one
     const song = baseName(file.name);
+    songName = song;
     const stems = files.map((entry) => {
       const name = baseName(entry.name);
       const extension = entry.name.slice(entry.name.lastIndexOf(".") + 1).toLowerCase();
@@ -36,6 +40,8 @@ export function createResult({ player, screens, log }) {
     const noPlayer = await player.load(stems);
     player.showStems(stems);
     describeResult(stems.length, file, options, noPlayer);
+    $("export-mix").hidden = !player.playable;
+    $("export-status").textContent = "";
     $("delete").disabled = false;
     $("delete-status").textContent = "";
     screens.enter("result");
