@@ -186,6 +186,7 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
     $("time-total").textContent = formatClock(duration);
     let words = "";
     if (!mixer.segments.length) words = "The first seconds of the stems are on their way…";
+    else if (mixer.starting) words = "The first seconds are ready: press Play to listen.";
     else if (mixer.waiting) words = `Waiting for the separation: ${formatClock(mixer.ready)} is ready so far. Playback goes on by itself.`;
     else if (!mixer.complete) words = `Playing what is separated so far (${formatClock(mixer.ready)}); the rest follows.`;
     else words = "Everything is separated; the files are on their way.";

@@ -61,6 +61,7 @@ export class LiveMixer extends Mixer {
     this.waiting = false; // playback caught up with the separation and waits for more
     this.wantsPlay = true; // starts by itself when the first segments are in; pause stops wanting
     this.segments = []; // [{start, end} in seconds, buffers: {stem: AudioBuffer}]
+    this.starting = false; // waiting for the browser to let the context run
     this.timer = null;
     for (const name of stems) {
       const gain = context.createGain();
@@ -110,7 +111,22 @@ export class LiveMixer extends Mixer {
       this._wait();
       return;
     }
-    if (this.context.state !== "running") await this.context.resume();
+    if (this.context.state !== "running") {
+      // Without a click (a reload re-attached the job) the browser may hold the context until one: the
+      // first press of Play then finishes this start; further calls meanwhile do nothing.
+      if (this.starting) {
+        this.context.resume(); // within a click: the browser lets it run now, and the waiting start goes on
+        return;
+      }
+      this.starting = true;
+      this._emit("blocked");
+      try {
+        await this.context.resume();
+      } finally {
+        this.starting = false;
+      }
+      if (this.playing || !this.wantsPlay) return;
+    }
     this.waiting = false;
     this.startedAt = at ?? this.context.currentTime + LEAD;
     this.playing = true;
