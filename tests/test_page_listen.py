@@ -259,3 +259,34 @@ def test_a_server_without_progressive_results_is_not_asked(open_page, tmp_path):
     assert phase == "result"
     assert asked == [] and events(page, "live_start") == [] and events(page, "handover") == []
     assert page.is_hidden("#live-status")
+
+
+def test_cancel_while_listening_stops_the_sound_and_the_downloads(open_page, tmp_path):
+    fake = FakePartial(tmp_path)
+    sockets = SocketsWithProgress(fake)
+
+    def before(page):
+        page.route(re.compile(r".*/jobs/[^/]+/partial(/[^/]+/\d+)?$"), fake.handle)
+        page.route_web_socket(re.compile(r".*"), sockets.route)
+
+    page = open_page(before=before)
+    song = tmp_path / "Cancelled Song.mp3"
+    write_test_file(song, "mp3", seconds=12.0, freq=390.0)
+    page.set_input_files("#file", str(song))
+    wait_js(page, "!document.getElementById('separate').disabled")
+    page.click("#separate")
+    fake.available = 1
+    wait_js(page, "window.freestems.mixer.playing()", timeout=120)
+    page.evaluate("window.liveContext = window.freestems.mixer.context()")
+
+    page.click("#cancel")
+    page.click("#cancel-yes")
+    wait_js(page, "window.freestems.phase === 'setup'")
+    assert page.is_hidden("#result") and page.is_visible("#setup")
+    assert page.evaluate("window.freestems.mixer.live()") is None
+    wait_js(page, "window.liveContext.state === 'closed'")  # no sound goes on behind the form
+    asked = len(fake.requests)
+    fake.available = SEGMENTS
+    page.wait_for_timeout(1500)  # three polling periods: nobody asks any more
+    assert len(fake.requests) == asked
+    sockets.release()

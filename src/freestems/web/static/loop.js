@@ -25,7 +25,7 @@ export function createLoop({ mixer, render, log }) {
 
   async function setRegion(from, to) {
     const current = mixer();
-    if (!current) return;
+    if (!current || current.live) return; // while it separates, the stems do not loop yet
     start = null;
     await current.setLoop(Math.min(from, to), Math.max(from, to));
     log("loop", { start: current.loop && current.loop.start, end: current.loop && current.loop.end });
@@ -87,5 +87,11 @@ export function createLoop({ mixer, render, log }) {
     });
   }
 
-  return { wire, show, dragOn, setRegion };
+  /** A new player: no pending "Loop from here". */
+  function reset() {
+    start = null;
+    show();
+  }
+
+  return { wire, show, reset, dragOn, setRegion };
 }

@@ -130,7 +130,7 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
     $("seek").value = String(mixer.position());
     $("time-total").textContent = formatClock(mixer.duration);
     mixer.on(() => render());
-    loop.show();
+    loop.reset();
   }
 
   /** What a row's buttons do to the mixer. */
@@ -145,7 +145,6 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
         log("solo", { stem: name, pressed });
       },
       setVolume: (name, volume) => mixer.setVolume(name, volume),
-      seekTo: (fraction) => mixer.seek(fraction * mixer.duration),
       /** A waveform: a click jumps there, a drag loops the region (loop.js). */
       dragOn: (canvas) =>
         loop.dragOn(

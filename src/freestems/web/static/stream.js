@@ -306,6 +306,10 @@ export function createListen({ player, log }) {
         await sleep(POLL_MS, signal);
         continue;
       }
+      if (!mixer && !(Array.isArray(info.stems) && info.stems.length)) {
+        await sleep(POLL_MS, signal); // the server does not know the stems yet
+        continue;
+      }
       if (!mixer) {
         mixer = new LiveMixer(player.audioContext(), {
           stems: info.stems,
