@@ -173,7 +173,7 @@ def test_drop_a_song_watch_it_separate_mix_and_download(open_page, web_server, s
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-result.png"), full_page=True)
 
-    # Downloads: all (the server's zip, as it is) and one stem (its bytes from the zip).
+    # Downloads: all (the server's files, named after the song as single downloads are) and one stem.
     job = page.evaluate("window.freestems.job")
     server_zip = httpx.get(f"{web_server.url}/jobs/{job['id']}/result", headers={"X-Job-Token": job["token"]})
     assert server_zip.status_code == 200
@@ -181,10 +181,13 @@ def test_drop_a_song_watch_it_separate_mix_and_download(open_page, web_server, s
         page.click("#download-all")
     assert download.value.suggested_filename == "My Song - stems.zip"
     saved = Path(download.value.path()).read_bytes()
-    assert saved == server_zip.content
-    with zipfile.ZipFile(io.BytesIO(saved)) as bundle:
-        assert sorted(bundle.namelist()) == FOUR
-        vocals = bundle.read("vocals.mp3")
+    served = zipfile.ZipFile(io.BytesIO(server_zip.content))
+    with zipfile.ZipFile(io.BytesIO(saved)) as bundle, served:
+        assert bundle.testzip() is None  # every CRC holds
+        assert sorted(bundle.namelist()) == [f"My Song - {name}" for name in FOUR]
+        for name in FOUR:
+            assert bundle.read(f"My Song - {name}") == served.read(name)
+        vocals = served.read("vocals.mp3")
     with page.expect_download() as download:
         page.get_by_role("link", name="Download Vocals").click()
     assert download.value.suggested_filename == "My Song - vocals.mp3"
@@ -334,7 +337,14 @@ def test_closing_the_tab_cancels_the_job_after_the_grace(open_page, web_server, 
 def test_the_cancel_button_stops_and_returns_to_the_form(open_page, web_server, tmp_path):
     page = open_page()
     job = start_slow_separation(page, tmp_path / "medium.mp3", seconds=40.0)
+    page.click("#cancel")  # asks first (in the page), the safe answer focused
+    assert page.get_attribute("#cancel-confirm", "role") == "alertdialog"
+    assert page.evaluate("document.activeElement.id") == "cancel-no"
+    page.keyboard.press("Escape")  # no: the question goes, the separation goes on
+    assert page.is_hidden("#cancel-confirm") and page.evaluate("document.activeElement.id") == "cancel"
+    assert page.get_attribute("#cancel", "aria-expanded") == "false"
     page.click("#cancel")
+    page.click("#cancel-yes")
     wait_js(page, "window.freestems.phase === 'setup'")
     assert page.is_visible("#setup") and page.is_visible("#file-info")
     assert not page.is_disabled("#separate")

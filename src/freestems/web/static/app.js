@@ -6,10 +6,12 @@
 //   job.js       a job's life: key, upload, follow, re-attach, cancel  messages.js progress, live region, problems
 //   result.js    the result card: files, downloads, delete             player.js   the stem rows and transport
 //   recent.js    recent separations in this browser                    screens.js  which card shows, the phase
+//   stream.js    listening while it separates (progressive results)     confirm.js  "Stop the separation?"
 // A job outlives a dropped connection for a grace period on the server: a reload (or a phone that dropped
 // the page) follows it again, and when the socket drops mid-job the page reconnects and follows it by id and
 // token (the server kept it, or resumed it after a restart).
 import { loadConfig } from "./api.js";
+import { askFirst } from "./confirm.js";
 import { $ } from "./dom.js";
 import { createJobs } from "./job.js";
 import { createLog } from "./log.js";
@@ -20,6 +22,7 @@ import { createRecent } from "./recent.js";
 import { createResult } from "./result.js";
 import { createScreens } from "./screens.js";
 import { createSong } from "./song.js";
+import { createListen } from "./stream.js";
 
 const { events, log } = createLog();
 const screens = createScreens();
@@ -28,14 +31,25 @@ const song = createSong({ log, canChoose: () => screens.phase === "setup" });
 const recent = createRecent({ log });
 const player = createPlayer({ log, setProgress: messages.setProgress, budgetOverride: () => hook.memoryBudget });
 const result = createResult({ player, screens, log });
+const listen = createListen({ player, log });
 const jobs = createJobs({
   screens,
   messages,
   recent,
   log,
-  present: (archive, file, options) => result.show(archive, file, options),
+  present: (archive, file, options) => {
+    listen.stop();
+    return result.show(archive, file, options);
+  },
   prepareAudio: () => player.prepare(),
+  onView: (job, message) => listen.offer(job, message),
 });
+
+/** The job ended without a result: stop listening to it. */
+async function stopListening() {
+  listen.stop();
+  await player.dispose();
+}
 let config = null;
 
 function backToSetup({ keepFile = true } = {}) {
@@ -53,6 +67,7 @@ function showProblem(problem) {
 async function separate() {
   if (!song.ready || !config || jobs.running) return;
   const outcome = await jobs.separate(song.file, readOptions(config.model), config.powCounter);
+  if (outcome.kind !== "result") await stopListening();
   if (outcome.kind === "cancelled") {
     backToSetup();
     $("separate").focus();
@@ -63,6 +78,7 @@ async function separate() {
 
 async function reattach() {
   const outcome = await jobs.reattach();
+  if (outcome && outcome.kind !== "result") await stopListening();
   if (outcome && outcome.kind === "cancelled") backToSetup({ keepFile: false });
   else if (outcome && outcome.kind === "problem") showProblem(outcome.problem);
 }
@@ -75,7 +91,8 @@ function wire() {
     event.preventDefault();
     separate();
   });
-  $("cancel").addEventListener("click", () => jobs.cancel());
+  const confirmCancel = askFirst({ trigger: "cancel", box: "cancel-confirm", yes: "cancel-yes", no: "cancel-no", onYes: () => jobs.cancel() });
+  screens.onShow(() => confirmCancel.close());
   $("retry").addEventListener("click", () => {
     messages.hideProblem();
     screens.enter("setup");

@@ -3,7 +3,7 @@
 // again (a restarted server resumed it from its beginning) is said to have; while the server is away the
 // page reconnects with backoff, for at most ten minutes.
 import { Follower } from "./api.js";
-import { Problem } from "./text.js";
+import { formatClock, formatDuration, Problem } from "./text.js";
 
 const RECONNECT_GIVE_UP_MS = 10 * 60 * 1000;
 const RESTARTED = "The server restarted; your separation started again. ";
@@ -20,8 +20,9 @@ function sleep(ms, signal) {
  * Messages can arrive before anyone waits (`until`): the outcome is kept until then.
  */
 export class JobFollow {
-  constructor({ messages, log, signal }) {
+  constructor({ messages, log, signal, onView = null }) {
     this.messages = messages;
+    this.onView = onView; // hears every state the job is in (the live player starts from them)
     this.log = log;
     this.signal = signal;
     this.job = null;
@@ -64,10 +65,10 @@ export class JobFollow {
 
   showState(message) {
     const error = message.error || {};
-    if (message.state === "queued") {
-      const position = message.position || 0;
-      const words = position <= 1 ? "You are next in line." : `Waiting in line: position ${position}.`;
-      this.messages.setPhase("queue", `${this.restartNote}${words}`, null);
+    if (message.stage === "checking" && ["queued", "running"].includes(message.state)) {
+      this.messages.setPhase("upload", `${this.restartNote}The server is checking the file…`, null);
+    } else if (message.state === "queued") {
+      this.messages.setPhase("queue", `${this.restartNote}${queueWords(message)}`, null);
     } else if (message.state === "running") {
       const fraction = Number(message.progress) || 0;
       if (fraction + 0.02 < this.maxProgress) {
@@ -76,7 +77,7 @@ export class JobFollow {
         this.log("restarted", { from: this.maxProgress, to: fraction });
       }
       this.maxProgress = Math.max(this.maxProgress, fraction);
-      this.messages.setPhase("separate", `${this.restartNote}Separating: ${Math.floor(fraction * 100)}%`, fraction);
+      this.messages.setPhase("separate", `${this.restartNote}${runningWords(message, fraction)}`, fraction);
     } else if (message.state === "done") {
       this.messages.setPhase("separate", "Separated.", 1);
     } else if (message.state === "failed") {
@@ -84,6 +85,7 @@ export class JobFollow {
     } else if (message.state === "cancelled") {
       this.settle(new Problem("cancelled", error.message || ""));
     }
+    if (this.onView) this.onView(message);
   }
 
   /** A `done` message: the result is ready. */
@@ -188,4 +190,30 @@ export class JobFollow {
     this.closeSocket();
     this.follower = null;
   }
+}
+
+/** An estimate in words: exact under 20 s, else to 5 s ("about 1 minute 5 seconds"). */
+function estimate(seconds) {
+  const rounded = seconds < 20 ? Math.max(1, Math.ceil(seconds)) : Math.round(seconds / 5) * 5;
+  return formatDuration(rounded);
+}
+
+function known(value) {
+  return value !== null && value !== undefined && Number.isFinite(Number(value)) && Number(value) >= 0;
+}
+
+/** "Waiting in line: position 3. It should start in about 40 seconds." (the estimate when the server gives one). */
+export function queueWords(message) {
+  const position = message.position || 0;
+  const words = position <= 1 ? "You are next in line." : `Waiting in line: position ${position}.`;
+  return known(message.queue_eta) ? `${words} It should start in about ${estimate(Number(message.queue_eta))}.` : words;
+}
+
+/** "Separating: 42% · 0:12 so far · about 20 seconds left" (elapsed and time left when the server gives them). */
+export function runningWords(message, fraction) {
+  if (message.stage === "finishing") return "Finishing: writing the stem files…";
+  const parts = [`Separating: ${Math.floor(fraction * 100)}%`];
+  if (known(message.elapsed)) parts.push(`${formatClock(Number(message.elapsed))} so far`);
+  if (known(message.eta)) parts.push(`about ${estimate(Number(message.eta))} left`);
+  return parts.join(" · ");
 }

@@ -34,9 +34,10 @@ function aborted(run, error) {
 
 /**
  * `present(archive, file, options)` shows a finished job's zip; `prepareAudio()` runs during the click that
- * starts a separation (an audio context made then may play later without another click).
+ * starts a separation (an audio context made then may play later without another click); `onView(job,
+ * message)` hears each state of the job (the live player starts from them).
  */
-export function createJobs({ screens, messages, recent, log, present, prepareAudio }) {
+export function createJobs({ screens, messages, recent, log, present, prepareAudio, onView = null }) {
   let run = null; // the AbortController of the run in progress
   let follow = null; // its JobFollow
   let job = null; // {id, token} of the last job started or re-attached
@@ -52,7 +53,7 @@ export function createJobs({ screens, messages, recent, log, present, prepareAud
 
   function begin() {
     run = new AbortController();
-    follow = new JobFollow({ messages, log, signal: run.signal });
+    follow = new JobFollow({ messages, log, signal: run.signal, onView: onView && ((message) => onView(job, message)) });
     return run;
   }
 
@@ -104,8 +105,8 @@ export function createJobs({ screens, messages, recent, log, present, prepareAud
       created = await uploadJob(formData(file, options), session.key, {
         signal,
         onProgress: (sent, total) => {
-          const words = sent >= total ? "Upload finished; the server is checking the file…" : `Uploading: ${formatBytes(sent)} of ${formatBytes(total)}`;
-          messages.setProgress(words, sent / total, sent >= total);
+          if (sent >= total) messages.setProgress("Upload finished; the server is checking the file…", null, true);
+          else messages.setProgress(`Uploading: ${formatBytes(sent)} of ${formatBytes(total)}`, sent / total);
         },
       });
     } catch (error) {

@@ -1,11 +1,12 @@
 // What the page tells a person while it works and when something goes wrong: the work card's steps,
-// progress bar and status line, the screen-reader live region (spoken on a new step and at most every 5 s,
-// so screen readers are not flooded), and the problem card with its words, buttons and retry countdown.
+// progress bar and status line, the screen-reader live region (at most one announcement every 10 s: a new
+// step that comes sooner is said when the 10 s are over, so four quick steps are not four interruptions),
+// and the problem card with its words, buttons and retry countdown (the words count down with the button).
 import { $, show } from "./dom.js";
-import { describe, Problem } from "./text.js";
+import { describe, formatDuration, Problem } from "./text.js";
 
 const PHASES = ["check", "upload", "queue", "separate", "fetch"];
-const ANNOUNCE_EVERY_MS = 5000;
+export const ANNOUNCE_EVERY_MS = 10000;
 const FILE_PROBLEMS = ["upload_too_large", "too_long", "not_audio"];
 
 /** Any error as a Problem (a Problem stays as it is). */
@@ -19,7 +20,9 @@ export function isFileProblem(code) {
 }
 
 export function createMessages({ screens, log }) {
-  let lastAnnounced = 0;
+  let lastAnnounced = -Infinity;
+  let pendingAnnouncement = null; // words of a new step that came within 10 s of the last announcement
+  let announceTimer = null;
   let retryTimer = null;
   let lastProblem = null;
 
@@ -49,12 +52,48 @@ export function createMessages({ screens, log }) {
       $("progress-number").textContent = `${Math.floor(clamped * 100)}%`;
     }
     $("status").textContent = text;
-    const now = performance.now();
-    if (announce || now - lastAnnounced > ANNOUNCE_EVERY_MS) {
-      $("announce").textContent = text;
-      lastAnnounced = now;
-    }
+    // The bar moves (an animation) while nothing can be counted: the file being checked, a queue with no
+    // estimate. A fraction shown as a number is not also animated.
+    $("progress").closest(".progress-line").classList.toggle("is-busy", fraction === null || !Number.isFinite(fraction));
+    say(text, announce);
     log("progress", { phase: screens.phase, text, fraction });
+  }
+
+  /**
+   * The live region, at most once every ANNOUNCE_EVERY_MS. Routine progress inside the window is dropped
+   * (the next one after it is said); a new step (`important`) inside the window waits for its end, the
+   * latest such words winning.
+   */
+  function say(text, important) {
+    const now = performance.now();
+    const wait = lastAnnounced + ANNOUNCE_EVERY_MS - now;
+    if (wait <= 0) {
+      announceNow(text);
+    } else if (important) {
+      pendingAnnouncement = text;
+      if (!announceTimer) {
+        announceTimer = setTimeout(() => {
+          announceTimer = null;
+          const words = pendingAnnouncement;
+          pendingAnnouncement = null;
+          if (words) announceNow(words);
+        }, wait);
+      }
+    }
+  }
+
+  function announceNow(text) {
+    pendingAnnouncement = null;
+    $("announce").textContent = text;
+    lastAnnounced = performance.now();
+    log("announce", { text });
+  }
+
+  /** Nothing more to say about the work (it ended): a pending step announcement is dropped. */
+  function quiet() {
+    clearTimeout(announceTimer);
+    announceTimer = null;
+    pendingAnnouncement = null;
   }
 
   /** Shows the work card for the song `name`, its Cancel button ready. */
@@ -90,24 +129,33 @@ export function createMessages({ screens, log }) {
       // After a reload the page no longer has the file: only "Choose another file" is on this screen.
       $("problem-action").textContent = "Press Choose another file to separate a song again.";
     }
-    retryAfter(words.retryAfter);
+    quiet();
+    retryAfter(words.retryAfter, fileProblem ? null : $("problem-action").textContent);
     $("problem-title").focus();
   }
 
-  /** "Try again" waits `seconds` (the server said when), counting down; at once when null. */
-  function retryAfter(seconds) {
+  /**
+   * "Try again" waits `seconds` (the server said when), counting down; at once when null. The words under
+   * the title (`action`, which says "Try again in 40 seconds.") count down with the button.
+   */
+  function retryAfter(seconds, action) {
     const retry = $("retry");
     if (!seconds) {
       retry.disabled = false;
       retry.textContent = "Try again";
       return;
     }
+    const said = `Try again in ${formatDuration(seconds)}.`;
     const until = Date.now() + seconds * 1000;
     const tick = () => {
       const left = Math.ceil((until - Date.now()) / 1000);
       retry.disabled = left > 0;
       retry.textContent = left > 0 ? `Try again in ${left} s` : "Try again";
-      if (left > 0) retryTimer = setTimeout(tick, 500);
+      if (action && action.includes(said)) {
+        const now = left > 0 ? `Try again in ${formatDuration(left)}.` : "You can try again now.";
+        $("problem-action").textContent = action.replace(said, now);
+      }
+      if (left > 0) retryTimer = setTimeout(tick, 250);
     };
     tick();
   }
@@ -124,6 +172,7 @@ export function createMessages({ screens, log }) {
     showProblem,
     hideProblem: () => show("problem", false),
     clearRetry,
+    quiet,
     /** {code, status, title, action} of the last problem shown, or null. */
     get lastProblem() {
       return lastProblem;

@@ -20,6 +20,7 @@ export class Mixer {
     this.startedAt = 0; // context time that corresponds to `offset`
     this.sources = [];
     this.listeners = new Set();
+    this.loop = null; // {start, end} in seconds: playback repeats that region
   }
 
   /** Decode one stem's file (ArrayBuffer of an MP3/WAV/FLAC) and add it. */
@@ -87,17 +88,42 @@ export class Mixer {
   /** Seconds into the song. */
   position() {
     if (!this.playing) return this.offset;
-    return Math.min(this.duration, Math.max(0, this.context.currentTime - this.startedAt + this.offset));
+    // Before a scheduled start (`startedAt` is a few ms ahead) the position is where it starts, not before.
+    const at = Math.max(this.offset, this.context.currentTime - this.startedAt + this.offset);
+    if (!this.loop || at < this.loop.end) return Math.min(this.duration, at);
+    const length = this.loop.end - this.loop.start;
+    return this.loop.start + ((at - this.loop.start) % length);
   }
 
-  async play() {
+  /**
+   * Repeats `start`..`end` (seconds; null clears it). The sources loop the region themselves (sample
+   * exact, every stem alike); playback outside the region jumps to its start.
+   */
+  async setLoop(start, end = null) {
+    if (start === null || !(end > start)) {
+      this.loop = null;
+    } else {
+      const from = Math.max(0, Math.min(start, this.duration));
+      const to = Math.max(0, Math.min(end, this.duration));
+      this.loop = to - from >= 0.05 ? { start: from, end: to } : null;
+    }
+    const now = this.position();
+    const inside = this.loop && now >= this.loop.start && now < this.loop.end;
+    await this.seek(this.loop && !inside ? this.loop.start : now);
+    this._emit("loop");
+  }
+
+  /** Plays from `offset`, starting at context time `at` (default: in 30 ms). */
+  async play(at = null) {
     if (this.playing || !this.stems.length) return;
     if (this.context.state !== "running") await this.context.resume();
     if (this.offset >= this.duration - 0.01) this.offset = 0;
-    const when = this.context.currentTime + 0.03;
+    const when = at ?? this.context.currentTime + 0.03;
+    if (this.loop && (this.offset < this.loop.start || this.offset >= this.loop.end)) this.offset = this.loop.start;
     const sources = this.stems.map((stem) => {
       const source = this.context.createBufferSource();
       source.buffer = stem.buffer;
+      if (this.loop) Object.assign(source, { loop: true, loopStart: this.loop.start, loopEnd: this.loop.end });
       source.connect(stem.gain);
       source.start(when, Math.min(this.offset, stem.buffer.duration));
       return source;
@@ -216,9 +242,10 @@ export function peaks(buffer, buckets = PEAK_BUCKETS) {
 
 /**
  * Draw `stemPeaks` on `canvas` (sized to its CSS box and the screen's pixel ratio) in `color`; once playback
- * has moved (0 < progress), the part not played yet is faded and a `line` marks the position.
+ * has moved (0 < progress), the part not played yet is faded and a `line` marks the position; a looped
+ * `region` ({from, to} fractions) is a band behind it.
  */
-export function drawWaveform(canvas, stemPeaks, progress, { color, line }) {
+export function drawWaveform(canvas, stemPeaks, progress, { color, line, region = null }) {
   const ratio = window.devicePixelRatio || 1;
   const width = Math.max(1, Math.round(canvas.clientWidth * ratio));
   const height = Math.max(1, Math.round(canvas.clientHeight * ratio));
@@ -228,6 +255,13 @@ export function drawWaveform(canvas, stemPeaks, progress, { color, line }) {
   }
   const context = canvas.getContext("2d");
   context.clearRect(0, 0, width, height);
+  if (region) {
+    // The looped region: a band behind the waveform.
+    context.globalAlpha = 0.16;
+    context.fillStyle = color;
+    context.fillRect(Math.round(region.from * width), 0, Math.max(1, Math.round((region.to - region.from) * width)), height);
+    context.globalAlpha = 1;
+  }
   const buckets = stemPeaks.length / 2;
   let loudest = 0;
   for (let i = 0; i < stemPeaks.length; i += 1) loudest = Math.max(loudest, Math.abs(stemPeaks[i]));

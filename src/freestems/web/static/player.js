@@ -2,6 +2,7 @@
 // solo, volume, download) and the shared transport (play/pause, seek, master volume, the space bar). A song
 // too long for this device's memory gets rows with downloads only.
 import { $, show, cssVar } from "./dom.js";
+import { createLoop } from "./loop.js";
 import { drawWaveform, Mixer } from "./mixer.js";
 import { stemWords } from "./names.js";
 import { formatBytes, formatClock } from "./text.js";
@@ -10,6 +11,18 @@ const DOWNLOAD_ICON =
   '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M12 4v11m0 0-4.5-4.5M12 15l4.5-4.5M5 19h14" fill="none" stroke="currentColor" stroke-width="1.8" stroke-linecap="round" stroke-linejoin="round"/></svg><span></span>';
 const VOLUME_ICON =
   '<span class="visually-hidden"></span><svg viewBox="0 0 24 24" aria-hidden="true"><path d="M4 9v6h4l5 4V5L8 9H4z" fill="currentColor"/><path d="M16 8.5a5 5 0 0 1 0 7" fill="none" stroke="currentColor" stroke-width="1.8" stroke-linecap="round"/></svg>';
+
+/** Seconds the seek slider moves per key (arrows 5 s, Page Up/Down 30 s, Home/End the ends). */
+const SEEK_KEYS = {
+  ArrowLeft: -5,
+  ArrowDown: -5,
+  ArrowRight: 5,
+  ArrowUp: 5,
+  PageDown: -30,
+  PageUp: 30,
+  Home: "start",
+  End: "end",
+};
 
 /** An audio context at the stems' rate (no resampling), else the browser's default one. */
 function makeAudioContext() {
@@ -29,6 +42,7 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
   let warm = null; // an audio context made during a click may play later without another click
   let frame = 0;
   let dragging = false;
+  const loop = createLoop({ mixer: () => mixer, render: () => render(), log });
 
   function prepare() {
     if (warm && warm.state !== "closed") return;
@@ -37,6 +51,31 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
     } catch (ignored) {
       warm = null;
     }
+  }
+
+  /** The audio context made during the click (or a new one), for a player made elsewhere (stream.js). */
+  function audioContext() {
+    const context = warm && warm.state !== "closed" ? warm : makeAudioContext();
+    warm = null;
+    return context;
+  }
+
+  /**
+   * Plays `live` (a LiveMixer: the stems while they are separated) in the result card, shown under the
+   * work card; rows without downloads until the files exist.
+   */
+  function goLive(live) {
+    cancelAnimationFrame(frame);
+    mixer = live;
+    const controls = mixerControls();
+    $("stems").replaceChildren(...live.stems.map((stem) => stemRow(stem.name, null, null, 0, controls)));
+    show("transport", true);
+    $("result").classList.add("is-live");
+    $("result-heading").textContent = "Listen while it separates";
+    $("result").hidden = false;
+    $("seek").value = "0";
+    live.on(() => render());
+    render();
   }
 
   /** Decoded stems take 4 bytes per sample and channel: past this many bytes the page offers downloads only. */
@@ -51,9 +90,9 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
   async function load(stems) {
     let decoding = null;
     let noPlayer = "";
+    const live = mixer && mixer.live ? mixer : null; // playing while it separated: take over from it
     try {
-      const context = warm && warm.state !== "closed" ? warm : makeAudioContext();
-      warm = null;
+      const context = live ? live.context : audioContext();
       decoding = new Mixer(context);
       for (const [index, stem] of stems.entries()) {
         setProgress(`Decoding the stems: ${index + 1} of ${stems.length}…`, index / stems.length);
@@ -71,6 +110,8 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
       if (decoding) await decoding.close();
       decoding = null;
     }
+    if (live && decoding) log("handover", await live.handOver(decoding));
+    else if (live) await live.close(false);
     mixer = decoding;
     return noPlayer;
   }
@@ -82,11 +123,14 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
       ...stems.map((stem) => stemRow(stem.name, stem.fileName, stem.address, stem.data.length, mixer ? controls : null)),
     );
     show("transport", Boolean(mixer));
+    $("result").classList.remove("is-live");
     if (!mixer) return;
+    for (const row of $("stems").children) showMix(row, mixer.stem(row.dataset.stem)); // as it was while live
     $("seek").max = String(mixer.duration);
-    $("seek").value = "0";
+    $("seek").value = String(mixer.position());
     $("time-total").textContent = formatClock(mixer.duration);
     mixer.on(() => render());
+    loop.reset();
   }
 
   /** What a row's buttons do to the mixer. */
@@ -101,7 +145,13 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
         log("solo", { stem: name, pressed });
       },
       setVolume: (name, volume) => mixer.setVolume(name, volume),
-      seekTo: (fraction) => mixer.seek(fraction * mixer.duration),
+      /** A waveform: a click jumps there, a drag loops the region (loop.js). */
+      dragOn: (canvas) =>
+        loop.dragOn(
+          canvas,
+          () => mixer.duration,
+          (fraction) => mixer.seek(fraction * mixer.duration).then(render),
+        ),
     };
   }
 
@@ -110,17 +160,36 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
     if (!mixer) return;
     const position = mixer.position();
     const play = $("play");
-    play.dataset.playing = String(mixer.playing);
-    play.setAttribute("aria-label", mixer.playing ? "Pause" : "Play");
-    play.title = mixer.playing ? "Pause (space)" : "Play (space)";
+    const playing = mixer.playing || Boolean(mixer.waiting); // waiting for the separation counts as playing
+    play.dataset.playing = String(playing);
+    play.setAttribute("aria-label", playing ? "Pause" : "Play");
+    play.title = playing ? "Pause (space)" : "Play (space)";
+    if (mixer.live) renderLive();
     if (!dragging) $("seek").value = String(position);
     $("time-now").textContent = formatClock(dragging ? Number($("seek").value) : position);
-    $("seek").setAttribute("aria-valuetext", `${formatClock(position)} of ${formatClock(mixer.duration)}`);
+    const separated = mixer.live && !mixer.complete ? ` (${formatClock(mixer.ready)} separated so far)` : "";
+    $("seek").setAttribute("aria-valuetext", `${formatClock(position)} of ${formatClock(mixer.duration)}${separated}`);
     const targets = mixer.targets();
     for (const row of $("stems").children) row.classList.toggle("is-silent", targets[row.dataset.stem] === 0);
     draw();
     cancelAnimationFrame(frame);
     if (mixer.playing) frame = requestAnimationFrame(render);
+  }
+
+  /** The seek bar shows how far the stems exist; the line under it says when playback waits for them. */
+  function renderLive() {
+    const seek = $("seek");
+    const duration = mixer.duration || 0;
+    seek.max = String(duration || 1);
+    seek.style.setProperty("--ready", `${duration ? Math.min(100, (100 * mixer.ready) / duration) : 0}%`);
+    $("time-total").textContent = formatClock(duration);
+    let words = "";
+    if (!mixer.segments.length) words = "The first seconds of the stems are on their way…";
+    else if (mixer.starting) words = "The first seconds are ready: press Play to listen.";
+    else if (mixer.waiting) words = `Waiting for the separation: ${formatClock(mixer.ready)} is ready so far. Playback goes on by itself.`;
+    else if (!mixer.complete) words = `Playing what is separated so far (${formatClock(mixer.ready)}); the rest follows.`;
+    else words = "Everything is separated; the files are on their way.";
+    if ($("live-status").textContent !== words) $("live-status").textContent = words;
   }
 
   function draw() {
@@ -131,12 +200,16 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
       const stem = mixer.stem(row.dataset.stem);
       const canvas = row.querySelector("canvas");
       if (!canvas) continue;
-      drawWaveform(canvas, stem.peaks, progress, { line, color: row.style.getPropertyValue("--stem") || cssVar("--stem-other") });
+      const region = mixer.loop && mixer.duration ? { from: mixer.loop.start / mixer.duration, to: mixer.loop.end / mixer.duration } : null;
+      drawWaveform(canvas, stem.peaks, progress, { line, color: row.style.getPropertyValue("--stem") || cssVar("--stem-other"), region });
     }
   }
 
-  async function dispose() {
+  /** Lets go of the player; `keepLive`: a live player stays for `load` to take over from it. */
+  async function dispose({ keepLive = false } = {}) {
     cancelAnimationFrame(frame);
+    $("result").classList.remove("is-live");
+    if (mixer && mixer.live && keepLive) return;
     if (mixer) {
       const closing = mixer;
       mixer = null;
@@ -146,6 +219,7 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
   }
 
   function wire() {
+    loop.wire();
     $("play").addEventListener("click", () => mixer && mixer.toggle());
     const seek = $("seek");
     seek.addEventListener("input", () => {
@@ -157,26 +231,41 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
       if (mixer) await mixer.seek(Number(seek.value));
       render();
     });
+    seek.addEventListener("keydown", (event) => {
+      const step = SEEK_KEYS[event.key];
+      if (step === undefined || !mixer || event.altKey || event.ctrlKey || event.metaKey) return;
+      event.preventDefault(); // the slider's own step (0.1 s) is too small to move through a song
+      const to = step === "start" ? 0 : step === "end" ? mixer.duration : mixer.position() + step;
+      mixer.seek(Math.min(mixer.duration, Math.max(0, to)));
+      render();
+    });
     $("master").addEventListener("input", () => mixer && mixer.setMasterVolume(Number($("master").value)));
     document.addEventListener("keydown", (event) => {
+      if (event.key !== " " || event.repeat || !mixer || $("result").hidden) return;
+      if (event.altKey || event.ctrlKey || event.metaKey) return;
+      // Space plays and pauses anywhere, sliders included; only where Space has its own meaning (a button
+      // presses, a text field types, a list opens) is it left alone.
       const target = event.target;
-      const typing = target && (target.closest("input, select, textarea, button, a, summary") || target.isContentEditable);
-      if (event.key === " " && !typing && mixer && !$("result").hidden) {
-        event.preventDefault();
-        mixer.toggle();
-      }
+      const own = target && (target.closest("button, select, textarea, summary, input:not([type=range])") || target.isContentEditable);
+      if (own) return;
+      event.preventDefault();
+      mixer.toggle();
     });
     new ResizeObserver(() => draw()).observe($("stems"));
   }
 
   return {
     prepare,
+    audioContext,
+    goLive,
     load,
     showStems,
     render,
     draw,
     dispose,
     wire,
+    /** The mixer now (null without a player): for the export of the mix. */
+    current: () => mixer,
     /** Seconds of the song (0 without a player). */
     get duration() {
       return mixer ? mixer.duration : 0;
@@ -192,8 +281,30 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
       position: () => (mixer ? mixer.position() : 0),
       duration: () => (mixer ? mixer.duration : 0),
       contextState: () => (mixer ? mixer.context.state : null),
+      /** The region that loops ({start, end} seconds), or null; and whether every source loops it. */
+      loop: () => (mixer && mixer.loop ? { ...mixer.loop } : null),
+      sourcesLoop: () =>
+        Boolean(mixer && mixer.sources.length && mixer.sources.every((source) => source.loop && source.loopStart === mixer.loop.start && source.loopEnd === mixer.loop.end)),
+      /** The live player's state ({ready, waiting, complete}), null when the stems are whole. */
+      live: () => (mixer && mixer.live ? { ready: mixer.ready, waiting: mixer.waiting, complete: mixer.complete } : null),
+      /** A stem's GainNode and the context (tests tap what each stem plays). */
+      stemNode: (name) => (mixer ? mixer.stem(name).gain : null),
+      context: () => (mixer ? mixer.context : null),
     },
   };
+}
+
+/** A row's buttons and slider as the mixer's stem is (muted, soloed, volume). */
+function showMix(row, stem) {
+  const mute = row.querySelector(".toggle-mute");
+  const solo = row.querySelector(".toggle-solo");
+  const volume = row.querySelector(".volume");
+  if (mute) mute.setAttribute("aria-pressed", String(stem.muted));
+  if (solo) solo.setAttribute("aria-pressed", String(stem.soloed));
+  if (volume) {
+    volume.value = String(stem.volume);
+    volume.setAttribute("aria-valuetext", `${Math.round(stem.volume * 100)}%`);
+  }
 }
 
 /** A stem's row; `controls` (null: downloads only) is what its mute, solo, volume and waveform do. */
@@ -214,7 +325,7 @@ function stemRow(name, downloadName, blobUrl, size, controls) {
 
   const tail = document.createElement("div");
   tail.className = "stem-tail";
-  tail.append(downloadLink(words, downloadName, blobUrl, size));
+  if (blobUrl) tail.append(downloadLink(words, downloadName, blobUrl, size)); // none while it separates
   if (!controls) {
     row.append(head, tail);
     return row;
@@ -266,11 +377,8 @@ function waveCanvas(words, controls) {
   const canvas = document.createElement("canvas");
   canvas.className = "wave";
   canvas.setAttribute("aria-hidden", "true");
-  canvas.title = `${words}: click to jump there`;
-  canvas.addEventListener("click", (event) => {
-    const box = canvas.getBoundingClientRect();
-    controls.seekTo((event.clientX - box.left) / box.width);
-  });
+  canvas.title = `${words}: click to jump there, drag to loop a part`;
+  controls.dragOn(canvas);
   return canvas;
 }
 

@@ -3,16 +3,19 @@
 import { deleteJob } from "./api.js";
 import { $ } from "./dom.js";
 import { baseName, stemRank } from "./names.js";
+import { wireExport } from "./mixdown.js";
 import { describe, formatClock, Problem } from "./text.js";
-import { readZip } from "./zip.js";
+import { readZip, writeZip } from "./zip.js";
 
 const TYPES = { mp3: "audio/mpeg", wav: "audio/wav", flac: "audio/flac" };
 
 export function createResult({ player, screens, log }) {
   let urls = [];
+  let songName = "song";
+  wireExport({ mixer: () => player.current(), songName: () => songName, log });
 
   function objectUrl(data, type) {
-    const address = URL.createObjectURL(new Blob([data], { type }));
+    const address = URL.createObjectURL(data instanceof Blob ? data : new Blob([data], { type }));
     urls.push(address);
     return address;
   }
@@ -20,19 +23,25 @@ export function createResult({ player, screens, log }) {
   /** Shows the stems of `archive` (the result zip) of `file` separated with `options`. */
   async function show(archive, file, options) {
     const files = await unpack(archive);
-    await dispose();
+    await dispose({ keepLive: true }); // a player that played while it separated hands over to the new one
     const song = baseName(file.name);
-    $("download-all").href = objectUrl(archive, "application/zip");
-    $("download-all").download = `${song} - stems.zip`;
+    songName = song;
     const stems = files.map((entry) => {
       const name = baseName(entry.name);
       const extension = entry.name.slice(entry.name.lastIndexOf(".") + 1).toLowerCase();
       const address = objectUrl(entry.data, TYPES[extension] || "application/octet-stream");
       return { name, data: entry.data, fileName: `${song} - ${name}.${extension}`, address };
     });
+    // "Download all": the server's zip names its files vocals.mp3, ...; the page packs the same bytes again
+    // under the names single downloads have ("My Song - vocals.mp3").
+    const renamed = files.map((entry, index) => ({ ...entry, name: stems[index].fileName, size: entry.data.length }));
+    $("download-all").href = objectUrl(writeZip(renamed), "application/zip");
+    $("download-all").download = `${song} - stems.zip`;
     const noPlayer = await player.load(stems);
     player.showStems(stems);
     describeResult(stems.length, file, options, noPlayer);
+    $("export-mix").hidden = !player.playable;
+    $("export-status").textContent = "";
     $("delete").disabled = false;
     $("delete-status").textContent = "";
     screens.enter("result");
@@ -51,8 +60,8 @@ export function createResult({ player, screens, log }) {
     $("result-heading").textContent = player.playable ? "Listen, mix and download" : "Download the stems";
   }
 
-  async function dispose() {
-    await player.dispose();
+  async function dispose(options = {}) {
+    await player.dispose(options);
     for (const address of urls.splice(0)) URL.revokeObjectURL(address);
   }
 

@@ -5,6 +5,7 @@ const CARDS = ["setup", "work", "problem", "result"];
 
 export function createScreens() {
   let phase = "setup";
+  const listeners = new Set();
   return {
     get phase() {
       return phase;
@@ -16,6 +17,11 @@ export function createScreens() {
     /** Shows one card and hides the others. */
     show(card) {
       for (const id of CARDS) document.getElementById(id).hidden = id !== card;
+      for (const listener of listeners) listener(card);
+    },
+    /** `listener(card)` after each change of card (a question left open on a card that went away closes). */
+    onShow(listener) {
+      listeners.add(listener);
     },
   };
 }

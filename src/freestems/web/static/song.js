@@ -2,7 +2,7 @@
 // the page shows of the file (name, size, length), the checks against the server's limits before anything
 // is uploaded, and whether Separate can be pressed.
 import { $, show } from "./dom.js";
-import { formatBytes, formatClock, formatDuration, formatLimitMB } from "./text.js";
+import { fitAdvice, formatBytes, formatClock, formatDuration, formatLimitMB } from "./text.js";
 
 const NO_LIMITS = { max_upload_mb: Infinity, max_duration: Infinity };
 
@@ -48,7 +48,17 @@ export function createSong({ log, canChoose }) {
     refresh();
     log("file", { name: chosen.name, size: chosen.size });
     const limits = config ? config.limits : NO_LIMITS;
-    if (!checkSize(chosen, limits)) return;
+    if (!checkSize(chosen, limits)) {
+      // The size alone refuses it; its length (from the header, when the browser can read it) says what
+      // would fit instead.
+      const duration = await probeDuration(chosen);
+      if (mine === token && duration !== null) {
+        $("file-duration").textContent = formatClock(duration);
+        showError(tooBig(chosen, limits, duration));
+        log("advice", { duration });
+      }
+      return;
+    }
     const duration = await probeDuration(chosen);
     if (mine !== token) return; // another file was chosen meanwhile
     if (!checkDuration(duration, limits)) return;
@@ -65,11 +75,7 @@ export function createSong({ log, canChoose }) {
     }
     if (chosen.size > limits.max_upload_mb * 1e6) {
       $("file-duration").textContent = "not read";
-      refuse(
-        "size",
-        `This file is too big: it is ${formatBytes(chosen.size)} and the limit is ${formatLimitMB(limits.max_upload_mb)}. ` +
-          "Choose a smaller file (an MP3 is much smaller than a WAV).",
-      );
+      refuse("size", tooBig(chosen, limits, null));
       return false;
     }
     return true;
@@ -125,6 +131,13 @@ export function createSong({ log, canChoose }) {
     useConfig,
     wire: () => wireDrop(choose),
   };
+}
+
+function tooBig(file, limits, duration) {
+  return (
+    `This file is too big: it is ${formatBytes(file.size)} and the limit is ${formatLimitMB(limits.max_upload_mb)}. ` +
+    fitAdvice(file, duration, limits.max_upload_mb)
+  );
 }
 
 function showChosen(file) {

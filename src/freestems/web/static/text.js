@@ -36,6 +36,36 @@ export function formatLimitMB(mb) {
   return formatBytes(Math.round(mb * 1e6));
 }
 
+const LOSSLESS = /\.(wav|wave|flac|aiff?|alac)$/i;
+const MP3_STEPS = [320, 256, 224, 192, 160, 128, 112, 96, 80, 64, 56, 48, 40, 32];
+
+/**
+ * What would fit under the upload limit, for a `file` ({name, size, type}) that is over it and lasts
+ * `duration` seconds (null: unknown). An MP3 (or another compressed file) can be exported again at a lower
+ * bitrate or cut shorter; a WAV or FLAC fits as an MP3 at the bitrate the limit allows. Headroom of 3% for
+ * the file's headers and tags.
+ */
+export function fitAdvice(file, duration, limitMB) {
+  const limitBytes = limitMB * 1e6 * 0.97;
+  const lossless = LOSSLESS.test(file.name || "") || /audio\/(wav|x-wav|flac|x-flac|aiff)/.test(file.type || "");
+  if (!Number.isFinite(duration) || !duration) {
+    return lossless
+      ? `Convert it to MP3 (a 5-minute song at 192 kbps is about 7 MB) and choose that file.`
+      : `Export it again at a lower bitrate, or cut it shorter, and choose that file.`;
+  }
+  const fitsKbps = Math.floor((limitBytes * 8) / duration / 1000);
+  const bitrate = MP3_STEPS.find((kbps) => kbps <= fitsKbps);
+  const cut = Math.floor(limitBytes / (file.size / duration));
+  if (lossless) {
+    return bitrate
+      ? `Convert it to MP3 at ${bitrate} kbps or lower (about ${formatBytes((bitrate * 1000 * duration) / 8)}) and choose that file.`
+      : `Even as an MP3 it would not fit: cut it to at most ${formatClock(cut)} and choose that file.`;
+  }
+  const now = Math.round((file.size * 8) / duration / 1000);
+  const lower = bitrate ? `export it again at ${bitrate} kbps or lower (it is about ${now} kbps now), or ` : "";
+  return `To fit, ${lower}cut it to at most ${formatClock(cut)}, and choose that file.`;
+}
+
 export function capitalize(text) {
   const value = String(text || "").trim();
   return value ? value[0].toUpperCase() + value.slice(1) : value;
@@ -137,7 +167,7 @@ export function describe(problem) {
         retryAfter: wait,
       };
     case "upload_too_large":
-      return { title: "This file is too big.", action: `${said} Choose a smaller file (an MP3 is much smaller).` };
+      return { title: "This file is too big.", action: `${said} Choose a smaller file: an MP3 at a lower bitrate, or a shorter cut.` };
     case "too_long":
       return { title: "This song is too long.", action: `${said} Choose a shorter file.` };
     case "not_audio":

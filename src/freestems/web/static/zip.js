@@ -1,5 +1,7 @@
 // A small ZIP reader for the result archive: entries STORED (MP3) or DEFLATED (WAV, FLAC), CRC-checked.
-// Deflate is undone by the browser (DecompressionStream "deflate-raw").
+// Deflate is undone by the browser (DecompressionStream "deflate-raw"). And a writer that packs the same
+// entries again under other names (the song's name, as single downloads have), their packed bytes and
+// checksums as they came from the server: nothing is compressed or checked twice.
 
 const EOCD_SIGNATURE = 0x06054b50;
 const CENTRAL_SIGNATURE = 0x02014b50;
@@ -88,7 +90,53 @@ export async function readZip(buffer) {
     if (data.length !== entry.size || crc32(data) !== entry.crc) {
       throw new ZipError(`${entry.name} is damaged in the download (checksum mismatch); download it again`);
     }
-    files.push({ name: entry.name, data });
+    files.push({ name: entry.name, data, method: entry.method, crc: entry.crc, packed: entry.method === 0 ? data : raw.slice() });
   }
   return files;
+}
+
+/**
+ * A zip (a Blob) of `entries` ({name, size, method, crc, packed}: as readZip gives them, with new names).
+ * Names are UTF-8 (flag bit 11); dates are the DOS epoch, as the server's are.
+ */
+export function writeZip(entries) {
+  const encoder = new TextEncoder();
+  const parts = [];
+  const directory = [];
+  let offset = 0;
+  for (const entry of entries) {
+    const name = encoder.encode(entry.name);
+    const local = new DataView(new ArrayBuffer(30));
+    fillHeader(local, 4, entry, name.length);
+    local.setUint32(0, LOCAL_SIGNATURE, true);
+    parts.push(local, name, entry.packed);
+    const central = new DataView(new ArrayBuffer(46));
+    central.setUint32(0, CENTRAL_SIGNATURE, true);
+    central.setUint16(4, 20, true); // made by: version 2.0
+    fillHeader(central, 6, entry, name.length);
+    central.setUint32(42, offset, true);
+    directory.push(central, name);
+    offset += 30 + name.length + entry.packed.length;
+  }
+  const directorySize = directory.reduce((sum, part) => sum + part.byteLength, 0);
+  const end = new DataView(new ArrayBuffer(22));
+  end.setUint32(0, EOCD_SIGNATURE, true);
+  end.setUint16(8, entries.length, true);
+  end.setUint16(10, entries.length, true);
+  end.setUint32(12, directorySize, true);
+  end.setUint32(16, offset, true);
+  return new Blob([...parts, ...directory, end], { type: "application/zip" });
+}
+
+/** The fields local and central headers share, from `at` (version needed .. name length). */
+function fillHeader(view, at, entry, nameLength) {
+  view.setUint16(at, 20, true); // version needed: 2.0
+  view.setUint16(at + 2, 0x0800, true); // UTF-8 names
+  view.setUint16(at + 4, entry.method, true);
+  view.setUint16(at + 6, 0, true); // time
+  view.setUint16(at + 8, 0x21, true); // date: 1980-01-01
+  view.setUint32(at + 10, entry.crc, true);
+  view.setUint32(at + 14, entry.packed.length, true);
+  view.setUint32(at + 18, entry.size, true);
+  view.setUint16(at + 22, nameLength, true);
 }

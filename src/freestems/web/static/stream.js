@@ -1,0 +1,365 @@
+// Listening while the song is being separated. A server with progressive results (its job messages carry
+// `ready_seconds`) offers every stem's finished audio in order as segments:
+//
+//   GET jobs/{id}/partial                -> {stems, sample_rate, segments: [{index, start, end}], ready_samples,
+//                                            total_samples, complete}
+//   GET jobs/{id}/partial/{stem}/{index} -> FLAC, exactly end - start samples of that stem
+//
+// The page downloads the segments in order, one index for all stems at a time, decodes them and schedules
+// them on one AudioContext timeline through the stems' GainNodes (so mute, solo and volume work as in the
+// result player). All stems start together once segment 0 of every stem is in; the seek bar shows how far
+// the stems exist; playback waits (and says so) when it catches up with the separation. When the job is
+// done, the result player takes over at the same place on the same timeline (player.js `load`).
+import { url } from "./api.js";
+import { Mixer } from "./mixer.js";
+import { Problem } from "./text.js";
+
+const POLL_MS = 500;
+const LEAD = 0.06; // seconds between deciding to play and the first sample: time to schedule every source
+const CATCH_UP = 0.02; // playback this close to the end of what exists waits for more
+const PEAK_BUCKETS = 2048;
+const MAX_FAILURES = 5; // partial requests that fail in a row before the page stops listening early
+
+function sleep(ms, signal) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => (clearTimeout(timer), resolve()), { once: true });
+  });
+}
+
+async function partialRequest(job, suffix, signal) {
+  const response = await fetch(url(`jobs/${encodeURIComponent(job.id)}/partial${suffix}`), {
+    headers: { "X-Job-Token": job.token },
+    cache: "no-store",
+    signal,
+  });
+  if (!response.ok) {
+    let code = `http_${response.status}`;
+    try {
+      const body = await response.json();
+      if (body && body.error && body.error.code) code = body.error.code;
+    } catch (ignored) {
+      // not JSON
+    }
+    throw new Problem(code, `the partial result answered ${response.status}`, { status: response.status });
+  }
+  return response;
+}
+
+/**
+ * A mixer whose stems grow while they are separated: each stem is a list of decoded segments on one
+ * timeline. Same controls and views as Mixer (mute, solo, volume, master, position, play, pause, seek).
+ */
+export class LiveMixer extends Mixer {
+  constructor(context, { stems, sampleRate, totalSamples }) {
+    super(context);
+    this.live = true;
+    this.rate = sampleRate || 44100;
+    this.total = Number.isFinite(totalSamples) && totalSamples > 0 ? totalSamples : null;
+    this.ready = 0; // seconds of every stem from the start
+    this.complete = false;
+    this.waiting = false; // playback caught up with the separation and waits for more
+    this.wantsPlay = true; // starts by itself when the first segments are in; pause stops wanting
+    this.segments = []; // [{start, end} in seconds, buffers: {stem: AudioBuffer}]
+    this.starting = false; // waiting for the browser to let the context run
+    this.timer = null;
+    for (const name of stems) {
+      const gain = context.createGain();
+      gain.connect(this.master);
+      this.stems.push({ name, buffer: null, gain, volume: 1, muted: false, soloed: false, peaks: new Float32Array(PEAK_BUCKETS * 2) });
+    }
+    this._applyGains(true);
+  }
+
+  /** The song's length when the server knows it, else what exists so far. */
+  get duration() {
+    return this.total ? this.total / this.rate : this.ready;
+  }
+
+  setTotal(totalSamples) {
+    if (Number.isFinite(totalSamples) && totalSamples > 0) this.total = totalSamples;
+  }
+
+  /** Segment `segment` ({start, end} in samples) of every stem ({stem: AudioBuffer}) is in. */
+  addSegment(segment, buffers) {
+    const entry = { start: segment.start / this.rate, end: segment.end / this.rate, buffers };
+    this.segments.push(entry);
+    this.ready = Math.max(this.ready, entry.end);
+    for (const stem of this.stems) addPeaks(stem.peaks, buffers[stem.name], segment.start, this.total || segment.end);
+    if (this.playing) this._schedule(entry);
+    else if (this.wantsPlay) this.play();
+    this._emit("segment");
+  }
+
+  finish() {
+    this.complete = true;
+    if (!this.total) this.total = Math.round(this.ready * this.rate);
+    this._emit("segment");
+  }
+
+  position() {
+    if (!this.playing) return this.offset;
+    return Math.min(this.ready, Math.max(this.offset, this.context.currentTime - this.startedAt + this.offset));
+  }
+
+  /** Plays from `offset`, starting at context time `at` (default: as soon as every source is scheduled). */
+  async play(at = null) {
+    this.wantsPlay = true;
+    if (this.playing || !this.segments.length) return;
+    if (this.complete && this.offset >= this.duration - 0.01) this.offset = 0;
+    if (!this.complete && this.offset >= this.ready - CATCH_UP) {
+      this._wait();
+      return;
+    }
+    if (this.context.state !== "running") {
+      // Without a click (a reload re-attached the job) the browser may hold the context until one: the
+      // first press of Play then finishes this start; further calls meanwhile do nothing.
+      if (this.starting) {
+        this.context.resume(); // within a click: the browser lets it run now, and the waiting start goes on
+        return;
+      }
+      this.starting = true;
+      this._emit("blocked");
+      try {
+        await this.context.resume();
+      } finally {
+        this.starting = false;
+      }
+      if (this.playing || !this.wantsPlay) return;
+    }
+    this.waiting = false;
+    this.startedAt = at ?? this.context.currentTime + LEAD;
+    this.playing = true;
+    this.sources = [];
+    for (const entry of this.segments) this._schedule(entry);
+    clearInterval(this.timer);
+    this.timer = setInterval(() => this._watch(), 50);
+    this._emit("play");
+  }
+
+  pause() {
+    this.wantsPlay = false;
+    this.waiting = false;
+    if (!this.playing) {
+      this._emit("pause");
+      return;
+    }
+    this.offset = this.position();
+    this._halt();
+    this._emit("pause");
+  }
+
+  toggle() {
+    return this.playing || this.waiting ? this.pause() : this.play();
+  }
+
+  /** Jumps to `seconds`, within what exists so far. */
+  async seek(seconds) {
+    const target = Math.min(Math.max(0, Number(seconds) || 0), this.ready);
+    const resume = this.playing || this.waiting;
+    this._halt();
+    this.waiting = false;
+    this.offset = target;
+    if (resume) await this.play();
+    else this._emit("seek");
+  }
+
+  /**
+   * Hands playback to `next` (a Mixer of the whole stems on the same context) without a jump: the live
+   * sources stop and `next` starts at the same context time, from the same place, with the same mix.
+   * Returns {at, position, playing}.
+   */
+  async handOver(next) {
+    const playing = this.playing;
+    const at = this.context.currentTime + LEAD;
+    const position = playing ? at - this.startedAt + this.offset : this.offset;
+    for (const stem of next.stems) {
+      const mine = this.stems.find((item) => item.name === stem.name);
+      if (mine) Object.assign(stem, { volume: mine.volume, muted: mine.muted, soloed: mine.soloed });
+    }
+    next._applyGains(true);
+    next.master.gain.value = this.master.gain.value;
+    next.offset = Math.min(position, next.duration);
+    for (const source of this.sources) source.stop(at);
+    clearInterval(this.timer);
+    this.timer = null;
+    this.playing = false;
+    if (playing) await next.play(at);
+    else next._emit("seek");
+    const leaving = this.stems.map((stem) => stem.gain).concat(this.master);
+    const sources = this.sources;
+    this.sources = [];
+    setTimeout(() => {
+      for (const node of sources.concat(leaving)) node.disconnect();
+    }, (LEAD + 0.2) * 1000);
+    this.listeners.clear();
+    return { at, position, playing };
+  }
+
+  /** Stops and lets go of its nodes, and of the context unless `keepContext`. */
+  async close(keepContext = false) {
+    this._halt();
+    this.listeners.clear();
+    for (const stem of this.stems) stem.gain.disconnect();
+    this.master.disconnect();
+    if (!keepContext && this.context.state !== "closed") await this.context.close();
+  }
+
+  _schedule(entry) {
+    const earliest = this.context.currentTime + 0.005;
+    const startAt = this.startedAt + (entry.start - this.offset); // context time of the segment's first sample
+    const from = Math.max(startAt, this.startedAt, earliest);
+    const into = from - startAt;
+    if (into >= entry.end - entry.start) return; // already played
+    for (const stem of this.stems) {
+      const buffer = entry.buffers[stem.name];
+      if (!buffer) continue;
+      const source = this.context.createBufferSource();
+      source.buffer = buffer;
+      source.connect(stem.gain);
+      source.start(from, into);
+      this.sources.push(source);
+    }
+  }
+
+  /** Every 50 ms while playing: the end of the song, or the end of what exists so far. */
+  _watch() {
+    if (!this.playing) return;
+    const at = this.context.currentTime - this.startedAt + this.offset;
+    if (this.complete && at >= this.duration) {
+      this._halt();
+      this.offset = 0;
+      this.wantsPlay = false;
+      this._emit("ended");
+    } else if (!this.complete && at >= this.ready - CATCH_UP) {
+      this.offset = this.ready;
+      this._halt();
+      this._wait();
+    }
+  }
+
+  _wait() {
+    this.waiting = true;
+    this._emit("wait");
+  }
+
+  _halt() {
+    clearInterval(this.timer);
+    this.timer = null;
+    this._stopSources();
+    this.playing = false;
+  }
+}
+
+/** Min/max of the stem's channel mean into the buckets (over `total` samples) that `buffer` covers. */
+function addPeaks(target, buffer, startSample, total) {
+  if (!buffer || !total) return;
+  const buckets = target.length / 2;
+  const channels = [];
+  for (let c = 0; c < buffer.numberOfChannels; c += 1) channels.push(buffer.getChannelData(c));
+  const scale = 1 / channels.length;
+  const perBucket = total / buckets;
+  for (let i = 0; i < buffer.length; i += 1) {
+    const b = Math.min(buckets - 1, Math.floor((startSample + i) / perBucket));
+    let value = 0;
+    for (const data of channels) value += data[i];
+    value *= scale;
+    if (value < target[b * 2]) target[b * 2] = value;
+    if (value > target[b * 2 + 1]) target[b * 2 + 1] = value;
+  }
+}
+
+/**
+ * Listening during a job. `offer(job, message)` hears each state of the job: the first running message
+ * with `ready_seconds` (a server with progressive results) starts it. `player` shows the live mixer
+ * (player.goLive) and gives the audio context made during the click (player.audioContext).
+ */
+export function createListen({ player, log }) {
+  let run = null; // {job, controller}
+
+  function offer(job, message) {
+    if (run || !job || !message) return;
+    if (message.id && message.id !== job.id) return;
+    const progressive = message.ready_seconds !== undefined && message.ready_seconds !== null;
+    if (message.state !== "running" || !progressive) return;
+    run = { job, controller: new AbortController() };
+    follow(run).catch((error) => log("live_stopped", { code: error && error.code, message: error && error.message }));
+  }
+
+  async function follow(mine) {
+    const { job, controller } = mine;
+    const signal = controller.signal;
+    let mixer = null;
+    let next = 0;
+    let failures = 0;
+    log("live_start", { id: job.id });
+    while (!signal.aborted) {
+      let info;
+      try {
+        info = await (await partialRequest(job, "", signal)).json();
+        failures = 0;
+      } catch (error) {
+        if (signal.aborted) return;
+        if (error && ["not_found", "http_404"].includes(error.code)) throw error; // no partial results here
+        failures += 1;
+        if (failures >= MAX_FAILURES) throw error;
+        await sleep(POLL_MS, signal);
+        continue;
+      }
+      if (!mixer && !(Array.isArray(info.stems) && info.stems.length)) {
+        await sleep(POLL_MS, signal); // the server does not know the stems yet
+        continue;
+      }
+      if (!mixer) {
+        mixer = new LiveMixer(player.audioContext(), {
+          stems: info.stems,
+          sampleRate: info.sample_rate,
+          totalSamples: info.total_samples,
+        });
+        if (signal.aborted) return;
+        player.goLive(mixer);
+        log("live_mixer", { stems: info.stems });
+      }
+      mixer.setTotal(info.total_samples);
+      const segments = Array.isArray(info.segments) ? info.segments : [];
+      while (next < segments.length && !signal.aborted) {
+        const segment = segments[next];
+        const buffers = await fetchSegment(job, info.stems, segment.index ?? next, mixer.context, signal);
+        if (signal.aborted) return;
+        mixer.addSegment(segment, buffers);
+        log("live_segment", { index: next, end: segment.end, contextTime: mixer.context.currentTime });
+        next += 1;
+      }
+      if (info.complete && next >= segments.length) {
+        mixer.finish();
+        log("live_complete", { seconds: mixer.ready });
+        return;
+      }
+      await sleep(POLL_MS, signal);
+    }
+  }
+
+  /** Segment `index` of every stem, decoded: {stem: AudioBuffer}. */
+  async function fetchSegment(job, stems, index, context, signal) {
+    const decoded = await Promise.all(
+      stems.map(async (stem) => {
+        const response = await partialRequest(job, `/${encodeURIComponent(stem)}/${index}`, signal);
+        const data = await response.arrayBuffer();
+        return [stem, await context.decodeAudioData(data)];
+      }),
+    );
+    return Object.fromEntries(decoded);
+  }
+
+  return {
+    offer,
+    /** The job ended (or the page let it go): stop downloading; the player decides about the sound. */
+    stop() {
+      if (run) run.controller.abort();
+      run = null;
+    },
+    get active() {
+      return Boolean(run);
+    },
+  };
+}
