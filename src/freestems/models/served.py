@@ -288,6 +288,11 @@ class LoadedModels:
         with self._condition:
             return {name: entry.size for name, entry in self._loaded.items()}
 
+    def loaded_models(self) -> dict[str, LoadedModel]:
+        """The models in memory now, least recently used first."""
+        with self._condition:
+            return {name: entry.model for name, entry in self._loaded.items()}
+
     @property
     def loaded_bytes(self) -> int:
         with self._condition:
