@@ -32,6 +32,7 @@ from service_helpers import (
     small_settings,
     wait_for_message,
     wait_for_state,
+    wait_until,
 )
 
 from freestems.cli import build_parser, served_model_choice
@@ -321,3 +322,29 @@ def _expect_cancelled(models: LoadedModels, cancel: threading.Event, outcome: li
             outcome.append("loaded")
     except Cancelled:
         outcome.append("cancelled")
+
+
+def test_a_running_job_keeps_its_model_while_another_job_waits_for_memory(tmp_path, catalog, songs):
+    """The same rule through the server: two workers, room for one model. The second job's model waits
+    until the first job (on another model) ends; the first job's model is not evicted under it."""
+    served = serve_models([KIM, BS4], cache_dir=catalog["cache"]).served
+    budget = max(served[KIM].estimate, served[BS4].estimate) + 1000
+    settings = dict(budget_mb=budget / 1e6, auth="none", result_cache=False, workers=2, reattach_grace=120.0)
+    with models_server(tmp_path, catalog, [KIM, BS4], **settings) as (server, executor):
+        models = executor.loaded
+        long = post_job(server, songs["long"], None, model=KIM, shifts=3).json()
+        wait_until(lambda: models.in_use() == {KIM: 1}, timeout=60)
+        waiting = post_job(server, songs["wav"], None, model=BS4).json()
+        assert wait_for_state(server, waiting, "running")["model"] == BS4  # a worker took it: it waits
+        time.sleep(1.0)
+        assert job_status(server, long)["state"] == "running"
+        assert list(models.loaded()) == [KIM] and models.in_use() == {KIM: 1} and models.evictions == 0
+        assert job_status(server, waiting)["state"] == "running"
+        # The first job ends (deleted by its owner): only now is its model evicted for the waiting one.
+        assert (
+            httpx.delete(f"{server.url}/jobs/{long['id']}", params={"token": long["token"]}).status_code
+            == 204
+        )
+        assert wait_for_state(server, waiting, "done")["model"] == BS4
+        assert list(models.loaded()) == [BS4] and models.evictions == 1
+        assert loaded_weights(models) <= models.budget

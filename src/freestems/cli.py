@@ -227,7 +227,7 @@ def add_remote_parser(commands: Subcommands) -> None:
         help="the server, e.g. http://127.0.0.1:8000 (FREESTEMS_URL)",
     )
     remote.add_argument("-o", "--out", default="separated", metavar="DIR", help="output folder (separated)")
-    remote.add_argument("-m", "--model", help="the model the server must run (it refuses another)")
+    remote.add_argument("-m", "--model", help="a model the server runs (default: its first)")
     remote.add_argument("--two-stems", metavar="STEM", help="only STEM and no_STEM (e.g. vocals: karaoke)")
     remote.add_argument("--shifts", type=int, help="passes with random offsets, averaged (server: 1)")
     remote.add_argument("--overlap", type=float, help="chunk overlap in [0, 0.9) (server: 0.25)")
