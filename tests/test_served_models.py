@@ -10,6 +10,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -20,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import one_torch_thread
+from model_helpers import make_small_checkpoint
 from served_helpers import BS4, KIM, SCNET, STAND_INS, stand_in_catalog
 from service_helpers import (
     error_of,
@@ -35,6 +41,7 @@ from service_helpers import (
     wait_until,
 )
 
+import freestems
 from freestems.cli import build_parser, served_model_choice
 from freestems.executors import LocalExecutor
 from freestems.models import ModelChoiceError
@@ -348,3 +355,40 @@ def test_a_running_job_keeps_its_model_while_another_job_waits_for_memory(tmp_pa
         assert wait_for_state(server, waiting, "done")["model"] == BS4
         assert list(models.loaded()) == [BS4] and models.evictions == 1
         assert loaded_weights(models) <= models.budget
+
+
+def test_freestems_serve_serves_several_model_files(tmp_path):
+    """The command itself: two checkpoint files served, in order, the first the default."""
+    first = make_small_checkpoint(tmp_path / "first.pt", seed=1)
+    second = make_small_checkpoint(tmp_path / "second.pt", seed=2)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        sys.executable, "-m", "freestems.cli", "serve", "--port", str(port),
+        "--data-dir", str(tmp_path / "data"),
+        "--model-file", str(first), "--model-file", str(second), "--model-memory", "100",
+    ]  # fmt: skip
+    environ = {**os.environ, "PYTHONPATH": str(Path(freestems.__file__).parents[1]), "FREESTEMS_THREADS": "1"}
+    process = subprocess.Popen(
+        command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+
+        def described():
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/config", timeout=5).json()
+            except httpx.HTTPError:
+                assert process.poll() is None, process.communicate()[1]
+                return None
+
+        config = wait_until(described, timeout=120, interval=0.2)
+        assert [(model["name"], model["default"]) for model in config["models"]] == [
+            ("first", True),
+            ("second", False),
+        ]
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert f"serving first, second on http://127.0.0.1:{port}" in stderr
