@@ -109,7 +109,7 @@ def _check_model(requested: str | None, served: Mapping[str, Sequence[str]]) -> 
         raise ServiceError(
             422,
             "model_not_served",
-            f"model {requested!r} is not served here; this server runs {names} (GET /config describes them)",
+            f"model: {requested!r} is not served here; this server runs {names} (GET /config describes them)",
             field="model",
         )
     return requested
