@@ -3,8 +3,9 @@
 The service decides *whether* and *what* runs (keys, limits, queue, cache); an executor only runs work
 items and reports what happens to them. Two executors sit behind this interface:
 
-- :class:`freestems.executors.LocalExecutor` keeps one model loaded and warm in this process and runs
-  ``workers`` jobs at a time in threads (the embedded default);
+- :class:`freestems.executors.LocalExecutor` runs ``workers`` jobs at a time in threads of this process,
+  each on the model its options name, loaded on first use and kept under a memory budget (the embedded
+  default; :mod:`freestems.models.served`);
 - :class:`freestems.executors.ModalExecutor` sends each job to a GPU class on Modal and relays what the
   GPU container reports (see :mod:`freestems.executors.modal`).
 

@@ -4,7 +4,8 @@ Routes parse and validate, call :class:`~freestems.service.jobs.JobManager`, and
 :class:`~freestems.service.errors.ServiceError` become ``{"error": {"code", "message"}}`` JSON. Anything
 else that escapes becomes a plain 500 (the traceback goes to the server log, never to the client).
 
-The lifespan loads the model (the executor's ``start``, off the event loop), opens the job store, resumes
+The lifespan gets the served models ready (the executor's ``start``, off the event loop: catalog models are
+fetched and described, loaded on first use; a model file is loaded), opens the job store, resumes
 unfinished jobs, and runs the sweeper; at shutdown it stops the executor so that running jobs go back to
 the queue for the next start.
 """
@@ -34,7 +35,7 @@ from freestems.audio.formats import MP3_BITRATES
 from freestems.errors import FailureCode, http_failure
 from freestems.executors import Executor, ExecutorError, LocalExecutor
 from freestems.models import CATALOG, DEFAULT_MODEL
-from freestems.models.served import LoadedModels, public_facts  # noqa: F401 - LoadedModels: a type
+from freestems.models.served import LoadedModels, public_facts
 
 from .challenges import ChallengeBook
 from .errors import (
