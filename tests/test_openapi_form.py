@@ -6,7 +6,7 @@ import httpx
 from service_helpers import form, open_session
 
 from freestems.audio.formats import FORMATS, MP3_BITRATES
-from freestems.service.options import OPTION_FIELDS
+from freestems.service.options import OPTION_FIELDS, RERUN_FIELDS
 
 
 def test_openapi_describes_the_form_of_the_served_model(start_server, songs):
@@ -19,11 +19,15 @@ def test_openapi_describes_the_form_of_the_served_model(start_server, songs):
         body = operation["requestBody"]
         assert body["required"] is True
         fields = body["content"]["multipart/form-data"]["schema"]
-        assert fields["required"] == ["audio_file"]
         properties = fields["properties"]
-        assert set(properties) == {"audio_file", *OPTION_FIELDS}
+        if path == "/separate":
+            assert fields["required"] == ["audio_file"]
+            assert set(properties) == {"audio_file", *OPTION_FIELDS}
+        else:  # a file, or an earlier job's kept song (from_job, from_token)
+            assert "required" not in fields
+            assert set(properties) == {"audio_file", *OPTION_FIELDS, *RERUN_FIELDS}
         assert properties["audio_file"]["format"] == "binary"
-        # The served model's stems, in its order, and its name: not a list written by hand.
+        # The served (default) model's stems, in its order, and the served names: not lists written by hand.
         assert properties["two_stems"]["enum"] == config["sources"] == ["drums", "bass", "other", "vocals"]
         assert properties["model"]["enum"] == [config["model"]] == ["small"]
         # The formats and bitrates the service encodes, from audio.formats.

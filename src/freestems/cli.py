@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from freestems import SAMPLE_RATE, __version__
 from freestems.audio.formats import FORMATS, MP3_BITRATES
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from typing import TypeAlias
 
     from freestems.models import LoadedModel
+    from freestems.service import Settings
 
     # What ``add_subparsers`` returns: argparse names no public type for it, and it is generic only in the
     # stubs (so the alias exists for the type checker alone).
@@ -107,8 +108,83 @@ def add_serve_parser(commands: Subcommands) -> None:
         help="allow --auth none on a non-loopback address",
     )
     serve.add_argument("--workers", type=int, help="jobs run at once (FREESTEMS_WORKERS, 1)")
-    add_model_arguments(serve)
+    add_served_model_arguments(serve)
     serve.set_defaults(run=run_serve)
+
+
+class _ServedModel(argparse.Action):
+    """``-m NAME`` and ``--model-file F`` append to one ordered list (the first is the default);
+    ``--model-config C`` belongs to the ``--model-file`` just before it."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, value: Any, option: Any = None) -> None:
+        served: list[list[Any]] = list(getattr(namespace, "served", None) or [])
+        if self.dest == "model_config":
+            if not served or served[-1][0] != "file" or served[-1][2] is not None:
+                parser.error("--model-config C must follow the --model-file F it belongs to")
+            served[-1] = ["file", served[-1][1], value]
+        else:
+            served.append(["name", value, None] if self.dest == "model" else ["file", value, None])
+        namespace.served = served
+
+
+def add_served_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The models ``serve`` offers: ``-m`` and ``--model-file`` repeated, in order; the first is the
+    default. Without any, FREESTEMS_MODELS (or FREESTEMS_MODEL / FREESTEMS_MODEL_FILE) decide."""
+    parser.set_defaults(served=[])
+    parser.add_argument(
+        "-m",
+        "--model",
+        action=_ServedModel,
+        metavar="NAME",
+        help="a catalog model or preset to serve (see `freestems models`), or an ensemble a+b; repeat it to "
+        "serve several (FREESTEMS_MODELS=a,b); the first is the default",
+    )
+    parser.add_argument(
+        "--model-file",
+        type=Path,
+        action=_ServedModel,
+        metavar="F",
+        help="a checkpoint file to serve (repeatable)",
+    )
+    parser.add_argument(
+        "--model-config",
+        type=Path,
+        action=_ServedModel,
+        metavar="C",
+        help="the config of the --model-file before it",
+    )
+    parser.add_argument(
+        "--model-memory",
+        type=float,
+        metavar="MB",
+        help="most MB of loaded models; the least recently used idle one is unloaded "
+        "(FREESTEMS_MODEL_MEMORY, "
+        "0: no limit)",
+    )
+    parser.add_argument(
+        "--cache-dir", type=Path, help="weights cache (FREESTEMS_CACHE or ~/.cache/freestems)"
+    )
+    parser.add_argument(
+        "--spec-norm",
+        action=argparse.BooleanOptionalAction,
+        help="override the spectrogram normalisation flag",
+    )
+    parser.add_argument(
+        "--normalize", action=argparse.BooleanOptionalAction, help="override whole-track normalisation"
+    )
+
+
+def served_model_choice(
+    args: argparse.Namespace, settings: Settings
+) -> tuple[list[str], list[tuple[Path, Path | None]]]:
+    """The catalog names and the checkpoint files (with their configs) ``serve`` offers: its options, else
+    the settings. A file's place among the names is kept only in that the names come first."""
+    if args.served:
+        names = [value for kind, value, _ in args.served if kind == "name"]
+        files = [(value, config) for kind, value, config in args.served if kind == "file"]
+        return names, files
+    files = [(settings.model_file, settings.model_config_file)] if settings.model_file else []
+    return list(settings.served_models), files
 
 
 def add_cost_parser(commands: Subcommands) -> None:
@@ -151,7 +227,7 @@ def add_remote_parser(commands: Subcommands) -> None:
         help="the server, e.g. http://127.0.0.1:8000 (FREESTEMS_URL)",
     )
     remote.add_argument("-o", "--out", default="separated", metavar="DIR", help="output folder (separated)")
-    remote.add_argument("-m", "--model", help="the model the server must run (it refuses another)")
+    remote.add_argument("-m", "--model", help="a model the server runs (default: its first)")
     remote.add_argument("--two-stems", metavar="STEM", help="only STEM and no_STEM (e.g. vocals: karaoke)")
     remote.add_argument("--shifts", type=int, help="passes with random offsets, averaged (server: 1)")
     remote.add_argument("--overlap", type=float, help="chunk overlap in [0, 0.9) (server: 0.25)")
@@ -360,6 +436,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from freestems.executors import LocalExecutor
     from freestems.models import ModelError
+    from freestems.models.served import serve_models
     from freestems.service import Settings, SettingsError
     from freestems.service.jobs import Paths
     from freestems.service.server import serve
@@ -372,15 +449,22 @@ def run_serve(args: argparse.Namespace) -> int:
             auth=args.auth,
             allow_public_noauth=args.allow_public_noauth,
             workers=args.workers,
+            model_memory=args.model_memory,
         )
-        if not (args.model or args.model_file):  # the environment may name the model
-            args.model, args.model_file = settings.model, settings.model_file
-            args.model_config = args.model_config or settings.model_config_file
-        model = load_model_from_args(args)
+        names, files = served_model_choice(args, settings)
+        models = serve_models(
+            names,
+            files,
+            budget=settings.model_memory_bytes,
+            cache_dir=args.cache_dir,
+            progress=True,
+            spec_norm=args.spec_norm,
+            normalize=args.normalize,
+        )
     except (SettingsError, ModelError) as error:
         return fail(error)
     executor = LocalExecutor(
-        lambda: model,
+        lambda: models,
         Paths(settings.data_dir).work,
         workers=settings.workers,
         threads=settings.threads,
@@ -388,7 +472,7 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(
-        f"freestems: serving {model.name} on http://{host}:{settings.port} "
+        f"freestems: serving {', '.join(models.served)} on http://{host}:{settings.port} "
         f"(auth: {settings.auth}, data: {settings.data_dir})",
         file=sys.stderr,
     )

@@ -21,7 +21,11 @@ ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 def test_an_upload_flood_is_refused_cleanly_and_the_queue_stays_bounded(start_server, songs):
     capacity, per_address = 4, 2
     server = start_server(
-        auth="none", queue_capacity=capacity, jobs_per_ip=per_address, refused_uploads_per_minute=10_000
+        auth="none",
+        queue_capacity=capacity,
+        jobs_per_ip=per_address,
+        refused_uploads_per_minute=10_000,
+        reattach_grace=120.0,  # a slow flood (a busy machine) must not see unpolled jobs cancelled meanwhile
     )
     store = server.service.store
     most_in_flight = 0

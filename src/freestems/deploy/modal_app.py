@@ -165,13 +165,32 @@ def requirements() -> list[str]:
     return found
 
 
+def default_model_name() -> str | None:
+    """The catalog name of the default model (the first of ``FREESTEMS_MODELS``), or None for a file."""
+    if settings.model_file is not None:
+        return None
+    return settings.served_models[0] if settings.served_models else settings.model
+
+
+def other_model_names() -> tuple[str, ...]:
+    """The other served models (``FREESTEMS_MODELS`` after the first): one GPU class loads them on demand
+    (see the README, "Several models on Modal")."""
+    return tuple(settings.models[1:]) if settings.model_file is None else ()
+
+
 def bake_weights(
-    model: str | None, model_file: str | None, model_config: str | None, weights_dir: str
+    model: str | None,
+    model_file: str | None,
+    model_config: str | None,
+    weights_dir: str,
+    others: tuple[str, ...] = (),
 ) -> None:
     """Image build step: the catalog model's weights into ``weights_dir`` (with the catalog's own
-    download code, size and checksum checks included), and the model's description beside them."""
+    download code, size and checksum checks included), and the model's description beside them; with
+    ``FREESTEMS_MODELS``, the other served models' files and descriptions too (``others``)."""
     from freestems.executors import describe
     from freestems.models import DEFAULT_MODEL, ensure_weights, get_model_info, load_model
+    from freestems.models.served import serve_catalog
 
     if model_file is None:
         ensure_weights(get_model_info(model or DEFAULT_MODEL), cache_dir=weights_dir, progress=False)
@@ -183,8 +202,12 @@ def bake_weights(
         download=False,
         progress=False,
     )
-    description = describe(loaded)
-    Path(weights_dir, DESCRIPTION_FILE).write_text(json.dumps(dataclasses.asdict(description)))
+    description = dataclasses.asdict(describe(loaded))
+    description["others"] = [
+        dataclasses.asdict(ModelDescription(served.name, served.sources, served.fingerprint, served.title))
+        for served in (serve_catalog(name, cache_dir=weights_dir, download=True) for name in others)
+    ]
+    Path(weights_dir, DESCRIPTION_FILE).write_text(json.dumps(description))
 
 
 def build_image(settings: Settings, deployment: ModalSettings, environ: Mapping[str, str]) -> modal.Image:
@@ -207,10 +230,11 @@ def build_image(settings: Settings, deployment: ModalSettings, environ: Mapping[
     image = image.run_function(
         bake_weights,
         kwargs={
-            "model": settings.model,
+            "model": default_model_name(),
             "model_file": model_file,
             "model_config": model_config,
             "weights_dir": WEIGHTS_DIR,
+            "others": other_model_names(),
         },
     )
     return image.env(image_environment(environ, settings)).add_local_python_source("freestems", ignore=[])
@@ -271,12 +295,15 @@ def gpu_class_options(deployment: ModalSettings) -> dict[str, Any]:
     return options
 
 
-def load_configured_model() -> LoadedModel:
-    """The model the settings name: from ``/weights`` in a container (never downloaded there)."""
+def load_configured_model(name: str | None = None) -> LoadedModel:
+    """The model the settings name (or ``name``, another served one): from ``/weights`` in a container
+    (never downloaded there)."""
     from freestems.models import load_model
 
+    if name is not None:
+        return load_model(name, download=modal.is_local(), progress=False)
     return load_model(
-        settings.model,
+        default_model_name(),
         model_file=settings.model_file,
         model_config=settings.model_config_file,
         download=modal.is_local(),
@@ -293,15 +320,33 @@ def read_description(weights_dir: str | Path) -> ModelDescription | None:
     return ModelDescription(data["name"], tuple(data["sources"]), data["fingerprint"])
 
 
-def model_description() -> ModelDescription:
-    """What the GPU class runs, for the web tier: written at build time (no model is loaded in the web
-    container), else (running in-process) computed from the model."""
-    baked = None if modal.is_local() else read_description(WEIGHTS_DIR)
-    if baked is not None:
+def read_descriptions(weights_dir: str | Path) -> tuple[ModelDescription, ...]:
+    """Every served model's description :func:`bake_weights` wrote (the default first); empty if none."""
+    path = Path(weights_dir, DESCRIPTION_FILE)
+    if not path.is_file():
+        return ()
+    data = json.loads(path.read_text())
+    others = [
+        ModelDescription(o["name"], tuple(o["sources"]), o["fingerprint"], o.get("title", ""))
+        for o in data.get("others", ())
+    ]
+    return (ModelDescription(data["name"], tuple(data["sources"]), data["fingerprint"]), *others)
+
+
+def model_description() -> tuple[ModelDescription, ...]:
+    """What the GPU class runs, for the web tier (every served model, the default first): written at build
+    time (no model is loaded in the web container), else (running in-process) computed from the models."""
+    baked = () if modal.is_local() else read_descriptions(WEIGHTS_DIR)
+    if baked:
         return baked
     from freestems.executors import describe
+    from freestems.models.served import serve_catalog
 
-    return describe(load_configured_model())
+    others = [serve_catalog(name) for name in other_model_names()]
+    return (
+        describe(load_configured_model()),
+        *(ModelDescription(o.name, o.sources, o.fingerprint, o.title) for o in others),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -453,6 +498,9 @@ class Separator:
         begin = time.time()
         self.snapshot_task = os.environ.get("MODAL_TASK_ID")
         self.model = load_configured_model()
+        # The other served models (FREESTEMS_MODELS): in the snapshot's memory, on the GPU at first use.
+        self.others = {name: load_configured_model(name) for name in other_model_names()}
+        self.on_device: dict[str, str] = {}
         self.device = torch.device("cpu")
         self.precision = "fp32"
         self.fidelity: dict[str, float] = {}
@@ -552,16 +600,17 @@ class Separator:
         try:
             source = folder / f"input{_suffix(request.filename)}"
             source.write_bytes(audio)
+            model, precision = self._served(request.options.model)
             result = run_job(
                 source,
                 folder / "stems.zip",
-                self.model,
+                model,
                 work_dir=folder / "stems",
                 options=request.options,
                 max_duration=request.max_duration,
                 progress=lambda fraction: outbox.event({"type": "progress", "progress": fraction}),
                 device=self.device,
-                precision=self.precision,
+                precision=precision,
                 display_name=request.filename,
                 preload=True,
                 parallel_encode=True,
@@ -570,13 +619,34 @@ class Separator:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
+    def _served(self, name: str | None) -> tuple[LoadedModel, str]:
+        """The model a request names (None: the default) on this container's device, and its precision.
+        Another served model moves to the GPU on its first use here (its precision probed then)."""
+        if name is None or name == self.model.name:
+            return self.model, self.precision
+        model = self.others.get(name)
+        if model is None:
+            served = ", ".join((self.model.name, *self.others))
+            raise JobFailed(
+                FailureCode.INVALID_OPTIONS, f"model {name!r} is not served here; served: {served}"
+            )
+        if name not in self.on_device:
+            from freestems.jobrun import choose_precision
+
+            model.module.to(self.device)
+            precision = "fp32"
+            if self.device.type == "cuda":
+                precision, _ = choose_precision(model, self.device, modal_settings.modal_precision)
+            self.on_device[name] = precision
+        return model, self.on_device[name]
+
     def _usage(self, request: Request, audio_seconds: float, timings: dict[str, float]) -> UsageRecord:
         """What this call used, for ``freestems cost --modal`` (the job id is the progress key's head)."""
         job_id = (request.progress or "").rsplit("-", 1)[0] or uuid.uuid4().hex[:16]
         return UsageRecord(
             job_id=job_id,
             finished_at=time.time(),
-            model=self.model.name,
+            model=request.options.model or self.model.name,
             gpu=modal_settings.modal_gpu,
             audio_seconds=audio_seconds,
             gpu_seconds=timings["gpu_seconds"],

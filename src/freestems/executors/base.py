@@ -3,8 +3,9 @@
 The service decides *whether* and *what* runs (keys, limits, queue, cache); an executor only runs work
 items and reports what happens to them. Two executors sit behind this interface:
 
-- :class:`freestems.executors.LocalExecutor` keeps one model loaded and warm in this process and runs
-  ``workers`` jobs at a time in threads (the embedded default);
+- :class:`freestems.executors.LocalExecutor` runs ``workers`` jobs at a time in threads of this process,
+  each on the model its options name, loaded on first use and kept under a memory budget (the embedded
+  default; :mod:`freestems.models.served`);
 - :class:`freestems.executors.ModalExecutor` sends each job to a GPU class on Modal and relays what the
   GPU container reports (see :mod:`freestems.executors.modal`).
 
@@ -24,8 +25,6 @@ The contract:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -53,6 +52,8 @@ class ModelDescription:
     name: str
     sources: tuple[str, ...]
     fingerprint: str
+    title: str = ""
+    """A human title (the catalog's); empty: the catalog's title for ``name``, else the name."""
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,21 @@ class WorkItem:
 
 
 class Executor(Protocol):
-    """Runs work items somewhere. ``model`` is valid once :meth:`start` has returned."""
+    """Runs work items somewhere. ``models`` (and ``model``) are valid once :meth:`start` has returned.
+
+    An executor may serve several models: an item runs on the one its ``options.model`` names (None: the
+    first, the default).
+    """
 
     @property
-    def model(self) -> ModelDescription: ...
+    def model(self) -> ModelDescription:
+        """The default model (the first of :attr:`models`)."""
+        ...
+
+    @property
+    def models(self) -> tuple[ModelDescription, ...]:
+        """Every model served, the default first."""
+        ...
 
     def start(self) -> None:
         """Get ready (load the model...); blocking. Raises if the executor cannot work."""
@@ -123,17 +135,6 @@ def report(item: WorkItem, event: JobEvent) -> None:
 
 def describe(model: LoadedModel) -> ModelDescription:
     """A model's name, sources and a fingerprint of everything that decides its output (weights too)."""
-    digest = hashlib.sha256()
-    module = model.module
-    flags = {key: value for key, value in vars(module).items() if isinstance(value, (bool, int, float, str))}
-    header = [model.name, list(model.sources), model.segment, model.normalize, repr(module), flags]
-    digest.update(json.dumps(header, sort_keys=True, default=str).encode())
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        tensor = tensor.detach().cpu().contiguous()
-        try:
-            data = tensor.numpy().tobytes()
-        except TypeError:  # bfloat16 has no numpy type
-            data = tensor.float().numpy().tobytes()
-        digest.update(data)
-    return ModelDescription(model.name, tuple(model.sources), digest.hexdigest()[:32])
+    from freestems.models.served import fingerprint_loaded
+
+    return ModelDescription(model.name, tuple(model.sources), fingerprint_loaded(model))

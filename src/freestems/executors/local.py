@@ -1,30 +1,35 @@
-"""The in-process executor: the model loaded once, worker threads taking items in order.
+"""The in-process executor: the served models loaded on first use, worker threads taking items in order.
 
 torch releases the GIL during inference, so threads are enough, and they share one copy of the weights.
+Each item runs on the model its options name (the default when none); :class:`~freestems.models.served.
+LoadedModels` loads it if needed, pins it for the job and keeps the loaded ones under the memory budget.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from freestems.jobrun import Cancelled, run_job
+from freestems.jobrun import Cancelled, JobFailed, run_job
 
-from .base import JobEvent, ModelDescription, describe, report
+from .base import JobEvent, ModelDescription, report
 from .pool import Running, WorkerPool
 
 if TYPE_CHECKING:
     from freestems.models import LoadedModel
+    from freestems.models.served import LoadedModels
 
 
 class LocalExecutor(WorkerPool):
-    """Runs separations in this process: the model loaded once, ``workers`` threads taking items in order.
+    """Runs separations in this process: ``workers`` threads taking items in order.
 
     Args:
         load_model: returns the model; called once, by :meth:`start` (so a server can load it off its event
-            loop, or hand over a model it already loaded).
+            loop, or hand over a model it already loaded). Or several models: a callable returning
+            :class:`~freestems.models.served.LoadedModels` (described, loaded on first use).
         work_dir: where each job's stems are written before they are zipped (one folder per job, removed
             after the job on every path).
         workers: jobs at once. On a CPU one job already uses every core; more help on a big GPU.
@@ -34,7 +39,7 @@ class LocalExecutor(WorkerPool):
 
     def __init__(
         self,
-        load_model: Callable[[], LoadedModel],
+        load_model: Callable[[], LoadedModel | LoadedModels],
         work_dir: str | Path,
         *,
         workers: int = 1,
@@ -46,9 +51,11 @@ class LocalExecutor(WorkerPool):
         self.work_dir = Path(work_dir)
         self.threads = threads
         self.device = device
-        self._loaded: LoadedModel | None = None
+        self.loaded: LoadedModels | None = None
+        """The served models (valid once started): what is loaded, in use, evicted."""
 
-    def _prepare(self) -> ModelDescription:
+    def _prepare(self) -> list[ModelDescription]:
+        from freestems.models.served import LoadedModels, serve_loaded
         from freestems.separate import resolve_device
 
         if self.threads:
@@ -56,30 +63,56 @@ class LocalExecutor(WorkerPool):
 
             torch.set_num_threads(self.threads)
         self._device = resolve_device(self.device)
-        self._loaded = self._load_model()
+        given = self._load_model()
+        if isinstance(given, LoadedModels):
+            self.loaded = given
+        else:  # one model, loaded already
+            self.loaded = LoadedModels([serve_loaded(given)])
+            self.loaded.preload(given.name, given)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        return describe(self._loaded)
+        return [
+            ModelDescription(served.name, served.sources, served.fingerprint, served.title)
+            for served in self.loaded.served.values()
+        ]
 
     def _run(self, running: Running) -> dict[str, float]:
         item = running.item
         if running.stop.is_set():
             raise Cancelled
         report(item, JobEvent(item.job_id, "started"))
-        assert self._loaded is not None
+        assert self.loaded is not None
         started = time.perf_counter()
-        result = run_job(
-            item.source,
-            item.result,
-            self._loaded,
-            work_dir=self.work_dir / item.job_id,
-            options=item.options,
-            max_duration=item.max_duration,
-            progress=lambda fraction: report(item, JobEvent(item.job_id, "progress", progress=fraction)),
-            cancel=running.stop,
-            device=self._device,
-            display_name=item.display_name,
-        )
+        with self._model(item.options.model, running) as model:
+            result = run_job(
+                item.source,
+                item.result,
+                model,
+                work_dir=self.work_dir / item.job_id,
+                options=item.options,
+                max_duration=item.max_duration,
+                progress=lambda fraction: report(item, JobEvent(item.job_id, "progress", progress=fraction)),
+                cancel=running.stop,
+                device=self._device,
+                display_name=item.display_name,
+            )
         timings = dict(result.timings)
         if self._device.type == "cuda":  # the job held this GPU from start to end
             timings["gpu_seconds"] = round(time.perf_counter() - started, 3)
         return timings
+
+    @contextlib.contextmanager
+    def _model(self, name: str | None, running: Running) -> Iterator[LoadedModel]:
+        """The item's model, loaded and pinned while it runs; a name not served is a failed job (the service
+        checks names first, so only a job stored before a restart with other models gets here)."""
+        from freestems.errors import FailureCode
+        from freestems.models import ModelChoiceError
+        from freestems.models.served import Cancelled as WaitCancelled
+
+        assert self.loaded is not None
+        try:
+            with self.loaded.use(name, running.stop) as model:
+                yield model
+        except ModelChoiceError as error:
+            raise JobFailed(FailureCode.INVALID_OPTIONS, str(error)) from None
+        except WaitCancelled as error:
+            raise Cancelled(str(error)) from None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from freestems.errors import FailureCode
@@ -53,7 +53,7 @@ class WorkerPool:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.workers = workers
-        self._description: ModelDescription | None = None
+        self._descriptions: tuple[ModelDescription, ...] = ()
         self._pending: collections.deque[WorkItem] = collections.deque()
         self._running: dict[str, Running] = {}
         self._condition = threading.Condition()
@@ -62,8 +62,8 @@ class WorkerPool:
 
     # ------------------------------------------------------------------------------------ for subclasses
 
-    def _prepare(self) -> ModelDescription:
-        """Get ready to run items (blocking) and say what model they run on."""
+    def _prepare(self) -> ModelDescription | Sequence[ModelDescription]:
+        """Get ready to run items (blocking) and say what model(s) they run on (the default first)."""
         raise NotImplementedError
 
     def _run(self, running: Running) -> Mapping[str, float]:
@@ -78,14 +78,19 @@ class WorkerPool:
 
     @property
     def model(self) -> ModelDescription:
-        if self._description is None:
+        return self.models[0]
+
+    @property
+    def models(self) -> tuple[ModelDescription, ...]:
+        if not self._descriptions:
             raise ExecutorError("the executor has not been started")
-        return self._description
+        return self._descriptions
 
     def start(self) -> None:
         if self._threads:
             return
-        self._description = self._prepare()
+        described = self._prepare()
+        self._descriptions = (described,) if isinstance(described, ModelDescription) else tuple(described)
         self._closing = False
         for index in range(self.workers):
             thread = threading.Thread(target=self._work, name=f"{self.thread_name}-{index}", daemon=True)

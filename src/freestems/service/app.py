@@ -4,7 +4,8 @@ Routes parse and validate, call :class:`~freestems.service.jobs.JobManager`, and
 :class:`~freestems.service.errors.ServiceError` become ``{"error": {"code", "message"}}`` JSON. Anything
 else that escapes becomes a plain 500 (the traceback goes to the server log, never to the client).
 
-The lifespan loads the model (the executor's ``start``, off the event loop), opens the job store, resumes
+The lifespan gets the served models ready (the executor's ``start``, off the event loop: catalog models are
+fetched and described, loaded on first use; a model file is loaded), opens the job store, resumes
 unfinished jobs, and runs the sweeper; at shutdown it stops the executor so that running jobs go back to
 the queue for the next start.
 """
@@ -33,13 +34,15 @@ from freestems import __version__
 from freestems.audio.formats import MP3_BITRATES
 from freestems.errors import FailureCode, http_failure
 from freestems.executors import Executor, ExecutorError, LocalExecutor
-from freestems.models import CATALOG, DEFAULT_MODEL, LoadedModel
+from freestems.models import CATALOG, DEFAULT_MODEL
+from freestems.models.served import LoadedModels, public_facts
 
 from .challenges import ChallengeBook
 from .errors import (
     ServiceError,
     conflict,
     internal,
+    invalid_parameter,
     not_found,
     too_many_requests,
     unauthorized,
@@ -48,11 +51,11 @@ from .errors import (
 from .jobs import JobManager, Paths, result_url
 from .limits import SlidingWindow
 from .network import AllowedHosts, client_address
-from .options import FILE_FIELD, FORMATS, SeparationOptions, form_schema, parse_options
+from .options import FILE_FIELD, FORMATS, RERUN_FIELDS, SeparationOptions, form_schema, parse_options
 from .sessions import SessionRegistry
 from .settings import Settings
 from .store import Job, JobStore
-from .uploads import receive_upload
+from .uploads import Upload, receive_upload
 from .websocket import session_socket
 
 log = logging.getLogger(__name__)
@@ -88,7 +91,7 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
     paths = Paths(settings.data_dir)
     if executor is None:
         executor = LocalExecutor(
-            lambda: _load_model(settings),
+            lambda: _load_models(settings),
             paths.work,
             workers=settings.workers,
             threads=settings.threads,
@@ -168,10 +171,13 @@ def _assemble(settings: Settings, executor: Executor, paths: Paths, secret: str)
     )
 
 
-def _load_model(settings: Settings) -> LoadedModel:
-    from freestems.models import load_model
+def _load_models(settings: Settings) -> LoadedModels:
+    """The models the settings name: ``models`` (or ``model``) described for loading on first use, and
+    ``model_file`` loaded now."""
+    from freestems.models.served import serve_models
 
-    return load_model(settings.model, model_file=settings.model_file, model_config=settings.model_config_file)
+    files = [(settings.model_file, settings.model_config_file)] if settings.model_file else []
+    return serve_models(settings.served_models, files, budget=settings.model_memory_bytes)
 
 
 async def _sweep_forever(service: Service) -> None:
@@ -239,7 +245,7 @@ def _add_form_routes(app: FastAPI) -> None:
     )
     async def separate(request: Request) -> Response:
         service = _service(request)
-        job = await _create_job(request, service)
+        job = await _create_job(request, service, rerun=False)
         finished = await _wait_unless_disconnected(request, service, job)
         if finished is None:
             return Response(status_code=499)  # nobody is listening any more
@@ -253,7 +259,7 @@ def _add_form_routes(app: FastAPI) -> None:
     )
     async def create_job(request: Request) -> JSONResponse:
         service = _service(request)
-        job = await _create_job(request, service)
+        job = await _create_job(request, service, rerun=True)
         body = {
             **service.manager.view(job),
             "token": job.token,
@@ -304,16 +310,18 @@ def _generate_form_schema(app: FastAPI, settings: Settings, executor: Executor) 
         if app.openapi_schema is not None:
             return app.openapi_schema
         try:
-            served = executor.model
-            name, sources, known = served.name, served.sources, True
-        except ExecutorError:  # not started yet: the catalog's word for the configured model
-            name = settings.model or DEFAULT_MODEL
-            info = None if settings.model_file else CATALOG.get(name)
+            served = executor.models
+            name, sources, known = served[0].name, served[0].sources, True
+            names = [model.name for model in served]
+        except ExecutorError:  # not started yet: the catalog's word for the configured models
+            names = list(settings.served_models)
+            name = names[0] if names else (settings.model or DEFAULT_MODEL)
+            info = None if settings.model_file and not names else CATALOG.get(name)
             sources, known = (info.sources if info else ()), False
         schema = plain()
-        body = form_schema(sources, name, settings.max_shifts)
-        form = {"required": True, "content": {"multipart/form-data": {"schema": body}}}
         for path in FORM_ROUTES:
+            body = form_schema(sources, name, settings.max_shifts, names, rerun=path == "/jobs")
+            form = {"required": True, "content": {"multipart/form-data": {"schema": body}}}
             schema["paths"][path]["post"]["requestBody"] = form
         if not known:
             app.openapi_schema = None  # describe the served model once it is known
@@ -335,19 +343,13 @@ def _health(service: Service) -> dict[str, Any]:
 def _config(service: Service) -> dict[str, Any]:
     """The page's settings: it refuses too big or too long files before uploading them."""
     settings = service.settings
-    served = service.executor.model
+    served = service.executor.models
     return {
-        "model": served.name,
-        "sources": list(served.sources),
+        "model": served[0].name,
+        "sources": list(served[0].sources),
         "models": [
-            {
-                "name": info.name,
-                "title": info.title,
-                "sdr": dict(info.sdr),
-                "relative_cost": info.relative_cost,
-                "served": info.name == served.name,
-            }
-            for info in CATALOG.values()
+            {**public_facts(model.name, model.sources, model.title), "default": index == 0}
+            for index, model in enumerate(served)
         ],
         "limits": {
             "max_upload_mb": settings.max_upload_mb,
@@ -363,8 +365,10 @@ def _config(service: Service) -> dict[str, Any]:
     }
 
 
-async def _create_job(request: Request, service: Service) -> Job:
-    """Key, admission, streamed upload, options, then the manager: the common path of both POSTs."""
+async def _create_job(request: Request, service: Service, rerun: bool) -> Job:
+    """Key, admission, streamed upload, options, then the manager: the common path of both POSTs.
+    ``rerun`` (``POST /jobs``): the form may name an earlier job (``from_job``, ``from_token``) instead of
+    carrying a file."""
     settings = service.settings
     client = client_address(request, settings.trust_proxy)
     key = request.headers.get("x-session-key")
@@ -378,15 +382,17 @@ async def _create_job(request: Request, service: Service) -> Job:
             max_bytes=settings.max_upload_bytes,
             file_field=FILE_FIELD,
             timeout=settings.upload_timeout,
+            require_file=not rerun,
         )
         try:
-            model = service.executor.model
-            options = parse_options(
-                upload.fields, sources=model.sources, model=model.name, max_shifts=settings.max_shifts
-            )
+            earlier = _earlier_job(service, upload) if rerun else None
+            models = {model.name: model.sources for model in service.executor.models}
+            options = parse_options(upload.fields, models=models, max_shifts=settings.max_shifts)
         except BaseException:
             upload.discard()
             raise
+        if earlier is not None:
+            return await service.manager.submit_again(earlier, options, client, session)
         return await service.manager.submit(upload, options, client, session)
     except ExecutorError as error:
         log.warning("job refused: %s", error)
@@ -406,6 +412,31 @@ async def _create_job(request: Request, service: Service) -> Job:
         if isinstance(error, ServiceError) and error.status in REFUSED_UPLOAD_STATUSES:
             service.refusals.record(client)
         raise
+
+
+def _earlier_job(service: Service, upload: Upload) -> Job | None:
+    """The job a ``POST /jobs`` form names to separate again (``from_job`` and ``from_token``, taken out of
+    the fields), or None when it carries a file. A file and a job, or neither, is a 422; a job that does
+    not exist or whose token differs is a 404."""
+    job_id, token = (upload.fields.pop(name, "") for name in RERUN_FIELDS)
+    if not (job_id or token):
+        if not upload.has_file:
+            raise invalid_parameter(
+                FILE_FIELD, f"required: the audio file to separate (or {RERUN_FIELDS[0]})"
+            )
+        return None
+    if upload.has_file:
+        raise invalid_parameter(RERUN_FIELDS[0], f"give either {FILE_FIELD} or {RERUN_FIELDS[0]}, not both")
+    if not (job_id and token):
+        missing = RERUN_FIELDS[1] if job_id else RERUN_FIELDS[0]
+        raise invalid_parameter(missing, f"required with {RERUN_FIELDS[1] if job_id else RERUN_FIELDS[0]}")
+    job = service.manager.get(job_id) if JOB_ID.fullmatch(job_id) else None
+    if job is None or not hmac.compare_digest(job.token.encode(), token.encode()):
+        ttl = round(service.settings.result_ttl)
+        raise not_found(
+            f"no job {job_id} with this token (jobs and their songs are deleted {ttl} s after they end)"
+        )
+    return job
 
 
 def _check_refusals(service: Service, client: str) -> None:

@@ -20,7 +20,9 @@ A computed job also leaves a usage row (GPU type, audio and GPU seconds, cost at
 
 Files (all under the data folder): ``uploads/`` inputs waiting or running (deleted once processed),
 ``work/`` the executor's per-job folders, ``results/<job>.zip`` results, ``cache/<key>.zip`` the cache (hard
-links to results). On start, stale temporary files and files no record points at are removed.
+links to results), ``sources/<job>.<ext>`` each job's upload as it arrived, kept with its result so that the
+song can be separated again with another model without a second upload (:meth:`JobManager.submit_again`).
+On start, stale temporary files and files no record points at are removed.
 """
 
 from __future__ import annotations
@@ -39,11 +41,12 @@ from typing import Any
 from freestems.audio import AudioDecodeError, AudioReader, AudioTooLong
 from freestems.cost import UsageRecord, job_cost
 from freestems.errors import FailureCode
-from freestems.executors import Executor, JobEvent, WorkItem
-from freestems.files import TEMP_GLOB
+from freestems.executors import Executor, JobEvent, ModelDescription, WorkItem
+from freestems.files import TEMP_GLOB, temp_path
+from freestems.models.download import file_sha256
 
 from .cache import ResultCache, cache_key, link_or_copy
-from .errors import payload_too_large, too_many_requests, unavailable, unsupported_media
+from .errors import not_found, payload_too_large, too_many_requests, unavailable, unsupported_media
 from .options import SeparationOptions, options_view
 from .sessions import Session, SessionRegistry
 from .settings import Settings
@@ -84,8 +87,14 @@ class Paths:
     def cache(self) -> Path:
         return self.root / "cache"
 
+    @property
+    def sources(self) -> Path:
+        """Each job's upload as it arrived (``<job id><suffix>``), kept as long as its result, so that the
+        same song can be separated again with another model without a second upload (``from_job``)."""
+        return self.root / "sources"
+
     def create(self) -> None:
-        for folder in (self.uploads, self.work, self.results, self.cache):
+        for folder in (self.uploads, self.work, self.results, self.cache, self.sources):
             folder.mkdir(parents=True, exist_ok=True)
 
 
@@ -196,13 +205,14 @@ class JobManager:
             await asyncio.to_thread(self._probe, upload)
             self.admit(client)  # again: from here to the insert nothing awaits, so this is exact
             job_id = secrets.token_hex(8)
-            key = cache_key(upload.sha256, self.executor.model.fingerprint, options.as_dict())
+            model = self.served_model(options.model)
+            key = cache_key(upload.sha256, model.fingerprint, options.as_dict())
             job = Job(
                 id=job_id,
                 token=secrets.token_urlsafe(24),
                 state="queued",
                 options=options.as_dict(),
-                model=self.executor.model.name,
+                model=model.name,
                 client=client,
                 session=session.hash if session else None,
                 filename=upload.filename,
@@ -210,6 +220,7 @@ class JobManager:
                 created_at=time.time(),
             )
             result = self.paths.results / f"{job_id}.zip"
+            link_or_copy(upload.path, self.paths.sources / f"{job_id}{upload.suffix}")
             cached = self.cache.lookup(key)
             if cached is not None:
                 link_or_copy(cached, result)
@@ -239,6 +250,50 @@ class JobManager:
             ) from None
         finally:
             upload.discard()
+
+    async def submit_again(
+        self, earlier: Job, options: SeparationOptions, client: str, session: Session | None
+    ) -> Job:
+        """A new job on the kept source of ``earlier`` (whose token the caller checked): another model or
+        other options on the same song, without a second upload. Same answers as :meth:`submit`.
+
+        Raises:
+            ServiceError: 404 when the source is no longer kept; as :meth:`submit` otherwise.
+        """
+        source = self.source_of(earlier)
+        if source is None:
+            raise not_found(
+                f"the song of job {earlier.id} is no longer kept (it goes with the job's result); "
+                "upload it again"
+            )
+        path = temp_path(self.paths.uploads / "upload")
+        try:
+            link_or_copy(source, path)
+            size = path.stat().st_size
+            digest = await asyncio.to_thread(file_sha256, path)
+        except OSError as error:
+            path.unlink(missing_ok=True)
+            log.error("cannot reuse the source of job %s: %s", earlier.id, error)
+            raise unavailable(
+                "the server cannot store jobs right now (disk full?); try again later"
+            ) from None
+        upload = Upload(path=path, filename=earlier.filename or "audio_file", size=size, sha256=digest)
+        return await self.submit(upload, options, client, session)
+
+    def source_of(self, job: Job) -> Path | None:
+        """The job's kept upload, if it still is."""
+        for path in (self.paths.sources / job.id, *self.paths.sources.glob(f"{job.id}.*")):
+            if path.is_file():
+                return path
+        return None
+
+    def served_model(self, name: str | None) -> ModelDescription:
+        """The served model called ``name`` (None: the default, the first served)."""
+        models = self.executor.models
+        found = next((model for model in models if model.name == name), None) if name else models[0]
+        if found is None:  # parse_options checked the name against these very models
+            raise ValueError(f"model {name!r} is not served")
+        return found
 
     def _probe(self, upload: Upload) -> None:
         """Decide by content that the upload is audio (415) and short enough (413). Runs in a thread.
@@ -414,6 +469,7 @@ class JobManager:
             "progress": round(job.progress, 4),
             "position": self.store.position(job),
             "started_at": job.started_at,  # a new value: the job started again (after a server restart)
+            "model": job.model,
         }
         if job.error:
             message["error"] = {"code": job.error_code, "message": job.error}
@@ -582,6 +638,8 @@ class JobManager:
         for path in (job.input_path, job.result_path, self.paths.results / f"{job.id}.zip"):
             if path is not None:
                 path.unlink(missing_ok=True)
+        while (source := self.source_of(job)) is not None:
+            source.unlink(missing_ok=True)
 
     def _remove_orphans(self) -> None:
         """Files in uploads/, results/ and cache/ that no record points at (left by a crash)."""
@@ -591,6 +649,11 @@ class JobManager:
                 if path.is_file() and path.resolve() not in known:
                     log.info("removing orphaned file %s", path)
                     path.unlink(missing_ok=True)
+        jobs = {job.id for job in self.store.jobs()}
+        for path in self.paths.sources.iterdir():
+            if path.name.split(".", 1)[0] not in jobs:
+                log.info("removing orphaned file %s", path)
+                path.unlink(missing_ok=True)
 
 
 def result_url(job: Job) -> str:

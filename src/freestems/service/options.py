@@ -27,6 +27,9 @@ from .settings import parse_bool
 
 FILE_FIELD = "audio_file"
 OPTION_FIELDS = ("two_stems", "shifts", "overlap", "mp3", "mp3_bitrate", "model", "format")
+RERUN_FIELDS = ("from_job", "from_token")
+"""``POST /jobs`` only: instead of ``audio_file``, the id and token of an earlier job whose source (kept as
+long as its result) is separated again."""
 DEFAULTS = SeparationOptions()
 FORMATS = (DEFAULTS.format, *(name for name in ENCODINGS if name != DEFAULTS.format))
 """What the service encodes (every format of :data:`freestems.audio.formats.FORMATS`, lossless ones at
@@ -39,6 +42,7 @@ __all__ = [
     "FILE_FIELD",
     "FORMATS",
     "OPTION_FIELDS",
+    "RERUN_FIELDS",
     "SeparationOptions",
     "form_schema",
     "options_view",
@@ -47,17 +51,26 @@ __all__ = [
 
 
 def parse_options(
-    fields: Mapping[str, str], *, sources: Sequence[str], model: str, max_shifts: int
+    fields: Mapping[str, str],
+    *,
+    sources: Sequence[str] = (),
+    model: str = "",
+    max_shifts: int,
+    models: Mapping[str, Sequence[str]] | None = None,
 ) -> SeparationOptions:
     """Validate the text fields of a form (the file field is handled elsewhere).
 
+    ``models`` maps each served model to its stems, the default first (one model: ``model`` and its
+    ``sources``). The options always name the model they run on (the default when the form names none).
+
     Raises:
-        ServiceError: 422 naming the first bad field.
+        ServiceError: 422 naming the first bad field (``model_not_served`` for a model not served).
     """
     _refuse_unknown(fields)
+    served = dict(models) if models else {model: sources}
     form = {name: value for name, value in fields.items() if value not in (None, "")}
-    _check_model(form.get("model"), model)
-    two_stems = _parse_two_stems(form.get("two_stems"), sources)
+    chosen = _check_model(form.get("model"), served)
+    two_stems = _parse_two_stems(form.get("two_stems"), served[chosen])
     shifts = _parse_shifts(form.get("shifts"), max_shifts)
     overlap = _parse_overlap(form.get("overlap"))
     output, bitrate = _parse_output(form)
@@ -68,7 +81,7 @@ def parse_options(
             overlap=overlap,
             format=output,
             mp3_bitrate=bitrate,
-            model=form.get("model"),
+            model=chosen or None,
         )
     except SeparationError as error:  # the fields were checked one by one: only a new rule gets here
         raise ServiceError(422, "invalid_parameter", str(error)) from None
@@ -86,9 +99,20 @@ def _refuse_unknown(fields: Mapping[str, str]) -> None:
             raise invalid_parameter(name, f"unknown field; the form takes {expected}")
 
 
-def _check_model(requested: str | None, model: str) -> None:
-    if requested is not None and requested != model:
-        raise invalid_parameter("model", f"this server runs the model {model!r} only, got {requested!r}")
+def _check_model(requested: str | None, served: Mapping[str, Sequence[str]]) -> str:
+    """The model to run: the one asked for if it is served (422 ``model_not_served`` naming the served
+    ones if not), else the default (the first served)."""
+    if requested is None:
+        return next(iter(served))
+    if requested not in served:
+        names = ", ".join(served)
+        raise ServiceError(
+            422,
+            "model_not_served",
+            f"model: {requested!r} is not served here; this server runs {names} (GET /config describes them)",
+            field="model",
+        )
+    return requested
 
 
 def _parse_two_stems(raw: str | None, sources: Sequence[str]) -> str | None:
@@ -163,9 +187,13 @@ def _parse_bitrate(raw: str | None) -> int:
     return max(rate for rate in MP3_BITRATES if rate <= bitrate)
 
 
-def form_schema(sources: Sequence[str], model: str, max_shifts: int) -> dict[str, Any]:
+def form_schema(
+    sources: Sequence[str], model: str, max_shifts: int, models: Sequence[str] = (), rerun: bool = False
+) -> dict[str, Any]:
     """The OpenAPI ``multipart/form-data`` schema of the form :func:`parse_options` reads, for a server
-    that runs ``model`` (whose stems are ``sources``): the one description of the form's fields."""
+    that runs ``models`` (default ``model``, whose stems are ``sources``): the one description of the
+    form's fields. ``rerun``: the form of ``POST /jobs``, which also takes a finished job's source."""
+    served = list(models) or [model]
     low, high = MP3_BITRATES[0], MP3_BITRATES[-1]
     example = sources[-1] if sources else "vocals"
     pair = f"{example} and {complement(example)}"
@@ -197,7 +225,12 @@ def form_schema(sources: Sequence[str], model: str, max_shifts: int) -> dict[str
             "maximum": high,
             "description": f"kbit/s, rounded down to one of {', '.join(map(str, MP3_BITRATES))}",
         },
-        "model": {"type": "string", "enum": [model], "description": "the served model (the only one)"},
+        "model": {
+            "type": "string",
+            "enum": served,
+            "default": served[0],
+            "description": "a served model (GET /config describes each); default the first",
+        },
         "format": {
             "type": "string",
             "enum": list(FORMATS),
@@ -205,4 +238,13 @@ def form_schema(sources: Sequence[str], model: str, max_shifts: int) -> dict[str
             "description": "lossless formats are 16-bit",
         },
     }
-    return {"type": "object", "required": [FILE_FIELD], "properties": properties}
+    if not rerun:
+        return {"type": "object", "required": [FILE_FIELD], "properties": properties}
+    properties[FILE_FIELD]["description"] += f"; or, instead, {RERUN_FIELDS[0]} and {RERUN_FIELDS[1]}"
+    properties[RERUN_FIELDS[0]] = {
+        "type": "string",
+        "description": "separate the song of this earlier job again (another model, other options), "
+        "without uploading it again",
+    }
+    properties[RERUN_FIELDS[1]] = {"type": "string", "description": "that job's token"}
+    return {"type": "object", "properties": properties}

@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from freestems.cost import DEFAULT_GPU_PRICES, parse_prices
+from freestems.models.catalog import DEFAULT_MODEL
 from freestems.models.loading import check_model_choice
 from freestems.separate import Device
 
@@ -293,8 +294,14 @@ class Settings(EnvSettings):
     """Queued plus running jobs in total; beyond it new jobs get 429 and are not stored."""
 
     # -- model and compute --
+    models: CommaList = ()
+    """Catalog names or presets to serve, comma-separated (``scnet,mel-roformer-kim``); the first is the
+    default of a request that names none. Each is loaded on first use. Empty: ``model`` (one model)."""
+    model_memory: float = Field(0.0, ge=0)
+    """MB of loaded models kept in memory (their weights, counted from parameters and buffers); loading one
+    more evicts the least recently used idle one, never one a running job uses. 0: no limit."""
     model: str | None = None
-    """Catalog model name (default: the catalog's default)."""
+    """Catalog model name (default: the catalog's default). One model; ``models`` serves several."""
     model_file: UserPath | None = None
     """A checkpoint file instead of a catalog model (as ``--model-file``)."""
     model_config_file: UserPath | None = Field(None, validation_alias="FREESTEMS_MODEL_CONFIG")
@@ -314,6 +321,12 @@ class Settings(EnvSettings):
     def _one_model(self) -> Settings:
         names = (self.variable("model"), self.variable("model_file"), self.variable("model_config_file"))
         check_model_choice(self.model, self.model_file, self.model_config_file, spelled=names)
+        if self.models and self.model:
+            raise ValueError(
+                f"give {self.variable('models')} (several models) or {self.variable('model')} (one), not both"
+            )
+        if len(set(self.models)) < len(self.models):
+            raise ValueError(f"{self.variable('models')}: a model is named twice")
         return self
 
     @model_validator(mode="after")
@@ -331,6 +344,21 @@ class Settings(EnvSettings):
     @property
     def auth_required(self) -> bool:
         return self.auth == "pow"
+
+    @property
+    def served_models(self) -> tuple[str, ...]:
+        """The catalog names (or presets) served: ``models``, else ``model``; empty with a model file only
+        (then the file is the one model), and without any setting the catalog's default."""
+        if self.models:
+            return self.models
+        if self.model:
+            return (self.model,)
+        return () if self.model_file else (DEFAULT_MODEL,)
+
+    @property
+    def model_memory_bytes(self) -> int | None:
+        """The model memory budget in bytes; None: no limit."""
+        return int(self.model_memory * 1_000_000) if self.model_memory else None
 
     @property
     def max_upload_bytes(self) -> int:

@@ -57,6 +57,9 @@ class Upload:
     size: int
     sha256: str
     fields: dict[str, str] = field(default_factory=dict)
+    has_file: bool = True
+    """False when the form had no file part (allowed with ``require_file=False``: a rerun of a kept
+    source); then ``path`` does not exist."""
 
     @property
     def suffix(self) -> str:
@@ -75,6 +78,7 @@ async def receive_upload(
     max_bytes: int,
     file_field: str = "audio_file",
     timeout: float = 600.0,
+    require_file: bool = True,
 ) -> Upload:
     """Stream the request's multipart body: ``file_field`` to a file in ``directory``, the rest as fields.
 
@@ -101,7 +105,7 @@ async def receive_upload(
                     raise _too_large(max_bytes)
                 parser.write(chunk)
         parser.finalize()
-        return receiver.result()
+        return receiver.result(require_file)
     except BaseException as error:
         receiver.close()
         path.unlink(missing_ok=True)
@@ -250,9 +254,11 @@ class _Receiver:
     def on_end(self) -> None:
         self.ended = True
 
-    def result(self) -> Upload:
+    def result(self, require_file: bool = True) -> Upload:
         if not self.ended:
             raise ServiceError(422, "invalid_form", "the multipart body is incomplete (no closing boundary)")
+        if not self.file_done and not require_file:
+            return Upload(path=self.path, filename="", size=0, sha256="", fields=self.fields, has_file=False)
         if not self.file_done:
             raise invalid_parameter(self.file_field, "required: the audio file to separate")
         return Upload(

@@ -76,12 +76,17 @@ export async function loadConfig() {
   const source = described || {};
   const model = source.model || health.model || "scnet";
   const catalog = Array.isArray(source.models) && source.models.length ? source.models : FALLBACK_CATALOG;
+  // A server lists the models it serves (each with its stems, published SDR, relative time and licence);
+  // an older one listed its whole catalog with a `served` flag.
   const models = catalog.map((entry) => ({
     name: entry.name,
     title: entry.title || entry.name,
+    stems: Array.isArray(entry.stems) && entry.stems.length ? entry.stems : null,
     sdr: entry.sdr || null,
+    sdrSet: entry.sdr_set || null,
     relativeCost: entry.relative_cost ?? entry.relativeCost ?? null,
-    available: entry.served ?? entry.available ?? entry.name === model,
+    license: entry.license || null,
+    available: entry.served ?? entry.available ?? (catalog === source.models || entry.name === model),
   }));
   if (!models.some((entry) => entry.name === model)) {
     models.unshift({ name: model, title: model, sdr: null, relativeCost: null, available: true });

@@ -7,10 +7,12 @@
 //   result.js    the result card: files, downloads, delete             player.js   the stem rows and transport
 //   recent.js    recent separations in this browser                    screens.js  which card shows, the phase
 //   stream.js    listening while it separates (progressive results)     confirm.js  "Stop the separation?"
+//   compare.js   a second model on the same song (no upload), A/B per stem while it plays
 // A job outlives a dropped connection for a grace period on the server: a reload (or a phone that dropped
 // the page) follows it again, and when the socket drops mid-job the page reconnects and follows it by id and
 // token (the server kept it, or resumed it after a restart).
 import { loadConfig } from "./api.js";
+import { createCompare } from "./compare.js";
 import { askFirst } from "./confirm.js";
 import { $ } from "./dom.js";
 import { createJobs } from "./job.js";
@@ -32,14 +34,16 @@ const recent = createRecent({ log });
 const player = createPlayer({ log, setProgress: messages.setProgress, budgetOverride: () => hook.memoryBudget });
 const result = createResult({ player, screens, log });
 const listen = createListen({ player, log });
+const compare = createCompare({ player, config: () => config, log });
 const jobs = createJobs({
   screens,
   messages,
   recent,
   log,
-  present: (archive, file, options) => {
+  present: async (archive, file, options) => {
     listen.stop();
-    return result.show(archive, file, options);
+    await result.show(archive, file, options);
+    compare.offer(jobs.job, file, options);
   },
   prepareAudio: () => player.prepare(),
   onView: (job, message) => listen.offer(job, message),
@@ -85,8 +89,9 @@ async function reattach() {
 
 function wire() {
   song.wire();
-  wireOptions();
+  wireOptions(() => config);
   player.wire();
+  compare.wire();
   $("setup").addEventListener("submit", (event) => {
     event.preventDefault();
     separate();
@@ -112,6 +117,7 @@ function wire() {
     },
   });
   $("again").addEventListener("click", async () => {
+    compare.reset();
     await result.dispose();
     jobs.letGo();
     backToSetup({ keepFile: false });
@@ -139,6 +145,7 @@ const hook = {
   },
   events,
   mixer: player.view,
+  compare: compare.view,
   ready: false,
   memoryBudget: undefined, // bytes; tests set it to see the downloads-only result
 };

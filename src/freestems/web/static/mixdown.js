@@ -4,7 +4,10 @@
 import { $ } from "./dom.js";
 import { formatBytes } from "./text.js";
 
-/** Renders `mixer`'s stems at their target gains: an AudioBuffer (stereo, the stems' rate and length). */
+/**
+ * Renders `mixer`'s stems at their target gains: an AudioBuffer (stereo, the stems' rate and length). A stem
+ * switched to B (compare.js) is rendered as heard: its alternate.
+ */
 export async function renderMix(mixer) {
   const first = mixer.stems[0].buffer;
   const length = mixer.stems.reduce((most, stem) => Math.max(most, stem.buffer.length), 0);
@@ -13,7 +16,7 @@ export async function renderMix(mixer) {
   for (const stem of mixer.stems) {
     if (targets[stem.name] === 0) continue;
     const source = offline.createBufferSource();
-    source.buffer = stem.buffer;
+    source.buffer = stem.alternate && stem.choice === "b" ? stem.alternate.buffer : stem.buffer;
     const gain = offline.createGain();
     gain.gain.value = targets[stem.name];
     source.connect(gain).connect(offline.destination);

@@ -5,6 +5,8 @@
 //
 // A stem is heard when it is not muted and, if any stem is soloed, it is soloed too. All sources of one
 // playback start at the same context time with the same offset, so the stems stay sample-aligned.
+// A stem may have an alternate (the same stem by another model, compare.js): it plays in sync through its
+// own gain, and `choose(name, "a" | "b")` glides between the two without stopping playback.
 
 const RAMP = 0.012; // seconds: gain changes glide this fast (no clicks)
 const PEAK_BUCKETS = 2048;
@@ -37,6 +39,56 @@ export class Mixer {
     this.stems.push(stem);
     this._applyGains(true);
     return stem;
+  }
+
+  /** Decode another version of stem `name` (ArrayBuffer) to play in sync with it; the original is heard. */
+  async addAlternate(name, encoded) {
+    const stem = this.stem(name);
+    let buffer;
+    try {
+      buffer = await this.context.decodeAudioData(encoded);
+    } catch (error) {
+      throw new Error(`${name} could not be decoded by this browser`);
+    }
+    this.dropAlternate(name);
+    const gain = this.context.createGain();
+    gain.connect(this.master);
+    stem.alternate = { buffer, gain, peaks: peaks(buffer) };
+    stem.choice = "a";
+    this._applyGains(true);
+    await this._restart(); // a playing song picks the new source up where it is
+    return stem.alternate;
+  }
+
+  dropAlternate(name) {
+    const stem = this.stem(name);
+    if (!stem.alternate) return;
+    stem.alternate.gain.disconnect();
+    stem.alternate = null;
+    stem.choice = "a";
+  }
+
+  /** Which version of stem `name` is heard: "a" (its own) or "b" (its alternate). */
+  choose(name, choice) {
+    const stem = this.stem(name);
+    stem.choice = stem.alternate && choice === "b" ? "b" : "a";
+    this._applyGains();
+  }
+
+  /** The gains of stems that have an alternate: {name: {a, b}} (what the audio graph does now). */
+  alternateGains() {
+    return Object.fromEntries(
+      this.stems.filter((stem) => stem.alternate).map((stem) => [stem.name, { a: stem.gain.gain.value, b: stem.alternate.gain.gain.value }]),
+    );
+  }
+
+  async _restart() {
+    if (!this.playing) return;
+    const at = this.position();
+    this._stopSources();
+    this.playing = false;
+    this.offset = at;
+    await this.play();
   }
 
   get duration() {
@@ -120,12 +172,13 @@ export class Mixer {
     if (this.offset >= this.duration - 0.01) this.offset = 0;
     const when = at ?? this.context.currentTime + 0.03;
     if (this.loop && (this.offset < this.loop.start || this.offset >= this.loop.end)) this.offset = this.loop.start;
-    const sources = this.stems.map((stem) => {
+    const versions = this.stems.flatMap((stem) => [stem, ...(stem.alternate ? [stem.alternate] : [])]);
+    const sources = versions.map((version) => {
       const source = this.context.createBufferSource();
-      source.buffer = stem.buffer;
+      source.buffer = version.buffer;
       if (this.loop) Object.assign(source, { loop: true, loopStart: this.loop.start, loopEnd: this.loop.end });
-      source.connect(stem.gain);
-      source.start(when, Math.min(this.offset, stem.buffer.duration));
+      source.connect(version.gain);
+      source.start(when, Math.min(this.offset, version.buffer.duration));
       return source;
     });
     this.sources = sources;
@@ -194,7 +247,12 @@ export class Mixer {
   }
 
   _applyGains(immediately = false) {
-    for (const stem of this.stems) this._glide(stem.gain.gain, this.target(stem), immediately);
+    for (const stem of this.stems) {
+      const target = this.target(stem);
+      const b = Boolean(stem.alternate) && stem.choice === "b";
+      this._glide(stem.gain.gain, b ? 0 : target, immediately);
+      if (stem.alternate) this._glide(stem.alternate.gain.gain, b ? target : 0, immediately);
+    }
     this._emit("mix");
   }
 

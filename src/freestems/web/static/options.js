@@ -7,8 +7,8 @@ import { formatDuration, formatLimitMB } from "./text.js";
 
 export function fillOptions(config) {
   fillLimits(config);
-  fillTwoStems(config.sources);
   fillModels(config);
+  fillTwoStems(chosenStems(config));
   fillFormats(config);
   fillShifts(config.limits);
 }
@@ -28,20 +28,46 @@ function fillLimits(config) {
   if (config.resultTtl) $("ttl-words").textContent = `after ${formatDuration(config.resultTtl)}`;
 }
 
+/** The stems one can take out with the chosen model (a one-stem model: its stem; not the rest). */
+function chosenStems(config) {
+  const chosen = document.querySelector('input[name="model"]:checked');
+  const model = chosen && config.models.find((entry) => entry.name === chosen.value);
+  const stems = model && model.stems ? model.stems.filter((stem) => !stem.startsWith("no_")) : null;
+  return stems && stems.length ? stems : config.sources;
+}
+
 function fillTwoStems(sources) {
+  const before = $("two-stems").value;
   $("two-stems").replaceChildren(
     ...sources.map((source) => option(source, source === "vocals" ? "Vocals (karaoke)" : stemWords(source), source === "vocals")),
   );
+  if (sources.includes(before)) $("two-stems").value = before;
 }
 
 /** Only the models this server runs: the rest of the catalog cannot be chosen here, so it is not shown. */
 function fillModels(config) {
   const served = config.models.filter((model) => model.available);
-  $("models").replaceChildren(...served.map((model) => modelChoice(model, model.name === config.model)));
+  $("models").replaceChildren(...served.map((model) => modelChoice(model, model.name === config.model, served.length === 1)));
+}
+
+/** What a person weighs when choosing: the stems, the published SDR, the time relative to the fastest. */
+export function modelFacts(model) {
+  const parts = [];
+  if (model.stems) parts.push(model.stems.map((stem) => stemWords(stem)).join(", "));
+  const sdr = model.sdr || {};
+  if (Number.isFinite(sdr.avg)) parts.push(`SDR ${sdr.avg.toFixed(2)} dB`);
+  else {
+    const stems = Object.entries(sdr).filter(([, value]) => Number.isFinite(value));
+    if (stems.length) parts.push(`SDR ${stems.map(([stem, value]) => `${stemWords(stem).toLowerCase()} ${value.toFixed(2)}`).join(", ")} dB`);
+  }
+  if (Number.isFinite(model.relativeCost)) {
+    parts.push(model.relativeCost <= 1 ? "fastest" : `about ${model.relativeCost}× slower`);
+  } else if (model.stems && Object.keys(sdr).length) parts.push("speed not measured");
+  return parts;
 }
 
 /** A radio button for one model of the catalog: its title, SDR and cost; disabled when it is not served. */
-function modelChoice(model, checked) {
+function modelChoice(model, checked, only = false) {
   const label = document.createElement("label");
   label.className = "choice choice-model";
   const input = document.createElement("input");
@@ -54,12 +80,10 @@ function modelChoice(model, checked) {
   const title = document.createElement("strong");
   title.textContent = model.title;
   const facts = document.createElement("small");
-  const parts = [];
-  if (model.sdr && Number.isFinite(model.sdr.avg)) parts.push(`SDR ${model.sdr.avg.toFixed(2)} dB`);
-  if (Number.isFinite(model.relativeCost)) {
-    parts.push(model.relativeCost <= 1 ? "fastest" : `about ${model.relativeCost}× slower`);
-  }
+  const parts = modelFacts(model);
   if (!model.available) parts.push("not on this server");
+  if (only && !Object.keys(model.sdr || {}).length) parts.push("the model this server runs");
+  if (model.sdrSet) facts.title = `SDR as published, measured on ${model.sdrSet}${model.license ? `; weights' licence: ${model.license}` : ""}`;
   facts.textContent = parts.join(" · ") || "the model this server runs";
   text.append(title, facts);
   label.append(input, text);
@@ -100,8 +124,10 @@ export function updateStemsChoice() {
   $("two-stems-field").classList.toggle("is-disabled", !two);
 }
 
-export function wireOptions() {
+export function wireOptions(config) {
   for (const radio of document.querySelectorAll('input[name="stems"]')) radio.addEventListener("change", updateStemsChoice);
+  // Each model has its own stems: the stem to take out is one of the chosen model's.
+  $("models").addEventListener("change", () => config() && fillTwoStems(chosenStems(config())));
 }
 
 /** The chosen options: {twoStems, model, format, bitrate, shifts}; `defaultModel` when no model is chosen. */

@@ -273,6 +273,10 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
     get playable() {
       return Boolean(mixer);
     },
+    /** The result's Mixer (null without a player): compare.js adds the second model's stems to it. */
+    get mixer() {
+      return mixer;
+    },
     /** What the audio graph does now, for tests (window.freestems.mixer). */
     view: {
       gains: () => (mixer ? mixer.gains() : null),

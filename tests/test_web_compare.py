@@ -1,0 +1,169 @@
+"""The page with a server that serves two models: pick one with its stems, SDR and speed shown, separate, run
+the other on the same song without uploading it again, and switch each stem between the two while it plays.
+
+Real parts throughout: headless Chromium, a real server whose models are the catalog's ``scnet`` and
+``mel-roformer-kim`` entries with small seeded weights of their own families (``served_helpers``), a real
+proof of work, real separations, Web Audio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from audio_samples import write_test_file
+from conftest import one_torch_thread
+from served_helpers import KIM, SCNET, stand_in_catalog
+from service_helpers import LiveServer, running_server, small_settings, wait_until
+from web_helpers import ARTIFACTS, needs_chromium, wait_js
+
+from freestems.executors import LocalExecutor
+from freestems.models.served import serve_models
+from freestems.service.jobs import Paths
+
+pytestmark = needs_chromium
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory) -> Iterator[LiveServer]:
+    """A page server running SCNet (the default) and Kim's Mel-Band RoFormer, with a real proof of work."""
+    folder = tmp_path_factory.mktemp("compare")
+    with stand_in_catalog(folder), one_torch_thread():
+        settings = small_settings(
+            folder / "data",
+            models=(SCNET, KIM),
+            pow_algorithm="PBKDF2/SHA-256",
+            pow_cost=200,
+            pow_counter=40,
+            max_upload_mb=100.0,
+            max_duration=1200.0,
+        )
+        executor = LocalExecutor(
+            lambda: serve_models(settings.served_models, cache_dir=folder / "cache"),
+            Paths(settings.data_dir).work,
+        )
+        with running_server(settings, executor) as server:
+            yield server
+
+
+@pytest.fixture(scope="module")
+def song(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("compare-songs") / "Two Takes.mp3"
+    write_test_file(path, "mp3", seconds=8.0)
+    return path
+
+
+def ab_gains(page) -> dict[str, dict[str, float]]:
+    return page.evaluate("window.freestems.compare.gains()")
+
+
+def wait_ab(page, expected: dict[str, tuple[float, float]]) -> None:
+    """Wait until each stem's two versions (A, B) have these gains (they glide there in milliseconds)."""
+
+    def reached():
+        now = ab_gains(page)
+        return all(
+            name in now and abs(now[name]["a"] - a) < 1e-3 and abs(now[name]["b"] - b) < 1e-3
+            for name, (a, b) in expected.items()
+        )
+
+    wait_until(reached, timeout=10)
+
+
+def test_pick_a_model_then_hear_another_on_the_same_song_stem_by_stem(open_page, two_models, song):
+    posts: list[dict] = []
+
+    def record(request) -> None:
+        if request.method == "POST" and request.url.endswith("/jobs"):
+            posts.append(
+                {"type": request.headers.get("content-type", ""), "body": request.post_data_buffer or b""}
+            )
+
+    page = open_page(server=two_models)
+    page.on("request", record)
+
+    # The models the server runs, by their titles (never a file name), with stems, SDR and speed.
+    offered = page.eval_on_selector_all("input[name=model]", "inputs => inputs.map(input => input.value)")
+    assert offered == [SCNET, KIM]
+    assert page.is_checked(f"input[name=model][value={SCNET}]")  # the server's default
+    words = page.inner_text("#models")
+    assert "SCNet (authors' base)" in words and "Mel-Band RoFormer vocals (Kimberley Jensen)" in words
+    assert "Drums, Bass, Other, Vocals · SDR 9.03 dB · fastest" in words
+    assert "Vocals, Instrumental (no vocals) · SDR vocals 10.98 dB · about 15.4× slower" in words
+    # Choosing a model offers its own stems to take out: Kim's model has one.
+    page.check(f"input[name=model][value={KIM}]")
+    assert page.eval_on_selector_all("#two-stems option", "o => o.map(x => x.value)") == ["vocals"]
+    page.check(f"input[name=model][value={SCNET}]")
+    assert page.eval_on_selector_all("#two-stems option", "o => o.map(x => x.value)") == [
+        "drums",
+        "bass",
+        "other",
+        "vocals",
+    ]
+
+    # Separate with SCNet: vocals and the rest.
+    page.set_input_files("#file", str(song))
+    page.check("input[name=stems][value=two]")
+    page.select_option("#two-stems", "vocals")
+    wait_js(page, "!document.getElementById('separate').disabled")
+    page.click("#separate")
+    phase = wait_js(
+        page, "['result', 'problem'].includes(window.freestems.phase) && window.freestems.phase", 120
+    )
+    assert phase == "result", page.evaluate("window.freestems.problem")
+    assert page.eval_on_selector_all("#stems li", "rows => rows.map(row => row.dataset.stem)") == [
+        "vocals",
+        "no_vocals",
+    ]
+    first = page.evaluate("window.freestems.job")
+
+    # The other model on the same song: offered by its title, run without a second upload.
+    assert page.is_visible("#compare")
+    assert page.inner_text("#compare-first") == "SCNet (authors' base)"
+    assert page.eval_on_selector_all("#compare-model option", "o => o.map(x => x.value)") == [KIM]
+    assert "Mel-Band RoFormer vocals (Kimberley Jensen)" in page.inner_text("#compare-model")
+    page.click("#compare-run")
+    wait_js(page, "window.freestems.compare.second() !== null", timeout=120)
+    second = page.evaluate("window.freestems.compare.second()")
+    assert second == {"model": KIM, "stems": ["vocals", "no_vocals"]}, page.inner_text("#compare-status")
+
+    assert len(posts) == 2
+    assert all("multipart/form-data" in post["type"] for post in posts)  # (Chromium hides a file body)
+    rerun = posts[1]["body"]
+    assert b'name="audio_file"' not in rerun and len(rerun) < 2000  # no audio crossed the network again
+    assert f'name="from_job"\r\n\r\n{first["id"]}'.encode() in rerun
+    assert f'name="model"\r\n\r\n{KIM}'.encode() in rerun
+    jobs = two_models.service.store.jobs()
+    assert [(job.model, job.options["two_stems"]) for job in jobs] == [(SCNET, "vocals"), (KIM, "vocals")]
+
+    # A and B per stem, while it plays: each switch glides the two versions' gains, playback goes on.
+    wait_ab(page, {"vocals": (1, 0), "no_vocals": (1, 0)})
+    page.click("#play")
+    wait_js(page, "window.freestems.mixer.playing() && window.freestems.mixer.position() > 0.2", timeout=15)
+    page.click("#stems li[data-stem=vocals] .toggle-b")
+    wait_ab(page, {"vocals": (0, 1), "no_vocals": (1, 0)})
+    assert page.get_attribute("#stems li[data-stem=vocals] .toggle-b", "aria-pressed") == "true"
+    assert page.get_attribute("#stems li[data-stem=vocals] .toggle-a", "aria-pressed") == "false"
+    page.click("#stems li[data-stem=no_vocals] .toggle-b")
+    wait_ab(page, {"vocals": (0, 1), "no_vocals": (0, 1)})
+    at = page.evaluate("window.freestems.mixer.position()")
+    wait_js(page, f"window.freestems.mixer.playing() && window.freestems.mixer.position() > {at + 0.2}")
+    page.click("#stems li[data-stem=vocals] .toggle-a")
+    wait_ab(page, {"vocals": (1, 0), "no_vocals": (0, 1)})
+    assert page.evaluate("window.freestems.compare.choices()") == {"vocals": "a", "no_vocals": "b"}
+    assert page.evaluate("window.freestems.mixer.playing()")
+    # Mute still applies to whichever version is heard.
+    page.get_by_role("button", name="Mute Instrumental (no vocals)").click()
+    wait_ab(page, {"vocals": (1, 0), "no_vocals": (0, 0)})
+    page.click("#play")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-compare.png"), full_page=True)
+    ab_names = page.eval_on_selector_all(".toggle-ab", "buttons => buttons.map(b => b.title)")
+    assert "Vocals by Mel-Band RoFormer vocals (Kimberley Jensen)" in ab_names
+
+    # "Separate another song" forgets the comparison.
+    page.click("#again")
+    wait_js(page, "window.freestems.phase === 'setup'")
+    assert page.is_hidden("#compare") and page.evaluate("window.freestems.compare.second()") is None
