@@ -106,6 +106,28 @@ class UsageRecord:
         return cls(**known)
 
 
+@dataclass(frozen=True)
+class WakeRecord:
+    """One container's life, recorded as it scales down: what a wake-up cost beyond its jobs."""
+
+    task: str
+    tier: str
+    """``L4``, ``T4``... or ``CPU``."""
+    ended_at: float
+    start_seconds: float
+    """Start or restore, until it could take an input (billed, no job's)."""
+    busy_seconds: float
+    idle_seconds: float
+    """Alive without an input: the gaps between inputs and the scale-down window (billed, no job's)."""
+    inputs: int
+    cost_usd: float | None
+    """The whole life (start + busy + idle) at the container's rate."""
+    kind: str = "wake"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def usage_dict_name(app_name: str) -> str:
     """The ``modal.Dict`` where the GPU containers of the Modal app ``app_name`` record their calls."""
     return f"{app_name}-usage"
@@ -117,7 +139,8 @@ def modal_usage_records(app_name: str) -> list[UsageRecord]:
     import modal
 
     store = modal.Dict.from_name(usage_dict_name(app_name))
-    records = [UsageRecord.from_dict(value) for value in store.values()]
+    values = [value for value in store.values() if isinstance(value, Mapping)]
+    records = [UsageRecord.from_dict(value) for value in values if value.get("kind", "job") == "job"]
     return sorted(records, key=lambda record: record.finished_at)
 
 
