@@ -13,9 +13,13 @@ import dataclasses
 import importlib.metadata
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import zipfile
+from pathlib import Path
 
 import modal
 import pytest
@@ -34,6 +38,7 @@ from freestems.executors.modal import InputCancellation, ModalExecutor
 from freestems.models import CATALOG, DEFAULT_MODEL, load_model
 from freestems.options import SeparationOptions
 
+ROOT = Path(__file__).resolve().parents[1]
 L4_RATE = 0.000222 + 4 * 0.0000131 + 4 * 0.00000222  # an L4, 4 cores, 4 GiB (freestems.cost.PRICES_SOURCE)
 CPU_RATE = 2 * 0.0000131 + 3 * 0.00000222  # the CPU class: 2 cores, 3 GiB
 
@@ -327,9 +332,101 @@ def test_the_snapshot_is_taken_after_the_memory_the_warm_up_freed_is_given_back(
     assert deployment.module.trim_memory() is True
 
 
+WEB_WITHOUT_TORCH = """
+import json, sys
+
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("the web tier imported torch")
+
+sys.meta_path.insert(0, NoTorch())
+import freestems.deploy.modal_app as module
+from starlette.testclient import TestClient
+
+module.in_container = lambda: True  # as in the web container: the description baked into the image
+module.WEIGHTS_DIR = sys.argv[1]
+with TestClient(module.web.local()) as client:
+    health = client.get("/health").json()
+print(json.dumps({"model": health["model"], "torch": "torch" in sys.modules}))
+"""
+
+
+def test_the_web_tier_starts_and_serves_without_importing_torch(checkpoint, tmp_path):
+    """The web container runs in the same CUDA image, but a CPU-only web tier has no use for torch: its
+    import (seconds, hundreds of MB) would be paid on every web cold start."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    description = {"name": "small", "sources": ["drums", "bass", "other", "vocals"], "fingerprint": "f" * 16}
+    (weights / "model.json").write_text(json.dumps(description))
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("FREESTEMS_")}
+    environ.update(modal_environment(checkpoint, tmp_path / "data"))
+    environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])
+    result = subprocess.run(
+        [sys.executable, "-c", WEB_WITHOUT_TORCH, str(weights)],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"model": "small", "torch": False}
+
+
 @pytest.mark.parametrize("fmt", ["flac", "wav", "mp3"])
 def test_the_zip_stores_the_stems_as_they_are(deployment, songs, fmt):
     data = deployment.Separator().separate.local(songs["short"].read_bytes(), {"format": fmt})
     with zipfile.ZipFile(io.BytesIO(data)) as bundle:
         infos = bundle.infolist()
     assert len(infos) == 4 and {info.compress_type for info in infos} == {zipfile.ZIP_STORED}
+
+
+# ------------------------------------------------------------------------------------ 7: per wake-up
+
+
+def test_a_container_records_its_wake_up_when_it_scales_down(deployment, songs):
+    separator = deployment.Separator()
+    separator.separate.local(songs["short"].read_bytes(), {"two_stems": "vocals"})
+    instance = separator._cached_user_cls_instance()
+    instance.record_wake()  # what the @modal.exit hook runs when the container scales down
+    (wake,) = deployment.usage.wakes
+    (job,) = deployment.usage.records
+    assert (wake.kind, wake.tier, wake.inputs) == ("wake", "L4", 1)
+    assert wake.start_seconds == job.timings["container_start"] > 0
+    assert wake.busy_seconds >= job.timings["busy_seconds"] and wake.idle_seconds >= 0
+    life = wake.start_seconds + wake.busy_seconds + wake.idle_seconds
+    assert wake.cost_usd == pytest.approx(life * L4_RATE, rel=0.01)
+    assert wake.cost_usd > job.cost_usd  # the wake-up costs more than its one job: the start and idle
+
+
+def test_the_cost_command_reads_jobs_and_wake_ups_from_modal(monkeypatch, capsys):
+    """`freestems cost --modal` over the deployment's Dict (Modal's Dict is the one thing faked)."""
+    from freestems.cli import main
+    from freestems.cost import UsageRecord, WakeRecord
+
+    job = UsageRecord("j1", 2.0, "scnet", "L4", 180.0, 9.0, 9.0 * L4_RATE, {"busy_seconds": 9.0})
+    cpu = UsageRecord("j2", 3.0, "scnet", None, 180.0, None, 60.0 * CPU_RATE, {"busy_seconds": 60.0})
+    wake = WakeRecord("ta-1", "L4", 4.0, 8.0, 9.0, 10.0, 1, 27.0 * L4_RATE)
+    entries = [job.as_dict(), cpu.as_dict(), wake.as_dict(), "not a record"]
+    names: list[str] = []
+
+    class FakeDict:
+        def values(self):
+            return iter(entries)
+
+    def from_name(name, **kwargs):
+        names.append(name)
+        return FakeDict()
+
+    monkeypatch.setattr(modal.Dict, "from_name", from_name)
+    assert main(["cost", "--modal"]) == 0
+    out = capsys.readouterr().out
+    assert names == ["freestems-usage"]
+    assert out.startswith("2 recorded job(s) in Modal app freestems; 2 on the tiers shown")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:6]}
+    assert rows["L4"][:3] == ["L4", "1", "9.0"] and rows["CPU"][:3] == ["CPU", "1", "60.0"]
+    spend = next(line for line in out.splitlines() if line.startswith("recorded spend"))
+    total = 9.0 * L4_RATE + 60.0 * CPU_RATE
+    assert f"2 job(s) ${total:.4f}" in spend and f"1 wake-up(s) ${27.0 * L4_RATE:.4f}" in spend
+    assert "start 8 s and idle 10 s" in spend

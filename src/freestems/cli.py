@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from freestems import SAMPLE_RATE, __version__
 from freestems.audio.formats import FORMATS, MP3_BITRATES
 from freestems.errors import one_line
-from freestems.separate import DEVICES
+from freestems.rules import DEVICES
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -245,7 +245,8 @@ def run_separate(args: argparse.Namespace) -> int:
     from freestems.models import ModelError
     from freestems.options import SeparationOptions
     from freestems.pipeline import separate_file, zip_stems
-    from freestems.separate import SeparationError, check_segment, resolve_device
+    from freestems.rules import SeparationError
+    from freestems.separate import check_segment, resolve_device
 
     errors: list[str] = []
     try:
@@ -406,7 +407,15 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_cost(args: argparse.Namespace) -> int:
     import json
 
-    from freestems.cost import Shape, bench_records, format_projections, modal_usage_records, project
+    from freestems.cost import (
+        Shape,
+        WakeRecord,
+        bench_records,
+        format_projections,
+        format_recorded,
+        modal_records,
+        project,
+    )
 
     try:
         from freestems.deploy.settings import ModalSettings
@@ -423,6 +432,7 @@ def run_cost(args: argparse.Namespace) -> int:
     except SettingsError as error:
         return fail(error)
     records = []
+    wakes: list[WakeRecord] = []
     sources = []
     for path in args.bench or ():
         try:
@@ -433,7 +443,8 @@ def run_cost(args: argparse.Namespace) -> int:
     if args.modal:
         app_name = deployment.modal_app_name
         try:
-            records.extend(modal_usage_records(app_name))
+            found, wakes = modal_records(app_name)
+            records.extend(found)
         except ImportError:
             return fail("the modal package is missing: pip install 'freestems[modal]'")
         except Exception as error:  # no token, no network, no such Dict
@@ -466,6 +477,10 @@ def run_cost(args: argparse.Namespace) -> int:
     counted = sum(p.jobs for p in projections)
     print(f"{len(records)} recorded job(s) in {' + '.join(sources)}; {counted} on the tiers shown")
     print(format_projections(projections))
+    if args.modal or args.data_dir is not None or not args.bench:
+        print(
+            format_recorded([record for record in records if not record.job_id.startswith("bench-")], wakes)
+        )
     return 0
 
 

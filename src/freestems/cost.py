@@ -136,12 +136,42 @@ def usage_dict_name(app_name: str) -> str:
 def modal_usage_records(app_name: str) -> list[UsageRecord]:
     """Every usage record the Modal deployment ``app_name`` kept (needs the ``modal`` package and a token;
     Modal drops Dict entries that are not touched for a while, see the README)."""
+    records, _ = modal_records(app_name)
+    return records
+
+
+def modal_records(app_name: str) -> tuple[list[UsageRecord], list[WakeRecord]]:
+    """Every job record and every wake-up record the Modal deployment ``app_name`` kept, oldest first."""
     import modal
 
     store = modal.Dict.from_name(usage_dict_name(app_name))
     values = [value for value in store.values() if isinstance(value, Mapping)]
     records = [UsageRecord.from_dict(value) for value in values if value.get("kind", "job") == "job"]
-    return sorted(records, key=lambda record: record.finished_at)
+    fields = WakeRecord.__dataclass_fields__
+    wakes = [
+        WakeRecord(**{name: value[name] for name in fields if name in value})
+        for value in values
+        if value.get("kind") == "wake"
+    ]
+    return (
+        sorted(records, key=lambda record: record.finished_at),
+        sorted(wakes, key=lambda wake: wake.ended_at),
+    )
+
+
+def format_recorded(records: Sequence[UsageRecord], wakes: Sequence[WakeRecord]) -> str:
+    """What the records say was spent: the jobs' own cost and the wake-ups' start and idle seconds."""
+    jobs = sum(record.cost_usd or 0.0 for record in records)
+    line = f"recorded spend: {len(records)} job(s) ${jobs:.4f}"
+    if wakes:
+        start = sum(wake.start_seconds for wake in wakes)
+        idle = sum(wake.idle_seconds for wake in wakes)
+        whole = sum(wake.cost_usd or 0.0 for wake in wakes)
+        line += (
+            f"; {len(wakes)} wake-up(s) ${whole:.4f} in all, of which start {start:.0f} s and idle "
+            f"{idle:.0f} s are no job's (compare with `modal billing report`)"
+        )
+    return line
 
 
 class PriceError(ValueError):

@@ -428,11 +428,10 @@ def trim_memory() -> bool:
     return bool(libc.malloc_trim(0) or True)
 
 
-def precision_key(model: ModelDescription | LoadedModel, device_name: str, requested: str) -> str:
+def precision_key(fingerprint: str, device_name: str, requested: str) -> str:
     """The cache key of a precision choice: the model's weights, the GPU, torch, and what was asked."""
     import torch
 
-    fingerprint = getattr(model, "fingerprint", None) or model.name
     return f"{fingerprint}|{device_name}|torch {torch.__version__}|{requested}"
 
 
@@ -442,11 +441,13 @@ def cached_precision(
     requested: str,
     cache: Any,
     *,
+    fingerprint: str | None = None,
     candidates: tuple[str, ...] | None = None,
 ) -> tuple[str, dict[str, float], bool]:
     """:func:`freestems.jobrun.choose_precision`, remembered in ``cache`` (``get``/``put``) by model, GPU
-    and torch: the probe runs once, not at every cold start. Returns the precision, its fidelity, and
-    whether it came from the cache. A cache that fails is only a slower start."""
+    and torch: the probe runs once, not at every cold start. ``fingerprint``: the model's (from
+    :func:`freestems.executors.describe`, computed before the snapshot; default: computed here). Returns the
+    precision, its fidelity, and whether it came from the cache. A cache that fails is only a slower start."""
     import torch
 
     from freestems.executors import describe
@@ -455,7 +456,7 @@ def cached_precision(
     if requested != "auto":
         return requested, {}, False
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    key = precision_key(describe(model), name, requested)
+    key = precision_key(fingerprint or describe(model).fingerprint, name, requested)
     try:
         found = cache.get(key)
     except Exception:
@@ -496,7 +497,7 @@ def read_description(weights_dir: str | Path) -> ModelDescription | None:
 def model_description() -> ModelDescription:
     """What the GPU class runs, for the web tier: written at build time (no model is loaded in the web
     container), else (running in-process) computed from the model."""
-    baked = None if modal.is_local() else read_description(WEIGHTS_DIR)
+    baked = read_description(WEIGHTS_DIR) if in_container() else None
     if baked is not None:
         return baked
     from freestems.executors import describe
@@ -686,11 +687,14 @@ class _SeparatorCode:
         the memory that run freed given back."""
         import torch
 
+        from freestems.executors import describe
+
         _configure_logging()
         begin = time.time()
         self.snapshot_task = os.environ.get("MODAL_TASK_ID")
         self.shape = class_shape(self.tier, modal_settings)
         self.model = load_configured_model()
+        self.fingerprint = describe(self.model).fingerprint  # on the CPU, before the snapshot: free later
         self.device = torch.device("cpu")
         self.precision = "fp32"
         self.fidelity: dict[str, float] = {}
@@ -743,6 +747,10 @@ class _SeparatorCode:
     @modal.exit()
     def stop(self) -> None:
         """The container is going: record its wake-up (start, busy, idle seconds) for the cost."""
+        self.record_wake()
+
+    def record_wake(self) -> None:
+        """Record this container's life so far as one wake-up (``freestems cost --modal``)."""
         ready_at = getattr(self, "ready_at", None)
         if ready_at is None:
             return
@@ -766,7 +774,11 @@ class _SeparatorCode:
         self.model.module.to(device)
         self.device = device
         self.precision, self.fidelity, self.precision_cached = cached_precision(
-            self.model, device, modal_settings.modal_precision, precision_cache()
+            self.model,
+            device,
+            modal_settings.modal_precision,
+            precision_cache(),
+            fingerprint=self.fingerprint,
         )
         if not self.fidelity or self.precision_cached:  # no probe ran to warm the GPU: warm it now
             _warm_up_device(self.model, device, self.precision)

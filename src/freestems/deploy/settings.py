@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from freestems.separate import Precision
+from freestems.rules import Precision
 from freestems.service.settings import AtLeastOne, CommaList, EnvSettings, Name, Positive
 
 

@@ -21,7 +21,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
@@ -33,7 +33,10 @@ from freestems import __version__
 from freestems.audio.formats import MP3_BITRATES
 from freestems.errors import FailureCode, http_failure
 from freestems.executors import Executor, ExecutorError, LocalExecutor
-from freestems.models import CATALOG, DEFAULT_MODEL, LoadedModel
+from freestems.models import CATALOG, DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from freestems.models import LoadedModel
 
 from .challenges import ChallengeBook
 from .errors import (
