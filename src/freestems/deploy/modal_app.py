@@ -12,33 +12,42 @@ deployer's machine (the ``FREESTEMS_*`` variables there decide the GPU type, sca
 limit), and again in each container, where the image's environment carries the same values (see
 :func:`image_environment`; machine-local ones such as paths and the HMAC secret are left out).
 
-**Image.** Debian slim, a pinned torch (PyPI's Linux wheels are CUDA builds), freestems' own dependencies
-(read from its installed metadata, so ``pyproject.toml`` stays the one list), then a build step that runs
-the catalog's download code (:func:`freestems.models.ensure_weights`) into ``/weights`` and writes the
-model's description there, and last the ``freestems`` source itself (mounted, so a code change does not
-rebuild the layers above). Nothing is downloaded at request time: the containers load with
-``download=False``.
+**Image.** Debian slim, torch as the CUDA 12.6 build (``FREESTEMS_MODAL_TORCH_INDEX``: Modal's driver,
+575.57.08, runs CUDA 12.x wheels, not PyPI's CUDA 13 one), freestems' dependencies (read from its installed
+metadata, so ``pyproject.toml`` stays the one list, each pinned to the version installed here), then a
+build step that runs the catalog's download code (:func:`freestems.models.ensure_weights`) into
+``/weights`` and writes the model's description there (its arguments carry the catalog's facts,
+:func:`catalog_facts`, so a catalog change rebuilds it), and last the ``freestems`` source itself
+(mounted, so a code change does not rebuild the layers above). Nothing is downloaded at request time: the
+containers load with ``download=False``.
 
-**GPU class.** :class:`Separator` has a memory snapshot. ``@modal.enter(snap=True)`` loads the model on
-the CPU and runs one small job end to end (decode, model, MP3 encoders, zip), so imports and lazy
-initialisation are in the snapshot; ``@modal.enter(snap=False)`` moves the model to the GPU, picks the
-precision (fp16, else bf16, if a probe shows the output stays faithful) and warms it. With
-``FREESTEMS_MODAL_GPU_SNAPSHOT=1`` (Modal's experimental GPU snapshots) all of that happens before the
-snapshot and a restored container is ready at once.
+**GPU and CPU classes.** :class:`Separator` (on a GPU) and :class:`CpuSeparator` (CPU-only containers)
+are the same code (:class:`_SeparatorCode`) with a memory snapshot. ``@modal.enter(snap=True)`` loads
+the model on the CPU, runs one small job end to end (decode, model, MP3 encoders, zip), so imports and
+lazy initialisation are in the snapshot, and gives the memory that freed back (:func:`trim_memory`);
+``@modal.enter(snap=False)`` moves the model to the GPU and picks the precision (fp16, else bf16, if a
+probe shows the output stays faithful; the answer is kept in the Dict ``<app>-precision``, so the probe
+runs once per model, GPU type and torch). A GPU-class container whose torch sees no GPU refuses to start
+(:class:`NoAccelerator`, naming the driver and the wheel's CUDA). With ``FREESTEMS_MODAL_GPU_SNAPSHOT=1``
+(Modal's experimental GPU snapshots) all of that happens before the snapshot and a restored container is
+ready at once. Each call checks its lease (Dict ``<app>-leases``) and stops once the web tier stopped
+renewing it; each container records its wake-up when it scales down.
 
 **Where the seconds go.** A job's GPU container decodes the whole upload first (one pass, on its CPU
 cores), then runs the model while one MP3 encoder per stem works on other cores, then zips: compressed
-audio in, the zip of encoded stems out. Each call records its timings and ``gpu_seconds`` (the method's wall
-time) in the Dict ``<app>-usage`` (read by ``freestems cost --modal``) and sends them, with ``started``
-and ``progress`` events, to the caller through the Queue ``<app>-progress`` (see
-:mod:`freestems.executors.modal`).
+audio in, the zip of encoded stems out. Each call records its timings, ``busy_seconds`` (the method's
+wall time) and ``cost_usd`` (counted whole: :mod:`freestems.cost`) in the Dict ``<app>-usage`` (read by
+``freestems cost --modal``) and sends them, with ``started`` and ``progress`` events, to the caller
+through the Queue ``<app>-progress`` (see :mod:`freestems.executors.modal`).
 
 **Web tier.** One container (``max_containers=1``: the WebSockets and session keys live in its memory)
 with ``@modal.concurrent``; its jobs go to the GPU class through a ``ModalExecutor``. The HMAC key of the
 challenges comes from the ``modal.Secret`` named by ``FREESTEMS_MODAL_SECRET_NAME``.
 
-For tests, :func:`remote_calls`, :func:`progress_channel` and :func:`usage_log` are the only ways out to
-Modal's cloud; replacing them runs everything in-process (``Separator().separate.local``).
+For tests, :func:`remote_calls`, :func:`cpu_calls`, :func:`progress_channel`, :func:`usage_log`,
+:func:`lease_store` and :func:`precision_cache` are the only ways out to Modal's cloud, and
+:func:`in_container` says where the code runs; replacing them runs everything in-process
+(``Separator().separate.local``).
 """
 
 from __future__ import annotations
