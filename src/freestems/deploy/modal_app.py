@@ -670,6 +670,7 @@ class _LeaseWatch:
             log.warning("reading lease %s failed", self.key, exc_info=True)
             return
         if expires is None or time.time() > expires:
+            log.warning("the lease of %s lapsed: its web container is gone; stopping the job", self.key)
             self.lapsed = True
 
     def _run(self) -> None:
