@@ -2,9 +2,9 @@
 
 Modal's cloud is the one thing faked: :func:`load_modal_app` imports :mod:`freestems.deploy.modal_app`
 under a controlled environment (a small seeded checkpoint as the model, a trivial proof of work) and
-replaces its three ways out (``remote_calls``, ``progress_channel``, ``usage_log``) with in-process ones:
-the GPU class's own ``.local()`` run by :class:`InProcessCalls`, a :class:`MemoryChannel` and a list.
-Everything else is the real code.
+replaces its ways out (``remote_calls``, ``cpu_calls``, ``progress_channel``, ``usage_log``, ``lease_store``,
+``precision_cache``) with in-process ones: the classes' own ``.local()`` run by :class:`InProcessCalls`, a
+:class:`MemoryChannel`, lists and dicts. Everything else is the real code.
 
 :func:`declared` reads what the module's GPU class and web function are declared with, from the option
 dictionaries the module keeps and passes to Modal's decorators (no Modal internals, no credentials, no
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from freestems.cost import UsageRecord
+from freestems.cost import UsageRecord, WakeRecord
 from freestems.executors.modal import InputCancellation
 from freestems.jobrun import Cancelled, cancel_scope
 from freestems.options import SeparationOptions
@@ -76,6 +76,11 @@ class InProcessCalls:
         self.function = function
         self.spawned: list[ThreadCall] = []
         self.cancelled = 0
+        self.waiting = 0
+        """What :meth:`backlog` answers (Modal's count of inputs waiting for a container)."""
+
+    def backlog(self) -> int:
+        return self.waiting
 
     def spawn(self, audio: bytes, options: SeparationOptions, **job: Any) -> ThreadCall:
         call = ThreadCall(self, audio, options, job)
@@ -90,6 +95,7 @@ class ThreadCall:
         self, owner: InProcessCalls, audio: bytes, options: SeparationOptions, job: dict[str, Any]
     ) -> None:
         self.owner = owner
+        self.job = job
         self.stop = threading.Event()
         self.finished = threading.Event()
         self.value: bytes | None = None
@@ -130,9 +136,42 @@ class UsageList:
     """Stands in for the ``modal.Dict`` usage log."""
 
     records: list[UsageRecord] = field(default_factory=list)
+    wakes: list[WakeRecord] = field(default_factory=list)
 
     def record(self, record: UsageRecord) -> None:
         self.records.append(record)
+
+    def record_wake(self, record: WakeRecord) -> None:
+        self.wakes.append(record)
+
+
+class MemoryLeases:
+    """Stands in for the ``modal.Dict`` of leases; ``renewals`` counts the web tier's renewals."""
+
+    def __init__(self) -> None:
+        self.leases: dict[str, float] = {}
+        self.renewals = 0
+        self._lock = threading.Lock()
+
+    def renew(self, key: str, expires_at: float) -> None:
+        with self._lock:
+            self.leases[key] = expires_at
+            self.renewals += 1
+
+    def expires(self, key: str) -> float | None:
+        with self._lock:
+            return self.leases.get(key)
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            self.leases.pop(key, None)
+
+
+class MemoryCache(dict):
+    """Stands in for the ``modal.Dict`` of precision choices (``get`` and ``put``)."""
+
+    def put(self, key: str, value: Any) -> None:
+        self[key] = value
 
 
 @dataclass
@@ -142,7 +181,10 @@ class Deployment:
     module: Any
     channel: MemoryChannel
     usage: UsageList
+    leases: MemoryLeases
+    precision: MemoryCache
     calls: InProcessCalls | None = None
+    cpu_calls: InProcessCalls | None = None
 
     @property
     def Separator(self):  # noqa: N802 - the class's name
@@ -160,9 +202,11 @@ def load_modal_app(monkeypatch, environ: dict[str, str]) -> Deployment:
         module = importlib.reload(sys.modules[MODULE])
     else:
         module = importlib.import_module(MODULE)
-    deployment = Deployment(module, MemoryChannel(), UsageList())
+    deployment = Deployment(module, MemoryChannel(), UsageList(), MemoryLeases(), MemoryCache())
     monkeypatch.setattr(module, "progress_channel", lambda: deployment.channel)
     monkeypatch.setattr(module, "usage_log", lambda: deployment.usage)
+    monkeypatch.setattr(module, "lease_store", lambda: deployment.leases)
+    monkeypatch.setattr(module, "precision_cache", lambda: deployment.precision)
     return deployment
 
 
@@ -172,6 +216,9 @@ def use_in_process_gpu(monkeypatch, deployment: Deployment) -> InProcessCalls:
     calls = InProcessCalls(separator.separate.local)
     deployment.calls = calls
     monkeypatch.setattr(deployment.module, "remote_calls", lambda: calls)
+    cpu = InProcessCalls(deployment.module.CpuSeparator().separate.local)
+    deployment.cpu_calls = cpu
+    monkeypatch.setattr(deployment.module, "cpu_calls", lambda: cpu)
     return calls
 
 
@@ -189,6 +236,7 @@ def declared(module: Any) -> dict[str, Any]:
 
     return {
         "gpu": plain(module.GPU_CLASS_OPTIONS),
+        "cpu": plain(module.CPU_CLASS_OPTIONS),
         "web": {**plain(module.WEB_FUNCTION_OPTIONS), **module.WEB_CONCURRENCY},
     }
 

@@ -2,31 +2,41 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from freestems.cli import main
 from freestems.cost import (
+    ASSUMED_START_SECONDS,
+    CPU_CORE_PRICE,
     DEFAULT_GPU_PRICES,
+    MEMORY_GIB_PRICE,
     PriceError,
+    Shape,
     UsageRecord,
     format_projections,
     job_cost,
     parse_prices,
     price_of,
     project,
+    region_multiplier,
+    scaledown_window,
 )
 from freestems.deploy.settings import ModalSettings
 from freestems.service import Settings, SettingsError
 from freestems.service.store import JobStore
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def record(job_id: str, gpu: str | None, audio: float | None, gpu_seconds: float | None) -> UsageRecord:
     return UsageRecord(job_id, 1.0, "scnet", gpu, audio, gpu_seconds, timings={"separate": 1.0})
 
 
-# Hand-computed: three L4 jobs use 9/180 = 0.05, 6/60 = 0.1 and 3/120 = 0.025 GPU s per audio s: median
-# 0.05, so 9 GPU s for 180 s of audio, x $0.000222 = $0.001998. One T4 job: 20/200 = 0.1, 18 GPU s x
-# $0.000164 = $0.002952. A CPU job and an H100 job without audio are not counted.
+# Records as the job store keeps them: three L4 jobs, one T4 job (20/200 = 0.1 GPU s per audio s, so 18 s
+# for a 3-minute song), a CPU job without busy seconds and an H100 job without audio (not counted).
 RECORDS = [
     record("a", "L4", 180.0, 9.0),
     record("b", "L4", 60.0, 6.0),
@@ -51,46 +61,96 @@ def test_prices_parse_over_the_defaults_and_name_the_bad_entry():
         ModalSettings.from_env({"FREESTEMS_MODAL_SCALEDOWN_WINDOW": "1"})
 
 
-def test_the_cost_of_a_job_is_its_gpu_seconds_times_the_price():
+def test_the_gpu_part_of_a_job_is_its_gpu_seconds_times_the_price():
     assert job_cost(12.5, "L4", DEFAULT_GPU_PRICES) == pytest.approx(0.002775)  # 12.5 x 0.000222
     assert job_cost(10.0, "h100", DEFAULT_GPU_PRICES) == pytest.approx(0.01097)
     assert job_cost(10.0, "H100:2", DEFAULT_GPU_PRICES) == pytest.approx(0.02194)  # two GPUs, twice
     assert price_of("A100-80GB", DEFAULT_GPU_PRICES) == 0.000694
     assert job_cost(10.0, None, DEFAULT_GPU_PRICES) is None  # a CPU
-    assert job_cost(10.0, "B200", DEFAULT_GPU_PRICES) is None  # no price for it
+    assert job_cost(10.0, "B300", DEFAULT_GPU_PRICES) is None  # no price for it
     assert job_cost(None, "L4", DEFAULT_GPU_PRICES) is None
 
 
-def test_the_projection_per_song_is_the_median_rate_times_three_minutes_times_the_price():
-    l4, t4 = project(RECORDS, DEFAULT_GPU_PRICES)  # no H100: its one record had no audio
-    assert (l4.gpu, l4.jobs, l4.audio_seconds, l4.gpu_seconds) == ("L4", 3, 360.0, 18.0)
-    assert l4.gpu_seconds_per_audio_second == pytest.approx(0.05)
-    assert l4.gpu_seconds_per_song == pytest.approx(9.0)
-    assert l4.usd_per_song == pytest.approx(0.001998)
-    assert l4.songs_per_dollar == pytest.approx(1 / 0.001998)
-    assert (t4.gpu, t4.jobs) == ("T4", 1) and t4.usd_per_song == pytest.approx(0.002952)
-    # Other song lengths and a choice of types:
-    (only,) = project(RECORDS, DEFAULT_GPU_PRICES, gpus=["t4"], song_seconds=60.0)
-    assert only.usd_per_song == pytest.approx(6.0 * 0.000164)
+# Whole cost, hand-computed from Modal's published prices (freestems.cost.PRICES_SOURCE):
+# an L4 container with 4 cores and 4 GiB costs 0.000222 + 4 x 0.0000131 + 4 x 0.00000222
+# = 0.000222 + 0.0000524 + 0.00000888 = 0.00028328 $/s; the GPU alone is 78 % of it.
+L4_RATE = 0.000222 + 4 * 0.0000131 + 4 * 0.00000222
+T4_RATE = 0.000164 + 4 * 0.0000131 + 4 * 0.00000222
+CPU_RATE = 2 * 0.0000131 + 3 * 0.00000222  # 2 cores, 3 GiB
+IDLE = {"CPU": 5, "*": 10}
 
 
-def test_a_type_without_a_price_is_projected_in_seconds_and_listed_last():
-    projections = project([*RECORDS, record("g", "B200", 100.0, 1.0)], DEFAULT_GPU_PRICES)
-    assert [p.gpu for p in projections] == ["L4", "T4", "B200"]
-    assert projections[-1].usd_per_song is None and projections[-1].gpu_seconds_per_song == pytest.approx(1.8)
+def test_a_container_costs_its_gpu_its_cores_and_its_memory_times_the_region_multiplier():
+    l4 = Shape("L4", 4.0, 4096)
+    assert l4.rate(DEFAULT_GPU_PRICES) == pytest.approx(L4_RATE)
+    parts = l4.parts(DEFAULT_GPU_PRICES)
+    assert parts == pytest.approx({"gpu": 0.000222, "cpu": 0.0000524, "memory": 0.00000888})
+    # The cores alone add 24 % to an L4 and 32 % to a T4: what GPU price x GPU seconds left out.
+    l4_share, t4_share = 4 * CPU_CORE_PRICE / 0.000222, 4 * CPU_CORE_PRICE / 0.000164
+    assert round(l4_share, 3) == 0.236 and round(t4_share, 3) == 0.320
+    assert Shape(None, 2.0, 3072).rate(DEFAULT_GPU_PRICES) == pytest.approx(CPU_RATE)
+    tiny = Shape(None, 0.05, 64).rate(DEFAULT_GPU_PRICES)  # Modal's minimum reservations are billed
+    assert tiny == pytest.approx(0.125 * CPU_CORE_PRICE + MEMORY_GIB_PRICE / 8)
+    # Pinned to a region, everything costs more: broad 1.5x, narrow 1.75x, the smallest of a list.
+    assert region_multiplier(()) == 1.0 and region_multiplier(["us"]) == 1.5
+    assert region_multiplier(["us-east"]) == 1.75 and region_multiplier(["us-east", "eu"]) == 1.5
+    pinned = Shape("L4", 4.0, 4096, ("us-west",))
+    assert pinned.rate(DEFAULT_GPU_PRICES) == pytest.approx(1.75 * L4_RATE)
+    assert pinned.cost(100.0, DEFAULT_GPU_PRICES) == pytest.approx(175 * L4_RATE)
+    assert Shape("B300", 4.0, 4096).rate(DEFAULT_GPU_PRICES) is None  # no price: not a guess
+    assert price_of("A10", DEFAULT_GPU_PRICES) == price_of("a10g", DEFAULT_GPU_PRICES) == 0.000306
 
 
-def test_the_table_shows_every_type_and_says_which_have_no_records():
-    projections = project(RECORDS, DEFAULT_GPU_PRICES, gpus=["L4", "T4", "H100"])
-    table = format_projections(projections, asked=["L4", "T4", "H100"], skipped=1)
+def whole(job_id: str, tier: str | None, audio: float, busy: float, start: float = 0.0) -> UsageRecord:
+    timings = {"busy_seconds": busy, "container_start": start}
+    return UsageRecord(job_id, 1.0, "scnet", tier, audio, busy if tier else None, timings=timings)
+
+
+def test_the_projection_counts_each_song_warm_and_with_a_wake_up():
+    records = [
+        whole("a", "L4", 180.0, 9.0, start=6.0),  # 0.05 s per audio s; this call woke its container
+        whole("b", "L4", 60.0, 6.0),  # 0.1
+        whole("c", "l4", 120.0, 3.0, start=8.0),  # 0.025
+        whole("d", None, 180.0, 60.0),  # a CPU job: 1/3
+        whole("e", "T4", 0.0, 5.0),  # no audio: skipped
+    ]
+    shapes = [Shape("L4", 4.0, 4096), Shape("T4", 4.0, 4096), Shape(None, 2.0, 3072)]
+    l4, t4, cpu = project(records, shapes, DEFAULT_GPU_PRICES, idle_seconds=IDLE)
+    assert (l4.tier, l4.jobs, l4.busy_per_song) == ("L4", 3, pytest.approx(9.0))  # median 0.05 x 180
+    assert l4.warm_usd == pytest.approx(9.0 * L4_RATE)
+    assert (l4.start_seconds, l4.start_measured, l4.idle_seconds) == (7.0, True, 10.0)  # median of 6 and 8
+    assert l4.wake_usd == pytest.approx((7.0 + 10.0) * L4_RATE)
+    assert l4.isolated_usd == pytest.approx((9.0 + 17.0) * L4_RATE)
+    assert l4.window == 7  # the measured start: the window to deploy
+    # A tier without records: its wake-up is priced, its song is not, and its start is the estimate.
+    assert (t4.jobs, t4.warm_usd, t4.isolated_usd) == (0, None, None)
+    assert t4.start_seconds == ASSUMED_START_SECONDS["gpu"] and not t4.start_measured
+    assert t4.wake_usd == pytest.approx(20.0 * T4_RATE)
+    assert (cpu.tier, cpu.jobs, cpu.busy_per_song, cpu.idle_seconds) == ("CPU", 1, pytest.approx(60.0), 5.0)
+    assert cpu.isolated_usd == pytest.approx((60.0 + 5.0 + 5.0) * CPU_RATE)
+
+
+def test_the_scaledown_window_is_the_start_time_within_modals_range():
+    assert scaledown_window(7.2) == 8 and scaledown_window(0.3) == 2 and scaledown_window(5000) == 3600
+    # The defaults deployed come from the same arithmetic on the estimated starts.
+    deployment = ModalSettings()
+    assert deployment.modal_scaledown_window == scaledown_window(ASSUMED_START_SECONDS["gpu"])
+    assert deployment.modal_cpu_scaledown_window == scaledown_window(ASSUMED_START_SECONDS["cpu"])
+
+
+def test_the_table_shows_every_part_and_states_its_assumptions():
+    shapes = [Shape("L4", 4.0, 4096), Shape(None, 2.0, 3072)]
+    projections = project([whole("a", "L4", 180.0, 9.0)], shapes, DEFAULT_GPU_PRICES, idle_seconds=IDLE)
+    table = format_projections(projections)
     lines = table.splitlines()
-    assert lines[0].split()[:2] == ["gpu", "jobs"] and "$ / song" in lines[0]
-    assert lines[1].split()[0] == "L4" and "0.00200" in lines[1] and "9.00" in lines[1]
-    assert lines[2].split()[0] == "T4" and "0.00295" in lines[2]
-    assert "H100: no recorded jobs on this GPU type" in table
-    assert "1 recorded job(s) without GPU time" in table
+    assert lines[0].split()[:2] == ["tier", "jobs"] and "isolated $/song" in lines[0]
+    l4 = lines[1].split()
+    assert l4[:3] == ["L4", "1", "9.0"] and l4[3] == "0.0002220+0.0000524+0.0000089"
+    assert l4[4] == f"{9.0 * L4_RATE:.5f}" and l4[5] == "10*"
+    assert lines[2].split()[:4] == ["CPU", "0", "no", "records"]
+    assert "L4: 1 L4 + 4 cores + 4 GiB" in table and "CPU: 2 cores + 3 GiB" in table
+    assert "https://modal.com/pricing" in table and "region" in table
     assert "target: under $0.005 per 3-minute song" in table
-    assert format_projections([]) == "no recorded jobs with GPU time yet: separate some songs on a GPU first"
 
 
 def test_usage_records_round_trip_through_the_store(tmp_path):
@@ -112,12 +172,30 @@ def test_the_cost_command_prints_the_projection_from_a_data_folder(tmp_path, mon
     for item in RECORDS:
         store.record_usage(item)
     store.close()
-    assert main(["cost", "--data-dir", str(tmp_path), "--gpu", "T4", "--gpu", "A10G"]) == 0
+    assert main(["cost", "--data-dir", str(tmp_path), "--gpu", "T4", "--tier", "A10G"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"6 recorded job(s) in {tmp_path / 'jobs.sqlite3'}")
-    t4 = next(line for line in out.splitlines() if line.startswith("T4"))
-    assert "18.00" in t4 and "0.00180" in t4  # 18 GPU s x the overridden $0.0001
-    assert "A10G: no recorded jobs on this GPU type" in out and "L4 " not in out
+    assert out.startswith(f"6 recorded job(s) in {tmp_path / 'jobs.sqlite3'}; 1 on the tiers shown")
+    t4 = next(line for line in out.splitlines() if line.startswith("T4 ")).split()
+    rate = 0.0001 + 4 * 0.0000131 + 4 * 0.00000222  # the overridden T4 price, the cores and the memory
+    assert t4[:3] == ["T4", "1", "18.0"] and t4[4] == f"{18.0 * rate:.5f}"
+    a10 = next(line for line in out.splitlines() if line.startswith("A10G ")).split()
+    assert a10[:4] == ["A10G", "0", "no", "records"]
+    assert "L4 " not in out
 
     assert main(["cost", "--data-dir", str(tmp_path / "elsewhere")]) == 1
     assert "no job store at" in capsys.readouterr().err
+
+
+def test_the_cost_command_projects_the_cpu_tier_from_the_bench_results(capsys):
+    """The recorded CPU timings of bench/bench_separate.py (a 2-thread VM) price the CPU tier."""
+    results = ROOT / "bench" / "results" / "separate.json"
+    assert main(["cost", "--bench", str(results)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:6] if line.strip()}
+    assert set(rows) == {"tier", "T4", "L4", "A10G", "CPU"}
+    data = json.loads(results.read_text())
+    ratios = sorted(run["wall"] / run["seconds"] for run in data["runs"])
+    busy = ratios[len(ratios) // 2] * 180
+    assert rows["CPU"][:3] == ["CPU", str(len(data["runs"])), f"{busy:.1f}"]
+    assert rows["CPU"][4] == f"{busy * CPU_RATE:.5f}"
+    assert rows["L4"][2:4] == ["no", "records"]

@@ -52,11 +52,20 @@ def test_the_defaults_declare_a_snapshotted_l4_and_one_concurrent_web_container(
     assert found["gpu"] == {
         "gpu": "L4",
         "cpu": 4.0,
+        "memory": 4096,
         "timeout": 900,
-        "scaledown_window": 15,
+        "scaledown_window": 10,
         "max_containers": 1,  # the environment asked for 1
         "enable_memory_snapshot": True,
     }  # no region, no experimental options
+    assert found["cpu"] == {  # the same class on CPU-only containers: no gpu at all
+        "cpu": 2.0,
+        "memory": 3072,
+        "timeout": 900,
+        "scaledown_window": 5,
+        "max_containers": 20,
+        "enable_memory_snapshot": True,
+    }
     assert found["web"] == {
         "secrets": ["freestems"],
         "cpu": module.WEB_CPU,
@@ -65,7 +74,10 @@ def test_the_defaults_declare_a_snapshotted_l4_and_one_concurrent_web_container(
         "scaledown_window": module.WEB_SCALEDOWN_WINDOW,
         "timeout": 900 + 600 + 900 + 60,  # a key's life, an upload and a job fit in one socket
     }
-    assert module.GPU_CLASS_OPTIONS["image"] is module.image
+    assert (
+        module.GPU_CLASS_OPTIONS["image"] is module.image
+        and module.CPU_CLASS_OPTIONS["image"] is module.image
+    )
     assert module.WEB_FUNCTION_OPTIONS["image"] is module.image
     assert module.app.name == "freestems"
 
@@ -100,6 +112,7 @@ def test_the_module_declares_what_the_settings_say(tmp_path):
     assert gpu == {
         "gpu": "A10G",
         "cpu": 6.0,
+        "memory": 4096,
         "timeout": 1200,
         "scaledown_window": 42,
         "max_containers": 3,
@@ -181,7 +194,10 @@ def test_the_gpu_class_separates_an_mp3_into_the_zip_of_post_separate(deployment
     (record,) = deployment.usage.records
     assert record.job_id == "0123456789abcdef" and record.gpu == "L4" and record.model == "small"
     assert record.gpu_seconds == timings["gpu_seconds"]
-    assert record.cost_usd == pytest.approx(record.gpu_seconds * 0.000222)
+    # Counted whole: the L4, the 4 cores and the 4 GiB the class reserves, for the call's busy seconds.
+    assert timings["busy_seconds"] == timings["gpu_seconds"]
+    rate = 0.000222 + 4 * 0.0000131 + 4 * 0.00000222
+    assert record.cost_usd == timings["cost_usd"] == pytest.approx(record.gpu_seconds * rate)
 
     # A warm container: no start time any more. Four stems as 16-bit WAV, without a progress key.
     data = separator.separate.local(audio, {"mp3": False, "shifts": 2, "overlap": 0.5})

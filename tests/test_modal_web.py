@@ -72,7 +72,8 @@ def test_the_web_function_serves_the_session_flow_with_jobs_on_the_gpu_class(web
     assert {"decode", "separate", "encode", "zip", "audio_seconds"} <= set(timings)
     assert timings["gpu_seconds"] > 0 and timings["container_start"] > 0  # the first call started the class
     assert status["cost"]["gpu"] == "L4" and status["cost"]["gpu_seconds"] == timings["gpu_seconds"]
-    assert status["cost"]["usd"] == pytest.approx(timings["gpu_seconds"] * 0.000222)
+    rate = 0.000222 + 4 * 0.0000131 + 4 * 0.00000222  # the L4, its 4 cores and 4 GiB: counted whole
+    assert status["cost"]["usd"] == pytest.approx(timings["gpu_seconds"] * rate)
     assert zip_names(httpx.get(server.url + job["result_url"]).content) == FOUR
 
     # POST /separate answers with the zip itself; the GPU container is warm now.

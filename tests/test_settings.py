@@ -161,10 +161,16 @@ def test_the_device_and_precision_lists_are_the_engines():
 def test_modal_settings_defaults_and_variables():
     modal = ModalSettings()
     assert (modal.modal_app_name, modal.modal_gpu, modal.modal_region) == ("freestems", "L4", ())
-    assert (modal.modal_scaledown_window, modal.modal_max_containers, modal.modal_timeout) == (15, 10, 900)
+    assert (modal.modal_scaledown_window, modal.modal_max_containers, modal.modal_timeout) == (10, 10, 900)
     assert (modal.modal_cpu, modal.modal_gpu_snapshot, modal.modal_precision) == (4.0, False, "auto")
     assert (modal.modal_secret_name, modal.modal_web_max_inputs) == ("freestems", 500)
-    assert modal.modal_torch.startswith("torch==") and modal.modal_torch_index == ""
+    # The CUDA 12.6 build: Modal's driver (575.57.08) runs CUDA 12.x wheels, not PyPI's CUDA 13.0 one.
+    assert modal.modal_torch == "torch==2.13.0"
+    assert modal.modal_torch_index == "https://download.pytorch.org/whl/cu126"
+    assert (modal.modal_tier, modal.modal_memory, modal.modal_lease_seconds) == ("gpu", 4096, 30)
+    assert (modal.modal_cpu_class_cpu, modal.modal_cpu_class_memory) == (2.0, 3072)
+    assert (modal.modal_cpu_max_containers, modal.modal_cpu_scaledown_window) == (20, 5)
+    assert modal.modal_overflow_backlog == 2
     assert not Settings.variables() & ModalSettings.variables()
     assert "FREESTEMS_MODAL_GPU" in ModalSettings.variables()
     assert "FREESTEMS_MODEL_CONFIG" in Settings.variables()
@@ -196,6 +202,10 @@ def test_modal_settings_from_the_environment():
         ("FREESTEMS_MODAL_CPU", "0", "must be positive"),
         ("FREESTEMS_MODAL_PRECISION", "fp8", "must be one of auto, fp32, fp16, bf16"),
         ("FREESTEMS_MODAL_GPU_SNAPSHOT", "sometimes", "expected on/off"),
+        ("FREESTEMS_MODAL_TIER", "tpu", "must be one of gpu, cpu, overflow"),
+        ("FREESTEMS_MODAL_MEMORY", "64", "must be at least 128"),
+        ("FREESTEMS_MODAL_LEASE_SECONDS", "1", "must be at least 2"),
+        ("FREESTEMS_MODAL_OVERFLOW_BACKLOG", "0", "must be at least 1"),
     ],
 )
 def test_bad_modal_settings_name_the_variable(name, value, reason):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from freestems import SAMPLE_RATE, __version__
 from freestems.audio.formats import FORMATS, MP3_BITRATES
 from freestems.errors import one_line
-from freestems.separate import DEVICES
+from freestems.rules import DEVICES
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -188,12 +188,13 @@ def served_model_choice(
 
 
 def add_cost_parser(commands: Subcommands) -> None:
-    """``freestems cost``: dollars per song per GPU type, from recorded jobs (README, Deploy on Modal)."""
+    """``freestems cost``: dollars per song per tier, counted whole (README, Deploy on Modal)."""
     cost = commands.add_parser(
         "cost",
-        help="project the GPU cost per song from recorded jobs",
-        description="Project $ per song per GPU type: median GPU seconds per audio second of the recorded "
-        "jobs x song length x price (FREESTEMS_GPU_PRICES).",
+        help="project the cost per song on each tier from recorded jobs",
+        description="Project $ per song on T4, L4, A10G and CPU containers, counted whole (GPU, cores, "
+        "memory, region multiplier; warm, and with a wake-up's start and idle tail) from recorded timings: "
+        "a job store, the Modal deployment's records, or a bench's JSON results.",
     )
     cost.add_argument("--data-dir", type=Path, help="the service's data folder (FREESTEMS_DATA_DIR)")
     cost.add_argument(
@@ -202,7 +203,19 @@ def add_cost_parser(commands: Subcommands) -> None:
         help="read the records of the Modal deployment (FREESTEMS_MODAL_APP_NAME) instead",
     )
     cost.add_argument(
-        "--gpu", action="append", metavar="TYPE", help="only this GPU type (repeatable: --gpu T4 --gpu L4)"
+        "--bench",
+        action="append",
+        type=Path,
+        metavar="JSON",
+        help="also read a bench's results (bench/results/separate.json); repeatable",
+    )
+    cost.add_argument(
+        "--tier",
+        "--gpu",
+        dest="tier",
+        action="append",
+        metavar="TYPE",
+        help="only this tier: a GPU type or CPU (repeatable; default: T4, L4, A10G, CPU)",
     )
     cost.add_argument(
         "--song-seconds", type=float, default=180.0, metavar="S", help="song length to price (180)"
@@ -308,7 +321,8 @@ def run_separate(args: argparse.Namespace) -> int:
     from freestems.models import ModelError
     from freestems.options import SeparationOptions
     from freestems.pipeline import separate_file, zip_stems
-    from freestems.separate import SeparationError, check_segment, resolve_device
+    from freestems.rules import SeparationError
+    from freestems.separate import check_segment, resolve_device
 
     errors: list[str] = []
     try:
@@ -483,7 +497,17 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_cost(args: argparse.Namespace) -> int:
-    from freestems.cost import format_projections, modal_usage_records, project
+    import json
+
+    from freestems.cost import (
+        Shape,
+        WakeRecord,
+        bench_records,
+        format_projections,
+        format_recorded,
+        modal_records,
+        project,
+    )
 
     try:
         from freestems.deploy.settings import ModalSettings
@@ -496,18 +520,29 @@ def run_cost(args: argparse.Namespace) -> int:
         return fail("--song-seconds must be positive")
     try:
         settings = Settings.from_env(data_dir=args.data_dir)
-        app_name = ModalSettings.from_env().modal_app_name
+        deployment = ModalSettings.from_env()
     except SettingsError as error:
         return fail(error)
-    if args.modal:
+    records = []
+    wakes: list[WakeRecord] = []
+    sources = []
+    for path in args.bench or ():
         try:
-            records = modal_usage_records(app_name)
+            records.extend(bench_records(json.loads(Path(path).read_text())))
+        except (OSError, ValueError, AttributeError) as error:
+            return fail(f"cannot read the bench results {path}: {error}")
+        sources.append(str(path))
+    if args.modal:
+        app_name = deployment.modal_app_name
+        try:
+            found, wakes = modal_records(app_name)
+            records.extend(found)
         except ImportError:
             return fail("the modal package is missing: pip install 'freestems[modal]'")
         except Exception as error:  # no token, no network, no such Dict
             return fail(f"cannot read the usage records of Modal app {app_name}: {error}")
-        where = f"Modal app {app_name}"
-    else:
+        sources.append(f"Modal app {app_name}")
+    elif args.data_dir is not None or not args.bench:
         database = Paths(settings.data_dir).database
         if not database.is_file():
             return fail(f"no job store at {database} (give the service's --data-dir)")
@@ -516,14 +551,28 @@ def run_cost(args: argparse.Namespace) -> int:
         except StoreError as error:
             return fail(error)
         try:
-            records = store.usage_records()
+            records.extend(store.usage_records())
         finally:
             store.close()
-        where = str(database)
-    projections = project(records, settings.gpu_prices, gpus=args.gpu, song_seconds=args.song_seconds)
-    skipped = sum(1 for record in records if not (record.gpu and record.gpu_seconds))
-    print(f"{len(records)} recorded job(s) in {where}")
-    print(format_projections(projections, asked=args.gpu, song_seconds=args.song_seconds, skipped=skipped))
+        sources.append(str(database))
+    regions = tuple(deployment.modal_region)
+    shapes = [
+        Shape(None, deployment.modal_cpu_class_cpu, deployment.modal_cpu_class_memory, regions)
+        if tier.upper() == "CPU"
+        else Shape(tier, deployment.modal_cpu, deployment.modal_memory, regions)
+        for tier in args.tier or ("T4", "L4", "A10G", "CPU")
+    ]
+    idle = {"CPU": deployment.modal_cpu_scaledown_window, "*": deployment.modal_scaledown_window}
+    projections = project(
+        records, shapes, settings.gpu_prices, idle_seconds=idle, song_seconds=args.song_seconds
+    )
+    counted = sum(p.jobs for p in projections)
+    print(f"{len(records)} recorded job(s) in {' + '.join(sources)}; {counted} on the tiers shown")
+    print(format_projections(projections))
+    if args.modal or args.data_dir is not None or not args.bench:
+        print(
+            format_recorded([record for record in records if not record.job_id.startswith("bench-")], wakes)
+        )
     return 0
 
 

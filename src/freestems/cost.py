@@ -1,31 +1,49 @@
-"""What a separation costs: GPU seconds times a per-second price, and a projection per song.
+"""What a separation costs on Modal, counted whole, and a projection per song.
 
-Pure arithmetic over usage records, one per computed job (cache hits cost nothing and are not recorded).
-A record says which GPU type ran the job (``None`` on a CPU), how long the audio was and how many seconds
-the job held the GPU (``gpu_seconds``: the wall time of the GPU method, from the moment its container
-took the input to the moment it returned the zip; see :mod:`freestems.deploy.modal_app`).
+Modal bills a container for every second it lives (from its start, through its inputs, to the end of its
+idle ``scaledown_window``), for everything it reserves: the GPU, the CPU cores (physical cores, at least
+0.125) and the memory (at least 128 MiB), all times a region multiplier when the function is pinned to a
+region. So a song costs two things:
 
-- cost of a job: ``gpu_seconds * price[gpu]``;
-- projection per song for a GPU type: the *median* of ``gpu_seconds / audio_seconds`` over the recorded
-  jobs of that type, times the song length (180 s by default), times the price. The median, because one
-  cold start or one pathological upload must not move the estimate.
+- **its job**: the seconds the container spent on it (``busy_seconds``, the wall time of the method),
+  times the container's rate ``(gpu + cores x core price + GiB x GiB price) x region multiplier``;
+- **its share of a wake-up**: a container that wakes for it costs its start (or restore) plus its idle
+  tail after the last input, at the same rate; a song that finds a warm container pays none of it.
 
-What this leaves out, on purpose: a container's idle tail (``scaledown_window``) and its start or restore
-are billed by Modal too but belong to no job; the records keep ``container_start`` so they can be seen
-(README, "Deploy on Modal").
+:class:`Shape` is what a container reserves, :meth:`Shape.rate` its dollars per second. Usage records
+(one per computed job, from the job store, the Modal Dict, or a bench's JSON results) give the measured
+seconds per audio second of each tier; :func:`project` turns them into dollars per song for the tiers
+asked (``T4``, ``L4``, ``A10G``, ``CPU``), warm and isolated, and :func:`format_projections` prints the table
+``freestems cost`` shows, with its assumptions.
 
-Prices are dollars per second of one GPU. The defaults are Modal's published per-second prices as we know
-them; they change, so check them against https://modal.com/pricing and override them with
+**The scale-down window.** An idle container costs ``rate`` per second; letting it go and waking another
+later costs ``start x rate`` (plus the user's wait). Not knowing when the next song comes, the window that
+is never worse than twice the best choice in hindsight is ``W = start`` (the ski-rental rule: keep paying
+rent until the rent paid equals the price of buying); a longer window only wins when songs come in bursts
+more than ``start`` seconds apart but less than ``W``. So the window is the measured start (restore)
+seconds of the tier, rounded up; :func:`scaledown_window` computes it and ``freestems cost`` prints it.
+
+Prices (:data:`DEFAULT_GPU_PRICES`, :data:`CPU_CORE_PRICE`, :data:`MEMORY_GIB_PRICE`,
+:func:`region_multiplier`): see :data:`PRICES_SOURCE`. They change; override the GPU ones with
 ``FREESTEMS_GPU_PRICES`` (``L4=0.000222,T4=0.000164``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+PRICES_SOURCE = (
+    "Modal's published prices (https://modal.com/pricing) as transcribed on 2026-07-01 in "
+    "github.com/api-evangelist/modal-labs (plans/modal-labs-plans-pricing.yml) and read on 2026-06-27 in "
+    "beam.cloud/blog/modal-pricing-explained (CPU $0.0000131/core/s); region multipliers from "
+    "https://modal.com/docs/guide/region-selection (broad 1.5x, narrow 1.75x). Checked 2026-11-29."
+)
+"""Where the default prices come from, and when they were read (printed by ``freestems cost``)."""
 
 DEFAULT_GPU_PRICES: dict[str, float] = {
     "T4": 0.000164,
@@ -34,9 +52,21 @@ DEFAULT_GPU_PRICES: dict[str, float] = {
     "A100-40GB": 0.000583,
     "A100-80GB": 0.000694,
     "L40S": 0.000542,
+    "RTX-PRO-6000": 0.000842,
     "H100": 0.001097,
+    "H200": 0.001261,
+    "B200": 0.001736,
 }
-"""Dollars per GPU-second (Modal's published prices at the time of writing; check them)."""
+"""Dollars per GPU-second (see :data:`PRICES_SOURCE`). Modal prices an A10 and an A10G alike."""
+CPU_CORE_PRICE = 0.0000131
+"""Dollars per physical CPU core per second (Modal's minimum reservation: 0.125 core)."""
+MEMORY_GIB_PRICE = 0.00000222
+"""Dollars per GiB of memory per second (Modal's minimum reservation: 128 MiB)."""
+BROAD_REGION_MULTIPLIER = 1.5
+"""Price multiplier of a function pinned to a broad region (``us``, ``eu``, ``ap``...)."""
+NARROW_REGION_MULTIPLIER = 1.75
+"""Price multiplier of a function pinned to a narrow region (``us-east``, ``us-west-2``...)."""
+MIN_CPU, MIN_MEMORY_MIB = 0.125, 128
 
 SONG_SECONDS = 180.0
 """The reference song: three minutes."""
@@ -77,33 +107,25 @@ class UsageRecord:
 
 
 @dataclass(frozen=True)
-class Projection:
-    """Dollars per song on one GPU type, from the jobs recorded on it."""
+class WakeRecord:
+    """One container's life, recorded as it scales down: what a wake-up cost beyond its jobs."""
 
-    gpu: str
-    jobs: int
-    audio_seconds: float
-    """Audio separated by those jobs, in total."""
-    gpu_seconds: float
-    """GPU seconds they used, in total."""
-    gpu_seconds_per_audio_second: float
-    """Median over the jobs."""
-    price: float | None
-    """$ per GPU-second (None: not in the price table)."""
-    song_seconds: float = SONG_SECONDS
+    task: str
+    tier: str
+    """``L4``, ``T4``... or ``CPU``."""
+    ended_at: float
+    start_seconds: float
+    """Start or restore, until it could take an input (billed, no job's)."""
+    busy_seconds: float
+    idle_seconds: float
+    """Alive without an input: the gaps between inputs and the scale-down window (billed, no job's)."""
+    inputs: int
+    cost_usd: float | None
+    """The whole life (start + busy + idle) at the container's rate."""
+    kind: str = "wake"
 
-    @property
-    def gpu_seconds_per_song(self) -> float:
-        return self.gpu_seconds_per_audio_second * self.song_seconds
-
-    @property
-    def usd_per_song(self) -> float | None:
-        return None if self.price is None else self.gpu_seconds_per_song * self.price
-
-    @property
-    def songs_per_dollar(self) -> float | None:
-        usd = self.usd_per_song
-        return None if not usd else 1.0 / usd
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def usage_dict_name(app_name: str) -> str:
@@ -114,11 +136,42 @@ def usage_dict_name(app_name: str) -> str:
 def modal_usage_records(app_name: str) -> list[UsageRecord]:
     """Every usage record the Modal deployment ``app_name`` kept (needs the ``modal`` package and a token;
     Modal drops Dict entries that are not touched for a while, see the README)."""
+    records, _ = modal_records(app_name)
+    return records
+
+
+def modal_records(app_name: str) -> tuple[list[UsageRecord], list[WakeRecord]]:
+    """Every job record and every wake-up record the Modal deployment ``app_name`` kept, oldest first."""
     import modal
 
     store = modal.Dict.from_name(usage_dict_name(app_name))
-    records = [UsageRecord.from_dict(value) for value in store.values()]
-    return sorted(records, key=lambda record: record.finished_at)
+    values = [value for value in store.values() if isinstance(value, Mapping)]
+    records = [UsageRecord.from_dict(value) for value in values if value.get("kind", "job") == "job"]
+    fields = WakeRecord.__dataclass_fields__
+    wakes = [
+        WakeRecord(**{name: value[name] for name in fields if name in value})
+        for value in values
+        if value.get("kind") == "wake"
+    ]
+    return (
+        sorted(records, key=lambda record: record.finished_at),
+        sorted(wakes, key=lambda wake: wake.ended_at),
+    )
+
+
+def format_recorded(records: Sequence[UsageRecord], wakes: Sequence[WakeRecord]) -> str:
+    """What the records say was spent: the jobs' own cost and the wake-ups' start and idle seconds."""
+    jobs = sum(record.cost_usd or 0.0 for record in records)
+    line = f"recorded spend: {len(records)} job(s) ${jobs:.4f}"
+    if wakes:
+        start = sum(wake.start_seconds for wake in wakes)
+        idle = sum(wake.idle_seconds for wake in wakes)
+        whole = sum(wake.cost_usd or 0.0 for wake in wakes)
+        line += (
+            f"; {len(wakes)} wake-up(s) ${whole:.4f} in all, of which start {start:.0f} s and idle "
+            f"{idle:.0f} s are no job's (compare with `modal billing report`)"
+        )
+    return line
 
 
 class PriceError(ValueError):
@@ -157,10 +210,17 @@ def price_of(gpu: str | None, prices: Mapping[str, float]) -> float | None:
         multiple = int(count) if count else 1
     except ValueError:
         return None
+    wanted = _gpu_key(name)
     for key, price in prices.items():
-        if key.lower() == name.strip().lower():
+        if _gpu_key(key) == wanted:
             return price * multiple
     return None
+
+
+def _gpu_key(name: str) -> str:
+    """A GPU type as a price key: case-insensitive, and A10 and A10G are the same price."""
+    key = name.strip().lower()
+    return "a10g" if key == "a10" else key
 
 
 def job_cost(gpu_seconds: float | None, gpu: str | None, prices: Mapping[str, float]) -> float | None:
@@ -171,85 +231,262 @@ def job_cost(gpu_seconds: float | None, gpu: str | None, prices: Mapping[str, fl
     return gpu_seconds * price
 
 
+# ---------------------------------------------------------------------------------------- counted whole
+
+
+def region_multiplier(regions: Sequence[str]) -> float:
+    """Modal's price multiplier for a function pinned to ``regions`` (none: 1). A region without a dash
+    (``us``, ``eu``) is broad, one with a dash (``us-east``, ``us-west-2``) narrow; with several, the
+    smallest multiplier applies (Modal's rule for a list that spans both kinds)."""
+    if not regions:
+        return 1.0
+    return min(NARROW_REGION_MULTIPLIER if "-" in region else BROAD_REGION_MULTIPLIER for region in regions)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a container reserves, which is what Modal bills per second for as long as it lives."""
+
+    gpu: str | None
+    """GPU type as Modal names it (``L4``, ``T4``, ``A10G``, ``H100:2``); None: a CPU-only container."""
+    cpu: float
+    """Physical cores reserved (Modal bills at least 0.125)."""
+    memory_mib: int
+    """Memory reserved, MiB (Modal bills at least 128)."""
+    regions: tuple[str, ...] = ()
+
+    @property
+    def tier(self) -> str:
+        return self.gpu or "CPU"
+
+    def parts(self, gpu_prices: Mapping[str, float]) -> dict[str, float] | None:
+        """Dollars per second of the GPU, the cores and the memory, region multiplier included; None when
+        the GPU type has no price."""
+        gpu = price_of(self.gpu, gpu_prices) if self.gpu else 0.0
+        if gpu is None:
+            return None
+        multiplier = region_multiplier(self.regions)
+        return {
+            "gpu": gpu * multiplier,
+            "cpu": max(self.cpu, MIN_CPU) * CPU_CORE_PRICE * multiplier,
+            "memory": max(self.memory_mib, MIN_MEMORY_MIB) / 1024 * MEMORY_GIB_PRICE * multiplier,
+        }
+
+    def rate(self, gpu_prices: Mapping[str, float]) -> float | None:
+        """Dollars per second this container costs while it lives (None: its GPU type has no price)."""
+        parts = self.parts(gpu_prices)
+        return None if parts is None else sum(parts.values())
+
+    def cost(self, seconds: float | None, gpu_prices: Mapping[str, float]) -> float | None:
+        """Dollars ``seconds`` of this container cost (None: no seconds, or no price for its GPU)."""
+        rate = self.rate(gpu_prices)
+        return None if rate is None or seconds is None else seconds * rate
+
+    def describe(self) -> str:
+        multiplier = region_multiplier(self.regions)
+        regions = f" in {','.join(self.regions)} (x{multiplier:g})" if self.regions else ""
+        gpu = f"1 {self.gpu} + " if self.gpu else ""
+        return f"{gpu}{self.cpu:g} cores + {self.memory_mib / 1024:g} GiB{regions}"
+
+
+def busy_seconds(record: UsageRecord) -> float | None:
+    """The seconds a job held its container: ``busy_seconds`` (any tier), else its ``gpu_seconds``."""
+    value = record.timings.get("busy_seconds", record.gpu_seconds)
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def tier_of(record: UsageRecord) -> str:
+    """The tier that ran a record's job: its GPU type as a price key, or ``CPU``."""
+    return _gpu_key(record.gpu).upper() if record.gpu else "CPU"
+
+
+def scaledown_window(start_seconds: float) -> int:
+    """The idle window that bounds the idle spend to twice the best in hindsight: the start seconds,
+    rounded up, within Modal's range (2 to 3600). See the module docstring for the arithmetic."""
+    return max(2, min(3600, math.ceil(start_seconds)))
+
+
+ASSUMED_START_SECONDS = {"gpu": 10.0, "cpu": 5.0}
+"""A container's start (snapshot restore, then the model to the GPU and one warm-up chunk), in seconds,
+where no record measured it: an estimate, to be replaced by the measured ``container_start`` (README,
+deploy checklist). The default scale-down windows (``FREESTEMS_MODAL_SCALEDOWN_WINDOW`` 10,
+``FREESTEMS_MODAL_CPU_SCALEDOWN_WINDOW`` 5) are :func:`scaledown_window` of these."""
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Dollars per song on one tier, from the jobs recorded on it."""
+
+    shape: Shape
+    jobs: int
+    busy_per_audio_second: float | None
+    """Median over the recorded jobs of busy seconds per audio second (None: no record on this tier)."""
+    start_seconds: float
+    """A wake-up's start: the median recorded ``container_start``, else :data:`ASSUMED_START_SECONDS`."""
+    start_measured: bool
+    idle_seconds: float
+    """The idle tail of a wake-up: the scale-down window deployed."""
+    rate: float | None
+    """Dollars per second of the container (None: no price for its GPU)."""
+    parts: dict[str, float] | None
+    song_seconds: float = SONG_SECONDS
+
+    @property
+    def tier(self) -> str:
+        return self.shape.tier
+
+    @property
+    def busy_per_song(self) -> float | None:
+        return None if self.busy_per_audio_second is None else self.busy_per_audio_second * self.song_seconds
+
+    @property
+    def warm_usd(self) -> float | None:
+        """A song on a warm container: its busy seconds only."""
+        busy = self.busy_per_song
+        return None if busy is None or self.rate is None else busy * self.rate
+
+    @property
+    def wake_usd(self) -> float | None:
+        """One wake-up: the start and the idle tail."""
+        return None if self.rate is None else (self.start_seconds + self.idle_seconds) * self.rate
+
+    @property
+    def isolated_usd(self) -> float | None:
+        """A song that wakes a container and is the only one before it scales down."""
+        warm, wake = self.warm_usd, self.wake_usd
+        return None if warm is None or wake is None else warm + wake
+
+    @property
+    def window(self) -> int:
+        """The scale-down window the start time calls for (:func:`scaledown_window`)."""
+        return scaledown_window(self.start_seconds)
+
+
 def project(
     records: Iterable[UsageRecord],
-    prices: Mapping[str, float],
+    shapes: Sequence[Shape],
+    gpu_prices: Mapping[str, float],
     *,
-    gpus: Sequence[str] | None = None,
+    idle_seconds: Mapping[str, float],
     song_seconds: float = SONG_SECONDS,
 ) -> list[Projection]:
-    """One projection per GPU type found in ``records`` (only ``gpus`` if given), cheapest first.
+    """One projection per shape (in the order given), from the records of its tier.
 
-    Records without a GPU, without GPU seconds or without audio are skipped. A type in ``gpus`` with no
-    record gets no projection: measuring one GPU says little about another.
+    ``idle_seconds`` maps a tier (``L4``, ``CPU``) to its scale-down window (a ``*`` entry for the others).
+    Records without audio or without busy seconds are skipped; a tier without records still gets a row
+    (its wake-up cost is known, its seconds per song are not: measuring one GPU says little about another).
     """
-    wanted = {gpu.lower() for gpu in gpus} if gpus else None
     groups: dict[str, list[UsageRecord]] = {}
-    names: dict[str, str] = {}
     for record in records:
-        if not record.gpu or not record.gpu_seconds or not record.audio_seconds or record.audio_seconds <= 0:
+        if not record.audio_seconds or record.audio_seconds <= 0 or busy_seconds(record) is None:
             continue
-        key = record.gpu.lower()
-        if wanted is not None and key not in wanted:
-            continue
-        groups.setdefault(key, []).append(record)
-        names.setdefault(key, record.gpu)
+        groups.setdefault(tier_of(record), []).append(record)
     projections = []
-    for key, group in groups.items():
-        ratios = [r.gpu_seconds / r.audio_seconds for r in group]  # type: ignore[operator]
+    for shape in shapes:
+        group = groups.get(_gpu_key(shape.tier).upper(), [])
+        ratios = [busy_seconds(r) / r.audio_seconds for r in group]  # type: ignore[operator]
+        starts = [
+            float(r.timings["container_start"])
+            for r in group
+            if isinstance(r.timings.get("container_start"), (int, float)) and r.timings["container_start"] > 0
+        ]
+        kind = "cpu" if shape.gpu is None else "gpu"
         projections.append(
             Projection(
-                gpu=names[key],
+                shape=shape,
                 jobs=len(group),
-                audio_seconds=sum(r.audio_seconds for r in group),  # type: ignore[misc]
-                gpu_seconds=sum(r.gpu_seconds for r in group),  # type: ignore[misc]
-                gpu_seconds_per_audio_second=statistics.median(ratios),
-                price=price_of(names[key], prices),
+                busy_per_audio_second=statistics.median(ratios) if ratios else None,
+                start_seconds=statistics.median(starts) if starts else ASSUMED_START_SECONDS[kind],
+                start_measured=bool(starts),
+                idle_seconds=float(idle_seconds.get(shape.tier, idle_seconds.get("*", 0.0))),
+                rate=shape.rate(gpu_prices),
+                parts=shape.parts(gpu_prices),
                 song_seconds=song_seconds,
             )
         )
-    return sorted(projections, key=lambda p: (p.usd_per_song is None, p.usd_per_song or 0.0, p.gpu))
+    return projections
 
 
-def format_projections(
-    projections: Sequence[Projection],
-    *,
-    asked: Sequence[str] | None = None,
-    song_seconds: float = SONG_SECONDS,
-    skipped: int = 0,
-) -> str:
-    """The table ``freestems cost`` prints, with a line for every asked type that has no record."""
-    minutes = f"{song_seconds / 60:g}-minute"
-    lines: list[str] = []
-    if projections:
-        rows = [("gpu", "jobs", "audio", "GPU s / audio s", f"GPU s / {minutes} song", "$/GPU-s", "$ / song")]
-        for p in projections:
-            rows.append(
-                (
-                    p.gpu,
-                    str(p.jobs),
-                    f"{p.audio_seconds:.0f} s",
-                    f"{p.gpu_seconds_per_audio_second:.4f}",
-                    f"{p.gpu_seconds_per_song:.2f}",
-                    "?" if p.price is None else f"{p.price:.6f}",
-                    "no price" if p.usd_per_song is None else f"{p.usd_per_song:.5f}",
-                )
+def _usd(value: float | None) -> str:
+    return "?" if value is None else f"{value:.5f}"
+
+
+def format_projections(projections: Sequence[Projection], *, skipped: int = 0) -> str:
+    """The table ``freestems cost`` prints, then how it was computed and what it assumes."""
+    if not projections:
+        return "no tier to project"
+    song = projections[0].song_seconds
+    minutes = f"{song / 60:g}-min"
+    header = (
+        "tier", "jobs", f"busy s/{minutes} song", "$/s gpu+cpu+mem", "warm $/song",
+        "start s", "idle s", "wake-up $", "isolated $/song", "window s",
+    )  # fmt: skip
+    rows = [header]
+    for p in projections:
+        parts = p.parts
+        rate = "no price" if parts is None else f"{parts['gpu']:.7f}+{parts['cpu']:.7f}+{parts['memory']:.7f}"
+        busy = p.busy_per_song
+        rows.append(
+            (
+                p.tier,
+                str(p.jobs),
+                "no records" if busy is None else f"{busy:.1f}",
+                rate,
+                _usd(p.warm_usd),
+                f"{p.start_seconds:g}{'' if p.start_measured else '*'}",
+                f"{p.idle_seconds:g}",
+                _usd(p.wake_usd),
+                _usd(p.isolated_usd),
+                str(p.window),
             )
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-            lines.append("  ".join(cells).rstrip())
-    found = {p.gpu.lower() for p in projections}
-    missing = [gpu for gpu in asked or () if gpu.lower() not in found]
-    if not projections and not missing:
-        lines.append("no recorded jobs with GPU time yet: separate some songs on a GPU first")
-    for gpu in missing:
-        lines.append(f"{gpu}: no recorded jobs on this GPU type")
-    if skipped:
-        lines.append(f"({skipped} recorded job(s) without GPU time, e.g. on a CPU, are not counted)")
-    if projections:
-        lines.append(
-            f"\nmedian GPU seconds per audio second x {song_seconds:g} s x price; target: under "
-            f"${TARGET_USD_PER_SONG} per 3-minute song. Idle containers and cold starts are not included."
         )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    lines.append("")
+    lines.extend(f"{p.tier}: {p.shape.describe()}" for p in projections)
+    if skipped:
+        lines.append(f"({skipped} recorded job(s) without audio or busy seconds are not counted)")
+    lines.extend(
+        [
+            "",
+            f"busy s/song: median over the tier's recorded jobs of busy seconds (the method's wall time: "
+            f"decode, model, encode, zip) per audio second, x {song:g} s.",
+            "warm $/song = busy s x the container's rate: Modal bills the GPU, every reserved core and GiB, "
+            "x the region multiplier, per second of the container's life.",
+            "isolated $/song = warm + one wake-up: (start + idle) s x rate, the song that wakes a container "
+            "and is alone before it scales down.",
+            "start s: median recorded container_start (first input of a container); * = not measured, an "
+            "estimate (ASSUMED_START_SECONDS).",
+            "window s: the scale-down window that keeps idle spend within 2x the best in hindsight (= the "
+            "start, rounded up); set FREESTEMS_MODAL_SCALEDOWN_WINDOW / _CPU_SCALEDOWN_WINDOW to it.",
+            f"target: under ${TARGET_USD_PER_SONG} per 3-minute song. Not counted: the web tier, Volume "
+            "storage, a container cut short by preemption.",
+            f"prices: {PRICES_SOURCE}",
+        ]
+    )
     return "\n".join(lines)
+
+
+def bench_records(data: Mapping[str, Any]) -> list[UsageRecord]:
+    """Usage records from a bench's JSON results (``bench/results/separate.json``: ``runs`` of
+    ``{"seconds": audio, "wall": busy}``, with ``"gpu"`` at the top for a GPU run, else a CPU one)."""
+    gpu = data.get("gpu") or None
+    records = []
+    for index, run in enumerate(data.get("runs") or []):
+        audio, wall = run.get("seconds"), run.get("wall")
+        if not isinstance(audio, (int, float)) or not isinstance(wall, (int, float)):
+            continue
+        records.append(
+            UsageRecord(
+                job_id=f"bench-{index}",
+                finished_at=0.0,
+                model=str(data.get("model") or ""),
+                gpu=gpu,
+                audio_seconds=float(audio),
+                gpu_seconds=float(wall) if gpu else None,
+                timings={"busy_seconds": float(wall)},
+            )
+        )
+    return records

@@ -206,7 +206,7 @@ def job_failure(error: Exception, stored_name: str, display_name: str) -> JobFai
     Messages name the stored file; its owner knows it by ``display_name``, so they say that instead.
     """
     from freestems.audio import AudioDecodeError, AudioEncodeError, AudioTooLong
-    from freestems.separate import SeparationError
+    from freestems.rules import SeparationError
 
     def rename(message: str) -> str:
         return message.replace(stored_name, display_name) if display_name != stored_name else message

@@ -18,9 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from freestems.audio.formats import FORMATS
-from freestems.pipeline import OutputFormat
-from freestems.separate import SeparationError, check_overlap, check_shifts, output_names
+from freestems.audio.formats import FORMATS, OutputFormat
+from freestems.rules import SeparationError, check_overlap, check_shifts, output_names
 
 
 @dataclass(frozen=True)

@@ -29,15 +29,29 @@ Two entry points:
 from __future__ import annotations
 
 import contextlib
-import numbers
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from freestems import SAMPLE_RATE
+from freestems.rules import (  # the engine's rules, importable without torch; re-exported here
+    COMPLEMENT_PREFIX,  # noqa: F401
+    DEVICES,  # noqa: F401
+    MAX_OVERLAP,  # noqa: F401
+    MAX_SHIFTS,  # noqa: F401
+    PRECISIONS,  # noqa: F401
+    Device,  # noqa: F401
+    Precision,  # noqa: F401
+    SeparationError,  # noqa: F401
+    check_overlap,  # noqa: F401
+    check_shifts,  # noqa: F401
+    complement,  # noqa: F401
+    output_names,  # noqa: F401
+    pair_stem,  # noqa: F401
+)
 from freestems.runtime import tune_allocator
 
 if TYPE_CHECKING:
@@ -47,34 +61,7 @@ Progress = Callable[[float], None]
 """Called with the fraction of the work done, from 0 to 1."""
 
 MAX_SHIFT_SECONDS = 0.5
-Device = Literal["auto", "cpu", "cuda", "mps"]
-"""Where the model runs; ``auto`` picks cuda, then mps, then cpu. The one list: settings and CLI use it."""
-DEVICES: tuple[Device, ...] = get_args(Device)
-Precision = Literal["auto", "fp32", "fp16", "bf16"]
-"""The model's arithmetic; ``auto`` is fp16 autocast on CUDA, fp32 elsewhere. The one list, as ``Device``."""
-PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 CHUNK_TAILS = ("zeros", "centred")
-
-
-class SeparationError(ValueError):
-    """Invalid separation options or an unusable device; the message says which and why."""
-
-
-MAX_OVERLAP = 0.9
-"""Overlap is in [0, MAX_OVERLAP): at 0.9 each sample would be computed ten times over."""
-MAX_SHIFTS = 20
-
-
-def check_overlap(overlap: float) -> None:
-    """The engine's rule for ``overlap`` (callers that validate earlier, like the service, use it too)."""
-    if isinstance(overlap, bool) or not isinstance(overlap, numbers.Real) or not 0 <= overlap < MAX_OVERLAP:
-        raise SeparationError(f"overlap must be a number in [0, {MAX_OVERLAP:g}), got {overlap!r}")
-
-
-def check_shifts(shifts: int) -> None:
-    """The engine's rule for ``shifts``."""
-    if isinstance(shifts, bool) or not isinstance(shifts, numbers.Integral) or not 1 <= shifts <= MAX_SHIFTS:
-        raise SeparationError(f"shifts must be an integer from 1 to {MAX_SHIFTS}, got {shifts!r}")
 
 
 @dataclass(frozen=True)
@@ -151,28 +138,9 @@ def separate(
     return {name: np.concatenate(chunks, axis=1) for name, chunks in parts.items()}
 
 
-COMPLEMENT_PREFIX = "no_"
-
-
-def complement(stem: str) -> str:
-    """The name of what is left of the mix without ``stem`` in two-stem mode: ``no_<stem>``.
-
-    The pair sums to the mix: the complement is the mix minus the stem (see :func:`two_stem_pair`), not the
-    sum of the other stems, so together they give back the input exactly.
-    """
-    return f"{COMPLEMENT_PREFIX}{stem}"
-
-
 def two_stem_pair(stem: str, audio: np.ndarray, mix: np.ndarray) -> dict[str, np.ndarray]:
     """``{stem: audio, no_<stem>: mix - audio}``: the two stems of two-stem mode, which sum to ``mix``."""
     return {stem: audio, complement(stem): mix - audio}
-
-
-def pair_stem(sources: Iterable[str], two_stems: str | None) -> str | None:
-    """The stem a separation pairs with its complement: ``two_stems``, or the only stem of a one-stem model
-    (a vocals model gives ``vocals`` and ``no_vocals``, the mix minus the vocals)."""
-    sources = list(sources)
-    return sources[0] if two_stems is None and len(sources) == 1 else two_stems
 
 
 def check_segment(model: LoadedModel, segment: int | None) -> None:
@@ -183,17 +151,6 @@ def check_segment(model: LoadedModel, segment: int | None) -> None:
             f"model {model.name} takes chunks of at most {limit} samples ({limit / SAMPLE_RATE:.2f} s, its "
             f"training segment); the segment asked for is {segment / SAMPLE_RATE:.2f} s: give less"
         )
-
-
-def output_names(sources: Iterable[str], two_stems: str | None = None) -> list[str]:
-    """The stem names a separation yields, in order."""
-    sources = list(sources)
-    two_stems = pair_stem(sources, two_stems)
-    if two_stems is None:
-        return sources
-    if two_stems not in sources:
-        raise SeparationError(f"two_stems must be one of {', '.join(sources)}, got {two_stems!r}")
-    return [two_stems, complement(two_stems)]
 
 
 def separate_blocks(

@@ -34,3 +34,17 @@ FORMATS: dict[str, FormatInfo] = {
 }
 """Output formats by name, the service's default first. ``"mp3" in FORMATS``;
 ``FORMATS["wav"].bit_depths == (16, 24, 32)``; ``FORMATS["flac"].extension == ".flac"``."""
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """How stems are encoded: ``wav`` (16/24/32-bit float), ``flac`` (16/24-bit) or ``mp3`` (CBR kbps)."""
+
+    format: str = "wav"
+    bitrate: int = 192
+    bit_depth: int = 16
+
+    @property
+    def extension(self) -> str:
+        """The stem files' extension, with the dot (``".mp3"``)."""
+        return FORMATS[self.format].extension

@@ -12,38 +12,49 @@ deployer's machine (the ``FREESTEMS_*`` variables there decide the GPU type, sca
 limit), and again in each container, where the image's environment carries the same values (see
 :func:`image_environment`; machine-local ones such as paths and the HMAC secret are left out).
 
-**Image.** Debian slim, a pinned torch (PyPI's Linux wheels are CUDA builds), freestems' own dependencies
-(read from its installed metadata, so ``pyproject.toml`` stays the one list), then a build step that runs
-the catalog's download code (:func:`freestems.models.ensure_weights`) into ``/weights`` and writes the
-model's description there, and last the ``freestems`` source itself (mounted, so a code change does not
-rebuild the layers above). Nothing is downloaded at request time: the containers load with
-``download=False``.
+**Image.** Debian slim, torch as the CUDA 12.6 build (``FREESTEMS_MODAL_TORCH_INDEX``: Modal's driver,
+575.57.08, runs CUDA 12.x wheels, not PyPI's CUDA 13 one), freestems' dependencies (read from its installed
+metadata, so ``pyproject.toml`` stays the one list, each pinned to the version installed here), then a
+build step that runs the catalog's download code (:func:`freestems.models.ensure_weights`) into
+``/weights`` and writes the model's description there (its arguments carry the catalog's facts,
+:func:`catalog_facts`, so a catalog change rebuilds it), and last the ``freestems`` source itself
+(mounted, so a code change does not rebuild the layers above). Nothing is downloaded at request time: the
+containers load with ``download=False``.
 
-**GPU class.** :class:`Separator` has a memory snapshot. ``@modal.enter(snap=True)`` loads the model on
-the CPU and runs one small job end to end (decode, model, MP3 encoders, zip), so imports and lazy
-initialisation are in the snapshot; ``@modal.enter(snap=False)`` moves the model to the GPU, picks the
-precision (fp16, else bf16, if a probe shows the output stays faithful) and warms it. With
-``FREESTEMS_MODAL_GPU_SNAPSHOT=1`` (Modal's experimental GPU snapshots) all of that happens before the
-snapshot and a restored container is ready at once.
+**GPU and CPU classes.** :class:`Separator` (on a GPU) and :class:`CpuSeparator` (CPU-only containers)
+are the same code (:class:`_SeparatorCode`) with a memory snapshot. ``@modal.enter(snap=True)`` loads
+the model on the CPU, runs one small job end to end (decode, model, MP3 encoders, zip), so imports and
+lazy initialisation are in the snapshot, and gives the memory that freed back (:func:`trim_memory`);
+``@modal.enter(snap=False)`` moves the model to the GPU and picks the precision (fp16, else bf16, if a
+probe shows the output stays faithful; the answer is kept in the Dict ``<app>-precision``, so the probe
+runs once per model, GPU type and torch). A GPU-class container whose torch sees no GPU refuses to start
+(:class:`NoAccelerator`, naming the driver and the wheel's CUDA). With ``FREESTEMS_MODAL_GPU_SNAPSHOT=1``
+(Modal's experimental GPU snapshots) all of that happens before the snapshot and a restored container is
+ready at once. Each call checks its lease (Dict ``<app>-leases``) and stops once the web tier stopped
+renewing it; each container records its wake-up when it scales down.
 
 **Where the seconds go.** A job's GPU container decodes the whole upload first (one pass, on its CPU
 cores), then runs the model while one MP3 encoder per stem works on other cores, then zips: compressed
-audio in, the zip of encoded stems out. Each call records its timings and ``gpu_seconds`` (the method's wall
-time) in the Dict ``<app>-usage`` (read by ``freestems cost --modal``) and sends them, with ``started``
-and ``progress`` events, to the caller through the Queue ``<app>-progress`` (see
-:mod:`freestems.executors.modal`).
+audio in, the zip of encoded stems out. Each call records its timings, ``busy_seconds`` (the method's
+wall time) and ``cost_usd`` (counted whole: :mod:`freestems.cost`) in the Dict ``<app>-usage`` (read by
+``freestems cost --modal``) and sends them, with ``started`` and ``progress`` events, to the caller
+through the Queue ``<app>-progress`` (see :mod:`freestems.executors.modal`).
 
 **Web tier.** One container (``max_containers=1``: the WebSockets and session keys live in its memory)
 with ``@modal.concurrent``; its jobs go to the GPU class through a ``ModalExecutor``. The HMAC key of the
 challenges comes from the ``modal.Secret`` named by ``FREESTEMS_MODAL_SECRET_NAME``.
 
-For tests, :func:`remote_calls`, :func:`progress_channel` and :func:`usage_log` are the only ways out to
-Modal's cloud; replacing them runs everything in-process (``Separator().separate.local``).
+For tests, :func:`remote_calls`, :func:`cpu_calls`, :func:`progress_channel`, :func:`usage_log`,
+:func:`lease_store` and :func:`precision_cache` are the only ways out to Modal's cloud, and
+:func:`in_container` says where the code runs; replacing them runs everything in-process
+(``Separator().separate.local``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import gc
 import importlib.metadata
 import json
 import logging
@@ -56,23 +67,25 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import modal
 
-from freestems.cost import UsageRecord, job_cost, usage_dict_name
+from freestems.cost import Shape, UsageRecord, WakeRecord, usage_dict_name
 from freestems.errors import FailureCode
 from freestems.executors.base import ModelDescription
 from freestems.executors.modal import (
+    DictLeases,
+    LeaseStore,
     ModalCalls,
     ModalExecutor,
     ModalQueueChannel,
     ProgressChannel,
     RemoteCalls,
 )
-from freestems.jobrun import JobFailed, JobOutput
+from freestems.jobrun import Cancelled, JobFailed, JobOutput
 from freestems.options import SeparationOptions
 from freestems.service.settings import PREFIX, Settings
 
@@ -146,7 +159,9 @@ modal_settings = ModalSettings.from_env(os.environ)
 
 
 def requirements() -> list[str]:
-    """freestems' dependencies and its ``serve`` extra, from the installed package's metadata, no torch."""
+    """freestems' dependencies and its ``serve`` extra, from the installed package's metadata, no torch,
+    each pinned to the version installed where ``modal deploy`` runs (``name==version``: the image runs
+    what the deployer tested, and a new release upstream does not change it unseen)."""
     try:
         declared = importlib.metadata.requires("freestems") or []
     except importlib.metadata.PackageNotFoundError:
@@ -160,9 +175,38 @@ def requirements() -> list[str]:
         if marker and marker != 'extra=="serve"':
             continue
         name = re.split(r"[\s<>=!~\[(;]", spec.strip(), maxsplit=1)[0].lower()
-        if name not in ("torch", "freestems"):
-            found.append(spec.strip())
-    return found
+        if name in ("torch", "freestems"):
+            continue
+        try:
+            found.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(spec.strip())  # not installed here: the declared range, as declared
+    return sorted(found)
+
+
+def catalog_facts(model: str | None, others: Sequence[str] = ()) -> str:
+    """What the weights step bakes, as the catalog says it today: every entry of ``model`` (the default
+    model if None; each member of an ensemble or of ``a+b``) and of the ``others`` served, with its URLs,
+    sizes, sha256 and config.
+
+    It is an argument of the build step, so it is part of what Modal hashes to cache that layer: a catalog
+    change (a URL, a checksum, a config, the default model) rebuilds it; nothing else does.
+    """
+    from freestems.models import DEFAULT_MODEL, get_model_info
+
+    entries: dict[str, Any] = {}
+    pending = [name.strip() for name in (model or DEFAULT_MODEL).split("+")]
+    pending += [name.strip() for other in others for name in other.split("+")]
+    while pending:
+        name = pending.pop(0)
+        if name in entries:
+            continue
+        info = get_model_info(name)
+        entries[name] = dataclasses.asdict(info)
+        if info.architecture == "ensemble":
+            pending.extend(member for member, _ in info.config["members"])
+    facts = {"model": model or DEFAULT_MODEL, "others": list(others), "entries": entries}
+    return json.dumps(facts, sort_keys=True, default=str)
 
 
 def default_model_name() -> str | None:
@@ -184,16 +228,24 @@ def bake_weights(
     model_config: str | None,
     weights_dir: str,
     others: tuple[str, ...] = (),
+    catalog: str | None = None,
 ) -> None:
     """Image build step: the catalog model's weights into ``weights_dir`` (with the catalog's own
     download code, size and checksum checks included), and the model's description beside them; with
-    ``FREESTEMS_MODELS``, the other served models' files and descriptions too (``others``)."""
+    ``FREESTEMS_MODELS``, the other served models' files and descriptions too (``others``).
+    ``catalog`` is :func:`catalog_facts` as the deployer saw it; the build checks that the image's
+    catalog says the same, so an image never bakes other weights than the ones its hash names."""
     from freestems.executors import describe
     from freestems.models import DEFAULT_MODEL, ensure_weights, get_model_info, load_model
     from freestems.models.served import serve_catalog
 
     if model_file is None:
-        ensure_weights(get_model_info(model or DEFAULT_MODEL), cache_dir=weights_dir, progress=False)
+        if catalog is not None and catalog != catalog_facts(model, others):
+            raise RuntimeError(
+                "the image's model catalog differs from the deployer's; reinstall and redeploy"
+            )
+        for name in (model or DEFAULT_MODEL).split("+"):
+            ensure_weights(get_model_info(name.strip()), cache_dir=weights_dir, progress=False)
     loaded = load_model(
         model,
         model_file=model_file,
@@ -227,23 +279,30 @@ def build_image(settings: Settings, deployment: ModalSettings, environ: Mapping[
     if settings.model_config_file is not None:
         model_config = f"{WEIGHTS_DIR}/config/{settings.model_config_file.name}"
         image = image.add_local_file(settings.model_config_file, model_config, copy=True)
-    image = image.run_function(
-        bake_weights,
-        kwargs={
-            "model": default_model_name(),
-            "model_file": model_file,
-            "model_config": model_config,
-            "weights_dir": WEIGHTS_DIR,
-            "others": other_model_names(),
-        },
-    )
+    image = image.run_function(bake_weights, kwargs=bake_arguments(settings, model_file, model_config))
     return image.env(image_environment(environ, settings)).add_local_python_source("freestems", ignore=[])
+
+
+def bake_arguments(settings: Settings, model_file: str | None, model_config: str | None) -> dict[str, Any]:
+    """The arguments of the weights step (Modal hashes them with the function's source to cache the
+    layer): the catalog's facts are among them, unless the model is a file (whose bytes are hashed)."""
+    model, others = default_model_name(), other_model_names()
+    return {
+        "model": model,
+        "model_file": model_file,
+        "model_config": model_config,
+        "weights_dir": WEIGHTS_DIR,
+        "others": others,
+        "catalog": None if model_file is not None else catalog_facts(model, others),
+    }
 
 
 app = modal.App(modal_settings.modal_app_name, include_source=False)
 image = build_image(settings, modal_settings, os.environ)
 progress_queue = modal.Queue.from_name(f"{modal_settings.modal_app_name}-progress", create_if_missing=True)
 usage_dict = modal.Dict.from_name(usage_dict_name(modal_settings.modal_app_name), create_if_missing=True)
+lease_dict = modal.Dict.from_name(f"{modal_settings.modal_app_name}-leases", create_if_missing=True)
+precision_dict = modal.Dict.from_name(f"{modal_settings.modal_app_name}-precision", create_if_missing=True)
 
 
 # ------------------------------------------------------------------------------------------- the ways out
@@ -257,6 +316,9 @@ class DictUsageLog:
 
     def record(self, record: UsageRecord) -> None:
         self.store.put(f"{record.finished_at:.3f}-{record.job_id}", record.as_dict())
+
+    def record_wake(self, record: WakeRecord) -> None:
+        self.store.put(f"wake-{record.ended_at:.3f}-{record.task}", record.as_dict())
 
 
 def progress_channel() -> ProgressChannel:
@@ -274,6 +336,27 @@ def remote_calls() -> RemoteCalls:
     return ModalCalls(Separator().separate)
 
 
+def cpu_calls() -> RemoteCalls:
+    """How the web tier reaches the CPU class."""
+    return ModalCalls(CpuSeparator().separate)
+
+
+def lease_store() -> LeaseStore:
+    """Where the web tier renews its calls' leases and the containers read them."""
+    return DictLeases(lease_dict)
+
+
+def precision_cache() -> Any:
+    """Where the precision chosen for a model on a GPU type is kept (an object with ``get`` and ``put``),
+    so that the probe runs once per model, GPU type and torch, not at every cold start."""
+    return precision_dict
+
+
+def in_container() -> bool:
+    """Whether this runs in a Modal container (not in-process, e.g. ``.local()`` in a test)."""
+    return not modal.is_local()
+
+
 # ------------------------------------------------------------------------------------------- GPU class
 
 
@@ -283,6 +366,7 @@ def gpu_class_options(deployment: ModalSettings) -> dict[str, Any]:
         image=image,
         gpu=deployment.modal_gpu,
         cpu=deployment.modal_cpu,
+        memory=deployment.modal_memory,
         timeout=deployment.modal_timeout,
         scaledown_window=deployment.modal_scaledown_window,
         max_containers=deployment.modal_max_containers,
@@ -293,6 +377,133 @@ def gpu_class_options(deployment: ModalSettings) -> dict[str, Any]:
     if deployment.modal_gpu_snapshot:
         options["experimental_options"] = {"enable_gpu_snapshot": True}
     return options
+
+
+def cpu_class_options(deployment: ModalSettings) -> dict[str, Any]:
+    """The ``@app.cls`` arguments of :class:`CpuSeparator`: the same class on CPU-only containers."""
+    options: dict[str, Any] = dict(
+        image=image,
+        cpu=deployment.modal_cpu_class_cpu,
+        memory=deployment.modal_cpu_class_memory,
+        timeout=deployment.modal_timeout,
+        scaledown_window=deployment.modal_cpu_scaledown_window,
+        max_containers=deployment.modal_cpu_max_containers,
+        enable_memory_snapshot=True,
+    )
+    if deployment.modal_region:
+        options["region"] = list(deployment.modal_region)
+    return options
+
+
+def class_shape(tier: str, deployment: ModalSettings) -> Shape:
+    """What a container of the ``gpu`` or ``cpu`` class reserves (and is billed for)."""
+    regions = tuple(deployment.modal_region)
+    if tier == "cpu":
+        return Shape(None, deployment.modal_cpu_class_cpu, deployment.modal_cpu_class_memory, regions)
+    return Shape(deployment.modal_gpu, deployment.modal_cpu, deployment.modal_memory, regions)
+
+
+class NoAccelerator(RuntimeError):
+    """A container that declares a GPU has none torch can use: it refuses to start rather than serve
+    every song on its CPU at GPU prices."""
+
+
+def driver_version() -> str | None:
+    """The NVIDIA driver of this machine (``nvidia-smi``, else ``/proc/driver/nvidia/version``), if any."""
+    import subprocess
+
+    try:
+        found = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        if found.returncode == 0 and found.stdout.strip():
+            return found.stdout.strip().splitlines()[0].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text()
+    except OSError:
+        return None
+    match = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9]+(?:\.[0-9]+)+)", text)
+    return match.group(1) if match else None
+
+
+def gpu_refusal(gpu: str, driver: str | None, torch_version: str, wheel_cuda: str | None) -> str:
+    """Why a container that declares ``gpu`` cannot use it, for the log and the failed start."""
+    if wheel_cuda is None:
+        wheel = f"torch {torch_version} is a CPU-only build"
+    else:
+        wheel = f"torch {torch_version} is built for CUDA {wheel_cuda}"
+    seen = f"NVIDIA driver {driver}" if driver else "no NVIDIA driver (no nvidia-smi, no /proc/driver/nvidia)"
+    return (
+        f"this container declares GPU {gpu} but torch sees no CUDA device: {seen}; {wheel}. Refusing to "
+        "start rather than separate on the CPU at GPU prices. Build the image with a torch whose CUDA "
+        "the driver runs (a CUDA 13 wheel needs driver 580+; FREESTEMS_MODAL_TORCH_INDEX="
+        "https://download.pytorch.org/whl/cu126 for drivers of the 525-575 series) and redeploy."
+    )
+
+
+def trim_memory() -> bool:
+    """Give freed memory back before the snapshot: Python's garbage, torch's cached CUDA blocks, and the
+    C allocator's free pages (``malloc_trim``, glibc), so they are not saved and restored with every
+    container. Returns whether ``malloc_trim`` ran."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return False
+    return bool(libc.malloc_trim(0) or True)
+
+
+def precision_key(fingerprint: str, device_name: str, requested: str) -> str:
+    """The cache key of a precision choice: the model's weights, the GPU, torch, and what was asked."""
+    import torch
+
+    return f"{fingerprint}|{device_name}|torch {torch.__version__}|{requested}"
+
+
+def cached_precision(
+    model: LoadedModel,
+    device: torch.device,
+    requested: str,
+    cache: Any,
+    *,
+    fingerprint: str | None = None,
+    candidates: tuple[str, ...] | None = None,
+) -> tuple[str, dict[str, float], bool]:
+    """:func:`freestems.jobrun.choose_precision`, remembered in ``cache`` (``get``/``put``) by model, GPU
+    and torch: the probe runs once, not at every cold start. ``fingerprint``: the model's (from
+    :func:`freestems.executors.describe`, computed before the snapshot; default: computed here). Returns the
+    precision, its fidelity, and whether it came from the cache. A cache that fails is only a slower start."""
+    import torch
+
+    from freestems.executors import describe
+    from freestems.jobrun import choose_precision
+
+    if requested != "auto":
+        return requested, {}, False
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    key = precision_key(fingerprint or describe(model).fingerprint, name, requested)
+    try:
+        found = cache.get(key)
+    except Exception:
+        log.warning("reading the precision cache failed", exc_info=True)
+        found = None
+    if isinstance(found, Mapping) and isinstance(found.get("precision"), str):
+        return str(found["precision"]), dict(found.get("fidelity") or {}), True
+    precision, fidelity = choose_precision(model, device, requested, candidates=candidates)
+    try:
+        cache.put(key, {"precision": precision, "fidelity": fidelity})
+    except Exception:
+        log.warning("writing the precision cache failed", exc_info=True)
+    return precision, fidelity, False
 
 
 def load_configured_model(name: str | None = None) -> LoadedModel:
@@ -336,7 +547,7 @@ def read_descriptions(weights_dir: str | Path) -> tuple[ModelDescription, ...]:
 def model_description() -> tuple[ModelDescription, ...]:
     """What the GPU class runs, for the web tier (every served model, the default first): written at build
     time (no model is loaded in the web container), else (running in-process) computed from the models."""
-    baked = () if modal.is_local() else read_descriptions(WEIGHTS_DIR)
+    baked = read_descriptions(WEIGHTS_DIR) if in_container() else ()
     if baked:
         return baked
     from freestems.executors import describe
@@ -481,65 +692,154 @@ class _Outbox:
             self._thread.join(timeout)
 
 
-GPU_CLASS_OPTIONS = gpu_class_options(modal_settings)
-"""What :class:`Separator` is declared with, kept as plain values so they can be checked without Modal."""
+class _LeaseWatch:
+    """A call's lease, seen from the container: checked when the input is taken, then every few seconds
+    from a thread; :meth:`check` raises :class:`~freestems.jobrun.Cancelled` once it has lapsed (the web
+    container that waits for the job is gone, or let it go)."""
+
+    def __init__(self, store: LeaseStore | None, key: str | None, interval: float) -> None:
+        self.store, self.key, self.interval = store, key, interval
+        self.lapsed = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if store is None or key is None:
+            return
+        self._look()
+        self._thread = threading.Thread(target=self._run, name="freestems-lease", daemon=True)
+        self._thread.start()
+
+    def _look(self) -> None:
+        assert self.store is not None and self.key is not None
+        try:
+            expires = self.store.expires(self.key)
+        except Exception:  # the store is unreachable: not a reason to stop a job
+            log.warning("reading lease %s failed", self.key, exc_info=True)
+            return
+        if expires is None or time.time() > expires:
+            log.warning("the lease of %s lapsed: its web container is gone; stopping the job", self.key)
+            self.lapsed = True
+
+    def _run(self) -> None:
+        while not self.lapsed and not self._stop.wait(self.interval):
+            self._look()
+
+    def check(self) -> None:
+        if self.lapsed:
+            raise Cancelled("the web tier that asked for this job is gone (its lease lapsed)")
+
+    def close(self) -> None:
+        self._stop.set()
 
 
-@app.cls(**GPU_CLASS_OPTIONS)
-class Separator:
-    """Separates one song per call: ``separate(audio, options) -> zip``, as ``POST /separate`` answers."""
+class _SeparatorCode:
+    """The separator, on a GPU (:class:`Separator`) or on CPU-only containers (:class:`CpuSeparator`):
+    ``separate(audio, options) -> zip``, as ``POST /separate`` answers."""
+
+    tier: ClassVar[str] = "gpu"
 
     @modal.enter(snap=True)
     def load(self) -> None:
-        """Before the snapshot: the model on the CPU (on the GPU with GPU snapshots), one job run."""
+        """Before the snapshot: the model on the CPU (on the GPU with GPU snapshots), one job run, and
+        the memory that run freed given back."""
         import torch
+
+        from freestems.executors import describe
 
         _configure_logging()
         begin = time.time()
         self.snapshot_task = os.environ.get("MODAL_TASK_ID")
+        self.shape = class_shape(self.tier, modal_settings)
         self.model = load_configured_model()
         # The other served models (FREESTEMS_MODELS): in the snapshot's memory, on the GPU at first use.
         self.others = {name: load_configured_model(name) for name in other_model_names()}
         self.on_device: dict[str, str] = {}
+        self.fingerprint = describe(self.model).fingerprint  # on the CPU, before the snapshot: free later
         self.device = torch.device("cpu")
         self.precision = "fp32"
         self.fidelity: dict[str, float] = {}
-        if modal_settings.modal_gpu_snapshot and torch.cuda.is_available():  # only then is a GPU here now
-            self._use(torch.device("cuda"))
+        self.precision_cached = False
+        if self.tier == "gpu" and modal_settings.modal_gpu_snapshot and torch.cuda.is_available():
+            self._use(torch.device("cuda"))  # only then is a GPU here now
         _warm_up(self.model, self.device, self.precision)
+        self.trimmed = trim_memory()
         self.loaded_at = time.time()
         self.inputs = 0
+        self.busy = 0.0
         seconds = time.time() - begin
         log.info("model %s loaded and warm on %s in %.1f s", self.model.name, self.device, seconds)
 
     @modal.enter(snap=False)
     def ready(self) -> None:
-        """After the restore: the model on this container's GPU (when there is one), in its precision."""
+        """After the restore: the model on this container's GPU, in its precision. A GPU-class container
+        without a usable GPU refuses to start (:class:`NoAccelerator`)."""
+        import torch
+
         from freestems.separate import resolve_device
 
         begin = time.time()
         self.restored = _was_restored(self.snapshot_task, self.loaded_at)
-        device = resolve_device("auto")
+        device = resolve_device("auto") if self.tier == "gpu" else torch.device("cpu")
+        if self.tier == "gpu" and device.type != "cuda":
+            reason = gpu_refusal(
+                modal_settings.modal_gpu, driver_version(), torch.__version__, torch.version.cuda
+            )
+            if in_container():
+                log.error("%s", reason)
+                raise NoAccelerator(reason)
+            log.warning("in-process, not in a container: running on %s (%s)", device, reason)
+        if in_container() and self.tier == "cpu":
+            torch.set_num_threads(max(1, round(2 * self.shape.cpu)))  # a Modal core is 2 hardware threads
         if device.type != self.device.type:
             self._use(device)
         self.ready_at = time.time()
         self.container_start = self.ready_at - (begin if self.restored else _IMPORTED_AT)
         log.info(
-            "ready on %s (%s, precision %s, fidelity %s) in %.2f s",
+            "ready on %s (%s, precision %s%s, fidelity %s) in %.2f s",
             self.device,
             "restored from a snapshot" if self.restored else "cold start",
             self.precision,
+            " cached" if self.precision_cached else "",
             {name: round(value, 1) for name, value in self.fidelity.items()},
             self.container_start,
         )
 
-    def _use(self, device: torch.device) -> None:
-        from freestems.jobrun import choose_precision
+    @modal.exit()
+    def stop(self) -> None:
+        """The container is going: record its wake-up (start, busy, idle seconds) for the cost."""
+        self.record_wake()
 
+    def record_wake(self) -> None:
+        """Record this container's life so far as one wake-up (``freestems cost --modal``)."""
+        ready_at = getattr(self, "ready_at", None)
+        if ready_at is None:
+            return
+        now = time.time()
+        record = WakeRecord(
+            task=os.environ.get("MODAL_TASK_ID") or uuid.uuid4().hex[:12],
+            tier=self.shape.tier,
+            ended_at=now,
+            start_seconds=round(self.container_start, 3),
+            busy_seconds=round(self.busy, 3),
+            idle_seconds=round(max(0.0, now - ready_at - self.busy), 3),
+            inputs=self.inputs,
+            cost_usd=self.shape.cost(self.container_start + now - ready_at, settings.gpu_prices),
+        )
+        try:
+            usage_log().record_wake(record)
+        except Exception:
+            log.warning("recording the wake-up failed", exc_info=True)
+
+    def _use(self, device: torch.device) -> None:
         self.model.module.to(device)
         self.device = device
-        self.precision, self.fidelity = choose_precision(self.model, device, modal_settings.modal_precision)
-        if not self.fidelity:  # the precision probe warmed the GPU; else warm it now
+        self.precision, self.fidelity, self.precision_cached = cached_precision(
+            self.model,
+            device,
+            modal_settings.modal_precision,
+            precision_cache(),
+            fingerprint=self.fingerprint,
+        )
+        if not self.fidelity or self.precision_cached:  # no probe ran to warm the GPU: warm it now
             _warm_up_device(self.model, device, self.precision)
 
     @modal.method()
@@ -551,6 +851,7 @@ class Separator:
         max_duration: float | None = None,
         filename: str | None = None,
         progress: str | None = None,
+        lease: str | None = None,
     ) -> bytes:
         """The zip of the stems of ``audio`` (any format ``POST /separate`` takes, as bytes).
 
@@ -558,8 +859,10 @@ class Separator:
         fields of ``POST /separate`` as a dict (``two_stems``, ``shifts``, ``overlap``, ``mp3``,
         ``mp3_bitrate``, ``format``, ``model``, plus ``seed``, ``max_duration``, ``filename`` and
         ``progress``). ``max_duration`` (seconds), ``filename`` (used in messages) and ``progress`` (an event
-        key) may also come as keyword arguments.
-        Raises :class:`freestems.jobrun.JobFailed` for a bad input or bad options.
+        key) may also come as keyword arguments; ``lease`` names the caller's lease (the job stops once it
+        lapses; none: the job runs to its end).
+        Raises :class:`freestems.jobrun.JobFailed` for a bad input or bad options,
+        :class:`freestems.jobrun.Cancelled` when the lease lapsed.
         """
         received, clock = time.time(), time.perf_counter()
         self.inputs += 1
@@ -572,29 +875,44 @@ class Separator:
             filename=filename,
             progress=progress,
         )
+        interval = max(0.5, min(5.0, modal_settings.modal_lease_seconds / 4))
+        watch = _LeaseWatch(lease_store() if lease else None, lease, interval)
         outbox = _Outbox(progress_channel() if request.progress else None, request.progress)
         finished = False
         try:
+            watch.check()
             outbox.event(
                 {"type": "started", "at": received, "container_start": round(container_start, 3),
                  "restored": self.restored, "first_input": self.inputs == 1}
             )  # fmt: skip
-            data, result = self._run(audio, request, outbox)
+            data, result = self._run(audio, request, outbox, watch)
+            busy = round(time.perf_counter() - clock, 3)
             timings = {
                 **result.timings,
                 "container_start": round(container_start, 3),
-                "gpu_seconds": round(time.perf_counter() - clock, 3),
+                "busy_seconds": busy,
+                "cost_usd": self.shape.cost(busy, settings.gpu_prices) or 0.0,
             }
+            if self.tier == "gpu":
+                timings["gpu_seconds"] = busy
             outbox.event({"type": "timings", "timings": timings})
             outbox.usage(self._usage(request, result.audio_seconds, timings))
             finished = True
             return data
         finally:
+            self.busy += time.perf_counter() - clock
+            watch.close()
             outbox.close(flush=finished)
 
-    def _run(self, audio: bytes, request: Request, outbox: _Outbox) -> tuple[bytes, JobOutput]:
+    def _run(
+        self, audio: bytes, request: Request, outbox: _Outbox, watch: _LeaseWatch
+    ) -> tuple[bytes, JobOutput]:
         """Run the job in a temporary folder: the zip's bytes and the job's output."""
         from freestems.jobrun import run_job
+
+        def progress(fraction: float) -> None:
+            watch.check()
+            outbox.event({"type": "progress", "progress": fraction})
 
         folder = Path(tempfile.mkdtemp(prefix="freestems-job-"))
         try:
@@ -608,7 +926,7 @@ class Separator:
                 work_dir=folder / "stems",
                 options=request.options,
                 max_duration=request.max_duration,
-                progress=lambda fraction: outbox.event({"type": "progress", "progress": fraction}),
+                progress=progress,
                 device=self.device,
                 precision=precision,
                 display_name=request.filename,
@@ -631,12 +949,12 @@ class Separator:
                 FailureCode.INVALID_OPTIONS, f"model {name!r} is not served here; served: {served}"
             )
         if name not in self.on_device:
-            from freestems.jobrun import choose_precision
-
             model.module.to(self.device)
             precision = "fp32"
-            if self.device.type == "cuda":
-                precision, _ = choose_precision(model, self.device, modal_settings.modal_precision)
+            if self.device.type == "cuda":  # probed once per model, GPU and torch (the precision cache)
+                precision, _, _ = cached_precision(
+                    model, self.device, modal_settings.modal_precision, precision_cache()
+                )
             self.on_device[name] = precision
         return model, self.on_device[name]
 
@@ -647,12 +965,32 @@ class Separator:
             job_id=job_id,
             finished_at=time.time(),
             model=request.options.model or self.model.name,
-            gpu=modal_settings.modal_gpu,
+            gpu=self.shape.gpu,
             audio_seconds=audio_seconds,
-            gpu_seconds=timings["gpu_seconds"],
-            cost_usd=job_cost(timings["gpu_seconds"], modal_settings.modal_gpu, settings.gpu_prices),
+            gpu_seconds=timings.get("gpu_seconds"),
+            cost_usd=timings["cost_usd"],
             timings=timings,
         )
+
+
+GPU_CLASS_OPTIONS = gpu_class_options(modal_settings)
+CPU_CLASS_OPTIONS = cpu_class_options(modal_settings)
+"""What :class:`Separator` and :class:`CpuSeparator` are declared with, kept as plain values so they can
+be checked without Modal."""
+
+
+@app.cls(**GPU_CLASS_OPTIONS)
+class Separator(_SeparatorCode):
+    """The separator on a GPU: refuses to start without one."""
+
+    tier = "gpu"
+
+
+@app.cls(**CPU_CLASS_OPTIONS)
+class CpuSeparator(_SeparatorCode):
+    """The same separator on CPU-only containers (``FREESTEMS_MODAL_TIER=cpu`` or ``overflow``)."""
+
+    tier = "cpu"
 
 
 def _was_restored(snapshot_task: str | None, loaded_at: float) -> bool:
@@ -729,14 +1067,27 @@ def web_function_options(settings: Settings, deployment: ModalSettings) -> dict[
     )
 
 
+def executor_workers(deployment: ModalSettings) -> int:
+    """Jobs in flight at once from the web tier: the containers of the classes its tier uses."""
+    gpu, cpu = deployment.modal_max_containers, deployment.modal_cpu_max_containers
+    return {"gpu": gpu, "cpu": cpu, "overflow": gpu + cpu}[deployment.modal_tier]
+
+
 def make_executor() -> ModalExecutor:
-    """The web tier's executor: jobs to the GPU class, ``modal_max_containers`` at a time."""
+    """The web tier's executor: jobs to the GPU class, the CPU class or both (``FREESTEMS_MODAL_TIER``),
+    each call with a lease this web container renews while it waits."""
+    tier = modal_settings.modal_tier
     return ModalExecutor(
         remote_calls(),
         progress_channel(),
         model_description,
         gpu=modal_settings.modal_gpu,
-        workers=modal_settings.modal_max_containers,
+        workers=executor_workers(modal_settings),
+        cpu_calls=cpu_calls() if tier != "gpu" else None,
+        tier=tier,
+        overflow_backlog=modal_settings.modal_overflow_backlog,
+        leases=lease_store(),
+        lease_seconds=modal_settings.modal_lease_seconds,
     )
 
 
@@ -753,7 +1104,7 @@ def web() -> FastAPI:
     from freestems.service import create_app
 
     _configure_logging()
-    return create_app(settings.replace(workers=modal_settings.modal_max_containers), executor=make_executor())
+    return create_app(settings.replace(workers=executor_workers(modal_settings)), executor=make_executor())
 
 
 @app.local_entrypoint()

@@ -8,9 +8,11 @@ The GPU prices stay with the service's settings: the service prices its own usag
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
-from freestems.separate import Precision
+from freestems.rules import Precision
 from freestems.service.settings import AtLeastOne, CommaList, EnvSettings, Name, Positive
 
 
@@ -25,9 +27,10 @@ class ModalSettings(EnvSettings):
     ``freestems cost`` after a few songs on another type."""
     modal_region: CommaList = ()
     """Regions the GPU class may run in (comma list); empty: anywhere (the fastest to find a GPU)."""
-    modal_scaledown_window: int = Field(15, ge=2, le=3600)
-    """Seconds an idle GPU container stays up (Modal's range: 2 to 3600). Idle seconds are billed: short,
-    since a restore from the memory snapshot is quick."""
+    modal_scaledown_window: int = Field(10, ge=2, le=3600)
+    """Seconds an idle GPU container stays up (Modal's range: 2 to 3600). Idle seconds are billed; the
+    window that bounds them is the container's start time (:func:`freestems.cost.scaledown_window`: 10 s
+    from the estimated start, until ``freestems cost`` shows the measured one)."""
     modal_max_containers: AtLeastOne = 10
     """Most GPU containers at once (bounds the spend); also how many jobs the web tier runs at once."""
     modal_timeout: int = Field(900, ge=10, le=86400)
@@ -45,6 +48,29 @@ class ModalSettings(EnvSettings):
     modal_web_max_inputs: AtLeastOne = 500
     """Requests and WebSockets one web container holds at once (``@modal.concurrent``)."""
     modal_torch: str = "torch==2.13.0"
-    """The torch requirement of the image (PyPI's Linux wheels are CUDA builds)."""
-    modal_torch_index: str = ""
-    """A package index for torch (e.g. ``https://download.pytorch.org/whl/cu128``); empty: PyPI."""
+    """The torch requirement of the image."""
+    modal_torch_index: str = "https://download.pytorch.org/whl/cu126"
+    """The package index of torch: the CUDA 12.6 build, which Modal's driver runs (575.57.08, CUDA 12.9 at
+    most; PyPI's torch 2.13.0 is a CUDA 13.0 build, which needs driver 580+). Empty: PyPI."""
+
+    # ------------------------------------------------------ GPU/CPU tiers and cost (branch modal, issue 13)
+    modal_tier: Literal["gpu", "cpu", "overflow"] = "gpu"
+    """Where jobs run: ``gpu`` (the GPU class), ``cpu`` (the CPU class: same code, CPU-only containers), or
+    ``overflow``: the GPU class, except a job goes to the CPU class when the GPU class already has
+    ``FREESTEMS_MODAL_OVERFLOW_BACKLOG`` or more inputs waiting for a container (Modal's backlog, read
+    when the job is dispatched)."""
+    modal_memory: int = Field(4096, ge=128, le=262144)
+    """MiB of memory the GPU class reserves (the decoded upload of a long song, the stems, the zip)."""
+    modal_cpu_class_cpu: Positive = 2.0
+    """Physical cores of a CPU-class container (the model runs on them)."""
+    modal_cpu_class_memory: int = Field(3072, ge=128, le=262144)
+    """MiB of memory a CPU-class container reserves."""
+    modal_cpu_max_containers: AtLeastOne = 20
+    """Most CPU-class containers at once."""
+    modal_cpu_scaledown_window: int = Field(5, ge=2, le=3600)
+    """Seconds an idle CPU-class container stays up (its start time, as for the GPU class)."""
+    modal_overflow_backlog: AtLeastOne = 2
+    """With ``FREESTEMS_MODAL_TIER=overflow``: GPU inputs waiting at which a new job goes to the CPU."""
+    modal_lease_seconds: int = Field(30, ge=2, le=3600)
+    """A job's lease: the web tier renews it while it waits for the job; a GPU/CPU container whose job's
+    lease has not been renewed for this long stops the job (its web container is gone)."""

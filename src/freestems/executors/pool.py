@@ -38,6 +38,8 @@ class Running:
     item: WorkItem
     stop: threading.Event = field(default_factory=threading.Event)
     shutdown: bool = False
+    gpu: str | None = None
+    """The GPU type that runs it (the pool's, unless the executor routes it elsewhere, e.g. to a CPU)."""
 
 
 class WorkerPool:
@@ -148,7 +150,7 @@ class WorkerPool:
                 if self._closing:
                     return
                 item = self._pending.popleft()
-                running = Running(item)
+                running = Running(item, gpu=self.gpu)
                 self._running[item.job_id] = running
             try:
                 self._execute(running)
@@ -164,7 +166,7 @@ class WorkerPool:
         try:
             timings = self._run(running)
             outcome = JobEvent(
-                item.job_id, "done", progress=1.0, result=item.result, timings=dict(timings), gpu=self.gpu
+                item.job_id, "done", progress=1.0, result=item.result, timings=dict(timings), gpu=running.gpu
             )
         except Cancelled as error:
             message = str(error) or None

@@ -17,7 +17,7 @@ import copy
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from freestems.models.errors import ModelNotAvailable
+from freestems.models.errors import ModelChoiceError, ModelNotAvailable
 
 RELEASES_URL = "https://github.com/ZFTurbo/Music-Source-Separation-Training/releases/download/"
 """Base of every asset URL in the catalog."""
@@ -546,3 +546,30 @@ def get_model_info(name: str) -> ModelInfo:
         raise ModelNotAvailable(
             f"unknown model {name!r}; available: {', '.join(CATALOG)} (see `freestems models`)"
         ) from None
+
+
+OPTION_NAMES = ("-m/--model", "--model-file", "--model-config")
+"""How the CLI spells a model's name, its checkpoint file and that file's config."""
+
+
+def check_model_choice(
+    name: str | None,
+    model_file: object,
+    model_config: object,
+    *,
+    spelled: tuple[str, str, str] = OPTION_NAMES,
+    name_with_file: bool = False,
+) -> None:
+    """The one rule for naming the model to run: a catalog name or a checkpoint file, not both, and a config
+    only with a file. ``spelled`` names the three as the user wrote them (options, or ``FREESTEMS_*``
+    variables). ``name_with_file``: a name beside a file means the catalog config for that file
+    (:func:`load_model`'s library use) instead of a conflict.
+
+    Raises:
+        ModelChoiceError: the three do not fit together; the message names them as ``spelled``.
+    """
+    name_option, file_option, config_option = spelled
+    if name and model_file is not None and not name_with_file:
+        raise ModelChoiceError(f"give either {name_option} or {file_option}, not both")
+    if model_config is not None and model_file is None:
+        raise ModelChoiceError(f"{config_option} needs {file_option}")

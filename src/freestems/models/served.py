@@ -30,13 +30,15 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from freestems.models.catalog import ModelInfo, get_model_info
 from freestems.models.errors import ModelChoiceError
-from freestems.models.loading import LoadedModel, load_model
+
+if TYPE_CHECKING:  # torch is imported only where a model is loaded (a web tier never loads one)
+    from torch import nn
+
+    from freestems.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ def public_facts(name: str, sources: Sequence[str], title: str = "") -> dict[str
     relative time (seconds per minute of audio relative to ``scnet``) and the weights' licence, from the
     catalog (a checkpoint file has no catalog facts: its name is its title)."""
     from freestems.models.catalog import CATALOG
-    from freestems.separate import output_names
+    from freestems.rules import output_names
 
     info = CATALOG.get(name)
     return {
@@ -198,6 +200,13 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def load_model(*args: Any, **kwargs: Any) -> LoadedModel:
+    """:func:`freestems.models.loading.load_model`, imported when a model is loaded (it imports torch)."""
+    from freestems.models.loading import load_model as load
+
+    return load(*args, **kwargs)
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -208,6 +217,8 @@ def _size(path: Path) -> int:
 def model_bytes(model: LoadedModel | nn.Module) -> int:
     """Bytes of a model's parameters and buffers (each storage counted once: tied weights and ensemble
     members shared by two presets are not counted twice)."""
+    from freestems.models.loading import LoadedModel
+
     module = model.module if isinstance(model, LoadedModel) else model
     seen: set[tuple[str, int]] = set()
     total = 0

@@ -600,7 +600,7 @@ class JobManager:
                 gpu=event.gpu,
                 audio_seconds=timings.get("audio_seconds"),
                 gpu_seconds=gpu_seconds,
-                cost_usd=job_cost(gpu_seconds, event.gpu, self.settings.gpu_prices),
+                cost_usd=_whole_cost(timings) or job_cost(gpu_seconds, event.gpu, self.settings.gpu_prices),
                 timings=timings,
             )
         )
@@ -659,3 +659,10 @@ class JobManager:
 def result_url(job: Job) -> str:
     """Where the result zip is downloaded; relative to the server, token included."""
     return f"/jobs/{job.id}/result?token={job.token}"
+
+
+def _whole_cost(timings: dict[str, Any]) -> float | None:
+    """The cost a Modal container computed for its call (GPU, cores, memory, region: :mod:`freestems.cost`),
+    when it sent one; else the job is priced here by its GPU seconds."""
+    value = timings.get("cost_usd")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

@@ -20,7 +20,7 @@ from typing import Any
 from freestems.audio.formats import FORMATS as ENCODINGS
 from freestems.audio.formats import MP3_BITRATES
 from freestems.options import SeparationOptions
-from freestems.separate import MAX_OVERLAP, MAX_SHIFTS, SeparationError, check_overlap, complement
+from freestems.rules import MAX_OVERLAP, MAX_SHIFTS, SeparationError, check_overlap, complement
 
 from .errors import ServiceError, invalid_parameter
 from .settings import parse_bool

@@ -30,9 +30,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from freestems.cost import DEFAULT_GPU_PRICES, parse_prices
-from freestems.models.catalog import DEFAULT_MODEL
-from freestems.models.loading import check_model_choice
-from freestems.separate import Device
+from freestems.models.catalog import DEFAULT_MODEL, check_model_choice
+from freestems.rules import Device
 
 PREFIX = "FREESTEMS_"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
