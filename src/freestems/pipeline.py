@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from freestems.models import LoadedModel
+    from freestems.segments import SegmentWriter
 
 T = TypeVar("T")
 
@@ -85,6 +86,7 @@ def separate_file(
     progress: Progress | None = None,
     preload: bool = False,
     parallel_encode: bool = False,
+    segments: SegmentWriter | None = None,
     **options: Any,
 ) -> TrackResult:
     """Separate one audio file into ``destination/<stem>.<ext>``.
@@ -102,6 +104,8 @@ def separate_file(
             ~10.6 MB per minute of audio.
         parallel_encode: one encoder thread per stem instead of one for all (lameenc releases the GIL),
             for machines with cores to spare next to the model (a GPU container).
+        segments: also write every finished block as a segment (progressive results), in a thread of its
+            own that takes each block before the stem encoders do; the stem files do not change.
         **options: engine options, as for :func:`freestems.separate.separate_blocks`.
 
     Raises:
@@ -123,6 +127,10 @@ def separate_file(
     else:
         decoder = _Producer(reader.blocks(BLOCK_SECONDS * SAMPLE_RATE), name="freestems-decode")
     encoders = _encoders(writers, parallel_encode)
+    if segments is not None:
+        if track.stats is not None or track.decoded is not None:
+            segments.total = track.length  # counted, so exact (a container's own figure may be off)
+        encoders.insert(0, _Consumer(segments.write, name="freestems-segments"))
     samples = 0
     try:
         clock = time.perf_counter()
@@ -130,11 +138,14 @@ def separate_file(
             decoder, model, length=track.length, stats=track.stats, progress=progress, **options
         )
         for block in stems:
+            if segments is not None:
+                encoders[0].put(block)  # first: the listener hears it before the stems are encoded
+            stem_encoders = encoders[1:] if segments is not None else encoders
             if parallel_encode:
-                for name, encoder in zip(names, encoders, strict=True):
+                for name, encoder in zip(names, stem_encoders, strict=True):
                     encoder.put(block[name])
             else:
-                encoders[0].put(block)
+                stem_encoders[0].put(block)
             samples += block[names[0]].shape[1]
         waited = sum(encoder.waited for encoder in encoders)
         timings.separate = time.perf_counter() - clock - decoder.waited - waited
@@ -142,6 +153,8 @@ def separate_file(
             encoder.join()
         for writer in writers.values():
             writer.close()
+        if segments is not None:
+            segments.finish(samples)
     except BaseException:
         decoder.stop()
         for encoder in encoders:
@@ -150,7 +163,7 @@ def separate_file(
             writer.abort()
         raise
     timings.decode += decoder.busy
-    timings.encode = sum(encoder.busy for encoder in encoders)
+    timings.encode = sum(encoder.busy for encoder in encoders[1 if segments is not None else 0 :])
     timings.total = time.perf_counter() - started
     return TrackResult(stems=paths, samples=samples, timings=timings)
 

@@ -78,6 +78,8 @@ class LocalExecutor(WorkerPool):
             cancel=running.stop,
             device=self._device,
             display_name=item.display_name,
+            segments=item.partials,
+            on_segment=lambda segment: report(item, JobEvent(item.job_id, "segment", segment=segment)),
         )
         timings = dict(result.timings)
         if self._device.type == "cuda":  # the job held this GPU from start to end
