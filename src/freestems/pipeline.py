@@ -189,8 +189,14 @@ def _first_pass(reader: AudioReader, model: LoadedModel, preload: bool, timings:
             length = sum(block.shape[1] for block in decoded)
             stats = MixStats.of(decoded) if model.normalize else None
             return _Track(length, stats, decoded)
-        counted = _Counted(reader.blocks(BLOCK_SECONDS * SAMPLE_RATE))
-        stats = MixStats.of(counted)
+        # Decoding in a thread of its own while this one sums: the same blocks in the same order, so the
+        # same statistics, in about half the time on two cores (it is on the way to the first sound).
+        decoder = _Producer(reader.blocks(BLOCK_SECONDS * SAMPLE_RATE), name="freestems-stats")
+        try:
+            counted = _Counted(decoder)
+            stats = MixStats.of(counted)
+        finally:
+            decoder.stop()
         return _Track(counted.samples, stats)
     finally:
         timings.decode += time.perf_counter() - clock

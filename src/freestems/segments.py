@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import threading
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,7 @@ MANIFEST = "manifest.json"
 SEGMENT_EXTENSION = ".flac"
 REBUILT_SEGMENT_SECONDS = 30
 """Length of the segments cut from a finished result (all exist at once, so fewer, longer ones)."""
+REBUILD_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,16 @@ def write_segment(folder: Path, index: int, stem: str, audio: np.ndarray) -> Pat
     from freestems.audio import encode
 
     return encode(audio, segment_path(folder, index, stem), "flac", bit_depth=16)
+
+
+def link_or_copy(source: Path, destination: Path) -> None:
+    """A second name for ``source`` (a copy where hard links are not supported)."""
+    try:
+        os.link(source, destination)
+    except FileExistsError:
+        pass
+    except OSError:
+        shutil.copyfile(source, destination)
 
 
 def clear(folder: Path) -> None:
@@ -160,6 +173,24 @@ class SegmentWriter:
 # ---------------------------------------------------------------------------------------------- rebuild
 
 
+def copy_finished(source: Path, destination: Path) -> Manifest | None:
+    """Give ``destination`` the segments of a finished folder (hard links, else copies), manifest last;
+    None (and ``destination`` left empty) if ``source`` has no complete set."""
+    manifest = Manifest.read(source)
+    if manifest is None:
+        return None
+    clear(destination)
+    try:
+        for index, _, _ in manifest.segments:
+            for stem in manifest.stems:
+                link_or_copy(segment_path(source, index, stem), segment_path(destination, index, stem))
+        manifest.write(destination)
+    except OSError:  # the source expired meanwhile: the caller cuts them from the result instead
+        clear(destination)
+        return None
+    return manifest
+
+
 def rebuild_segments(
     archive: Path, folder: Path, segment_seconds: float = REBUILT_SEGMENT_SECONDS
 ) -> Manifest:
@@ -175,11 +206,13 @@ def rebuild_segments(
     with zipfile.ZipFile(archive) as bundle, tempfile.TemporaryDirectory(dir=folder) as scratch:
         members = [info for info in bundle.infolist() if not info.is_dir()]
         stems = tuple(Path(info.filename).stem for info in members)
-        lengths = []
-        for info, stem in zip(members, stems, strict=True):
-            path = Path(bundle.extract(info, scratch))
-            lengths.append(_cut(AudioReader(path).blocks(), size, folder, stem))
-            path.unlink()
+        paths = [Path(bundle.extract(info, scratch)) for info in members]
+
+        def cut(path: Path, stem: str) -> int:
+            return _cut(AudioReader(path).blocks(), size, folder, stem)
+
+        with ThreadPoolExecutor(max_workers=REBUILD_THREADS) as pool:  # decoders and encoders free the GIL
+            lengths = list(pool.map(cut, paths, stems))
     total = min(lengths) if lengths else 0
     bounds = [(index, start, min(start + size, total)) for index, start in enumerate(range(0, total, size))]
     manifest = Manifest(stems, tuple(bounds), total)

@@ -241,6 +241,9 @@ class JobManager:
                 job.started_at = job.finished_at = now
                 job.expires_at = now + self.settings.result_ttl
                 self.store.create(job)
+                source = self.store.result_job(key)
+                if source is not None:
+                    await asyncio.to_thread(self.partials.adopt, job_id, source)
                 if session is not None:
                     self.sessions.post(session.connection, self.message(job))
                     self.sessions.post(session.connection, self.done_message(job))

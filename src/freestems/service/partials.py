@@ -7,9 +7,11 @@ FLAC, exactly ``end - start`` samples). The segments live in ``<data>/partials/<
 - while a job runs, the executor writes them there and reports each one (a ``segment`` event); this module
   keeps the list of reported ones in memory, so a listed segment's files are always complete;
 - when the job is done, the folder has a manifest and stays until the job's result expires or is deleted;
-- a job whose folder has no manifest (a result cache hit, a job run on Modal, where no segments are
-  written, or a folder lost in a restart) gets its segments cut from its result zip on the first request
-  (30 s each, all at once; the first request waits for that).
+- a result cache hit takes the segments of the job that computed the result (hard links), if it still
+  has them;
+- a job whose folder has no manifest (a cache hit whose original is gone, a job run on Modal, where no
+  segments are written, or a folder lost in a restart) gets its segments cut from its result zip on the
+  first request (30 s each, all at once; the first request waits for that).
 
 A failed or cancelled job has none.
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from freestems import SAMPLE_RATE
-from freestems.segments import Manifest, SegmentReport, rebuild_segments, segment_path
+from freestems.segments import Manifest, SegmentReport, copy_finished, rebuild_segments, segment_path
 
 from .errors import not_found, unavailable
 from .store import Job
@@ -78,6 +80,14 @@ class Partials:
         self._live.pop(job_id, None)
         if not done:
             self.remove(job_id)
+
+    def adopt(self, job_id: str, source_id: str) -> None:
+        """A result cache hit: the job takes the segments of the job that computed the result, if they
+        are still there (hard links: no work, no space); otherwise they are cut from the result when
+        asked for. Blocking (file system only)."""
+        manifest = copy_finished(self.folder(source_id), self.folder(job_id))
+        if manifest is not None:
+            self._finished[job_id] = manifest
 
     def remove(self, job_id: str) -> None:
         """Forget the job's segments and delete their files."""
