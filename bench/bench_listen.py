@@ -77,6 +77,16 @@ def random_release_checkpoint(path: Path, model: str) -> Path:
     return save_checkpoint(path, build_model(spec), spec)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) a process has used so far (Linux), else None. Unlike wall
+    time, this hardly depends on what else the machine runs."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -109,12 +119,14 @@ def start_server(args: argparse.Namespace, data: Path, model_file: Path | None) 
     raise SystemExit("the server did not start in 300 s")
 
 
-def listen(url: str, track: Path, first_only: bool, folder: Path) -> dict[str, Any]:
-    """One run as a client: upload, first segment of every stem, then (unless ``first_only``) the zip."""
+def listen(url: str, pid: int, track: Path, first_only: bool, folder: Path) -> dict[str, Any]:
+    """One run as a client: upload, first segment of every stem, then (unless ``first_only``) the zip.
+    Also the server's CPU seconds over the same spans (``pid``: the server's process)."""
     clock = UploadClock()
     with Client(url, timeout=600, reporter=clock) as client, client.get_key() as session:
         job = client.submit(track, session, format="mp3")
         sent = clock.sent_at or time.perf_counter()
+        cpu_at_sent = cpu_seconds(pid)
         params = {"token": job.token}
         http = client.http
         first_sound = None
@@ -127,11 +139,14 @@ def listen(url: str, track: Path, first_only: bool, folder: Path) -> dict[str, A
                     response = http.get(f"/jobs/{job.id}/partial/{stem}/0", params=params)
                     response.raise_for_status()
                 first_sound = time.perf_counter() - sent
+                first_cpu = _spent(cpu_at_sent, cpu_seconds(pid))
                 break
             time.sleep(POLL_SECONDS)
+        found: dict[str, Any] = {"first_sound_s": round(first_sound, 2), "whole_s": None}
+        extra: dict[str, Any] = {"first_sound_server_cpu_s": first_cpu}
         if first_only:
             client.cancel(job)
-            return {"first_sound_s": round(first_sound, 2), "whole_s": None}
+            return {**found, **extra}
         while True:
             state = http.get(f"/jobs/{job.id}", params=params).json()
             if state["state"] == "done":
@@ -147,8 +162,17 @@ def listen(url: str, track: Path, first_only: bool, folder: Path) -> dict[str, A
             response.raise_for_status()
             for data in response.iter_bytes():
                 out.write(data)
-        whole = time.perf_counter() - sent
-        return {"first_sound_s": round(first_sound, 2), "whole_s": round(whole, 2)}
+        found["whole_s"] = round(time.perf_counter() - sent, 2)
+        extra["whole_server_cpu_s"] = _spent(cpu_at_sent, cpu_seconds(pid))
+        timings = state.get("timings") or {}
+        extra.update(
+            {f"server_{key}_s": timings[key] for key in ("first_pass", "first_block") if key in timings}
+        )
+        return {**found, **extra}
+
+
+def _spent(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else round(after - before, 2)
 
 
 def main() -> None:
@@ -177,7 +201,7 @@ def main() -> None:
         for name, track in tracks.items():  # a server each: a cancelled run must not share the CPU
             process, url = start_server(args, root / f"data-{name}", model_file)
             try:
-                results[name] = listen(url, track, args.first_only, root)
+                results[name] = listen(url, process.pid, track, args.first_only, root)
             finally:
                 process.terminate()
                 try:
@@ -185,7 +209,8 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     process.kill()
             print(f"{name:>5} ({track.stat().st_size / 1e6:.1f} MB mp3): {results[name]}", flush=True)
-    print(json.dumps(results))
+    keys = ("first_sound_s", "whole_s")
+    print(json.dumps({name: {key: found[key] for key in keys} for name, found in results.items()}))
 
 
 if __name__ == "__main__":

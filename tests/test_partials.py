@@ -19,7 +19,7 @@ from service_helpers import error_of, job_status, open_session, post_job, wait_f
 from freestems.audio import AudioReader
 from freestems.jobrun import run_job
 from freestems.options import SeparationOptions
-from freestems.segments import Manifest, rebuild_segments
+from freestems.segments import Manifest, SegmentWriter, rebuild_segments
 
 WAV = {"format": "wav"}
 
@@ -176,3 +176,16 @@ def test_the_stems_are_the_same_bytes_with_and_without_segments(small_model, son
     assert manifest is not None and manifest.total == archive.samples
     rebuilt = rebuild_segments(tmp_path / "run1.zip", tmp_path / "rebuilt", segment_seconds=7)
     assert rebuilt.total == manifest.total and rebuilt.stems == manifest.stems
+
+
+def test_a_segment_that_cannot_be_written_ends_the_segments_not_the_separation(tmp_path):
+    reports = []
+    writer = SegmentWriter(tmp_path / "segments", ("vocals", "no_vocals"), reports.append, total=300)
+    block = {"vocals": np.zeros((2, 100), np.float32), "no_vocals": np.ones((2, 100), np.float32) / 2}
+    writer.write(block)
+    shutil.rmtree(tmp_path / "segments")  # as a full disk would
+    writer.write(block)
+    writer.write(block)
+    writer.finish(300)
+    assert [(r.index, r.start, r.end, r.total) for r in reports] == [(0, 0, 100, 300)]
+    assert writer.failed and not (tmp_path / "segments").exists()

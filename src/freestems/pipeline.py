@@ -60,6 +60,10 @@ class Timings:
     separate: float = 0.0
     encode: float = 0.0
     total: float = 0.0
+    first_pass: float = 0.0
+    """Of ``decode``: the pass before the model starts (whole-track statistics, or ``preload``)."""
+    first_block: float = 0.0
+    """From the start until the engine gave its first finished block: what a listener waits for."""
 
     def as_dict(self) -> dict[str, float]:
         return {name: round(value, 3) for name, value in vars(self).items()}
@@ -138,6 +142,8 @@ def separate_file(
             decoder, model, length=track.length, stats=track.stats, progress=progress, **options
         )
         for block in stems:
+            if not samples:
+                timings.first_block = time.perf_counter() - started
             if segments is not None:
                 encoders[0].put(block)  # first: the listener hears it before the stems are encoded
             stem_encoders = encoders[1:] if segments is not None else encoders
@@ -199,7 +205,8 @@ def _first_pass(reader: AudioReader, model: LoadedModel, preload: bool, timings:
             decoder.stop()
         return _Track(counted.samples, stats)
     finally:
-        timings.decode += time.perf_counter() - clock
+        timings.first_pass = time.perf_counter() - clock
+        timings.decode += timings.first_pass
 
 
 def _open_writers(paths: dict[str, Path], output: OutputFormat) -> dict[str, Any]:
