@@ -20,7 +20,11 @@ A computed job also leaves a usage row (GPU type, audio and GPU seconds, cost at
 
 Files (all under the data folder): ``uploads/`` inputs waiting or running (deleted once processed),
 ``work/`` the executor's per-job folders, ``results/<job>.zip`` results, ``cache/<key>.zip`` the cache (hard
-links to results). On start, stale temporary files and files no record points at are removed.
+links to results), ``partials/<job>/`` the progressive results (:mod:`.partials`). On start, stale temporary
+files and files no record points at are removed.
+
+Between the engine's reports a running job's progress is interpolated from its measured speed
+(:mod:`.progress`), and its sockets hear it every ``TICK_SECONDS``.
 """
 
 from __future__ import annotations

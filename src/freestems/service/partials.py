@@ -85,7 +85,11 @@ class Partials:
         """A result cache hit: the job takes the segments of the job that computed the result, if they
         are still there (hard links: no work, no space); otherwise they are cut from the result when
         asked for. Blocking (file system only)."""
-        manifest = copy_finished(self.folder(source_id), self.folder(job_id))
+        try:
+            manifest = copy_finished(self.folder(source_id), self.folder(job_id))
+        except OSError as error:  # a full disk: they will be cut from the result when asked for
+            log.warning("job %s could not take the segments of job %s: %s", job_id, source_id, error)
+            return
         if manifest is not None:
             self._finished[job_id] = manifest
 
