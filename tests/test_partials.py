@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -156,9 +157,20 @@ def test_a_cache_hit_and_a_restarted_server_serve_segments_too(start_server, son
     assert check_segments(server, original, tmp_path) == cut
 
 
-def test_the_stems_are_the_same_bytes_with_and_without_segments(small_model, songs, tmp_path):
+def test_the_stems_are_the_same_bytes_with_and_without_segments(start_server, small_model, songs, tmp_path):
     options = SeparationOptions(format="wav")
     contents = []
+    server = start_server()  # a job whose segments are read while it runs
+    with open_session(server) as (ws, key):
+        job = post_job(server, songs["medium"], key, **WAV).json()
+        deadline = time.monotonic() + 120
+        while job_status(server, job)["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline, "the job did not finish in 120 s"
+            for segment in partial(server, job).json()["segments"]:
+                assert partial(server, job, "vocals", segment["index"]).status_code == 200
+    result = httpx.get(f"{server.url}/jobs/{job['id']}/result", params={"token": job["token"]}, timeout=60)
+    with zipfile.ZipFile(io.BytesIO(result.content)) as bundle:
+        contents.append({name: bundle.read(name) for name in bundle.namelist()})
     for run, segments in enumerate((None, tmp_path / "segments")):
         archive = run_job(
             songs["medium"],
@@ -171,7 +183,7 @@ def test_the_stems_are_the_same_bytes_with_and_without_segments(small_model, son
         )
         with zipfile.ZipFile(archive.archive) as bundle:
             contents.append({name: bundle.read(name) for name in bundle.namelist()})
-    assert contents[0] == contents[1]
+    assert contents[0] == contents[1] == contents[2]
     manifest = Manifest.read(tmp_path / "segments")
     assert manifest is not None and manifest.total == archive.samples
     rebuilt = rebuild_segments(tmp_path / "run1.zip", tmp_path / "rebuilt", segment_seconds=7)

@@ -127,6 +127,7 @@ class Partials:
     async def listing(self, job: Job, stems: tuple[str, ...]) -> dict[str, Any]:
         """The JSON of ``GET /jobs/{id}/partial``; ``stems``: the job's stems, as far as it knows."""
         manifest = await self._manifest(job)
+        total: int | None
         if manifest is not None:
             stems, segments, total, complete = manifest.stems, manifest.segments, manifest.total, True
         else:
