@@ -16,7 +16,9 @@ and ``--model-config`` take a real one, as ``freestems serve`` does.
     python bench/bench_listen.py                  # clip and long, first sound and whole
     python bench/bench_listen.py --first-only     # first sound only (minutes quicker)
 
-The last line printed is one JSON object: ``{"clip": {"first_sound_s", "whole_s"}, "long": {...}}``.
+The last line printed is one JSON object: ``{"clip": {"first_sound_s", "whole_s"}, "long": {...}}``; the
+details (the server's CPU seconds, its ``first_pass`` and ``first_block`` timings) go to
+``bench/results/listen.json``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from bench_separate import synthetic_track  # noqa: E402
 from freestems.client import Client  # noqa: E402
 from freestems.client.progress import Reporter  # noqa: E402
 
+RESULTS = Path(__file__).resolve().parent / "results"
 POLL_SECONDS = 0.05
 LOG = str(Path(tempfile.gettempdir()) / "freestems-bench-listen.log")
 SERVE = "import sys; from freestems.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -209,6 +212,15 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     process.kill()
             print(f"{name:>5} ({track.stat().st_size / 1e6:.1f} MB mp3): {results[name]}", flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    report = {
+        "model": args.model_file or f"{args.model} (release config, seeded random weights)",
+        "first_only": args.first_only,
+        "cpus": os.cpu_count(),
+        "load_average_after": os.getloadavg()[0],
+        "runs": results,
+    }
+    (RESULTS / "listen.json").write_text(json.dumps(report, indent=2) + "\n")
     keys = ("first_sound_s", "whole_s")
     print(json.dumps({name: {key: found[key] for key in keys} for name, found in results.items()}))
 
