@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import torch
 
     from freestems.models import LoadedModel
+    from freestems.segments import SegmentReport
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,8 @@ def run_job(
     display_name: str | None = None,
     preload: bool = False,
     parallel_encode: bool = False,
+    segments: str | Path | None = None,
+    on_segment: Callable[[SegmentReport], None] | None = None,
 ) -> JobOutput:
     """Separate ``source`` and write the zip of its stems to ``archive`` (atomically).
 
@@ -137,6 +140,9 @@ def run_job(
             checked after every chunk and before zipping.
         display_name: the file's name as its owner knows it, used in messages instead of the stored name.
         preload, parallel_encode: as for :func:`freestems.pipeline.separate_file`.
+        segments: a folder for the progressive results (:mod:`freestems.segments`; emptied first): every
+            finished block of every stem as a FLAC segment, each reported to ``on_segment`` once written.
+            Not removed here: it belongs to the caller, like ``archive``.
 
     Returns:
         The archive, the number of samples, and ``timings``: the pipeline's ``decode``, ``separate``,
@@ -148,12 +154,18 @@ def run_job(
         Anything else (a bug, what ``progress`` raises) propagates unchanged.
     """
     from freestems.pipeline import separate_file, zip_stems
+    from freestems.segments import SegmentWriter
+    from freestems.rules import output_names
 
     source, archive, work = Path(source), Path(archive), Path(work_dir)
     check = _CancelCheck(cancel if cancel is not None else _SCOPE_CANCEL.get(), progress)
     try:
         check()
         options.check_model(model.name, model.sources)
+        writer = None
+        if segments is not None:
+            names = output_names(model.sources, options.two_stems)
+            writer = SegmentWriter(Path(segments), names, on_segment)
         result = separate_file(
             source,
             work,
@@ -165,6 +177,7 @@ def run_job(
             precision=precision,
             preload=preload,
             parallel_encode=parallel_encode,
+            segments=writer,
             **options.engine(),
         )
         check()

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from freestems.models import LoadedModel
+    from freestems.segments import SegmentWriter
 
 T = TypeVar("T")
 
@@ -47,6 +48,10 @@ class Timings:
     separate: float = 0.0
     encode: float = 0.0
     total: float = 0.0
+    first_pass: float = 0.0
+    """Of ``decode``: the pass before the model starts (whole-track statistics, or ``preload``)."""
+    first_block: float = 0.0
+    """From the start until the engine gave its first finished block: what a listener waits for."""
 
     def as_dict(self) -> dict[str, float]:
         return {name: round(value, 3) for name, value in vars(self).items()}
@@ -73,6 +78,7 @@ def separate_file(
     progress: Progress | None = None,
     preload: bool = False,
     parallel_encode: bool = False,
+    segments: SegmentWriter | None = None,
     **options: Any,
 ) -> TrackResult:
     """Separate one audio file into ``destination/<stem>.<ext>``.
@@ -90,6 +96,8 @@ def separate_file(
             ~10.6 MB per minute of audio.
         parallel_encode: one encoder thread per stem instead of one for all (lameenc releases the GIL),
             for machines with cores to spare next to the model (a GPU container).
+        segments: also write every finished block as a segment (progressive results), in a thread of its
+            own that takes each block before the stem encoders do; the stem files do not change.
         **options: engine options, as for :func:`freestems.separate.separate_blocks`.
 
     Raises:
@@ -111,6 +119,10 @@ def separate_file(
     else:
         decoder = _Producer(reader.blocks(BLOCK_SECONDS * SAMPLE_RATE), name="freestems-decode")
     encoders = _encoders(writers, parallel_encode)
+    if segments is not None:
+        if track.stats is not None or track.decoded is not None:
+            segments.total = track.length  # counted, so exact (a container's own figure may be off)
+        encoders.insert(0, _Consumer(segments.write, name="freestems-segments"))
     samples = 0
     try:
         clock = time.perf_counter()
@@ -118,11 +130,16 @@ def separate_file(
             decoder, model, length=track.length, stats=track.stats, progress=progress, **options
         )
         for block in stems:
+            if not samples:
+                timings.first_block = time.perf_counter() - started
+            if segments is not None:
+                encoders[0].put(block)  # first: the listener hears it before the stems are encoded
+            stem_encoders = encoders[1:] if segments is not None else encoders
             if parallel_encode:
-                for name, encoder in zip(names, encoders, strict=True):
+                for name, encoder in zip(names, stem_encoders, strict=True):
                     encoder.put(block[name])
             else:
-                encoders[0].put(block)
+                stem_encoders[0].put(block)
             samples += block[names[0]].shape[1]
         waited = sum(encoder.waited for encoder in encoders)
         timings.separate = time.perf_counter() - clock - decoder.waited - waited
@@ -130,6 +147,8 @@ def separate_file(
             encoder.join()
         for writer in writers.values():
             writer.close()
+        if segments is not None:
+            segments.finish(samples)
     except BaseException:
         decoder.stop()
         for encoder in encoders:
@@ -138,7 +157,7 @@ def separate_file(
             writer.abort()
         raise
     timings.decode += decoder.busy
-    timings.encode = sum(encoder.busy for encoder in encoders)
+    timings.encode = sum(encoder.busy for encoder in encoders[1 if segments is not None else 0 :])
     timings.total = time.perf_counter() - started
     return TrackResult(stems=paths, samples=samples, timings=timings)
 
@@ -164,11 +183,18 @@ def _first_pass(reader: AudioReader, model: LoadedModel, preload: bool, timings:
             length = sum(block.shape[1] for block in decoded)
             stats = MixStats.of(decoded) if model.normalize else None
             return _Track(length, stats, decoded)
-        counted = _Counted(reader.blocks(BLOCK_SECONDS * SAMPLE_RATE))
-        stats = MixStats.of(counted)
+        # Decoding in a thread of its own while this one sums: the same blocks in the same order, so the
+        # same statistics, in about half the time on two cores (it is on the way to the first sound).
+        decoder = _Producer(reader.blocks(BLOCK_SECONDS * SAMPLE_RATE), name="freestems-stats")
+        try:
+            counted = _Counted(decoder)
+            stats = MixStats.of(counted)
+        finally:
+            decoder.stop()
         return _Track(counted.samples, stats)
     finally:
-        timings.decode += time.perf_counter() - clock
+        timings.first_pass = time.perf_counter() - clock
+        timings.decode += timings.first_pass
 
 
 def _open_writers(paths: dict[str, Path], output: OutputFormat) -> dict[str, Any]:

@@ -35,10 +35,11 @@ from freestems.options import SeparationOptions
 
 if TYPE_CHECKING:
     from freestems.models import LoadedModel
+    from freestems.segments import SegmentReport
 
 log = logging.getLogger(__name__)
 
-EventKind = Literal["started", "progress", "done", "failed", "cancelled"]
+EventKind = Literal["started", "progress", "segment", "done", "failed", "cancelled"]
 
 
 class ExecutorError(RuntimeError):
@@ -68,6 +69,10 @@ class JobEvent:
     ``done`` carries ``timings`` (seconds: the pipeline's stages, ``audio_seconds``, and where a GPU ran
     the job ``gpu_seconds`` and the transfer and queueing times) and ``gpu``, the GPU type that ran it
     (None on a CPU), for cost accounting.
+
+    ``segment`` (between ``started`` and the final report) says that a segment of the progressive results
+    is written in the item's ``partials`` folder (:mod:`freestems.segments`). An executor that cannot write
+    them where the service reads them (Modal) sends none: the service cuts them from the result instead.
     """
 
     job_id: str
@@ -78,6 +83,7 @@ class JobEvent:
     code: str | None = None
     message: str | None = None
     gpu: str | None = None
+    segment: SegmentReport | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,9 @@ class WorkItem:
     max_duration: float | None = None
     display_name: str = "audio"
     """The file's name as its owner knows it, used in error messages instead of the stored name."""
+    partials: Path | None = None
+    """A folder for progressive results (segments), if the service wants them; like ``result``, it stays
+    after ``done`` and is removed after any other final report."""
 
 
 class Executor(Protocol):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import shutil
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -183,4 +184,6 @@ class WorkerPool:
             return
         if outcome.kind != "done":
             item.result.unlink(missing_ok=True)
+            if item.partials is not None:
+                shutil.rmtree(item.partials, ignore_errors=True)
         report(item, outcome)

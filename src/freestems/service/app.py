@@ -291,6 +291,28 @@ def _add_job_routes(app: FastAPI) -> None:
         service.manager.seen(job.id)
         return _result_response(service, job)
 
+    @app.get(
+        "/jobs/{job_id}/partial",
+        summary="The progressive results: which segments of every stem exist so far (needs its token)",
+    )
+    async def get_partial(job_id: str, request: Request) -> dict[str, Any]:
+        service = _service(request)
+        job = _owned_job(request, service, job_id)
+        service.manager.seen(job.id)
+        return await service.manager.partials.listing(job, service.manager.stems(job))
+
+    @app.get(
+        "/jobs/{job_id}/partial/{stem}/{index}",
+        summary="One segment of one stem: 16-bit FLAC, exactly its samples (needs its token)",
+        response_class=FileResponse,
+    )
+    async def get_segment(job_id: str, stem: str, index: int, request: Request) -> Response:
+        service = _service(request)
+        job = _owned_job(request, service, job_id)
+        service.manager.seen(job.id)
+        path = await service.manager.partials.segment(job, stem, index, service.manager.stems(job))
+        return FileResponse(path, media_type="audio/flac", headers={"Cache-Control": "private, max-age=3600"})
+
     @app.delete(
         "/jobs/{job_id}", status_code=204, summary="Cancel a job and delete its upload and results now"
     )

@@ -21,8 +21,12 @@ A computed job also leaves a usage row (GPU type, audio and GPU seconds, cost at
 Files (all under the data folder): ``uploads/`` inputs waiting or running (deleted once processed),
 ``work/`` the executor's per-job folders, ``results/<job>.zip`` results, ``cache/<key>.zip`` the cache (hard
 links to results), ``sources/<job>.<ext>`` each job's upload as it arrived, kept with its result so that the
-song can be separated again with another model without a second upload (:meth:`JobManager.submit_again`).
-On start, stale temporary files and files no record points at are removed.
+song can be separated again with another model without a second upload (:meth:`JobManager.submit_again`),
+``partials/<job>/`` the progressive results (:mod:`.partials`). On start, stale temporary files and files no
+record points at are removed.
+
+Between the engine's reports a running job's progress is interpolated from its measured speed
+(:mod:`.progress`), and its sockets hear it every ``TICK_SECONDS``.
 """
 
 from __future__ import annotations
@@ -38,16 +42,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from freestems import SAMPLE_RATE
 from freestems.audio import AudioDecodeError, AudioReader, AudioTooLong
 from freestems.cost import UsageRecord, job_cost
 from freestems.errors import FailureCode
 from freestems.executors import Executor, JobEvent, ModelDescription, WorkItem
 from freestems.files import TEMP_GLOB, temp_path
 from freestems.models.download import file_sha256
+from freestems.rules import output_names
 
 from .cache import ResultCache, cache_key, link_or_copy
 from .errors import not_found, payload_too_large, too_many_requests, unavailable, unsupported_media
 from .options import SeparationOptions, options_view
+from .partials import Partials
+from .progress import ProgressClock
 from .sessions import Session, SessionRegistry
 from .settings import Settings
 from .store import TERMINAL, Job, JobStore
@@ -59,6 +67,9 @@ PROGRESS_PERSIST_SECONDS = 1.0
 """Progress reaches SQLite at most this often per job (the WebSocket gets every update)."""
 DEFAULT_JOB_SECONDS = 60.0
 """Job duration assumed for Retry-After estimates until one has been measured."""
+TICK_SECONDS = 0.5
+"""How often a running job's sockets get a ``job`` message with the interpolated progress (and queued
+jobs' sockets every other time, for ``queue_eta``)."""
 
 
 @dataclass(frozen=True)
@@ -93,8 +104,12 @@ class Paths:
         same song can be separated again with another model without a second upload (``from_job``)."""
         return self.root / "sources"
 
+    @property
+    def partials(self) -> Path:
+        return self.root / "partials"
+
     def create(self) -> None:
-        for folder in (self.uploads, self.work, self.results, self.cache, self.sources):
+        for folder in (self.uploads, self.work, self.results, self.cache, self.sources, self.partials):
             folder.mkdir(parents=True, exist_ok=True)
 
 
@@ -123,6 +138,12 @@ class JobManager:
         self._seen: dict[str, float] = {}  # job id -> when its owner last polled it (time.monotonic)
         self._timers: dict[str, asyncio.TimerHandle] = {}  # job id -> its "is it still followed?" check
         self._job_seconds = DEFAULT_JOB_SECONDS
+        self._job_measured = False
+        self.partials = Partials(paths.partials)
+        self.clock = ProgressClock()
+        self._durations: dict[str, float] = {}  # job id -> track seconds, as the upload's probe found
+        self._ticker: asyncio.Task[None] | None = None
+        self._tick = 0
         self._closed = False
         self._stopped = False
 
@@ -141,16 +162,20 @@ class JobManager:
             log.warning("job %s could not be resumed after a restart (its upload is gone)", job.id)
         self._remove_orphans()
         for job in requeue:
+            self.partials.remove(job.id)
             self.executor.submit(self._work_item(job))
             self.seen(job.id)  # nobody follows it yet: its owner has the grace period to come back
         if requeue:
             log.info("resumed %d unfinished job(s) from the store", len(requeue))
+        self._ticker = asyncio.create_task(self._tick_forever())
 
     async def close(self) -> None:
         """Stop the executor; jobs it was running go back to ``queued`` and run after a restart - except
         those a ``POST /separate`` waits for: that client has no token and cannot come back, so they are
         cancelled and their files removed."""
         self._closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
@@ -202,7 +227,7 @@ class JobManager:
             ServiceError: 415 not audio, 413 too long, 429 queue full / too many jobs, 401 key died meanwhile.
         """
         try:
-            await asyncio.to_thread(self._probe, upload)
+            duration = await asyncio.to_thread(self._probe, upload)
             self.admit(client)  # again: from here to the insert nothing awaits, so this is exact
             job_id = secrets.token_hex(8)
             model = self.served_model(options.model)
@@ -221,6 +246,8 @@ class JobManager:
             )
             result = self.paths.results / f"{job_id}.zip"
             link_or_copy(upload.path, self.paths.sources / f"{job_id}{upload.suffix}")
+            if duration is not None:
+                self._durations[job_id] = duration
             cached = self.cache.lookup(key)
             if cached is not None:
                 link_or_copy(cached, result)
@@ -229,6 +256,9 @@ class JobManager:
                 job.started_at = job.finished_at = now
                 job.expires_at = now + self.settings.result_ttl
                 self.store.create(job)
+                source = self.store.result_job(key)
+                if source is not None:
+                    await asyncio.to_thread(self.partials.adopt, job_id, source)
                 if session is not None:
                     self.sessions.post(session.connection, self.message(job))
                     self.sessions.post(session.connection, self.done_message(job))
@@ -295,14 +325,14 @@ class JobManager:
             raise ValueError(f"model {name!r} is not served")
         return found
 
-    def _probe(self, upload: Upload) -> None:
+    def _probe(self, upload: Upload) -> float | None:
         """Decide by content that the upload is audio (415) and short enough (413). Runs in a thread.
 
         The reader checks the duration the file states, and counts it from the packets when the file states
         none, so a file without a stated length is refused here too, not after separating up to the limit.
         """
         try:
-            AudioReader(upload.path, self.settings.max_duration, display_name=upload.filename)
+            return AudioReader(upload.path, self.settings.max_duration, display_name=upload.filename).duration
         except AudioTooLong as error:
             raise payload_too_large(FailureCode.TOO_LONG, str(error)) from None
         except AudioDecodeError as error:
@@ -466,10 +496,11 @@ class JobManager:
             "type": "job",
             "id": job.id,
             "state": job.state,
-            "progress": round(job.progress, 4),
+            "progress": round(self._shown_progress(job), 4),
             "position": self.store.position(job),
             "started_at": job.started_at,  # a new value: the job started again (after a server restart)
             "model": job.model,
+            **self.progress_fields(job),
         }
         if job.error:
             message["error"] = {"code": job.error_code, "message": job.error}
@@ -483,8 +514,9 @@ class JobManager:
         view: dict[str, Any] = {
             "id": job.id,
             "state": job.state,
-            "progress": round(job.progress, 4),
+            "progress": round(self._shown_progress(job), 4),
             "position": self.store.position(job),
+            **self.progress_fields(job),
             "model": job.model,
             "options": options_view(job.options),
             "cache": "hit" if job.cache_hit else "miss",
@@ -502,6 +534,88 @@ class JobManager:
             view["cost"] = {"gpu": usage.gpu, "gpu_seconds": usage.gpu_seconds, "usd": usage.cost_usd}
         return view
 
+    # ------------------------------------------------------------------------------------------ progress
+
+    def stems(self, job: Job) -> tuple[str, ...]:
+        """The stems the job gives: its model's, or one stem and its complement."""
+        model = next((m for m in self.executor.models if m.name == job.model), self.executor.model)
+        return tuple(output_names(model.sources, job.options.get("two_stems")))
+
+    def _shown_progress(self, job: Job) -> float:
+        """A running job's measured progress, interpolated between the engine's reports (never backwards,
+        never 1.0 before done); otherwise the stored figure."""
+        if job.state == "running":
+            shown = self.clock.progress(job.id)
+            if shown is not None:
+                return shown
+        return job.progress
+
+    def _duration(self, job: Job) -> float | None:
+        """The track's length in seconds, when known (the upload's probe, the engine's count, the result)."""
+        total = self.partials.total_samples(job)
+        if total:
+            return total / SAMPLE_RATE
+        if job.id in self._durations:
+            return self._durations[job.id]
+        seconds = (job.timings or {}).get("audio_seconds")
+        return float(seconds) if seconds else None
+
+    def progress_fields(self, job: Job) -> dict[str, Any]:
+        """The honest-progress fields of a job view and a ``job`` message (README, "Progress")."""
+        duration = self._duration(job)
+        stage: str = job.state
+        elapsed = eta = queue_eta = None
+        ready = self.partials.ready_samples(job) / SAMPLE_RATE
+        if job.state == "running":
+            stage = self.clock.stage(job.id)
+            elapsed = self.clock.elapsed(job.id)
+            if elapsed is None and job.started_at:
+                elapsed = round(max(time.time() - job.started_at, 0.0), 1)
+            eta = self.clock.eta(job.id)
+        elif job.state == "queued":
+            queue_eta = self._queue_eta(job)
+        else:
+            if job.started_at and job.finished_at:
+                elapsed = round(max(job.finished_at - job.started_at, 0.0), 1)
+            if job.state == "done":
+                eta = 0.0
+                ready = duration or ready
+        return {
+            "stage": stage,
+            "elapsed": elapsed,
+            "eta": eta,
+            "ready_seconds": round(ready, 3),
+            "duration": round(duration, 3) if duration else None,
+            "queue_eta": queue_eta,
+        }
+
+    def _queue_eta(self, job: Job) -> float | None:
+        ahead: list[float | None] = []
+        for queued in self.store.queued():
+            if queued.id == job.id:
+                job_seconds = self._job_seconds if self._job_measured else None
+                return self.clock.queue_eta(ahead, self.settings.workers, job_seconds)
+            ahead.append(self._durations.get(queued.id))
+        return None
+
+    async def _tick_forever(self) -> None:
+        """Sockets of running jobs hear their progress every ``TICK_SECONDS`` (queued jobs' every other)."""
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            if self._stopped:
+                return
+            self._tick += 1
+            try:
+                for job_id in self.clock.running_jobs():
+                    job = self.get(job_id)
+                    if job is not None and job.state == "running":
+                        self._notify(job)
+                if self._tick % 2 == 0:
+                    for job in self.store.queued():
+                        self._notify(job)
+            except Exception:
+                log.exception("the progress ticker failed; it goes on")
+
     # ------------------------------------------------------------------------------------------ events
 
     def _work_item(self, job: Job) -> WorkItem:
@@ -514,6 +628,7 @@ class JobManager:
             options=SeparationOptions.from_dict(job.options),
             max_duration=self.settings.max_duration,
             display_name=job.filename or "audio_file",
+            partials=self.partials.folder(job.id),
         )
 
     def _report(self, event: JobEvent) -> None:
@@ -546,13 +661,22 @@ class JobManager:
         if event.kind == "started":
             self.store.update(job.id, state="running", started_at=now, progress=0.0)
             job.state, job.started_at = "running", now
+            self.partials.started(job.id)
+            self.clock.started(job.id, self._durations.get(job.id))
             self._notify(job)
             self._broadcast_positions()
         elif event.kind == "progress":
-            self._progress[job.id] = job.progress = event.progress
+            self.clock.reported(job.id, event.progress)
+            self._progress[job.id] = job.progress = self._shown_progress(job)
             if now - self._persisted.get(job.id, 0.0) >= PROGRESS_PERSIST_SECONDS:
-                self.store.update(job.id, progress=event.progress)
+                self.store.update(job.id, progress=job.progress)
                 self._persisted[job.id] = now
+            self._notify(job)
+        elif event.kind == "segment" and event.segment is not None:
+            self.partials.reported(job.id, event.segment)
+            if event.segment.total and job.id not in self._durations:
+                self._durations[job.id] = event.segment.total / SAMPLE_RATE
+                self.clock.set_duration(job.id, self._durations[job.id])
             self._notify(job)
         elif event.kind == "done":
             changes = dict(
@@ -572,6 +696,7 @@ class JobManager:
             self._record_usage(job, event, now)
             if job.started_at:
                 self._job_seconds = 0.7 * self._job_seconds + 0.3 * (now - job.started_at)
+                self._job_measured = True
             self._ended(job)
         elif event.kind in ("failed", "cancelled"):
             changes = dict(
@@ -607,6 +732,8 @@ class JobManager:
 
     def _ended(self, job: Job) -> None:
         """A job reached a final state: tell its socket, end its key, wake its waiter, move the queue."""
+        self.clock.ended(job.id, job.state == "done")
+        self.partials.ended(job.id, job.state == "done")
         self._progress.pop(job.id, None)
         self._persisted.pop(job.id, None)
         self._seen.pop(job.id, None)
@@ -635,14 +762,22 @@ class JobManager:
     # ------------------------------------------------------------------------------------------ files
 
     def _remove_files(self, job: Job) -> None:
+        self.partials.remove(job.id)
+        self._durations.pop(job.id, None)
         for path in (job.input_path, job.result_path, self.paths.results / f"{job.id}.zip"):
             if path is not None:
                 path.unlink(missing_ok=True)
         while (source := self.source_of(job)) is not None:
             source.unlink(missing_ok=True)
 
+    def _is_done(self, job_id: str) -> bool:
+        job = self.store.get(job_id) if len(job_id) == 16 else None
+        return job is not None and job.state == "done"
+
     def _remove_orphans(self) -> None:
         """Files in uploads/, results/ and cache/ that no record points at (left by a crash)."""
+        done = {path.name for path in self.paths.partials.glob("*") if self._is_done(path.name)}
+        self.partials.remove_orphans(done)
         known = {path.resolve() for path in self.store.paths()}
         for folder in (self.paths.uploads, self.paths.results, self.paths.cache):
             for path in folder.iterdir():

@@ -293,6 +293,11 @@ class JobStore:
         )
         return (Path(rows[0][0]), float(rows[0][1])) if rows else None
 
+    def result_job(self, cache_key: str) -> str | None:
+        """The id of the job whose result a cache entry is (its partial results may still exist)."""
+        rows = self._query("SELECT job_id FROM results WHERE cache_key = ?", (cache_key,))
+        return str(rows[0][0]) if rows and rows[0][0] else None
+
     def touch_result(self, cache_key: str, expires_at: float) -> None:
         with self._transaction() as db:
             db.execute("UPDATE results SET expires_at = ? WHERE cache_key = ?", (expires_at, cache_key))
