@@ -67,6 +67,7 @@ def models_server(tmp_path, catalog, names, budget_mb: float = 0.0, **overrides)
         lambda: serve_models(names, cache_dir=catalog["cache"], budget=settings.model_memory_bytes),
         Paths(settings.data_dir).work,
         workers=settings.workers,
+        warm_up=False,  # the default model is loaded at start only to warm it up; here every load is counted
     )
     with running_server(settings, executor) as server:
         yield server, executor
@@ -392,3 +393,16 @@ def test_freestems_serve_serves_several_model_files(tmp_path):
         _, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
     assert f"serving first, second on http://127.0.0.1:{port}" in stderr
+
+
+def test_the_default_model_alone_is_loaded_and_warmed_up_at_start(tmp_path, catalog):
+    """The first song's first sound must not wait for a load: the default model is warmed up when the
+    executor starts; the other served models still wait for their first request."""
+    executor = LocalExecutor(
+        lambda: serve_models([SCNET, KIM], cache_dir=catalog["cache"], budget=0), tmp_path / "work"
+    )
+    executor.start()
+    try:
+        assert list(executor.loaded.loaded()) == [SCNET]
+    finally:
+        executor.close()
