@@ -1,0 +1,186 @@
+"""Two web containers, one deployment: two real uvicorn servers on 127.0.0.1 sharing one set of Modal
+primitives (offline stand-ins with Modal's semantics, ``modal_fakes``) and one Volume, each mounted in its
+own folder, as two web containers mount it.
+
+Any container serves any request: a key issued by A works on B, a job submitted on A is followed, polled
+and downloaded on B; A stopped mid-job leaves it to B; a redeploy (every container replaced) loses nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from modal_fakes import FakeQueue, FakeSpace, FakeVolume
+from service_helpers import (
+    LiveServer,
+    connect_session,
+    receive,
+    send,
+    serving,
+    small_settings,
+    solve,
+    wait_for_message,
+    wait_until,
+)
+
+from freestems.executors import LocalExecutor
+from freestems.service import create_app
+from freestems.service.shared_state import SharedState
+
+FOUR = ["bass.mp3", "drums.mp3", "other.mp3", "vocals.mp3"]
+
+
+@pytest.fixture
+def cluster(tmp_path, small_model) -> Iterator[Callable[..., LiveServer]]:
+    """``cluster(name, **settings)`` starts a web container ``name`` on the shared Dicts, Queue and
+    Volume (its own mount folder ``tmp_path/<name>``); every one is stopped afterwards."""
+    space, inbox, volume = FakeSpace(), FakeQueue(), FakeVolume(tmp_path / "cloud")
+    with contextlib.ExitStack() as stack:
+
+        def start(name: str, **overrides: Any) -> LiveServer:
+            settings = small_settings(tmp_path / name, **overrides)
+            state = SharedState(space, inbox, volume.mount(tmp_path / name), lease=3.0)
+            executor = LocalExecutor(lambda: small_model, state.work_dir, workers=1)
+            server = stack.enter_context(serving(create_app(settings, executor, state), settings))
+            server.shared = (space, inbox, volume)  # type: ignore[attr-defined]
+            return server
+
+        yield start
+
+
+@contextlib.contextmanager
+def key_from(server: LiveServer) -> Iterator[tuple[Any, str]]:
+    with connect_session(server) as ws:
+        send(ws, {"type": "solution", "payload": solve(receive(ws))})
+        reply = receive(ws)
+        assert reply["type"] == "session", reply
+        yield ws, reply["key"]
+
+
+def submit(server: LiveServer, key: str, song: Path, **fields: str) -> dict:
+    with song.open("rb") as audio:
+        response = httpx.post(
+            server.url + "/jobs",
+            headers={"X-Session-Key": key},
+            files={"audio_file": (song.name, audio, "audio/mpeg")},
+            data=fields,
+            timeout=60,
+        )
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def view(server: LiveServer, job: dict) -> dict:
+    response = httpx.get(f"{server.url}/jobs/{job['id']}", headers={"X-Job-Token": job["token"]}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def download(server: LiveServer, job: dict) -> bytes:
+    response = httpx.get(server.url + job["result_url"], timeout=60)
+    assert response.status_code == 200, response.text
+    assert sorted(zipfile.ZipFile(io.BytesIO(response.content)).namelist()) == FOUR
+    return response.content
+
+
+def follow(ws: Any, job: dict) -> None:
+    send(ws, {"type": "follow", "id": job["id"], "token": job["token"]})
+
+
+def test_a_key_issued_by_one_container_is_spent_on_another(cluster, songs):
+    a, b = cluster("a"), cluster("b")
+    with key_from(a) as (ws, key):
+        job = submit(b, key, songs["short"])
+        # A's socket hears about the job B runs (B told A through its inbox), up to its end
+        done = wait_for_message(ws, lambda m: m["type"] == "done" and m["id"] == job["id"])
+        assert done["result"] == job["result_url"]
+        for server in (a, b):  # one separation per key, wherever it is shown
+            with songs["short"].open("rb") as audio:
+                again = httpx.post(
+                    server.url + "/jobs",
+                    headers={"X-Session-Key": key},
+                    files={"audio_file": ("song.mp3", audio, "audio/mpeg")},
+                    timeout=60,
+                )
+            assert again.status_code == 403, again.text
+            assert again.json()["error"]["code"] == "key_used"
+    download(a, job)
+
+
+def test_a_job_submitted_on_one_is_followed_polled_and_downloaded_on_the_other(cluster, songs):
+    a, b = cluster("a"), cluster("b")
+    with key_from(a) as (_, key), connect_session(b) as follower:
+        job = submit(a, key, songs["medium"], format="mp3")
+        assert receive(follower)["type"] == "challenge"
+        follow(follower, job)
+        states = []
+        done = wait_for_message(
+            follower, lambda m: states.append(m.get("state")) or (m["type"] == "done"), timeout=120
+        )
+        assert done["id"] == job["id"]
+        assert "running" in states or "queued" in states
+    assert view(b, job)["state"] == "done"
+    assert download(b, job) == download(a, job)
+
+
+def test_a_container_stopped_mid_job_leaves_it_to_the_other(cluster, songs):
+    a, b = cluster("a"), cluster("b")
+    with key_from(a) as (ws, key):
+        job = submit(a, key, songs["long"], shifts="3")
+        wait_for_message(ws, lambda m: m.get("state") == "running", timeout=60)
+    with connect_session(b) as follower:
+        assert receive(follower)["type"] == "challenge"
+        follow(follower, job)
+        wait_for_message(follower, lambda m: m["type"] == "job")
+        a.stop()  # a redeploy or a preemption: A gives its jobs back and goes
+        states: list[str] = []
+        done = wait_for_message(
+            follower, lambda m: states.append(m.get("state")) or m["type"] == "done", timeout=240
+        )
+        assert done["id"] == job["id"]
+        assert "queued" in states  # back in the queue when A went, then run again by B
+    assert view(b, job)["state"] == "done"
+    download(b, job)
+
+
+def test_a_redeploy_loses_neither_results_nor_unfinished_jobs(cluster, songs):
+    a, b = cluster("a"), cluster("b")
+    with key_from(a) as (_, key):
+        finished = submit(a, key, songs["short"])
+    wait_until(lambda: view(b, finished)["state"] == "done", timeout=60)
+    first = download(b, finished)
+    with key_from(b) as (ws, key):
+        unfinished = submit(b, key, songs["long"], shifts="3")
+        wait_for_message(ws, lambda m: m.get("state") == "running", timeout=60)
+    for server in (a, b):
+        server.stop()
+    c = cluster("c")  # the new deployment: a fresh container, a fresh mount
+    assert download(c, finished) == first
+    with connect_session(c) as follower:
+        assert receive(follower)["type"] == "challenge"
+        follow(follower, unfinished)
+        done = wait_for_message(follower, lambda m: m["type"] == "done", timeout=240)
+        assert done["id"] == unfinished["id"]
+    download(c, unfinished)
+
+
+def test_the_socket_cap_of_an_address_holds_across_containers(cluster):
+    a, b = cluster("a", sockets_per_ip=2), cluster("b", sockets_per_ip=2)
+    with connect_session(a), connect_session(b):
+        with pytest.raises(Exception) as refused:
+            with connect_session(a):
+                pass
+        assert "429" in str(refused.value)
+        with pytest.raises(Exception) as refused:
+            with connect_session(b):
+                pass
+        assert "429" in str(refused.value)
+    with connect_session(b) as ws:  # closing frees the slots
+        assert receive(ws)["type"] == "challenge"
