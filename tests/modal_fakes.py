@@ -208,7 +208,7 @@ class FakeVolume:
 
 
 class VolumeMount:
-    """One container's view of a :class:`FakeVolume`, with the ``commit`` and ``reload`` of ``modal.Volume``."""
+    """One container's view of a :class:`FakeVolume`, with ``modal.Volume``'s ``commit`` and ``reload``."""
 
     def __init__(self, volume: FakeVolume, path: Path) -> None:
         self.volume = volume

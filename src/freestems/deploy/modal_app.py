@@ -33,9 +33,15 @@ time) in the Dict ``<app>-usage`` (read by ``freestems cost --modal``) and sends
 and ``progress`` events, to the caller through the Queue ``<app>-progress`` (see
 :mod:`freestems.executors.modal`).
 
-**Web tier.** One container (``max_containers=1``: the WebSockets and session keys live in its memory)
-with ``@modal.concurrent``; its jobs go to the GPU class through a ``ModalExecutor``. The HMAC key of the
-challenges comes from the ``modal.Secret`` named by ``FREESTEMS_MODAL_SECRET_NAME``.
+**Web tier.** Up to ``FREESTEMS_MODAL_WEB_MAX_CONTAINERS`` containers with ``@modal.concurrent``; their
+jobs go to the GPU class through a ``ModalExecutor``. What they must agree on is shared
+(:class:`~freestems.service.shared_state.SharedState`): jobs, session keys, socket slots and follows in the
+Dicts ``<app>-state-*``, each container's inbox in the Queue ``<app>-inbox``, uploads and results on the
+Volume ``<app>-data`` mounted at ``/data`` (the data folder). Any container serves any request; a
+container that goes (scale-down, redeploy, preemption, crash) leaves its unfinished jobs to a live one, and
+a result stays ``FREESTEMS_RESULT_TTL`` seconds on the Volume whether or not a container is up. Each socket
+is closed at ``FREESTEMS_SOCKET_LIFETIME`` (the page and client reconnect), below the function's timeout.
+The HMAC key of the challenges comes from the ``modal.Secret`` named by ``FREESTEMS_MODAL_SECRET_NAME``.
 
 For tests, :func:`remote_calls`, :func:`progress_channel` and :func:`usage_log` are the only ways out to
 Modal's cloud; replacing them runs everything in-process (``Separator().separate.local``).
@@ -75,6 +81,7 @@ from freestems.executors.modal import (
 from freestems.jobrun import JobFailed, JobOutput
 from freestems.options import SeparationOptions
 from freestems.service.settings import PREFIX, Settings
+from freestems.service.shared_state import SharedState
 
 from .settings import ModalSettings
 
@@ -97,6 +104,11 @@ DESCRIPTION_FILE = "model.json"
 WEB_SCALEDOWN_WINDOW = 300
 """Seconds the (CPU-only, cheap) web container stays up without a request or an open WebSocket."""
 WEB_CPU = 1.0
+WEB_TIMEOUT_MARGIN = 60
+"""Seconds the web function's timeout exceeds the longest input (a socket's lifetime, or an upload and its
+job for ``POST /separate``): the server ends every socket itself, with a close code the client knows."""
+DATA_MOUNT = "/data"
+"""Where the web containers mount the Volume ``<app>-data``: their data folder (uploads, results)."""
 WARM_UP_SECONDS = 1.0
 """Length of the job run before the snapshot."""
 
@@ -220,6 +232,8 @@ app = modal.App(modal_settings.modal_app_name, include_source=False)
 image = build_image(settings, modal_settings, os.environ)
 progress_queue = modal.Queue.from_name(f"{modal_settings.modal_app_name}-progress", create_if_missing=True)
 usage_dict = modal.Dict.from_name(usage_dict_name(modal_settings.modal_app_name), create_if_missing=True)
+data_volume = modal.Volume.from_name(f"{modal_settings.modal_app_name}-data", create_if_missing=True)
+inbox_queue = modal.Queue.from_name(f"{modal_settings.modal_app_name}-inbox", create_if_missing=True)
 
 
 # ------------------------------------------------------------------------------------------- the ways out
@@ -243,6 +257,16 @@ def progress_channel() -> ProgressChannel:
 def usage_log() -> Any:
     """Where GPU containers record what each call used (an object with ``record(UsageRecord)``)."""
     return DictUsageLog(usage_dict)
+
+
+def state_dict(name: str) -> Any:
+    """The web tier's shared Dict ``name`` (``<app>-state-<name>``)."""
+    return modal.Dict.from_name(f"{modal_settings.modal_app_name}-state-{name}", create_if_missing=True)
+
+
+def shared_state() -> SharedState:
+    """What the web containers share: Dicts, their inboxes' Queue, the data Volume."""
+    return SharedState(state_dict, inbox_queue, data_volume)
 
 
 def remote_calls() -> RemoteCalls:
@@ -646,17 +670,28 @@ def _configure_logging() -> None:
 
 def web_function_options(settings: Settings, deployment: ModalSettings) -> dict[str, Any]:
     """The ``@app.function`` arguments of :func:`web`, from the settings."""
-    # A WebSocket is one input for as long as it is open: a key's life, an upload, and a job.
-    timeout = int(settings.session_ttl + settings.upload_timeout + deployment.modal_timeout + 60)
+    # A WebSocket is one input until the server closes it at socket_lifetime; a POST /separate is one input
+    # for its upload and its job. The timeout is above both, so Modal never ends an input the server would.
+    longest = max(settings.socket_lifetime, settings.upload_timeout + deployment.modal_timeout)
     secret = modal.Secret.from_name(deployment.modal_secret_name, required_keys=[f"{PREFIX}HMAC_SECRET"])
     return dict(
         image=image,
         secrets=[secret],
         cpu=WEB_CPU,
-        max_containers=1,
+        memory=deployment.modal_web_memory,
+        max_containers=deployment.modal_web_max_containers,
         scaledown_window=WEB_SCALEDOWN_WINDOW,
-        timeout=min(timeout, 86400),
+        timeout=min(int(longest) + WEB_TIMEOUT_MARGIN, 86400),
+        volumes={DATA_MOUNT: data_volume},
     )
+
+
+def web_settings(in_container: bool) -> Settings:
+    """The web tier's settings: in a container its data folder is the Volume's mount."""
+    changes: dict[str, Any] = {"workers": modal_settings.modal_max_containers}
+    if in_container:
+        changes["data_dir"] = Path(DATA_MOUNT)
+    return settings.replace(**changes)
 
 
 def make_executor() -> ModalExecutor:
@@ -683,7 +718,7 @@ def web() -> FastAPI:
     from freestems.service import create_app
 
     _configure_logging()
-    return create_app(settings.replace(workers=modal_settings.modal_max_containers), executor=make_executor())
+    return create_app(web_settings(not modal.is_local()), executor=make_executor(), state=shared_state())
 
 
 @app.local_entrypoint()
