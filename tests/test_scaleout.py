@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from modal_fakes import FakeQueue, FakeSpace, FakeVolume
+from modal_helpers import declared
 from service_helpers import (
     LiveServer,
     connect_session,
@@ -33,6 +35,7 @@ from websockets.exceptions import InvalidStatus
 
 from freestems.executors import LocalExecutor
 from freestems.service import create_app
+from freestems.service.jobs import Paths
 from freestems.service.shared_state import SharedState
 
 FOUR = ["bass.mp3", "drums.mp3", "other.mp3", "vocals.mp3"]
@@ -186,3 +189,35 @@ def test_the_socket_cap_of_an_address_holds_across_containers(cluster):
         assert refused_status(b) == 429
     with connect_session(b) as ws:  # closing frees the slots
         assert receive(ws)["type"] == "challenge"
+
+
+def test_a_result_lives_on_the_volume_until_its_ttl_whether_a_container_is_up_or_not(
+    cluster, songs, tmp_path
+):
+    a = cluster("a", result_ttl=20.0)
+    with key_from(a) as (_, key):
+        job = submit(a, key, songs["short"])
+    wait_until(lambda: view(a, job)["state"] == "done", timeout=60)
+    a.stop()  # the last web container scales down, and its disk with it
+    shutil.rmtree(tmp_path / "a")
+    b = cluster("b", result_ttl=20.0)  # a later request wakes a fresh container
+    download(b, job)
+    cloud = tmp_path / "cloud"
+    # only the TTL sweep removes a result: then from the Volume too (the deletion is committed)
+    wait_until(lambda: httpx.get(b.url + job["result_url"]).status_code == 404, timeout=60)
+    wait_until(lambda: not [path for path in cloud.rglob("*.zip")], timeout=30)
+
+
+def test_the_web_tier_keeps_uploads_and_results_on_the_volume(deployment):
+    module = deployment.module
+    web = declared(module)["web"]
+    served = module.web_settings(in_container=True)
+    assert web["volumes"] == {module.DATA_MOUNT: "freestems-data"}
+    paths = Paths(served.data_dir)
+    for folder in (paths.results, paths.uploads, paths.cache):
+        assert folder.is_relative_to(module.DATA_MOUNT)
+    # the reason: a web container goes after its scale-down window, long before a result's TTL ends
+    assert served.result_ttl > module.WEB_SCALEDOWN_WINDOW
+    # and a socket is ended by the server (close 4000) before Modal's timeout would end it
+    assert web["timeout"] > served.socket_lifetime
+    assert web["max_containers"] > 1
