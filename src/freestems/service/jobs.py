@@ -394,7 +394,8 @@ class JobManager:
             return
         if job.state in TERMINAL:
             self._relayed.pop(job_id, None)
-            self._ended(job)
+            if self.sessions.followed(job_id) or self._collectors.get(job_id):  # not ended here already
+                self._ended(job)
         else:
             self._relayed[job_id] = signature
             self._notify(job)
