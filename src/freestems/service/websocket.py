@@ -206,9 +206,10 @@ async def _handle(
     if kind == "solution":
         service.challenges.verify(connection, message.get("payload"))
         settings = service.settings
-        ttl = min(settings.session_ttl, closes_at - time.time() - settings.upload_timeout)
-        if ttl < MIN_KEY_SECONDS:
+        left = closes_at - time.time() - settings.upload_timeout  # the socket's life left for a key
+        if left < min(MIN_KEY_SECONDS, settings.session_ttl):
             raise _EndOfLife
+        ttl = min(settings.session_ttl, left)
         key, _ = service.sessions.issue(client, connection, ttl=ttl)
         return {"type": "session", "key": key, "expires_in": round(ttl)}
     if kind == "challenge":
