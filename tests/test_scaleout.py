@@ -221,3 +221,22 @@ def test_the_web_tier_keeps_uploads_and_results_on_the_volume(deployment):
     # and a socket is ended by the server (close 4000) before Modal's timeout would end it
     assert web["timeout"] > served.socket_lifetime
     assert web["max_containers"] > 1
+
+
+def test_the_jobs_of_a_container_that_crashed_are_adopted_once_its_lease_runs_out(cluster, songs):
+    a, b = cluster("a"), cluster("b")
+    crashed = a.service.state
+    crashed.release = lambda job_id: None  # a crash says no goodbye: its jobs stay its own...
+    crashed.leave = lambda: None  # ...and its last heartbeat stays, until the lease runs out
+    with key_from(a) as (ws, key):
+        job = submit(a, key, songs["long"], shifts="3")
+        wait_for_message(ws, lambda m: m.get("state") == "running", timeout=60)
+    with connect_session(b) as follower:
+        assert receive(follower)["type"] == "challenge"
+        follow(follower, job)
+        wait_for_message(follower, lambda m: m["type"] == "job")
+        a.stop()
+        done = wait_for_message(follower, lambda m: m["type"] == "done", timeout=240)
+        assert done["id"] == job["id"]
+    assert b.service.state.runs(job["id"]) is False  # ended: nobody runs it any more
+    download(b, job)

@@ -24,6 +24,7 @@ Shared-state calls block for a network round trip; those on a socket's path run 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import secrets
@@ -234,16 +235,12 @@ class SharedState(LocalState):
     # -------------------------------------------------------------------------------------- sockets
 
     async def acquire_socket(self, client: str, connection: str, limit: int) -> None:
-        import asyncio
-
         slot = await asyncio.to_thread(self._take_slot, client, connection, limit)
         if slot is None:
             raise too_many_sockets(limit)
         self._slots[connection] = slot
 
     async def release_socket(self, client: str, connection: str) -> None:
-        import asyncio
-
         slot = self._slots.pop(connection, None)
         if slot is not None:
             await asyncio.to_thread(self.misc.pop, slot, None)
