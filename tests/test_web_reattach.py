@@ -79,7 +79,7 @@ def test_a_server_crash_mid_separation_reconnects_and_finishes(open_page, killab
 
 @pytest.fixture
 def short_lived_sockets(tmp_path, small_model):
-    """A server whose sockets live 10 s (the page's first key then has 10 - 3 s to be used)."""
+    """A server whose sockets live 12 s (the page's first key then has about 12 - 3 s to be used)."""
     settings = small_settings(
         tmp_path / "data",
         pow_algorithm="PBKDF2/SHA-256",
@@ -87,7 +87,7 @@ def short_lived_sockets(tmp_path, small_model):
         pow_counter=40,
         max_upload_mb=100.0,
         max_duration=1200.0,
-        socket_lifetime=10.0,
+        socket_lifetime=12.0,
         challenge_ttl=3.0,
         upload_timeout=3.0,
     )
@@ -100,7 +100,7 @@ def test_a_socket_closed_at_its_lifetime_is_followed_again_without_a_word(
     open_page, short_lived_sockets, tmp_path
 ):
     page = open_page(server=short_lived_sockets)
-    job = start_slow_separation(page, tmp_path / "lifetime.mp3", seconds=40.0)
+    job = start_slow_separation(page, tmp_path / "lifetime.mp3", seconds=60.0)  # runs past 12 s
     wait_js(page, "window.freestems.events.some(e => e.kind === 'reconnecting' && e.lifetime)", timeout=60)
     wait_result(page, timeout=180)
     assert job_state(short_lived_sockets, job) == "done"  # never cancelled

@@ -153,6 +153,12 @@ class SessionRegistry:
     def has_live_key(self, connection: str) -> bool:
         return connection in self._by_connection
 
+    def uploading(self, connection: str) -> bool:
+        """True while the key of ``connection`` is claimed by an upload that has not become a job yet."""
+        digest = self._by_connection.get(connection)
+        session = self._sessions.get(digest) if digest is not None else None
+        return session is not None and session.state == "claimed"
+
     def watch(self, connection: str, job_id: str) -> None:
         """``connection`` follows the unfinished job ``job_id`` (a ``follow`` message).
 

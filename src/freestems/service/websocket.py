@@ -25,7 +25,8 @@ which has a timeout): then the server closes it with code 4000, reason ``socket_
 message. Its unused key dies with it; its job does not: the client opens a new socket and sends ``follow``
 (the page and ``freestems.client`` do this by themselves). A key is offered for at most the socket's
 remaining life less ``upload_timeout`` (``expires_in`` says so), so an upload it starts ends before the
-socket does. An address holds at most ``sockets_per_ip`` open sockets (429 ``too_many_sockets``).
+socket does (a socket whose upload is still being checked gets :data:`UPLOAD_GRACE` more seconds).
+An address holds at most ``sockets_per_ip`` open sockets (429 ``too_many_sockets``).
 Closing the socket ends its key (an unused key can never be used after that). The job the key started,
 and jobs followed with ``follow``, are no longer followed by this socket: if nothing else follows them
 (another socket, a waiting ``POST /separate``, polls by the owner) they are cancelled after
@@ -68,6 +69,9 @@ LIFETIME_CLOSE = 4000
 LIFETIME_REASON = "socket_lifetime"
 MIN_KEY_SECONDS = 5.0
 """A key offered for less than this (its socket closes soon) is not offered: the socket closes instead."""
+UPLOAD_GRACE = 30.0
+"""Seconds a socket may outlive its lifetime while its key's upload is still being checked (the upload
+itself fits, see ``expires_in``); below the margin of the web function's timeout on Modal."""
 
 
 async def session_socket(websocket: WebSocket, service: Service) -> None:
@@ -124,8 +128,9 @@ async def _serve(
         while True:
             deadline, why = _deadline(service, connection, idle_since)
             idle_since = (idle_since or time.time()) if why.code == "idle" else None
-            if deadline is None or deadline >= closes_at:
-                deadline, why = closes_at, forbidden(LIFETIME_REASON, "")
+            end = closes_at + (UPLOAD_GRACE if service.sessions.uploading(connection) else 0.0)
+            if deadline is None or deadline >= end:
+                deadline, why = end, forbidden(LIFETIME_REASON, "")
             timeout = max(0.0, deadline - time.time())
             done, _ = await asyncio.wait(
                 {receive, outgoing}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
