@@ -3,8 +3,9 @@
 Modal's cloud is the one thing faked: :func:`load_modal_app` imports :mod:`freestems.deploy.modal_app`
 under a controlled environment (a small seeded checkpoint as the model, a trivial proof of work) and
 replaces its ways out (``remote_calls``, ``cpu_calls``, ``progress_channel``, ``usage_log``, ``lease_store``,
-``precision_cache``) with in-process ones: the classes' own ``.local()`` run by :class:`InProcessCalls`, a
-:class:`MemoryChannel`, lists and dicts. Everything else is the real code.
+``precision_cache``, ``shared_state``) with in-process ones: the classes' own ``.local()`` run by
+:class:`InProcessCalls`, a :class:`MemoryChannel`, lists and dicts, and the web tier's shared state on
+``modal_fakes``' Dicts and Queue. Everything else is the real code.
 
 :func:`declared` reads what the module's GPU class and web function are declared with, from the option
 dictionaries the module keeps and passes to Modal's decorators (no Modal internals, no credentials, no
@@ -26,10 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modal_fakes import FakeQueue, FakeSpace
+
 from freestems.cost import UsageRecord, WakeRecord
 from freestems.executors.modal import InputCancellation
 from freestems.jobrun import Cancelled, cancel_scope
 from freestems.options import SeparationOptions
+from freestems.service.shared_state import SharedState
 
 MODULE = "freestems.deploy.modal_app"
 
@@ -207,6 +211,8 @@ def load_modal_app(monkeypatch, environ: dict[str, str]) -> Deployment:
     monkeypatch.setattr(module, "usage_log", lambda: deployment.usage)
     monkeypatch.setattr(module, "lease_store", lambda: deployment.leases)
     monkeypatch.setattr(module, "precision_cache", lambda: deployment.precision)
+    space, inbox = FakeSpace(), FakeQueue()  # the web tier's shared state, offline (no Volume: one folder)
+    monkeypatch.setattr(module, "shared_state", lambda: SharedState(space, inbox, None))
     return deployment
 
 
@@ -228,8 +234,10 @@ def declared(module: Any) -> dict[str, Any]:
     values. JSON-ready: the image is left out (compare ``module.image``), secrets are given by name."""
 
     def plain(options: Mapping[str, Any]) -> dict[str, Any]:
+        shown = {"secrets": lambda value: [secret.name for secret in value],
+                 "volumes": lambda value: {path: volume.name for path, volume in value.items()}}  # fmt: skip
         return {
-            name: [secret.name for secret in value] if name == "secrets" else value
+            name: shown[name](value) if name in shown else value
             for name, value in options.items()
             if name != "image"
         }

@@ -46,7 +46,7 @@ def names_in(data: bytes) -> list[str]:
 # ---------------------------------------------------------------------------------------------- declarations
 
 
-def test_the_defaults_declare_a_snapshotted_l4_and_one_concurrent_web_container(deployment):
+def test_the_defaults_declare_a_snapshotted_l4_and_scaled_out_web_containers(deployment):
     module = deployment.module
     found = declared(module)
     assert found["gpu"] == {
@@ -69,10 +69,12 @@ def test_the_defaults_declare_a_snapshotted_l4_and_one_concurrent_web_container(
     assert found["web"] == {
         "secrets": ["freestems"],
         "cpu": module.WEB_CPU,
-        "max_containers": 1,
+        "memory": 1024,
+        "max_containers": 10,  # any container serves any request: the state is shared
         "max_inputs": 500,
         "scaledown_window": module.WEB_SCALEDOWN_WINDOW,
-        "timeout": 900 + 600 + 900 + 60,  # a key's life, an upload and a job fit in one socket
+        "timeout": 1800 + 60,  # above a socket's lifetime (and an upload and its job)
+        "volumes": {"/data": "freestems-data"},  # uploads and results outlive every container
     }
     assert (
         module.GPU_CLASS_OPTIONS["image"] is module.image
@@ -95,6 +97,8 @@ def test_the_module_declares_what_the_settings_say(tmp_path):
         FREESTEMS_MODAL_CPU="6",
         FREESTEMS_MODAL_REGION="us-east,us-west",
         FREESTEMS_MODAL_WEB_MAX_INPUTS="77",
+        FREESTEMS_MODAL_WEB_MAX_CONTAINERS="4",
+        FREESTEMS_SOCKET_LIFETIME="3000",
         FREESTEMS_MODAL_SECRET_NAME="stems-secret",
         PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]),  # this tree
     )
@@ -120,7 +124,8 @@ def test_the_module_declares_what_the_settings_say(tmp_path):
         "experimental_options": {"enable_gpu_snapshot": True},
         "region": ["us-east", "us-west"],
     }
-    assert web["max_inputs"] == 77 and web["max_containers"] == 1
+    assert web["max_inputs"] == 77 and web["max_containers"] == 4
+    assert web["timeout"] == 3000 + 60 and web["volumes"] == {"/data": "stems-test-data"}
     assert web["secrets"] == ["stems-secret"]
 
 

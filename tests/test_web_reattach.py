@@ -10,8 +10,12 @@ import socket
 import pytest
 from model_helpers import make_small_checkpoint
 from reliability.serve_process import ServeProcess
+from service_helpers import running_server, small_settings
 from test_web import job_state, start_slow_separation, wait_result
 from web_helpers import events, needs_chromium, wait_js
+
+from freestems.executors import LocalExecutor
+from freestems.service.jobs import Paths
 
 pytestmark = needs_chromium
 
@@ -71,3 +75,34 @@ def test_a_server_crash_mid_separation_reconnects_and_finishes(open_page, killab
     assert page.evaluate("window.freestems.job")["id"] == job["id"]
     assert events(page, "problem") == []
     assert "internet connection" not in page.inner_text("body")
+
+
+@pytest.fixture
+def short_lived_sockets(tmp_path, small_model):
+    """A server whose sockets live 12 s (the page's first key then has about 12 - 3 s to be used)."""
+    settings = small_settings(
+        tmp_path / "data",
+        pow_algorithm="PBKDF2/SHA-256",
+        pow_cost=200,
+        pow_counter=40,
+        max_upload_mb=100.0,
+        max_duration=1200.0,
+        socket_lifetime=12.0,
+        challenge_ttl=3.0,
+        upload_timeout=3.0,
+    )
+    executor = LocalExecutor(lambda: small_model, Paths(settings.data_dir).work, workers=settings.workers)
+    with running_server(settings, executor) as server:
+        yield server
+
+
+def test_a_socket_closed_at_its_lifetime_is_followed_again_without_a_word(
+    open_page, short_lived_sockets, tmp_path
+):
+    page = open_page(server=short_lived_sockets)
+    job = start_slow_separation(page, tmp_path / "lifetime.mp3", seconds=60.0)  # runs past 12 s
+    wait_js(page, "window.freestems.events.some(e => e.kind === 'reconnecting' && e.lifetime)", timeout=60)
+    wait_result(page, timeout=180)
+    assert job_state(short_lived_sockets, job) == "done"  # never cancelled
+    shown = page.evaluate("window.freestems.events.filter(e => e.kind === 'reconnecting' && !e.lifetime)")
+    assert shown == []  # no "Lost contact with the server" for a socket the server renewed

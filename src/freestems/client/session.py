@@ -5,6 +5,10 @@ thread reads every message as it comes, keeping only the newest ``job`` message 
 never backs up however slowly the caller looks; the caller reads the newest state with :meth:`job` and
 waits for a change with :meth:`wait_change`. Closing the session closes the socket (on today's servers
 that ends the key and cancels its unfinished job; see the README).
+
+The server ends every socket after ``socket_lifetime`` seconds (close code :data:`LIFETIME_CLOSE`, reason
+``socket_lifetime``); the job goes on, and :meth:`freestems.client.Client.wait` follows it again on a new
+socket (``follow``), as it does after any dropped socket.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from websockets.sync.client import ClientConnection, connect
 
 from .errors import RemoteError
+
+LIFETIME_CLOSE = 4000
+"""The close code of a socket the server ended at its lifetime (nothing lost: follow the job again)."""
 
 
 class FollowUnsupported(Exception):

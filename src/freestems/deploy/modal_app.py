@@ -40,9 +40,15 @@ wall time) and ``cost_usd`` (counted whole: :mod:`freestems.cost`) in the Dict `
 ``freestems cost --modal``) and sends them, with ``started`` and ``progress`` events, to the caller
 through the Queue ``<app>-progress`` (see :mod:`freestems.executors.modal`).
 
-**Web tier.** One container (``max_containers=1``: the WebSockets and session keys live in its memory)
-with ``@modal.concurrent``; its jobs go to the GPU class through a ``ModalExecutor``. The HMAC key of the
-challenges comes from the ``modal.Secret`` named by ``FREESTEMS_MODAL_SECRET_NAME``.
+**Web tier.** Up to ``FREESTEMS_MODAL_WEB_MAX_CONTAINERS`` containers with ``@modal.concurrent``; their
+jobs go to the GPU class through a ``ModalExecutor``. What they must agree on is shared
+(:class:`~freestems.service.shared_state.SharedState`): jobs, session keys, socket slots and follows in the
+Dicts ``<app>-state-*``, each container's inbox in the Queue ``<app>-inbox``, uploads and results on the
+Volume ``<app>-data`` mounted at ``/data`` (the data folder). Any container serves any request; a
+container that goes (scale-down, redeploy, preemption, crash) leaves its unfinished jobs to a live one, and
+a result stays ``FREESTEMS_RESULT_TTL`` seconds on the Volume whether or not a container is up. Each socket
+is closed at ``FREESTEMS_SOCKET_LIFETIME`` (the page and client reconnect), below the function's timeout.
+The HMAC key of the challenges comes from the ``modal.Secret`` named by ``FREESTEMS_MODAL_SECRET_NAME``.
 
 For tests, :func:`remote_calls`, :func:`cpu_calls`, :func:`progress_channel`, :func:`usage_log`,
 :func:`lease_store` and :func:`precision_cache` are the only ways out to Modal's cloud, and
@@ -88,6 +94,7 @@ from freestems.executors.modal import (
 from freestems.jobrun import Cancelled, JobFailed, JobOutput
 from freestems.options import SeparationOptions
 from freestems.service.settings import PREFIX, Settings
+from freestems.service.shared_state import SharedState
 
 from .settings import ModalSettings
 
@@ -110,6 +117,11 @@ DESCRIPTION_FILE = "model.json"
 WEB_SCALEDOWN_WINDOW = 300
 """Seconds the (CPU-only, cheap) web container stays up without a request or an open WebSocket."""
 WEB_CPU = 1.0
+WEB_TIMEOUT_MARGIN = 60
+"""Seconds the web function's timeout exceeds the longest input (a socket's lifetime, or an upload and its
+job for ``POST /separate``): the server ends every socket itself, with a close code the client knows."""
+DATA_MOUNT = "/data"
+"""Where the web containers mount the Volume ``<app>-data``: their data folder (uploads, results)."""
 WARM_UP_SECONDS = 1.0
 """Length of the job run before the snapshot."""
 
@@ -303,6 +315,8 @@ progress_queue = modal.Queue.from_name(f"{modal_settings.modal_app_name}-progres
 usage_dict = modal.Dict.from_name(usage_dict_name(modal_settings.modal_app_name), create_if_missing=True)
 lease_dict = modal.Dict.from_name(f"{modal_settings.modal_app_name}-leases", create_if_missing=True)
 precision_dict = modal.Dict.from_name(f"{modal_settings.modal_app_name}-precision", create_if_missing=True)
+data_volume = modal.Volume.from_name(f"{modal_settings.modal_app_name}-data", create_if_missing=True)
+inbox_queue = modal.Queue.from_name(f"{modal_settings.modal_app_name}-inbox", create_if_missing=True)
 
 
 # ------------------------------------------------------------------------------------------- the ways out
@@ -329,6 +343,16 @@ def progress_channel() -> ProgressChannel:
 def usage_log() -> Any:
     """Where GPU containers record what each call used (an object with ``record(UsageRecord)``)."""
     return DictUsageLog(usage_dict)
+
+
+def state_dict(name: str) -> Any:
+    """The web tier's shared Dict ``name`` (``<app>-state-<name>``)."""
+    return modal.Dict.from_name(f"{modal_settings.modal_app_name}-state-{name}", create_if_missing=True)
+
+
+def shared_state() -> SharedState:
+    """What the web containers share: Dicts, their inboxes' Queue, the data Volume."""
+    return SharedState(state_dict, inbox_queue, data_volume)
 
 
 def remote_calls() -> RemoteCalls:
@@ -1054,16 +1078,19 @@ def _configure_logging() -> None:
 
 def web_function_options(settings: Settings, deployment: ModalSettings) -> dict[str, Any]:
     """The ``@app.function`` arguments of :func:`web`, from the settings."""
-    # A WebSocket is one input for as long as it is open: a key's life, an upload, and a job.
-    timeout = int(settings.session_ttl + settings.upload_timeout + deployment.modal_timeout + 60)
+    # A WebSocket is one input until the server closes it at socket_lifetime; a POST /separate is one input
+    # for its upload and its job. The timeout is above both, so Modal never ends an input the server would.
+    longest = max(settings.socket_lifetime, settings.upload_timeout + deployment.modal_timeout)
     secret = modal.Secret.from_name(deployment.modal_secret_name, required_keys=[f"{PREFIX}HMAC_SECRET"])
     return dict(
         image=image,
         secrets=[secret],
         cpu=WEB_CPU,
-        max_containers=1,
+        memory=deployment.modal_web_memory,
+        max_containers=deployment.modal_web_max_containers,
         scaledown_window=WEB_SCALEDOWN_WINDOW,
-        timeout=min(timeout, 86400),
+        timeout=min(int(longest) + WEB_TIMEOUT_MARGIN, 86400),
+        volumes={DATA_MOUNT: data_volume},
     )
 
 
@@ -1071,6 +1098,14 @@ def executor_workers(deployment: ModalSettings) -> int:
     """Jobs in flight at once from the web tier: the containers of the classes its tier uses."""
     gpu, cpu = deployment.modal_max_containers, deployment.modal_cpu_max_containers
     return {"gpu": gpu, "cpu": cpu, "overflow": gpu + cpu}[deployment.modal_tier]
+
+
+def web_settings(in_container: bool) -> Settings:
+    """The web tier's settings: in a container its data folder is the Volume's mount."""
+    changes: dict[str, Any] = {"workers": executor_workers(modal_settings)}
+    if in_container:
+        changes["data_dir"] = Path(DATA_MOUNT)
+    return settings.replace(**changes)
 
 
 def make_executor() -> ModalExecutor:
@@ -1104,7 +1139,7 @@ def web() -> FastAPI:
     from freestems.service import create_app
 
     _configure_logging()
-    return create_app(settings.replace(workers=executor_workers(modal_settings)), executor=make_executor())
+    return create_app(web_settings(not modal.is_local()), executor=make_executor(), state=shared_state())
 
 
 @app.local_entrypoint()

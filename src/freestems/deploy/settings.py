@@ -47,6 +47,14 @@ class ModalSettings(EnvSettings):
     """The ``modal.Secret`` holding ``FREESTEMS_HMAC_SECRET`` for the web tier."""
     modal_web_max_inputs: AtLeastOne = 500
     """Requests and WebSockets one web container holds at once (``@modal.concurrent``)."""
+
+    # -- web tier: containers and memory (branch scaleout) --
+    modal_web_max_containers: AtLeastOne = 10
+    """Most web containers at once. They share jobs, keys and socket slots (``modal.Dict`` s
+    ``<app>-state-*``) and the data Volume ``<app>-data``, so any of them serves any request."""
+    modal_web_memory: int = Field(1024, ge=256, le=65536)
+    """MiB of memory requested per web container (uploads stream to the Volume; result zips are written
+    there by the executor, not held in memory while served)."""
     modal_torch: str = "torch==2.13.0"
     """The torch requirement of the image."""
     modal_torch_index: str = "https://download.pytorch.org/whl/cu126"

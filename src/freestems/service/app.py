@@ -52,8 +52,11 @@ from .jobs import JobManager, Paths, result_url
 from .limits import SlidingWindow
 from .network import AllowedHosts, client_address
 from .options import FILE_FIELD, FORMATS, RERUN_FIELDS, SeparationOptions, form_schema, parse_options
+from .replicas import Replica
 from .sessions import SessionRegistry
 from .settings import Settings
+from .shared_state import LocalState, SharedState
+from .shared_store import DictJobStore
 from .store import Job, JobStore
 from .uploads import Upload, receive_upload
 from .websocket import session_socket
@@ -76,7 +79,7 @@ class Service:
 
     settings: Settings
     executor: Executor
-    store: JobStore
+    store: JobStore | DictJobStore
     sessions: SessionRegistry
     challenges: ChallengeBook
     limiter: SlidingWindow
@@ -84,11 +87,18 @@ class Service:
     """Refused uploads per address (see ``REFUSED_UPLOAD_STATUSES``)."""
     manager: JobManager
     paths: Paths
+    state: LocalState
+    """Where what several web containers share lives (:mod:`.shared_state`)."""
 
 
-def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
-    """The FastAPI app. Without ``executor``, an in-process one loads the model the settings name."""
-    paths = Paths(settings.data_dir)
+def create_app(
+    settings: Settings, executor: Executor | None = None, state: LocalState | None = None
+) -> FastAPI:
+    """The FastAPI app. Without ``executor``, an in-process one loads the model the settings name. Without
+    ``state``, everything lives in this process and the data folder (:class:`~.shared_state.LocalState`);
+    a :class:`~.shared_state.SharedState` lets several instances serve one deployment."""
+    state = state or LocalState()
+    paths = Paths(settings.data_dir, state.work_dir)
     if executor is None:
         executor = LocalExecutor(
             lambda: _load_models(settings),
@@ -101,7 +111,7 @@ def create_app(settings: Settings, executor: Executor | None = None) -> FastAPI:
         title="freestems",
         version=__version__,
         description="Free, unlimited music stem separation. Demucs-compatible `POST /separate`.",
-        lifespan=_lifespan(settings, executor, paths, _challenge_secret(settings)),
+        lifespan=_lifespan(settings, executor, paths, _challenge_secret(settings), state),
     )
     app.add_middleware(AllowedHosts, allowed=settings.hosts)
     _add_error_handlers(app)
@@ -123,7 +133,7 @@ def _challenge_secret(settings: Settings) -> str:
 
 
 def _lifespan(
-    settings: Settings, executor: Executor, paths: Paths, secret: str
+    settings: Settings, executor: Executor, paths: Paths, secret: str, state: LocalState
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     """Start: the model (off the event loop), the store, resumed jobs, the sweeper. Stop: all of it, with
     running jobs given back to the queue for the next start."""
@@ -132,26 +142,37 @@ def _lifespan(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         paths.create()
         await asyncio.to_thread(executor.start)
-        service = _assemble(settings, executor, paths, secret)
+        service = _assemble(settings, executor, paths, secret, state)
+        replica = None
+        if isinstance(state, SharedState):
+            await asyncio.to_thread(state.heartbeat)
+            replica = Replica(state, service.manager, service.sessions)
         await service.manager.start()
         app.state.service = service
-        sweeper = asyncio.create_task(_sweep_forever(service))
+        tasks = [asyncio.create_task(_sweep_forever(service))]
+        if replica is not None:
+            tasks.append(asyncio.create_task(replica.run()))
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await service.manager.close()
+            if replica is not None:
+                await replica.leave()
             service.store.close()
 
     return lifespan
 
 
-def _assemble(settings: Settings, executor: Executor, paths: Paths, secret: str) -> Service:
+def _assemble(
+    settings: Settings, executor: Executor, paths: Paths, secret: str, state: LocalState
+) -> Service:
     """The service's parts around a started executor (opens the job store)."""
-    store = JobStore(paths.database)
-    sessions = SessionRegistry(settings.session_ttl)
+    store = state.open_store(paths.root, paths.database)
+    sessions = SessionRegistry(settings.session_ttl, book=state.keys)
     return Service(
         settings=settings,
         executor=executor,
@@ -166,8 +187,9 @@ def _assemble(settings: Settings, executor: Executor, paths: Paths, secret: str)
         ),
         limiter=SlidingWindow(settings.sessions_per_minute, 60.0),
         refusals=SlidingWindow(settings.refused_uploads_per_minute, 60.0),
-        manager=JobManager(settings, executor, store, sessions, paths),
+        manager=JobManager(settings, executor, store, sessions, paths, state),
         paths=paths,
+        state=state,
     )
 
 
@@ -289,6 +311,8 @@ def _add_job_routes(app: FastAPI) -> None:
         service = _service(request)
         job = _owned_job(request, service, job_id)
         service.manager.seen(job.id)
+        if job.state == "done" and service.state.shared:  # written by another container, maybe
+            await asyncio.to_thread(service.state.visible, job.result_path)
         return _result_response(service, job)
 
     @app.get(

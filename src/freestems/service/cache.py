@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,16 @@ def link_or_copy(source: Path, destination: Path) -> None:
 class ResultCache:
     """Cached result zips by key. ``enabled=False`` makes every lookup a miss and every put a no-op."""
 
-    def __init__(self, store: JobStore, directory: Path, ttl: float, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        directory: Path,
+        ttl: float,
+        enabled: bool = True,
+        visible: Callable[[Path], bool] = Path.is_file,
+    ) -> None:
         self.store = store
+        self.visible = visible  # a shared folder: fetch the others' files before deciding one is gone
         self.directory = directory
         self.ttl = ttl
         self.enabled = enabled
@@ -66,7 +74,7 @@ class ResultCache:
         if found is None:
             return None
         path, _ = found
-        if not path.is_file():  # removed by hand: forget it
+        if not self.visible(path):  # removed by hand: forget it
             self.store.delete_result(key)
             return None
         self.store.touch_result(key, time.time() + self.ttl)

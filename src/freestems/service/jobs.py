@@ -27,6 +27,11 @@ record points at are removed.
 
 Between the engine's reports a running job's progress is interpolated from its measured speed
 (:mod:`.progress`), and its sockets hear it every ``TICK_SECONDS``.
+
+With a shared state (:mod:`.shared_state`: several web containers, one Volume) the store is shared, each
+container runs the jobs submitted to it (and those it adopts from a container that has gone, see
+:mod:`.replicas`), and files on the shared folder are never removed at start (another container may be
+writing them); the TTL sweep removes them.
 """
 
 from __future__ import annotations
@@ -58,7 +63,9 @@ from .partials import Partials
 from .progress import ProgressClock
 from .sessions import Session, SessionRegistry
 from .settings import Settings
-from .store import TERMINAL, Job, JobStore
+from .shared_state import LocalState
+from .shared_store import DictJobStore
+from .store import RESTART_REASON, TERMINAL, Job, JobStore
 from .uploads import Upload
 
 log = logging.getLogger(__name__)
@@ -74,9 +81,10 @@ jobs' sockets every other time, for ``queue_eta``)."""
 
 @dataclass(frozen=True)
 class Paths:
-    """The data folder's layout."""
+    """The data folder's layout (``work_dir``: the executor's folders, if not ``<root>/work``)."""
 
     root: Path
+    work_dir: Path | None = None
 
     @property
     def database(self) -> Path:
@@ -88,7 +96,7 @@ class Paths:
 
     @property
     def work(self) -> Path:
-        return self.root / "work"
+        return self.work_dir or self.root / "work"
 
     @property
     def results(self) -> Path:
@@ -120,22 +128,31 @@ class JobManager:
         self,
         settings: Settings,
         executor: Executor,
-        store: JobStore,
+        store: JobStore | DictJobStore,
         sessions: SessionRegistry,
         paths: Paths,
+        state: LocalState | None = None,
     ) -> None:
         self.settings = settings
         self.executor = executor
         self.store = store
         self.sessions = sessions
         self.paths = paths
-        self.cache = ResultCache(store, paths.cache, settings.result_ttl, settings.result_cache)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._progress: dict[str, float] = {}
         self._persisted: dict[str, float] = {}
         self._waiters: dict[str, asyncio.Event] = {}
         self._collectors: dict[str, int] = {}  # job id -> POST /separate requests waiting for it
-        self._seen: dict[str, float] = {}  # job id -> when its owner last polled it (time.monotonic)
+        self.state = state or LocalState()  # also when its owner last polled a job (follow_age)
+        self._here: set[str] = set()  # unfinished jobs this process's executor has (shared state)
+        self._relayed: dict[str, tuple[Any, ...]] = {}  # other containers' jobs: what sockets here last heard
+        self.cache = ResultCache(
+            store,  # type: ignore[arg-type]  # a DictJobStore has the methods the cache uses
+            paths.cache,
+            settings.result_ttl,
+            settings.result_cache,
+            visible=self.state.visible,
+        )
         self._timers: dict[str, asyncio.TimerHandle] = {}  # job id -> its "is it still followed?" check
         self._job_seconds = DEFAULT_JOB_SECONDS
         self._job_measured = False
@@ -155,12 +172,14 @@ class JobManager:
         self.paths.create()
         shutil.rmtree(self.paths.work, ignore_errors=True)
         self.paths.work.mkdir(parents=True, exist_ok=True)
-        for stale in self.paths.uploads.glob(TEMP_GLOB):
-            stale.unlink(missing_ok=True)
+        if not self.state.shared:  # on a shared folder another container may be writing these
+            for stale in self.paths.uploads.glob(TEMP_GLOB):
+                stale.unlink(missing_ok=True)
         requeue, failed = self.store.recover(self.settings.result_ttl)
         for job in failed:
             log.warning("job %s could not be resumed after a restart (its upload is gone)", job.id)
-        self._remove_orphans()
+        if not self.state.shared:
+            self._remove_orphans()
         for job in requeue:
             self.partials.remove(job.id)
             self.executor.submit(self._work_item(job))
@@ -183,9 +202,12 @@ class JobManager:
             self.abandon(job_id)
         await asyncio.to_thread(self.executor.close)
         for job in self.store.active():
+            if self.state.shared and job.id not in self._here:
+                continue  # another container's
             if job.state == "running":
                 self.store.update(job.id, state="queued", progress=0.0, started_at=None)
                 log.info("job %s interrupted by shutdown; it will run after a restart", job.id)
+            self.state.release(job.id)  # shared: a live container adopts it now
         for event in self._waiters.values():
             event.set()
         self._stopped = True  # reports still in the loop's queue are dropped: the store has the state
@@ -268,6 +290,9 @@ class JobManager:
             if session is not None:
                 self.sessions.attach(session, job_id)
             upload.path.replace(job.input_path)
+            self.state.changed()
+            self.state.own(job_id)  # before the others can see the job: none adopts it
+            self._here.add(job_id)
             self.store.create(job)
             self.executor.submit(self._work_item(job))  # if it refuses (closing), the job runs after restart
             self.seen(job_id)  # its creator holds the token: the grace period starts now
@@ -384,15 +409,15 @@ class JobManager:
 
     def seen(self, job_id: str) -> None:
         """Its owner asked about the job (or created it): it counts as followed for ``reattach_grace``."""
-        self._seen[job_id] = time.monotonic()
+        self.state.touch_follow(job_id)
         self._unfollowed(job_id)
 
     def followed(self, job_id: str) -> bool:
         """True while something follows the job: a socket, a waiting ``POST /separate``, a recent poll."""
         if self.sessions.followed(job_id) or self._collectors.get(job_id):
             return True
-        seen = self._seen.get(job_id)
-        return seen is not None and time.monotonic() - seen < self.settings.reattach_grace
+        age = self.state.follow_age(job_id)
+        return age is not None and age < self.settings.reattach_grace
 
     def _unfollowed(self, job_id: str, delay: float | None = None) -> None:
         """Something stopped following the job (or it was polled): check it again after the grace."""
@@ -412,12 +437,12 @@ class JobManager:
             return
         job = self.store.get(job_id)
         if job is None or job.state in TERMINAL:
-            self._seen.pop(job_id, None)
+            self.state.forget_follow(job_id)
             return
         if self.sessions.followed(job_id) or self._collectors.get(job_id):
             return
-        seen = self._seen.get(job_id)
-        left = self.settings.reattach_grace - (time.monotonic() - seen) if seen is not None else 0.0
+        age = self.state.follow_age(job_id)
+        left = self.settings.reattach_grace - age if age is not None else 0.0
         if left > 0:
             self._unfollowed(job_id, left)
             return
@@ -428,6 +453,65 @@ class JobManager:
             f"nobody followed this job for {grace:g} s after its connection closed, so nobody could "
             "collect its result; it was cancelled",
         )
+
+    # ------------------------------------------------------------------------------------------ shared
+
+    def followed_here(self) -> set[str]:
+        """Unfinished jobs something in this process follows: sockets, waiting ``POST /separate``."""
+        return self.sessions.followed_jobs() | set(self._collectors)
+
+    def running_here(self) -> set[str]:
+        """Unfinished jobs this process's executor has (shared state)."""
+        return set(self._here)
+
+    def observe(self, job_id: str, job: Job | None) -> None:
+        """Shared state, one sync round: the store's word on a job that runs here or that something here
+        follows. A job that runs here and ended elsewhere (cancelled, deleted) is stopped; another
+        container's job is relayed to the sockets here when it changed."""
+        if job_id in self._here:
+            if job is None or job.state in TERMINAL:
+                self.executor.cancel(job_id)
+                self._here.discard(job_id)
+                if job is not None:
+                    self._ended(job)
+            return
+        if job is None:
+            self.sessions.finish(job_id)
+            return
+        signature = (job.state, round(job.progress, 3), self.store.position(job), job.started_at)
+        if self._relayed.get(job_id) == signature:
+            return
+        if job.state in TERMINAL:
+            self._relayed.pop(job_id, None)
+            if self.sessions.followed(job_id) or self._collectors.get(job_id):  # not ended here already
+                self._ended(job)
+        else:
+            self._relayed[job_id] = signature
+            self._notify(job)
+
+    def adopt(self, job: Job) -> None:
+        """Shared state: run a job whose container has gone (this container won its adoption). It starts
+        again from its beginning; without its upload it fails with a reason that says so."""
+        if job.input_path is None or not self.state.visible(job.input_path):
+            now = time.time()
+            self.store.update(
+                job.id, state="failed", input_path=None, error_code=FailureCode.INTERRUPTED,
+                error=RESTART_REASON, finished_at=now, expires_at=now + self.settings.result_ttl,
+            )  # fmt: skip
+            self.state.disown(job.id)
+            ended = self.store.get(job.id)
+            if ended is not None:
+                self._ended(ended)
+            return
+        if job.state == "running":
+            self.store.update(job.id, state="queued", progress=0.0, started_at=None)
+            job.state, job.progress, job.started_at = "queued", 0.0, None
+        log.info("job %s adopted: the container that ran it has gone", job.id)
+        self._here.add(job.id)
+        self._relayed.pop(job.id, None)
+        self.executor.submit(self._work_item(job))
+        self.seen(job.id)
+        self._notify(job)
 
     def abandon(self, job_id: str) -> None:
         """Shutdown: cancel a ``POST /separate`` job (code ``restarting``) and remove its upload now."""
@@ -486,7 +570,10 @@ class JobManager:
         for job in expired:
             self._remove_files(job)
             self.store.delete(job.id)
-        return len(expired) + self.cache.sweep()
+        removed = len(expired) + self.cache.sweep()
+        if removed:
+            self.state.changed()
+        return removed
 
     # ------------------------------------------------------------------------------------------ messages
 
@@ -636,6 +723,8 @@ class JobManager:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
+        if event.kind == "done" and self.state.shared:
+            self.state.commit()  # the result is on the Volume for every container before it is "done"
         # RuntimeError: the loop closed in between; the store keeps the job for the next start.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._on_event, event)
@@ -736,7 +825,11 @@ class JobManager:
         self.partials.ended(job.id, job.state == "done")
         self._progress.pop(job.id, None)
         self._persisted.pop(job.id, None)
-        self._seen.pop(job.id, None)
+        self.state.forget_follow(job.id)
+        self._relayed.pop(job.id, None)
+        if job.id in self._here:
+            self._here.discard(job.id)
+            self.state.disown(job.id)
         timer = self._timers.pop(job.id, None)
         if timer is not None:
             timer.cancel()

@@ -13,6 +13,10 @@ Keys are stored by their SHA-256 only; a lookup hashes the presented key and the
 with :func:`hmac.compare_digest`. Dead keys leave a tombstone for a while, so that a reused or expired key
 gets an error that says so instead of "unknown key".
 
+With a shared key book (:class:`~.shared_state.SharedState`, several web containers), a key issued on one
+container's socket is claimed on any other: the claim is atomic there, the container that holds the socket
+is told when the key starts a job (so its socket hears about it), and a dead key's tombstone is shared.
+
 Status codes, as the API documents them: missing/unknown/expired/closed key -> 401 (get a new key);
 a real key used from another address, or used a second time -> 403 (this key will never work for this).
 """
@@ -27,9 +31,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ServiceError, forbidden, unauthorized
+
+if TYPE_CHECKING:
+    from .shared_state import KeyBook
 
 GET_A_KEY = "open a WebSocket to /session and solve its challenge to get one"
 MAX_FOLLOWS = 16
@@ -86,6 +93,8 @@ class Session:
     expires_at: float
     state: str = "ready"
     job_id: str | None = None
+    remote: dict[str, Any] | None = None
+    """The shared record of a key issued on another container's socket (None: this container's)."""
 
     @property
     def hash(self) -> str:
@@ -102,9 +111,12 @@ class _Tombstone:
 class SessionRegistry:
     """Live keys, their connections, and a mailbox per connection. Used from the event loop only."""
 
-    def __init__(self, ttl: float, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, ttl: float, *, clock: Callable[[], float] = time.time, book: KeyBook | None = None
+    ) -> None:
         self.ttl = ttl
         self._clock = clock
+        self.book = book
         self._sessions: dict[bytes, Session] = {}
         self._by_connection: dict[str, bytes] = {}
         self._by_job: dict[str, bytes] = {}
@@ -140,6 +152,12 @@ class SessionRegistry:
 
     def has_live_key(self, connection: str) -> bool:
         return connection in self._by_connection
+
+    def uploading(self, connection: str) -> bool:
+        """True while the key of ``connection`` is claimed by an upload that has not become a job yet."""
+        digest = self._by_connection.get(connection)
+        session = self._sessions.get(digest) if digest is not None else None
+        return session is not None and session.state == "claimed"
 
     def watch(self, connection: str, job_id: str) -> None:
         """``connection`` follows the unfinished job ``job_id`` (a ``follow`` message).
@@ -192,17 +210,34 @@ class SessionRegistry:
 
     # ------------------------------------------------------------------------------------- keys
 
-    def issue(self, client: str, connection: str) -> tuple[str, Session]:
-        """A new key for ``client`` on ``connection`` (which must not hold a live one)."""
+    def issue(self, client: str, connection: str, ttl: float | None = None) -> tuple[str, Session]:
+        """A new key for ``client`` on ``connection`` (which must not hold a live one), usable for ``ttl``
+        seconds (default: the registry's)."""
         if connection in self._by_connection:
             raise forbidden("session_active", "this connection already holds a live session key")
         key = secrets.token_urlsafe(32)
-        session = Session(
-            digest=_digest(key), client=client, connection=connection, expires_at=self._clock() + self.ttl
-        )
+        expires_at = self._clock() + (self.ttl if ttl is None else ttl)
+        session = Session(digest=_digest(key), client=client, connection=connection, expires_at=expires_at)
         self._sessions[session.digest] = session
         self._by_connection[connection] = session.digest
+        if self.book is not None:
+            record = {"client": client, "connection": connection, "expires_at": expires_at}
+            self.book.publish(session.digest, record)
         return key, session
+
+    def attach_remote(self, connection: str, digest_hex: str, job_id: str) -> None:
+        """Another container started ``job_id`` with the key of ``connection`` (a socket here): the key is
+        spent, and the socket follows the job."""
+        digest = self._by_connection.get(connection)
+        session = self._sessions.get(digest) if digest is not None else None
+        if session is None or session.digest.hex() != digest_hex:
+            return
+        session.state, session.job_id = "busy", job_id
+        self._by_job[job_id] = session.digest
+
+    def followed_jobs(self) -> set[str]:
+        """The unfinished jobs sockets here follow (their session's, or with ``follow``)."""
+        return set(self._by_job) | {job for job, watchers in self._watchers.items() if watchers}
 
     def claim(self, key: str | None, client: str) -> Session:
         """Reserve ``key`` for one separation by ``client`` (an upload is about to be read).
@@ -217,31 +252,65 @@ class SessionRegistry:
             )
         digest = _digest(key)
         session = self._sessions.get(digest)
+        if session is None and self.book is not None:
+            session = self._remote(digest)
         if session is None or not hmac.compare_digest(session.digest, digest):
             tombstone = self._tombstones.get(digest)
             if tombstone is not None:
                 raise tombstone.error
             raise unauthorized("key_invalid", f"unknown session key; {GET_A_KEY}")
         if session.state == "ready" and session.expires_at < self._clock():
+            if session.remote is not None:
+                raise unauthorized("key_expired", f"the session key has expired; {GET_A_KEY}")
             self._expire(session)
             raise self._tombstones[digest].error
         if not hmac.compare_digest(session.client.encode(), client.encode()):
             raise forbidden("key_foreign", "this session key was issued to another address; get your own")
-        if session.state != "ready":
+        if session.state != "ready" or (self.book is not None and not self.book.claim(digest)):
             raise forbidden(
                 "key_used", "this session key is already in use by another request; get a new one"
             )
         session.state = "claimed"
         return session
 
+    def _remote(self, digest: bytes) -> Session | None:
+        """A key issued on another container's socket, as the shared book has it (tombstones checked)."""
+        assert self.book is not None
+        error = self.book.tombstone(digest)
+        if error is not None:
+            raise error
+        record = self.book.lookup(digest)
+        if record is None:
+            return None
+        return Session(
+            digest=digest,
+            client=str(record["client"]),
+            connection=str(record["connection"]),
+            expires_at=float(record["expires_at"]),
+            remote=record,
+        )
+
     def unclaim(self, session: Session) -> None:
         """The request was refused before any job existed: the key may be used again (if still alive)."""
+        if self.book is not None and session.state == "claimed":
+            self.book.unclaim(session.digest)
+        if session.remote is not None:
+            session.state = "ready"
+            return
         if session.state == "claimed" and self._sessions.get(session.digest) is session:
             session.state = "ready"
             session.expires_at = max(session.expires_at, self._clock() + 1.0)
 
     def attach(self, session: Session, job_id: str) -> None:
         """Bind the claimed key to its job. Raises 401 if the key died during the upload."""
+        if session.remote is not None:
+            error = self.book.tombstone(session.digest) if self.book is not None else None
+            if error is not None:
+                raise error
+            session.state, session.job_id = "busy", job_id
+            if self.book is not None:
+                self.book.attached(session.digest, session.remote, job_id)
+            return
         if self._sessions.get(session.digest) is not session:
             tombstone = self._tombstones.get(session.digest)
             raise (
@@ -274,6 +343,10 @@ class SessionRegistry:
 
     def consume(self, session: Session) -> None:
         """End a claimed key that produced no running job (a cached result was served instead)."""
+        if session.remote is not None and self.book is not None:
+            error = forbidden("key_used", f"this session key was already used for a separation; {GET_A_KEY}")
+            self.book.bury(session.digest, error, self._clock() + max(self.ttl, 600.0))
+            return
         if self._sessions.get(session.digest) is session:
             self._drop(session)
             self._bury(
@@ -313,7 +386,10 @@ class SessionRegistry:
 
     def _bury(self, session: Session, error: ServiceError) -> None:
         if session.digest not in self._tombstones:  # the first cause of death is the one reported
-            self._tombstones[session.digest] = _Tombstone(error, self._clock() + max(self.ttl, 600.0))
+            until = self._clock() + max(self.ttl, 600.0)
+            self._tombstones[session.digest] = _Tombstone(error, until)
+            if self.book is not None:
+                self.book.bury(session.digest, error, until)
 
 
 def _digest(key: str) -> bytes:

@@ -272,6 +272,15 @@ class Settings(EnvSettings):
     """Seconds a challenge can be solved in."""
     session_ttl: Positive = 900.0
     """Seconds a session key can be used in (from issue to the start of its upload)."""
+    socket_lifetime: Positive = 1800.0
+    """Seconds a session WebSocket stays open at most. The server then closes it with code 4000 (reason
+    ``socket_lifetime``); the page and ``freestems.client`` reconnect and follow their job by id and token,
+    and the job goes on. A key never outlives its socket: it is offered for at most the socket's remaining
+    life less ``upload_timeout``. Keep it below the web function's timeout on Modal (the deployment derives
+    that timeout from it). Must exceed ``challenge_ttl + upload_timeout``."""
+    sockets_per_ip: AtLeastOne = 8
+    """Open session WebSockets per client address (counted across every web container when the state is
+    shared); more are refused with 429 ``too_many_sockets``, so a few addresses cannot hold every slot."""
     # -- limits --
     max_upload_mb: Positive = 100.0
     """Largest upload, in MB (10^6 bytes). Checked while streaming."""
@@ -326,6 +335,17 @@ class Settings(EnvSettings):
             )
         if len(set(self.models)) < len(self.models):
             raise ValueError(f"{self.variable('models')}: a model is named twice")
+        return self
+
+    @model_validator(mode="after")
+    def _socket_outlives_a_key(self) -> Settings:
+        if self.socket_lifetime <= self.challenge_ttl + self.upload_timeout:
+            raise ValueError(
+                f"{self.variable('socket_lifetime')} ({self.socket_lifetime:g} s) must exceed "
+                f"{self.variable('challenge_ttl')} + {self.variable('upload_timeout')} "
+                f"({self.challenge_ttl + self.upload_timeout:g} s): a key must have time to be used "
+                "before its socket closes"
+            )
         return self
 
     @model_validator(mode="after")

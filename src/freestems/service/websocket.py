@@ -19,6 +19,14 @@ client that reads slowly (or not at all) gets the newest state when it reads, ne
 
 Any error is ``{"type": "error", "code": ..., "message": ...}`` and the server closes the socket (1008);
 a ``follow`` with an unknown id or a wrong token is answered with code ``not_found``.
+
+A socket lives at most ``socket_lifetime`` seconds (on Modal a socket is one input of the web function,
+which has a timeout): then the server closes it with code 4000, reason ``socket_lifetime``, and no error
+message. Its unused key dies with it; its job does not: the client opens a new socket and sends ``follow``
+(the page and ``freestems.client`` do this by themselves). A key is offered for at most the socket's
+remaining life less ``upload_timeout`` (``expires_in`` says so), so an upload it starts ends before the
+socket does (a socket whose upload is still being checked gets :data:`UPLOAD_GRACE` more seconds).
+An address holds at most ``sockets_per_ip`` open sockets (429 ``too_many_sockets``).
 Closing the socket ends its key (an unused key can never be used after that). The job the key started,
 and jobs followed with ``follow``, are no longer followed by this socket: if nothing else follows them
 (another socket, a waiting ``POST /separate``, polls by the owner) they are cancelled after
@@ -56,6 +64,14 @@ MAX_MESSAGE_CHARS = 16 * 1024
 JOB_ID = re.compile(r"[0-9a-f]{16}")
 POLICY_VIOLATION = 1008
 SERVER_RESTART = 1012
+LIFETIME_CLOSE = 4000
+"""Close code when a socket reaches ``socket_lifetime`` (reason :data:`LIFETIME_REASON`): reconnect."""
+LIFETIME_REASON = "socket_lifetime"
+MIN_KEY_SECONDS = 5.0
+"""A key offered for less than this (its socket closes soon) is not offered: the socket closes instead."""
+UPLOAD_GRACE = 30.0
+"""Seconds a socket may outlive its lifetime while its key's upload is still being checked (the upload
+itself fits, see ``expires_in``); below the margin of the web function's timeout on Modal."""
 
 
 async def session_socket(websocket: WebSocket, service: Service) -> None:
@@ -67,23 +83,31 @@ async def session_socket(websocket: WebSocket, service: Service) -> None:
         await _deny(websocket, forbidden("bad_origin", "this origin may not open sessions on this server"))
         return
     client = client_address(websocket, settings.trust_proxy)
+    connection = secrets.token_hex(8)
     try:
-        service.limiter.hit(client)
+        await service.state.acquire_socket(client, connection, settings.sockets_per_ip)
     except ServiceError as error:
         await _deny(websocket, error)
         return
-    await websocket.accept()
-    connection = secrets.token_hex(8)
+    try:
+        service.limiter.hit(client)
+    except ServiceError as error:
+        await service.state.release_socket(client, connection)
+        await _deny(websocket, error)
+        return
+    closes_at = time.time() + settings.socket_lifetime
     mailbox = service.sessions.connect(connection)
     closed_by_server_restart = False
     try:
+        await websocket.accept()
         mailbox.put_nowait(
             {"type": "challenge", "challenge": await service.challenges.issue_async(connection)}
         )
-        closed_by_server_restart = await _serve(websocket, service, connection, client, mailbox)
+        closed_by_server_restart = await _serve(websocket, service, connection, client, mailbox, closes_at)
     except (WebSocketDisconnect, RuntimeError, OSError):  # the peer went away mid-send
         pass
     finally:
+        await service.state.release_socket(client, connection)
         service.challenges.forget(connection)
         if closed_by_server_restart:
             service.sessions.close_connection(connection)  # keys die; their jobs resume after the restart
@@ -92,10 +116,10 @@ async def session_socket(websocket: WebSocket, service: Service) -> None:
 
 
 async def _serve(
-    websocket: WebSocket, service: Service, connection: str, client: str, mailbox: Mailbox
+    websocket: WebSocket, service: Service, connection: str, client: str, mailbox: Mailbox, closes_at: float
 ) -> bool:
-    """The connection's loop: incoming messages, outgoing mail, the challenge deadline. Returns True when
-    the server closed the socket for a restart."""
+    """The connection's loop: incoming messages, outgoing mail, the challenge deadline, the socket's
+    lifetime. Returns True when the server closed the socket for a restart."""
     # Starlette's ASGI events are MutableMappings; the mailbox holds the JSON messages to send.
     receive: asyncio.Task[MutableMapping[str, Any]] = asyncio.ensure_future(websocket.receive())
     outgoing: asyncio.Task[Message] = asyncio.ensure_future(mailbox.get())
@@ -104,12 +128,18 @@ async def _serve(
         while True:
             deadline, why = _deadline(service, connection, idle_since)
             idle_since = (idle_since or time.time()) if why.code == "idle" else None
-            timeout = None if deadline is None else max(0.0, deadline - time.time())
+            end = closes_at + (UPLOAD_GRACE if service.sessions.uploading(connection) else 0.0)
+            if deadline is None or deadline >= end:
+                deadline, why = end, forbidden(LIFETIME_REASON, "")
+            timeout = max(0.0, deadline - time.time())
             done, _ = await asyncio.wait(
                 {receive, outgoing}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
             if not done:
-                await _fail(websocket, why)
+                if why.code == LIFETIME_REASON:
+                    await _end_of_life(websocket)
+                else:
+                    await _fail(websocket, why)
                 return False
             if outgoing in done:
                 message = outgoing.result()
@@ -123,7 +153,10 @@ async def _serve(
                 if event["type"] == "websocket.disconnect":
                     return bool(event.get("code") == SERVER_RESTART)
                 try:
-                    reply = await _handle(service, connection, client, event)
+                    reply = await _handle(service, connection, client, event, closes_at)
+                except _EndOfLife:
+                    await _end_of_life(websocket)
+                    return False
                 except ServiceError as error:
                     await _fail(websocket, error)
                     return False
@@ -157,7 +190,13 @@ def _deadline(
     return (idle_since or time.time()) + ttl, forbidden("idle", message)
 
 
-async def _handle(service: Service, connection: str, client: str, event: Mapping[str, Any]) -> Message | None:
+class _EndOfLife(Exception):
+    """The socket has too little life left to offer a key: it closes (code 4000) instead."""
+
+
+async def _handle(
+    service: Service, connection: str, client: str, event: Mapping[str, Any], closes_at: float
+) -> Message | None:
     """One client message; returns the reply (or None), raises ServiceError to end the connection."""
     text = event.get("text")
     if text is None or len(text) > MAX_MESSAGE_CHARS:
@@ -171,8 +210,13 @@ async def _handle(service: Service, connection: str, client: str, event: Mapping
     kind = message["type"]
     if kind == "solution":
         service.challenges.verify(connection, message.get("payload"))
-        key, _ = service.sessions.issue(client, connection)
-        return {"type": "session", "key": key, "expires_in": round(service.settings.session_ttl)}
+        settings = service.settings
+        left = closes_at - time.time() - settings.upload_timeout  # the socket's life left for a key
+        if left < min(MIN_KEY_SECONDS, settings.session_ttl):
+            raise _EndOfLife
+        ttl = min(settings.session_ttl, left)
+        key, _ = service.sessions.issue(client, connection, ttl=ttl)
+        return {"type": "session", "key": key, "expires_in": round(ttl)}
     if kind == "challenge":
         if service.sessions.has_live_key(connection):
             raise forbidden("session_active", "this connection still holds a live key; use it first")
@@ -212,6 +256,13 @@ async def _fail(websocket: WebSocket, error: ServiceError) -> None:
     with contextlib.suppress(Exception):
         await websocket.send_json({"type": "error", "code": error.code, "message": error.message})
     await _close(websocket)
+
+
+async def _end_of_life(websocket: WebSocket) -> None:
+    """The socket reached its lifetime: close it with :data:`LIFETIME_CLOSE` (the client reconnects)."""
+    if websocket.application_state != WebSocketState.DISCONNECTED:
+        with contextlib.suppress(Exception):
+            await websocket.close(LIFETIME_CLOSE, LIFETIME_REASON)
 
 
 async def _close(websocket: WebSocket) -> None:

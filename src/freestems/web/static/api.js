@@ -2,6 +2,9 @@
 // Every URL is relative to the page, so the service also works behind a path prefix.
 import { Problem } from "./text.js";
 
+/** The close code of a socket that reached its lifetime (the server closes every socket after a while). */
+export const LIFETIME_CLOSE = 4000;
+
 /** What the page falls back to when the server does not describe itself (no GET /config). */
 export const FALLBACK_CATALOG = [
   { name: "scnet", title: "SCNet (authors' base)", sdr: { avg: 9.03, bass: 8.89, drums: 10.44, vocals: 9.9, other: 6.89 }, relative_cost: 1 },
@@ -121,7 +124,8 @@ export async function serverReachable() {
 /**
  * The session WebSocket. Messages are taken in order with `next(type)`; `job` and `done` messages go to
  * the callbacks. Any server error, or the socket closing when we did not close it, becomes a Problem:
- * waiting `next` calls reject with it and `onProblem` hears it (code "server_restart" for close 1012).
+ * waiting `next` calls reject with it and `onProblem` hears it (code "server_restart" for close 1012,
+ * "socket_lifetime" for close 4000: the server ends every socket at its lifetime; the job goes on).
  */
 export class Session {
   constructor({ onJob, onDone, onProblem } = {}) {
@@ -165,6 +169,7 @@ export class Session {
         return this._fail(new Problem(reachable ? "session_refused" : "network", "", { status: 0 }), true);
       }
       if (event.code === 1012) return this._fail(new Problem("server_restart", "the server is restarting"), true);
+      if (event.code === LIFETIME_CLOSE) return this._fail(new Problem("socket_lifetime", event.reason || ""), true);
       return this._fail(new Problem("connection_lost", event.reason || ""), true);
     };
     const message = await this.next("challenge");

@@ -1,8 +1,9 @@
 // Following one job until it ends: its messages (from the session WebSocket, or from a socket that follows
 // it by id and token after a reload or a dropped connection) become progress on the page; a job that starts
 // again (a restarted server resumed it from its beginning) is said to have; while the server is away the
-// page reconnects with backoff, for at most ten minutes.
-import { Follower } from "./api.js";
+// page reconnects with backoff, for at most ten minutes. A socket the server closed at its lifetime (close
+// 4000) is followed again at once and without a word: nothing was lost.
+import { Follower, LIFETIME_CLOSE } from "./api.js";
 import { formatClock, formatDuration, Problem } from "./text.js";
 
 const RECONNECT_GIVE_UP_MS = 10 * 60 * 1000;
@@ -30,6 +31,7 @@ export class JobFollow {
     this.doneSeen = false;
     this.pendingProblem = null;
     this.lost = false; // the socket dropped while the job was unfinished: follow it by id and token
+    this.quiet = false; // ... because it reached its lifetime: at once, without a word
     this.reconnecting = false;
     this.follower = null;
     this.maxProgress = 0;
@@ -102,8 +104,9 @@ export class JobFollow {
    */
   onProblem(problem) {
     this.log("session_problem", { code: problem.code });
-    if (["server_restart", "connection_lost"].includes(problem.code)) {
+    if (["server_restart", "connection_lost", "socket_lifetime"].includes(problem.code)) {
       this.lost = true;
+      this.quiet = problem.code === "socket_lifetime";
       if (this.waiter) this.reconnect();
       return;
     }
@@ -145,16 +148,20 @@ export class JobFollow {
     let delay = 500;
     try {
       while (this.waiter && !this.signal.aborted) {
-        if (this.lost) {
+        if (this.lost && this.quiet) {
+          this.log("reconnecting", { lifetime: true });
+        } else if (this.lost) {
           this.messages.setProgress("Lost contact with the server; reconnecting…", null, true);
           this.log("reconnecting", { delay });
           await sleep(delay, this.signal);
           delay = Math.min(delay * 2, 8000);
         }
+        this.quiet = false;
         if (!this.waiter || this.signal.aborted) return;
         const outcome = await this.followOnce();
         if (!outcome || outcome.byUs || !this.waiter) return;
         this.lost = true;
+        this.quiet = outcome.code === LIFETIME_CLOSE;
         if (outcome.opened) delay = 500;
         if (Date.now() - started > RECONNECT_GIVE_UP_MS) {
           this.settle(new Problem("lost_contact"));

@@ -209,6 +209,8 @@ export function describe(problem) {
         title: `The stems were downloaded but cannot be played in this page: ${detail}`,
         action: "Use Download all to get the files.",
       };
+    case "socket_lifetime":
+      return { title: "The connection to the server was renewed before the separation started.", action: AGAIN };
     case "server_restart":
       return {
         title: "The server restarted before your separation started.",

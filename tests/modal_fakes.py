@@ -1,0 +1,251 @@
+"""Offline stand-ins for ``modal.Dict``, ``modal.Queue`` and ``modal.Volume``: Modal's method names and
+semantics, in this process, so that two real service instances can share them as two web containers do.
+
+What they keep of Modal's behaviour (``modal`` 1.x client documentation and source):
+
+- :class:`FakeDict`: values are pickled on the way in and out (a value read is a copy: changing it does not
+  change the stored one); ``put(key, value, skip_if_exists=True)`` is atomic and returns False if the key
+  exists; ``pop(key)`` raises ``KeyError`` without a default; ``get``, ``contains``, ``len``, ``items``,
+  ``keys``, ``values``, ``update``, ``clear`` and the mapping operators.
+- :class:`FakeQueue`: FIFO partitions; ``get_many(n, block=False)`` returns ``[]`` when empty, and with
+  ``block=True`` raises ``queue.Empty`` once ``timeout`` passes; ``get(block=False)`` returns None.
+- :class:`FakeVolume`: one committed copy ("the cloud") and a mount per container. What a container writes
+  is seen by another only after the writer's ``commit()`` and the reader's ``reload()``; ``reload`` commits
+  the container's own changes first (Modal: "uncommitted changes may implicitly be committed").
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import queue
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+_MISSING = object()
+
+
+class FakeDict:
+    """A ``modal.Dict``."""
+
+    def __init__(self) -> None:
+        self._data: dict[Any, bytes] = {}
+        self._lock = threading.Lock()
+        self.calls = collections.Counter()
+
+    @staticmethod
+    def _copy(value: Any) -> bytes:
+        return pickle.dumps(value)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self.calls["get"] += 1
+        with self._lock:
+            found = self._data.get(key)
+        return default if found is None else pickle.loads(found)
+
+    def put(self, key: Any, value: Any, *, skip_if_exists: bool = False) -> bool:
+        self.calls["put"] += 1
+        data = self._copy(value)
+        with self._lock:
+            if skip_if_exists and key in self._data:
+                return False
+            self._data[key] = data
+            return True
+
+    def pop(self, key: Any, default: Any = _MISSING) -> Any:
+        self.calls["pop"] += 1
+        with self._lock:
+            found = self._data.pop(key, None)
+        if found is None:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        return pickle.loads(found)
+
+    def contains(self, key: Any) -> bool:
+        with self._lock:
+            return key in self._data
+
+    def len(self) -> int:
+        with self._lock:
+            return len(self._data)
+
+    def items(self):
+        with self._lock:
+            snapshot = list(self._data.items())
+        for key, value in snapshot:
+            yield key, pickle.loads(value)
+
+    def keys(self):
+        for key, _ in self.items():
+            yield key
+
+    def values(self):
+        for _, value in self.items():
+            yield value
+
+    def update(self, other: Any = None, /, **kwargs: Any) -> None:
+        for key, value in dict(other or {}, **kwargs).items():
+            self.put(key, value)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.put(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.pop(key)
+
+    def __contains__(self, key: Any) -> bool:
+        return self.contains(key)
+
+
+class FakeSpace:
+    """Named dicts, as ``modal.Dict.from_name(name, create_if_missing=True)`` gives them."""
+
+    def __init__(self) -> None:
+        self.dicts: dict[str, FakeDict] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str) -> FakeDict:
+        with self._lock:
+            return self.dicts.setdefault(name, FakeDict())
+
+
+class FakeQueue:
+    """A ``modal.Queue`` with partitions."""
+
+    def __init__(self) -> None:
+        self._partitions: dict[str | None, collections.deque] = collections.defaultdict(collections.deque)
+        self._ready = threading.Condition()
+
+    def put(
+        self,
+        v: Any,
+        block: bool = True,
+        timeout: float | None = None,
+        *,
+        partition: str | None = None,
+        partition_ttl: int = 86400,
+    ) -> None:
+        with self._ready:
+            self._partitions[partition].append(pickle.dumps(v))
+            self._ready.notify_all()
+
+    def get_many(
+        self, n_values: int, block: bool = True, timeout: float | None = None, *, partition: str | None = None
+    ) -> list[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._ready:
+            items = self._partitions[partition]
+            while block and not items:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise queue.Empty
+                self._ready.wait(left)
+            taken = [pickle.loads(items.popleft()) for _ in range(min(n_values, len(items)))]
+        return taken
+
+    def get(self, block: bool = True, timeout: float | None = None, *, partition: str | None = None) -> Any:
+        values = self.get_many(1, block, timeout, partition=partition)
+        return values[0] if values else None
+
+    def clear(self, *, partition: str | None = None, all: bool = False) -> None:  # noqa: A002 - Modal's name
+        with self._ready:
+            if all:
+                self._partitions.clear()
+            else:
+                self._partitions.pop(partition, None)
+
+    def len(self, *, partition: str | None = None, total: bool = False) -> int:
+        with self._ready:
+            if total:
+                return sum(len(items) for items in self._partitions.values())
+            return len(self._partitions[partition])
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    """Relative path -> (size, mtime in ns) of every file under ``root``."""
+    found = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder) / name
+            try:
+                info = path.stat()
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+            found[str(path.relative_to(root))] = (info.st_size, info.st_mtime_ns)
+    return found
+
+
+class FakeVolume:
+    """A ``modal.Volume``: the committed copy under ``cloud``; :meth:`mount` gives a container's view."""
+
+    def __init__(self, cloud: Path) -> None:
+        self.cloud = cloud
+        cloud.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+        self.commits = 0
+        self.reloads = 0
+
+    def mount(self, path: Path) -> VolumeMount:
+        """The Volume mounted at ``path`` in a new container: the committed files are there."""
+        mount = VolumeMount(self, path)
+        mount.reload()
+        return mount
+
+
+class VolumeMount:
+    """One container's view of a :class:`FakeVolume`, with ``modal.Volume``'s ``commit`` and ``reload``."""
+
+    def __init__(self, volume: FakeVolume, path: Path) -> None:
+        self.volume = volume
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        self._synced: dict[str, tuple[int, int]] = {}  # this mount's files at its last commit or reload
+
+    def commit(self) -> None:
+        with self.volume.lock:
+            self._commit()
+            self.volume.commits += 1
+
+    def _commit(self) -> None:
+        now = _files(self.path)
+        for name, stamp in now.items():
+            if self._synced.get(name) != stamp:
+                target = self.volume.cloud / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    shutil.copy2(self.path / name, target)
+                except FileNotFoundError:
+                    continue
+        for name in set(self._synced) - set(now):
+            (self.volume.cloud / name).unlink(missing_ok=True)
+        self._synced = _files(self.path)
+
+    def reload(self) -> None:
+        with self.volume.lock:
+            self._commit()
+            cloud = _files(self.volume.cloud)
+            mine = _files(self.path)
+            for name, stamp in cloud.items():
+                if mine.get(name) != stamp:
+                    target = self.path / name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(self.volume.cloud / name, target)
+            for name in set(mine) - set(cloud):
+                (self.path / name).unlink(missing_ok=True)
+            self._synced = _files(self.path)
+            self.volume.reloads += 1
