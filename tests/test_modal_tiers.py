@@ -346,6 +346,7 @@ from starlette.testclient import TestClient
 
 module.in_container = lambda: True  # as in the web container: the description baked into the image
 module.WEIGHTS_DIR = sys.argv[1]
+module.shared_state = lambda: None  # no Modal credentials here: this process's state (tests/test_scaleout.py)
 with TestClient(module.web.local()) as client:
     health = client.get("/health").json()
 print(json.dumps({"model": health["model"], "torch": "torch" in sys.modules}))
