@@ -110,8 +110,10 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
       if (decoding) await decoding.close();
       decoding = null;
     }
-    if (live && decoding) log("handover", await live.handOver(decoding));
-    else if (live) await live.close(false);
+    if (live && decoding) {
+      const { at, ...handover } = await live.handOver(decoding);
+      log("handover", { ...handover, contextAt: at }); // the log's own `at` is the page clock
+    } else if (live) await live.close(false);
     mixer = decoding;
     return noPlayer;
   }
