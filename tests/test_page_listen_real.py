@@ -17,7 +17,7 @@ from web_helpers import events, needs_chromium, wait_js
 
 pytestmark = needs_chromium
 
-SECONDS = 150.0  # long enough that the small model is still running when the first segments exist
+SECONDS = 240.0  # the small model still runs when the first segments exist, and 10 s after the first words
 
 SOURCES = """
 (() => {
@@ -79,6 +79,8 @@ def test_a_real_separation_plays_while_it_runs_and_hands_over_without_a_stop(ope
     live = page.evaluate("window.freestems.mixer.live()")
     assert not live["complete"] and live["ready"] < SECONDS - 1, live
 
+    live_rows = page.evaluate("[...document.querySelectorAll('#stems li')].map((li) => li.dataset.stem)")
+
     # Every stem starts at the same context time from the same place (Web Audio plays scheduled sources
     # sample-accurately, so their play positions stay together).
     stems = sorted(page.evaluate("window.freestems.mixer.gains()"))
@@ -96,6 +98,23 @@ def test_a_real_separation_plays_while_it_runs_and_hands_over_without_a_stop(ope
     segments = events(page, "live_segment")
     done_at = events(page, "done")[0]["at"]
     assert len([s for s in segments if s["at"] < done_at]) >= 2, segments  # several segments before the end
+
+    # The rows keep their order when the result player takes over (no jump under the pointer).
+    result_rows = page.evaluate("[...document.querySelectorAll('#stems li')].map((li) => li.dataset.stem)")
+    assert live_rows == result_rows, (live_rows, result_rows)
+
+    # What a screen reader hears while it runs is what the status says then, not words from seconds before.
+    log = events(page)
+    created = [event["at"] for event in log if event["kind"] == "created"]
+    created_at = created[0] if created else log[0]["at"]  # the log keeps the last 500 events
+    shown = None
+    for number, event in enumerate(log):
+        if event["kind"] == "progress":
+            shown = event["text"]
+        elif event["kind"] == "announce" and created_at <= event["at"] <= done_at:
+            following = log[number + 1] if number + 1 < len(log) else {}
+            now = {shown, following.get("text") if following.get("kind") == "progress" else None}
+            assert event["text"] in now, (event, shown)
 
     # Progress reached the page at least once a second while it ran.
     running = [e for e in events(page, "job") if e["state"] in RUNNING_STATES and e["at"] <= done_at]
