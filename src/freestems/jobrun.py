@@ -154,8 +154,8 @@ def run_job(
         Anything else (a bug, what ``progress`` raises) propagates unchanged.
     """
     from freestems.pipeline import separate_file, zip_stems
-    from freestems.segments import SegmentWriter
     from freestems.rules import output_names
+    from freestems.segments import SegmentWriter
 
     source, archive, work = Path(source), Path(archive), Path(work_dir)
     check = _CancelCheck(cancel if cancel is not None else _SCOPE_CANCEL.get(), progress)
