@@ -242,12 +242,27 @@ def test_the_stems_play_while_they_are_separated_and_hand_over_to_the_result(ope
 
 
 def test_a_server_without_progressive_results_is_not_asked(open_page, tmp_path):
-    """No ``ready_seconds`` in the job messages (today's server): the page never asks for partial results,
-    and the result player is the usual one."""
+    """No ``ready_seconds`` in the job messages (a server before progressive results: the real server's
+    messages with it taken out on their way to the page): the page never asks for partial results, and the
+    result player is the usual one."""
     asked: list[str] = []
+
+    def without_progress(ws) -> None:
+        server = ws.connect_to_server()
+        ws.on_message(lambda message: server.send(message))
+        ws.on_close(lambda code, reason: server.close(code=code, reason=reason))
+        server.on_close(lambda code, reason: ws.close(code=code, reason=reason))
+
+        def to_page(message) -> None:
+            data = json.loads(message)
+            data.pop("ready_seconds", None)
+            ws.send(json.dumps(data))
+
+        server.on_message(to_page)
 
     def before(page):
         page.on("request", lambda request: asked.append(request.url) if "/partial" in request.url else None)
+        page.route_web_socket(re.compile(r".*"), without_progress)
 
     page = open_page(before=before)
     song = tmp_path / "Plain.mp3"

@@ -62,15 +62,15 @@ export function createMessages({ screens, log }) {
   /**
    * The live region, at most once every ANNOUNCE_EVERY_MS. Routine progress inside the window is dropped
    * (the next one after it is said); a new step (`important`) inside the window waits for its end, the
-   * latest such words winning.
+   * latest words (of the step or of progress after it) winning.
    */
   function say(text, important) {
     const now = performance.now();
     const wait = lastAnnounced + ANNOUNCE_EVERY_MS - now;
     if (wait <= 0) {
       announceNow(text);
-    } else if (important) {
-      pendingAnnouncement = text;
+    } else if (important || pendingAnnouncement !== null) {
+      pendingAnnouncement = text; // a waiting step is said with the latest words, not its first (stale) ones
       if (!announceTimer) {
         announceTimer = setTimeout(() => {
           announceTimer = null;

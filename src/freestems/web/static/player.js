@@ -4,7 +4,7 @@
 import { $, show, cssVar } from "./dom.js";
 import { createLoop } from "./loop.js";
 import { drawWaveform, Mixer } from "./mixer.js";
-import { stemWords } from "./names.js";
+import { stemRank, stemWords } from "./names.js";
 import { formatBytes, formatClock } from "./text.js";
 
 const DOWNLOAD_ICON =
@@ -68,7 +68,8 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
     cancelAnimationFrame(frame);
     mixer = live;
     const controls = mixerControls();
-    $("stems").replaceChildren(...live.stems.map((stem) => stemRow(stem.name, null, null, 0, controls)));
+    const names = live.stems.map((stem) => stem.name).sort((a, b) => stemRank(a) - stemRank(b)); // as the result lists them
+    $("stems").replaceChildren(...names.map((name) => stemRow(name, null, null, 0, controls)));
     show("transport", true);
     $("result").classList.add("is-live");
     $("result-heading").textContent = "Listen while it separates";
@@ -110,8 +111,10 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
       if (decoding) await decoding.close();
       decoding = null;
     }
-    if (live && decoding) log("handover", await live.handOver(decoding));
-    else if (live) await live.close(false);
+    if (live && decoding) {
+      const { at, ...handover } = await live.handOver(decoding);
+      log("handover", { ...handover, contextAt: at }); // the log's own `at` is the page clock
+    } else if (live) await live.close(false);
     mixer = decoding;
     return noPlayer;
   }
