@@ -69,14 +69,7 @@ def random_release_checkpoint(path: Path, model: str) -> Path:
 
     info = CATALOG[model]
     torch.manual_seed(0)
-    spec = ModelSpec(
-        name=info.name,
-        config=dict(info.config),
-        sources=tuple(info.sources),
-        spec_norm=info.spec_norm,
-        normalize=info.normalize,
-        segment=info.segment,
-    )
+    spec = ModelSpec.from_info(info)
     return save_checkpoint(path, build_model(spec), spec)
 
 

@@ -54,14 +54,7 @@ def run_one(args: argparse.Namespace) -> dict:
 
     info = CATALOG[args.model]
     torch.manual_seed(0)
-    spec = ModelSpec(
-        name=info.name,
-        config=dict(info.config),
-        sources=tuple(info.sources),
-        spec_norm=info.spec_norm,
-        normalize=info.normalize,
-        segment=info.segment,
-    )
+    spec = ModelSpec.from_info(info)
     model = LoadedModel(
         module=build_model(spec),
         name=info.name,
