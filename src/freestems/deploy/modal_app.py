@@ -384,20 +384,26 @@ def in_container() -> bool:
 # ------------------------------------------------------------------------------------------- GPU class
 
 
-def gpu_class_options(deployment: ModalSettings) -> dict[str, Any]:
-    """The ``@app.cls`` arguments of :class:`Separator`, from the settings."""
+def _class_options(deployment: ModalSettings, **shape: Any) -> dict[str, Any]:
+    """What both separator classes declare alike (image, timeout, snapshot, region), plus their ``shape``."""
     options: dict[str, Any] = dict(
-        image=image,
-        gpu=deployment.modal_gpu,
-        cpu=deployment.modal_cpu,
-        memory=deployment.modal_memory,
-        timeout=deployment.modal_timeout,
-        scaledown_window=deployment.modal_scaledown_window,
-        max_containers=deployment.modal_max_containers,
-        enable_memory_snapshot=True,
+        image=image, timeout=deployment.modal_timeout, enable_memory_snapshot=True, **shape
     )
     if deployment.modal_region:
         options["region"] = list(deployment.modal_region)
+    return options
+
+
+def gpu_class_options(deployment: ModalSettings) -> dict[str, Any]:
+    """The ``@app.cls`` arguments of :class:`Separator`, from the settings."""
+    options = _class_options(
+        deployment,
+        gpu=deployment.modal_gpu,
+        cpu=deployment.modal_cpu,
+        memory=deployment.modal_memory,
+        scaledown_window=deployment.modal_scaledown_window,
+        max_containers=deployment.modal_max_containers,
+    )
     if deployment.modal_gpu_snapshot:
         options["experimental_options"] = {"enable_gpu_snapshot": True}
     return options
@@ -405,18 +411,13 @@ def gpu_class_options(deployment: ModalSettings) -> dict[str, Any]:
 
 def cpu_class_options(deployment: ModalSettings) -> dict[str, Any]:
     """The ``@app.cls`` arguments of :class:`CpuSeparator`: the same class on CPU-only containers."""
-    options: dict[str, Any] = dict(
-        image=image,
+    return _class_options(
+        deployment,
         cpu=deployment.modal_cpu_class_cpu,
         memory=deployment.modal_cpu_class_memory,
-        timeout=deployment.modal_timeout,
         scaledown_window=deployment.modal_cpu_scaledown_window,
         max_containers=deployment.modal_cpu_max_containers,
-        enable_memory_snapshot=True,
     )
-    if deployment.modal_region:
-        options["region"] = list(deployment.modal_region)
-    return options
 
 
 def class_shape(tier: str, deployment: ModalSettings) -> Shape:
