@@ -161,17 +161,7 @@ def add_served_model_arguments(parser: argparse.ArgumentParser) -> None:
         "(FREESTEMS_MODEL_MEMORY, "
         "0: no limit)",
     )
-    parser.add_argument(
-        "--cache-dir", type=Path, help="weights cache (FREESTEMS_CACHE or ~/.cache/freestems)"
-    )
-    parser.add_argument(
-        "--spec-norm",
-        action=argparse.BooleanOptionalAction,
-        help="override the spectrogram normalisation flag",
-    )
-    parser.add_argument(
-        "--normalize", action=argparse.BooleanOptionalAction, help="override whole-track normalisation"
-    )
+    add_weights_arguments(parser)
 
 
 def served_model_choice(
@@ -271,6 +261,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model-file", type=Path, metavar="F", help="a checkpoint file instead of -m")
     parser.add_argument("--model-config", type=Path, metavar="C", help="its MSST YAML (or JSON) config")
+    add_weights_arguments(parser)
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where weights are cached and the normalisation overrides: for every command that loads a model.
+
+    Kept apart from the model choice because ``serve`` chooses its models its own way (``-m`` repeated).
+    """
     parser.add_argument(
         "--cache-dir", type=Path, help="weights cache (FREESTEMS_CACHE or ~/.cache/freestems)"
     )
