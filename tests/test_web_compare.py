@@ -102,6 +102,10 @@ def test_pick_a_model_then_hear_another_on_the_same_song_stem_by_stem(open_page,
         "vocals",
     ]
 
+    # The footer names the models this server runs, not SCNet alone.
+    credit = page.inner_text("#credit")
+    assert "SCNet (authors' base)" in credit and "Mel-Band RoFormer vocals (Kimberley Jensen)" in credit
+
     # Separate with SCNet: vocals and the rest.
     page.set_input_files("#file", str(song))
     page.check("input[name=stems][value=two]")

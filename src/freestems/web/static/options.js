@@ -7,6 +7,7 @@ import { formatDuration, formatLimitMB } from "./text.js";
 
 export function fillOptions(config) {
   fillLimits(config);
+  fillCredit(config);
   fillModels(config);
   fillTwoStems(chosenStems(config));
   fillFormats(config);
@@ -26,6 +27,14 @@ function fillLimits(config) {
   for (const node of document.querySelectorAll('[data-limit="size"]')) node.textContent = formatLimitMB(limits.max_upload_mb);
   for (const node of document.querySelectorAll('[data-limit="duration"]')) node.textContent = formatDuration(limits.max_duration);
   if (config.resultTtl) $("ttl-words").textContent = `after ${formatDuration(config.resultTtl)}`;
+}
+
+/** The footer names the models this server runs (it says SCNet, with its paper, when only SCNets run). */
+function fillCredit(config) {
+  const served = config.models.filter((entry) => entry.available);
+  if (served.length && !served.every((entry) => entry.name.startsWith("scnet"))) {
+    $("credit").textContent = served.map((entry) => entry.title || entry.name).join(", ");
+  }
 }
 
 /** The stems one can take out with the chosen model (a one-stem model: its stem; not the rest). */
