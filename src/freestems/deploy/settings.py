@@ -8,10 +8,9 @@ The GPU prices stay with the service's settings: the service prices its own usag
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
+from freestems.executors.modal import Tier
 from freestems.rules import Precision
 from freestems.service.settings import AtLeastOne, CommaList, EnvSettings, Name, Positive
 
@@ -62,7 +61,7 @@ class ModalSettings(EnvSettings):
     most; PyPI's torch 2.13.0 is a CUDA 13.0 build, which needs driver 580+). Empty: PyPI."""
 
     # ------------------------------------------------------ GPU/CPU tiers and cost (branch modal, issue 13)
-    modal_tier: Literal["gpu", "cpu", "overflow"] = "gpu"
+    modal_tier: Tier = "gpu"
     """Where jobs run: ``gpu`` (the GPU class), ``cpu`` (the CPU class: same code, CPU-only containers), or
     ``overflow``: the GPU class, except a job goes to the CPU class when the GPU class already has
     ``FREESTEMS_MODAL_OVERFLOW_BACKLOG`` or more inputs waiting for a container (Modal's backlog, read

@@ -45,7 +45,7 @@ import queue
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from freestems.files import atomic_path
 from freestems.jobrun import Cancelled, JobFailed
@@ -55,6 +55,9 @@ from .base import JobEvent, ModelDescription, WorkItem, report
 from .pool import Running, WorkerPool
 
 log = logging.getLogger(__name__)
+
+Tier = Literal["gpu", "cpu", "overflow"]
+"""Where jobs go: the GPU class, the CPU class, or the GPU class with the CPU class taking its overflow."""
 
 PARTITION_TTL = 3600
 """Seconds a progress partition outlives its last event on Modal (a finished job's is also cleared)."""
@@ -218,13 +221,13 @@ class ModalExecutor(WorkerPool):
         workers: int = 1,
         poll_interval: float = 0.5,
         cpu_calls: RemoteCalls | None = None,
-        tier: str = "gpu",
+        tier: Tier = "gpu",
         overflow_backlog: int = 1,
         leases: LeaseStore | None = None,
         lease_seconds: float = 30.0,
     ) -> None:
         super().__init__(workers)
-        if tier not in ("gpu", "cpu", "overflow"):
+        if tier not in get_args(Tier):
             raise ValueError(f"tier must be gpu, cpu or overflow, not {tier!r}")
         if tier != "gpu" and cpu_calls is None:
             raise ValueError(f"tier {tier!r} needs the CPU class's calls")
