@@ -24,9 +24,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from freestems import SAMPLE_RATE
 from freestems.audio import decode, open_writer
 from freestems.audio.encode import MP3_QUALITY, _to_int
+from freestems.contract import SAMPLE_RATE
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BLOCK = 10 * SAMPLE_RATE

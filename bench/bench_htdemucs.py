@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from freestems import SAMPLE_RATE
+from freestems.contract import SAMPLE_RATE
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -37,8 +37,8 @@ def one_run(seconds: int, sources: int, runner: str, threads: int | None) -> dic
     from demucs.apply import apply_model
     from demucs.htdemucs import HTDemucs
 
+    from freestems.engine import separate
     from freestems.models.htdemucs import wrap_demucs
-    from freestems.separate import separate
 
     if threads:
         torch.set_num_threads(threads)

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from freestems import SAMPLE_RATE
+from freestems.contract import SAMPLE_RATE
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROWS = ("scnet", "mel-roformer-kim", "bs-roformer-viperx", "htdemucs", "scnet")
@@ -113,7 +113,7 @@ def one_run(name: str, seconds: int) -> dict:
     import numpy as np
     import torch
 
-    from freestems.separate import separate
+    from freestems.engine import separate
 
     model = build(name)
     rng = np.random.default_rng(0)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from freestems import SAMPLE_RATE
+from freestems.contract import SAMPLE_RATE
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

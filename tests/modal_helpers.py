@@ -30,8 +30,9 @@ from typing import Any
 from modal_fakes import FakeQueue, FakeSpace
 
 from freestems.cost import UsageRecord, WakeRecord
+from freestems.errors import Cancelled
 from freestems.executors.modal import InputCancellation
-from freestems.jobrun import Cancelled, cancel_scope
+from freestems.jobrun import cancel_scope
 from freestems.options import SeparationOptions
 from freestems.service.shared_state import SharedState
 

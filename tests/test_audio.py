@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from audio_samples import sine_stereo, tiny_png, write_test_file
 
-from freestems import SAMPLE_RATE
 from freestems.audio import (
     FORMATS,
     AudioDecodeError,
@@ -29,6 +28,7 @@ from freestems.audio import (
 )
 from freestems.audio.decode import downmix_matrix, format_duration
 from freestems.audio.encode import CODECS
+from freestems.contract import SAMPLE_RATE
 
 SUPPORTED_WORDS = ("mp3", "wav", "flac")
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from freestems.models import LoadedModel
-from freestems.separate import SeparationError, separate, separate_blocks
+from freestems.contract import LoadedModel
+from freestems.engine import SeparationError, separate, separate_blocks
 
 SOURCES = ("a", "b")
 

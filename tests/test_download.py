@@ -11,7 +11,8 @@ import pytest
 from model_helpers import make_small_checkpoint, serve_directory, small_config
 
 from freestems.models import CheckpointError, ModelInfo, ModelNotAvailable, cached_file, default_cache_dir
-from freestems.models.download import cache_path, download, ensure_weights, verify_cached
+from freestems.models.download import cache_path, download, verify_cached
+from freestems.models.loading import ensure_weights
 
 DATA = os.urandom(3 * 1024 * 1024 + 12345)  # a few chunks and a ragged tail
 DIGEST = hashlib.sha256(DATA).hexdigest()

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from freestems.errors import FailureCode
+from freestems.errors import Cancelled, FailureCode
 from freestems.executors import JobEvent, LocalExecutor, ModelDescription, WorkItem
 from freestems.executors.pool import Running, WorkerPool
-from freestems.jobrun import Cancelled, JobFailed, cancel_scope, run_job
+from freestems.jobrun import JobFailed, cancel_scope, run_job
 from freestems.options import SeparationOptions
 
 

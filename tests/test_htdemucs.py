@@ -25,6 +25,7 @@ from demucs.htdemucs import HTDemucs  # noqa: E402
 from demucs.states import get_state, load_model, save_with_checksum  # noqa: E402
 
 from freestems.audio import decode  # noqa: E402
+from freestems.engine import separate  # noqa: E402
 from freestems.models import CheckpointError, ModelNotAvailable  # noqa: E402
 from freestems.models.htdemucs import (  # noqa: E402
     load_demucs_bag,
@@ -32,7 +33,6 @@ from freestems.models.htdemucs import (  # noqa: E402
     read_demucs_package,
     wrap_demucs,
 )
-from freestems.separate import separate  # noqa: E402
 
 FOUR = ["drums", "bass", "other", "vocals"]
 SIX = ["drums", "bass", "other", "vocals", "guitar", "piano"]

@@ -20,6 +20,7 @@ from model_helpers import make_small_checkpoint, serve_directory
 
 from freestems.audio import decode
 from freestems.cli import main
+from freestems.engine import SeparationError, separate, separate_blocks
 from freestems.models import (
     CATALOG,
     CheckpointError,
@@ -30,7 +31,6 @@ from freestems.models import (
 )
 from freestems.models.ensemble import make_ensemble
 from freestems.models.roformer import roformer_from_msst
-from freestems.separate import SeparationError, separate, separate_blocks
 
 pytest.importorskip("demucs")
 from demucs.states import save_with_checksum  # noqa: E402
@@ -249,7 +249,7 @@ def test_an_ensemble_is_the_weighted_average_of_its_members_run_alone(tmp_path):
         np.testing.assert_allclose(stems[name], value, atol=1e-5, rtol=0)
     # Streamed in odd blocks, the ensemble gives the same stems (lockstep over one shared input).
     blocks = [mix[:, i : i + 7777] for i in range(0, mix.shape[1], 7777)]
-    from freestems.separate import MixStats
+    from freestems.contract import MixStats
 
     parts = list(
         separate_blocks(blocks, ensemble, stats=MixStats.of([mix]), overlap=0.25, two_stems="vocals")

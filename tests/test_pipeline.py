@@ -61,7 +61,7 @@ def test_two_stems_in_float_wav_sum_to_the_mix(tmp_path, normalizing_model):
 
 
 def test_pipeline_equals_the_in_memory_engine(tmp_path, normalizing_model):
-    from freestems.separate import separate
+    from freestems.engine import separate
 
     source = tmp_path / "song.wav"
     write_test_file(source, "wav", seconds=3.0, bit_depth=32)

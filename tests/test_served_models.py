@@ -323,7 +323,7 @@ def test_a_model_a_running_job_uses_is_never_evicted(catalog):
 
 
 def _expect_cancelled(models: LoadedModels, cancel: threading.Event, outcome: list[str]) -> None:
-    from freestems.models.served import Cancelled
+    from freestems.errors import Cancelled
 
     try:
         with models.use(KIM, cancel):

@@ -15,8 +15,8 @@ import freestems
 from freestems.cli import build_parser
 from freestems.cost import DEFAULT_GPU_PRICES
 from freestems.deploy.settings import ModalSettings
+from freestems.engine import DEVICES, PRECISIONS
 from freestems.models import ModelChoiceError, check_model_choice
-from freestems.separate import DEVICES, PRECISIONS
 from freestems.service import ServiceError, Settings, SettingsError
 
 

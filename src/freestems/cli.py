@@ -13,15 +13,16 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from freestems import SAMPLE_RATE, __version__
 from freestems.audio.formats import FORMATS, MP3_BITRATES
+from freestems.contract import SAMPLE_RATE
 from freestems.errors import one_line
 from freestems.rules import DEVICES
+from freestems.version import __version__
 
 if TYPE_CHECKING:
     from typing import TypeAlias
 
-    from freestems.models import LoadedModel
+    from freestems.contract import LoadedModel
     from freestems.service import Settings
 
     # What ``add_subparsers`` returns: argparse names no public type for it, and it is generic only in the
@@ -316,11 +317,11 @@ def find_inputs(paths: Sequence[str]) -> tuple[list[Path], list[str]]:
 
 def run_separate(args: argparse.Namespace) -> int:
     from freestems.audio import AudioError
+    from freestems.engine import check_segment, resolve_device
     from freestems.models import ModelError
     from freestems.options import SeparationOptions
     from freestems.pipeline import separate_file, zip_stems
     from freestems.rules import SeparationError
-    from freestems.separate import check_segment, resolve_device
 
     errors: list[str] = []
     try:

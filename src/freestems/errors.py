@@ -5,6 +5,7 @@ the executors, the service and the CLI can all use it.
 
 - :class:`FailureCode`: why a job failed (or was refused, or was cancelled), as the stable strings the API
   sends in ``{"error": {"code": ...}}``; :data:`FAILURE_HTTP` gives each its HTTP status, in one table.
+- :class:`Cancelled`: a job (or a model load it waited for) was cancelled; not a failure, so it has no code.
 - :func:`one_line`: an exception as one short line a user can read (the system's own words for an
   ``OSError``), for messages such as ``cannot read model file x.pt: <reason>``.
 """
@@ -68,6 +69,12 @@ def http_failure(code: str | None) -> HttpFailure:
         return FAILURE_HTTP[FailureCode(code or "")]
     except ValueError:
         return HttpFailure(500)
+
+
+class Cancelled(Exception):
+    """The job was cancelled: its token was set (it stopped between two chunks, or while its model waited for
+    memory to load), or the place it ran on cancelled it. Not a failure: it has no code; its message, if any,
+    says who cancelled it."""
 
 
 def one_line(error: BaseException | str, limit: int = 200) -> str:

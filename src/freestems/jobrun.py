@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from freestems.errors import FailureCode
+from freestems.errors import Cancelled, FailureCode
 from freestems.options import SeparationOptions
 
 if TYPE_CHECKING:
     import torch
 
-    from freestems.models import LoadedModel
+    from freestems.contract import LoadedModel
     from freestems.segments import SegmentReport
 
 log = logging.getLogger(__name__)
@@ -78,11 +78,6 @@ class JobFailed(Exception):
         return self.message
 
 
-class Cancelled(Exception):
-    """The job was cancelled: its token was set (it stopped between two chunks), or the place it ran on
-    cancelled it. Not a failure: it has no code; its message, if any, says who cancelled it."""
-
-
 _SCOPE_CANCEL: ContextVar[threading.Event | None] = ContextVar("freestems_cancel", default=None)
 
 
@@ -107,7 +102,7 @@ class JobOutput:
 
     @property
     def audio_seconds(self) -> float:
-        from freestems import SAMPLE_RATE
+        from freestems.contract import SAMPLE_RATE
 
         return self.samples / SAMPLE_RATE
 
@@ -247,7 +242,7 @@ def fidelity_db(model: LoadedModel, device: torch.device, precision: str, second
     """
     import numpy as np
 
-    from freestems.separate import separate
+    from freestems.engine import separate
 
     rng = np.random.default_rng(0)
     samples = min(int(seconds * model.sample_rate), model.segment)

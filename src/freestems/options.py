@@ -31,7 +31,7 @@ class SeparationOptions:
     """
 
     two_stems: str | None = None
-    """Yield only this stem and its complement (see :func:`freestems.separate.complement`)."""
+    """Yield only this stem and its complement (see :func:`freestems.engine.complement`)."""
     shifts: int = 1
     overlap: float = 0.25
     seed: int = 0
@@ -70,7 +70,7 @@ class SeparationOptions:
         output_names(sources, self.two_stems)
 
     def engine(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`freestems.separate.separate_blocks`."""
+        """Keyword arguments for :func:`freestems.engine.separate_blocks`."""
         return {
             "two_stems": self.two_stems,
             "shifts": self.shifts,

@@ -21,17 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from freestems import SAMPLE_RATE
 from freestems.audio import AudioReader, open_writer
 from freestems.audio.formats import OutputFormat  # re-exported: it lives where no torch is imported
+from freestems.contract import SAMPLE_RATE, MixStats
+from freestems.engine import Progress, separate_blocks
 from freestems.files import atomic_path
 from freestems.rules import output_names
-from freestems.separate import MixStats, Progress, separate_blocks
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from freestems.models import LoadedModel
+    from freestems.contract import LoadedModel
     from freestems.segments import SegmentWriter
 
 T = TypeVar("T")
@@ -98,12 +98,12 @@ def separate_file(
             for machines with cores to spare next to the model (a GPU container).
         segments: also write every finished block as a segment (progressive results), in a thread of its
             own that takes each block before the stem encoders do; the stem files do not change.
-        **options: engine options, as for :func:`freestems.separate.separate_blocks`.
+        **options: engine options, as for :func:`freestems.engine.separate_blocks`.
 
     Raises:
         freestems.audio.AudioDecodeError: the input cannot be read or breaks a limit.
         freestems.audio.AudioEncodeError: a stem cannot be written.
-        freestems.separate.SeparationError: invalid options.
+        freestems.engine.SeparationError: invalid options.
     """
     started = time.perf_counter()
     timings = Timings()

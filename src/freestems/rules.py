@@ -2,7 +2,7 @@
 
 The web tier (the service, the Modal web function) checks a request's options with these before any job
 runs, and must not import torch for it (a multi-GB import on every cold start of a CPU-only container):
-:mod:`freestems.separate` re-exports them and applies them to the tensors.
+:mod:`freestems.engine` re-exports them and applies them to the tensors.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Progressive results: a separation's finished audio as numbered FLAC segments, written while it runs.
 
-The engine yields stem blocks as soon as no later chunk can change them (:mod:`freestems.separate`); the
+The engine yields stem blocks as soon as no later chunk can change them (:mod:`freestems.engine`); the
 pipeline hands each block to a :class:`SegmentWriter` in a thread of its own (so writing them never delays
 the model or the stem encoders), which writes segment ``i`` of every stem as
 ``<folder>/<i:05d>.<stem>.flac`` (16-bit stereo 44.1 kHz, exactly the block's samples, quantised as a 16-bit
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from freestems import SAMPLE_RATE
+from freestems.contract import SAMPLE_RATE
 from freestems.files import atomic_path
 
 log = logging.getLogger(__name__)

@@ -37,9 +37,9 @@ from websockets.exceptions import ConnectionClosed
 
 from freestems.audio import AudioDecodeError, AudioReader, AudioTooLong, decode
 from freestems.cli import main
+from freestems.engine import SeparationError, check_overlap
 from freestems.files import TEMP_GLOB
 from freestems.jobrun import JobFailed, run_job
-from freestems.separate import SeparationError, check_overlap
 
 from .bounds import FULL, scaled
 

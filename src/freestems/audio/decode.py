@@ -22,7 +22,8 @@ import av
 import numpy as np
 import soxr
 
-from .. import SAMPLE_RATE
+from freestems.contract import SAMPLE_RATE
+
 from ..errors import one_line
 from .errors import SUPPORTED_INPUTS, AudioDecodeError, AudioTooLong
 

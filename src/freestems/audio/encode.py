@@ -30,10 +30,10 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 
+from freestems.contract import SAMPLE_RATE
 from freestems.errors import one_line
 from freestems.files import temp_path
 
-from .. import SAMPLE_RATE
 from . import mp3tag
 from .errors import AudioEncodeError
 from .formats import FORMATS, MP3_BITRATES

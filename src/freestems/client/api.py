@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from freestems import __version__
+from freestems.version import __version__
 
 from . import pow
 from .errors import RemoteError

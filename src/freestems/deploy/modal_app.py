@@ -80,7 +80,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import modal
 
 from freestems.cost import Shape, UsageRecord, WakeRecord, usage_dict_name
-from freestems.errors import FailureCode
+from freestems.errors import Cancelled, FailureCode
 from freestems.executors.base import ModelDescription
 from freestems.executors.modal import (
     DictLeases,
@@ -91,7 +91,7 @@ from freestems.executors.modal import (
     ProgressChannel,
     RemoteCalls,
 )
-from freestems.jobrun import Cancelled, JobFailed, JobOutput
+from freestems.jobrun import JobFailed, JobOutput
 from freestems.options import SeparationOptions
 from freestems.service.settings import PREFIX, Settings
 from freestems.service.shared_state import SharedState
@@ -102,7 +102,7 @@ if TYPE_CHECKING:
     import torch
     from fastapi import FastAPI
 
-    from freestems.models import LoadedModel
+    from freestems.contract import LoadedModel
 
 log = logging.getLogger("freestems.modal")
 
@@ -719,7 +719,7 @@ class _Outbox:
 
 class _LeaseWatch:
     """A call's lease, seen from the container: checked when the input is taken, then every few seconds
-    from a thread; :meth:`check` raises :class:`~freestems.jobrun.Cancelled` once it has lapsed (the web
+    from a thread; :meth:`check` raises :class:`~freestems.errors.Cancelled` once it has lapsed (the web
     container that waits for the job is gone, or let it go)."""
 
     def __init__(self, store: LeaseStore | None, key: str | None, interval: float) -> None:
@@ -799,7 +799,7 @@ class _SeparatorCode:
         without a usable GPU refuses to start (:class:`NoAccelerator`)."""
         import torch
 
-        from freestems.separate import resolve_device
+        from freestems.engine import resolve_device
 
         begin = time.time()
         self.restored = _was_restored(self.snapshot_task, self.loaded_at)
@@ -887,7 +887,7 @@ class _SeparatorCode:
         key) may also come as keyword arguments; ``lease`` names the caller's lease (the job stops once it
         lapses; none: the job runs to its end).
         Raises :class:`freestems.jobrun.JobFailed` for a bad input or bad options,
-        :class:`freestems.jobrun.Cancelled` when the lease lapsed.
+        :class:`freestems.errors.Cancelled` when the lease lapsed.
         """
         received, clock = time.time(), time.perf_counter()
         self.inputs += 1
@@ -1064,7 +1064,7 @@ def _warm_up_device(model: LoadedModel, device: torch.device, precision: str) ->
     """One chunk through the model on ``device`` (CUDA context, kernels and FFT plans)."""
     import numpy as np
 
-    from freestems.separate import separate
+    from freestems.engine import separate
 
     separate(np.zeros((2, model.segment), np.float32), model, device=device, precision=precision)
 

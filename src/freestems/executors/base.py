@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from freestems.options import SeparationOptions
 
 if TYPE_CHECKING:
-    from freestems.models import LoadedModel
+    from freestems.contract import LoadedModel
     from freestems.segments import SegmentReport
 
 log = logging.getLogger(__name__)

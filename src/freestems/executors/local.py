@@ -14,13 +14,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from freestems.jobrun import Cancelled, JobFailed, run_job
+from freestems.errors import Cancelled
+from freestems.jobrun import JobFailed, run_job
 
 from .base import JobEvent, ModelDescription, report
 from .pool import Running, WorkerPool
 
 if TYPE_CHECKING:
-    from freestems.models import LoadedModel
+    from freestems.contract import LoadedModel
     from freestems.models.served import LoadedModels
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,8 @@ class LocalExecutor(WorkerPool):
         """The served models (valid once started): what is loaded, in use, evicted."""
 
     def _prepare(self) -> list[ModelDescription]:
+        from freestems.engine import resolve_device
         from freestems.models.served import LoadedModels, serve_loaded
-        from freestems.separate import resolve_device
 
         if self.threads:
             import torch
@@ -91,7 +92,7 @@ class LocalExecutor(WorkerPool):
         first job's listener would wait for it before the first sound."""
         import numpy as np
 
-        from freestems.separate import separate
+        from freestems.engine import separate
 
         clock = time.perf_counter()
         separate(np.zeros((2, model.segment), np.float32), model, device=self._device)
@@ -130,7 +131,6 @@ class LocalExecutor(WorkerPool):
         checks names first, so only a job stored before a restart with other models gets here)."""
         from freestems.errors import FailureCode
         from freestems.models import ModelChoiceError
-        from freestems.models.served import Cancelled as WaitCancelled
 
         assert self.loaded is not None
         try:
@@ -138,5 +138,3 @@ class LocalExecutor(WorkerPool):
                 yield model
         except ModelChoiceError as error:
             raise JobFailed(FailureCode.INVALID_OPTIONS, str(error)) from None
-        except WaitCancelled as error:
-            raise Cancelled(str(error)) from None

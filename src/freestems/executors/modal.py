@@ -26,7 +26,7 @@ Leases. A web container that dies (preempted, crashed, redeployed) cancels nothi
 on, billed, for nobody. Each call therefore gets a lease (:class:`LeaseStore`, a ``modal.Dict`` on Modal):
 the web tier writes ``expires_at = now + lease_seconds`` before spawning and renews it every quarter of
 that while it waits; the container checks it when it takes the input and every few seconds after, and
-stops the job (raising :class:`~freestems.jobrun.Cancelled`) once the lease is past its expiry or gone.
+stops the job (raising :class:`~freestems.errors.Cancelled`) once the lease is past its expiry or gone.
 Nothing has to run when the web container dies for its calls to end: they end because nothing renews.
 
 Tiers. Jobs go to the GPU class, to the CPU class (the same code on CPU-only containers), or, with
@@ -47,8 +47,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol, get_args
 
+from freestems.errors import Cancelled
 from freestems.files import atomic_path
-from freestems.jobrun import Cancelled, JobFailed
+from freestems.jobrun import JobFailed
 from freestems.options import SeparationOptions
 
 from .base import JobEvent, ModelDescription, WorkItem, report

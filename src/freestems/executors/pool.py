@@ -5,12 +5,12 @@ one item (:meth:`WorkerPool._run`); the queue, the threads, the contract of :cla
 cancelling and closing, and the mapping of how a run ended to the item's final report live here once:
 
 - it returned: ``done``, with the timings it returned;
-- :class:`~freestems.jobrun.Cancelled`: ``cancelled`` (none at all if the executor is closing);
+- :class:`~freestems.errors.Cancelled`: ``cancelled`` (none at all if the executor is closing);
 - :class:`~freestems.jobrun.JobFailed`: ``failed`` with its code and message;
 - anything else: ``failed`` with code ``internal`` (the traceback goes to the log, not to the user).
 
 Cancelling a running item sets its :attr:`Running.stop` event; the running code checks it (after every
-chunk of the engine, or between two polls of a remote call) and raises :class:`~freestems.jobrun.Cancelled`.
+chunk of the engine, or between two polls of a remote call) and raises :class:`~freestems.errors.Cancelled`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from freestems.errors import FailureCode
-from freestems.jobrun import Cancelled, JobFailed
+from freestems.errors import Cancelled, FailureCode
+from freestems.jobrun import JobFailed
 
 from .base import ExecutorError, JobEvent, ModelDescription, WorkItem, report
 
@@ -72,7 +72,7 @@ class WorkerPool:
     def _run(self, running: Running) -> Mapping[str, float]:
         """Run one item (reporting ``started`` and ``progress``), write its result and return its timings.
 
-        Raises :class:`~freestems.jobrun.Cancelled` soon after ``running.stop`` is set,
+        Raises :class:`~freestems.errors.Cancelled` soon after ``running.stop`` is set,
         :class:`~freestems.jobrun.JobFailed` for an expected failure; anything else is a bug.
         """
         raise NotImplementedError

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from freestems.contract import LoadedModel, ModelSpec
 from freestems.models.catalog import CATALOG, DEFAULT_MODEL, ModelInfo, check_model_choice, get_model_info
 from freestems.models.errors import CheckpointError, ModelChoiceError, ModelError, ModelNotAvailable
 
 if TYPE_CHECKING:
-    from freestems.models.download import cached_file, default_cache_dir, ensure_weights
+    from freestems.models.download import cached_file, default_cache_dir
     from freestems.models.loading import (
-        LoadedModel,
-        ModelSpec,
         build_model,
+        ensure_weights,
         load_model,
         read_msst_config,
         save_checkpoint,
@@ -28,9 +28,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "cached_file": "download",
     "default_cache_dir": "download",
-    "ensure_weights": "download",
-    "LoadedModel": "loading",
-    "ModelSpec": "loading",
+    "ensure_weights": "loading",
     "build_model": "loading",
     "load_model": "loading",
     "read_msst_config": "loading",

@@ -17,14 +17,12 @@ import copy
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from freestems.contract import SEGMENT, SOURCES
 from freestems.models.errors import ModelChoiceError, ModelNotAvailable
 
 RELEASES_URL = "https://github.com/ZFTurbo/Music-Source-Separation-Training/releases/download/"
 """Base of every asset URL in the catalog."""
 
-SOURCES = ("drums", "bass", "other", "vocals")
-SEGMENT = 485_100
-"""Training segment of every released SCNet: 11 s at 44.1 kHz."""
 
 _BASE: dict[str, Any] = {
     "sources": list(SOURCES),
@@ -513,6 +511,7 @@ _PRESETS = (
         "other 5.57 from SCNet Large (authors). The cheaper choice of the two presets.",
     ),
 )
+
 
 def _measured(info: ModelInfo) -> ModelInfo:
     """``info`` with the bench's numbers: its own, or for a preset the sum of its members' (an ensemble runs

@@ -96,12 +96,22 @@ def _present(info: ModelInfo, url: str, cache_dir: str | os.PathLike[str] | None
     return path if path.is_file() and stat.st_size > 0 and sized else None
 
 
+FileCheck = Callable[[ModelInfo, str, Path], None]
+"""Checks a freshly downloaded file of an entry (the entry, the URL it came from, where it lies) before it
+enters the cache, raising :class:`CheckpointError` when it is not usable. The loader gives the check (it
+knows how each family's files are built: :func:`freestems.models.loading.validate_file`), so this module
+needs nothing above it."""
+
+
 def ensure_weights(
-    info: ModelInfo, cache_dir: str | os.PathLike[str] | None = None, progress: bool = True
+    info: ModelInfo,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    check: FileCheck | None = None,
 ) -> Path:
     """The cached weights of ``info`` (every file of the entry), downloading the missing ones first; returns
     the path of the first weights file (:func:`ensure_files` returns them all)."""
-    return ensure_files(info, cache_dir, progress=progress)[0]
+    return ensure_files(info, cache_dir, progress=progress, check=check)[0]
 
 
 def ensure_files(
@@ -109,13 +119,14 @@ def ensure_files(
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     download: bool = True,
+    check: FileCheck | None = None,
 ) -> list[Path]:
     """Every file of ``info`` (:func:`entry_urls` order) in the cache, each checked against its sha256.
 
     A fresh download must pass the catalog size and sha256 (when known), the sha256 prefix a Demucs file
-    name publishes, and load as what the entry needs (weights that fit the config, a Demucs model file, a
-    YAML config) before it is moved into the cache, so a wrong or broken file never sits there looking
-    valid. Its digest is then pinned beside it and checked on every later load.
+    name publishes, and ``check`` (the loader's: weights that fit the config, a Demucs model file, a YAML
+    config) before it is moved into the cache, so a wrong or broken file never sits there looking valid.
+    Its digest is then pinned beside it and checked on every later load.
 
     Raises:
         ModelNotAvailable: a file is missing and ``download`` is False, or the download failed.
@@ -125,7 +136,9 @@ def ensure_files(
         from freestems.models.catalog import get_model_info
 
         members = [get_model_info(name) for name, _ in info.config["members"]]
-        return [path for member in members for path in ensure_files(member, cache_dir, progress, download)]
+        return [
+            path for member in members for path in ensure_files(member, cache_dir, progress, download, check)
+        ]
     paths = []
     for url in entry_urls(info):
         path = _present(info, url, cache_dir)
@@ -137,18 +150,18 @@ def ensure_files(
             raise ModelNotAvailable(
                 f"model {info.name} is not in the cache; download {url} and save it as {dest}"
             )
-        paths.append(_download_file(info, url, dest, progress))
+        paths.append(_download_file(info, url, dest, progress, check))
     return paths
 
 
-def _download_file(info: ModelInfo, url: str, dest: Path, progress: bool) -> Path:
-    from freestems.models.loading import validate_file
-
+def _download_file(info: ModelInfo, url: str, dest: Path, progress: bool, check: FileCheck | None) -> Path:
     primary = url == info.url
 
     def validate(candidate: Path) -> None:
+        if check is None:
+            return
         try:
-            validate_file(info, url, candidate)
+            check(info, url, candidate)
         except CheckpointError as error:
             raise CheckpointError(
                 f"the file downloaded from {url} is not usable as model {info.name} and was discarded: "
@@ -402,7 +415,7 @@ def _unreachable(url: str, reason: BaseException | str, timeout: float) -> str:
 
 
 def _user_agent() -> str:
-    from freestems import __version__
+    from freestems.version import __version__
 
     return f"freestems/{__version__} (+python-urllib)"
 

@@ -4,7 +4,7 @@ Design (why not one module on one chunk): members differ in training segment, wh
 how the end of the track is chunked (``chunk_tail``), and each gives its published quality only when run its
 own way. Cutting the track into one chunk length for all, or normalising the input for a member trained
 without it, would make an ensemble member a different model from the one whose SDR the catalog shows. So an
-ensemble is a :class:`~freestems.models.loading.LoadedModel` whose ``stream`` runs every member through the
+ensemble is a :class:`~freestems.contract.LoadedModel` whose ``stream`` runs every member through the
 engine's own block stream (``separate_blocks``: its segment, its normalisation with the whole-track
 statistics, its chunk tail) in lockstep over one shared input:
 
@@ -26,16 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from torch import nn
 
+from freestems.contract import LoadedModel, MixStats
 from freestems.models.errors import ModelChoiceError
-from freestems.models.loading import LoadedModel
-
-if TYPE_CHECKING:
-    from freestems.separate import MixStats
 
 SEPARATOR = "+"
 """``-m a+b``: the members of an ad-hoc ensemble."""

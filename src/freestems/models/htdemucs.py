@@ -2,7 +2,7 @@
 
 The networks are the ``demucs`` package's own classes (an optional extra:
 ``pip install "freestems[demucs]"``), so released weights load as they were trained; only the chunking is ours
-(:mod:`freestems.separate`), set up to give what Demucs's ``apply_model`` gives with ``shifts=0``:
+(:mod:`freestems.engine`), set up to give what Demucs's ``apply_model`` gives with ``shifts=0``:
 
 * one chunk is the model's training segment (HT-Demucs refuses longer input and pads shorter input itself);
 * the chunks at the end of the track are centred (``chunk_tail="centred"``), as ``apply_model`` pads them;
@@ -37,10 +37,9 @@ import yaml
 from torch import nn
 from torch.nn import functional as F
 
-from freestems import SAMPLE_RATE
+from freestems.contract import SAMPLE_RATE, LoadedModel
 from freestems.errors import one_line
 from freestems.models.errors import CheckpointError, ModelNotAvailable
-from freestems.models.loading import LoadedModel
 
 INSTALL_HINT = 'the HT-Demucs models need the demucs extra: pip install "freestems[demucs]"'
 

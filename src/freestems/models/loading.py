@@ -22,25 +22,22 @@ import os
 import pickle
 import re
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
 
-from freestems import SAMPLE_RATE
+from freestems.contract import SEGMENT, SOURCES, LoadedModel, ModelSpec
 from freestems.errors import one_line
 from freestems.files import atomic_path
 from freestems.models.catalog import (  # check_model_choice: re-exported (it moved to the catalog)
     CATALOG,
     DEFAULT_MODEL,
     ROFORMERS,
-    SEGMENT,
-    SOURCES,
     ModelInfo,
     check_model_choice,
     get_model_info,
@@ -70,59 +67,6 @@ _UNOFFICIAL_KEYS = {
 # epoch) and ``best_state`` (best validation): the released models are the best state.
 _WRAPPER_KEYS = ("best_state", "state", "state_dict", "model_state_dict")
 _PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / DataParallel, torch.compile
-
-
-@dataclass
-class ModelSpec:
-    """Everything needed to build a model and run it, apart from the weights.
-
-    ``config`` holds SCNet constructor arguments (``sources`` included; ``sources`` below wins when both are
-    given), ``spec_norm`` the in-model spectrogram normalisation, ``normalize`` the whole-track normalisation
-    before separation and ``segment`` the chunk length in samples.
-    """
-
-    name: str
-    config: dict[str, Any]
-    sources: tuple[str, ...] = SOURCES
-    spec_norm: bool = False
-    normalize: bool = False
-    segment: int = SEGMENT
-
-    @classmethod
-    def from_info(cls, info: ModelInfo) -> ModelSpec:
-        """The spec of a catalog entry."""
-        return cls(
-            name=info.name,
-            config=_plain(dict(info.config)),
-            sources=tuple(info.sources),
-            spec_norm=info.spec_norm,
-            normalize=info.normalize,
-            segment=info.segment,
-        )
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for :mod:`freestems.separate`: ``module`` maps (batch, channels, samples) to
-    (batch, len(sources), channels, samples) and is in eval mode.
-
-    Besides stems, training ``segment`` and whole-track ``normalize``, the contract says how the engine
-    fills the end of the track (``chunk_tail``: ``"zeros"``, or ``"centred"`` as Demucs's ``apply_model``
-    does), the longest chunk the network accepts (``max_segment``, None for any: HT-Demucs refuses chunks
-    longer than its training segment) and, for a model made of models, ``stream``: a callable that runs the
-    members through the engine itself (see :mod:`freestems.models.ensemble`). A model with one stem yields
-    it and its complement (``vocals`` and ``no_vocals``).
-    """
-
-    module: nn.Module = field(repr=False)
-    name: str
-    sources: tuple[str, ...]
-    segment: int
-    normalize: bool
-    sample_rate: int = SAMPLE_RATE
-    chunk_tail: str = "zeros"
-    max_segment: int | None = None
-    stream: Callable[..., Iterator[tuple[np.ndarray, np.ndarray]]] | None = field(default=None, repr=False)
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
@@ -367,6 +311,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def catalog_spec(info: ModelInfo) -> ModelSpec:
+    """The spec of a catalog SCNet entry."""
+    return ModelSpec(
+        name=info.name,
+        config=_plain(dict(info.config)),
+        sources=tuple(info.sources),
+        spec_norm=info.spec_norm,
+        normalize=info.normalize,
+        segment=info.segment,
+    )
+
+
 # ------------------------------------------------------------------------------------------------ building
 
 
@@ -554,9 +510,7 @@ class _Fetch:
     progress: bool
 
     def files(self, info: ModelInfo) -> list[Path]:
-        from freestems.models.download import ensure_files
-
-        return ensure_files(info, self.cache_dir, progress=self.progress, download=self.download)
+        return fetch_files(info, self.cache_dir, progress=self.progress, download=self.download)
 
 
 def _load_entry(info: ModelInfo, flags: _Flags, fetch: _Fetch) -> LoadedModel:
@@ -573,7 +527,7 @@ def _load_entry(info: ModelInfo, flags: _Flags, fetch: _Fetch) -> LoadedModel:
     if info.architecture in ROFORMERS:
         config = info.config or read_yaml(paths[-1])
         return flags.apply(_load_roformer(paths[0], config, info.architecture, info.name, hint))
-    spec = ModelSpec.from_info(info)
+    spec = catalog_spec(info)
     return _load_scnet(paths[0], spec, flags, hint)
 
 
@@ -626,7 +580,7 @@ def _load_file(
             return flags.apply(_load_roformer(path, info.config, info.architecture, path.stem, ""))
         if info.architecture != "scnet":
             raise ModelChoiceError(f"model {name} is an ensemble, not a config for one file")
-        return _load_scnet(path, ModelSpec.from_info(info), flags, "")
+        return _load_scnet(path, catalog_spec(info), flags, "")
     return _load_scnet(path, None, flags, "")
 
 
@@ -696,6 +650,26 @@ def _load_roformer(
     )
 
 
+def fetch_files(
+    info: ModelInfo,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    download: bool = True,
+) -> list[Path]:
+    """Every file of catalog entry ``info`` in the cache (:func:`freestems.models.download.ensure_files`), a
+    fresh download checked by :func:`validate_file` before it enters the cache."""
+    from freestems.models.download import ensure_files
+
+    return ensure_files(info, cache_dir, progress=progress, download=download, check=validate_file)
+
+
+def ensure_weights(
+    info: ModelInfo, cache_dir: str | os.PathLike[str] | None = None, progress: bool = True
+) -> Path:
+    """The first weights file of ``info`` in the cache, downloaded (and checked) first when missing."""
+    return fetch_files(info, cache_dir, progress=progress)[0]
+
+
 def read_yaml(path: str | os.PathLike[str]) -> Mapping[str, Any]:
     """An MSST YAML file as a dict (``!!python/tuple`` accepted, nothing else beyond safe YAML)."""
     return _read_config_file(Path(path), lambda text: yaml.load(text, Loader=_MsstLoader))
@@ -728,7 +702,7 @@ def validate_file(info: ModelInfo, url: str, path: Path) -> None:
                 raise CheckpointError(report)
         return
     with torch.device("meta"):
-        scnet = build_model(ModelSpec.from_info(info))
+        scnet = build_model(catalog_spec(info))
     report = fit_report(scnet, state)
     if report is not None:
         raise CheckpointError(report)

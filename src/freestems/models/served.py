@@ -32,22 +32,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from freestems.errors import Cancelled
 from freestems.models.catalog import ModelInfo, get_model_info
 from freestems.models.errors import ModelChoiceError
 
 if TYPE_CHECKING:  # torch is imported only where a model is loaded (a web tier never loads one)
     from torch import nn
 
-    from freestems.models.loading import LoadedModel
+    from freestems.contract import LoadedModel
 
 log = logging.getLogger(__name__)
 
 WAIT_SLICE = 0.25
 """Seconds between two looks at the cancel event while a load waits for memory."""
-
-
-class Cancelled(Exception):
-    """The job that waited for memory to load its model was cancelled meanwhile."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +108,9 @@ def serve_catalog(
         CheckpointError: a cached file changed since it was pinned.
         ModelChoiceError: a bad ensemble.
     """
-    from freestems.models.download import ensure_files, file_sha256
+    from freestems.models.download import file_sha256
     from freestems.models.ensemble import SEPARATOR, parse_members
+    from freestems.models.loading import fetch_files
 
     if SEPARATOR in name:
         members = parse_members(name)
@@ -127,7 +125,7 @@ def serve_catalog(
         infos = [info]
         sources, title = tuple(info.sources), info.title
     files = [
-        path for item in infos for path in ensure_files(item, cache_dir, progress=progress, download=download)
+        path for item in infos for path in fetch_files(item, cache_dir, progress=progress, download=download)
     ]
     header = {
         "name": name,
@@ -217,7 +215,7 @@ def _size(path: Path) -> int:
 def model_bytes(model: LoadedModel | nn.Module) -> int:
     """Bytes of a model's parameters and buffers (each storage counted once: tied weights and ensemble
     members shared by two presets are not counted twice)."""
-    from freestems.models.loading import LoadedModel
+    from freestems.contract import LoadedModel
 
     module = model.module if isinstance(model, LoadedModel) else model
     seen: set[tuple[str, int]] = set()

@@ -30,12 +30,12 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from freestems import __version__
 from freestems.audio.formats import MP3_BITRATES
 from freestems.errors import FailureCode, http_failure
 from freestems.executors import Executor, ExecutorError, LocalExecutor
 from freestems.models import CATALOG, DEFAULT_MODEL
 from freestems.models.served import LoadedModels, public_facts
+from freestems.version import __version__
 
 from .challenges import ChallengeBook
 from .errors import (

@@ -47,8 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from freestems import SAMPLE_RATE
 from freestems.audio import AudioDecodeError, AudioReader, AudioTooLong
+from freestems.contract import SAMPLE_RATE
 from freestems.cost import UsageRecord, job_cost
 from freestems.errors import FailureCode
 from freestems.executors import Executor, JobEvent, ModelDescription, WorkItem

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from freestems import SAMPLE_RATE
+from freestems.contract import SAMPLE_RATE
 from freestems.segments import Manifest, SegmentReport, copy_finished, rebuild_segments, segment_path
 
 from .errors import not_found, unavailable

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from freestems import SAMPLE_RATE
+from freestems.contract import SAMPLE_RATE
 from freestems.models.errors import CheckpointError
 from freestems.models.roformer.base import BandRoformer
 from freestems.models.roformer.bs import BSRoformer

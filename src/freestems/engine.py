@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from freestems import SAMPLE_RATE
+from freestems.contract import CHUNK_TAILS, SAMPLE_RATE, LoadedModel, MixStats
 from freestems.rules import (  # the engine's rules, importable without torch; re-exported here
     COMPLEMENT_PREFIX,  # noqa: F401
     DEVICES,  # noqa: F401
@@ -54,39 +53,10 @@ from freestems.rules import (  # the engine's rules, importable without torch; r
 )
 from freestems.runtime import tune_allocator
 
-if TYPE_CHECKING:
-    from freestems.models import LoadedModel
-
 Progress = Callable[[float], None]
 """Called with the fraction of the work done, from 0 to 1."""
 
 MAX_SHIFT_SECONDS = 0.5
-CHUNK_TAILS = ("zeros", "centred")
-
-
-@dataclass(frozen=True)
-class MixStats:
-    """Mean and standard deviation of the mono mix, for whole-track normalisation."""
-
-    mean: float
-    std: float
-
-    @classmethod
-    def of(cls, blocks: Iterable[np.ndarray]) -> MixStats:
-        """Compute the statistics in one pass over ``blocks`` (float64 sums, so long tracks stay exact)."""
-        count, total, squares = 0, 0.0, 0.0
-        for block in blocks:
-            mono = block.mean(axis=0, dtype=np.float64)
-            count += mono.size
-            total += mono.sum()
-            squares += np.dot(mono, mono)
-        if count < 2:
-            return cls(0.0, 1.0)
-        mean = total / count
-        variance = max(squares - count * mean * mean, 0.0) / (count - 1)
-        std = variance**0.5
-        # Digital silence (or a constant) has no spread: leave the level alone instead of dividing by zero.
-        return cls(float(mean), float(std) if std > 1e-8 else 1.0)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -6,9 +6,9 @@ import torch
 from fixtures import SCNET_FIXTURES
 from model_helpers import small_config
 
-from freestems.models import LoadedModel
+from freestems.contract import LoadedModel, MixStats
+from freestems.engine import SeparationError, separate, separate_blocks, window
 from freestems.models.scnet import SCNet
-from freestems.separate import MixStats, SeparationError, separate, separate_blocks, window
 
 SOURCES = ("drums", "bass", "other", "vocals")
 GAINS = (1.0, 2.0, -1.0, 0.5)
