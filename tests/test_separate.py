@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from fixtures import SCNET_FIXTURES
 from model_helpers import small_config
+from reference import SCNET_FIXTURES
 
 from freestems.models import LoadedModel
 from freestems.models.scnet import SCNet
