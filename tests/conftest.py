@@ -11,36 +11,37 @@ values as one in a test module does.
 - web page: ``browser`` (the system Chromium, headless), ``web_server`` (a server for the page),
   ``open_page``;
 - Modal: ``checkpoint`` (a small checkpoint file), ``deployment`` (the Modal module imported in-process).
+
+Everything heavy (torch, playwright, the Modal fakes, the service) is imported inside the fixture that uses
+it, never here at the top: a module that needs no browser runs where playwright is not installed, and one
+that needs no model does not pay for importing torch.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 pytest.register_assert_rewrite("service_helpers", "web_helpers", "modal_helpers", "reliability.serve_process")
 
-import contextlib  # noqa: E402 - the helpers are imported after their registration above
-from collections.abc import Callable, Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+if TYPE_CHECKING:
+    from modal_helpers import Deployment
+    from playwright.sync_api import Browser, Page
+    from service_helpers import LiveServer
 
-import torch  # noqa: E402
-from audio_samples import write_test_file  # noqa: E402
-from modal_helpers import Deployment, load_modal_app, modal_environment  # noqa: E402
-from model_helpers import make_small_checkpoint  # noqa: E402
-from playwright.sync_api import Browser, Page  # noqa: E402
-from service_helpers import LiveServer, leftover_files, running_server, small_settings  # noqa: E402
-from web_helpers import DESKTOP, PageWatch, chromium, wait_js  # noqa: E402
-
-from freestems.executors import LocalExecutor  # noqa: E402
-from freestems.models import LoadedModel, load_model  # noqa: E402
-from freestems.service.jobs import Paths  # noqa: E402
+    from freestems.models import LoadedModel
 
 
 @contextlib.contextmanager
 def one_torch_thread() -> Iterator[None]:
     """Torch on one thread: on a small machine that is busy with other work, more only spin against
     each other."""
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -55,6 +56,10 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory) -> Iterator[LoadedModel]:
     """The small seeded checkpoint, loaded once per module; torch on one thread meanwhile."""
+    from model_helpers import make_small_checkpoint
+
+    from freestems.models import load_model
+
     with one_torch_thread():
         yield load_model(model_file=make_small_checkpoint(tmp_path_factory.mktemp("model") / "small.pt"))
 
@@ -63,6 +68,11 @@ def small_model(tmp_path_factory) -> Iterator[LoadedModel]:
 def start_server(tmp_path, small_model) -> Iterator[Callable[..., LiveServer]]:
     """``start_server(**settings)`` starts a server on ``tmp_path/data`` (the same folder every call, so a
     second call is a restart). Afterwards: every server is stopped, and no temporary file may be left."""
+    from service_helpers import leftover_files, running_server, small_settings
+
+    from freestems.executors import LocalExecutor
+    from freestems.service.jobs import Paths
+
     data_dir = tmp_path / "data"
     with contextlib.ExitStack() as stack:
 
@@ -81,6 +91,8 @@ def start_server(tmp_path, small_model) -> Iterator[Callable[..., LiveServer]]:
 def songs(tmp_path_factory) -> dict[str, Path]:
     """Real encoded files: ``short`` (3 s mp3), ``medium`` (20 s), ``long`` (90 s: with shifts=3 it runs
     for many seconds, long enough to be caught running), ``wav`` (2 s)."""
+    from audio_samples import write_test_file
+
     folder = tmp_path_factory.mktemp("songs")
     files = {
         "short": folder / "song.mp3",
@@ -100,6 +112,9 @@ def songs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """The system Chromium, headless, once per module."""
+    from web_helpers import chromium
+
     with chromium() as launched:
         yield launched
 
@@ -108,6 +123,11 @@ def browser() -> Iterator[Browser]:
 def web_server(tmp_path_factory, small_model) -> Iterator[LiveServer]:
     """A real server for the page: the small model, a real (cheap) PBKDF2 proof of work as in production,
     and the default upload limits (so the page's built-in defaults and the server agree)."""
+    from service_helpers import running_server, small_settings
+
+    from freestems.executors import LocalExecutor
+    from freestems.service.jobs import Paths
+
     data_dir = tmp_path_factory.mktemp("web") / "data"
     settings = small_settings(
         data_dir,
@@ -128,6 +148,8 @@ def open_page(browser: Browser, web_server: LiveServer) -> Iterator[Any]:
     ``web_server``) in a new browser context (fresh storage; ``before(page)`` runs first) and
     waits until it has loaded the server's settings. Afterwards: no uncaught error or console error
     happened in it, except those containing one of ``expected_errors``."""
+    from web_helpers import DESKTOP, PageWatch, wait_js
+
     contexts = []
     watches: list[PageWatch] = []
 
@@ -162,11 +184,15 @@ def open_page(browser: Browser, web_server: LiveServer) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A small seeded checkpoint the deployment serves."""
+    from model_helpers import make_small_checkpoint
+
     return make_small_checkpoint(tmp_path_factory.mktemp("model") / "small.pt")
 
 
 @pytest.fixture
 def deployment(monkeypatch, checkpoint, tmp_path) -> Iterator[Deployment]:
     """The Modal module imported with settings pointing at ``checkpoint``; torch on one thread meanwhile."""
+    from modal_helpers import load_modal_app, modal_environment
+
     with one_torch_thread():
         yield load_modal_app(monkeypatch, modal_environment(checkpoint, tmp_path / "data"))

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from fixtures import SCNET_FIXTURES
+from reference import SCNET_FIXTURES
 
 from freestems.models import ModelSpec, build_model, save_checkpoint
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures import ROFORMER_FIXTURES
 from model_helpers import make_small_checkpoint, serve_directory, small_config
+from reference import ROFORMER_FIXTURES
 
 from freestems.models import CATALOG, ModelInfo
 from freestems.models.roformer import roformer_from_msst

@@ -10,8 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 from audio_samples import tiny_png, write_test_file
-from fixtures import SCNET_FIXTURES
 from model_helpers import make_small_checkpoint, small_config
+from reference import SCNET_FIXTURES
 
 from freestems.audio import decode
 from freestems.cli import main

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from fixtures import SCNET_FIXTURES
 from model_helpers import small_config
+from reference import SCNET_FIXTURES
 
 from freestems.contract import LoadedModel, MixStats
 from freestems.engine import SeparationError, separate, separate_blocks, window

@@ -15,8 +15,8 @@ import pytest
 import torch
 import yaml
 from audio_samples import write_test_file
-from fixtures import ROFORMER_FIXTURES
 from model_helpers import make_small_checkpoint, serve_directory
+from reference import ROFORMER_FIXTURES
 
 from freestems.audio import decode
 from freestems.cli import main

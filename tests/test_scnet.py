@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-from fixtures import SCNET_FIXTURES
 from model_helpers import small_config
+from reference import SCNET_FIXTURES
 
 from freestems.models.scnet import SCNet, band_splits
 
