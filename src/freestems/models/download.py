@@ -40,6 +40,10 @@ CHUNK = 1 << 20
 """Read size while streaming (1 MiB)."""
 PIN_SUFFIX = ".sha256"
 """The pinned digest of a cached file sits beside it under this suffix."""
+CACHE_VARIABLE = "FREESTEMS_CACHE"
+"""The weights cache folder, where catalog checkpoints are downloaded and checked (``--cache-dir`` wins
+over it). Unset: ``$XDG_CACHE_HOME/freestems``, else ``~/.cache/freestems``. Not the service's result
+cache, which ``FREESTEMS_RESULT_CACHE`` switches."""
 
 
 def default_cache_dir() -> Path:
@@ -48,7 +52,7 @@ def default_cache_dir() -> Path:
     ``FREESTEMS_CACHE``, else ``$XDG_CACHE_HOME/freestems``, else ``~/.cache/freestems``. An explicit
     ``cache_dir`` argument (from the ``Settings`` object or ``--cache-dir``) always wins.
     """
-    configured = os.environ.get("FREESTEMS_CACHE")
+    configured = os.environ.get(CACHE_VARIABLE)
     if configured:
         return Path(configured).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
