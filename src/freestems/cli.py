@@ -1,4 +1,5 @@
-"""The ``freestems`` command: ``separate``, ``models``, ``serve``, ``cost``, ``remote`` and ``--version``.
+"""The ``freestems`` command: ``separate``, ``models``, ``serve``, ``cost``, ``remote``, ``eval`` and
+``--version``.
 
 A thin shell: it parses arguments, calls :mod:`freestems.pipeline`, and turns our errors into one line on
 stderr and a non-zero exit code. No traceback reaches the user for an expected failure.
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from typing import TypeAlias
 
     from freestems.contract import LoadedModel
+    from freestems.evaluate import Evaluation, SongResult
     from freestems.service import Settings
 
     # What ``add_subparsers`` returns: argparse names no public type for it, and it is generic only in the
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(commands)
     add_cost_parser(commands)
     add_remote_parser(commands)
+    add_eval_parser(commands)
     return parser
 
 
@@ -635,6 +638,97 @@ def run_remote(args: argparse.Namespace) -> int:
             print(f"  {line}", file=sys.stderr)
         return 1
     return 0
+
+
+def add_eval_parser(commands: Subcommands) -> None:
+    """``freestems eval``: SDR per stem of a model on songs whose stems are known (freestems.evaluate)."""
+    evaluate = commands.add_parser(
+        "eval",
+        help="measure a model's SDR per stem on a folder of multitracks (MUSDB18-HQ's layout)",
+        description="Separate every song under FOLDER (each folder holding the mixture file) and score each "
+        "stem the song has: sdr (whole-track, as MSST and MVSEP; mean over songs) and sdr_museval (median of "
+        "1-second BSSEval v4 frames, as MUSDB papers; median over songs).",
+    )
+    evaluate.add_argument("folder", type=Path, metavar="FOLDER", help="one folder per song (musdb18hq/test)")
+    add_model_arguments(evaluate)
+    evaluate.add_argument(
+        "--mixture", default="mixture.wav", metavar="FILE", help="the mixture's file in a song (mixture.wav)"
+    )
+    evaluate.add_argument(
+        "--stem",
+        action="append",
+        default=[],
+        metavar="STEM=FILE",
+        help="a stem's file in a song (repeatable; default: <stem> and the mixture's extension, vocals.wav)",
+    )
+    evaluate.add_argument("--json", type=Path, metavar="FILE", help="also write every score to FILE")
+    evaluate.add_argument("--shifts", type=int, default=1, help="passes with random offsets, averaged (1)")
+    evaluate.add_argument("--overlap", type=float, default=0.25, help="chunk overlap in [0, 0.9) (0.25)")
+    evaluate.add_argument("--device", default="auto", choices=DEVICES, help="(auto)")
+    evaluate.add_argument("--batch-size", type=int, help="chunks per forward pass (1 on CPU, 4 on GPU)")
+    evaluate.set_defaults(run=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from freestems import evaluate
+    from freestems.engine import resolve_device
+    from freestems.models import ModelError
+    from freestems.rules import SeparationError, check_overlap, check_shifts, output_names
+
+    try:
+        layout = evaluate.Layout.parse(args.mixture, args.stem)
+        songs = evaluate.find_songs(args.folder, layout)
+        if args.json and not args.json.parent.is_dir():
+            raise evaluate.EvaluationError(f"--json {args.json}: no such folder {args.json.parent}")
+        check_shifts(args.shifts)
+        check_overlap(args.overlap)
+        if args.batch_size is not None and args.batch_size < 1:
+            raise SeparationError(f"--batch-size must be at least 1, got {args.batch_size}")
+        device = resolve_device(args.device)
+        model = load_model_from_args(args)
+        stems = tuple(output_names(model.sources))
+        layout.check(stems)
+    except (evaluate.EvaluationError, ModelError, SeparationError) as error:
+        return fail(error)
+    options = dict(shifts=args.shifts, overlap=args.overlap, device=device, batch_size=args.batch_size)
+    evaluation = evaluate.Evaluation(model.name, stems, args.folder, layout, options)
+    print(evaluate.format_header(stems))
+    for song in songs:
+        evaluation.songs.append(_eval_song(song, model, evaluation))
+    print(evaluate.format_total(evaluation))
+    if args.json:
+        try:
+            evaluation.write_json(args.json)
+        except OSError as error:
+            return fail(f"cannot write {args.json}: {one_line(error)}")
+    failed = [song.error for song in evaluation.songs if song.error]
+    if failed:
+        print(f"freestems: {len(songs) - len(failed)} evaluated, {len(failed)} failed:", file=sys.stderr)
+        for line in failed:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _eval_song(song: Path, model: LoadedModel, evaluation: Evaluation) -> SongResult:
+    """One song of ``freestems eval``: its scores printed, or its error on stderr; the run goes on."""
+    from freestems.evaluate import SongResult, evaluate_song, format_song, song_name
+
+    name = song_name(evaluation.folder, song)
+    try:
+        with progress_bar(name) as update:
+            result = evaluate_song(
+                song, model, evaluation.layout, name=name, progress=update, **evaluation.options
+            )
+    except Exception as error:  # one song's surprise (a bug, memory) must not lose the others' scores
+        result = SongResult(name, song, error=f"{name}: {_unexpected(error)}")
+    for note in result.notes:
+        print(f"freestems: {name}: {note}", file=sys.stderr)
+    if result.error:
+        print(f"freestems: {result.error}", file=sys.stderr)
+    else:
+        print(format_song(result, evaluation.stems), flush=True)
+    return result
 
 
 def fail(error: Exception | str) -> int:
