@@ -277,7 +277,7 @@ def test_the_weights_layer_is_hashed_with_the_catalog_entries_it_bakes(deploymen
     assert json.loads(before["catalog"])["entries"][DEFAULT_MODEL]["sha256"] == info.sha256
     assert changed["catalog"] != before["catalog"]  # a new checksum: a new layer
     assert unrelated == changed  # another entry changed: the same layer
-    assert before["model"] is None and before["weights_dir"] == "/weights"
+    assert before["model"] == DEFAULT_MODEL and before["weights_dir"] == "/weights"  # what the settings name
     # A model given as a file: its bytes are hashed (copied into the image), no catalog facts.
     module.build_image(module.settings, module.modal_settings, {})
     assert seen[-1]["catalog"] is None

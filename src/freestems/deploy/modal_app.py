@@ -221,14 +221,14 @@ def catalog_facts(model: str | None, others: Sequence[str] = ()) -> str:
     return json.dumps(facts, sort_keys=True, default=str)
 
 
-def default_model_name() -> str | None:
+def default_model_name(settings: Settings) -> str | None:
     """The catalog name of the default model (the first of ``FREESTEMS_MODELS``), or None for a file."""
     if settings.model_file is not None:
         return None
     return settings.served_models[0] if settings.served_models else settings.model
 
 
-def other_model_names() -> tuple[str, ...]:
+def other_model_names(settings: Settings) -> tuple[str, ...]:
     """The other served models (``FREESTEMS_MODELS`` after the first): one GPU class loads them on demand
     (see the README, "Several models on Modal")."""
     return tuple(settings.models[1:]) if settings.model_file is None else ()
@@ -298,7 +298,7 @@ def build_image(settings: Settings, deployment: ModalSettings, environ: Mapping[
 def bake_arguments(settings: Settings, model_file: str | None, model_config: str | None) -> dict[str, Any]:
     """The arguments of the weights step (Modal hashes them with the function's source to cache the
     layer): the catalog's facts are among them, unless the model is a file (whose bytes are hashed)."""
-    model, others = default_model_name(), other_model_names()
+    model, others = default_model_name(settings), other_model_names(settings)
     return {
         "model": model,
         "model_file": model_file,
@@ -539,7 +539,7 @@ def load_configured_model(name: str | None = None) -> LoadedModel:
     if name is not None:
         return load_model(name, download=modal.is_local(), progress=False)
     return load_model(
-        default_model_name(),
+        default_model_name(settings),
         model_file=settings.model_file,
         model_config=settings.model_config_file,
         download=modal.is_local(),
@@ -578,7 +578,7 @@ def model_description() -> tuple[ModelDescription, ...]:
     from freestems.executors import describe
     from freestems.models.served import serve_catalog
 
-    others = [serve_catalog(name) for name in other_model_names()]
+    others = [serve_catalog(name) for name in other_model_names(settings)]
     return (
         describe(load_configured_model()),
         *(ModelDescription(o.name, o.sources, o.fingerprint, o.title) for o in others),
@@ -776,7 +776,7 @@ class _SeparatorCode:
         self.shape = class_shape(self.tier, modal_settings)
         self.model = load_configured_model()
         # The other served models (FREESTEMS_MODELS): in the snapshot's memory, on the GPU at first use.
-        self.others = {name: load_configured_model(name) for name in other_model_names()}
+        self.others = {name: load_configured_model(name) for name in other_model_names(settings)}
         self.on_device: dict[str, str] = {}
         self.fingerprint = describe(self.model).fingerprint  # on the CPU, before the snapshot: free later
         self.device = torch.device("cpu")
