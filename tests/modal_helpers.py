@@ -2,8 +2,9 @@
 
 Modal's cloud is the one thing faked: :func:`load_modal_app` imports :mod:`freestems.deploy.modal_app`
 under a controlled environment (a small seeded checkpoint as the model, a trivial proof of work) and
-replaces its ways out (``remote_calls``, ``cpu_calls``, ``progress_channel``, ``usage_log``, ``lease_store``,
-``precision_cache``, ``shared_state``) with in-process ones: the classes' own ``.local()`` run by
+replaces its ways out (its ``remote_calls`` and ``cpu_calls``, and the methods ``progress_channel``,
+``usage_log``, ``lease_store``, ``precision_cache`` and ``shared_state`` of its ``stores``, which the
+classes and the web function use) with in-process ones: the classes' own ``.local()`` run by
 :class:`InProcessCalls`, a :class:`MemoryChannel`, lists and dicts, and the web tier's shared state on
 ``modal_fakes``' Dicts and Queue. Everything else is the real code.
 
@@ -208,12 +209,13 @@ def load_modal_app(monkeypatch, environ: dict[str, str]) -> Deployment:
     else:
         module = importlib.import_module(MODULE)
     deployment = Deployment(module, MemoryChannel(), UsageList(), MemoryLeases(), MemoryCache())
-    monkeypatch.setattr(module, "progress_channel", lambda: deployment.channel)
-    monkeypatch.setattr(module, "usage_log", lambda: deployment.usage)
-    monkeypatch.setattr(module, "lease_store", lambda: deployment.leases)
-    monkeypatch.setattr(module, "precision_cache", lambda: deployment.precision)
+    stores = module.stores  # a new one at each (re)import: what the module's classes and functions use
+    monkeypatch.setattr(stores, "progress_channel", lambda: deployment.channel)
+    monkeypatch.setattr(stores, "usage_log", lambda: deployment.usage)
+    monkeypatch.setattr(stores, "lease_store", lambda: deployment.leases)
+    monkeypatch.setattr(stores, "precision_cache", lambda: deployment.precision)
     space, inbox = FakeSpace(), FakeQueue()  # the web tier's shared state, offline (no Volume: one folder)
-    monkeypatch.setattr(module, "shared_state", lambda: SharedState(space, inbox, None))
+    monkeypatch.setattr(stores, "shared_state", lambda: SharedState(space, inbox, None))
     return deployment
 
 

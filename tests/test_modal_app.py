@@ -22,6 +22,8 @@ from modal_helpers import declared
 from model_helpers import make_small_checkpoint
 
 from freestems.audio import decode
+from freestems.deploy.image import bake_weights, image_environment, read_description, requirements
+from freestems.deploy.web_tier import WEB_CPU, WEB_SCALEDOWN_WINDOW
 from freestems.executors import describe
 from freestems.jobrun import JobFailed, choose_precision, run_job
 from freestems.models import load_model
@@ -68,11 +70,11 @@ def test_the_defaults_declare_a_snapshotted_l4_and_scaled_out_web_containers(dep
     }
     assert found["web"] == {
         "secrets": ["freestems"],
-        "cpu": module.WEB_CPU,
+        "cpu": WEB_CPU,
         "memory": 1024,
         "max_containers": 10,  # any container serves any request: the state is shared
         "max_inputs": 500,
-        "scaledown_window": module.WEB_SCALEDOWN_WINDOW,
+        "scaledown_window": WEB_SCALEDOWN_WINDOW,
         "timeout": 1800 + 60,  # above a socket's lifetime (and an upload and its job)
         "volumes": {"/data": "freestems-data"},  # uploads and results outlive every container
     }
@@ -142,7 +144,7 @@ def test_the_image_gets_the_settings_but_no_secret_and_no_local_path(deployment,
         "FREESTEMS_NOT_A_SETTING": "x",
         "HOME": "/home/me",
     }
-    env = module.image_environment(environ, module.settings)
+    env = image_environment(environ, module.settings)
     assert env == {
         "FREESTEMS_CACHE": "/weights",
         "FREESTEMS_HOST": "0.0.0.0",
@@ -158,20 +160,20 @@ def test_the_image_gets_the_settings_but_no_secret_and_no_local_path(deployment,
 
 def test_the_image_installs_pinned_torch_and_the_package_dependencies(deployment):
     module = deployment.module
-    requirements = module.requirements()
-    names = {requirement.split(">")[0].split("=")[0] for requirement in requirements}
+    pinned = requirements()
+    names = {requirement.split(">")[0].split("=")[0] for requirement in pinned}
     assert {"numpy", "av", "lameenc", "fastapi", "uvicorn", "altcha"} <= names
     assert "torch" not in names and "pytest" not in names and "modal" not in names
     assert module.modal_settings.modal_torch.startswith("torch==")
 
 
-def test_the_build_step_writes_the_description_the_web_tier_reads(deployment, checkpoint, tmp_path):
-    module = deployment.module
+@pytest.mark.usefixtures("deployment")  # torch on one thread, as in the deployment's other tests
+def test_the_build_step_writes_the_description_the_web_tier_reads(checkpoint, tmp_path):
     weights = tmp_path / "weights"
     weights.mkdir()
-    module.bake_weights(None, str(checkpoint), None, str(weights))
-    assert module.read_description(weights) == describe(load_model(model_file=checkpoint))
-    assert module.read_description(tmp_path) is None
+    bake_weights(None, str(checkpoint), None, str(weights))
+    assert read_description(weights) == describe(load_model(model_file=checkpoint))
+    assert read_description(tmp_path) is None
 
 
 # ---------------------------------------------------------------------------------------------- the GPU class

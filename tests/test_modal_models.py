@@ -16,6 +16,7 @@ from conftest import one_torch_thread
 from modal_helpers import Deployment, load_modal_app, modal_environment
 from served_helpers import KIM, SCNET, stand_in_catalog
 
+from freestems.deploy.image import bake_weights, read_descriptions
 from freestems.jobrun import JobFailed
 from freestems.models.served import serve_models
 from freestems.options import SeparationOptions
@@ -45,8 +46,8 @@ def test_one_gpu_class_runs_each_served_model_by_name(two_model_deployment, tmp_
         (KIM, ("vocals",)),
     ]
     weights = tmp_path / "weights"
-    module.bake_weights(SCNET, None, None, str(weights), others=(KIM,))
-    baked = module.read_descriptions(weights)
+    bake_weights(SCNET, None, None, str(weights), others=(KIM,))
+    baked = read_descriptions(weights)
     assert [model.name for model in baked] == [SCNET, KIM]
     assert baked[1].fingerprint == described[1].fingerprint  # the same files, the same cache key part
 

@@ -33,6 +33,8 @@ from modal_helpers import (
 )
 from service_helpers import wait_until
 
+from freestems.deploy.image import build_image, catalog_facts, requirements
+from freestems.deploy.probe import NoAccelerator, cached_precision, gpu_refusal, trim_memory
 from freestems.executors import JobEvent, WorkItem
 from freestems.executors.modal import InputCancellation, ModalExecutor
 from freestems.models import CATALOG, DEFAULT_MODEL, load_model
@@ -81,17 +83,17 @@ def final(events: dict[str, list[JobEvent]], job_id: str) -> JobEvent | None:
 def test_a_gpu_container_without_a_usable_gpu_refuses_to_start(deployment, monkeypatch, songs):
     module = deployment.module
     monkeypatch.setattr(module, "in_container", lambda: True)  # as in a Modal container
-    monkeypatch.setattr(module, "driver_version", lambda: "575.57.08")
+    monkeypatch.setattr(module, "driver_version", lambda: "575.57.08")  # where the class reads it
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the wheel's CUDA is too new for it
     monkeypatch.setattr(torch.version, "cuda", "13.0")
-    with pytest.raises(module.NoAccelerator) as refused:
+    with pytest.raises(NoAccelerator) as refused:
         module.Separator().separate.local(songs["short"].read_bytes(), SeparationOptions())
     message = str(refused.value)
     assert "GPU L4" in message and "NVIDIA driver 575.57.08" in message
     assert f"torch {torch.__version__} is built for CUDA 13.0" in message and "cu126" in message
     assert deployment.usage.records == []  # nothing was separated on the CPU
 
-    without_driver = module.gpu_refusal("T4", None, "2.13.0+cpu", None)
+    without_driver = gpu_refusal("T4", None, "2.13.0+cpu", None)
     assert "no NVIDIA driver" in without_driver and "CPU-only build" in without_driver
 
 
@@ -266,34 +268,34 @@ def test_the_weights_layer_is_hashed_with_the_catalog_entries_it_bakes(deploymen
 
     monkeypatch.setattr(modal.Image, "run_function", recording)
     catalog_settings = module.settings.replace(model_file=None, model=None)
-    module.build_image(catalog_settings, module.modal_settings, {})
+    build_image(catalog_settings, module.modal_settings, {})
     info = CATALOG[DEFAULT_MODEL]
     monkeypatch.setitem(CATALOG, DEFAULT_MODEL, dataclasses.replace(info, sha256="0" * 64))
-    module.build_image(catalog_settings, module.modal_settings, {})
+    build_image(catalog_settings, module.modal_settings, {})
     other = next(name for name in CATALOG if name != DEFAULT_MODEL)
     monkeypatch.setitem(CATALOG, other, dataclasses.replace(CATALOG[other], url="https://example.org/x"))
-    module.build_image(catalog_settings, module.modal_settings, {})
+    build_image(catalog_settings, module.modal_settings, {})
     before, changed, unrelated = seen
     assert json.loads(before["catalog"])["entries"][DEFAULT_MODEL]["sha256"] == info.sha256
     assert changed["catalog"] != before["catalog"]  # a new checksum: a new layer
     assert unrelated == changed  # another entry changed: the same layer
-    assert before["model"] is None and before["weights_dir"] == "/weights"
+    assert before["model"] == DEFAULT_MODEL and before["weights_dir"] == "/weights"  # what the settings name
     # A model given as a file: its bytes are hashed (copied into the image), no catalog facts.
-    module.build_image(module.settings, module.modal_settings, {})
+    build_image(module.settings, module.modal_settings, {})
     assert seen[-1]["catalog"] is None
 
 
-def test_an_ensemble_bakes_and_hashes_every_member(deployment):
+def test_an_ensemble_bakes_and_hashes_every_member():
     ensemble = next(name for name, info in CATALOG.items() if info.architecture == "ensemble")
-    facts = json.loads(deployment.module.catalog_facts(ensemble))
+    facts = json.loads(catalog_facts(ensemble))
     members = {member for member, _ in CATALOG[ensemble].config["members"]}
     assert members | {ensemble} <= set(facts["entries"])
-    pair = json.loads(deployment.module.catalog_facts(f"{DEFAULT_MODEL}+{sorted(members)[0]}"))
+    pair = json.loads(catalog_facts(f"{DEFAULT_MODEL}+{sorted(members)[0]}"))
     assert {DEFAULT_MODEL, sorted(members)[0]} <= set(pair["entries"])
 
 
-def test_the_image_pins_every_dependency_to_the_version_installed_here(deployment):
-    pinned = deployment.module.requirements()
+def test_the_image_pins_every_dependency_to_the_version_installed_here():
+    pinned = requirements()
     assert pinned and all("==" in requirement for requirement in pinned)
     for requirement in pinned:
         name, version = requirement.split("==")
@@ -305,31 +307,31 @@ def test_the_image_pins_every_dependency_to_the_version_installed_here(deploymen
 # ---------------------------------------------------------------------------------------- 8: smaller
 
 
-def test_the_precision_probe_runs_once_then_comes_from_the_cache(deployment, checkpoint):
-    module = deployment.module
+@pytest.mark.usefixtures("deployment")  # torch on one thread, as in the deployment's other tests
+def test_the_precision_probe_runs_once_then_comes_from_the_cache(checkpoint):
     model = load_model(model_file=checkpoint)
     cache = MemoryCache()
     device = torch.device("cpu")
-    first = module.cached_precision(model, device, "auto", cache, candidates=("bf16",))
+    first = cached_precision(model, device, "auto", cache, candidates=("bf16",))
     assert first[2] is False and first[0] in ("bf16", "fp32") and "bf16" in first[1]
     assert list(cache.values()) == [{"precision": first[0], "fidelity": first[1]}]
-    assert module.cached_precision(model, device, "auto", cache, candidates=("bf16",)) == (*first[:2], True)
+    assert cached_precision(model, device, "auto", cache, candidates=("bf16",)) == (*first[:2], True)
     # What the cache says is used without a probe (a probe on this CPU could never answer fp16).
     (key,) = cache
     cache[key] = {"precision": "fp16", "fidelity": {"fp16": 55.0}}
-    assert module.cached_precision(model, device, "auto", cache, candidates=("bf16",)) == (
+    assert cached_precision(model, device, "auto", cache, candidates=("bf16",)) == (
         "fp16",
         {"fp16": 55.0},
         True,
     )
-    assert module.cached_precision(model, device, "fp32", cache) == ("fp32", {}, False)  # asked: no probe
+    assert cached_precision(model, device, "fp32", cache) == ("fp32", {}, False)  # asked: no probe
 
 
 def test_the_snapshot_is_taken_after_the_memory_the_warm_up_freed_is_given_back(deployment, songs):
     separator = deployment.Separator()
     separator.separate.local(songs["short"].read_bytes(), {"two_stems": "vocals"})
     assert separator._cached_user_cls_instance().trimmed is True  # malloc_trim ran (glibc)
-    assert deployment.module.trim_memory() is True
+    assert trim_memory() is True
 
 
 WEB_WITHOUT_TORCH = """
@@ -346,7 +348,8 @@ from starlette.testclient import TestClient
 
 module.in_container = lambda: True  # as in the web container: the description baked into the image
 module.WEIGHTS_DIR = sys.argv[1]
-module.shared_state = lambda: None  # no Modal credentials here: this process's state (tests/test_scaleout.py)
+# no Modal credentials here: this process's state (tests/test_scaleout.py)
+module.stores.shared_state = lambda: None
 with TestClient(module.web.local()) as client:
     health = client.get("/health").json()
 print(json.dumps({"model": health["model"], "torch": "torch" in sys.modules}))

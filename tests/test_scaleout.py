@@ -33,6 +33,7 @@ from service_helpers import (
 )
 from websockets.exceptions import InvalidStatus
 
+from freestems.deploy.web_tier import DATA_MOUNT, WEB_SCALEDOWN_WINDOW, web_settings
 from freestems.executors import LocalExecutor
 from freestems.service import create_app
 from freestems.service.jobs import Paths
@@ -211,13 +212,13 @@ def test_a_result_lives_on_the_volume_until_its_ttl_whether_a_container_is_up_or
 def test_the_web_tier_keeps_uploads_and_results_on_the_volume(deployment):
     module = deployment.module
     web = declared(module)["web"]
-    served = module.web_settings(in_container=True)
-    assert web["volumes"] == {module.DATA_MOUNT: "freestems-data"}
+    served = web_settings(module.settings, module.modal_settings, in_container=True)
+    assert web["volumes"] == {DATA_MOUNT: "freestems-data"}
     paths = Paths(served.data_dir)
     for folder in (paths.results, paths.uploads, paths.cache):
-        assert folder.is_relative_to(module.DATA_MOUNT)
+        assert folder.is_relative_to(DATA_MOUNT)
     # the reason: a web container goes after its scale-down window, long before a result's TTL ends
-    assert served.result_ttl > module.WEB_SCALEDOWN_WINDOW
+    assert served.result_ttl > WEB_SCALEDOWN_WINDOW
     # and a socket is ended by the server (close 4000) before Modal's timeout would end it
     assert web["timeout"] > served.socket_lifetime
     assert web["max_containers"] > 1

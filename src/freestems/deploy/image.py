@@ -1,0 +1,268 @@
+"""The image of the Modal deployment: what it installs, what it bakes into ``/weights``, and how a
+container reads that back.
+
+It exists so that :mod:`freestems.deploy.modal_app` declares the image in one line
+(:func:`build_image`) and the recipe, which decides what a deploy rebuilds, is read and tested on its own.
+
+**Layers.** Debian slim, torch as the CUDA 12.6 build (``FREESTEMS_MODAL_TORCH_INDEX``: Modal's driver,
+575.57.08, runs CUDA 12.x wheels, not PyPI's CUDA 13 one), freestems' dependencies (read from its installed
+metadata, so ``pyproject.toml`` stays the one list, each pinned to the version installed here:
+:func:`requirements`), then a build step that runs the catalog's download code
+(:func:`freestems.models.ensure_weights`) into ``/weights`` and writes the model's description there
+(:func:`bake_weights`; its arguments carry the catalog's facts, :func:`catalog_facts`, so a catalog change
+rebuilds it), and last the ``freestems`` source itself (mounted, so a code change does not rebuild the
+layers above). Nothing is downloaded at request time: the containers load with ``download=False``
+(:func:`load_configured_model`).
+
+**Environment.** The containers read the same ``FREESTEMS_*`` settings as the deployer: the image carries
+them (:func:`image_environment`), less the machine-local ones (paths, the HMAC secret).
+
+Nothing here imports torch at module import (the web tier imports this module too), and nothing reads the
+environment: every function is given the settings it needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import modal
+
+from freestems.executors.base import ModelDescription
+from freestems.service.settings import PREFIX, Settings
+
+from .settings import ModalSettings
+
+if TYPE_CHECKING:
+    from freestems.contract import LoadedModel
+
+PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+"""The image's Python is the deployer's: errors and values cross between the two pickled."""
+WEIGHTS_DIR = "/weights"
+DESCRIPTION_FILE = "model.json"
+"""The model's description (name, sources, fingerprint), written into ``/weights`` at build time."""
+
+LOCAL_ONLY = frozenset(
+    {"HOST", "PORT", "DATA_DIR", "HMAC_SECRET", "CACHE", "MODEL_FILE", "MODEL_CONFIG", "DEVICE", "WORKERS",
+     "THREADS"}
+)  # fmt: skip
+"""Settings that describe the deployer's machine, not the containers: never put in the image."""
+
+
+def image_environment(environ: Mapping[str, str], settings: Settings) -> dict[str, str]:
+    """The ``FREESTEMS_*`` variables of the containers: the deployer's settings minus machine-local ones,
+    with the weights cache and any model file at their places in the image."""
+    names = Settings.variables() | ModalSettings.variables()
+    env = {
+        name: value
+        for name, value in environ.items()
+        if name in names and name[len(PREFIX) :] not in LOCAL_ONLY and value.strip()
+    }
+    env[f"{PREFIX}HOST"] = "0.0.0.0"
+    env[f"{PREFIX}CACHE"] = WEIGHTS_DIR
+    if settings.model_file is not None:
+        env[f"{PREFIX}MODEL_FILE"] = f"{WEIGHTS_DIR}/{settings.model_file.name}"
+    if settings.model_config_file is not None:
+        env[f"{PREFIX}MODEL_CONFIG"] = f"{WEIGHTS_DIR}/config/{settings.model_config_file.name}"
+    return dict(sorted(env.items()))
+
+
+def requirements() -> list[str]:
+    """freestems' dependencies and its ``serve`` extra, from the installed package's metadata, no torch,
+    each pinned to the version installed where ``modal deploy`` runs (``name==version``: the image runs
+    what the deployer tested, and a new release upstream does not change it unseen)."""
+    try:
+        declared = importlib.metadata.requires("freestems") or []
+    except importlib.metadata.PackageNotFoundError:
+        if modal.is_local() and os.environ.get("MODAL_IS_REMOTE") != "1":
+            raise RuntimeError("install freestems to deploy it: pip install -e '.[modal]'") from None
+        return []  # inside a container (the source is mounted, not installed): the image is built already
+    found = []
+    for requirement in declared:
+        spec, _, marker = requirement.partition(";")
+        marker = marker.replace(" ", "").replace("'", '"')
+        if marker and marker != 'extra=="serve"':
+            continue
+        name = re.split(r"[\s<>=!~\[(;]", spec.strip(), maxsplit=1)[0].lower()
+        if name in ("torch", "freestems"):
+            continue
+        try:
+            found.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(spec.strip())  # not installed here: the declared range, as declared
+    return sorted(found)
+
+
+def catalog_facts(model: str | None, others: Sequence[str] = ()) -> str:
+    """What the weights step bakes, as the catalog says it today: every entry of ``model`` (the default
+    model if None; each member of an ensemble or of ``a+b``) and of the ``others`` served, with its URLs,
+    sizes, sha256 and config.
+
+    It is an argument of the build step, so it is part of what Modal hashes to cache that layer: a catalog
+    change (a URL, a checksum, a config, the default model) rebuilds it; nothing else does.
+    """
+    from freestems.models import DEFAULT_MODEL, get_model_info
+
+    entries: dict[str, Any] = {}
+    pending = [name.strip() for name in (model or DEFAULT_MODEL).split("+")]
+    pending += [name.strip() for other in others for name in other.split("+")]
+    while pending:
+        name = pending.pop(0)
+        if name in entries:
+            continue
+        info = get_model_info(name)
+        entries[name] = dataclasses.asdict(info)
+        if info.architecture == "ensemble":
+            pending.extend(member for member, _ in info.config["members"])
+    facts = {"model": model or DEFAULT_MODEL, "others": list(others), "entries": entries}
+    return json.dumps(facts, sort_keys=True, default=str)
+
+
+def default_model_name(settings: Settings) -> str | None:
+    """The catalog name of the default model (the first of ``FREESTEMS_MODELS``), or None for a file."""
+    if settings.model_file is not None:
+        return None
+    return settings.served_models[0] if settings.served_models else settings.model
+
+
+def other_model_names(settings: Settings) -> tuple[str, ...]:
+    """The other served models (``FREESTEMS_MODELS`` after the first): one GPU class loads them on demand
+    (see the README, "Several models on Modal")."""
+    return tuple(settings.models[1:]) if settings.model_file is None else ()
+
+
+def bake_weights(
+    model: str | None,
+    model_file: str | None,
+    model_config: str | None,
+    weights_dir: str,
+    others: tuple[str, ...] = (),
+    catalog: str | None = None,
+) -> None:
+    """Image build step: the catalog model's weights into ``weights_dir`` (with the catalog's own
+    download code, size and checksum checks included), and the model's description beside them; with
+    ``FREESTEMS_MODELS``, the other served models' files and descriptions too (``others``).
+    ``catalog`` is :func:`catalog_facts` as the deployer saw it; the build checks that the image's
+    catalog says the same, so an image never bakes other weights than the ones its hash names."""
+    from freestems.executors import describe
+    from freestems.models import DEFAULT_MODEL, ensure_weights, get_model_info, load_model
+    from freestems.models.served import serve_catalog
+
+    if model_file is None:
+        if catalog is not None and catalog != catalog_facts(model, others):
+            raise RuntimeError(
+                "the image's model catalog differs from the deployer's; reinstall and redeploy"
+            )
+        for name in (model or DEFAULT_MODEL).split("+"):
+            ensure_weights(get_model_info(name.strip()), cache_dir=weights_dir, progress=False)
+    loaded = load_model(
+        model,
+        model_file=model_file,
+        model_config=model_config,
+        cache_dir=weights_dir,
+        download=False,
+        progress=False,
+    )
+    description = dataclasses.asdict(describe(loaded))
+    description["others"] = [
+        dataclasses.asdict(ModelDescription(served.name, served.sources, served.fingerprint, served.title))
+        for served in (serve_catalog(name, cache_dir=weights_dir, download=True) for name in others)
+    ]
+    Path(weights_dir, DESCRIPTION_FILE).write_text(json.dumps(description))
+
+
+def build_image(settings: Settings, deployment: ModalSettings, environ: Mapping[str, str]) -> modal.Image:
+    """The image of both functions (see the module docstring for the layers and why in this order)."""
+    torch_index: dict[str, Any] = (
+        {"index_url": deployment.modal_torch_index} if deployment.modal_torch_index else {}
+    )
+    image = (
+        modal.Image.debian_slim(python_version=PYTHON_VERSION)
+        .pip_install(deployment.modal_torch, **torch_index)
+        .pip_install(*requirements())
+    )
+    model_file = model_config = None
+    if settings.model_file is not None:
+        model_file = f"{WEIGHTS_DIR}/{settings.model_file.name}"
+        image = image.add_local_file(settings.model_file, model_file, copy=True)
+    if settings.model_config_file is not None:
+        model_config = f"{WEIGHTS_DIR}/config/{settings.model_config_file.name}"
+        image = image.add_local_file(settings.model_config_file, model_config, copy=True)
+    image = image.run_function(bake_weights, kwargs=bake_arguments(settings, model_file, model_config))
+    return image.env(image_environment(environ, settings)).add_local_python_source("freestems", ignore=[])
+
+
+def bake_arguments(settings: Settings, model_file: str | None, model_config: str | None) -> dict[str, Any]:
+    """The arguments of the weights step (Modal hashes them with the function's source to cache the
+    layer): the catalog's facts are among them, unless the model is a file (whose bytes are hashed)."""
+    model, others = default_model_name(settings), other_model_names(settings)
+    return {
+        "model": model,
+        "model_file": model_file,
+        "model_config": model_config,
+        "weights_dir": WEIGHTS_DIR,
+        "others": others,
+        "catalog": None if model_file is not None else catalog_facts(model, others),
+    }
+
+
+def load_configured_model(settings: Settings, name: str | None = None) -> LoadedModel:
+    """The model ``settings`` name (or ``name``, another served one): from ``/weights`` in a container
+    (never downloaded there)."""
+    from freestems.models import load_model
+
+    if name is not None:
+        return load_model(name, download=modal.is_local(), progress=False)
+    return load_model(
+        default_model_name(settings),
+        model_file=settings.model_file,
+        model_config=settings.model_config_file,
+        download=modal.is_local(),
+        progress=False,
+    )
+
+
+def read_description(weights_dir: str | Path) -> ModelDescription | None:
+    """The description :func:`bake_weights` wrote into ``weights_dir``, if there is one."""
+    path = Path(weights_dir, DESCRIPTION_FILE)
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return ModelDescription(data["name"], tuple(data["sources"]), data["fingerprint"])
+
+
+def read_descriptions(weights_dir: str | Path) -> tuple[ModelDescription, ...]:
+    """Every served model's description :func:`bake_weights` wrote (the default first); empty if none."""
+    path = Path(weights_dir, DESCRIPTION_FILE)
+    if not path.is_file():
+        return ()
+    data = json.loads(path.read_text())
+    others = [
+        ModelDescription(o["name"], tuple(o["sources"]), o["fingerprint"], o.get("title", ""))
+        for o in data.get("others", ())
+    ]
+    return (ModelDescription(data["name"], tuple(data["sources"]), data["fingerprint"]), *others)
+
+
+def served_descriptions(settings: Settings, weights_dir: str | Path | None) -> tuple[ModelDescription, ...]:
+    """Every served model's description, the default first: the ones baked into ``weights_dir`` (a
+    container's ``/weights``: no model is loaded in a web container), else (None, or nothing baked there:
+    running in-process) computed from the models ``settings`` name."""
+    baked = read_descriptions(weights_dir) if weights_dir is not None else ()
+    if baked:
+        return baked
+    from freestems.executors import describe
+    from freestems.models.served import serve_catalog
+
+    others = [serve_catalog(name) for name in other_model_names(settings)]
+    return (
+        describe(load_configured_model(settings)),
+        *(ModelDescription(o.name, o.sources, o.fingerprint, o.title) for o in others),
+    )
