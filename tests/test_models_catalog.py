@@ -12,12 +12,11 @@ from freestems.models import (
     DEFAULT_MODEL,
     ModelInfo,
     ModelNotAvailable,
-    ModelSpec,
     build_model,
     get_model_info,
 )
 from freestems.models.catalog import RELEASES_URL
-from freestems.models.loading import CONFIG_KEYS
+from freestems.models.loading import CONFIG_KEYS, catalog_spec
 
 NAMES = ["scnet", "scnet-large", "scnet-large-authors", "scnet-xl", "scnet-xl-ihf"]
 SCNETS = {name: info for name, info in CATALOG.items() if info.architecture == "scnet"}
@@ -98,7 +97,7 @@ def test_every_config_builds_and_sizes_are_ordered():
     counts = {}
     for name, info in SCNETS.items():
         with torch.device("meta"):  # shapes only: no memory for ~50M parameters
-            module = build_model(ModelSpec.from_info(info))
+            module = build_model(catalog_spec(info))
         assert module.sources == list(info.sources)
         counts[name] = sum(parameter.numel() for parameter in module.parameters())
     assert counts["scnet"] == 10_578_768  # the published base model (fixtures/scnet/full_keys.json)
@@ -112,7 +111,7 @@ def test_every_config_builds_and_sizes_are_ordered():
 def test_base_config_matches_the_released_state_dict_layout():
     expected = json.loads((SCNET_FIXTURES / "full_keys.json").read_text())
     with torch.device("meta"):
-        module = build_model(ModelSpec.from_info(CATALOG["scnet"]))
+        module = build_model(catalog_spec(CATALOG["scnet"]))
     assert [[key, list(value.shape)] for key, value in module.state_dict().items()] == expected
 
 
@@ -210,7 +209,7 @@ def test_parameter_counts_are_those_of_the_configs_built():
     for info in CATALOG.values():
         with torch.device("meta"):
             if info.architecture == "scnet":
-                module = build_model(ModelSpec.from_info(info))
+                module = build_model(catalog_spec(info))
             elif info.architecture in ("bs_roformer", "mel_band_roformer") and info.config:
                 module, _ = roformer_from_msst(info.config, info.architecture, name=info.name)
             else:
