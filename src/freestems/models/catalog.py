@@ -53,13 +53,14 @@ class ModelInfo:
     Attributes:
         name: the CLI id (``freestems separate -m NAME``).
         title: a human title.
-        architecture: the network family: ``scnet``, ``bs_roformer``, ``mel_band_roformer``, ``htdemucs``
-            or ``ensemble``.
+        architecture: the network family: ``scnet``, ``bs_roformer``, ``mel_band_roformer``, ``mdx23c``,
+            ``htdemucs`` or ``ensemble``.
         config: what builds the network; treat it as read-only. SCNet: keyword arguments of
-            :class:`~freestems.models.scnet.SCNet` (without ``spec_norm``). RoFormers: the whole MSST YAML as
-            a dict, or empty when it is not known here (then the YAML at ``config_url`` is downloaded beside
-            the weights). HT-Demucs: ``{"weights": per-member per-stem bag weights}`` (the networks' own
-            config is inside the ``.th`` files). Ensembles: ``{"members": [[name, {stem: weight}], ...]}``.
+            :class:`~freestems.models.scnet.SCNet` (without ``spec_norm``). RoFormers and MDX23C
+            (:data:`MSST_FAMILIES`): the whole MSST YAML as a dict, or empty when it is not known here (then
+            the YAML at ``config_url`` is downloaded beside the weights, and it decides the stems and
+            segment). HT-Demucs: ``{"weights": per-member per-stem bag weights}`` (the networks' own config
+            is inside the ``.th`` files). Ensembles: ``{"members": [[name, {stem: weight}], ...]}``.
         sources: stem names in the order the model outputs them.
         url: the weights file (the first member's, for a bag).
         config_url: the MSST YAML published with the weights (downloaded only when ``config`` is empty).
@@ -113,8 +114,8 @@ class ModelInfo:
 
     @property
     def config_filename(self) -> str | None:
-        """The config downloaded beside the weights (RoFormers whose config is not embedded), else None."""
-        if self.architecture in ROFORMERS and not self.config:
+        """The config downloaded beside the weights (an MSST family's, when not embedded), else None."""
+        if self.architecture in MSST_FAMILIES and not self.config:
             return _filename(self.config_url)
         return None
 
@@ -222,6 +223,8 @@ _SCNETS = (
 )
 
 ROFORMERS = ("bs_roformer", "mel_band_roformer")
+MSST_FAMILIES = (*ROFORMERS, "mdx23c")
+"""The families built from an MSST YAML (:func:`freestems.models.loading.msst_model`)."""
 MSST_CONFIGS = "https://raw.githubusercontent.com/ZFTurbo/Music-Source-Separation-Training/main/configs/"
 DEMUCS_URL = "https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/"
 HTDEMUCS_SOURCES = ("drums", "bass", "other", "vocals")

@@ -27,7 +27,11 @@ from freestems.models.errors import CheckpointError
 
 @dataclass(frozen=True)
 class MsstFacts:
-    """What the engine needs besides the module: the fields of ``LoadedModel`` plus the network's config."""
+    """What the engine needs besides the module: the fields of ``LoadedModel`` plus the network's config.
+
+    ``max_segment`` is the longest chunk the network takes (None for any length): MDX23C runs on exactly
+    its ``segment``.
+    """
 
     architecture: str
     sources: tuple[str, ...]
@@ -35,6 +39,7 @@ class MsstFacts:
     normalize: bool
     config: dict[str, Any]
     sample_rate: int = SAMPLE_RATE
+    max_segment: int | None = None
 
 
 def model_section(config: Mapping[str, Any], name: str) -> Mapping[str, Any]:
