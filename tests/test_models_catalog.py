@@ -12,12 +12,11 @@ from freestems.models import (
     DEFAULT_MODEL,
     ModelInfo,
     ModelNotAvailable,
-    ModelSpec,
     build_model,
     get_model_info,
 )
-from freestems.models.catalog import RELEASES_URL
-from freestems.models.loading import CONFIG_KEYS
+from freestems.models.catalog import MSST_FAMILIES, RELEASES_URL
+from freestems.models.loading import CONFIG_KEYS, catalog_spec, msst_model
 
 NAMES = ["scnet", "scnet-large", "scnet-large-authors", "scnet-xl", "scnet-xl-ihf"]
 SCNETS = {name: info for name, info in CATALOG.items() if info.architecture == "scnet"}
@@ -98,7 +97,7 @@ def test_every_config_builds_and_sizes_are_ordered():
     counts = {}
     for name, info in SCNETS.items():
         with torch.device("meta"):  # shapes only: no memory for ~50M parameters
-            module = build_model(ModelSpec.from_info(info))
+            module = build_model(catalog_spec(info))
         assert module.sources == list(info.sources)
         counts[name] = sum(parameter.numel() for parameter in module.parameters())
     assert counts["scnet"] == 10_578_768  # the published base model (fixtures/scnet/full_keys.json)
@@ -112,14 +111,14 @@ def test_every_config_builds_and_sizes_are_ordered():
 def test_base_config_matches_the_released_state_dict_layout():
     expected = json.loads((SCNET_FIXTURES / "full_keys.json").read_text())
     with torch.device("meta"):
-        module = build_model(ModelSpec.from_info(CATALOG["scnet"]))
+        module = build_model(catalog_spec(CATALOG["scnet"]))
     assert [[key, list(value.shape)] for key, value in module.state_dict().items()] == expected
 
 
 # ------------------------------------------------------------------------------------- the other families
 
-FAMILIES = {"scnet", "bs_roformer", "mel_band_roformer", "htdemucs", "ensemble"}
-TEST_SETS = {"MUSDB18-HQ", "Multisong"}
+FAMILIES = {"scnet", "bs_roformer", "mel_band_roformer", "mdx23c", "htdemucs", "ensemble"}
+TEST_SETS = {"MUSDB18-HQ", "Multisong", "DrumSep test"}
 
 
 def test_every_entry_says_family_stems_sdr_and_its_test_set_and_licence():
@@ -158,6 +157,30 @@ def test_the_entries_of_the_issue():
     ]
 
 
+def test_the_mdx23c_and_polarformer_entries():
+    """As MSST's docs/pretrained_models.md publishes them (release table, metrics, config and weights)."""
+    vocals = CATALOG["mdx23c-vocals"]
+    assert vocals.architecture == "mdx23c" and vocals.sources == ("vocals", "other")
+    assert vocals.url == RELEASES_URL + "v1.0.0/model_vocals_mdx23c_sdr_10.17.ckpt"
+    assert vocals.config_url == RELEASES_URL + "v1.0.0/config_vocals_mdx23c.yaml"
+    assert vocals.sdr == {"vocals": 10.17} and vocals.sdr_set == "Multisong"
+    assert vocals.segment == 261_120 and vocals.config_filename is None  # the config is embedded
+    drumsep = CATALOG["mdx23c-drumsep"]
+    assert drumsep.architecture == "mdx23c" and drumsep.config == {}
+    assert drumsep.sources == ("kick", "snare", "toms", "hh", "ride", "crash")
+    assert drumsep.sdr == {"kick": 14.54, "snare": 9.79, "toms": 10.63, "hh": 3.19}
+    assert drumsep.sdr_set == "DrumSep test" and "6.08" in drumsep.note and "drums" in drumsep.note
+    assert drumsep.config_filename == "aufr33-jarredou_DrumSep_model_mdx23c_ep_141_sdr_10.8059.yaml"
+    polar = CATALOG["bs-polarformer"]
+    assert polar.architecture == "bs_roformer" and polar.config == {}
+    assert polar.url == RELEASES_URL + "v1.0.20/model_bs_polarformer_float16.ckpt"
+    assert polar.config_filename == "model_bs_polarformer_float16.yaml"
+    assert polar.sdr == {"vocals": 11.00} and polar.sdr_set == "Multisong"
+    for info in (vocals, drumsep, polar):
+        assert "/main/" not in info.config_url and "/download/" in info.config_url  # pinned to a release
+        assert info.license.startswith("none stated")
+
+
 def test_demucs_files_publish_a_sha256_prefix():
     from freestems.models.download import hash_prefix
 
@@ -188,15 +211,17 @@ def test_presets_take_every_stem_from_members_published_on_the_same_test_set():
                 assert givers[0].sdr[stem] == value, (info.name, stem)
 
 
-def test_every_roformer_config_in_the_catalog_builds():
-    from freestems.models.roformer import roformer_from_msst
-
+def test_every_msst_config_in_the_catalog_builds():
+    built = set()
     for info in CATALOG.values():
-        if info.architecture in ("bs_roformer", "mel_band_roformer") and info.config:
+        if info.architecture in MSST_FAMILIES and info.config:
             with torch.device("meta"):
-                module, facts = roformer_from_msst(info.config, info.architecture, name=info.name)
+                module, facts = msst_model(info.config, info.architecture, info.name)
             assert facts.sources == info.sources and facts.segment == info.segment
             assert facts.normalize == info.normalize
+            assert facts.max_segment == (info.segment if info.architecture == "mdx23c" else None)
+            built.add(info.architecture)
+    assert built == set(MSST_FAMILIES)
 
 
 def _parameters_m(module: torch.nn.Module) -> float:
@@ -204,20 +229,18 @@ def _parameters_m(module: torch.nn.Module) -> float:
 
 
 def test_parameter_counts_are_those_of_the_configs_built():
-    from freestems.models.roformer import roformer_from_msst
-
     checked = 0
     for info in CATALOG.values():
         with torch.device("meta"):
             if info.architecture == "scnet":
-                module = build_model(ModelSpec.from_info(info))
-            elif info.architecture in ("bs_roformer", "mel_band_roformer") and info.config:
-                module, _ = roformer_from_msst(info.config, info.architecture, name=info.name)
+                module = build_model(catalog_spec(info))
+            elif info.architecture in MSST_FAMILIES and info.config:
+                module, _ = msst_model(info.config, info.architecture, info.name)
             else:
                 continue
         assert info.parameters_m == _parameters_m(module), info.name
         checked += 1
-    assert checked == 7  # five SCNets, Kim's and viperx's RoFormers
+    assert checked == 8  # five SCNets, Kim's and viperx's RoFormers, MSST's MDX23C vocals
 
 
 def test_htdemucs_parameter_counts_are_the_release_networks():

@@ -115,11 +115,6 @@ def test_variant_keys_follow_the_reference_names():
     assert run(model, torch.randn(1, 2, 5000)).shape == (1, 1, 2, 5000)
 
 
-def test_pope_is_refused():
-    with pytest.raises(ValueError, match="PoPE"):
-        BSRoformer(**fixture_config("bs_roformer"), use_pope=True)
-
-
 def test_freqs_per_bands_must_cover_the_spectrum():
     config = {**fixture_config("bs_roformer"), "freqs_per_bands": [512, 512]}
     with pytest.raises(ValueError, match="1025 STFT bins"):
@@ -238,7 +233,6 @@ def test_unknown_model_keys_are_ignored_with_a_warning():
         (lambda c: c["audio"].pop("chunk_size"), "chunk_size"),
         (lambda c: c["audio"].update(sample_rate=48000), "44100"),
         (lambda c: c["model"].pop("num_bands") and c["model"].pop("sample_rate"), "architecture"),
-        (lambda c: c["model"].update(use_pope=True), "PoPE"),
         (lambda c: c.pop("model"), "model"),
         (lambda c: c["training"].clear(), "instruments"),
     ],

@@ -1,6 +1,7 @@
-"""The catalog of released SCNet checkpoints freestems knows how to run.
+"""The catalog of released checkpoints freestems knows how to run: SCNet, BS-RoFormer (PoPE variant included),
+Mel-Band RoFormer, MDX23C and HT-Demucs, and ensemble presets of them.
 
-Every entry records what the file needs at inference time: the constructor arguments of
+Every SCNet entry records what the file needs at inference time: the constructor arguments of
 :class:`freestems.models.scnet.SCNet`, whether the spectrogram is normalised inside the model (``spec_norm``)
 and whether the whole track is normalised before separation (``normalize``). The values come from the
 release table of the Music-Source-Separation-Training (MSST) collection (``docs/pretrained_models.md``) and
@@ -53,13 +54,14 @@ class ModelInfo:
     Attributes:
         name: the CLI id (``freestems separate -m NAME``).
         title: a human title.
-        architecture: the network family: ``scnet``, ``bs_roformer``, ``mel_band_roformer``, ``htdemucs``
-            or ``ensemble``.
+        architecture: the network family: ``scnet``, ``bs_roformer``, ``mel_band_roformer``, ``mdx23c``,
+            ``htdemucs`` or ``ensemble``.
         config: what builds the network; treat it as read-only. SCNet: keyword arguments of
-            :class:`~freestems.models.scnet.SCNet` (without ``spec_norm``). RoFormers: the whole MSST YAML as
-            a dict, or empty when it is not known here (then the YAML at ``config_url`` is downloaded beside
-            the weights). HT-Demucs: ``{"weights": per-member per-stem bag weights}`` (the networks' own
-            config is inside the ``.th`` files). Ensembles: ``{"members": [[name, {stem: weight}], ...]}``.
+            :class:`~freestems.models.scnet.SCNet` (without ``spec_norm``). RoFormers and MDX23C
+            (:data:`MSST_FAMILIES`): the whole MSST YAML as a dict, or empty when it is not known here (then
+            the YAML at ``config_url`` is downloaded beside the weights, and it decides the stems and
+            segment). HT-Demucs: ``{"weights": per-member per-stem bag weights}`` (the networks' own config
+            is inside the ``.th`` files). Ensembles: ``{"members": [[name, {stem: weight}], ...]}``.
         sources: stem names in the order the model outputs them.
         url: the weights file (the first member's, for a bag).
         config_url: the MSST YAML published with the weights (downloaded only when ``config`` is empty).
@@ -70,7 +72,8 @@ class ModelInfo:
             (``<signature>-<8 hex>.th``), checked on download.
         license: licence of the weights as published ("MIT", "MIT (model card)", "none stated", ...).
         sdr: published SDR (dB) per stem (and ``avg``), measured on ``sdr_set``.
-        sdr_set: the test set of ``sdr``: ``"MUSDB18-HQ"`` or ``"Multisong"`` (MVSep's Multisong dataset).
+        sdr_set: the test set of ``sdr``: ``"MUSDB18-HQ"``, ``"Multisong"`` (MVSep's Multisong dataset) or
+            ``"DrumSep test"`` (the DrumSep models' own test set, as MSST's release table names it).
         spec_norm: (SCNet) the model normalises its spectrogram inside ``forward`` (authors' code) or not.
         normalize: normalise the whole track by the mono mix's mean and std before separation.
         segment: chunk length in samples the model was trained on.
@@ -113,8 +116,8 @@ class ModelInfo:
 
     @property
     def config_filename(self) -> str | None:
-        """The config downloaded beside the weights (RoFormers whose config is not embedded), else None."""
-        if self.architecture in ROFORMERS and not self.config:
+        """The config downloaded beside the weights (an MSST family's, when not embedded), else None."""
+        if self.architecture in MSST_FAMILIES and not self.config:
             return _filename(self.config_url)
         return None
 
@@ -222,6 +225,8 @@ _SCNETS = (
 )
 
 ROFORMERS = ("bs_roformer", "mel_band_roformer")
+MSST_FAMILIES = (*ROFORMERS, "mdx23c")
+"""The families built from an MSST YAML (:func:`freestems.models.loading.msst_model`)."""
 MSST_CONFIGS = "https://raw.githubusercontent.com/ZFTurbo/Music-Source-Separation-Training/main/configs/"
 DEMUCS_URL = "https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/"
 HTDEMUCS_SOURCES = ("drums", "bass", "other", "vocals")
@@ -299,6 +304,40 @@ VIPERX_CONFIG: dict[str, Any] = {
 }
 """MSST's configs/viperx/model_bs_roformer_ep_317_sdr_12.9755.yaml (the model and stem facts)."""
 
+MDX23C_VOCALS_CONFIG: dict[str, Any] = {
+    "audio": {
+        "chunk_size": 261120,
+        "dim_f": 4096,
+        "dim_t": 256,
+        "hop_length": 1024,
+        "n_fft": 8192,
+        "num_channels": 2,
+        "sample_rate": 44100,
+        "min_mean_abs": 0.001,
+    },
+    "model": {
+        "act": "gelu",
+        "bottleneck_factor": 4,
+        "growth": 128,
+        "norm": "InstanceNorm",
+        "num_blocks_per_scale": 2,
+        "num_channels": 128,
+        "num_scales": 5,
+        "num_subbands": 4,
+        "scale": [2, 2],
+    },
+    "training": {"instruments": ["vocals", "other"], "target_instrument": None},
+    "inference": {"batch_size": 1, "dim_t": 256, "num_overlap": 4},
+}
+"""MSST's configs/config_vocals_mdx23c.yaml (its audio, model, stem and inference facts, unchanged since the
+repository's first commit, 4f27a63 of 2023-11-06; the release v1.0.0 publishes it beside the weights)."""
+
+DRUMSEP_RELEASE = (
+    "https://github.com/jarredou/models/releases/download/aufr33-jarredou_MDX23C_DrumSep_model_v0.1/"
+    "aufr33-jarredou_DrumSep_model_mdx23c_ep_141_sdr_10.8059"
+)
+"""The 6-stem MDX23C DrumSep model's release, as MSST's table links it (add ``.ckpt`` or ``.yaml``)."""
+
 # Measured by bench/bench_models.py: seconds per minute of audio relative to scnet. htdemucs and the Kim and
 # viperx RoFormers: wall time, back to back on an idle 2-core CPU (bench/results/models.json). htdemucs_6s,
 # htdemucs_ft and bs-roformer-4stem: single-thread CPU time in one run beside htdemucs and mel-roformer-kim
@@ -324,13 +363,14 @@ _PARAMETERS_M: dict[str, float] = {
     "mel-roformer-kim": 228.2,
     "bs-roformer-viperx": 159.8,
     "bs-roformer-4stem": 131.7,
+    "mdx23c-vocals": 112.0,
     "htdemucs": 42.0,
     "htdemucs_ft": 167.9,
     "htdemucs_6s": 42.0,
 }
 
 
-def _roformer(
+def _msst(
     name: str,
     title: str,
     architecture: str,
@@ -342,7 +382,10 @@ def _roformer(
     sdr: dict[str, float],
     sdr_set: str,
     license: str,
+    note: str = "",
 ) -> ModelInfo:
+    """An entry of a family built from an MSST YAML (:data:`MSST_FAMILIES`); without ``config`` the YAML at
+    ``config_url`` is downloaded beside the weights and decides the segment (485100 here is a placeholder)."""
     segment: int = config.get("audio", {}).get("chunk_size", 352800) if config else 485_100
     return ModelInfo(
         name=name,
@@ -357,6 +400,7 @@ def _roformer(
         sdr_set=sdr_set,
         normalize=False,
         segment=segment,
+        note=note,
     )
 
 
@@ -417,7 +461,7 @@ _OTHERS = {"vocals": 0.0}
 _ONLY_VOCALS = {"drums": 0.0, "bass": 0.0, "other": 0.0}
 
 _FAMILIES = (
-    _roformer(
+    _msst(
         "mel-roformer-kim",
         "Mel-Band RoFormer vocals (Kimberley Jensen)",
         "mel_band_roformer",
@@ -429,7 +473,7 @@ _FAMILIES = (
         sdr_set=MULTISONG,
         license="MIT (model card)",
     ),
-    _roformer(
+    _msst(
         "bs-roformer-viperx",
         "BS-RoFormer vocals (viperx, ep 317)",
         "bs_roformer",
@@ -442,7 +486,20 @@ _FAMILIES = (
         sdr_set=MULTISONG,
         license="none stated",
     ),
-    _roformer(
+    _msst(
+        "bs-polarformer",
+        "BS PolarFormer vocals (ZFTurbo: BS-RoFormer with PoPE positions)",
+        "bs_roformer",
+        {},
+        RELEASES_URL + "v1.0.20/model_bs_polarformer_float16.ckpt",
+        RELEASES_URL + "v1.0.20/model_bs_polarformer_float16.yaml",
+        sources=_VOCALS,
+        sdr={"vocals": 11.00},
+        sdr_set=MULTISONG,
+        license="none stated (repository MIT)",
+        note="Config (and so its stems) downloaded beside the weights; float16 weights, run in float32.",
+    ),
+    _msst(
         "bs-roformer-4stem",
         "BS-RoFormer 4 stems (ZFTurbo, MUSDB18-HQ training)",
         "bs_roformer",
@@ -454,7 +511,7 @@ _FAMILIES = (
         sdr_set="MUSDB18-HQ",
         license="none stated (repository MIT)",
     ),
-    _roformer(
+    _msst(
         "mel-roformer-4stem",
         "Mel-Band RoFormer 4 stems (ZFTurbo experiment, MUSDB18-HQ training)",
         "mel_band_roformer",
@@ -465,6 +522,33 @@ _FAMILIES = (
         sdr={"avg": 8.22},
         sdr_set="MUSDB18-HQ",
         license="none stated (repository MIT)",
+    ),
+    _msst(
+        "mdx23c-vocals",
+        "MDX23C vocals (ZFTurbo)",
+        "mdx23c",
+        MDX23C_VOCALS_CONFIG,
+        RELEASES_URL + "v1.0.0/model_vocals_mdx23c_sdr_10.17.ckpt",
+        RELEASES_URL + "v1.0.0/config_vocals_mdx23c.yaml",
+        sources=("vocals", "other"),
+        sdr={"vocals": 10.17},
+        sdr_set=MULTISONG,
+        license="none stated (repository MIT)",
+    ),
+    _msst(
+        "mdx23c-drumsep",
+        "MDX23C DrumSep, 6 drum stems (aufr33 & jarredou)",
+        "mdx23c",
+        {},
+        DRUMSEP_RELEASE + ".ckpt",
+        DRUMSEP_RELEASE + ".yaml",
+        sources=("kick", "snare", "toms", "hh", "ride", "crash"),
+        sdr={"kick": 14.54, "snare": 9.79, "toms": 10.63, "hh": 3.19},
+        sdr_set="DrumSep test",
+        license="none stated",
+        note="Separates a drums track (not a whole mix: run it on a drums stem). Cymbals (ride + crash "
+        "together): 6.08 dB on the DrumSep test. Config (and so the stems' order) downloaded beside the "
+        "weights.",
     ),
     _demucs(
         "htdemucs",

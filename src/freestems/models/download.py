@@ -67,8 +67,8 @@ def cache_path(
 
 
 def entry_urls(info: ModelInfo) -> list[str]:
-    """Every file a catalog entry downloads: its weights (a bag's members too) and, for a RoFormer whose
-    config is not embedded, the MSST YAML published beside them."""
+    """Every file a catalog entry downloads: its weights (a bag's members too) and, for a RoFormer or MDX23C
+    whose config is not embedded, the MSST YAML published beside them."""
     return [*info.urls, *([info.config_url] if info.config_filename else [])]
 
 

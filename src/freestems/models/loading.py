@@ -3,8 +3,9 @@
 Three ways in (see :func:`load_model`):
 
 * a catalog name: the weights come from the cache (downloaded on first use), the config from the catalog;
-* a checkpoint file plus its config: an MSST YAML (``model:``, ``audio:``, ``inference:`` sections) or a JSON
-  of :class:`~freestems.models.scnet.SCNet` constructor arguments;
+* a checkpoint file plus its config: an MSST YAML (``model:``, ``audio:``, ``inference:`` sections: its model
+  keys tell SCNet, BS-RoFormer, Mel-Band RoFormer and MDX23C apart) or a JSON of
+  :class:`~freestems.models.scnet.SCNet` constructor arguments;
 * a freestems checkpoint, which carries its own config (:func:`save_checkpoint` writes one)::
 
     {"freestems": 1, "name": str, "config": {SCNet kwargs}, "spec_norm": bool, "normalize": bool,
@@ -37,12 +38,13 @@ from freestems.files import atomic_path
 from freestems.models.catalog import (  # check_model_choice: re-exported (it moved to the catalog)
     CATALOG,
     DEFAULT_MODEL,
-    ROFORMERS,
+    MSST_FAMILIES,
     ModelInfo,
     check_model_choice,
     get_model_info,
 )
 from freestems.models.errors import CheckpointError, ModelChoiceError, ModelNotAvailable
+from freestems.models.msst import MsstFacts
 from freestems.models.scnet import SCNet
 
 FORMAT_VERSION = 1
@@ -460,11 +462,11 @@ def load_model(
             of them: ``"a+b"``, with optional weights ``"a:vocals=2+b:vocals=0"`` (see
             :func:`freestems.models.ensemble.parse_members`). With ``model_file`` it names the catalog config
             to use for that file.
-        model_file: a checkpoint file instead of the cache: an SCNet or RoFormer state_dict (raw or wrapped;
-            then ``model_config`` or ``name`` is required), a freestems checkpoint (config included), or a
-            Demucs ``.th`` model file (config included).
+        model_file: a checkpoint file instead of the cache: an SCNet, RoFormer or MDX23C state_dict (raw or
+            wrapped; then ``model_config`` or ``name`` is required), a freestems checkpoint (config included),
+            or a Demucs ``.th`` model file (config included).
         model_config: the config of ``model_file``: an MSST YAML (its ``model:`` section tells SCNet,
-            BS-RoFormer and Mel-Band RoFormer apart), or ``.json`` of SCNet constructor arguments.
+            BS-RoFormer, Mel-Band RoFormer and MDX23C apart), or ``.json`` of SCNet constructor arguments.
         spec_norm, normalize: override the in-model spectrogram / whole-track normalisation flags.
         cache_dir: the weights cache (default :func:`freestems.models.download.default_cache_dir`).
         download: fetch catalog files missing from the cache (else raise :class:`ModelNotAvailable`).
@@ -524,9 +526,9 @@ def _load_entry(info: ModelInfo, flags: _Flags, fetch: _Fetch) -> LoadedModel:
         from freestems.models.htdemucs import load_demucs_files
 
         return flags.apply(load_demucs_files(paths, info.config["weights"], info.name))
-    if info.architecture in ROFORMERS:
+    if info.architecture in MSST_FAMILIES:
         config = info.config or read_yaml(paths[-1])
-        return flags.apply(_load_roformer(paths[0], config, info.architecture, info.name, hint))
+        return flags.apply(_load_msst(paths[0], config, info.architecture, info.name, hint))
     spec = catalog_spec(info)
     return _load_scnet(paths[0], spec, flags, hint)
 
@@ -563,8 +565,8 @@ def _load_file(
         else:
             config = read_yaml(model_config)
             architecture = _yaml_family(config)
-            if architecture in ROFORMERS:
-                return flags.apply(_load_roformer(path, config, architecture, path.stem, ""))
+            if architecture in MSST_FAMILIES:
+                return flags.apply(_load_msst(path, config, architecture, path.stem, ""))
             spec = read_msst_config(model_config)
         spec.name = path.stem  # the weights name the model, not their (often shared) config file
         return _load_scnet(path, spec, flags, "")
@@ -572,12 +574,12 @@ def _load_file(
         info = get_model_info(name)
         if info.architecture == "htdemucs":
             return flags.apply(_load_demucs_file(path))
-        if info.architecture in ROFORMERS:
+        if info.architecture in MSST_FAMILIES:
             if not info.config:
                 raise ModelChoiceError(
                     f"model {name} has no embedded config: give its YAML with --model-config"
                 )
-            return flags.apply(_load_roformer(path, info.config, info.architecture, path.stem, ""))
+            return flags.apply(_load_msst(path, info.config, info.architecture, path.stem, ""))
         if info.architecture != "scnet":
             raise ModelChoiceError(f"model {name} is an ensemble, not a config for one file")
         return _load_scnet(path, catalog_spec(info), flags, "")
@@ -585,13 +587,28 @@ def _load_file(
 
 
 def _yaml_family(config: Mapping[str, Any]) -> str:
-    """``scnet``, ``bs_roformer`` or ``mel_band_roformer`` from an MSST YAML's ``model:`` keys."""
+    """``scnet``, ``bs_roformer``, ``mel_band_roformer`` or ``mdx23c`` from an MSST YAML's ``model:`` keys."""
+    from freestems.models.mdx23c import ARCHITECTURE, is_mdx23c
     from freestems.models.roformer import guess_architecture
 
     model = config.get("model")
     if not isinstance(model, Mapping):
         return "scnet"  # read_msst_config says what is missing
+    if is_mdx23c(model):
+        return ARCHITECTURE
     return guess_architecture(model) or "scnet"
+
+
+def msst_model(config: Mapping[str, Any], architecture: str | None, name: str) -> tuple[nn.Module, MsstFacts]:
+    """The network of an MSST-configured family (fresh weights, eval mode) and its facts, from a parsed
+    YAML; ``architecture`` None: a RoFormer told by its keys. Raises :class:`CheckpointError`."""
+    if architecture == "mdx23c":
+        from freestems.models.mdx23c import mdx23c_from_msst
+
+        return mdx23c_from_msst(config, name)
+    from freestems.models.roformer import roformer_from_msst
+
+    return roformer_from_msst(config, architecture, name)
 
 
 def _load_demucs_file(path: Path) -> LoadedModel:
@@ -629,14 +646,12 @@ def _load_scnet(path: Path, spec: ModelSpec | None, flags: _Flags, hint: str) ->
     )
 
 
-def _load_roformer(
+def _load_msst(
     path: Path, config: Mapping[str, Any], architecture: str | None, name: str, hint: str
 ) -> LoadedModel:
-    """A BS-RoFormer or Mel-Band RoFormer checkpoint and its MSST config (a dict)."""
-    from freestems.models.roformer import roformer_from_msst
-
+    """A BS-RoFormer, Mel-Band RoFormer or MDX23C checkpoint and its MSST config (a dict)."""
     try:
-        module, facts = roformer_from_msst(config, architecture, name=f"config of {name}")
+        module, facts = msst_model(config, architecture, f"config of {name}")
         state = extract_state_dict(read_checkpoint(path))
         load_weights(module, state, str(path), scnet=False)
     except CheckpointError as error:
@@ -647,6 +662,7 @@ def _load_roformer(
         sources=facts.sources,
         segment=facts.segment,
         normalize=facts.normalize,
+        max_segment=facts.max_segment,
     )
 
 
@@ -677,13 +693,11 @@ def read_yaml(path: str | os.PathLike[str]) -> Mapping[str, Any]:
 
 def validate_file(info: ModelInfo, url: str, path: Path) -> None:
     """Check a freshly downloaded file of ``info`` before it enters the cache: a config that parses and
-    builds, SCNet/RoFormer weights that fit the config (built on the meta device: no memory spent), a Demucs
-    model file that unpickles safely. Raises :class:`CheckpointError` otherwise."""
+    builds, SCNet/RoFormer/MDX23C weights that fit the config (built on the meta device: no memory spent), a
+    Demucs model file that unpickles safely. Raises :class:`CheckpointError` otherwise."""
     if url == info.config_url:
-        from freestems.models.roformer import roformer_from_msst
-
         with torch.device("meta"):
-            roformer_from_msst(read_yaml(path), info.architecture, name="the config")
+            msst_model(read_yaml(path), info.architecture, "the config")
         return
     if info.architecture == "htdemucs":
         from freestems.models.htdemucs import read_demucs_package
@@ -691,12 +705,10 @@ def validate_file(info: ModelInfo, url: str, path: Path) -> None:
         read_demucs_package(path)
         return
     state = extract_state_dict(read_checkpoint(path))
-    if info.architecture in ROFORMERS:
+    if info.architecture in MSST_FAMILIES:
         if info.config:
-            from freestems.models.roformer import roformer_from_msst
-
             with torch.device("meta"):
-                module, _ = roformer_from_msst(info.config, info.architecture, name=info.name)
+                module, _ = msst_model(info.config, info.architecture, info.name)
             report = fit_report(module, state, scnet=False)
             if report is not None:
                 raise CheckpointError(report)

@@ -1,9 +1,10 @@
 """RoFormer source separators (BS-RoFormer, Mel-Band RoFormer) for the checkpoints released with MSST.
 
 MSST is the Music-Source-Separation-Training collection, whose code trained Kimberley Jensen's Mel-Band
-RoFormer vocals model, the viperx BS-RoFormers and the MUSDB18-HQ 4-stem BS-RoFormer. These classes take the
-same constructor arguments, load those checkpoints with ``strict=True`` and their unchanged keys, and give
-the reference output; they keep the stem axis for one stem and always return the input's length.
+RoFormer vocals model, the viperx BS-RoFormers, the MUSDB18-HQ 4-stem BS-RoFormer and the "BS PolarFormer" (a
+BS-RoFormer with PoPE positions, ``use_pope``). These classes take the same constructor arguments, load those
+checkpoints with ``strict=True`` and their unchanged keys, and give the reference output; they keep the stem
+axis for one stem and always return the input's length.
 
 Typical use::
 

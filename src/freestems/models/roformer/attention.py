@@ -1,4 +1,6 @@
-"""The transformer parts shared by both RoFormers: RMS norm, rotary embedding, attention, feed-forward.
+"""The transformer parts shared by both RoFormers: RMS norm, positions, attention, feed-forward.
+
+Positions are rotary embeddings (RoPE), or polar ones (PoPE) in the "BS PolarFormer" (``use_pope``).
 
 Module and parameter names follow the reference code that trained the released checkpoints (the
 Music-Source-Separation-Training collection, MSST), because they are the state_dict keys: a block's
@@ -9,6 +11,7 @@ modules only run inference).
 
 from __future__ import annotations
 
+import math
 from typing import cast
 
 import torch
@@ -55,18 +58,60 @@ class RotaryEmbedding(nn.Module):
         return (x * angles.cos() + rotated * angles.sin()).to(x.dtype)
 
 
-class Attention(nn.Module):
-    """Pre-norm multi-head self-attention with rotary positions and a sigmoid gate per head.
+class PolarEmbedding(nn.Module):
+    """Polar positions (PoPE, Gopalakrishnan et al. 2025, arXiv 2509.10534) as PoPE-pytorch computes them.
 
-    The reference's ``flash_attn`` switch only chooses between PyTorch's fused kernel and the same maths
-    written out; this always uses :func:`torch.nn.functional.scaled_dot_product_attention`.
+    Each of the ``dim`` features of a query or key becomes a magnitude, ``softplus(x)``, and a phase,
+    ``position * inv_freqs[i]`` (``inv_freqs[i] = theta ** (-i / dim)``: ``dim`` frequencies, where RoPE has
+    ``dim / 2``), plus for keys a learned ``bias`` per head and feature, clamped to [-2 pi, 0]. Written as
+    real vectors of ``2 * dim`` values, ``q . k = sum_i |q_i| |k_i| cos(phase_q,i - phase_k,i)``: the content
+    sits in the magnitudes and the position in the phases alone (RoPE mixes the two). ``inv_freqs`` is a
+    saved buffer, so a checkpoint carries it.
     """
 
-    def __init__(self, dim: int, heads: int, dim_head: int, rotary_embed: RotaryEmbedding | None):
+    inv_freqs: torch.Tensor  # registered buffer (saved): the phase per position of each feature
+
+    def __init__(self, dim: int, heads: int, theta: float = 10000.0):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(heads, dim))
+        self.register_buffer("inv_freqs", theta ** -(torch.arange(dim).float() / dim))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, heads, length, dim) queries and keys -> the same with ``2 * dim`` features, in float32."""
+        positions = torch.arange(q.shape[-2], device=q.device, dtype=torch.float32)
+        phases = torch.outer(positions, self.inv_freqs.float())  # (length, dim)
+        key_phases = phases + self.bias.clamp(-2 * math.pi, 0.0).unsqueeze(1)  # (heads, length, dim)
+        return _polar(F.softplus(q.float()), phases), _polar(F.softplus(k.float()), key_phases)
+
+
+def _polar(magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """Magnitudes and phases as real vectors: the cosine parts, then the sine parts."""
+    return torch.cat((magnitude * phase.cos(), magnitude * phase.sin()), dim=-1)
+
+
+class Attention(nn.Module):
+    """Pre-norm multi-head self-attention with rotary or polar positions and a sigmoid gate per head.
+
+    The reference's ``flash_attn`` switch only chooses between PyTorch's fused kernel and the same maths
+    written out; this always uses :func:`torch.nn.functional.scaled_dot_product_attention`. With polar
+    positions the queries and keys have twice the head's width, but the softmax scale stays
+    ``dim_head ** -0.5``, as in the reference.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int,
+        rotary_embed: RotaryEmbedding | None,
+        pope_embed: PolarEmbedding | None = None,
+    ):
         super().__init__()
         self.heads = heads
+        self.scale = dim_head**-0.5
         inner = heads * dim_head
         self.rotary_embed = rotary_embed  # shared by every layer of a stack, like the reference
+        self.pope_embed = pope_embed  # likewise (at most one of the two is set)
         self.norm = RMSNorm(dim)
         self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
         self.to_gates = nn.Linear(dim, heads)
@@ -77,9 +122,13 @@ class Attention(nn.Module):
         batch, length, _ = x.shape
         # (b, n, (qkv h d)) -> 3 x (b, h, n, d)
         q, k, v = self.to_qkv(x).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        if self.rotary_embed is not None:
-            q, k = self.rotary_embed(q), self.rotary_embed(k)
-        out = F.scaled_dot_product_attention(q, k, v)
+        if self.pope_embed is not None:
+            q, k = self.pope_embed(q, k)
+            out = F.scaled_dot_product_attention(q, k, v.to(q.dtype), scale=self.scale).to(v.dtype)
+        else:
+            if self.rotary_embed is not None:
+                q, k = self.rotary_embed(q), self.rotary_embed(k)
+            out = F.scaled_dot_product_attention(q, k, v)
         out = out * self.to_gates(x).transpose(1, 2).unsqueeze(-1).sigmoid()
         projected: torch.Tensor = self.to_out(out.transpose(1, 2).reshape(batch, length, -1))
         return projected
@@ -150,6 +199,7 @@ class Transformer(nn.Module):
         rotary_embed: RotaryEmbedding | None = None,
         norm_output: bool = True,
         linear_attn: bool = False,
+        pope_embed: PolarEmbedding | None = None,
     ):
         super().__init__()
         self.layers = nn.ModuleList(
@@ -157,7 +207,7 @@ class Transformer(nn.Module):
                 [
                     LinearAttention(dim, heads, dim_head)
                     if linear_attn
-                    else Attention(dim, heads, dim_head, rotary_embed),
+                    else Attention(dim, heads, dim_head, rotary_embed, pope_embed),
                     FeedForward(dim),
                 ]
             )

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from freestems.models.roformer.attention import RotaryEmbedding, Transformer
+from freestems.models.roformer.attention import PolarEmbedding, RotaryEmbedding, Transformer
 from freestems.models.roformer.bands import BandSplit, MaskEstimator
 
 IGNORED_ARGUMENTS = (
@@ -34,6 +34,15 @@ IGNORED_ARGUMENTS = (
 ``flash_attn`` (fused attention is always used; the maths is the same), ``dim_freqs_in`` (unused by the
 reference too), the multi-resolution STFT loss settings (training loss), ``use_torch_checkpoint`` (training
 memory) and ``match_input_audio_length`` (the output always has the input's length here)."""
+
+
+def _positions(
+    dim_head: int, heads: int, use_pope: bool
+) -> tuple[RotaryEmbedding | None, PolarEmbedding | None]:
+    """The position embedding of a stack of transformers: rotary, or polar with ``use_pope``."""
+    if use_pope:
+        return None, PolarEmbedding(dim_head, heads)
+    return RotaryEmbedding(dim_head), None
 
 
 class BandRoformer(nn.Module):
@@ -69,8 +78,6 @@ class BandRoformer(nn.Module):
         transformer_norm_output: bool,
     ):
         super().__init__()
-        if use_pope:
-            raise ValueError("use_pope (PoPE positions instead of rotary ones) is not supported")
         if num_stems < 1:
             raise ValueError(f"num_stems must be at least 1, got {num_stems}")
         self.stereo = bool(stereo)
@@ -85,10 +92,10 @@ class BandRoformer(nn.Module):
         window = (stft_window_fn or torch.hann_window)(stft_win_length)
         self.register_buffer("window", window.float(), persistent=False)
 
-        # One rotary embedding for all time stacks and one for all frequency stacks, as in the reference: its
-        # frequencies appear in the state_dict under every attention layer.
-        time_rotary, freq_rotary = RotaryEmbedding(dim_head), RotaryEmbedding(dim_head)
+        # One position embedding for all time stacks and one for all frequency stacks, as in the reference:
+        # its frequencies (and PoPE's key bias) appear in the state_dict under every attention layer.
         self.layers = nn.ModuleList()
+        time_positions, freq_positions = (_positions(dim_head, heads, use_pope) for _ in range(2))
         for _ in range(depth):
             stacks = []
             if linear_transformer_depth > 0:
@@ -102,8 +109,11 @@ class BandRoformer(nn.Module):
                         linear_attn=True,
                     )
                 )
-            time_and_freq = ((time_transformer_depth, time_rotary), (freq_transformer_depth, freq_rotary))
-            for stack_depth, rotary in time_and_freq:
+            time_and_freq = (
+                (time_transformer_depth, *time_positions),
+                (freq_transformer_depth, *freq_positions),
+            )
+            for stack_depth, rotary, pope in time_and_freq:
                 stacks.append(
                     Transformer(
                         dim=dim,
@@ -111,6 +121,7 @@ class BandRoformer(nn.Module):
                         heads=heads,
                         dim_head=dim_head,
                         rotary_embed=rotary,
+                        pope_embed=pope,
                         norm_output=transformer_norm_output,
                     )
                 )

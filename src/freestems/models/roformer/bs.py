@@ -17,7 +17,10 @@ class BSRoformer(BandRoformer):
     """BS-RoFormer with the constructor arguments (names and defaults) of MSST's ``BSRoformer``.
 
     ``freqs_per_bands`` must sum to the STFT's bin count (``stft_n_fft // 2 + 1``). Arguments listed in
-    :data:`~.base.IGNORED_ARGUMENTS` are accepted and have no effect; ``use_pope=True`` is refused.
+    :data:`~.base.IGNORED_ARGUMENTS` are accepted and have no effect. ``use_pope=True`` gives polar positions
+    (PoPE) instead of rotary ones: MSST's "BS PolarFormer". ``mlp_expansion_factor`` sets the mask estimators'
+    hidden width (``dim * mlp_expansion_factor``); ``skip_connection`` adds to the input of every layer the
+    outputs of all the layers before it.
     """
 
     def __init__(

@@ -17,7 +17,7 @@ class MelBandRoformer(BandRoformer):
     each bin's mask is the mean of the masks of the bands holding it. Arguments listed in
     :data:`~.base.IGNORED_ARGUMENTS` are accepted and have no effect (``match_input_audio_length`` among
     them: the output always has the input's length, where the reference returns a few hundred samples
-    short by default); ``use_pope=True`` is refused.
+    short by default). ``use_pope=True`` gives polar positions instead of rotary ones, as in the reference.
     """
 
     freq_indices: torch.Tensor  # registered buffer (not saved): each band's spectrogram rows, bands in order

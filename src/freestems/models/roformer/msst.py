@@ -1,13 +1,8 @@
 """Build a RoFormer, and the facts the engine needs to run it, from an MSST YAML config.
 
-An MSST config's ``model:`` section holds the constructor arguments; the rest of what running the model
-needs lives elsewhere in the file:
-
-* stems: ``training.target_instrument`` when set (a one-stem model, like Kimberley Jensen's vocals model),
-  otherwise ``training.instruments``; their number must equal ``model.num_stems``;
-* segment: ``audio.chunk_size`` samples (352800, 8 s, for the Kim vocals model);
-* normalisation: ``inference.normalize`` (default False);
-* sample rate: 44100 Hz (``audio.sample_rate``, when given, must say so).
+An MSST config's ``model:`` section holds the constructor arguments; the stems, the segment, the
+normalisation and the sample rate live in its other sections (:mod:`freestems.models.msst` reads them), and
+the number of stems must equal ``model.num_stems``.
 
 MSST picks the class from its ``--model_type`` (``bs_roformer`` or ``mel_band_roformer``), which is not in the
 file: :func:`roformer_from_msst` takes it as ``architecture``, or tells it from the model keys
@@ -19,11 +14,10 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from freestems.contract import SAMPLE_RATE
 from freestems.models.errors import CheckpointError
+from freestems.models.msst import MsstFacts, model_section, msst_facts, plain
 from freestems.models.roformer.base import BandRoformer
 from freestems.models.roformer.bs import BSRoformer
 from freestems.models.roformer.mel import MelBandRoformer
@@ -36,17 +30,8 @@ ARCHITECTURES: dict[str, type[BandRoformer]] = {
 
 _NOT_FROM_YAML = {"self", "dim", "stft_window_fn", "multi_stft_window_fn"}  # callables cannot come from YAML
 
-
-@dataclass(frozen=True)
-class RoformerFacts:
-    """What the engine needs besides the module: the fields of ``LoadedModel`` plus the constructor config."""
-
-    architecture: str
-    sources: tuple[str, ...]
-    segment: int
-    normalize: bool
-    config: dict[str, Any]
-    sample_rate: int = SAMPLE_RATE
+RoformerFacts = MsstFacts
+"""The facts of a RoFormer config: :class:`freestems.models.msst.MsstFacts`."""
 
 
 def config_keys(architecture: str) -> tuple[str, ...]:
@@ -74,9 +59,7 @@ def roformer_from_msst(
     error messages. Unknown model keys are ignored with a warning (state_dict loading with ``strict=True``
     catches any that changed the network). Anything unusable raises :class:`CheckpointError`.
     """
-    model = config.get("model")
-    if not isinstance(model, Mapping):
-        raise CheckpointError(f"{name} has no 'model:' section")
+    model = model_section(config, name)
     if architecture is None:
         architecture = guess_architecture(model)
         if architecture is None:
@@ -93,65 +76,16 @@ def roformer_from_msst(
     unknown = sorted(str(key) for key in model if key not in accepted)
     if unknown:
         warnings.warn(f"{name}: ignoring unknown {architecture} keys: {', '.join(unknown)}", stacklevel=2)
-    kwargs = {key: _plain(value) for key, value in model.items() if key in accepted}
+    kwargs = {key: plain(value) for key, value in model.items() if key in accepted}
     if "dim" not in kwargs or "depth" not in kwargs:
         raise CheckpointError(f"{name}: the model section needs 'dim' and 'depth'")
-
-    sections: dict[str, Mapping[str, Any]] = {}
-    for key in ("training", "audio", "inference"):
-        section = config.get(key)
-        sections[key] = section if isinstance(section, Mapping) else {}
-    rate = sections["audio"].get("sample_rate", SAMPLE_RATE)
-    if rate != SAMPLE_RATE:
-        raise CheckpointError(
-            f"{name}: audio.sample_rate is {rate!r}; freestems runs models at {SAMPLE_RATE} Hz"
-        )
-    segment = sections["audio"].get("chunk_size")
-    if isinstance(segment, bool) or not isinstance(segment, int) or segment <= 0:
-        raise CheckpointError(
-            f"{name}: audio.chunk_size must be a positive number of samples, got {segment!r}"
-        )
     num_stems = kwargs.get("num_stems", 1)
     if isinstance(num_stems, bool) or not isinstance(num_stems, int) or num_stems < 1:
         raise CheckpointError(f"{name}: model.num_stems must be a positive integer, got {num_stems!r}")
-    sources = _sources(sections["training"], num_stems, name)
+    facts = msst_facts(config, architecture, kwargs, name, num_stems)
 
     try:
         module = ARCHITECTURES[architecture](**kwargs)
     except (TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{name}: invalid {architecture} config ({error})") from None
-    facts = RoformerFacts(
-        architecture=architecture,
-        sources=sources,
-        segment=segment,
-        normalize=bool(sections["inference"].get("normalize", False)),
-        config=kwargs,
-    )
     return module.eval(), facts
-
-
-def _sources(training: Mapping[str, Any], num_stems: int, name: str) -> tuple[str, ...]:
-    """The model's stems, in output order, as MSST names them."""
-    target = training.get("target_instrument")
-    instruments = training.get("instruments")
-    if target:
-        sources = [target]
-    elif isinstance(instruments, list | tuple):
-        sources = list(instruments)
-    else:
-        raise CheckpointError(f"{name}: training.instruments (the stem names) is missing")
-    if not all(isinstance(source, str) and source for source in sources):
-        raise CheckpointError(f"{name}: stem names must be strings, got {sources!r}")
-    if len(sources) != num_stems:
-        where = "training.target_instrument" if target else "training.instruments"
-        raise CheckpointError(
-            f"{name}: the model has {num_stems} stem(s) (model.num_stems) but {where} names {len(sources)}"
-        )
-    return tuple(sources)
-
-
-def _plain(value: Any) -> Any:
-    """Tuples to lists, recursively, so a config compares and serialises the same whatever its origin."""
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    return value
