@@ -65,11 +65,12 @@ def random_release_checkpoint(path: Path, model: str) -> Path:
     """The catalog model's release configuration with seeded random weights, as a freestems checkpoint."""
     import torch
 
-    from freestems.models import CATALOG, ModelSpec, build_model, save_checkpoint
+    from freestems.models import CATALOG, build_model, save_checkpoint
+    from freestems.models.loading import catalog_spec
 
     info = CATALOG[model]
     torch.manual_seed(0)
-    spec = ModelSpec.from_info(info)
+    spec = catalog_spec(info)
     return save_checkpoint(path, build_model(spec), spec)
 
 

@@ -62,12 +62,13 @@ def build(name: str):
 
     import torch
 
-    from freestems.models import CATALOG, LoadedModel, ModelSpec, build_model
+    from freestems.models import CATALOG, LoadedModel, build_model
+    from freestems.models.loading import catalog_spec
 
     torch.manual_seed(0)
     info = CATALOG[name]
     if info.architecture == "scnet":
-        module = build_model(ModelSpec.from_info(info))
+        module = build_model(catalog_spec(info))
         return LoadedModel(
             module=module, name=name, sources=info.sources, segment=info.segment, normalize=info.normalize
         )

@@ -49,12 +49,13 @@ def run_one(args: argparse.Namespace) -> dict:
     """Separate one track in this process and report timings and peak RSS."""
     import torch
 
-    from freestems.models import CATALOG, LoadedModel, ModelSpec, build_model
+    from freestems.models import CATALOG, LoadedModel, build_model
+    from freestems.models.loading import catalog_spec
     from freestems.pipeline import OutputFormat, separate_file
 
     info = CATALOG[args.model]
     torch.manual_seed(0)
-    spec = ModelSpec.from_info(info)
+    spec = catalog_spec(info)
     model = LoadedModel(
         module=build_model(spec),
         name=info.name,
