@@ -1,5 +1,5 @@
-"""The ``freestems`` command: ``separate``, ``models``, ``serve``, ``cost``, ``remote``, ``eval`` and
-``--version``.
+"""The ``freestems`` command: ``separate``, ``models``, ``serve``, ``cost``, ``remote``, ``eval``,
+``export`` and ``--version``.
 
 A thin shell: it parses arguments, calls :mod:`freestems.pipeline`, and turns our errors into one line on
 stderr and a non-zero exit code. No traceback reaches the user for an expected failure.
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cost_parser(commands)
     add_remote_parser(commands)
     add_eval_parser(commands)
+    add_export_parser(commands)
     return parser
 
 
@@ -729,6 +730,49 @@ def _eval_song(song: Path, model: LoadedModel, evaluation: Evaluation) -> SongRe
     else:
         print(format_song(result, evaluation.stems), flush=True)
     return result
+
+
+def add_export_parser(commands: Subcommands) -> None:
+    """``freestems export``: a model's network as ONNX, and a manifest, for separating in a browser."""
+    export = commands.add_parser(
+        "export",
+        help="write a model's network as ONNX with a manifest, to separate in a browser",
+        description="Write MODEL's network, without its STFT, to DIR as ONNX: network.fp32.onnx, "
+        "network.fp16.onnx (fp16 weights) where its output stays faithful, and manifest.json (stems, STFT, "
+        "chunking, tensors, checksums). SCNet models only, so far.",
+    )
+    export.add_argument(
+        "model", nargs="?", metavar="MODEL", help="a catalog model (see `freestems models`; default scnet)"
+    )
+    export.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="output folder")
+    export.add_argument("--model-file", type=Path, metavar="F", help="a checkpoint file instead of MODEL")
+    export.add_argument("--model-config", type=Path, metavar="C", help="its MSST YAML (or JSON) config")
+    export.add_argument("--no-fp16", dest="fp16", action="store_false", help="write the fp32 file only")
+    add_weights_arguments(export)
+    export.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from freestems.export import ExportError, check_exportable, export_model, prepare_folder, require_exporter
+    from freestems.models import ModelError
+
+    try:
+        require_exporter()
+        if args.model_file is None and args.model:
+            check_exportable(args.model)  # before any download
+        prepare_folder(args.out)
+        model = load_model_from_args(args)
+        manifest = export_model(model, args.out, fp16=args.fp16)
+    except (ModelError, ExportError) as error:
+        return fail(error)
+    for entry in manifest["onnx"]["files"]:
+        size = entry["bytes"] / 1e6
+        print(f"{args.out / entry['file']}: {entry['precision']}, {size:.1f} MB", file=sys.stderr)
+    fp16 = manifest["onnx"]["fp16"]
+    if args.fp16 and not fp16["written"]:
+        print(f"freestems: no fp16 file: {fp16['reason']}", file=sys.stderr)
+    print(f"{args.out / 'manifest.json'}: how to run it", file=sys.stderr)
+    return 0
 
 
 def fail(error: Exception | str) -> int:

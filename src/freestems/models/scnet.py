@@ -12,7 +12,9 @@ Data flow of ``SCNet.forward``::
       -> decoder (3 x fusion + sparse up-sampling, deepest first) -> (B, 2C * S, F, T)
       -> [undo normalisation] -> inverse STFT -> (B, S, C, L)
 
-The model predicts each source's complex spectrogram directly (no mask).
+The model predicts each source's complex spectrogram directly (no mask). ``forward`` is three steps, each a
+method: :meth:`SCNet.spectrogram` (pad, STFT), :meth:`SCNet.network` (normalisation to its undoing) and
+:meth:`SCNet.waveform` (inverse STFT, cut), so the network alone can be exported (:mod:`freestems.export`).
 """
 
 from __future__ import annotations
@@ -321,13 +323,18 @@ class SCNet(nn.Module):
         return padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length = x.shape[-1]
+        return self.waveform(self.network(self.spectrogram(x)), length)
+
+    def spectrogram(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, L) waveforms -> (B, 2C, F, T) spectrograms, channels ``[L.re, L.im, R.re, R.im]``.
+
+        The waveform is padded on the right by :meth:`_padding` zeros, then goes through a centred STFT.
+        """
         batch, channels, length = x.shape
         if length < self.hop_size:
             raise ValueError(f"SCNet needs at least {self.hop_size} samples, got {length}")
-        padding = self._padding(length)
-        x = F.pad(x, (0, padding))
-
-        # Complex STFT; channels are laid out [L.re, L.im, R.re, R.im].
+        x = F.pad(x, (0, self._padding(length)))
         spec = torch.stft(
             x.reshape(batch * channels, -1),
             n_fft=self.nfft,
@@ -340,8 +347,11 @@ class SCNet(nn.Module):
         )
         _, freqs, frames = spec.shape
         x = torch.view_as_real(spec).view(batch, channels, freqs, frames, 2)
-        x = x.permute(0, 1, 4, 2, 3).reshape(batch, channels * 2, freqs, frames)
+        return x.permute(0, 1, 4, 2, 3).reshape(batch, channels * 2, freqs, frames)
 
+    def network(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 2C, F, T) mix spectrograms -> (B, S * 2C, F, T) stem spectrograms: everything between the
+        STFT and the inverse STFT (the spectrogram normalisation included). T must be even."""
         if self.spec_norm:
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             std = x.std(dim=(1, 2, 3), keepdim=True)
@@ -357,7 +367,12 @@ class SCNet(nn.Module):
 
         if self.spec_norm:
             x = x * std + mean
+        return x
 
+    def waveform(self, x: torch.Tensor, length: int) -> torch.Tensor:
+        """(B, S * 2C, F, T) stem spectrograms -> (B, S, C, length) waveforms (inverse STFT, then cut)."""
+        batch, planes, freqs, frames = x.shape
+        channels = planes // (2 * len(self.sources))
         # (B, S*C*2, F, T): for each source, each audio channel, its real and imaginary parts.
         x = x.reshape(-1, 2, freqs, frames).permute(0, 2, 3, 1).contiguous()
         wave = torch.istft(

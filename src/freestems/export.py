@@ -1,0 +1,485 @@
+"""Export a model's network as ONNX, with a manifest that says how to run it, for separation in a browser.
+
+A browser (onnxruntime-web) can run the network, but not torch's STFT or our engine. So the export writes the
+part between the STFT and the inverse STFT (:meth:`freestems.models.scnet.SCNet.network`) as ONNX, and
+beside it ``manifest.json``: everything else the page must redo to give what :func:`freestems.engine.separate`
+gives (stems, STFT settings and the tensors' layout, the chunk length, the overlap window, the whole-track
+normalisation), read from the model and the engine wherever they say it, plus each file's sha256 and size.
+
+Every file is checked before it is written: the fp32 network must give torch's output on a probe chunk, and
+the fp16 one (weights stored as fp16, cast back to fp32 when loaded: half the download) is written only
+where its output stays within :data:`FP16_MIN_SNR_DB` of the fp32 one; the manifest says which and why.
+SCNet only, so far; other families get an :class:`ExportError` saying so.
+
+Nothing in freestems imports this module but the CLI (``freestems export``); it needs the ``export`` extra.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from freestems import engine
+from freestems.contract import LoadedModel
+from freestems.errors import one_line
+from freestems.files import atomic_path, temp_path
+from freestems.models import get_model_info
+from freestems.models.ensemble import SEPARATOR
+from freestems.models.scnet import SCNet
+from freestems.rules import MAX_OVERLAP
+from freestems.version import __version__
+
+if TYPE_CHECKING:
+    import onnx
+
+OPSET = 20
+"""The ONNX opset of the files (the exporter's DFT, LSTM and Gelu need 20)."""
+
+FP16_MIN_SNR_DB = 60.0
+"""The fp16 file is written only if its output is at least this close to the fp32 file's (dB, every stem)."""
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+FP32_FILE = "network.fp32.onnx"
+FP16_FILE = "network.fp16.onnx"
+INPUT_NAME = "spectrogram"
+OUTPUT_NAME = "stems"
+EXPORTABLE = ("scnet",)
+"""The model families that can be exported (catalog ``architecture`` values)."""
+
+_MAX_RELATIVE_ERROR = 1e-4  # of the fp32 file against torch, relative to the output's peak
+_PROBE_SEED = 0
+_MIN_CONSTANT_SIZE = 16  # smaller float constants are never rewritten
+
+
+class ExportError(Exception):
+    """The model cannot be exported (its family, a missing package, an unwritable folder, a failed check)."""
+
+
+def require_exporter() -> None:
+    """Raise :class:`ExportError` unless the packages of the ``export`` extra are installed."""
+    for package in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            __import__(package)
+        except ImportError:
+            raise ExportError(f"{package} is missing: pip install 'freestems[export]'") from None
+
+
+def check_exportable(name: str) -> None:
+    """Refuse a catalog name (or ensemble) of a family that cannot be exported yet, before any download."""
+    if SEPARATOR in name:
+        raise ExportError(f"{name} is an ensemble: export its members one by one")
+    family = get_model_info(name).architecture
+    if family not in EXPORTABLE:
+        raise ExportError(
+            f"model {name} is a {family} model: not exportable yet (only {', '.join(EXPORTABLE)})"
+        )
+
+
+def prepare_folder(out_dir: str | os.PathLike[str]) -> Path:
+    """Create ``out_dir`` if needed and check that files can be written in it."""
+    folder = Path(out_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = temp_path(folder / MANIFEST_FILE)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ExportError(f"cannot write to {folder}: {one_line(error)}") from None
+    return folder
+
+
+def export_model(model: LoadedModel, out_dir: str | os.PathLike[str], *, fp16: bool = True) -> dict[str, Any]:
+    """Write ``model``'s network as ONNX (fp32, and fp16 where faithful) and ``manifest.json`` in ``out_dir``.
+
+    The model must be on the CPU. ONNX Runtime uses as many threads as torch (``torch.get_num_threads()``).
+    Returns the manifest.
+    """
+    require_exporter()
+    scnet = _scnet_of(model)
+    folder = prepare_folder(out_dir)
+    (folder / MANIFEST_FILE).unlink(missing_ok=True)  # an earlier manifest must not vouch for new files
+    probe = _probe(scnet, model.segment)
+    with torch.inference_mode():
+        expected = _Network(scnet)(probe).numpy()
+    proto = _export_network(scnet, probe)
+    fp32, reference = _write_fp32(proto, folder / FP32_FILE, probe.numpy(), expected)
+    files = [fp32]
+    fp16_facts: dict[str, Any] = {"written": False, "min_snr_db": FP16_MIN_SNR_DB, "reason": "not asked for"}
+    (folder / FP16_FILE).unlink(missing_ok=True)  # a file of an earlier export must not outlive its check
+    if fp16:
+        entry, fp16_facts = _write_fp16(proto, folder / FP16_FILE, probe.numpy(), reference)
+        files += [entry] if entry else []
+    manifest = _manifest(model, scnet, proto, files, fp16_facts)
+    with atomic_path(folder / MANIFEST_FILE) as temp:
+        temp.write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return manifest
+
+
+# ------------------------------------------------------------------------------------------- the network
+
+
+class _Network(nn.Module):
+    """What the ONNX file holds: :meth:`SCNet.network`, its output split by stem, (B, S, 2C, F, T)."""
+
+    def __init__(self, scnet: SCNet):
+        super().__init__()
+        self.scnet = scnet
+
+    def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.scnet.network(spectrogram)
+        return out.view(out.shape[0], len(self.scnet.sources), *spectrogram.shape[1:])
+
+
+def _scnet_of(model: LoadedModel) -> SCNet:
+    """The SCNet inside ``model``, or an :class:`ExportError` naming what the model is instead."""
+    if model.stream is not None:
+        raise ExportError(f"{model.name} is an ensemble: export its members one by one")
+    module = model.module
+    if not isinstance(module, SCNet):
+        raise ExportError(f"model {model.name} is a {type(module).__name__}: not exportable yet (only SCNet)")
+    if model.chunk_tail != "zeros":
+        raise ExportError(
+            f"model {model.name} chunks the end of a track {model.chunk_tail!r}: not exportable"
+        )
+    if not bool(torch.all(module.window == 1)):
+        raise ExportError(
+            f"model {model.name} has an STFT window other than a rectangular one: not exportable"
+        )
+    return module
+
+
+def _probe(scnet: SCNet, segment: int) -> torch.Tensor:
+    """The spectrogram of a segment of seeded noise (std 0.1): the example the export and its checks run."""
+    generator = torch.Generator().manual_seed(_PROBE_SEED)
+    noise = torch.randn(1, scnet.audio_channels, segment, generator=generator) * 0.1
+    with torch.inference_mode():
+        return scnet.spectrogram(noise)
+
+
+def _export_network(scnet: SCNet, probe: torch.Tensor) -> onnx.ModelProto:
+    """The network as an ONNX model (dynamo exporter), torch's node notes dropped.
+
+    Every shape is fixed, the batch at 1: the page runs one chunk at a time, onnxruntime-web's WebGPU backend
+    captures graphs of static shapes only, and a dynamic batch axis triples the export time.
+    """
+    try:
+        with _quiet_torch():
+            program = torch.onnx.export(
+                _Network(scnet).eval(),
+                (probe,),
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                external_data=False,
+                verbose=False,
+            )
+    except Exception as error:  # the exporter fails in many ways, all of them "cannot export this"
+        raise ExportError(f"torch cannot export the network: {one_line(error)}") from None
+    assert program is not None
+    proto: onnx.ModelProto = program.model_proto
+    for item in [*proto.graph.node, *proto.graph.value_info]:
+        del item.metadata_props[:]  # stack traces with this machine's paths: bulk, and nobody's business
+    return _rewrite_constants(proto, _zeros_made)
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """No warnings or log lines from torch's exporter: notes about its own internals (torchvision is not
+    installed, deprecated helpers) are no news to the user."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
+
+
+# --------------------------------------------------------------------------------------------- the files
+
+
+def _write_fp32(
+    proto: onnx.ModelProto, path: Path, probe: np.ndarray, expected: np.ndarray
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Write the fp32 file if ONNX Runtime gives torch's output with it; its entry and that output."""
+    with atomic_path(path) as temp:
+        _save(proto, temp)
+        output = _run(temp, probe)
+        error = float(np.abs(output - expected).max())
+        peak = float(np.abs(expected).max())
+        if not error <= _MAX_RELATIVE_ERROR * max(peak, 1.0):  # NaN included
+            raise ExportError(f"the ONNX network differs from torch by {error:.3g} (output peak {peak:.3g})")
+        entry = _file_entry(temp, path.name, "fp32")
+    entry["max_abs_error_vs_torch"] = error
+    return entry, output
+
+
+def _write_fp16(
+    proto: onnx.ModelProto, path: Path, probe: np.ndarray, reference: np.ndarray
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Write the fp16-weights file if its output is faithful; its entry (or None) and what was measured."""
+    facts: dict[str, Any] = {"written": False, "min_snr_db": FP16_MIN_SNR_DB}
+    temp = temp_path(path)
+    try:
+        _save(_rewrite_constants(proto, _fp16_stored), temp)
+        output = _run(temp, probe)
+        snr = min(_snr_db(reference[:, s], output[:, s]) for s in range(reference.shape[1]))
+        facts["snr_db"] = round(snr, 2) if math.isfinite(snr) else None  # JSON has no NaN or infinity
+        if math.isnan(snr):
+            facts["reason"] = "its output is not finite"
+            return None, facts
+        if snr < FP16_MIN_SNR_DB:
+            facts["reason"] = f"its output is {snr:.1f} dB from the fp32 file's, under {FP16_MIN_SNR_DB:g} dB"
+            return None, facts
+        entry = _file_entry(temp, path.name, "fp16 weights, fp32 arithmetic")
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    facts["written"] = True
+    entry["snr_db_vs_fp32"] = facts["snr_db"]
+    return entry, facts
+
+
+Replacement = tuple["onnx.TensorProto", "onnx.NodeProto"]
+"""A float constant's stand-in: a new initializer and the node that makes the old one's name from it."""
+
+
+def _rewrite_constants(
+    proto: onnx.ModelProto, rewrite: Callable[[onnx.TensorProto, np.ndarray], Replacement | None]
+) -> onnx.ModelProto:
+    """A copy of ``proto`` in which ``rewrite`` may replace each float initializer of at least
+    :data:`_MIN_CONSTANT_SIZE` values; the replacing nodes run first. Scalars are left alone."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    graph = copy.graph
+    kept, first = [], []
+    for tensor in graph.initializer:
+        values = numpy_helper.to_array(tensor)
+        big = tensor.data_type == TensorProto.FLOAT and values.size >= _MIN_CONSTANT_SIZE
+        replacement = rewrite(tensor, values) if big else None
+        if replacement is None:
+            kept.append(tensor)
+        else:
+            kept.append(replacement[0])
+            first.append(replacement[1])
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(first + nodes)
+    return copy
+
+
+def _zeros_made(tensor: onnx.TensorProto, values: np.ndarray) -> Replacement | None:
+    """An all-zero constant made at load time (ConstantOfShape) instead of stored: the exporter stores the
+    LSTMs' initial states, megabytes of zeros in a release SCNet."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    if values.any():
+        return None
+    shape = numpy_helper.from_array(np.array(values.shape, np.int64), tensor.name + ".shape")
+    zero = helper.make_tensor("value", TensorProto.FLOAT, [1], [0.0])
+    return shape, helper.make_node("ConstantOfShape", [shape.name], [tensor.name], value=zero)
+
+
+def _fp16_stored(tensor: onnx.TensorProto, values: np.ndarray) -> Replacement | None:
+    """A weight stored as fp16 and cast back to fp32 when the file loads (if it fits fp16's range).
+
+    The arithmetic stays fp32 (ONNX Runtime's CPU kernels of LSTM and DFT have no fp16): what halves is the
+    download, what is lost is the weights' precision. Scalars stay fp32: some do not fit fp16 (the ``n - 1``
+    of a deviation over a whole spectrogram).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    if np.abs(values).max() > np.finfo(np.float16).max:
+        return None
+    stored = numpy_helper.from_array(values.astype(np.float16), tensor.name + ".fp16")
+    return stored, helper.make_node("Cast", [stored.name], [tensor.name], to=TensorProto.FLOAT)
+
+
+def _save(proto: onnx.ModelProto, path: Path) -> None:
+    import onnx
+
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, str(path))
+
+
+def _run(path: Path, spectrogram: np.ndarray) -> np.ndarray:
+    """The output of the ONNX file at ``path`` for ``spectrogram`` (ONNX Runtime on the CPU)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3  # errors only
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    output: np.ndarray = session.run([OUTPUT_NAME], {INPUT_NAME: spectrogram})[0]
+    return output
+
+
+def _snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
+    noise = float(np.sum((reference.astype(np.float64) - estimate) ** 2))
+    signal = float(np.sum(reference.astype(np.float64) ** 2))
+    return float("inf") if noise == 0 else 10 * np.log10(max(signal, 1e-30) / noise)
+
+
+def _file_entry(path: Path, name: str, precision: str) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return {"file": name, "precision": precision, "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+# ------------------------------------------------------------------------------------------ the manifest
+
+
+def _manifest(
+    model: LoadedModel,
+    scnet: SCNet,
+    proto: onnx.ModelProto,
+    files: list[dict[str, Any]],
+    fp16: dict[str, Any],
+) -> dict[str, Any]:
+    import onnx
+    import onnxscript
+
+    input_shape, output_shape = _shape(proto.graph.input[0]), _shape(proto.graph.output[0])
+    return {
+        "format": "freestems-onnx",
+        "format_version": FORMAT_VERSION,
+        "model": {
+            "name": model.name,
+            "family": "scnet",
+            "stems": list(model.sources),
+            "sample_rate": model.sample_rate,
+            "audio_channels": input_shape[1] // 2,
+        },
+        "normalization": _normalisation_facts(model, scnet),
+        "chunking": _chunking_facts(model),
+        "stft": _stft_facts(scnet, model.segment, frames=input_shape[3]),
+        "tensors": _tensor_facts(input_shape, output_shape),
+        "onnx": {"opset": OPSET, "files": files, "fp16": fp16},
+        "exported_by": {
+            "freestems": __version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxscript": onnxscript.__version__,
+        },
+    }
+
+
+def _shape(value: onnx.ValueInfoProto) -> list[Any]:
+    """A graph input's or output's shape: numbers, and names for the dynamic axes."""
+    return [dim.dim_param or dim.dim_value for dim in value.type.tensor_type.shape.dim]
+
+
+def _normalisation_facts(model: LoadedModel, scnet: SCNet) -> dict[str, Any]:
+    return {
+        "whole_track": {
+            "enabled": model.normalize,
+            "how": "mean and standard deviation (n - 1 denominator) of the mono mix (the channels' mean) "
+            "over the whole track, a deviation <= 1e-8 counting as 1; the chunks are cut from "
+            "(mix - mean) / std, and every stem is multiplied by std and given mean back after the "
+            "overlap-add",
+        },
+        "spectrogram": {
+            "enabled": scnet.spec_norm,
+            "inside_onnx": True,
+            "how": "per item, (x - mean) / (1e-5 + std) over all planes, bins and frames (std with n - 1), "
+            "undone on the output; the ONNX file does it, the page does nothing",
+        },
+    }
+
+
+def _chunking_facts(model: LoadedModel) -> dict[str, Any]:
+    """The engine's overlap-add (:func:`freestems.engine.separate_blocks` and its :func:`~engine.window`)."""
+    overlap = inspect.signature(engine.separate_blocks).parameters["overlap"].default
+    stride = max(1, round(model.segment * (1 - overlap)))
+    return {
+        "segment": model.segment,
+        "overlap": overlap,
+        "max_overlap": MAX_OVERLAP,
+        "stride": "max(1, round(segment * (1 - overlap))), rounding halves to even",
+        "stride_at_default_overlap": stride,
+        "plan": "chunk k starts at k * stride, k = 0, 1, ...; another chunk follows while the last one ends "
+        "before the end of the track; input past the end is zeros (after the whole-track normalisation)",
+        "window": {
+            "kind": "trapezoid",
+            "formula": "w[i] = min((i + 1) / (ramp + 1), (segment - i) / (ramp + 1), 1), 0 <= i < segment",
+            "ramp": "segment - stride",
+            "ramp_at_default_overlap": model.segment - stride,
+        },
+        "mix": "each chunk's stems are multiplied by w and added at the chunk's place, and w to a weight "
+        "sum; each output sample is the sum divided by its weight sum; the output is as long as the track",
+        "chunk_tail": model.chunk_tail,
+    }
+
+
+def _stft_facts(scnet: SCNet, segment: int, frames: int) -> dict[str, Any]:
+    """The STFT of :meth:`SCNet.spectrogram` and the inverse of :meth:`SCNet.waveform`, for one chunk."""
+    n_fft, hop, win = scnet.nfft, scnet.hop_size, scnet.win_size
+    scale = "1 / sqrt(n_fft)" if scnet.normalized else "1"
+    return {
+        "n_fft": n_fft,
+        "hop_length": hop,
+        "win_length": win,
+        "window": "rectangular",
+        "center": True,
+        "pad_mode": "reflect",
+        "normalized": scnet.normalized,
+        "onesided": True,
+        "right_padding": scnet._padding(segment),
+        "bins": n_fft // 2 + 1,
+        "frames": frames,
+        "forward": f"pad each channel of the chunk on the right with right_padding zeros, then by n_fft / 2 "
+        f"samples at both ends, mirrored without repeating the edge (reflect); frame t is samples "
+        f"[t * hop_length, t * hop_length + n_fft) of that, times the window (win_length ones in the middle "
+        f"of n_fft, zeros around), through a real DFT (bins 0 .. n_fft / 2), times {scale}",
+        "inverse": f"each frame's inverse real DFT (the imaginary parts of bins 0 and n_fft / 2 ignored) "
+        f"times {'sqrt(n_fft)' if scnet.normalized else '1'} times the window, added at t * hop_length; "
+        f"divided by the same sum of the squared window; the first n_fft / 2 samples dropped, the next "
+        f"segment kept",
+    }
+
+
+def _tensor_facts(input_shape: list[Any], output_shape: list[Any]) -> dict[str, Any]:
+    channels = input_shape[1] // 2
+    planes = [f"{channel}.{part}" for channel in range(channels) for part in ("re", "im")]
+    dynamic = sorted({dim for dim in [*input_shape, *output_shape] if isinstance(dim, str)})
+    return {
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": "float32",
+            "shape": input_shape,
+            "axes": ["batch", "plane", "bin", "frame"],
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "dtype": "float32",
+            "shape": output_shape,
+            "axes": ["batch", "stem", "plane", "bin", "frame"],
+        },
+        "planes": planes,
+        "plane_order": "audio channel c, part p (0: real, 1: imaginary) at plane 2 * c + p",
+        "dynamic_axes": dynamic,
+    }
