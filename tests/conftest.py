@@ -34,7 +34,7 @@ from web_helpers import DESKTOP, PageWatch, chromium, wait_js  # noqa: E402
 
 from freestems.executors import LocalExecutor  # noqa: E402
 from freestems.models import LoadedModel, load_model  # noqa: E402
-from freestems.service.jobs import Paths  # noqa: E402
+from freestems.service.paths import Paths  # noqa: E402
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ from websockets.exceptions import InvalidStatus
 
 from freestems.executors import LocalExecutor
 from freestems.service import create_app
-from freestems.service.jobs import Paths
+from freestems.service.paths import Paths
 from freestems.service.shared_state import SharedState
 
 FOUR = ["bass.mp3", "drums.mp3", "other.mp3", "vocals.mp3"]

@@ -451,7 +451,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from freestems.models import ModelError
     from freestems.models.served import serve_models
     from freestems.service import Settings, SettingsError
-    from freestems.service.jobs import Paths
+    from freestems.service.paths import Paths
     from freestems.service.server import serve
 
     try:
@@ -511,7 +511,7 @@ def run_cost(args: argparse.Namespace) -> int:
     try:
         from freestems.deploy.settings import ModalSettings
         from freestems.service import Settings, SettingsError
-        from freestems.service.jobs import Paths
+        from freestems.service.paths import Paths
         from freestems.service.store import JobStore, StoreError
     except ImportError as error:
         return fail(f"{error.name} is missing: pip install 'freestems[serve]'")

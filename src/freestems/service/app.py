@@ -48,10 +48,11 @@ from .errors import (
     unauthorized,
     unavailable,
 )
-from .jobs import JobManager, Paths, result_url
+from .jobs import JobManager
 from .limits import SlidingWindow
 from .network import AllowedHosts, client_address
 from .options import FILE_FIELD, FORMATS, RERUN_FIELDS, SeparationOptions, form_schema, parse_options
+from .paths import Paths
 from .replicas import Replica
 from .sessions import SessionRegistry
 from .settings import Settings
@@ -59,6 +60,7 @@ from .shared_state import LocalState, SharedState
 from .shared_store import DictJobStore
 from .store import Job, JobStore
 from .uploads import Upload, receive_upload
+from .views import result_url
 from .websocket import session_socket
 
 log = logging.getLogger(__name__)
@@ -283,7 +285,7 @@ def _add_form_routes(app: FastAPI) -> None:
         service = _service(request)
         job = await _create_job(request, service, rerun=True)
         body = {
-            **service.manager.view(job),
+            **service.manager.views.view(job),
             "token": job.token,
             "status_url": f"/jobs/{job.id}?token={job.token}",
             "result_url": result_url(job),
@@ -299,8 +301,8 @@ def _add_job_routes(app: FastAPI) -> None:
     async def get_job(job_id: str, request: Request) -> dict[str, Any]:
         service = _service(request)
         job = _owned_job(request, service, job_id)
-        service.manager.seen(job.id)  # a poll by the owner follows the job
-        return service.manager.view(job)
+        service.manager.follow.seen(job.id)  # a poll by the owner follows the job
+        return service.manager.views.view(job)
 
     @app.get(
         "/jobs/{job_id}/result",
@@ -310,7 +312,7 @@ def _add_job_routes(app: FastAPI) -> None:
     async def get_result(job_id: str, request: Request) -> Response:
         service = _service(request)
         job = _owned_job(request, service, job_id)
-        service.manager.seen(job.id)
+        service.manager.follow.seen(job.id)
         if job.state == "done" and service.state.shared:  # written by another container, maybe
             await asyncio.to_thread(service.state.visible, job.result_path)
         return _result_response(service, job)
@@ -322,7 +324,7 @@ def _add_job_routes(app: FastAPI) -> None:
     async def get_partial(job_id: str, request: Request) -> dict[str, Any]:
         service = _service(request)
         job = _owned_job(request, service, job_id)
-        service.manager.seen(job.id)
+        service.manager.follow.seen(job.id)
         return await service.manager.partials.listing(job, service.manager.stems(job))
 
     @app.get(
@@ -333,7 +335,7 @@ def _add_job_routes(app: FastAPI) -> None:
     async def get_segment(job_id: str, stem: str, index: int, request: Request) -> Response:
         service = _service(request)
         job = _owned_job(request, service, job_id)
-        service.manager.seen(job.id)
+        service.manager.follow.seen(job.id)
         path = await service.manager.partials.segment(job, stem, index, service.manager.stems(job))
         return FileResponse(path, media_type="audio/flac", headers={"Cache-Control": "private, max-age=3600"})
 

@@ -112,7 +112,7 @@ async def session_socket(websocket: WebSocket, service: Service) -> None:
         if closed_by_server_restart:
             service.sessions.close_connection(connection)  # keys die; their jobs resume after the restart
         else:
-            service.manager.connection_closed(connection)
+            service.manager.follow.connection_closed(connection)
 
 
 async def _serve(
@@ -247,9 +247,9 @@ def _follow(service: Service, connection: str, job_id: object, token: object) ->
         raise not_found(f"no job {name!r} with this token (jobs and results go {ttl} s after ending)")
     if job.state not in TERMINAL:
         service.sessions.watch(connection, job.id)
-    service.sessions.post(connection, manager.message(job))
+    service.sessions.post(connection, manager.views.message(job))
     if job.state == "done":
-        service.sessions.post(connection, manager.done_message(job))
+        service.sessions.post(connection, manager.views.done_message(job))
 
 
 async def _fail(websocket: WebSocket, error: ServiceError) -> None:
