@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import math
-import re
 import secrets
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +49,14 @@ from .jobs import JobManager
 from .limits import SlidingWindow
 from .network import AllowedHosts, client_address
 from .options import FILE_FIELD, FORMATS, RERUN_FIELDS, SeparationOptions, form_schema, parse_options
+from .parts import Service
 from .paths import Paths
 from .replicas import Replica
 from .sessions import SessionRegistry
 from .settings import Settings
 from .shared_state import LocalState, SharedState
-from .shared_store import DictJobStore
-from .store import Job, JobStore
+from .store import Job
+from .tokens import owned_job
 from .uploads import Upload, receive_upload
 from .views import result_url
 from .websocket import session_socket
@@ -66,31 +64,12 @@ from .websocket import session_socket
 log = logging.getLogger(__name__)
 
 WEB_PAGE = Path(__file__).resolve().parents[1] / "web" / "index.html"
-JOB_ID = re.compile(r"[0-9a-f]{16}")
 REFUSED_UPLOAD_STATUSES = frozenset({400, 408, 413, 415, 422})
 """Upload refusals that leave the session key unspent, so they count against the client's address."""
 
 FORM_ROUTES = ("/separate", "/jobs")
 """The routes that take the separation form (its schema comes from :func:`~.options.form_schema`)."""
 SESSION_KEY_PARAMETER = {"name": "X-Session-Key", "in": "header", "schema": {"type": "string"}}
-
-
-@dataclass
-class Service:
-    """The running service's parts, shared by the routes (``app.state.service``)."""
-
-    settings: Settings
-    executor: Executor
-    store: JobStore | DictJobStore
-    sessions: SessionRegistry
-    challenges: ChallengeBook
-    limiter: SlidingWindow
-    refusals: SlidingWindow
-    """Refused uploads per address (see ``REFUSED_UPLOAD_STATUSES``)."""
-    manager: JobManager
-    paths: Paths
-    state: LocalState
-    """Where what several web containers share lives (:mod:`.shared_state`)."""
 
 
 def create_app(
@@ -478,13 +457,7 @@ def _earlier_job(service: Service, upload: Upload) -> Job | None:
     if not (job_id and token):
         missing = RERUN_FIELDS[1] if job_id else RERUN_FIELDS[0]
         raise invalid_parameter(missing, f"required with {RERUN_FIELDS[1] if job_id else RERUN_FIELDS[0]}")
-    job = service.manager.get(job_id) if JOB_ID.fullmatch(job_id) else None
-    if job is None or not hmac.compare_digest(job.token.encode(), token.encode()):
-        ttl = round(service.settings.result_ttl)
-        raise not_found(
-            f"no job {job_id} with this token (jobs and their songs are deleted {ttl} s after they end)"
-        )
-    return job
+    return owned_job(service.manager, job_id, token)
 
 
 def _check_refusals(service: Service, client: str) -> None:
@@ -554,13 +527,7 @@ def _owned_job(request: Request, service: Service, job_id: str) -> Job:
     token = request.query_params.get("token") or request.headers.get("x-job-token")
     if not token:
         raise unauthorized("token_missing", "give the job's token as ?token=... or in the X-Job-Token header")
-    job = service.manager.get(job_id) if JOB_ID.fullmatch(job_id) else None
-    if job is None or not hmac.compare_digest(job.token.encode(), token.encode()):
-        ttl = round(service.settings.result_ttl)
-        raise not_found(
-            f"no job {job_id} with this token (jobs and results are deleted {ttl} s after they end)"
-        )
-    return job
+    return owned_job(service.manager, job_id, token)
 
 
 def _result_response(service: Service, job: Job) -> Response:
