@@ -352,8 +352,8 @@ def run_separate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=device,
     )
-    done = 0
-    for path in inputs:
+
+    def one(path: Path) -> None:
         destination = Path(args.out) / model.name / path.stem
         try:
             with progress_bar(path.name) as update:
@@ -368,17 +368,42 @@ def run_separate(args: argparse.Namespace) -> int:
                 )
             if args.zip:
                 zip_stems(result.stems, destination.with_suffix(".zip"))
-            done += 1
-            print(f"{path.name}: {len(result.stems)} stems in {destination}", file=sys.stderr)
-        except (AudioError, SeparationError) as error:
-            errors.append(str(error))
-            print(f"freestems: {error}", file=sys.stderr)
+        except Exception:
             _remove_if_empty(destination)
-        except Exception as error:  # one file's surprise (a bug, a full disk) must not stop the batch
+            raise
+        print(f"{path.name}: {len(result.stems)} stems in {destination}", file=sys.stderr)
+
+    return each_file(inputs, errors, one, (AudioError, SeparationError), named_by_error=True)
+
+
+def each_file(
+    inputs: Sequence[Path],
+    errors: list[str],
+    one: Callable[[Path], object],
+    expected: tuple[type[Exception], ...],
+    *,
+    named_by_error: bool = False,
+) -> int:
+    """Run ``one`` on each input in turn; a file that fails is one line on stderr and the batch goes on.
+    Then the summary of the failures (``errors`` holds those found before, such as missing inputs).
+
+    ``expected`` errors are told in their own words, after the file's name unless ``named_by_error`` (the
+    engine's errors name the file themselves); any other is a surprise (a bug, a full disk), told as
+    :func:`_unexpected`. Returns the exit code: 1 if anything failed.
+    """
+    done = 0
+    for path in inputs:
+        try:
+            one(path)
+        except expected as error:
+            line = str(error) if named_by_error else f"{path.name}: {error}"
+        except Exception as error:  # one file's surprise must not stop the batch
             line = f"{path.name}: {_unexpected(error)}"
-            errors.append(line)
-            print(f"freestems: {line}", file=sys.stderr)
-            _remove_if_empty(destination)
+        else:
+            done += 1
+            continue
+        errors.append(line)
+        print(f"freestems: {line}", file=sys.stderr)
     if errors:
         print(f"freestems: {done} separated, {len(errors)} failed:", file=sys.stderr)
         for line in errors:
@@ -591,50 +616,34 @@ def run_remote(args: argparse.Namespace) -> int:
     if not inputs:
         return fail("no audio files found in " + ", ".join(args.inputs))
     reporter = TerminalReporter(quiet=args.quiet)
-    done = 0
     try:
         client = Client(
             args.url, timeout=args.timeout, max_wait=args.max_wait, workers=args.workers, reporter=reporter
         )
     except RemoteError as error:
         return fail(error)
+
+    def one(path: Path) -> None:
+        stems = client.separate(
+            path,
+            out_dir=args.out,
+            two_stems=args.two_stems,
+            shifts=args.shifts,
+            overlap=args.overlap,
+            format=args.format,
+            bitrate=args.bitrate,
+            model=args.model,
+            zip=args.zip,
+        )
+        if not args.quiet:
+            if args.zip:
+                print(f"{path.name}: stems in {stems['zip']}", file=sys.stderr)
+            else:
+                folder = next(iter(stems.values())).parent
+                print(f"{path.name}: {len(stems)} stems in {folder}", file=sys.stderr)
+
     with client:
-        for path in inputs:
-            try:
-                stems = client.separate(
-                    path,
-                    out_dir=args.out,
-                    two_stems=args.two_stems,
-                    shifts=args.shifts,
-                    overlap=args.overlap,
-                    format=args.format,
-                    bitrate=args.bitrate,
-                    model=args.model,
-                    zip=args.zip,
-                )
-            except RemoteError as error:
-                errors.append(f"{path.name}: {error}")
-                print(f"freestems: {path.name}: {error}", file=sys.stderr)
-                continue
-            except Exception as error:  # a surprise (a bug, a full disk) is one line, and the batch goes on
-                detail = f": {str(error).splitlines()[0]}" if str(error) else ""
-                line = f"{path.name}: failed unexpectedly ({type(error).__name__}{detail})"
-                errors.append(line)
-                print(f"freestems: {line}", file=sys.stderr)
-                continue
-            done += 1
-            if not args.quiet:
-                if args.zip:
-                    print(f"{path.name}: stems in {stems['zip']}", file=sys.stderr)
-                else:
-                    folder = next(iter(stems.values())).parent
-                    print(f"{path.name}: {len(stems)} stems in {folder}", file=sys.stderr)
-    if errors:
-        print(f"freestems: {done} separated, {len(errors)} failed:", file=sys.stderr)
-        for line in errors:
-            print(f"  {line}", file=sys.stderr)
-        return 1
-    return 0
+        return each_file(inputs, errors, one, (RemoteError,))
 
 
 def fail(error: Exception | str) -> int:
