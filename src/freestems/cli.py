@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from typing import TypeAlias
 
     from freestems.contract import LoadedModel
+    from freestems.cost import UsageRecord, WakeRecord
     from freestems.service import Settings
 
     # What ``add_subparsers`` returns: argparse names no public type for it, and it is generic only in the
@@ -521,23 +522,17 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_cost(args: argparse.Namespace) -> int:
-    import json
-
     from freestems.cost import (
-        Shape,
-        WakeRecord,
-        bench_records,
+        DEFAULT_TIERS,
+        RecordsError,
         format_projections,
         format_recorded,
-        modal_records,
-        project,
+        project_deployment,
     )
 
     try:
         from freestems.deploy.settings import ModalSettings
         from freestems.service import Settings, SettingsError
-        from freestems.service.paths import Paths
-        from freestems.service.store import JobStore, StoreError
     except ImportError as error:
         return fail(f"{error.name} is missing: pip install 'freestems[serve]'")
     if args.song_seconds <= 0:
@@ -545,59 +540,74 @@ def run_cost(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env(data_dir=args.data_dir)
         deployment = ModalSettings.from_env()
-    except SettingsError as error:
+        records, wakes, sources = _cost_records(args, settings.data_dir, deployment.modal_app_name)
+    except (SettingsError, RecordsError) as error:
         return fail(error)
-    records = []
-    wakes: list[WakeRecord] = []
-    sources = []
-    for path in args.bench or ():
-        try:
-            records.extend(bench_records(json.loads(Path(path).read_text())))
-        except (OSError, ValueError, AttributeError) as error:
-            return fail(f"cannot read the bench results {path}: {error}")
-        sources.append(str(path))
-    if args.modal:
-        app_name = deployment.modal_app_name
-        try:
-            found, wakes = modal_records(app_name)
-            records.extend(found)
-        except ImportError:
-            return fail("the modal package is missing: pip install 'freestems[modal]'")
-        except Exception as error:  # no token, no network, no such Dict
-            return fail(f"cannot read the usage records of Modal app {app_name}: {error}")
-        sources.append(f"Modal app {app_name}")
-    elif args.data_dir is not None or not args.bench:
-        database = Paths(settings.data_dir).database
-        if not database.is_file():
-            return fail(f"no job store at {database} (give the service's --data-dir)")
-        try:
-            store = JobStore(database)
-        except StoreError as error:
-            return fail(error)
-        try:
-            records.extend(store.usage_records())
-        finally:
-            store.close()
-        sources.append(str(database))
-    regions = tuple(deployment.modal_region)
-    shapes = [
-        Shape(None, deployment.modal_cpu_class_cpu, deployment.modal_cpu_class_memory, regions)
-        if tier.upper() == "CPU"
-        else Shape(tier, deployment.modal_cpu, deployment.modal_memory, regions)
-        for tier in args.tier or ("T4", "L4", "A10G", "CPU")
-    ]
-    idle = {"CPU": deployment.modal_cpu_scaledown_window, "*": deployment.modal_scaledown_window}
-    projections = project(
-        records, shapes, settings.gpu_prices, idle_seconds=idle, song_seconds=args.song_seconds
+    projections = project_deployment(
+        records, deployment, settings.gpu_prices, args.tier or DEFAULT_TIERS, song_seconds=args.song_seconds
     )
     counted = sum(p.jobs for p in projections)
     print(f"{len(records)} recorded job(s) in {' + '.join(sources)}; {counted} on the tiers shown")
     print(format_projections(projections))
     if args.modal or args.data_dir is not None or not args.bench:
-        print(
-            format_recorded([record for record in records if not record.job_id.startswith("bench-")], wakes)
-        )
+        print(format_recorded(records, wakes))
     return 0
+
+
+def _cost_records(
+    args: argparse.Namespace, data_dir: Path, app_name: str
+) -> tuple[list[UsageRecord], list[WakeRecord], list[str]]:
+    """What ``freestems cost`` projects from: the records of the benches named, then those of the Modal
+    deployment (``--modal``) or of the job store; with the wake-ups recorded and where it all came from.
+
+    Raises:
+        RecordsError: a source cannot be read.
+    """
+    from freestems.cost import RecordsError, bench_file_records, modal_records
+
+    records: list[UsageRecord] = []
+    wakes: list[WakeRecord] = []
+    sources = []
+    for path in args.bench or ():
+        records.extend(bench_file_records(Path(path)))
+        sources.append(str(path))
+    if args.modal:
+        try:
+            found, wakes = modal_records(app_name)
+        except ImportError:
+            raise RecordsError("the modal package is missing: pip install 'freestems[modal]'") from None
+        except Exception as error:  # no token, no network, no such Dict
+            raise RecordsError(f"cannot read the usage records of Modal app {app_name}: {error}") from None
+        records.extend(found)
+        sources.append(f"Modal app {app_name}")
+    elif args.data_dir is not None or not args.bench:
+        database, stored = _stored_records(data_dir)
+        records.extend(stored)
+        sources.append(str(database))
+    return records, wakes, sources
+
+
+def _stored_records(data_dir: Path) -> tuple[Path, list[UsageRecord]]:
+    """The job store of the service's data folder ``data_dir``, and its usage records.
+
+    Raises:
+        RecordsError: there is no job store there, or it cannot be opened.
+    """
+    from freestems.cost import RecordsError
+    from freestems.service.paths import Paths
+    from freestems.service.store import JobStore, StoreError
+
+    database = Paths(data_dir).database
+    if not database.is_file():
+        raise RecordsError(f"no job store at {database} (give the service's --data-dir)")
+    try:
+        store = JobStore(database)
+    except StoreError as error:
+        raise RecordsError(str(error)) from None
+    try:
+        return database, store.usage_records()
+    finally:
+        store.close()
 
 
 def run_remote(args: argparse.Namespace) -> int:
