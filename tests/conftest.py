@@ -71,7 +71,7 @@ def start_server(tmp_path, small_model) -> Iterator[Callable[..., LiveServer]]:
     from service_helpers import leftover_files, running_server, small_settings
 
     from freestems.executors import LocalExecutor
-    from freestems.service.jobs import Paths
+    from freestems.service.paths import Paths
 
     data_dir = tmp_path / "data"
     with contextlib.ExitStack() as stack:
@@ -126,7 +126,7 @@ def web_server(tmp_path_factory, small_model) -> Iterator[LiveServer]:
     from service_helpers import running_server, small_settings
 
     from freestems.executors import LocalExecutor
-    from freestems.service.jobs import Paths
+    from freestems.service.paths import Paths
 
     data_dir = tmp_path_factory.mktemp("web") / "data"
     settings = small_settings(

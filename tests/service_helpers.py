@@ -29,7 +29,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from freestems.executors import Executor
 from freestems.service import Settings, create_app
-from freestems.service.app import Service
+from freestems.service.parts import Service
 from freestems.service.server import Server, uvicorn_config
 
 ORIGIN = "http://127.0.0.1"  # completed with the port: same-origin by default

@@ -201,7 +201,7 @@ def test_errors_are_one_line_each_and_the_exit_code_says_so(start_server, songs,
 def test_retry_after_is_waited_out(start_server, songs, tmp_path):
     server = start_server(jobs_per_ip=1)
     # White-box: a fresh server advises Retry-After of its 60 s job estimate; 1 s keeps the test short.
-    server.service.manager._job_seconds = 1.0
+    server.service.manager.views.job_seconds = 1.0
     with open_session(server) as (ws, key):
         blocker = post_job(server, songs["long"], key, shifts=3).json()
         wait_for_message(ws, running)

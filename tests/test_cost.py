@@ -16,11 +16,15 @@ from freestems.cost import (
     PriceError,
     Shape,
     UsageRecord,
+    bench_records,
+    deployed_shape,
     format_projections,
+    format_recorded,
     job_cost,
     parse_prices,
     price_of,
     project,
+    project_deployment,
     region_multiplier,
     scaledown_window,
 )
@@ -128,6 +132,22 @@ def test_the_projection_counts_each_song_warm_and_with_a_wake_up():
     assert t4.wake_usd == pytest.approx(20.0 * T4_RATE)
     assert (cpu.tier, cpu.jobs, cpu.busy_per_song, cpu.idle_seconds) == ("CPU", 1, pytest.approx(60.0), 5.0)
     assert cpu.isolated_usd == pytest.approx((60.0 + 5.0 + 5.0) * CPU_RATE)
+
+
+def test_the_deployment_gives_each_tier_its_reservation_and_its_idle_tail():
+    deployment = ModalSettings.from_env(
+        {"FREESTEMS_MODAL_REGION": "us-east", "FREESTEMS_MODAL_CPU_CLASS_MEMORY": "2048"}
+    )
+    assert deployed_shape("L4", deployment) == Shape("L4", 4.0, 4096, ("us-east",))
+    assert deployed_shape("cpu", deployment) == Shape(None, 2.0, 2048, ("us-east",))
+    l4, cpu = project_deployment(RECORDS, deployment, DEFAULT_GPU_PRICES, ["L4", "CPU"])
+    assert (l4.jobs, l4.idle_seconds, cpu.idle_seconds) == (3, 10.0, 5.0)  # the deployed scale-down windows
+    assert l4.shape.regions == ("us-east",)
+
+
+def test_a_bench_spent_nothing():
+    bench = bench_records({"gpu": "L4", "runs": [{"seconds": 10.0, "wall": 1.0}]})
+    assert format_recorded([*bench, record("a", "L4", 180.0, 9.0)], []).startswith("recorded spend: 1 job(s)")
 
 
 def test_the_scaledown_window_is_the_start_time_within_modals_range():

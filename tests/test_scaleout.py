@@ -36,7 +36,7 @@ from websockets.exceptions import InvalidStatus
 from freestems.deploy.web_tier import DATA_MOUNT, WEB_SCALEDOWN_WINDOW, web_settings
 from freestems.executors import LocalExecutor
 from freestems.service import create_app
-from freestems.service.jobs import Paths
+from freestems.service.paths import Paths
 from freestems.service.shared_state import SharedState
 
 FOUR = ["bass.mp3", "drums.mp3", "other.mp3", "vocals.mp3"]

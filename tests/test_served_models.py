@@ -47,7 +47,7 @@ from freestems.executors import LocalExecutor
 from freestems.models import ModelChoiceError
 from freestems.models.served import LoadedModels, model_bytes, serve_models
 from freestems.service import Settings, SettingsError
-from freestems.service.jobs import Paths
+from freestems.service.paths import Paths
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from web_helpers import ARTIFACTS, needs_chromium, wait_js
 
 from freestems.executors import LocalExecutor
 from freestems.models.served import serve_models
-from freestems.service.jobs import Paths
+from freestems.service.paths import Paths
 
 pytestmark = needs_chromium
 

@@ -15,7 +15,7 @@ from test_web import job_state, start_slow_separation, wait_result
 from web_helpers import events, needs_chromium, wait_js
 
 from freestems.executors import LocalExecutor
-from freestems.service.jobs import Paths
+from freestems.service.paths import Paths
 
 pytestmark = needs_chromium
 

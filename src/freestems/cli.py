@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from typing import TypeAlias
 
     from freestems.contract import LoadedModel
+    from freestems.cost import UsageRecord, WakeRecord
     from freestems.evaluate import Evaluation, SongResult
     from freestems.service import Settings
 
@@ -356,8 +357,8 @@ def run_separate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=device,
     )
-    done = 0
-    for path in inputs:
+
+    def one(path: Path) -> None:
         destination = Path(args.out) / model.name / path.stem
         try:
             with progress_bar(path.name) as update:
@@ -372,17 +373,42 @@ def run_separate(args: argparse.Namespace) -> int:
                 )
             if args.zip:
                 zip_stems(result.stems, destination.with_suffix(".zip"))
-            done += 1
-            print(f"{path.name}: {len(result.stems)} stems in {destination}", file=sys.stderr)
-        except (AudioError, SeparationError) as error:
-            errors.append(str(error))
-            print(f"freestems: {error}", file=sys.stderr)
+        except Exception:
             _remove_if_empty(destination)
-        except Exception as error:  # one file's surprise (a bug, a full disk) must not stop the batch
+            raise
+        print(f"{path.name}: {len(result.stems)} stems in {destination}", file=sys.stderr)
+
+    return each_file(inputs, errors, one, (AudioError, SeparationError), named_by_error=True)
+
+
+def each_file(
+    inputs: Sequence[Path],
+    errors: list[str],
+    one: Callable[[Path], object],
+    expected: tuple[type[Exception], ...],
+    *,
+    named_by_error: bool = False,
+) -> int:
+    """Run ``one`` on each input in turn; a file that fails is one line on stderr and the batch goes on.
+    Then the summary of the failures (``errors`` holds those found before, such as missing inputs).
+
+    ``expected`` errors are told in their own words, after the file's name unless ``named_by_error`` (the
+    engine's errors name the file themselves); any other is a surprise (a bug, a full disk), told as
+    :func:`_unexpected`. Returns the exit code: 1 if anything failed.
+    """
+    done = 0
+    for path in inputs:
+        try:
+            one(path)
+        except expected as error:
+            line = str(error) if named_by_error else f"{path.name}: {error}"
+        except Exception as error:  # one file's surprise must not stop the batch
             line = f"{path.name}: {_unexpected(error)}"
-            errors.append(line)
-            print(f"freestems: {line}", file=sys.stderr)
-            _remove_if_empty(destination)
+        else:
+            done += 1
+            continue
+        errors.append(line)
+        print(f"freestems: {line}", file=sys.stderr)
     if errors:
         print(f"freestems: {done} separated, {len(errors)} failed:", file=sys.stderr)
         for line in errors:
@@ -455,7 +481,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from freestems.models import ModelError
     from freestems.models.served import serve_models
     from freestems.service import Settings, SettingsError
-    from freestems.service.jobs import Paths
+    from freestems.service.paths import Paths
     from freestems.service.server import serve
 
     try:
@@ -500,23 +526,17 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_cost(args: argparse.Namespace) -> int:
-    import json
-
     from freestems.cost import (
-        Shape,
-        WakeRecord,
-        bench_records,
+        DEFAULT_TIERS,
+        RecordsError,
         format_projections,
         format_recorded,
-        modal_records,
-        project,
+        project_deployment,
     )
 
     try:
         from freestems.deploy.settings import ModalSettings
         from freestems.service import Settings, SettingsError
-        from freestems.service.jobs import Paths
-        from freestems.service.store import JobStore, StoreError
     except ImportError as error:
         return fail(f"{error.name} is missing: pip install 'freestems[serve]'")
     if args.song_seconds <= 0:
@@ -524,59 +544,74 @@ def run_cost(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env(data_dir=args.data_dir)
         deployment = ModalSettings.from_env()
-    except SettingsError as error:
+        records, wakes, sources = _cost_records(args, settings.data_dir, deployment.modal_app_name)
+    except (SettingsError, RecordsError) as error:
         return fail(error)
-    records = []
-    wakes: list[WakeRecord] = []
-    sources = []
-    for path in args.bench or ():
-        try:
-            records.extend(bench_records(json.loads(Path(path).read_text())))
-        except (OSError, ValueError, AttributeError) as error:
-            return fail(f"cannot read the bench results {path}: {error}")
-        sources.append(str(path))
-    if args.modal:
-        app_name = deployment.modal_app_name
-        try:
-            found, wakes = modal_records(app_name)
-            records.extend(found)
-        except ImportError:
-            return fail("the modal package is missing: pip install 'freestems[modal]'")
-        except Exception as error:  # no token, no network, no such Dict
-            return fail(f"cannot read the usage records of Modal app {app_name}: {error}")
-        sources.append(f"Modal app {app_name}")
-    elif args.data_dir is not None or not args.bench:
-        database = Paths(settings.data_dir).database
-        if not database.is_file():
-            return fail(f"no job store at {database} (give the service's --data-dir)")
-        try:
-            store = JobStore(database)
-        except StoreError as error:
-            return fail(error)
-        try:
-            records.extend(store.usage_records())
-        finally:
-            store.close()
-        sources.append(str(database))
-    regions = tuple(deployment.modal_region)
-    shapes = [
-        Shape(None, deployment.modal_cpu_class_cpu, deployment.modal_cpu_class_memory, regions)
-        if tier.upper() == "CPU"
-        else Shape(tier, deployment.modal_cpu, deployment.modal_memory, regions)
-        for tier in args.tier or ("T4", "L4", "A10G", "CPU")
-    ]
-    idle = {"CPU": deployment.modal_cpu_scaledown_window, "*": deployment.modal_scaledown_window}
-    projections = project(
-        records, shapes, settings.gpu_prices, idle_seconds=idle, song_seconds=args.song_seconds
+    projections = project_deployment(
+        records, deployment, settings.gpu_prices, args.tier or DEFAULT_TIERS, song_seconds=args.song_seconds
     )
     counted = sum(p.jobs for p in projections)
     print(f"{len(records)} recorded job(s) in {' + '.join(sources)}; {counted} on the tiers shown")
     print(format_projections(projections))
     if args.modal or args.data_dir is not None or not args.bench:
-        print(
-            format_recorded([record for record in records if not record.job_id.startswith("bench-")], wakes)
-        )
+        print(format_recorded(records, wakes))
     return 0
+
+
+def _cost_records(
+    args: argparse.Namespace, data_dir: Path, app_name: str
+) -> tuple[list[UsageRecord], list[WakeRecord], list[str]]:
+    """What ``freestems cost`` projects from: the records of the benches named, then those of the Modal
+    deployment (``--modal``) or of the job store; with the wake-ups recorded and where it all came from.
+
+    Raises:
+        RecordsError: a source cannot be read.
+    """
+    from freestems.cost import RecordsError, bench_file_records, modal_records
+
+    records: list[UsageRecord] = []
+    wakes: list[WakeRecord] = []
+    sources = []
+    for path in args.bench or ():
+        records.extend(bench_file_records(Path(path)))
+        sources.append(str(path))
+    if args.modal:
+        try:
+            found, wakes = modal_records(app_name)
+        except ImportError:
+            raise RecordsError("the modal package is missing: pip install 'freestems[modal]'") from None
+        except Exception as error:  # no token, no network, no such Dict
+            raise RecordsError(f"cannot read the usage records of Modal app {app_name}: {error}") from None
+        records.extend(found)
+        sources.append(f"Modal app {app_name}")
+    elif args.data_dir is not None or not args.bench:
+        database, stored = _stored_records(data_dir)
+        records.extend(stored)
+        sources.append(str(database))
+    return records, wakes, sources
+
+
+def _stored_records(data_dir: Path) -> tuple[Path, list[UsageRecord]]:
+    """The job store of the service's data folder ``data_dir``, and its usage records.
+
+    Raises:
+        RecordsError: there is no job store there, or it cannot be opened.
+    """
+    from freestems.cost import RecordsError
+    from freestems.service.paths import Paths
+    from freestems.service.store import JobStore, StoreError
+
+    database = Paths(data_dir).database
+    if not database.is_file():
+        raise RecordsError(f"no job store at {database} (give the service's --data-dir)")
+    try:
+        store = JobStore(database)
+    except StoreError as error:
+        raise RecordsError(str(error)) from None
+    try:
+        return database, store.usage_records()
+    finally:
+        store.close()
 
 
 def run_remote(args: argparse.Namespace) -> int:
@@ -595,50 +630,34 @@ def run_remote(args: argparse.Namespace) -> int:
     if not inputs:
         return fail("no audio files found in " + ", ".join(args.inputs))
     reporter = TerminalReporter(quiet=args.quiet)
-    done = 0
     try:
         client = Client(
             args.url, timeout=args.timeout, max_wait=args.max_wait, workers=args.workers, reporter=reporter
         )
     except RemoteError as error:
         return fail(error)
+
+    def one(path: Path) -> None:
+        stems = client.separate(
+            path,
+            out_dir=args.out,
+            two_stems=args.two_stems,
+            shifts=args.shifts,
+            overlap=args.overlap,
+            format=args.format,
+            bitrate=args.bitrate,
+            model=args.model,
+            zip=args.zip,
+        )
+        if not args.quiet:
+            if args.zip:
+                print(f"{path.name}: stems in {stems['zip']}", file=sys.stderr)
+            else:
+                folder = next(iter(stems.values())).parent
+                print(f"{path.name}: {len(stems)} stems in {folder}", file=sys.stderr)
+
     with client:
-        for path in inputs:
-            try:
-                stems = client.separate(
-                    path,
-                    out_dir=args.out,
-                    two_stems=args.two_stems,
-                    shifts=args.shifts,
-                    overlap=args.overlap,
-                    format=args.format,
-                    bitrate=args.bitrate,
-                    model=args.model,
-                    zip=args.zip,
-                )
-            except RemoteError as error:
-                errors.append(f"{path.name}: {error}")
-                print(f"freestems: {path.name}: {error}", file=sys.stderr)
-                continue
-            except Exception as error:  # a surprise (a bug, a full disk) is one line, and the batch goes on
-                detail = f": {str(error).splitlines()[0]}" if str(error) else ""
-                line = f"{path.name}: failed unexpectedly ({type(error).__name__}{detail})"
-                errors.append(line)
-                print(f"freestems: {line}", file=sys.stderr)
-                continue
-            done += 1
-            if not args.quiet:
-                if args.zip:
-                    print(f"{path.name}: stems in {stems['zip']}", file=sys.stderr)
-                else:
-                    folder = next(iter(stems.values())).parent
-                    print(f"{path.name}: {len(stems)} stems in {folder}", file=sys.stderr)
-    if errors:
-        print(f"freestems: {done} separated, {len(errors)} failed:", file=sys.stderr)
-        for line in errors:
-            print(f"  {line}", file=sys.stderr)
-        return 1
-    return 0
+        return each_file(inputs, errors, one, (RemoteError,))
 
 
 def add_eval_parser(commands: Subcommands) -> None:

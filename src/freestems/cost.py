@@ -35,7 +35,8 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 PRICES_SOURCE = (
     "Modal's published prices (https://modal.com/pricing) as transcribed on 2026-07-01 in "
@@ -160,7 +161,9 @@ def modal_records(app_name: str) -> tuple[list[UsageRecord], list[WakeRecord]]:
 
 
 def format_recorded(records: Sequence[UsageRecord], wakes: Sequence[WakeRecord]) -> str:
-    """What the records say was spent: the jobs' own cost and the wake-ups' start and idle seconds."""
+    """What the records say was spent: the jobs' own cost and the wake-ups' start and idle seconds (a
+    bench's records, :func:`bench_records`, spent nothing and are not counted)."""
+    records = [record for record in records if not record.job_id.startswith(BENCH_PREFIX)]
     jobs = sum(record.cost_usd or 0.0 for record in records)
     line = f"recorded spend: {len(records)} job(s) ${jobs:.4f}"
     if wakes:
@@ -407,6 +410,59 @@ def project(
     return projections
 
 
+DEFAULT_TIERS = ("T4", "L4", "A10G", "CPU")
+"""The tiers ``freestems cost`` projects unless told which."""
+
+
+class Deployment(Protocol):
+    """What a projection reads of a deployment's settings: :class:`freestems.deploy.settings.ModalSettings`,
+    named here by its fields so that this module imports nothing above it."""
+
+    @property
+    def modal_region(self) -> Sequence[str]: ...
+
+    @property
+    def modal_cpu(self) -> float: ...
+
+    @property
+    def modal_memory(self) -> int: ...
+
+    @property
+    def modal_scaledown_window(self) -> int: ...
+
+    @property
+    def modal_cpu_class_cpu(self) -> float: ...
+
+    @property
+    def modal_cpu_class_memory(self) -> int: ...
+
+    @property
+    def modal_cpu_scaledown_window(self) -> int: ...
+
+
+def deployed_shape(tier: str, deployment: Deployment) -> Shape:
+    """What a container of ``tier`` (a GPU type, or ``CPU``: the CPU class) reserves in ``deployment``."""
+    regions = tuple(deployment.modal_region)
+    if tier.upper() == "CPU":
+        return Shape(None, deployment.modal_cpu_class_cpu, deployment.modal_cpu_class_memory, regions)
+    return Shape(tier, deployment.modal_cpu, deployment.modal_memory, regions)
+
+
+def project_deployment(
+    records: Iterable[UsageRecord],
+    deployment: Deployment,
+    gpu_prices: Mapping[str, float],
+    tiers: Sequence[str] = DEFAULT_TIERS,
+    *,
+    song_seconds: float = SONG_SECONDS,
+) -> list[Projection]:
+    """:func:`project` onto the containers ``deployment`` declares: each tier's reservation, and its
+    scale-down window as a wake-up's idle tail."""
+    idle = {"CPU": deployment.modal_cpu_scaledown_window, "*": deployment.modal_scaledown_window}
+    shapes = [deployed_shape(tier, deployment) for tier in tiers]
+    return project(records, shapes, gpu_prices, idle_seconds=idle, song_seconds=song_seconds)
+
+
 def _usd(value: float | None) -> str:
     return "?" if value is None else f"{value:.5f}"
 
@@ -469,6 +525,27 @@ def format_projections(projections: Sequence[Projection], *, skipped: int = 0) -
     return "\n".join(lines)
 
 
+BENCH_PREFIX = "bench-"
+"""The job id of a bench's record starts so (:func:`bench_records`): it measured a speed, spent nothing."""
+
+
+class RecordsError(Exception):
+    """Usage records cannot be read (a bench's file, the Modal deployment's, the job store); the message
+    says which and why."""
+
+
+def bench_file_records(path: Path) -> list[UsageRecord]:
+    """Usage records from a bench's JSON results file (:func:`bench_records`).
+
+    Raises:
+        RecordsError: the file cannot be read or is not a bench's results.
+    """
+    try:
+        return bench_records(json.loads(path.read_text()))
+    except (OSError, ValueError, AttributeError) as error:
+        raise RecordsError(f"cannot read the bench results {path}: {error}") from None
+
+
 def bench_records(data: Mapping[str, Any]) -> list[UsageRecord]:
     """Usage records from a bench's JSON results (``bench/results/separate.json``: ``runs`` of
     ``{"seconds": audio, "wall": busy}``, with ``"gpu"`` at the top for a GPU run, else a CPU one)."""
@@ -480,7 +557,7 @@ def bench_records(data: Mapping[str, Any]) -> list[UsageRecord]:
             continue
         records.append(
             UsageRecord(
-                job_id=f"bench-{index}",
+                job_id=f"{BENCH_PREFIX}{index}",
                 finished_at=0.0,
                 model=str(data.get("model") or ""),
                 gpu=gpu,

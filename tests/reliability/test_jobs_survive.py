@@ -45,7 +45,7 @@ from websockets.sync.client import connect
 
 from freestems.executors import LocalExecutor
 from freestems.service import create_app
-from freestems.service.jobs import Paths
+from freestems.service.paths import Paths
 from freestems.service.server import uvicorn_config
 from freestems.service.sessions import Mailbox
 

@@ -6,8 +6,10 @@
 
 Modules, one concern each: ``settings`` (every knob), ``errors`` (the one exception type and its JSON),
 ``challenges`` (proof of work), ``sessions`` (keys), ``limits`` (rate limits), ``network`` (client address,
-Origin), ``uploads`` (streamed multipart), ``options`` (form validation), ``store`` (SQLite), ``cache``
-(results by content), ``jobs`` (the manager), ``websocket`` (the session protocol), ``app`` (routes),
+Origin), ``uploads`` (streamed multipart), ``options`` (form validation), ``paths`` (the data folder),
+``store`` (SQLite), ``cache`` (results by content), ``jobs`` (the manager), ``views`` (what a client is
+shown of a job), ``follow`` (who follows a job; other containers' jobs), ``tokens`` (the job token check),
+``parts`` (the running service's parts), ``websocket`` (the session protocol), ``app`` (routes),
 ``server`` (uvicorn). Where the model runs is :mod:`freestems.executors`.
 """
 

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import math
-import re
 import secrets
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,47 +45,31 @@ from .errors import (
     unauthorized,
     unavailable,
 )
-from .jobs import JobManager, Paths, result_url
+from .jobs import JobManager
 from .limits import SlidingWindow
 from .network import AllowedHosts, client_address
 from .options import FILE_FIELD, FORMATS, RERUN_FIELDS, SeparationOptions, form_schema, parse_options
+from .parts import Service
+from .paths import Paths
 from .replicas import Replica
 from .sessions import SessionRegistry
 from .settings import Settings
 from .shared_state import LocalState, SharedState
-from .shared_store import DictJobStore
-from .store import Job, JobStore
+from .store import Job
+from .tokens import owned_job
 from .uploads import Upload, receive_upload
+from .views import result_url
 from .websocket import session_socket
 
 log = logging.getLogger(__name__)
 
 WEB_PAGE = Path(__file__).resolve().parents[1] / "web" / "index.html"
-JOB_ID = re.compile(r"[0-9a-f]{16}")
 REFUSED_UPLOAD_STATUSES = frozenset({400, 408, 413, 415, 422})
 """Upload refusals that leave the session key unspent, so they count against the client's address."""
 
 FORM_ROUTES = ("/separate", "/jobs")
 """The routes that take the separation form (its schema comes from :func:`~.options.form_schema`)."""
 SESSION_KEY_PARAMETER = {"name": "X-Session-Key", "in": "header", "schema": {"type": "string"}}
-
-
-@dataclass
-class Service:
-    """The running service's parts, shared by the routes (``app.state.service``)."""
-
-    settings: Settings
-    executor: Executor
-    store: JobStore | DictJobStore
-    sessions: SessionRegistry
-    challenges: ChallengeBook
-    limiter: SlidingWindow
-    refusals: SlidingWindow
-    """Refused uploads per address (see ``REFUSED_UPLOAD_STATUSES``)."""
-    manager: JobManager
-    paths: Paths
-    state: LocalState
-    """Where what several web containers share lives (:mod:`.shared_state`)."""
 
 
 def create_app(
@@ -283,7 +264,7 @@ def _add_form_routes(app: FastAPI) -> None:
         service = _service(request)
         job = await _create_job(request, service, rerun=True)
         body = {
-            **service.manager.view(job),
+            **service.manager.views.view(job),
             "token": job.token,
             "status_url": f"/jobs/{job.id}?token={job.token}",
             "result_url": result_url(job),
@@ -299,8 +280,8 @@ def _add_job_routes(app: FastAPI) -> None:
     async def get_job(job_id: str, request: Request) -> dict[str, Any]:
         service = _service(request)
         job = _owned_job(request, service, job_id)
-        service.manager.seen(job.id)  # a poll by the owner follows the job
-        return service.manager.view(job)
+        service.manager.follow.seen(job.id)  # a poll by the owner follows the job
+        return service.manager.views.view(job)
 
     @app.get(
         "/jobs/{job_id}/result",
@@ -310,7 +291,7 @@ def _add_job_routes(app: FastAPI) -> None:
     async def get_result(job_id: str, request: Request) -> Response:
         service = _service(request)
         job = _owned_job(request, service, job_id)
-        service.manager.seen(job.id)
+        service.manager.follow.seen(job.id)
         if job.state == "done" and service.state.shared:  # written by another container, maybe
             await asyncio.to_thread(service.state.visible, job.result_path)
         return _result_response(service, job)
@@ -322,7 +303,7 @@ def _add_job_routes(app: FastAPI) -> None:
     async def get_partial(job_id: str, request: Request) -> dict[str, Any]:
         service = _service(request)
         job = _owned_job(request, service, job_id)
-        service.manager.seen(job.id)
+        service.manager.follow.seen(job.id)
         return await service.manager.partials.listing(job, service.manager.stems(job))
 
     @app.get(
@@ -333,7 +314,7 @@ def _add_job_routes(app: FastAPI) -> None:
     async def get_segment(job_id: str, stem: str, index: int, request: Request) -> Response:
         service = _service(request)
         job = _owned_job(request, service, job_id)
-        service.manager.seen(job.id)
+        service.manager.follow.seen(job.id)
         path = await service.manager.partials.segment(job, stem, index, service.manager.stems(job))
         return FileResponse(path, media_type="audio/flac", headers={"Cache-Control": "private, max-age=3600"})
 
@@ -476,13 +457,7 @@ def _earlier_job(service: Service, upload: Upload) -> Job | None:
     if not (job_id and token):
         missing = RERUN_FIELDS[1] if job_id else RERUN_FIELDS[0]
         raise invalid_parameter(missing, f"required with {RERUN_FIELDS[1] if job_id else RERUN_FIELDS[0]}")
-    job = service.manager.get(job_id) if JOB_ID.fullmatch(job_id) else None
-    if job is None or not hmac.compare_digest(job.token.encode(), token.encode()):
-        ttl = round(service.settings.result_ttl)
-        raise not_found(
-            f"no job {job_id} with this token (jobs and their songs are deleted {ttl} s after they end)"
-        )
-    return job
+    return owned_job(service.manager, job_id, token)
 
 
 def _check_refusals(service: Service, client: str) -> None:
@@ -552,13 +527,7 @@ def _owned_job(request: Request, service: Service, job_id: str) -> Job:
     token = request.query_params.get("token") or request.headers.get("x-job-token")
     if not token:
         raise unauthorized("token_missing", "give the job's token as ?token=... or in the X-Job-Token header")
-    job = service.manager.get(job_id) if JOB_ID.fullmatch(job_id) else None
-    if job is None or not hmac.compare_digest(job.token.encode(), token.encode()):
-        ttl = round(service.settings.result_ttl)
-        raise not_found(
-            f"no job {job_id} with this token (jobs and results are deleted {ttl} s after they end)"
-        )
-    return job
+    return owned_job(service.manager, job_id, token)
 
 
 def _result_response(service: Service, job: Job) -> Response:

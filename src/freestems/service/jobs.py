@@ -10,10 +10,10 @@ jobs from this address) -> result cache (a hit is a finished job at once, no mod
 change goes to the sockets following the job, progress is persisted at most once a second, and when a job
 ends its session key dies.
 
-A job is *followed* while its session WebSocket is open, a socket follows it (``follow`` message), a
-``POST /separate`` waits for it, or its owner polled it (``GET /jobs/{id}`` or its result) within the last
-``reattach_grace`` seconds. An unfinished job that nobody follows for ``reattach_grace`` seconds is
-cancelled: nobody would collect it. The grace lets a reloaded page or a reconnecting client come back.
+The manager leans on three helpers: what a client is shown of a job (its view and ``job`` messages, with
+the progress, position and estimates) is :mod:`.views`; who follows a job, the grace after which an
+unfollowed job is cancelled, and what other containers run (relays, adoptions) is :mod:`.follow`; the data
+folder's layout is :mod:`.paths`.
 
 A computed job also leaves a usage row (GPU type, audio and GPU seconds, cost at
 ``settings.gpu_prices``), shown as ``cost`` by ``GET /jobs/{id}`` and summed up by ``freestems cost``.
@@ -43,7 +43,6 @@ import math
 import secrets
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,71 +57,33 @@ from freestems.rules import output_names
 
 from .cache import ResultCache, cache_key, link_or_copy
 from .errors import not_found, payload_too_large, too_many_requests, unavailable, unsupported_media
-from .options import SeparationOptions, options_view
+from .follow import Follow
+from .options import SeparationOptions
 from .partials import Partials
+from .paths import Paths
 from .progress import ProgressClock
 from .sessions import Session, SessionRegistry
 from .settings import Settings
 from .shared_state import LocalState
 from .shared_store import DictJobStore
-from .store import RESTART_REASON, TERMINAL, Job, JobStore
+from .store import TERMINAL, Job, JobStore
 from .uploads import Upload
+from .views import JobViews
 
 log = logging.getLogger(__name__)
 
 PROGRESS_PERSIST_SECONDS = 1.0
 """Progress reaches SQLite at most this often per job (the WebSocket gets every update)."""
-DEFAULT_JOB_SECONDS = 60.0
-"""Job duration assumed for Retry-After estimates until one has been measured."""
 TICK_SECONDS = 0.5
 """How often a running job's sockets get a ``job`` message with the interpolated progress (and queued
 jobs' sockets every other time, for ``queue_eta``)."""
 
 
-@dataclass(frozen=True)
-class Paths:
-    """The data folder's layout (``work_dir``: the executor's folders, if not ``<root>/work``)."""
-
-    root: Path
-    work_dir: Path | None = None
-
-    @property
-    def database(self) -> Path:
-        return self.root / "jobs.sqlite3"
-
-    @property
-    def uploads(self) -> Path:
-        return self.root / "uploads"
-
-    @property
-    def work(self) -> Path:
-        return self.work_dir or self.root / "work"
-
-    @property
-    def results(self) -> Path:
-        return self.root / "results"
-
-    @property
-    def cache(self) -> Path:
-        return self.root / "cache"
-
-    @property
-    def sources(self) -> Path:
-        """Each job's upload as it arrived (``<job id><suffix>``), kept as long as its result, so that the
-        same song can be separated again with another model without a second upload (``from_job``)."""
-        return self.root / "sources"
-
-    @property
-    def partials(self) -> Path:
-        return self.root / "partials"
-
-    def create(self) -> None:
-        for folder in (self.uploads, self.work, self.results, self.cache, self.sources, self.partials):
-            folder.mkdir(parents=True, exist_ok=True)
-
-
 class JobManager:
-    """Owns the life of every job. Create it, ``await start()``, and ``await close()`` at shutdown."""
+    """Owns the life of every job. Create it, ``await start()``, and ``await close()`` at shutdown.
+
+    What a client is shown is :attr:`views`; who follows the jobs, and what other containers run, is
+    :attr:`follow`."""
 
     def __init__(
         self,
@@ -142,10 +103,7 @@ class JobManager:
         self._progress: dict[str, float] = {}
         self._persisted: dict[str, float] = {}
         self._waiters: dict[str, asyncio.Event] = {}
-        self._collectors: dict[str, int] = {}  # job id -> POST /separate requests waiting for it
-        self.state = state or LocalState()  # also when its owner last polled a job (follow_age)
-        self._here: set[str] = set()  # unfinished jobs this process's executor has (shared state)
-        self._relayed: dict[str, tuple[Any, ...]] = {}  # other containers' jobs: what sockets here last heard
+        self.state = state or LocalState()
         self.cache = ResultCache(
             store,  # type: ignore[arg-type]  # a DictJobStore has the methods the cache uses
             paths.cache,
@@ -153,12 +111,10 @@ class JobManager:
             settings.result_cache,
             visible=self.state.visible,
         )
-        self._timers: dict[str, asyncio.TimerHandle] = {}  # job id -> its "is it still followed?" check
-        self._job_seconds = DEFAULT_JOB_SECONDS
-        self._job_measured = False
         self.partials = Partials(paths.partials)
         self.clock = ProgressClock()
-        self._durations: dict[str, float] = {}  # job id -> track seconds, as the upload's probe found
+        self.views = JobViews(store, self.partials, self.clock, settings.workers)
+        self.follow = Follow(settings, self.state, store, sessions, executor, self)
         self._ticker: asyncio.Task[None] | None = None
         self._tick = 0
         self._closed = False
@@ -169,6 +125,7 @@ class JobManager:
     async def start(self) -> None:
         """Clean stale files, recover the store after a restart and resubmit unfinished jobs."""
         self._loop = asyncio.get_running_loop()
+        self.follow.start(self._loop)
         self.paths.create()
         shutil.rmtree(self.paths.work, ignore_errors=True)
         self.paths.work.mkdir(parents=True, exist_ok=True)
@@ -182,8 +139,8 @@ class JobManager:
             self._remove_orphans()
         for job in requeue:
             self.partials.remove(job.id)
-            self.executor.submit(self._work_item(job))
-            self.seen(job.id)  # nobody follows it yet: its owner has the grace period to come back
+            self.executor.submit(self.work_item(job))
+            self.follow.seen(job.id)  # nobody follows it yet: its owner has the grace period to come back
         if requeue:
             log.info("resumed %d unfinished job(s) from the store", len(requeue))
         self._ticker = asyncio.create_task(self._tick_forever())
@@ -195,14 +152,11 @@ class JobManager:
         self._closed = True
         if self._ticker is not None:
             self._ticker.cancel()
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
-        for job_id in list(self._collectors):
+        for job_id in self.follow.close():
             self.abandon(job_id)
         await asyncio.to_thread(self.executor.close)
         for job in self.store.active():
-            if self.state.shared and job.id not in self._here:
+            if self.state.shared and not self.follow.runs_here(job.id):
                 continue  # another container's
             if job.state == "running":
                 self.store.update(job.id, state="queued", progress=0.0, started_at=None)
@@ -224,8 +178,9 @@ class JobManager:
         if self._closed:
             raise unavailable("the server is shutting down; try again in a minute", retry_after=60)
         total = self.store.in_flight()
+        job_seconds = self.views.job_seconds
         if total >= self.settings.queue_capacity:
-            wait = self._job_seconds * total / self.settings.workers
+            wait = job_seconds * total / self.settings.workers
             raise too_many_requests(
                 "queue_full",
                 f"the queue is full ({total} jobs); try again in {math.ceil(wait)} s",
@@ -237,7 +192,7 @@ class JobManager:
                 "too_many_jobs",
                 f"you already have {mine} job(s) queued or running "
                 f"(the limit is {self.settings.jobs_per_ip}); wait for one to finish",
-                self._job_seconds,
+                job_seconds,
             )
 
     async def submit(
@@ -251,52 +206,26 @@ class JobManager:
         try:
             duration = await asyncio.to_thread(self._probe, upload)
             self.admit(client)  # again: from here to the insert nothing awaits, so this is exact
-            job_id = secrets.token_hex(8)
             model = self.served_model(options.model)
             key = cache_key(upload.sha256, model.fingerprint, options.as_dict())
-            job = Job(
-                id=job_id,
-                token=secrets.token_urlsafe(24),
-                state="queued",
-                options=options.as_dict(),
-                model=model.name,
-                client=client,
-                session=session.hash if session else None,
-                filename=upload.filename,
-                cache_key=key,
-                created_at=time.time(),
-            )
-            result = self.paths.results / f"{job_id}.zip"
-            link_or_copy(upload.path, self.paths.sources / f"{job_id}{upload.suffix}")
+            job = self._new_job(upload, options, model.name, key, client, session)
+            link_or_copy(upload.path, self.paths.sources / f"{job.id}{upload.suffix}")
             if duration is not None:
-                self._durations[job_id] = duration
+                self.views.durations[job.id] = duration
             cached = self.cache.lookup(key)
             if cached is not None:
-                link_or_copy(cached, result)
-                now = time.time()
-                job.state, job.progress, job.cache_hit, job.result_path = "done", 1.0, True, result
-                job.started_at = job.finished_at = now
-                job.expires_at = now + self.settings.result_ttl
-                self.store.create(job)
-                source = self.store.result_job(key)
-                if source is not None:
-                    await asyncio.to_thread(self.partials.adopt, job_id, source)
-                if session is not None:
-                    self.sessions.post(session.connection, self.message(job))
-                    self.sessions.post(session.connection, self.done_message(job))
-                    self.sessions.consume(session)
+                await self._from_cache(job, key, cached, session)
                 return job
-            job.input_path = self.paths.uploads / f"{job_id}{upload.suffix}"
+            job.input_path = self.paths.uploads / f"{job.id}{upload.suffix}"
             if session is not None:
-                self.sessions.attach(session, job_id)
+                self.sessions.attach(session, job.id)
             upload.path.replace(job.input_path)
             self.state.changed()
-            self.state.own(job_id)  # before the others can see the job: none adopts it
-            self._here.add(job_id)
+            self.follow.own(job.id)  # before the others can see the job: none adopts it
             self.store.create(job)
-            self.executor.submit(self._work_item(job))  # if it refuses (closing), the job runs after restart
-            self.seen(job_id)  # its creator holds the token: the grace period starts now
-            self._notify(job)
+            self.executor.submit(self.work_item(job))  # if it refuses (closing), the job runs after restart
+            self.follow.seen(job.id)  # its creator holds the token: the grace period starts now
+            self.notify(job)
             return job
         except OSError as error:
             log.error("cannot store a job: %s", error)
@@ -305,6 +234,47 @@ class JobManager:
             ) from None
         finally:
             upload.discard()
+
+    def _new_job(
+        self,
+        upload: Upload,
+        options: SeparationOptions,
+        model: str,
+        key: str,
+        client: str,
+        session: Session | None,
+    ) -> Job:
+        """The record of a new job of ``model`` (queued; not stored yet)."""
+        return Job(
+            id=secrets.token_hex(8),
+            token=secrets.token_urlsafe(24),
+            state="queued",
+            options=options.as_dict(),
+            model=model,
+            client=client,
+            session=session.hash if session else None,
+            filename=upload.filename,
+            cache_key=key,
+            created_at=time.time(),
+        )
+
+    async def _from_cache(self, job: Job, key: str, cached: Path, session: Session | None) -> None:
+        """A result cache hit: the job is done at once, with the result (and segments) of the job that
+        computed it; its session hears so and its key is spent."""
+        result = self.paths.results / f"{job.id}.zip"
+        link_or_copy(cached, result)
+        now = time.time()
+        job.state, job.progress, job.cache_hit, job.result_path = "done", 1.0, True, result
+        job.started_at = job.finished_at = now
+        job.expires_at = now + self.settings.result_ttl
+        self.store.create(job)
+        source = self.store.result_job(key)
+        if source is not None:
+            await asyncio.to_thread(self.partials.adopt, job.id, source)
+        if session is not None:
+            self.sessions.post(session.connection, self.views.message(job))
+            self.sessions.post(session.connection, self.views.done_message(job))
+            self.sessions.consume(session)
 
     async def submit_again(
         self, earlier: Job, options: SeparationOptions, client: str, session: Session | None
@@ -382,13 +352,18 @@ class JobManager:
             "capacity": self.settings.queue_capacity,
         }
 
+    def stems(self, job: Job) -> tuple[str, ...]:
+        """The stems the job gives: its model's, or one stem and its complement."""
+        model = next((m for m in self.executor.models if m.name == job.model), self.executor.model)
+        return tuple(output_names(model.sources, job.options.get("two_stems")))
+
     async def wait(self, job_id: str) -> Job | None:
         """Wait until the job has ended (or the server is closing); returns it (None if deleted).
 
         The caller (a ``POST /separate``) follows the job meanwhile: it is not cancelled for want of a
         socket, and it is cancelled if the server shuts down (:meth:`close`)."""
         event = self._waiters.setdefault(job_id, asyncio.Event())
-        self._collectors[job_id] = self._collectors.get(job_id, 0) + 1
+        self.follow.wait_begins(job_id)
         try:
             job = self.get(job_id)
             while job is not None and job.state not in TERMINAL and not self._closed:
@@ -397,121 +372,10 @@ class JobManager:
                 job = self.get(job_id)
             return job
         finally:
-            left = self._collectors.get(job_id, 1) - 1
-            if left > 0:
-                self._collectors[job_id] = left
-            else:
-                self._collectors.pop(job_id, None)
+            if self.follow.wait_ends(job_id):
                 self._waiters.pop(job_id, None)
-                self._unfollowed(job_id)
 
-    # ------------------------------------------------------------------------------------------ following
-
-    def seen(self, job_id: str) -> None:
-        """Its owner asked about the job (or created it): it counts as followed for ``reattach_grace``."""
-        self.state.touch_follow(job_id)
-        self._unfollowed(job_id)
-
-    def followed(self, job_id: str) -> bool:
-        """True while something follows the job: a socket, a waiting ``POST /separate``, a recent poll."""
-        if self.sessions.followed(job_id) or self._collectors.get(job_id):
-            return True
-        age = self.state.follow_age(job_id)
-        return age is not None and age < self.settings.reattach_grace
-
-    def _unfollowed(self, job_id: str, delay: float | None = None) -> None:
-        """Something stopped following the job (or it was polled): check it again after the grace."""
-        if self._closed or self._loop is None:
-            return
-        timer = self._timers.pop(job_id, None)
-        if timer is not None:
-            timer.cancel()
-        wait = self.settings.reattach_grace if delay is None else delay
-        self._timers[job_id] = self._loop.call_later(wait, self._check_followed, job_id)
-
-    def _check_followed(self, job_id: str) -> None:
-        """The grace has passed: cancel the job if nothing follows it (sockets and waiting requests start
-        a new check when they stop following)."""
-        self._timers.pop(job_id, None)
-        if self._closed:
-            return
-        job = self.store.get(job_id)
-        if job is None or job.state in TERMINAL:
-            self.state.forget_follow(job_id)
-            return
-        if self.sessions.followed(job_id) or self._collectors.get(job_id):
-            return
-        age = self.state.follow_age(job_id)
-        left = self.settings.reattach_grace - age if age is not None else 0.0
-        if left > 0:
-            self._unfollowed(job_id, left)
-            return
-        grace = self.settings.reattach_grace
-        log.info("job %s cancelled: nobody followed it for %g s", job_id, grace)
-        self.cancel(
-            job_id,
-            f"nobody followed this job for {grace:g} s after its connection closed, so nobody could "
-            "collect its result; it was cancelled",
-        )
-
-    # ------------------------------------------------------------------------------------------ shared
-
-    def followed_here(self) -> set[str]:
-        """Unfinished jobs something in this process follows: sockets, waiting ``POST /separate``."""
-        return self.sessions.followed_jobs() | set(self._collectors)
-
-    def running_here(self) -> set[str]:
-        """Unfinished jobs this process's executor has (shared state)."""
-        return set(self._here)
-
-    def observe(self, job_id: str, job: Job | None) -> None:
-        """Shared state, one sync round: the store's word on a job that runs here or that something here
-        follows. A job that runs here and ended elsewhere (cancelled, deleted) is stopped; another
-        container's job is relayed to the sockets here when it changed."""
-        if job_id in self._here:
-            if job is None or job.state in TERMINAL:
-                self.executor.cancel(job_id)
-                self._here.discard(job_id)
-                if job is not None:
-                    self._ended(job)
-            return
-        if job is None:
-            self.sessions.finish(job_id)
-            return
-        signature = (job.state, round(job.progress, 3), self.store.position(job), job.started_at)
-        if self._relayed.get(job_id) == signature:
-            return
-        if job.state in TERMINAL:
-            self._relayed.pop(job_id, None)
-            if self.sessions.followed(job_id) or self._collectors.get(job_id):  # not ended here already
-                self._ended(job)
-        else:
-            self._relayed[job_id] = signature
-            self._notify(job)
-
-    def adopt(self, job: Job) -> None:
-        """Shared state: run a job whose container has gone (this container won its adoption). It starts
-        again from its beginning; without its upload it fails with a reason that says so."""
-        if job.input_path is None or not self.state.visible(job.input_path):
-            now = time.time()
-            self.store.update(
-                job.id, state="failed", input_path=None, error_code=FailureCode.INTERRUPTED,
-                error=RESTART_REASON, finished_at=now, expires_at=now + self.settings.result_ttl,
-            )  # fmt: skip
-            self.state.disown(job.id)
-            ended = self.store.get(job.id)
-            if ended is not None:
-                self._ended(ended)
-            return
-        if job.state == "running":
-            self.store.update(job.id, state="queued", progress=0.0, started_at=None)
-            job.state, job.progress, job.started_at = "queued", 0.0, None
-        log.info("job %s adopted: the container that ran it has gone", job.id)
-        self._here.add(job.id)
-        self._relayed.pop(job.id, None)
-        self.executor.submit(self._work_item(job))
-        self.seen(job.id)
-        self._notify(job)
+    # ------------------------------------------------------------------------------------------ changes
 
     def abandon(self, job_id: str) -> None:
         """Shutdown: cancel a ``POST /separate`` job (code ``restarting``) and remove its upload now."""
@@ -526,26 +390,22 @@ class JobManager:
             self.store.update(job_id, input_path=None)
             log.info("job %s cancelled by the shutdown: its POST /separate client cannot come back", job_id)
 
-    # ------------------------------------------------------------------------------------------ changes
-
     def cancel(self, job_id: str, reason: str, code: str = FailureCode.CANCELLED) -> Job | None:
         """Cancel a queued or running job (its worker is freed within one chunk); ended jobs are kept."""
         job = self.store.get(job_id)
         if job is None or job.state in TERMINAL:
             return job
         now = time.time()
-        changes = dict(
+        self._change(
+            job,
             state="cancelled",
             error_code=code,
             error=reason,
             finished_at=now,
             expires_at=now + self.settings.result_ttl,
         )
-        self.store.update(job_id, **changes)
-        for name, value in changes.items():
-            setattr(job, name, value)
         self.executor.cancel(job_id)
-        self._ended(job)
+        self.ended(job)
         return job
 
     def delete(self, job_id: str) -> None:
@@ -558,12 +418,6 @@ class JobManager:
         self._remove_files(job)
         self.store.delete(job_id)
 
-    def connection_closed(self, connection: str) -> None:
-        """A session socket closed: its key dies; the unfinished jobs it followed get the grace period to
-        be followed again (else they are cancelled)."""
-        for job_id in self.sessions.close_connection(connection):
-            self._unfollowed(job_id)
-
     def sweep(self) -> int:
         """Delete ended jobs past their TTL (files and records) and expired cache entries."""
         expired = self.store.expired()
@@ -575,115 +429,24 @@ class JobManager:
             self.state.changed()
         return removed
 
-    # ------------------------------------------------------------------------------------------ messages
+    def _change(self, job: Job, **changes: Any) -> None:
+        """Store ``changes`` to the job and make them on ``job`` too."""
+        self.store.update(job.id, **changes)
+        for name, value in changes.items():
+            setattr(job, name, value)
 
-    def message(self, job: Job) -> dict[str, Any]:
-        """The WebSocket ``job`` message."""
-        message: dict[str, Any] = {
-            "type": "job",
-            "id": job.id,
-            "state": job.state,
-            "progress": round(self._shown_progress(job), 4),
-            "position": self.store.position(job),
-            "started_at": job.started_at,  # a new value: the job started again (after a server restart)
-            "model": job.model,
-            **self.progress_fields(job),
-        }
-        if job.error:
-            message["error"] = {"code": job.error_code, "message": job.error}
-        return message
+    # ------------------------------------------------------------------------------------------ telling
 
-    def done_message(self, job: Job) -> dict[str, Any]:
-        return {"type": "done", "id": job.id, "result": result_url(job)}
+    def notify(self, job: Job) -> None:
+        """The job's sockets hear its state."""
+        self.sessions.post_to_job(job.id, self.views.message(job))
 
-    def view(self, job: Job) -> dict[str, Any]:
-        """The JSON of ``GET /jobs/{id}``."""
-        view: dict[str, Any] = {
-            "id": job.id,
-            "state": job.state,
-            "progress": round(self._shown_progress(job), 4),
-            "position": self.store.position(job),
-            **self.progress_fields(job),
-            "model": job.model,
-            "options": options_view(job.options),
-            "cache": "hit" if job.cache_hit else "miss",
-            "created_at": job.created_at,
-            "started_at": job.started_at,
-            "finished_at": job.finished_at,
-            "expires_at": job.expires_at,
-            "result": result_url(job) if job.state == "done" else None,
-            "error": {"code": job.error_code, "message": job.error} if job.error else None,
-        }
-        if job.timings:
-            view["timings"] = job.timings
-        usage = self.store.usage(job.id) if job.state == "done" and not job.cache_hit else None
-        if usage is not None and usage.gpu_seconds is not None:
-            view["cost"] = {"gpu": usage.gpu, "gpu_seconds": usage.gpu_seconds, "usd": usage.cost_usd}
-        return view
-
-    # ------------------------------------------------------------------------------------------ progress
-
-    def stems(self, job: Job) -> tuple[str, ...]:
-        """The stems the job gives: its model's, or one stem and its complement."""
-        model = next((m for m in self.executor.models if m.name == job.model), self.executor.model)
-        return tuple(output_names(model.sources, job.options.get("two_stems")))
-
-    def _shown_progress(self, job: Job) -> float:
-        """A running job's measured progress, interpolated between the engine's reports (never backwards,
-        never 1.0 before done); otherwise the stored figure."""
-        if job.state == "running":
-            shown = self.clock.progress(job.id)
-            if shown is not None:
-                return shown
-        return job.progress
-
-    def _duration(self, job: Job) -> float | None:
-        """The track's length in seconds, when known (the upload's probe, the engine's count, the result)."""
-        total = self.partials.total_samples(job)
-        if total:
-            return total / SAMPLE_RATE
-        if job.id in self._durations:
-            return self._durations[job.id]
-        seconds = (job.timings or {}).get("audio_seconds")
-        return float(seconds) if seconds else None
-
-    def progress_fields(self, job: Job) -> dict[str, Any]:
-        """The honest-progress fields of a job view and a ``job`` message (README, "Progress")."""
-        duration = self._duration(job)
-        stage: str = job.state
-        elapsed = eta = queue_eta = None
-        ready = self.partials.ready_samples(job) / SAMPLE_RATE
-        if job.state == "running":
-            stage = self.clock.stage(job.id)
-            elapsed = self.clock.elapsed(job.id)
-            if elapsed is None and job.started_at:
-                elapsed = round(max(time.time() - job.started_at, 0.0), 1)
-            eta = self.clock.eta(job.id)
-        elif job.state == "queued":
-            queue_eta = self._queue_eta(job)
-        else:
-            if job.started_at and job.finished_at:
-                elapsed = round(max(job.finished_at - job.started_at, 0.0), 1)
-            if job.state == "done":
-                eta = 0.0
-                ready = duration or ready
-        return {
-            "stage": stage,
-            "elapsed": elapsed,
-            "eta": eta,
-            "ready_seconds": round(ready, 3),
-            "duration": round(duration, 3) if duration else None,
-            "queue_eta": queue_eta,
-        }
-
-    def _queue_eta(self, job: Job) -> float | None:
-        ahead: list[float | None] = []
-        for queued in self.store.queued():
-            if queued.id == job.id:
-                job_seconds = self._job_seconds if self._job_measured else None
-                return self.clock.queue_eta(ahead, self.settings.workers, job_seconds)
-            ahead.append(self._durations.get(queued.id))
-        return None
+    def _broadcast_positions(self) -> None:
+        """The queue moved: every queued job's socket learns its new place."""
+        for position, job in enumerate(self.store.queued(), start=1):
+            message = self.views.message(job)
+            message["position"] = position
+            self.sessions.post_to_job(job.id, message)
 
     async def _tick_forever(self) -> None:
         """Sockets of running jobs hear their progress every ``TICK_SECONDS`` (queued jobs' every other)."""
@@ -696,16 +459,17 @@ class JobManager:
                 for job_id in self.clock.running_jobs():
                     job = self.get(job_id)
                     if job is not None and job.state == "running":
-                        self._notify(job)
+                        self.notify(job)
                 if self._tick % 2 == 0:
                     for job in self.store.queued():
-                        self._notify(job)
+                        self.notify(job)
             except Exception:
                 log.exception("the progress ticker failed; it goes on")
 
     # ------------------------------------------------------------------------------------------ events
 
-    def _work_item(self, job: Job) -> WorkItem:
+    def work_item(self, job: Job) -> WorkItem:
+        """What the executor needs to run the job."""
         assert job.input_path is not None
         return WorkItem(
             job_id=job.id,
@@ -748,47 +512,21 @@ class JobManager:
             return
         now = time.time()
         if event.kind == "started":
-            self.store.update(job.id, state="running", started_at=now, progress=0.0)
-            job.state, job.started_at = "running", now
-            self.partials.started(job.id)
-            self.clock.started(job.id, self._durations.get(job.id))
-            self._notify(job)
-            self._broadcast_positions()
+            self._started(job, now)
         elif event.kind == "progress":
-            self.clock.reported(job.id, event.progress)
-            self._progress[job.id] = job.progress = self._shown_progress(job)
-            if now - self._persisted.get(job.id, 0.0) >= PROGRESS_PERSIST_SECONDS:
-                self.store.update(job.id, progress=job.progress)
-                self._persisted[job.id] = now
-            self._notify(job)
+            self._progressed(job, event.progress, now)
         elif event.kind == "segment" and event.segment is not None:
             self.partials.reported(job.id, event.segment)
-            if event.segment.total and job.id not in self._durations:
-                self._durations[job.id] = event.segment.total / SAMPLE_RATE
-                self.clock.set_duration(job.id, self._durations[job.id])
-            self._notify(job)
+            durations = self.views.durations
+            if event.segment.total and job.id not in durations:
+                durations[job.id] = event.segment.total / SAMPLE_RATE
+                self.clock.set_duration(job.id, durations[job.id])
+            self.notify(job)
         elif event.kind == "done":
-            changes = dict(
-                state="done",
-                progress=1.0,
-                result_path=event.result,
-                timings=dict(event.timings or {}),
-                finished_at=now,
-                expires_at=now + self.settings.result_ttl,
-                input_path=None,
-            )
-            self.store.update(job.id, **changes)
-            for name, value in changes.items():
-                setattr(job, name, value)
-            if job.cache_key and event.result is not None:
-                self.cache.put(job.cache_key, event.result, job.id)
-            self._record_usage(job, event, now)
-            if job.started_at:
-                self._job_seconds = 0.7 * self._job_seconds + 0.3 * (now - job.started_at)
-                self._job_measured = True
-            self._ended(job)
+            self._done(job, event, now)
         elif event.kind in ("failed", "cancelled"):
-            changes = dict(
+            self._change(
+                job,
                 state=event.kind,
                 error_code=event.code or event.kind,
                 error=event.message
@@ -797,10 +535,41 @@ class JobManager:
                 expires_at=now + self.settings.result_ttl,
                 input_path=None,
             )
-            self.store.update(job.id, **changes)
-            for name, value in changes.items():
-                setattr(job, name, value)
-            self._ended(job)
+            self.ended(job)
+
+    def _started(self, job: Job, now: float) -> None:
+        self.store.update(job.id, state="running", started_at=now, progress=0.0)
+        job.state, job.started_at = "running", now
+        self.partials.started(job.id)
+        self.clock.started(job.id, self.views.durations.get(job.id))
+        self.notify(job)
+        self._broadcast_positions()
+
+    def _progressed(self, job: Job, progress: float, now: float) -> None:
+        self.clock.reported(job.id, progress)
+        self._progress[job.id] = job.progress = self.views.shown_progress(job)
+        if now - self._persisted.get(job.id, 0.0) >= PROGRESS_PERSIST_SECONDS:
+            self.store.update(job.id, progress=job.progress)
+            self._persisted[job.id] = now
+        self.notify(job)
+
+    def _done(self, job: Job, event: JobEvent, now: float) -> None:
+        self._change(
+            job,
+            state="done",
+            progress=1.0,
+            result_path=event.result,
+            timings=dict(event.timings or {}),
+            finished_at=now,
+            expires_at=now + self.settings.result_ttl,
+            input_path=None,
+        )
+        if job.cache_key and event.result is not None:
+            self.cache.put(job.cache_key, event.result, job.id)
+        self._record_usage(job, event, now)
+        if job.started_at:
+            self.views.measured(now - job.started_at)
+        self.ended(job)
 
     def _record_usage(self, job: Job, event: JobEvent, now: float) -> None:
         """The job's accounting row: what ran it, for how long, and what that cost (``freestems cost``)."""
@@ -819,44 +588,27 @@ class JobManager:
             )
         )
 
-    def _ended(self, job: Job) -> None:
+    def ended(self, job: Job) -> None:
         """A job reached a final state: tell its socket, end its key, wake its waiter, move the queue."""
         self.clock.ended(job.id, job.state == "done")
         self.partials.ended(job.id, job.state == "done")
         self._progress.pop(job.id, None)
         self._persisted.pop(job.id, None)
-        self.state.forget_follow(job.id)
-        self._relayed.pop(job.id, None)
-        if job.id in self._here:
-            self._here.discard(job.id)
-            self.state.disown(job.id)
-        timer = self._timers.pop(job.id, None)
-        if timer is not None:
-            timer.cancel()
-        self._notify(job)
+        self.follow.ended(job.id)
+        self.notify(job)
         if job.state == "done":
-            self.sessions.post_to_job(job.id, self.done_message(job))
+            self.sessions.post_to_job(job.id, self.views.done_message(job))
         self.sessions.finish(job.id)
         waiter = self._waiters.get(job.id)
         if waiter is not None:
             waiter.set()
         self._broadcast_positions()
 
-    def _notify(self, job: Job) -> None:
-        self.sessions.post_to_job(job.id, self.message(job))
-
-    def _broadcast_positions(self) -> None:
-        """The queue moved: every queued job's socket learns its new place."""
-        for position, job in enumerate(self.store.queued(), start=1):
-            message = self.message(job)
-            message["position"] = position
-            self.sessions.post_to_job(job.id, message)
-
     # ------------------------------------------------------------------------------------------ files
 
     def _remove_files(self, job: Job) -> None:
         self.partials.remove(job.id)
-        self._durations.pop(job.id, None)
+        self.views.durations.pop(job.id, None)
         for path in (job.input_path, job.result_path, self.paths.results / f"{job.id}.zip"):
             if path is not None:
                 path.unlink(missing_ok=True)
@@ -882,11 +634,6 @@ class JobManager:
             if path.name.split(".", 1)[0] not in jobs:
                 log.info("removing orphaned file %s", path)
                 path.unlink(missing_ok=True)
-
-
-def result_url(job: Job) -> str:
-    """Where the result zip is downloaded; relative to the server, token included."""
-    return f"/jobs/{job.id}/result?token={job.token}"
 
 
 def _whole_cost(timings: dict[str, Any]) -> float | None:

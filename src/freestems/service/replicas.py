@@ -63,8 +63,8 @@ class Replica:
     async def round(self) -> None:
         """One sync round (see the module)."""
         loop = asyncio.get_running_loop()
-        followed = self.manager.followed_here()
-        running = self.manager.running_here()
+        followed = self.manager.follow.followed_here()
+        running = self.manager.follow.running_here()
         now = loop.time()
         touch = {job for job in followed if now - self._touched.get(job, -1e9) >= self.follow_every}
         for job in touch:
@@ -79,9 +79,9 @@ class Replica:
                     str(message["connection"]), str(message["digest"]), str(message["job"])
                 )
         for job_id, seen_job in seen.items():
-            self.manager.observe(job_id, seen_job)
+            self.manager.follow.observe(job_id, seen_job)
         for adopted_job in adopted:
-            self.manager.adopt(adopted_job)
+            self.manager.follow.adopt(adopted_job)
 
     def _exchange(
         self, jobs: set[str], touch: set[str]
@@ -95,7 +95,7 @@ class Replica:
         seen = {job_id: store.get(job_id) for job_id in jobs}
         adopted = []
         if not self.manager.closing:
-            running = self.manager.running_here()
+            running = self.manager.follow.running_here()
             for job in store.active():
                 if job.id not in running and state.adopt(job.id):
                     adopted.append(job)

@@ -38,30 +38,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
-import re
 import secrets
 import time
 from collections.abc import Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from .errors import ServiceError, forbidden, not_found
+from .errors import ServiceError, forbidden
 from .network import client_address, origin_allowed
+from .parts import Service
 from .sessions import Mailbox, Message
 from .store import TERMINAL
-
-if TYPE_CHECKING:
-    from .app import Service
+from .tokens import owned_job
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 16 * 1024
-JOB_ID = re.compile(r"[0-9a-f]{16}")
 POLICY_VIOLATION = 1008
 SERVER_RESTART = 1012
 LIFETIME_CLOSE = 4000
@@ -112,7 +108,7 @@ async def session_socket(websocket: WebSocket, service: Service) -> None:
         if closed_by_server_restart:
             service.sessions.close_connection(connection)  # keys die; their jobs resume after the restart
         else:
-            service.manager.connection_closed(connection)
+            service.manager.follow.connection_closed(connection)
 
 
 async def _serve(
@@ -238,18 +234,13 @@ def _follow(service: Service, connection: str, job_id: object, token: object) ->
     Raises:
         ServiceError: ``not_found`` for an unknown id or a wrong token (the socket is then closed).
     """
-    manager = service.manager
-    job = manager.get(job_id) if isinstance(job_id, str) and JOB_ID.fullmatch(job_id) else None
-    owned = isinstance(token, str) and job is not None
-    if job is None or not owned or not hmac.compare_digest(job.token.encode(), str(token).encode()):
-        ttl = round(service.settings.result_ttl)
-        name = str(job_id)[:32]
-        raise not_found(f"no job {name!r} with this token (jobs and results go {ttl} s after ending)")
+    job = owned_job(service.manager, job_id, token)
     if job.state not in TERMINAL:
         service.sessions.watch(connection, job.id)
-    service.sessions.post(connection, manager.message(job))
+    views = service.manager.views
+    service.sessions.post(connection, views.message(job))
     if job.state == "done":
-        service.sessions.post(connection, manager.done_message(job))
+        service.sessions.post(connection, views.done_message(job))
 
 
 async def _fail(websocket: WebSocket, error: ServiceError) -> None:
