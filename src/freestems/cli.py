@@ -66,15 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     separate.add_argument("-o", "--out", default="separated", metavar="DIR", help="output folder (separated)")
     add_model_arguments(separate)
     separate.add_argument("--two-stems", metavar="STEM", help="only STEM and no_STEM (e.g. vocals: karaoke)")
-    separate.add_argument("--shifts", type=int, default=1, help="passes with random offsets, averaged (1)")
-    separate.add_argument("--overlap", type=float, default=0.25, help="chunk overlap in [0, 0.9) (0.25)")
+    add_engine_arguments(separate)
     separate.add_argument("--format", choices=tuple(FORMATS), default="wav", help="stem format (wav)")
     separate.add_argument("--bitrate", type=int, default=320, choices=MP3_BITRATES, help="MP3 kbps (320)")
     separate.add_argument(
         "--bit-depth", type=int, default=16, choices=FORMATS["wav"].bit_depths, help="wav/flac bits (16)"
     )
-    separate.add_argument("--device", default="auto", choices=DEVICES, help="(auto)")
-    separate.add_argument("--batch-size", type=int, help="chunks per forward pass (1 on CPU, 4 on GPU)")
     separate.add_argument(
         "--segment", type=float, help="chunk length in seconds (the model's training length)"
     )
@@ -318,6 +315,14 @@ def find_inputs(paths: Sequence[str]) -> tuple[list[Path], list[str]]:
         else:
             missing.append(f"{name}: no such file or folder")
     return found, missing
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the engine runs a model here: shared by every command that separates on this machine."""
+    parser.add_argument("--shifts", type=int, default=1, help="passes with random offsets, averaged (1)")
+    parser.add_argument("--overlap", type=float, default=0.25, help="chunk overlap in [0, 0.9) (0.25)")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="(auto)")
+    parser.add_argument("--batch-size", type=int, help="chunks per forward pass (1 on CPU, 4 on GPU)")
 
 
 def run_separate(args: argparse.Namespace) -> int:
@@ -682,10 +687,7 @@ def add_eval_parser(commands: Subcommands) -> None:
         help="a stem's file in a song (repeatable; default: <stem> and the mixture's extension, vocals.wav)",
     )
     evaluate.add_argument("--json", type=Path, metavar="FILE", help="also write every score to FILE")
-    evaluate.add_argument("--shifts", type=int, default=1, help="passes with random offsets, averaged (1)")
-    evaluate.add_argument("--overlap", type=float, default=0.25, help="chunk overlap in [0, 0.9) (0.25)")
-    evaluate.add_argument("--device", default="auto", choices=DEVICES, help="(auto)")
-    evaluate.add_argument("--batch-size", type=int, help="chunks per forward pass (1 on CPU, 4 on GPU)")
+    add_engine_arguments(evaluate)
     evaluate.set_defaults(run=run_eval)
 
 
