@@ -117,7 +117,7 @@ def test_base_config_matches_the_released_state_dict_layout():
 
 # ------------------------------------------------------------------------------------- the other families
 
-FAMILIES = {"scnet", "bs_roformer", "mel_band_roformer", "mdx23c", "htdemucs", "ensemble"}
+FAMILIES = {"scnet", "bs_roformer", "mel_band_roformer", "mdx23c", "htdemucs", "ensemble", "chain"}
 TEST_SETS = {"MUSDB18-HQ", "Multisong", "DrumSep test"}
 
 
@@ -130,7 +130,7 @@ def test_every_entry_says_family_stems_sdr_and_its_test_set_and_licence():
         assert info.license and info.title, name
         assert info.relative_cost is None or info.relative_cost > 0, name
         assert info.size is None and info.sha256 is None  # unknown here: never invented
-        if info.architecture == "ensemble":
+        if info.architecture in ("ensemble", "chain"):
             assert info.urls == () and info.note
         else:
             assert info.urls and all(url.startswith("https://") for url in info.urls)

@@ -139,8 +139,8 @@ def add_served_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         action=_ServedModel,
         metavar="NAME",
-        help="a catalog model or preset to serve (see `freestems models`), or an ensemble a+b; repeat it to "
-        "serve several (FREESTEMS_MODELS=a,b); the first is the default",
+        help="a catalog model or preset to serve (see `freestems models`), an ensemble a+b, or a chain "
+        "'a>drums:b'; repeat it to serve several (FREESTEMS_MODELS=a,b); the first is the default",
     )
     parser.add_argument(
         "--model-file",
@@ -260,7 +260,7 @@ def add_remote_parser(commands: Subcommands) -> None:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Model choice, shared by every command that runs a model."""
     parser.add_argument(
-        "-m", "--model", help="catalog model name (see `freestems models`), or an ensemble: a+b"
+        "-m", "--model", help="catalog model (see `freestems models`), an ensemble a+b or a chain 'a>drums:b'"
     )
     parser.add_argument("--model-file", type=Path, metavar="F", help="a checkpoint file instead of -m")
     parser.add_argument("--model-config", type=Path, metavar="C", help="its MSST YAML (or JSON) config")

@@ -32,7 +32,7 @@ from freestems.pipeline import TrackResult
 from freestems.pipeline import separate_file as _separate_file
 
 ModelChoice = str | LoadedModel
-"""A catalog name (``"scnet"``), an ensemble (``"a+b"``) or a model already loaded."""
+"""A catalog name (``"scnet"``), an ensemble (``"a+b"``), a chain (``"a>drums:b"``) or a loaded model."""
 
 Audio = str | os.PathLike[str] | np.ndarray
 """A file of any format PyAV reads, or float32 ``(channels, samples)`` at 44.1 kHz."""
@@ -49,8 +49,8 @@ def separate(
 
     Args:
         audio: a path (decoded to stereo 44.1 kHz first) or a waveform ``(channels, samples)`` at 44.1 kHz.
-        model: a catalog name, an ensemble ``"a+b"`` or a :func:`load_model` result. A name is loaded once
-            and kept for the next call with the same name (the last one only).
+        model: a catalog name, an ensemble ``"a+b"``, a chain ``"a>drums:b"`` or a :func:`load_model`
+            result. A name is loaded once and kept for the next call with the same name (the last one only).
         progress: called with the fraction done, from 0 to 1.
         **options: ``overlap`` (0.25), ``shifts`` (1), ``two_stems`` (``"vocals"`` gives ``vocals`` and
             ``no_vocals``), ``consistency``, ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``),

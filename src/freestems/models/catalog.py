@@ -55,13 +55,14 @@ class ModelInfo:
         name: the CLI id (``freestems separate -m NAME``).
         title: a human title.
         architecture: the network family: ``scnet``, ``bs_roformer``, ``mel_band_roformer``, ``mdx23c``,
-            ``htdemucs`` or ``ensemble``.
+            ``htdemucs``; or a preset of them: ``ensemble`` or ``chain``.
         config: what builds the network; treat it as read-only. SCNet: keyword arguments of
             :class:`~freestems.models.scnet.SCNet` (without ``spec_norm``). RoFormers and MDX23C
             (:data:`MSST_FAMILIES`): the whole MSST YAML as a dict, or empty when it is not known here (then
             the YAML at ``config_url`` is downloaded beside the weights, and it decides the stems and
             segment). HT-Demucs: ``{"weights": per-member per-stem bag weights}`` (the networks' own config
-            is inside the ``.th`` files). Ensembles: ``{"members": [[name, {stem: weight}], ...]}``.
+            is inside the ``.th`` files). Ensembles: ``{"members": [[name, {stem: weight}], ...]}``. Chains:
+            ``{"first": name, "links": [[stem, name], ...]}`` (:mod:`freestems.models.chain`).
         sources: stem names in the order the model outputs them.
         url: the weights file (the first member's, for a bag).
         config_url: the MSST YAML published with the weights (downloaded only when ``config`` is empty).
@@ -111,8 +112,8 @@ class ModelInfo:
 
     @property
     def urls(self) -> tuple[str, ...]:
-        """Every weights file of the entry (one, or a bag's members); none for an ensemble."""
-        return () if self.architecture == "ensemble" else (self.url, *self.more_urls)
+        """Every weights file of the entry (one, or a bag's members); none for a preset (ensemble, chain)."""
+        return () if self.architecture in ("ensemble", "chain") else (self.url, *self.more_urls)
 
     @property
     def config_filename(self) -> str | None:
@@ -656,3 +657,62 @@ def check_model_choice(
         raise ModelChoiceError(f"give either {name_option} or {file_option}, not both")
     if model_config is not None and model_file is None:
         raise ModelChoiceError(f"{config_option} needs {file_option}")
+
+
+# ------------------------------------------------------------------------------------------------- chains
+# Chain presets (freestems.models.chain): a model run on one stem of another's output, the stem replaced by
+# the parts it gives (``drums`` -> ``drums-kick``, ...). Their stems are written out here (the catalog
+# imports no model code); tests/test_chains.py holds them to the chain's naming rule.
+
+
+def _chain(name: str, title: str, first: str, links: list[tuple[str, str]], **facts: Any) -> ModelInfo:
+    """A chain preset: like an ensemble preset (no file of its own, its models' licences), another config."""
+    config = {"first": first, "links": [[stem, model] for stem, model in links]}
+    return replace(_ensemble(name, title, [], **facts), architecture="chain", config=config)
+
+
+_CHAINS = (
+    _chain(
+        "chain-drumsep-ft",
+        "HT-Demucs v4 ft, its drums split into kick, snare, toms, hi-hat, ride and crash by MDX23C DrumSep",
+        "htdemucs_ft",
+        [("drums", "mdx23c-drumsep")],
+        sources=(
+            *("drums-kick", "drums-snare", "drums-toms", "drums-hh", "drums-ride", "drums-crash"),
+            *("bass", "other", "vocals"),
+        ),
+        sdr={"bass": 11.96, "vocals": 8.38, "other": 5.85},
+        sdr_set=MULTISONG,
+        note="Bass, other and vocals are htdemucs_ft's (its Multisong figures). The drum parts are DrumSep's "
+        "run on htdemucs_ft's drums; DrumSep's own figures (kick 14.54, snare 9.79, toms 10.63, hh 3.19, "
+        "cymbals 6.08 dB) are on clean drum tracks (DrumSep test), so not these parts' figures.",
+    ),
+)
+
+
+def member_names(info: ModelInfo) -> list[str]:
+    """The catalog names a preset runs: an ensemble's members, a chain's first model then its links' models;
+    none for a network of its own."""
+    if info.architecture == "ensemble":
+        return [name for name, _ in info.config["members"]]
+    if info.architecture == "chain":
+        return [info.config["first"], *(model for _, model in info.config["links"])]
+    return []
+
+
+def _measured_chain(info: ModelInfo) -> ModelInfo:
+    """A chain preset with its cost and size: its models' added up (each runs once over the whole length,
+    the first on the mix, each link on its stem); unknown when one of them is not measured."""
+    members = [CATALOG[name] for name in member_names(info)]
+
+    def added(values: list[float | None]) -> float | None:
+        return None if None in values else round(sum(value or 0.0 for value in values), 1)
+
+    return replace(
+        info,
+        relative_cost=added([member.relative_cost for member in members]),
+        parameters_m=added([member.parameters_m for member in members]),
+    )
+
+
+CATALOG.update({info.name: _measured_chain(info) for info in _CHAINS})

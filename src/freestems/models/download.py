@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from freestems.errors import one_line
 from freestems.files import atomic_path
-from freestems.models.catalog import ModelInfo
+from freestems.models.catalog import ModelInfo, get_model_info, member_names
 from freestems.models.errors import CheckpointError, ModelNotAvailable
 
 CHUNK = 1 << 20
@@ -82,11 +82,9 @@ def cached_file(info: ModelInfo, cache_dir: str | os.PathLike[str] | None = None
 
 
 def is_cached(info: ModelInfo, cache_dir: str | os.PathLike[str] | None = None) -> bool:
-    """Whether using ``info`` needs no download (an ensemble: none of its members needs one)."""
-    if info.architecture == "ensemble":
-        from freestems.models.catalog import get_model_info
-
-        return all(is_cached(get_model_info(name), cache_dir) for name, _ in info.config["members"])
+    """Whether using ``info`` needs no download (a preset: none of its models needs one)."""
+    if member_names(info):
+        return all(is_cached(get_model_info(name), cache_dir) for name in member_names(info))
     return cached_file(info, cache_dir) is not None
 
 
@@ -136,10 +134,8 @@ def ensure_files(
         ModelNotAvailable: a file is missing and ``download`` is False, or the download failed.
         CheckpointError: a cached file changed since it was pinned, or a download is not usable.
     """
-    if info.architecture == "ensemble":  # its members' files
-        from freestems.models.catalog import get_model_info
-
-        members = [get_model_info(name) for name, _ in info.config["members"]]
+    if member_names(info):  # a preset: its models' files
+        members = [get_model_info(name) for name in member_names(info)]
         return [
             path for member in members for path in ensure_files(member, cache_dir, progress, download, check)
         ]

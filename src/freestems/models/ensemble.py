@@ -74,6 +74,20 @@ def parse_members(text: str) -> list[tuple[str, dict[str, float]]]:
     return members
 
 
+def weighted_sources(
+    name: str, members: Sequence[tuple[Sequence[str], Mapping[str, float]]]
+) -> tuple[str, ...]:
+    """The stems :func:`make_ensemble` will give for members with these stems and weights, known before any
+    member is loaded (from the catalog). Raises :class:`ModelChoiceError` as :func:`make_ensemble` would."""
+    sources: list[str] = []
+    for stems, weights in members:
+        every = float(weights.get("*", 1.0))
+        sources += [stem for stem in stems if float(weights.get(stem, every)) > 0 and stem not in sources]
+    if len(members) < 2 or not sources:
+        raise ModelChoiceError(f"ensemble {name}: needs two members and a stem with a weight above 0")
+    return tuple(sources)
+
+
 def make_ensemble(name: str, members: Sequence[tuple[LoadedModel, Mapping[str, float]]]) -> LoadedModel:
     """An ensemble of loaded models; weights map stem names (``"*"``: every stem) to weights.
 
@@ -133,42 +147,21 @@ class Ensemble:
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(stems (len(sources), 2, n), mix (2, n))`` blocks in order; ``run`` is the engine's
         ``separate_blocks``, called once per member with the engine's options."""
-        shared = _SharedInput(blocks)
-        fractions = [0.0] * len(self.members)
-
-        def report(index: int) -> Callable[[float], None]:
-            def update(fraction: float) -> None:
-                fractions[index] = fraction
-                if progress is not None:  # whatever it raises (a cancellation) stops every member
-                    progress(sum(fractions) / len(fractions))
-
-            return update
-
+        shared = SharedInput(blocks)
+        shares = progress_shares(progress, len(self.members))
         streams = [
-            run(shared.reader(i), part.model, length=length, stats=stats, progress=report(i), **options)
+            run(shared.reader(i), part.model, length=length, stats=stats, progress=shares[i], **options)
             for i, part in enumerate(self.members)
         ]
-        pending = [_Pending() for _ in self.members]
-        done = [False] * len(self.members)
-        emitted = 0
         try:
-            while not all(done):
-                index = min((i for i in range(len(streams)) if not done[i]), key=lambda i: pending[i].end)
-                block = next(streams[index], None)
-                if block is None:
-                    done[index] = True
-                else:
-                    pending[index].add(block, self.members[index].model.sources)
-                upto = min(part.end for part in pending)
-                if upto > emitted:
-                    yield self._mix(pending, upto - emitted), shared.take(emitted, upto)
-                    emitted = upto
-                    shared.forget_before(emitted)
+            for pending, lo, hi in lockstep(streams, [part.model.sources for part in self.members]):
+                yield self._mix(pending, hi - lo), shared.take(lo, hi)
+                shared.forget_before(hi)
         finally:
             for stream in streams:
                 stream.close()
 
-    def _mix(self, pending: list[_Pending], count: int) -> np.ndarray:
+    def _mix(self, pending: list[Pending], count: int) -> np.ndarray:
         out = np.zeros((len(self.sources), 2, count), np.float32)
         for i, part in enumerate(pending):
             stems = part.take(count)
@@ -178,8 +171,51 @@ class Ensemble:
         return out
 
 
-class _Pending:
-    """A member's stem blocks not yet mixed; ``end`` is how far its output has come."""
+Stream = Iterator[dict[str, np.ndarray]]
+"""One engine run (``separate_blocks``): named stem blocks in order."""
+
+
+def progress_shares(progress: Callable[[float], None] | None, count: int) -> list[Callable[[float], None]]:
+    """One progress callback for each of ``count`` models run together; ``progress`` gets their mean.
+    Whatever ``progress`` raises (a cancellation) stops the model reporting, and so every model."""
+    fractions = [0.0] * count
+
+    def share(index: int) -> Callable[[float], None]:
+        def update(fraction: float) -> None:
+            fractions[index] = fraction
+            if progress is not None:
+                progress(sum(fractions) / count)
+
+        return update
+
+    return [share(index) for index in range(count)]
+
+
+def lockstep(
+    streams: Sequence[Stream], names: Sequence[Sequence[str]]
+) -> Iterator[tuple[list[Pending], int, int]]:
+    """Run ``streams`` together, the one whose output is furthest behind next, keeping stems ``names[i]`` of
+    stream ``i``; yield ``(pending, lo, hi)`` whenever every stream has given samples up to ``hi`` (the caller
+    takes ``hi - lo`` samples from each pending before the next)."""
+    pending = [Pending() for _ in streams]
+    done = [False] * len(streams)
+    emitted = 0
+    while not all(done):
+        index = min((i for i in range(len(streams)) if not done[i]), key=lambda i: pending[i].end)
+        block = next(streams[index], None)
+        if block is None:
+            done[index] = True
+        else:
+            pending[index].add(block, names[index])
+        upto = min(part.end for part in pending)
+        if upto > emitted:
+            yield pending, emitted, upto
+            emitted = upto
+
+
+class Pending:
+    """One model's stem blocks not yet used (an ensemble member's, a chain link's); ``end`` is how far its
+    output has come."""
 
     def __init__(self) -> None:
         self.parts: dict[str, list[np.ndarray]] = {}
@@ -201,8 +237,9 @@ class _Pending:
         return out
 
 
-class _SharedInput:
-    """One pass over the input blocks, read by every member at its own pace; also the mix for the output."""
+class SharedInput:
+    """One pass over the input blocks, read by every member at its own pace; also the mix for the output (a
+    chain reads it with one reader, its first model)."""
 
     def __init__(self, blocks: Iterable[np.ndarray]):
         self.source = iter(blocks)

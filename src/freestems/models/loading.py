@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -46,6 +46,9 @@ from freestems.models.catalog import (  # check_model_choice: re-exported (it mo
 from freestems.models.errors import CheckpointError, ModelChoiceError, ModelNotAvailable
 from freestems.models.msst import MsstFacts
 from freestems.models.scnet import SCNet
+
+if TYPE_CHECKING:
+    from freestems.models.chain import ChainSpec
 
 FORMAT_VERSION = 1
 """Version of the freestems checkpoint format written by :func:`save_checkpoint`."""
@@ -458,10 +461,11 @@ def load_model(
     """Load a model of any family ready to separate.
 
     Args:
-        name: a catalog name (default :data:`DEFAULT_MODEL` when no ``model_file`` is given), or an ensemble
+        name: a catalog name (default :data:`DEFAULT_MODEL` when no ``model_file`` is given), an ensemble
             of them: ``"a+b"``, with optional weights ``"a:vocals=2+b:vocals=0"`` (see
-            :func:`freestems.models.ensemble.parse_members`). With ``model_file`` it names the catalog config
-            to use for that file.
+            :func:`freestems.models.ensemble.parse_members`), or a chain ``"a>drums:b"`` (b run on a's drums;
+            see :mod:`freestems.models.chain`). With ``model_file`` it names the catalog config to use for
+            that file.
         model_file: a checkpoint file instead of the cache: an SCNet, RoFormer or MDX23C state_dict (raw or
             wrapped; then ``model_config`` or ``name`` is required), a freestems checkpoint (config included),
             or a Demucs ``.th`` model file (config included).
@@ -475,16 +479,22 @@ def load_model(
     Raises:
         ModelNotAvailable: unknown name, missing file, download failed, the demucs extra is missing.
         CheckpointError: the file is not a checkpoint, a config is bad, or the weights do not fit it.
-        ModelChoiceError: names and files that do not fit together, or a bad ensemble.
+        ModelChoiceError: names and files that do not fit together, or a bad ensemble or chain.
     """
-    from freestems.models.ensemble import SEPARATOR, parse_members
-
     check_model_choice(name, model_file, model_config, name_with_file=True)
     flags = _Flags(spec_norm, normalize)
     if model_file is not None:
         return _load_file(Path(model_file), model_config, name, flags)
-    name = name or DEFAULT_MODEL
-    fetch = _Fetch(cache_dir, download, progress)
+    return _load_named(name or DEFAULT_MODEL, flags, _Fetch(cache_dir, download, progress))
+
+
+def _load_named(name: str, flags: _Flags, fetch: _Fetch) -> LoadedModel:
+    """A catalog name or preset, an ensemble ``a+b`` or a chain ``a>drums:b``."""
+    from freestems.models.chain import is_chain, parse_chain
+    from freestems.models.ensemble import SEPARATOR, parse_members
+
+    if is_chain(name):
+        return _load_chain(name, parse_chain(name), flags, fetch)
     if SEPARATOR in name:
         return _load_ensemble(name, name, parse_members(name), flags, fetch)
     return _load_entry(get_model_info(name), flags, fetch)
@@ -520,6 +530,10 @@ def _load_entry(info: ModelInfo, flags: _Flags, fetch: _Fetch) -> LoadedModel:
     if info.architecture == "ensemble":
         members = [(member, dict(weights)) for member, weights in info.config["members"]]
         return _load_ensemble(info.name, "+".join(m for m, _ in members), members, flags, fetch)
+    if info.architecture == "chain":
+        from freestems.models.chain import ChainSpec
+
+        return _load_chain(info.name, ChainSpec.of(info.config), flags, fetch)
     paths = fetch.files(info)
     hint = " (delete it to download it again)"
     if info.architecture == "htdemucs":
@@ -553,6 +567,17 @@ def _load_ensemble(
         raise ModelChoiceError(f"{spelled}: {error}") from None
 
 
+def _load_chain(name: str, spec: ChainSpec, flags: _Flags, fetch: _Fetch) -> LoadedModel:
+    """A chain: every model and stem checked against the catalog before any download, then each model
+    loaded its own way (a part may be an ensemble or a preset)."""
+    from freestems.models.chain import make_chain, spec_outputs
+
+    spec_outputs(name, spec)
+    first = _load_named(spec.first, flags, fetch)
+    links = [(stem, _load_named(model, flags, fetch)) for stem, model in spec.links]
+    return make_chain(name, first, links)
+
+
 def _load_file(
     path: Path, model_config: str | os.PathLike[str] | None, name: str | None, flags: _Flags
 ) -> LoadedModel:
@@ -581,7 +606,9 @@ def _load_file(
                 )
             return flags.apply(_load_msst(path, info.config, info.architecture, path.stem, ""))
         if info.architecture != "scnet":
-            raise ModelChoiceError(f"model {name} is an ensemble, not a config for one file")
+            raise ModelChoiceError(
+                f"model {name} is a preset ({info.architecture}), not a config for one file"
+            )
         return _load_scnet(path, catalog_spec(info), flags, "")
     return _load_scnet(path, None, flags, "")
 

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,7 +51,7 @@ WAIT_SLICE = 0.25
 class ServedModel:
     """One model a server offers: what to show about it, what decides its output, and how to load it.
 
-    ``info`` is the catalog entry (None for a checkpoint file, and for an ad-hoc ensemble ``a+b``);
+    ``info`` is the catalog entry (None for a checkpoint file, and for an ad-hoc ensemble ``a+b`` or chain);
     ``estimate`` the bytes its weights files take on disk, the guess of its size before its first load.
     """
 
@@ -100,24 +100,28 @@ def serve_catalog(
     spec_norm: bool | None = None,
     normalize: bool | None = None,
 ) -> ServedModel:
-    """A catalog name, a preset or an ad-hoc ensemble (``a+b``) described for serving: its files fetched
-    into the cache (downloaded when missing) and fingerprinted; nothing is loaded.
+    """A catalog name, a preset, an ad-hoc ensemble (``a+b``) or chain (``a>drums:b``) described for
+    serving: its files fetched into the cache (downloaded when missing) and fingerprinted; nothing is loaded.
 
     Raises:
         ModelNotAvailable: an unknown name, or a file that cannot be had.
         CheckpointError: a cached file changed since it was pinned.
-        ModelChoiceError: a bad ensemble.
+        ModelChoiceError: a bad ensemble or chain.
     """
+    from freestems.models.chain import describe_chain, is_chain
     from freestems.models.download import file_sha256
-    from freestems.models.ensemble import SEPARATOR, parse_members
+    from freestems.models.ensemble import SEPARATOR, parse_members, weighted_sources
     from freestems.models.loading import fetch_files
 
-    if SEPARATOR in name:
+    if is_chain(name):
+        info = None
+        infos, sources, title = describe_chain(name)
+    elif SEPARATOR in name:
         members = parse_members(name)
         info = None
         infos = [get_model_info(member) for member, _ in members]
-        sources = _ensemble_sources(
-            name, [(item, weights) for item, (_, weights) in zip(infos, members, strict=True)]
+        sources = weighted_sources(
+            name, [(item.sources, weights) for item, (_, weights) in zip(infos, members, strict=True)]
         )
         title = " + ".join(item.title for item in infos)
     else:
@@ -179,19 +183,6 @@ def fingerprint_loaded(model: LoadedModel) -> str:
             data = tensor.float().numpy().tobytes()
         digest.update(data)
     return digest.hexdigest()[:32]
-
-
-def _ensemble_sources(name: str, members: Sequence[tuple[ModelInfo, Mapping[str, float]]]) -> tuple[str, ...]:
-    """The stems :func:`freestems.models.ensemble.make_ensemble` will give, from the catalog alone."""
-    sources: list[str] = []
-    for info, weights in members:
-        every = float(weights.get("*", 1.0))
-        sources += [
-            stem for stem in info.sources if float(weights.get(stem, every)) > 0 and stem not in sources
-        ]
-    if len(members) < 2 or not sources:
-        raise ModelChoiceError(f"ensemble {name}: needs two members and a stem with a weight above 0")
-    return tuple(sources)
 
 
 def _digest(value: Any) -> str:
