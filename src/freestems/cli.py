@@ -441,10 +441,11 @@ def _stems_cell(sources: Sequence[str]) -> str:
     return ",".join(sources) + (f",no_{sources[0]}" if len(sources) == 1 else "")
 
 
-def _sdr_cell(sdr: dict[str, float], test_set: str) -> str:
+def _sdr_cell(sdr: dict[str, float], test_set: str | None) -> str:
     order = ("avg", "vocals", "drums", "bass", "other")
     names = [key for key in order if key in sdr] + [key for key in sdr if key not in order]
-    return " ".join(f"{key} {sdr[key]:.2f}" for key in names) + f" ({test_set})" if sdr else "-"
+    figures = " ".join(f"{key} {sdr[key]:.2f}" for key in names)
+    return f"{figures} ({test_set or 'test set not named'})" if sdr else "-"
 
 
 def run_serve(args: argparse.Namespace) -> int:

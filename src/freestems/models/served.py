@@ -181,6 +181,22 @@ def fingerprint_loaded(model: LoadedModel) -> str:
     return digest.hexdigest()[:32]
 
 
+def unservable(name: str) -> list[ModelInfo]:
+    """The catalog entries behind ``name`` (a model, a preset's members, an ensemble ``a+b``'s members) whose
+    weights' licence does not allow serving them; an unknown name is left to the describing that follows."""
+    from freestems.models.catalog import CATALOG
+    from freestems.models.ensemble import SEPARATOR, parse_members
+
+    try:
+        names = [member for member, _ in parse_members(name)] if SEPARATOR in name else [name]
+    except ModelChoiceError:
+        return []
+    found = [CATALOG[item] for item in names if item in CATALOG]
+    presets = [info for info in found if info.architecture == "ensemble"]
+    members = [CATALOG[member] for info in presets for member, _ in info.config["members"]]
+    return [info for info in (*found, *members) if info.architecture != "ensemble" and not info.servable]
+
+
 def _ensemble_sources(name: str, members: Sequence[tuple[ModelInfo, Mapping[str, float]]]) -> tuple[str, ...]:
     """The stems :func:`freestems.models.ensemble.make_ensemble` will give, from the catalog alone."""
     sources: list[str] = []
@@ -427,9 +443,20 @@ def serve_models(
     file (with its config, or None) loaded now (its name is its file's stem, or the name a freestems
     checkpoint carries). Names come first, in order, then the files: the first is the default.
 
+    A catalog model whose licence does not allow serving it (:attr:`ModelInfo.servable`) is served, since
+    the operator named it, with a warning (:func:`unservable`); the default never is one.
+
     Raises:
         ModelError: an unknown name, a file that cannot be had or loaded, two models of one name.
     """
+    for name in names:
+        for info in unservable(name):
+            log.warning(
+                "model %s: the licence of its weights (%s) does not allow serving them; served because the "
+                "operator named it",
+                info.name if info.name == name else f"{name} (member {info.name})",
+                info.license,
+            )
     served = [
         serve_catalog(
             name,
