@@ -80,7 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     separate.add_argument("--seed", type=int, default=0, help="seed of the --shifts offsets (0)")
     separate.set_defaults(run=run_separate)
 
-    models = commands.add_parser("models", help="list the available models")
+    models = commands.add_parser(
+        "models",
+        help="list the available models by job, or show one",
+        description="The catalog grouped by job, which weights are cached and which a service may offer.",
+    )
+    models.add_argument("name", nargs="?", metavar="NAME", help="show every detail of this model")
+    models.add_argument("--json", action="store_true", help="print the catalog (or NAME) as JSON")
     models.add_argument(
         "--cache-dir", type=Path, help="weights cache (FREESTEMS_CACHE or ~/.cache/freestems)"
     )
@@ -432,51 +438,30 @@ def _unexpected(error: Exception) -> str:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from freestems.models import CATALOG, DEFAULT_MODEL
+    """``freestems models [NAME] [--json]``: the catalog by job, one model's details, or JSON."""
+    import json
+
+    from freestems.models import CATALOG, ModelInfo, ModelNotAvailable, get_model_info
     from freestems.models.download import is_cached
+    from freestems.models.listing import cache_folder, catalog_json, details, entry_json, listing
 
-    rows = [("name", "stems", "SDR (test set)", "cost", "size", "licence", "cached", "title")]
-    for name, info in CATALOG.items():
-        marker = " (default)" if name == DEFAULT_MODEL else ""
-        rows.append(
-            (
-                name,
-                _stems_cell(info.sources),
-                _sdr_cell(info.sdr, info.sdr_set),
-                "not measured" if info.relative_cost is None else f"{info.relative_cost:.1f}x",
-                _size_cell(info.size, info.parameters_m),
-                info.license,
-                "yes" if is_cached(info, args.cache_dir) else "no",
-                info.title + marker,
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    print(
-        "\nSDR: dB as published, on the test set named (MUSDB18-HQ, or MVSep's Multisong). cost: seconds per "
-        "minute of audio relative to scnet, measured by bench/bench_models.py on one CPU. size: the download "
-        "when known, else the network's parameters (4 bytes each in MSST checkpoints). A one-stem model "
-        "gives <stem> and no_<stem>. Ensembles: -m a+b."
-    )
+    folder = cache_folder(args.cache_dir)
+
+    def cached(info: ModelInfo) -> bool:
+        return is_cached(info, folder)
+
+    if args.name is not None:
+        try:
+            info = get_model_info(args.name)
+        except ModelNotAvailable as error:
+            return fail(error)
+        lines = [json.dumps(entry_json(info), indent=2)] if args.json else details(info, folder, cached)
+    elif args.json:
+        lines = [json.dumps(catalog_json(CATALOG), indent=2)]
+    else:
+        lines = listing(cached, folder, CATALOG)
+    print("\n".join(lines))
     return 0
-
-
-def _size_cell(size: int | None, parameters_m: float | None) -> str:
-    """The download size when the catalog knows it, else the parameter count (or ``?``)."""
-    if size:
-        return f"{size / 1e6:.0f} MB"
-    return f"{parameters_m:g}M params" if parameters_m else "?"
-
-
-def _stems_cell(sources: Sequence[str]) -> str:
-    return ",".join(sources) + (f",no_{sources[0]}" if len(sources) == 1 else "")
-
-
-def _sdr_cell(sdr: dict[str, float], test_set: str) -> str:
-    order = ("avg", "vocals", "drums", "bass", "other")
-    names = [key for key in order if key in sdr] + [key for key in sdr if key not in order]
-    return " ".join(f"{key} {sdr[key]:.2f}" for key in names) + f" ({test_set})" if sdr else "-"
 
 
 def run_serve(args: argparse.Namespace) -> int:

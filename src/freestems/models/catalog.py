@@ -10,6 +10,11 @@ user can override both flags (``load_model(..., spec_norm=..., normalize=...)``)
 
 Licences: the MSST repository (which hosts the files) is MIT and the SCNet authors' code is MIT as well; the
 released weights carry no separate licence file, so "MIT" is our best knowledge, not a legal statement.
+An entry is *servable* (:func:`servable_license`) only when its licence names one that allows redistribution;
+weights with no licence stated, or an unknown one, run from the CLI and the library (the user downloads them),
+but a service never offers them by default (:func:`default_served_model`).
+
+Each entry names the jobs it serves (:data:`JOBS`): ``freestems models`` groups the catalog by them.
 """
 
 from __future__ import annotations
@@ -22,7 +27,29 @@ from freestems.contract import SEGMENT, SOURCES
 from freestems.models.errors import ModelChoiceError, ModelNotAvailable
 
 RELEASES_URL = "https://github.com/ZFTurbo/Music-Source-Separation-Training/releases/download/"
-"""Base of every asset URL in the catalog."""
+"""Base of MSST's release assets (most weights of the catalog)."""
+
+JOBS: dict[str, str] = {
+    "four-stems": "drums, bass, other and vocals",
+    "six-stems": "drums, bass, other, vocals, guitar and piano",
+    "acapella": "the vocals alone",
+    "karaoke": "the instrumental: the mix without its vocals",
+    "lead-backing": "the lead vocal apart from the backing vocals",
+    "drum-parts": "a drums track split into kick, snare, toms and cymbals",
+    "de-reverb": "the dry sound without its reverb",
+    "denoise": "the sound without its noise",
+    "crowd": "the mix without its crowd noise (applause, cheering)",
+}
+"""The jobs an entry can serve, in the order ``freestems models`` lists them, with what each gives."""
+
+SERVABLE_LICENSES = ("MIT", "Apache-2.0", "BSD", "CC0", "CC-BY-4.0")
+"""Licences that allow redistributing the weights, so a service may offer them: an entry's ``license``
+must start with one of these (``"MIT (model card)"`` does; ``"none stated (repository MIT)"`` does not)."""
+
+
+def servable_license(license: str) -> bool:
+    """Whether weights published under ``license`` (as a catalog entry words it) may be served."""
+    return any(license == name or license.startswith(name + " ") for name in SERVABLE_LICENSES)
 
 
 _BASE: dict[str, Any] = {
@@ -72,9 +99,10 @@ class ModelInfo:
             the file and checked on every load). Demucs file names carry a published sha256 prefix
             (``<signature>-<8 hex>.th``), checked on download.
         license: licence of the weights as published ("MIT", "MIT (model card)", "none stated", ...).
-        sdr: published SDR (dB) per stem (and ``avg``), measured on ``sdr_set``.
+        sdr: published SDR (dB) per stem (and ``avg``), measured on ``sdr_set``; empty when none is published.
         sdr_set: the test set of ``sdr``: ``"MUSDB18-HQ"``, ``"Multisong"`` (MVSep's Multisong dataset) or
-            ``"DrumSep test"`` (the DrumSep models' own test set, as MSST's release table names it).
+            ``"DrumSep test"`` (the DrumSep models' own test set, as MSST's release table names it); None
+            when the publisher names none (or publishes no score).
         spec_norm: (SCNet) the model normalises its spectrogram inside ``forward`` (authors' code) or not.
         normalize: normalise the whole track by the mono mix's mean and std before separation.
         segment: chunk length in samples the model was trained on.
@@ -83,6 +111,10 @@ class ModelInfo:
         parameters_m: millions of network parameters, counted on the release configuration built with
             seeded weights (None when the configuration is not known here); an ensemble's is its members' sum.
         note: where the numbers come from, for entries that need saying (ensembles).
+        jobs: the jobs of :data:`JOBS` the entry serves.
+        servable: the licence allows a service to offer the weights (:func:`servable_license`; a preset:
+            every member is servable). Not servable: runs from the CLI and the library, never a default of
+            the service.
     """
 
     name: str
@@ -97,13 +129,22 @@ class ModelInfo:
     sha256: str | None = None
     license: str = "MIT"
     sdr: dict[str, float] = field(default_factory=dict)
-    sdr_set: str = "MUSDB18-HQ"
+    sdr_set: str | None = "MUSDB18-HQ"
     spec_norm: bool = False
     normalize: bool = False
     segment: int = SEGMENT
     relative_cost: float | None = None
     parameters_m: float | None = None
     note: str = ""
+    jobs: tuple[str, ...] = ()
+    servable: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [job for job in self.jobs if job not in JOBS]
+        if unknown:
+            raise ValueError(
+                f"model {self.name}: unknown job(s) {', '.join(unknown)}; jobs: {', '.join(JOBS)}"
+            )
 
     @property
     def filename(self) -> str:
@@ -125,6 +166,11 @@ class ModelInfo:
 
 def _filename(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+_FOUR = ("four-stems",)
+_VOCAL_JOBS = ("acapella", "karaoke")
+_DRUM_PARTS = ("drum-parts",)
 
 
 def _sdr(avg: float, bass: float, drums: float, vocals: float, other: float) -> dict[str, float]:
@@ -157,6 +203,8 @@ def _entry(
         normalize=normalize,
         relative_cost=cost,
         sdr_set="MUSDB18-HQ",
+        jobs=_FOUR,
+        servable=servable_license("MIT"),
     )
 
 
@@ -333,11 +381,59 @@ MDX23C_VOCALS_CONFIG: dict[str, Any] = {
 """MSST's configs/config_vocals_mdx23c.yaml (its audio, model, stem and inference facts, unchanged since the
 repository's first commit, 4f27a63 of 2023-11-06; the release v1.0.0 publishes it beside the weights)."""
 
+MSST_COMMIT = "ccc011abf7f89dd7922bb2888d48493b575c0289"
+"""The MSST commit whose ``docs/pretrained_models.md`` and ``configs/`` the entries added for the jobs were
+read from (its table names the weights and scores)."""
+MSST_PINNED = f"https://raw.githubusercontent.com/ZFTurbo/Music-Source-Separation-Training/{MSST_COMMIT}/"
+UVR_RELEASE = "https://github.com/TRvlvr/model_repo/releases/download/all_public_uvr_models/"
+"""UVR's release of public weights, as UVR's ``filelists/download_checks.json`` links them."""
+UVR_COMMIT = "3826b05b570dbd4fbedbc807758803b35348ba1b"
+UVR_CONFIGS = (
+    f"https://raw.githubusercontent.com/TRvlvr/application_data/{UVR_COMMIT}/mdx_model_data/mdx_c_configs/"
+)
+"""UVR's copies of MSST YAMLs (TRvlvr/application_data), pinned to the commit read."""
+
+KARAOKE_CONFIG: dict[str, Any] = {
+    "audio": KIM_CONFIG["audio"],
+    "model": KIM_CONFIG["model"],
+    "training": {"instruments": ["vocals", "instrumental"], "target_instrument": "vocals"},
+    "inference": {"batch_size": 1, "dim_t": 1101, "num_overlap": 4},
+}
+"""UVR's config_mel_band_roformer_karaoke.yaml: the audio and model sections are those of Kim's vocals model
+(:data:`KIM_CONFIG`); the stems are the published ``Vocals`` (the lead vocal, the target) and
+``Instrumental``, lower-cased as freestems names stems."""
+
+DEREVERB_CONFIG: dict[str, Any] = {
+    "audio": {
+        "chunk_size": 352768,
+        "dim_f": 1024,
+        "dim_t": 801,
+        "hop_length": 441,
+        "n_fft": 2048,
+        "num_channels": 2,
+        "sample_rate": 44100,
+        "min_mean_abs": 0.001,
+    },
+    "model": {
+        **VIPERX_CONFIG["model"],
+        "dim": 256,
+        "depth": 8,
+        "stft_hop_length": 512,
+    },
+    "training": {"instruments": ["dry", "reverb"], "target_instrument": "dry"},
+    "inference": {"batch_size": 1, "dim_t": 801, "num_overlap": 4},
+}
+"""UVR's deverb_bs_roformer_8_256dim_8depth.yaml (anvuew's BS-RoFormer de-reverb): viperx's band layout and
+settings with dim 256, depth 8 and an STFT hop of 512. The published stems ``No Reverb`` (the target) and
+``Reverb`` are called ``dry`` and ``reverb`` here (a stem name with a space would make awkward files)."""
+
 DRUMSEP_RELEASE = (
     "https://github.com/jarredou/models/releases/download/aufr33-jarredou_MDX23C_DrumSep_model_v0.1/"
     "aufr33-jarredou_DrumSep_model_mdx23c_ep_141_sdr_10.8059"
 )
 """The 6-stem MDX23C DrumSep model's release, as MSST's table links it (add ``.ckpt`` or ``.yaml``)."""
+JARREDOU_DRUMSEP = "https://github.com/jarredou/models/releases/download/DrumSep/"
+"""jarredou's 5-stem MDX23C DrumSep release, as MSST's table links it."""
 
 # Measured by bench/bench_models.py: seconds per minute of audio relative to scnet. htdemucs and the Kim and
 # viperx RoFormers: wall time, back to back on an idle 2-core CPU (bench/results/models.json). htdemucs_6s,
@@ -368,6 +464,9 @@ _PARAMETERS_M: dict[str, float] = {
     "htdemucs": 42.0,
     "htdemucs_ft": 167.9,
     "htdemucs_6s": 42.0,
+    "mel-roformer-karaoke": 228.2,
+    "bs-roformer-dereverb": 42.6,
+    "demucs-drumsep": 83.6,  # HDemucs as MSST's configs/config_drumsep.yaml builds it
 }
 
 
@@ -381,8 +480,9 @@ def _msst(
     *,
     sources: tuple[str, ...],
     sdr: dict[str, float],
-    sdr_set: str,
+    sdr_set: str | None,
     license: str,
+    jobs: tuple[str, ...],
     note: str = "",
 ) -> ModelInfo:
     """An entry of a family built from an MSST YAML (:data:`MSST_FAMILIES`); without ``config`` the YAML at
@@ -402,6 +502,8 @@ def _msst(
         normalize=False,
         segment=segment,
         note=note,
+        jobs=jobs,
+        servable=servable_license(license),
     )
 
 
@@ -413,8 +515,10 @@ def _demucs(
     sources: tuple[str, ...] = HTDEMUCS_SOURCES,
     weights: list[list[float]] | None = None,
     sdr: dict[str, float],
+    jobs: tuple[str, ...] = _FOUR,
 ) -> ModelInfo:
     weights = weights or [[1.0] * len(sources)]
+    license = "none stated (code MIT)"
     return ModelInfo(
         name=name,
         title=title,
@@ -424,11 +528,38 @@ def _demucs(
         url=DEMUCS_URL + files[0],
         config_url="",
         more_urls=tuple(DEMUCS_URL + file for file in files[1:]),
-        license="none stated (code MIT)",
+        license=license,
         sdr=sdr,
         sdr_set=MULTISONG,
         normalize=True,
         segment=343_980,  # 7.8 s, HT-Demucs's training segment (checked against the file on load)
+        jobs=jobs,
+        servable=servable_license(license),
+    )
+
+
+def _drumsep_demucs() -> ModelInfo:
+    """inagoy's DrumSep: a Demucs model file (MSST names it "DrumSep htdemucs"; MSST's config builds Demucs
+    v3's hybrid network, HDemucs, which the Demucs family here runs as well)."""
+    license = "none stated (repository MIT)"
+    return ModelInfo(
+        name="demucs-drumsep",
+        title="Demucs DrumSep, 4 drum stems (inagoy)",
+        architecture="htdemucs",
+        config={"weights": [[1.0] * 4]},
+        sources=("kick", "snare", "cymbals", "toms"),
+        url=RELEASES_URL + "v1.0.5/model_drumsep.th",
+        config_url=MSST_PINNED + "configs/config_drumsep.yaml",
+        license=license,
+        sdr={"kick": 10.52, "snare": 6.05, "toms": 4.68, "cymbals": 5.03},
+        sdr_set="DrumSep test",
+        normalize=True,
+        segment=1_764_000,  # 40 s: the config's chunk_size and training segment (checked against the file)
+        note="Separates a drums track (not a whole mix: run it on a drums stem); cymbals 5.03 is MSST's "
+        "hh-cymbals figure. The network and its stems come from the file (a Demucs model file, as Demucs's "
+        "training writes it); the config is MSST's description of it.",
+        jobs=_DRUM_PARTS,
+        servable=servable_license(license),
     )
 
 
@@ -454,6 +585,7 @@ def _ensemble(
         sdr=sdr,
         sdr_set=sdr_set,
         note=note,
+        jobs=_FOUR,
     )
 
 
@@ -473,6 +605,7 @@ _FAMILIES = (
         sdr={"vocals": 10.98},
         sdr_set=MULTISONG,
         license="MIT (model card)",
+        jobs=_VOCAL_JOBS,
     ),
     _msst(
         "bs-roformer-viperx",
@@ -486,6 +619,7 @@ _FAMILIES = (
         sdr={"vocals": 10.87},
         sdr_set=MULTISONG,
         license="none stated",
+        jobs=_VOCAL_JOBS,
     ),
     _msst(
         "bs-polarformer",
@@ -499,6 +633,7 @@ _FAMILIES = (
         sdr_set=MULTISONG,
         license="none stated (repository MIT)",
         note="Config (and so its stems) downloaded beside the weights; float16 weights, run in float32.",
+        jobs=_VOCAL_JOBS,
     ),
     _msst(
         "bs-roformer-4stem",
@@ -511,6 +646,7 @@ _FAMILIES = (
         sdr=_sdr(9.65, 8.48, 11.61, 11.08, 7.44),
         sdr_set="MUSDB18-HQ",
         license="none stated (repository MIT)",
+        jobs=_FOUR,
     ),
     _msst(
         "mel-roformer-4stem",
@@ -523,6 +659,7 @@ _FAMILIES = (
         sdr={"avg": 8.22},
         sdr_set="MUSDB18-HQ",
         license="none stated (repository MIT)",
+        jobs=_FOUR,
     ),
     _msst(
         "mdx23c-vocals",
@@ -535,6 +672,7 @@ _FAMILIES = (
         sdr={"vocals": 10.17},
         sdr_set=MULTISONG,
         license="none stated (repository MIT)",
+        jobs=_VOCAL_JOBS,
     ),
     _msst(
         "mdx23c-drumsep",
@@ -550,6 +688,7 @@ _FAMILIES = (
         note="Separates a drums track (not a whole mix: run it on a drums stem). Cymbals (ride + crash "
         "together): 6.08 dB on the DrumSep test. Config (and so the stems' order) downloaded beside the "
         "weights.",
+        jobs=_DRUM_PARTS,
     ),
     _demucs(
         "htdemucs",
@@ -570,6 +709,86 @@ _FAMILIES = (
         ["5c90dfd2-34c22ccb.th"],
         sources=(*HTDEMUCS_SOURCES, "guitar", "piano"),
         sdr={"bass": 11.22, "drums": 10.22, "vocals": 8.05},
+        jobs=("six-stems",),
+    ),
+    _msst(
+        "mdx23c-drumsep-jarredou",
+        "MDX23C DrumSep, 5 drum stems (jarredou)",
+        "mdx23c",
+        {},
+        JARREDOU_DRUMSEP + "drumsep_5stems_mdx23c_jarredou.ckpt",
+        JARREDOU_DRUMSEP + "config_mdx23c.yaml",
+        sources=("kick", "snare", "toms", "hh", "cymbals"),
+        sdr={"kick": 16.66, "snare": 11.53, "toms": 12.33, "hh": 4.04, "cymbals": 6.36},
+        sdr_set="DrumSep test",
+        license="none stated",
+        note="Separates a drums track (not a whole mix: run it on a drums stem); cymbals are ride + crash. "
+        "Config (and so the stems' order) downloaded beside the weights.",
+        jobs=_DRUM_PARTS,
+    ),
+    _drumsep_demucs(),
+    _msst(
+        "mel-roformer-karaoke",
+        "Mel-Band RoFormer karaoke: the lead vocal apart (aufr33 & viperx)",
+        "mel_band_roformer",
+        KARAOKE_CONFIG,
+        UVR_RELEASE + "mel_band_roformer_karaoke_aufr33_viperx_sdr_10.1956.ckpt",
+        UVR_CONFIGS + "config_mel_band_roformer_karaoke.yaml",
+        sources=_VOCALS,
+        sdr={},
+        sdr_set=None,
+        license="none stated",
+        note="vocals: the lead vocal; no_vocals: the rest, backing vocals included (a karaoke track that "
+        "keeps the choir). Listed by UVR (download_checks.json) and python-audio-separator without a "
+        "lead-vocal score: 10.1956 in the file name is the authors' validation figure, on a set not "
+        "published. Stems: the published Vocals and Instrumental, lower-cased.",
+        jobs=("lead-backing",),
+    ),
+    _msst(
+        "bs-roformer-dereverb",
+        "BS-RoFormer de-reverb (anvuew)",
+        "bs_roformer",
+        DEREVERB_CONFIG,
+        "https://huggingface.co/anvuew/deverb_bs_roformer/resolve/main/deverb_bs_roformer_8_256dim_8depth.ckpt",
+        UVR_CONFIGS + "deverb_bs_roformer_8_256dim_8depth.yaml",
+        sources=("dry",),
+        sdr={},
+        sdr_set=None,
+        license="unknown (its Hugging Face page was not read)",
+        note="dry: the sound without its reverb; no_dry: the reverb. Listed by UVR (download_checks.json) "
+        "without a score; the published stem names are No Reverb and Reverb.",
+        jobs=("de-reverb",),
+    ),
+    _msst(
+        "mel-roformer-denoise",
+        "Mel-Band RoFormer denoise (aufr33)",
+        "mel_band_roformer",
+        {},
+        RELEASES_URL + "v.1.0.7/denoise_mel_band_roformer_aufr33_sdr_27.9959.ckpt",
+        RELEASES_URL + "v.1.0.7/model_mel_band_roformer_denoise.yaml",
+        sources=("dry",),
+        sdr={},
+        sdr_set=None,
+        license="none stated (repository MIT)",
+        note="dry: the sound without its noise; no_dry: the noise. MSST's table gives no score. Config (and "
+        "so its stems) downloaded beside the weights; dry is the target python-audio-separator lists.",
+        jobs=("denoise",),
+    ),
+    _msst(
+        "mel-roformer-crowd",
+        "Mel-Band RoFormer crowd (aufr33 & viperx)",
+        "mel_band_roformer",
+        {},
+        RELEASES_URL + "v.1.0.4/mel_band_roformer_crowd_aufr33_viperx_sdr_8.7144.ckpt",
+        RELEASES_URL + "v.1.0.4/model_mel_band_roformer_crowd.yaml",
+        sources=("crowd",),
+        sdr={"crowd": 5.99},
+        sdr_set=None,
+        license="none stated (repository MIT)",
+        note="crowd: the crowd noise; no_crowd: the mix without it. SDR crowd 5.99 as MSST's table gives it, "
+        "on a test set it does not name. Config (and so its stems) downloaded beside the weights; crowd is "
+        "the target python-audio-separator lists.",
+        jobs=("crowd",),
     ),
 )
 
@@ -600,7 +819,8 @@ _PRESETS = (
 
 def _measured(info: ModelInfo) -> ModelInfo:
     """``info`` with the bench's numbers: its own, or for a preset the sum of its members' (an ensemble runs
-    each member once over the same input, so its cost and size are theirs added up)."""
+    each member once over the same input, so its cost and size are theirs added up); a preset is servable
+    when every member is."""
     if info.architecture != "ensemble":
         cost = info.relative_cost if info.relative_cost is not None else _MEASURED.get(info.name)
         return replace(info, relative_cost=cost, parameters_m=_PARAMETERS_M.get(info.name))
@@ -611,6 +831,7 @@ def _measured(info: ModelInfo) -> ModelInfo:
         info,
         relative_cost=None if None in costs else round(sum(c for c in costs if c is not None), 1),
         parameters_m=None if None in sizes else round(sum(s for s in sizes if s is not None), 1),
+        servable=all(member.servable for member in members),
     )
 
 
@@ -630,6 +851,22 @@ def get_model_info(name: str) -> ModelInfo:
         raise ModelNotAvailable(
             f"unknown model {name!r}; available: {', '.join(CATALOG)} (see `freestems models`)"
         ) from None
+
+
+def default_served_model() -> str:
+    """The model a service offers when its operator names none: :data:`DEFAULT_MODEL`, which a service may
+    offer only while its weights are servable (an operator may still name any model, with a warning).
+
+    Raises:
+        ModelChoiceError: the default model's licence does not allow serving it.
+    """
+    info = get_model_info(DEFAULT_MODEL)
+    if not info.servable:
+        raise ModelChoiceError(
+            f"the default model {info.name} may not be served by default (licence: {info.license}); "
+            "name the model to serve"
+        )
+    return info.name
 
 
 OPTION_NAMES = ("-m/--model", "--model-file", "--model-config")
@@ -665,10 +902,12 @@ def check_model_choice(
 # imports no model code); tests/test_chains.py holds them to the chain's naming rule.
 
 
-def _chain(name: str, title: str, first: str, links: list[tuple[str, str]], **facts: Any) -> ModelInfo:
+def _chain(
+    name: str, title: str, first: str, links: list[tuple[str, str]], jobs: tuple[str, ...], **facts: Any
+) -> ModelInfo:
     """A chain preset: like an ensemble preset (no file of its own, its models' licences), another config."""
     config = {"first": first, "links": [[stem, model] for stem, model in links]}
-    return replace(_ensemble(name, title, [], **facts), architecture="chain", config=config)
+    return replace(_ensemble(name, title, [], **facts), architecture="chain", config=config, jobs=jobs)
 
 
 _CHAINS = (
@@ -677,6 +916,7 @@ _CHAINS = (
         "HT-Demucs v4 ft, its drums split into kick, snare, toms, hi-hat, ride and crash by MDX23C DrumSep",
         "htdemucs_ft",
         [("drums", "mdx23c-drumsep")],
+        _DRUM_PARTS,
         sources=(
             *("drums-kick", "drums-snare", "drums-toms", "drums-hh", "drums-ride", "drums-crash"),
             *("bass", "other", "vocals"),
@@ -686,6 +926,18 @@ _CHAINS = (
         note="Bass, other and vocals are htdemucs_ft's (its Multisong figures). The drum parts are DrumSep's "
         "run on htdemucs_ft's drums; DrumSep's own figures (kick 14.54, snare 9.79, toms 10.63, hh 3.19, "
         "cymbals 6.08 dB) are on clean drum tracks (DrumSep test), so not these parts' figures.",
+    ),
+    _chain(
+        "chain-dereverb-kim",
+        "Mel-Band RoFormer vocals (Kim), de-reverbed by the BS-RoFormer de-reverb (anvuew)",
+        "mel-roformer-kim",
+        [("vocals", "bs-roformer-dereverb")],
+        ("de-reverb",),
+        sources=("vocals-dry", "vocals-no_dry", "no_vocals"),
+        sdr={},
+        sdr_set=None,
+        note="vocals-dry: Kim's vocals without their reverb; vocals-no_dry: that reverb; no_vocals: the mix "
+        "without Kim's vocals. No figure is published for the de-reverb model, so none for the chain.",
     ),
 )
 
@@ -712,6 +964,7 @@ def _measured_chain(info: ModelInfo) -> ModelInfo:
         info,
         relative_cost=added([member.relative_cost for member in members]),
         parameters_m=added([member.parameters_m for member in members]),
+        servable=all(member.servable for member in members),
     )
 
 

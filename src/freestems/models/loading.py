@@ -683,6 +683,11 @@ def _load_msst(
         load_weights(module, state, str(path), scnet=False)
     except CheckpointError as error:
         raise CheckpointError(_naming(error, path) + hint) from None
+    return msst_loaded(module, facts, name)
+
+
+def msst_loaded(module: nn.Module, facts: MsstFacts, name: str) -> LoadedModel:
+    """A network of an MSST family (:func:`msst_model`, weights loaded or not) ready for the engine."""
     return LoadedModel(
         module=module.eval(),
         name=name,

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from freestems.errors import Cancelled
-from freestems.models.catalog import ModelInfo, get_model_info
+from freestems.models.catalog import ModelInfo, get_model_info, member_names
 from freestems.models.errors import ModelChoiceError
 
 if TYPE_CHECKING:  # torch is imported only where a model is loaded (a web tier never loads one)
@@ -183,6 +183,38 @@ def fingerprint_loaded(model: LoadedModel) -> str:
             data = tensor.float().numpy().tobytes()
         digest.update(data)
     return digest.hexdigest()[:32]
+
+
+def unservable(name: str) -> list[ModelInfo]:
+    """The catalog entries behind ``name`` (a model; a preset's, an ensemble ``a+b``'s or a chain
+    ``a>stem:b``'s models, however nested) whose weights' licence does not allow serving them; an unknown or
+    malformed name is left to the describing that follows."""
+    try:
+        entries = _catalog_entries(name)
+    except ModelChoiceError:
+        return []
+    return [info for info in entries if not member_names(info) and not info.servable]
+
+
+def _catalog_entries(name: str) -> list[ModelInfo]:
+    """Every catalog entry ``name`` runs, presets and their members alike (unknown names left out)."""
+    from freestems.models.catalog import CATALOG
+    from freestems.models.chain import is_chain, parse_chain
+    from freestems.models.ensemble import SEPARATOR, parse_members
+
+    if is_chain(name):
+        spec = parse_chain(name)
+        return [
+            info
+            for part in (spec.first, *(model for _, model in spec.links))
+            for info in _catalog_entries(part)
+        ]
+    if SEPARATOR in name:
+        return [info for member, _ in parse_members(name) for info in _catalog_entries(member)]
+    info = CATALOG.get(name)
+    if info is None:
+        return []
+    return [info, *(entry for member in member_names(info) for entry in _catalog_entries(member))]
 
 
 def _digest(value: Any) -> str:
@@ -418,9 +450,20 @@ def serve_models(
     file (with its config, or None) loaded now (its name is its file's stem, or the name a freestems
     checkpoint carries). Names come first, in order, then the files: the first is the default.
 
+    A catalog model whose licence does not allow serving it (:attr:`ModelInfo.servable`) is served, since
+    the operator named it, with a warning (:func:`unservable`); the default never is one.
+
     Raises:
         ModelError: an unknown name, a file that cannot be had or loaded, two models of one name.
     """
+    for name in names:
+        for info in unservable(name):
+            log.warning(
+                "model %s: the licence of its weights (%s) does not allow serving them; served because the "
+                "operator named it",
+                info.name if info.name == name else f"{name} (member {info.name})",
+                info.license,
+            )
     served = [
         serve_catalog(
             name,

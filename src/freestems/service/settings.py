@@ -30,7 +30,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from freestems.cost import DEFAULT_GPU_PRICES, parse_prices
-from freestems.models.catalog import DEFAULT_MODEL, check_model_choice
+from freestems.models.catalog import check_model_choice, default_served_model
 from freestems.rules import Device
 
 PREFIX = "FREESTEMS_"
@@ -367,12 +367,13 @@ class Settings(EnvSettings):
     @property
     def served_models(self) -> tuple[str, ...]:
         """The catalog names (or presets) served: ``models``, else ``model``; empty with a model file only
-        (then the file is the one model), and without any setting the catalog's default."""
+        (then the file is the one model), and without any setting the catalog's default, which must be
+        servable (:func:`~freestems.models.catalog.default_served_model`)."""
         if self.models:
             return self.models
         if self.model:
             return (self.model,)
-        return () if self.model_file else (DEFAULT_MODEL,)
+        return () if self.model_file else (default_served_model(),)
 
     @property
     def model_memory_bytes(self) -> int | None:
