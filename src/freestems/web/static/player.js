@@ -179,12 +179,17 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
     if (mixer.playing) frame = requestAnimationFrame(render);
   }
 
-  /** The seek bar shows how far the stems exist; the line under it says when playback waits for them. */
+  /**
+   * The seek bar spans the whole song and shows how much is played and how far the stems exist; the line
+   * under it says when playback waits for them.
+   */
   function renderLive() {
     const seek = $("seek");
     const duration = mixer.duration || 0;
+    const percent = (seconds) => `${duration ? Math.min(100, (100 * seconds) / duration) : 0}%`;
     seek.max = String(duration || 1);
-    seek.style.setProperty("--ready", `${duration ? Math.min(100, (100 * mixer.ready) / duration) : 0}%`);
+    seek.style.setProperty("--ready", percent(mixer.ready));
+    seek.style.setProperty("--played", percent(dragging ? Number(seek.value) : mixer.position()));
     $("time-total").textContent = formatClock(duration);
     let words = "";
     if (!mixer.segments.length) words = "The first seconds of the stems are on their way…";

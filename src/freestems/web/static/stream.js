@@ -3,6 +3,9 @@
 //
 //   GET jobs/{id}/partial                -> {stems, sample_rate, segments: [{index, start, end}], ready_samples,
 //                                            total_samples, complete}
+//
+// The song's whole length is known from the start (the server's `total_samples`, else the job's `duration`):
+// the clock and the seek bar show all of it, the bar's band how much exists so far.
 //   GET jobs/{id}/partial/{stem}/{index} -> FLAC, exactly end - start samples of that stem
 //
 // The page downloads the segments in order, one index for all stems at a time, decodes them and schedules
@@ -282,12 +285,12 @@ export function createListen({ player, log }) {
     if (message.id && message.id !== job.id) return;
     const progressive = message.ready_seconds !== undefined && message.ready_seconds !== null;
     if (message.state !== "running" || !progressive) return;
-    run = { job, controller: new AbortController() };
+    run = { job, controller: new AbortController(), duration: Number(message.duration) || null };
     follow(run).catch((error) => log("live_stopped", { code: error && error.code, message: error && error.message }));
   }
 
   async function follow(mine) {
-    const { job, controller } = mine;
+    const { job, controller, duration } = mine;
     const signal = controller.signal;
     let mixer = null;
     let next = 0;
@@ -314,7 +317,7 @@ export function createListen({ player, log }) {
         mixer = new LiveMixer(player.audioContext(), {
           stems: info.stems,
           sampleRate: info.sample_rate,
-          totalSamples: info.total_samples,
+          totalSamples: info.total_samples ?? Math.round((duration || 0) * (info.sample_rate || 44100)),
         });
         if (signal.aborted) return;
         player.goLive(mixer);

@@ -1,0 +1,67 @@
+"""The page fixes of issue 21, found when the page was tried as a new user would: in a real headless
+Chromium against a real server (the small seeded model, its real progressive results). Each test names what
+the new user met in its docstring.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from audio_samples import write_test_file
+from web_helpers import needs_chromium, wait_js
+
+pytestmark = needs_chromium
+
+FINISHED = "['result', 'problem'].includes(window.freestems.phase) && window.freestems.phase"
+
+
+def song_file(folder: Path, name: str, seconds: float) -> Path:
+    """A song of its own pitch: the server's result cache never answers for another test's song."""
+    path = folder / name
+    write_test_file(path, "mp3", seconds=seconds, freq=random.uniform(150.0, 900.0))
+    return path
+
+
+def start(page, path: Path) -> None:
+    page.set_input_files("#file", str(path))
+    wait_js(page, "!document.getElementById('separate').disabled")
+    page.click("#separate")
+
+
+def finish(page, timeout: float = 180.0) -> None:
+    phase = wait_js(page, FINISHED, timeout)
+    assert phase == "result", page.evaluate("window.freestems.problem")
+
+
+def partial(page) -> dict:
+    """``GET /jobs/{id}/partial`` of the page's job, as the page would ask for it."""
+    return page.evaluate(
+        """async () => {
+            const job = window.freestems.job;
+            const response = await fetch(`jobs/${job.id}/partial`, {headers: {'X-Job-Token': job.token}});
+            return response.json();
+        }"""
+    )
+
+
+def test_the_live_player_shows_the_whole_song_from_the_start(open_page, tmp_path):
+    """The server's probe knows the length: ``total_samples`` says it mid-job, and the live player's clock and
+    seek bar span the whole song, its band what exists so far (the bar no longer stretches as blocks come)."""
+    page = open_page()
+    start(page, song_file(tmp_path, "Whole Length.mp3", 60.0))
+    wait_js(page, "(window.freestems.mixer.live() || {}).ready > 0", timeout=120)
+    listing = partial(page)
+    assert not listing["complete"], listing
+    assert listing["total_samples"] == pytest.approx(60 * 44100, abs=0.05 * 44100), listing
+    live = page.evaluate("window.freestems.mixer.live()")
+    assert live["ready"] < 55, live  # caught mid-job
+    assert page.inner_text("#time-total") == "1:00"
+    assert float(page.get_attribute("#seek", "max")) == pytest.approx(60.0, abs=0.05)
+    assert page.evaluate("window.freestems.mixer.duration()") == pytest.approx(60.0, abs=0.05)
+    band = page.evaluate("getComputedStyle(document.getElementById('seek')).getPropertyValue('--ready')")
+    assert 0 < float(band.strip().rstrip("%")) < 95, band
+    assert "of 1:00" in page.get_attribute("#seek", "aria-valuetext")
+    finish(page)
+    assert page.evaluate("window.freestems.mixer.duration()") == pytest.approx(60.0, abs=0.05)
