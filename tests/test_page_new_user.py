@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from audio_samples import write_test_file
-from web_helpers import needs_chromium, wait_js
+from web_helpers import needs_chromium, wait_js, with_limits
 
 pytestmark = needs_chromium
 
@@ -65,3 +65,26 @@ def test_the_live_player_shows_the_whole_song_from_the_start(open_page, tmp_path
     assert "of 1:00" in page.get_attribute("#seek", "aria-valuetext")
     finish(page)
     assert page.evaluate("window.freestems.mixer.duration()") == pytest.approx(60.0, abs=0.05)
+
+
+def test_too_big_advice_names_a_length_within_the_limit(open_page, tmp_path):
+    """A song over both limits was told to be cut to a length still over the length limit ("cut it to at most
+    0:04" with a limit of 3 s): the advice never names a length over it. (The limits come from GET /config,
+    faked here with a tiny upload limit and a 3 s length limit.)"""
+    page = open_page(before=with_limits(max_upload_mb=0.02, max_duration=3))
+    mp3 = tmp_path / "Long.mp3"
+    write_test_file(mp3, "mp3", seconds=10.0, bitrate=32)  # 40 kB: twice the size limit, 4 s fit at 32 kbps
+    page.set_input_files("#file", str(mp3))
+    wait_js(page, "document.getElementById('file-error').textContent.includes('cut it to')")
+    text = page.inner_text("#file-error")
+    assert "longer than the limit of 3 seconds" in text and "cut it to at most 0:03," in text, text
+    assert "0:04" not in text and "0:10" not in text, text
+
+    wav = tmp_path / "Long.wav"
+    write_test_file(wav, "wav", seconds=10.0)  # 1.8 MB of 16-bit stereo
+    page.set_input_files("#file", str(wav))
+    wait_js(page, "document.getElementById('file-error').textContent.includes('kbps or lower')")
+    text = page.inner_text("#file-error")
+    # 3 s in 19.4 kB is 51 kbps: cut to 0:03 and MP3 at 48 kbps (18 kB), not the whole 10 s as an MP3.
+    assert "Cut it to at most 0:03, convert that to MP3 at 48 kbps or lower (about 18 kB)" in text, text
+    assert page.is_disabled("#separate")

@@ -136,7 +136,7 @@ export function createSong({ log, canChoose }) {
 function tooBig(file, limits, duration) {
   return (
     `This file is too big: it is ${formatBytes(file.size)} and the limit is ${formatLimitMB(limits.max_upload_mb)}. ` +
-    fitAdvice(file, duration, limits.max_upload_mb)
+    fitAdvice(file, duration, limits.max_upload_mb, limits.max_duration)
   );
 }
 
