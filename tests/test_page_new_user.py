@@ -88,3 +88,25 @@ def test_too_big_advice_names_a_length_within_the_limit(open_page, tmp_path):
     # 3 s in 19.4 kB is 51 kbps: cut to 0:03 and MP3 at 48 kbps (18 kB), not the whole 10 s as an MP3.
     assert "Cut it to at most 0:03, convert that to MP3 at 48 kbps or lower (about 18 kB)" in text, text
     assert page.is_disabled("#separate")
+
+
+def test_a_text_file_named_mp3_is_refused_before_the_puzzle_and_the_upload(open_page, tmp_path):
+    """A text file named .mp3 was refused only by the server, after the proof of work and the upload: the
+    browser cannot read it and it does not begin as any audio or video file does, so the page refuses it at
+    once, in the words the server would have used."""
+    page = open_page()
+    sent: list[str] = []
+    page.on("request", lambda request: sent.append(request.url) if request.method == "POST" else None)
+    page.on("websocket", lambda socket: sent.append(socket.url))
+    notes = tmp_path / "Notes.mp3"
+    notes.write_text("Verse 1: la la la\nChorus: oh oh oh\n" * 40)
+    page.set_input_files("#file", str(notes))
+    wait_js(page, "!document.getElementById('file-error').hidden")
+    assert page.inner_text("#file-error") == (
+        "This file is not audio the server can read. "
+        "Choose an MP3, WAV, FLAC, OGG, Opus or M4A file, or a video with sound."
+    )
+    assert page.is_disabled("#separate") and page.inner_text("#setup-hint") == "Choose another file."
+    assert page.inner_text("#file-duration") == "not audio"
+    page.wait_for_timeout(300)
+    assert sent == []  # no session (no puzzle) and no upload

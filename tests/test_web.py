@@ -273,10 +273,19 @@ def test_rejected_files_show_their_error(open_page, web_server, song, tmp_path):
     assert page.is_disabled("#separate")
     assert uploads == []
 
-    # Not audio, whatever its name (dropped on the page): the server refuses it (415) and the page says so.
+    # Not audio, whatever its name (dropped on the page): the browser cannot read it and it does not begin
+    # as audio does, so the page refuses it before any upload, as the server would.
     drop(page, "picture.mp3", tiny_png())
-    wait_js(page, "!document.getElementById('separate').disabled")
+    wait_js(page, "document.getElementById('file-error').textContent.includes('not audio')")
     assert page.inner_text("#file-name") == "picture.mp3"
+    assert page.is_disabled("#separate")
+    assert uploads == []
+
+    # It begins as an MP3 does (a tag) but is not one: the page leaves it to the server, which refuses it
+    # (415), and the page says so.
+    drop(page, "broken.mp3", b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"not really an mp3 " * 200)
+    wait_js(page, "!document.getElementById('separate').disabled")
+    assert page.inner_text("#file-name") == "broken.mp3"
     assert page.inner_text("#file-duration").startswith("unknown")
     page.click("#separate")
     wait_js(page, "window.freestems.phase === 'problem'")
