@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from audio_samples import write_test_file
-from web_helpers import needs_chromium, wait_js, with_limits
+from web_helpers import ARTIFACTS, PHONE, needs_chromium, wait_js, with_limits
 
 pytestmark = needs_chromium
 
@@ -110,3 +110,33 @@ def test_a_text_file_named_mp3_is_refused_before_the_puzzle_and_the_upload(open_
     assert page.inner_text("#file-duration") == "not audio"
     page.wait_for_timeout(300)
     assert sent == []  # no session (no puzzle) and no upload
+
+
+SEPARATE_IN_SIGHT = """() => {
+    // The Separate button lies within the window and nothing covers its middle.
+    const button = document.getElementById('separate');
+    const box = button.getBoundingClientRect();
+    const inside = box.top >= 0 && box.bottom <= innerHeight && box.left >= 0 && box.right <= innerWidth;
+    const hit = document.elementFromPoint(box.left + box.width / 2, box.top + box.height / 2);
+    return {inside, hit: Boolean(hit && button.contains(hit)), top: Math.round(box.top)};
+}"""
+
+
+@pytest.mark.parametrize("viewport", [{"width": 1280, "height": 800}, PHONE], ids=["desktop", "phone"])
+def test_separate_is_in_sight_once_a_song_is_chosen(open_page, tmp_path, viewport):
+    """Separate sat below the fold once a file was chosen (y = 994 px at 1280x800, 1261 px on a phone): it
+    now stays at the bottom of the window until the end of the form comes into view, without a scroll."""
+    page = open_page(viewport=viewport)
+    page.set_input_files("#file", str(song_file(tmp_path, "In Sight.mp3", 3.0)))
+    wait_js(page, "!document.getElementById('separate').disabled")
+    assert page.evaluate("window.scrollY") == 0
+    seen = page.evaluate(SEPARATE_IN_SIGHT)
+    assert seen["inside"] and seen["hit"], seen
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"page-separate-in-sight-{viewport['width']}.png"))
+    # Scrolled to the end of the form, it is the form's last row again, under the options.
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    seen = page.evaluate(SEPARATE_IN_SIGHT)
+    assert seen["inside"] and seen["hit"], seen
+    format_bottom = page.evaluate("document.getElementById('format').getBoundingClientRect().bottom")
+    assert seen["top"] > format_bottom
