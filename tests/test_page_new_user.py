@@ -140,3 +140,17 @@ def test_separate_is_in_sight_once_a_song_is_chosen(open_page, tmp_path, viewpor
     assert seen["inside"] and seen["hit"], seen
     format_bottom = page.evaluate("document.getElementById('format').getBoundingClientRect().bottom")
     assert seen["top"] > format_bottom
+
+
+def test_a_model_served_from_a_file_says_what_it_is(open_page, web_server):
+    """A model served from a checkpoint file was shown by its file name alone ("release", "955717e8"): its
+    title now names its family, and its facts say its stems and that its SDR and speed were not measured."""
+    described = web_server.service.executor.models[0]
+    assert (described.name, described.title) == ("small", "SCNet (small)")
+    page = open_page()
+    assert page.inner_text("#models strong") == "SCNet (small)"
+    assert (
+        page.inner_text("#models small")
+        == "Drums, Bass, Other, Vocals · SDR not measured · speed not measured"
+    )
+    assert page.get_attribute("input[name=model]", "value") == "small"  # the form still sends its name

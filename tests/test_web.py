@@ -118,7 +118,7 @@ def test_drop_a_song_watch_it_separate_mix_and_download(open_page, web_server, s
     served = page.locator("input[name=model]:checked")
     assert served.get_attribute("value") == "small"
     assert page.locator("input[name=model]").count() == 1  # the catalog's others are not on this server
-    assert "the model this server runs" in page.inner_text("#models")
+    assert "Drums, Bass, Other, Vocals · SDR not measured · speed not measured" in page.inner_text("#models")
     page.select_option("#format", "mp3:256")
 
     # Separate, from the keyboard.
