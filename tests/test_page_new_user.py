@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from audio_samples import write_test_file
-from web_helpers import ARTIFACTS, PHONE, needs_chromium, wait_js, with_limits
+from web_helpers import ARTIFACTS, PHONE, events, needs_chromium, wait_js, with_limits
 
 pytestmark = needs_chromium
 
@@ -154,3 +154,61 @@ def test_a_model_served_from_a_file_says_what_it_is(open_page, web_server):
         == "Drums, Bass, Other, Vocals · SDR not measured · speed not measured"
     )
     assert page.get_attribute("input[name=model]", "value") == "small"  # the form still sends its name
+
+
+DECODED = """
+(() => {
+  // Every AudioBuffer the page decodes, weakly held: which are still alive after a garbage collection.
+  window.__decoded = [];
+  const decode = BaseAudioContext.prototype.decodeAudioData;
+  BaseAudioContext.prototype.decodeAudioData = function (...args) {
+    return decode.apply(this, args).then((buffer) => {
+      window.__decoded.push({ref: new WeakRef(buffer), length: buffer.length});
+      return buffer;
+    });
+  };
+})();
+"""
+
+
+def collect_garbage(page) -> None:
+    session = page.context.new_cdp_session(page)
+    for _ in range(2):
+        session.send("HeapProfiler.collectGarbage")
+        page.wait_for_timeout(200)
+    session.detach()
+
+
+def test_the_result_player_keeps_one_copy_of_the_stems(open_page, tmp_path):
+    """After the hand-over the renderer held the live player's decoded segments and the result's files
+    decoded again: the result player now plays the live player's own audio, joined into whole stems stem by
+    stem (the result's files are not decoded), and once a garbage collection has run no decoded segment is
+    left."""
+    page = open_page(before=lambda page: page.add_init_script(DECODED))
+    start(page, song_file(tmp_path, "One Copy.mp3", 60.0))
+    wait_js(page, "window.freestems.mixer.playing()", timeout=120)
+    finish(page)
+    handover = events(page, "handover")
+    assert len(handover) == 1 and handover[0].get("from") == "live", handover
+    assert page.evaluate("window.freestems.mixer.duration()") == pytest.approx(60.0, abs=0.05)
+    lengths = page.evaluate("window.__decoded.map((entry) => entry.length)")
+    assert lengths and max(lengths) < 30 * 44100, max(lengths)  # segments only: no whole stem was decoded
+    wait_js(page, "window.freestems.mixer.playing()")
+    collect_garbage(page)
+    assert page.evaluate("window.__decoded.filter((entry) => entry.ref.deref()).length") == 0
+    assert page.evaluate("window.freestems.mixer.playing()")  # the whole stems play on
+    page.click("#play")
+
+
+def test_the_live_player_keeps_to_the_memory_budget(open_page, tmp_path):
+    """The live player decoded every segment whatever the song's length, while the result player refuses a
+    song over the device's memory budget: over the budget, the page does not listen while it separates."""
+    asked: list[str] = []
+    page = open_page(before=lambda page: page.on("request", lambda request: asked.append(request.url)))
+    page.evaluate("window.freestems.memoryBudget = 2e6")  # 2 MB: 30 s of four stems need 42 MB
+    start(page, song_file(tmp_path, "Over Budget.mp3", 30.0))
+    finish(page)
+    assert events(page, "live_skipped") and events(page, "live_mixer") == [], events(page, "live_skipped")
+    assert not [address for address in asked if "/partial/" in address]  # no segment was downloaded
+    assert "too long to play in the page" in page.inner_text("#result-note")
+

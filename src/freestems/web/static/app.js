@@ -41,6 +41,7 @@ const jobs = createJobs({
   recent,
   log,
   present: async (archive, file, options) => {
+    await listen.finish(); // the live player's last segments: the result player takes its audio
     listen.stop();
     await result.show(archive, file, options);
     compare.offer(jobs.job, file, options);
