@@ -212,3 +212,69 @@ def test_the_live_player_keeps_to_the_memory_budget(open_page, tmp_path):
     assert not [address for address in asked if "/partial/" in address]  # no segment was downloaded
     assert "too long to play in the page" in page.inner_text("#result-note")
 
+
+def pause(page) -> None:
+    if page.evaluate("window.freestems.mixer.playing()"):
+        page.click("#play")
+    wait_js(page, "!window.freestems.mixer.playing()")
+
+
+def test_a_result_from_the_cache_plays_as_a_fresh_one_does(open_page, tmp_path):
+    """A fresh result plays on from the live player; the same song again, answered at once from the server's
+    result cache (no live player), stayed silent: it now starts playing as well."""
+    page = open_page()
+    song = song_file(tmp_path, "Twice.mp3", 8.0)
+    start(page, song)
+    finish(page)
+    pause(page)
+    page.click("#again")
+    start(page, song)
+    finish(page)
+    assert events(page, "created")[-1]["cache"] == "hit"
+    wait_js(page, "window.freestems.mixer.playing() && window.freestems.mixer.position() > 0.2", timeout=15)
+    assert page.get_attribute("#play", "aria-label") == "Pause"
+    page.click("#play")
+
+
+def test_a_reload_resumes_where_the_player_was(open_page, tmp_path):
+    """A reload showed the result again from 0:00: the page keeps where the player was with the job (in
+    sessionStorage, when the page goes away) and the result comes back there."""
+    page = open_page()
+    start(page, song_file(tmp_path, "Resume.mp3", 30.0))
+    finish(page)
+    pause(page)
+    page.focus("#seek")
+    page.keyboard.press("Home")
+    for _ in range(4):
+        page.keyboard.press("ArrowRight")  # 0:20
+    page.click("#play")
+    wait_js(page, "window.freestems.mixer.playing() && window.freestems.mixer.position() > 20.3", timeout=15)
+    page.reload()
+    wait_js(page, "window.freestems.ready")
+    finish(page)
+    position = page.evaluate("window.freestems.mixer.position()")
+    assert 20.3 < position < 29, position
+    assert page.inner_text("#time-now") == f"0:{int(position):02d}"
+
+
+def test_recent_reopens_a_result_in_the_player(open_page, tmp_path):
+    """ "Recent" offered only the zip of an earlier result: while the server still has it, it opens in the
+    result player."""
+    page = open_page()
+    start(page, song_file(tmp_path, "Earlier.mp3", 6.0))
+    finish(page)
+    first = page.evaluate("window.freestems.job")
+    pause(page)
+    page.click("#again")
+    page.reload()  # a later visit
+    wait_js(page, "window.freestems.events.some((event) => event.kind === 'recent')")
+    assert page.evaluate("window.freestems.phase") == "setup"
+    page.get_by_role("button", name="Open Earlier.mp3 in the player").click()
+    finish(page)
+    assert page.evaluate("window.freestems.job")["id"] == first["id"]
+    assert page.evaluate("window.freestems.mixer.duration()") == pytest.approx(6.0, abs=0.1)
+    assert page.locator("#stems canvas").count() == 4
+    assert "of Earlier.mp3" in page.inner_text("#result-note")
+    page.click("#play")
+    wait_js(page, "window.freestems.mixer.playing() && window.freestems.mixer.position() > 0.2", timeout=15)
+    page.click("#play")

@@ -42,6 +42,7 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
   let warm = null; // an audio context made during a click may play later without another click
   let frame = 0;
   let dragging = false;
+  let startAt = 0; // seconds where the next player starts (a reload resumes where it was)
   const loop = createLoop({ mixer: () => mixer, render: () => render(), log });
 
   function prepare() {
@@ -75,6 +76,8 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
     $("result-heading").textContent = "Listen while it separates";
     $("result").hidden = false;
     $("seek").value = "0";
+    if (startAt) live.offset = startAt; // it plays from there once the separation has reached it
+    startAt = 0;
     live.on(() => render());
     render();
   }
@@ -134,6 +137,8 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
     if (live && decoding) await handOver(live, decoding, "files");
     else if (live) await live.close(false);
     mixer = decoding;
+    if (decoding && !live && startAt) decoding.offset = Math.min(startAt, decoding.duration);
+    startAt = 0;
     if (decoding && resume) {
       decoding.setMix(resume.mix);
       decoding.offset = Math.min(resume.position, decoding.duration);
@@ -309,10 +314,21 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
     $("result").hidden = true;
   }
 
+  /** Plays the result from where it is (a result from the server's cache plays as a fresh one does). */
+  async function play() {
+    if (mixer && !mixer.live && !mixer.playing) await mixer.play();
+    render();
+  }
+
   return {
     prepare,
     audioContext,
     memoryBudget,
+    play,
+    /** The next player (live or not) starts at `seconds` rather than at 0:00. */
+    startAt(seconds) {
+      startAt = Number.isFinite(seconds) && seconds > 0 ? seconds : 0;
+    },
     goLive,
     dropLive,
     load,
