@@ -132,6 +132,7 @@ function wire() {
     onDeleted: (id) => {
       recent.forget(id);
       jobs.deleted();
+      compare.filesDeleted(); // the song is gone from the server: no second model on it
     },
   });
   $("again").addEventListener("click", async () => {

@@ -248,7 +248,8 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
       const canvas = row.querySelector("canvas");
       if (!canvas) continue;
       const region = mixer.loop && mixer.duration ? { from: mixer.loop.start / mixer.duration, to: mixer.loop.end / mixer.duration } : null;
-      drawWaveform(canvas, stem.peaks, progress, { line, color: row.style.getPropertyValue("--stem") || cssVar("--stem-other"), region });
+      const heard = stem.alternate && stem.choice === "b" ? stem.alternate : stem; // A or B (compare.js)
+      drawWaveform(canvas, heard.peaks, progress, { line, color: row.style.getPropertyValue("--stem") || cssVar("--stem-other"), region });
     }
   }
 
