@@ -62,12 +62,14 @@ function recentItem(entry, view, onOpen) {
     open.textContent = "Open in the player";
     open.setAttribute("aria-label", `Open ${entry.name || "the song"} in the player`);
     open.addEventListener("click", () => onOpen(entry));
-    item.append(open, " ");
     const link = document.createElement("a");
     link.href = url(view.result.replace(/^\//, ""));
     link.download = `${baseName(entry.name || "song")} - stems.zip`;
     link.textContent = "Download the stems (zip)";
-    item.append(link);
+    const actions = document.createElement("span");
+    actions.className = "recent-actions";
+    actions.append(open, link);
+    item.append(actions);
   } else {
     const status = document.createElement("span");
     status.className = "muted";
