@@ -261,6 +261,8 @@ def test_after_delete_my_files_now_compare_says_why_it_cannot_run(open_page, two
     assert "no longer on the server" in words and "Separate another song" in words, words
     assert "Try again" not in words
     assert page.is_visible("#again")  # the button the words name is there
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#result").screenshot(path=str(ARTIFACTS / "web-compare-deleted.png"))
     # Whatever goes wrong, the card's words name its own button, not the problem card's.
     told = page.evaluate(
         """async () => {
