@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from audio_samples import write_test_file
-from web_helpers import events, needs_chromium, wait_js
+from web_helpers import events, needs_chromium, wait_js, with_limits
 
 pytestmark = needs_chromium
 
@@ -132,15 +132,7 @@ def test_try_again_counts_down_in_words_and_on_the_button(open_page, song):
 def test_a_too_big_file_is_told_what_would_fit(open_page, tmp_path):
     """The limits come from GET /config (faked here with a tiny upload limit): the advice is numbers."""
 
-    def small_limit(page):
-        page.route(
-            "**/config",
-            lambda route: route.fulfill(
-                json={"model": "small", "limits": {"max_upload_mb": 0.02, "max_duration": 90}}
-            ),
-        )
-
-    page = open_page(before=small_limit)
+    page = open_page(before=with_limits(max_upload_mb=0.02, max_duration=90))
     mp3 = tmp_path / "Song.mp3"
     write_test_file(mp3, "mp3", seconds=3.0, bitrate=128)
     page.set_input_files("#file", str(mp3))

@@ -114,11 +114,12 @@ def test_config_describes_limits_models_and_formats(start_server):
     config = httpx.get(server.url + "/config").json()
     assert config["model"] == "small"
     assert config["sources"] == ["drums", "bass", "other", "vocals"]
-    # Only the served models: this one is a checkpoint file, so the catalog has nothing to say about it.
+    # Only the served models: this one is a checkpoint file, so the catalog has nothing to say about it; its
+    # title says its family and its name.
     assert config["models"] == [
         {
             "name": "small",
-            "title": "small",
+            "title": "SCNet (small)",
             "stems": ["drums", "bass", "other", "vocals"],
             "sdr": {},
             "sdr_set": None,

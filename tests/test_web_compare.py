@@ -8,6 +8,7 @@ proof of work, real separations, Web Audio.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -172,3 +173,104 @@ def test_pick_a_model_then_hear_another_on_the_same_song_stem_by_stem(open_page,
     page.click("#again")
     wait_js(page, "window.freestems.phase === 'setup'")
     assert page.is_hidden("#compare") and page.evaluate("window.freestems.compare.second()") is None
+
+
+def separate(page, path: Path) -> None:
+    page.set_input_files("#file", str(path))
+    wait_js(page, "!document.getElementById('separate').disabled")
+    page.click("#separate")
+    phase = wait_js(
+        page, "['result', 'problem'].includes(window.freestems.phase) && window.freestems.phase", 120
+    )
+    assert phase == "result", page.evaluate("window.freestems.problem")
+
+
+WATCH_COMPARE = """() => {
+    // What screen readers hear from the compare card (its live regions), and what its status line shows.
+    window.said = [];
+    window.shown = [];
+    const watch = (node, into) => new MutationObserver(() => into.push(node.textContent))
+        .observe(node, {childList: true, characterData: true, subtree: true});
+    for (const region of document.querySelectorAll('#compare [aria-live], #compare [role=status]')) {
+        watch(region, window.said);
+    }
+    watch(document.getElementById('compare-status'), window.shown);
+}"""
+
+WAVE = "document.querySelector('#stems li[data-stem=vocals] canvas').toDataURL()"
+LINK = """(() => {
+    const link = document.querySelector('#stems li[data-stem=vocals] .stem-tail a[download]');
+    return {href: link.href, download: link.download, label: link.getAttribute('aria-label')};
+})()"""
+
+
+def test_compare_says_only_its_steps_and_b_shows_its_own_wave_and_file(open_page, two_models, tmp_path):
+    """The compare status was announced at every tick (about 100 times in 36 s): screen readers now hear each
+    step once, the status line still shows the ticks. And a stem switched to B kept A's waveform and A's
+    download: each side now shows its own."""
+    page = open_page(server=two_models)
+    song = tmp_path / "Both Sides.mp3"
+    write_test_file(song, "mp3", seconds=20.0, freq=470.0)
+    page.check("input[name=stems][value=two]")
+    separate(page, song)
+    page.evaluate(WATCH_COMPARE)
+    page.click("#compare-run")
+    wait_js(page, "window.freestems.compare.second() !== null", timeout=180)
+    said, shown = page.evaluate("window.said"), page.evaluate("window.shown")
+    assert len(shown) > len(said), (shown, said)  # the ticks were shown, not said
+    assert said and len(said) <= 6, said
+    assert not [words for words in said if "%" in words or "tries" in words], said
+    assert said[-1].startswith("Now switch each stem between A"), said
+
+    # B shows its own waveform and its own file; A again shows A's.
+    if page.evaluate("window.freestems.mixer.playing()"):
+        page.click("#play")
+    page.focus("#seek")
+    page.keyboard.press("Home")
+    wave_a, link_a = page.evaluate(WAVE), page.evaluate(LINK)
+    page.click("#stems li[data-stem=vocals] .toggle-b")
+    wave_b, link_b = page.evaluate(WAVE), page.evaluate(LINK)
+    assert wave_b != wave_a
+    assert link_b["href"] != link_a["href"] and link_b["download"] == f"Both Sides - vocals ({KIM}).mp3"
+    assert "Mel-Band RoFormer vocals (Kimberley Jensen)" in link_b["label"], link_b
+    second = next(job for job in two_models.service.store.jobs() if job.model == KIM)
+    with zipfile.ZipFile(second.result_path) as bundle:
+        expected = bundle.read("vocals.mp3")
+    with page.expect_download() as download:
+        page.click("#stems li[data-stem=vocals] .stem-tail a[download]")
+    assert Path(download.value.path()).read_bytes() == expected
+    page.click("#stems li[data-stem=vocals] .toggle-a")
+    assert page.evaluate(WAVE) == wave_a and page.evaluate(LINK) == link_a
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.click("#stems li[data-stem=vocals] .toggle-b")
+    page.locator("#result").screenshot(path=str(ARTIFACTS / "web-compare-b.png"))
+
+
+def test_after_delete_my_files_now_compare_says_why_it_cannot_run(open_page, two_models, tmp_path):
+    """After "Delete my files now" the compare pointed to a "Try again" button that is not there: the song is
+    gone from the server, so the card says so and its button cannot be pressed."""
+    page = open_page(server=two_models)
+    song = tmp_path / "Deleted.mp3"
+    write_test_file(song, "mp3", seconds=3.0, freq=610.0)
+    separate(page, song)
+    assert page.is_enabled("#compare-run")
+    page.click("#delete")
+    wait_js(page, "document.getElementById('delete-status').textContent.includes('were deleted')")
+    assert page.is_disabled("#compare-run")
+    words = page.inner_text("#compare-status")
+    assert "no longer on the server" in words and "Separate another song" in words, words
+    assert "Try again" not in words
+    assert page.is_visible("#again")  # the button the words name is there
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#result").screenshot(path=str(ARTIFACTS / "web-compare-deleted.png"))
+    # Whatever goes wrong, the card's words name its own button, not the problem card's.
+    told = page.evaluate(
+        """async () => {
+            const { compareFailure } = await import('./static/compare.js');
+            const { Problem } = await import('./static/text.js');
+            const codes = ['not_found', 'network', 'key_expired', 'cancelled', 'failed', 'invalid_parameter'];
+            return codes.map((code) => compareFailure(new Problem(code, 'the detail')));
+        }"""
+    )
+    assert not [words for words in told if "Try again" in words or "Change the song" in words], told
+    assert "press Separate with it too" in told[1], told

@@ -92,6 +92,16 @@ def write_silent_wav(path: Path, seconds: float, rate: int = 8000) -> Path:
     return path
 
 
+def with_limits(**limits: float) -> Any:
+    """A ``before`` for ``open_page``: the page reads these limits from GET /config (a fake of it, model
+    ``small``), e.g. a tiny upload limit."""
+
+    def before(page: Page) -> None:
+        page.route("**/config", lambda route: route.fulfill(json={"model": "small", "limits": limits}))
+
+    return before
+
+
 def wait_js(page: Page, expression: str, timeout: float = 30.0, interval: float = 0.05) -> Any:
     """Evaluate ``expression`` in the page until it is truthy; returns its value.
 

@@ -235,7 +235,7 @@ def read_description(weights_dir: str | Path) -> ModelDescription | None:
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
-    return ModelDescription(data["name"], tuple(data["sources"]), data["fingerprint"])
+    return ModelDescription(data["name"], tuple(data["sources"]), data["fingerprint"], data.get("title", ""))
 
 
 def read_descriptions(weights_dir: str | Path) -> tuple[ModelDescription, ...]:
@@ -248,7 +248,8 @@ def read_descriptions(weights_dir: str | Path) -> tuple[ModelDescription, ...]:
         ModelDescription(o["name"], tuple(o["sources"]), o["fingerprint"], o.get("title", ""))
         for o in data.get("others", ())
     ]
-    return (ModelDescription(data["name"], tuple(data["sources"]), data["fingerprint"]), *others)
+    title = data.get("title", "")
+    return (ModelDescription(data["name"], tuple(data["sources"]), data["fingerprint"], title), *others)
 
 
 def served_descriptions(settings: Settings, weights_dir: str | Path | None) -> tuple[ModelDescription, ...]:

@@ -143,7 +143,8 @@ def report(item: WorkItem, event: JobEvent) -> None:
 
 
 def describe(model: LoadedModel) -> ModelDescription:
-    """A model's name, sources and a fingerprint of everything that decides its output (weights too)."""
-    from freestems.models.served import fingerprint_loaded
+    """A model's name, sources, a fingerprint of everything that decides its output (weights too) and, for a
+    checkpoint file, a title of its family (:func:`~freestems.models.served.file_title`)."""
+    from freestems.models.served import file_title, fingerprint_loaded
 
-    return ModelDescription(model.name, tuple(model.sources), fingerprint_loaded(model))
+    return ModelDescription(model.name, tuple(model.sources), fingerprint_loaded(model), file_title(model))

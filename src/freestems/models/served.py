@@ -155,11 +155,30 @@ def serve_catalog(
     )
 
 
+FAMILY_TITLES = {
+    "SCNet": "SCNet",
+    "BSRoformer": "BS-RoFormer",
+    "MelBandRoformer": "Mel-Band RoFormer",
+    "DemucsModule": "HT-Demucs",
+}
+"""The network families by their module's class, as titles say them."""
+
+
+def file_title(model: LoadedModel) -> str:
+    """A title for a model the catalog does not describe (a checkpoint file): its family and its name,
+    ``SCNet (release)``, ``HT-Demucs (955717e8)``; empty for a catalog name or a family it does not know
+    (then the catalog's title, or the name, stands)."""
+    from freestems.models.catalog import CATALOG
+
+    family = FAMILY_TITLES.get(type(model.module).__name__)
+    return f"{family} ({model.name})" if family and model.name not in CATALOG else ""
+
+
 def serve_loaded(model: LoadedModel, fingerprint: str | None = None) -> ServedModel:
     """A model already in memory (a checkpoint file loaded at start), fingerprinted from its weights."""
     return ServedModel(
         name=model.name,
-        title=model.name,
+        title=file_title(model) or model.name,
         sources=tuple(model.sources),
         fingerprint=fingerprint or fingerprint_loaded(model),
         load=lambda: model,

@@ -304,7 +304,8 @@ def _add_job_routes(app: FastAPI) -> None:
         service = _service(request)
         job = _owned_job(request, service, job_id)
         service.manager.follow.seen(job.id)
-        return await service.manager.partials.listing(job, service.manager.stems(job))
+        duration = service.manager.views.progress_fields(job)["duration"]  # the probe's, until it is counted
+        return await service.manager.partials.listing(job, service.manager.stems(job), duration)
 
     @app.get(
         "/jobs/{job_id}/partial/{stem}/{index}",

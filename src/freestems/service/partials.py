@@ -124,8 +124,11 @@ class Partials:
         manifest = self._finished.get(job.id)
         return manifest.total if manifest is not None else None
 
-    async def listing(self, job: Job, stems: tuple[str, ...]) -> dict[str, Any]:
-        """The JSON of ``GET /jobs/{id}/partial``; ``stems``: the job's stems, as far as it knows."""
+    async def listing(
+        self, job: Job, stems: tuple[str, ...], duration: float | None = None
+    ) -> dict[str, Any]:
+        """The JSON of ``GET /jobs/{id}/partial``; ``stems``: the job's stems, as far as it knows;
+        ``duration``: the track's seconds as the upload's probe found them, the total until it is counted."""
         manifest = await self._manifest(job)
         total: int | None
         if manifest is not None:
@@ -133,7 +136,8 @@ class Partials:
         else:
             live = self._live.get(job.id) or _Live()
             stems = live.stems or stems
-            segments, total, complete = tuple(live.segments), live.total, False
+            probed = round(duration * SAMPLE_RATE) if duration else None
+            segments, total, complete = tuple(live.segments), live.total or probed, False
         return {
             "stems": list(stems),
             "sample_rate": SAMPLE_RATE,

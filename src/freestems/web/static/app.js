@@ -30,7 +30,7 @@ const { events, log } = createLog();
 const screens = createScreens();
 const messages = createMessages({ screens, log });
 const song = createSong({ log, canChoose: () => screens.phase === "setup" });
-const recent = createRecent({ log });
+const recent = createRecent({ log, onOpen: (entry) => reopen(entry) });
 const player = createPlayer({ log, setProgress: messages.setProgress, budgetOverride: () => hook.memoryBudget });
 const result = createResult({ player, screens, log });
 const listen = createListen({ player, log });
@@ -41,6 +41,7 @@ const jobs = createJobs({
   recent,
   log,
   present: async (archive, file, options) => {
+    await listen.finish(); // the live player's last segments: the result player takes its audio
     listen.stop();
     await result.show(archive, file, options);
     compare.offer(jobs.job, file, options);
@@ -71,6 +72,7 @@ function showProblem(problem) {
 async function separate() {
   if (!song.ready || !config || jobs.running) return;
   const outcome = await jobs.separate(song.file, readOptions(config.model), config.powCounter);
+  if (outcome.kind === "result" && outcome.cached) await player.play(); // as a fresh result's live player does
   if (outcome.kind !== "result") await stopListening();
   if (outcome.kind === "cancelled") {
     backToSetup();
@@ -80,11 +82,27 @@ async function separate() {
   }
 }
 
-async function reattach() {
-  const outcome = await jobs.reattach();
+/**
+ * Follows this tab's job again after a reload (the player resumes where it was), or `chosen`, a job of the
+ * recent list, in place of the result on show.
+ */
+async function reattach(chosen = null) {
+  player.startAt(chosen ? 0 : jobs.savedPosition);
+  const outcome = await jobs.reattach(chosen);
+  player.startAt(0);
   if (outcome && outcome.kind !== "result") await stopListening();
   if (outcome && outcome.kind === "cancelled") backToSetup({ keepFile: false });
   else if (outcome && outcome.kind === "problem") showProblem(outcome.problem);
+}
+
+/** "Open" in the recent list: that result in the player, unless a separation is under way. */
+async function reopen(entry) {
+  if (jobs.running || !["setup", "result", "problem"].includes(screens.phase)) return;
+  compare.reset();
+  await result.dispose();
+  messages.hideProblem();
+  jobs.letGo();
+  await reattach(entry);
 }
 
 function wire() {
@@ -114,6 +132,7 @@ function wire() {
     onDeleted: (id) => {
       recent.forget(id);
       jobs.deleted();
+      compare.filesDeleted(); // the song is gone from the server: no second model on it
     },
   });
   $("again").addEventListener("click", async () => {
@@ -125,7 +144,13 @@ function wire() {
   });
   // Leaving the page closes the socket. An unfinished job is kept on the server for a short grace period
   // (a reload follows it again, from sessionStorage); after that it is cancelled.
-  window.addEventListener("pagehide", () => jobs.close());
+  window.addEventListener("pagehide", () => {
+    jobs.notePosition(player.view.position()); // a reload resumes there
+    jobs.close();
+  });
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "hidden") jobs.notePosition(player.view.position());
+  });
   for (const heading of ["problem-title", "result-title", "work-title"]) $(heading).tabIndex = -1;
 }
 

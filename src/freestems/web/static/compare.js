@@ -3,18 +3,45 @@
 // server kept the song with its result, so nothing is uploaded again), while the first result keeps playing.
 // The second result's stems are added to the player as alternates of the stems of the same name
 // (mixer.addAlternate): they play in sync, and each stem's A/B switch glides between the two versions
-// without stopping playback. Stems only one model gives (a vocals model's "no_vocals") are offered as a
-// download of the second zip.
+// without stopping playback; the row then shows the version it plays (its waveform, its download). Stems only
+// one model gives (a vocals model's "no_vocals") are offered as a download of the second zip. The status line
+// shows every step and tick; screen readers hear only the changes of state (not each tick of progress).
+// The rerun needs the first job's song on the server: after "Delete my files now" it is not offered.
 import { downloadResult, uploadJob } from "./api.js";
 import { $, show } from "./dom.js";
 import { JobFollow } from "./follow.js";
 import { stemWords, baseName } from "./names.js";
 import { modelFacts } from "./options.js";
 import { createSessions } from "./sessions.js";
-import { describe, Problem } from "./text.js";
+import { describe, formatBytes, Problem } from "./text.js";
 import { readZip } from "./zip.js";
 
 const KEEPS_KEY = new Set([413, 415, 422, 429]); // refused requests do not use the session key up
+// What screen readers hear when the second separation reaches a step (not the status line's numbers).
+const STEPS = {
+  check: "Anti-abuse check: your browser is solving a small puzzle.",
+  upload: "The server is checking the request.",
+  queue: "Waiting for a free slot.",
+  separate: "Separating the song with the second model.",
+};
+const GONE =
+  "Your files are no longer on the server (deleted, or expired), so another model cannot run on this song " +
+  "without uploading it again: press Separate another song to start over.";
+
+/**
+ * Why the second separation failed, and what to do with this card's button ("Separate with it too"): the
+ * words of the problem card name buttons this card does not have.
+ */
+export function compareFailure(error) {
+  const problem = error instanceof Problem ? error : new Problem("unexpected", String(error && error.message));
+  if (problem.code === "not_found") return GONE;
+  const words = describe(problem);
+  const action = words.action
+    .replace(/[Pp]ress Change the song or options to fix it\./, "")
+    .replace(/\b[Pp]ress Try again\b/g, (said) => `${said[0]}ress Separate with it too`)
+    .replace(/^Try again;/, "Press Separate with it too;");
+  return `The second separation did not work: ${words.title} ${action}`.trim();
+}
 
 /** The form of a rerun: the earlier job instead of a file, the chosen model, the first run's options. */
 export function rerunForm(job, options, model) {
@@ -36,13 +63,21 @@ export function createCompare({ player, config, log }) {
   let second = null; // {model, stems: [names with an A/B switch], url}
   let run = null; // the AbortController of a rerun in progress
   let zipUrl = null;
-  const status = (text) => {
+  let stemUrls = {}; // the second result's stems: {name: {url, fileName, size}}
+  let gone = false; // the first job's files were deleted: nothing to run again
+  let said = null; // the step screen readers were last told
+  /** The status line; a new `step` (null: none) is also said to screen readers, once, as `spoken`. */
+  const status = (text, step = text, spoken = text) => {
     $("compare-status").textContent = text;
+    if (step === null || step === said) return;
+    said = step;
+    $("compare-announce").textContent = spoken;
   };
-  // What sessions.js and follow.js report goes to this card's status line, not to the work card.
+  // What sessions.js and follow.js report goes to this card's status line, not to the work card; only a new
+  // step (the check, the queue, the separation) is said, not every tick of progress.
   const messages = {
-    setPhase: (phase, text) => status(text),
-    setProgress: (text) => status(text),
+    setPhase: (phase, text) => status(text, phase, STEPS[phase] || text),
+    setProgress: (text) => status(text, null),
   };
   let follow = null;
   const sessions = createSessions({
@@ -69,6 +104,7 @@ export function createCompare({ player, config, log }) {
     first = { job, file, options, model };
     show("compare", Boolean(job && others.length));
     if (!job || !others.length) return;
+    gone = false;
     $("compare-first").textContent = modelOf(model).title;
     $("compare-model").replaceChildren(
       ...others.map((entry) => {
@@ -82,7 +118,7 @@ export function createCompare({ player, config, log }) {
   }
 
   async function compare() {
-    if (!first || run) return;
+    if (!first || run || gone) return;
     const chosen = $("compare-model").value;
     const described = config();
     const mine = new AbortController();
@@ -112,14 +148,14 @@ export function createCompare({ player, config, log }) {
     } catch (error) {
       if (mine.signal.aborted) return;
       sessions.dropUnusable();
-      const words = describe(error instanceof Problem ? error : new Problem("unexpected", String(error && error.message)));
-      status(`The second separation did not work: ${words.title} ${words.action}`);
+      gone = gone || (error && error.code === "not_found");
+      status(compareFailure(error));
       log("compare_failed", { code: error && error.code });
     } finally {
       if (follow) follow.end();
       follow = null;
       if (run === mine) run = null;
-      $("compare-run").disabled = false;
+      $("compare-run").disabled = gone;
     }
   }
 
@@ -138,6 +174,16 @@ export function createCompare({ player, config, log }) {
         await mixer.addAlternate(name, entry.data.slice().buffer);
         stems.push(name);
       }
+    }
+    forgetStems();
+    for (const entry of files) {
+      const name = baseName(entry.name);
+      const extension = entry.name.slice(entry.name.lastIndexOf(".") + 1);
+      stemUrls[name] = {
+        url: URL.createObjectURL(new Blob([entry.data])),
+        fileName: `${baseName(first.file.name)} - ${name} (${model}).${extension}`,
+        size: entry.data.length,
+      };
     }
     if (zipUrl) URL.revokeObjectURL(zipUrl);
     zipUrl = URL.createObjectURL(new Blob([archive], { type: "application/zip" }));
@@ -197,7 +243,35 @@ export function createCompare({ player, config, log }) {
     for (const button of row ? row.querySelectorAll(".toggle-ab") : []) {
       button.setAttribute("aria-pressed", String(button.dataset.choice === choice));
     }
+    if (row) showVersion(row, choice);
+    player.draw(); // the waveform of the version heard
     log("ab", { stem: name, choice });
+  }
+
+  /** The row's download is the version it plays: A (the result's own file) or B (the second result's). */
+  function showVersion(row, choice) {
+    const link = row.querySelector(".stem-tail a[download]");
+    if (!link) return;
+    if (!link.dataset.a) link.dataset.a = JSON.stringify({ href: link.href, download: link.download, label: link.getAttribute("aria-label") });
+    const own = JSON.parse(link.dataset.a);
+    const other = stemUrls[row.dataset.stem];
+    if (choice === "b" && other && second) {
+      link.href = other.url;
+      link.download = other.fileName;
+      link.setAttribute("aria-label", `Download ${stemWords(row.dataset.stem)} by ${modelOf(second.model).title} (${formatBytes(other.size)})`);
+    } else {
+      link.href = own.href;
+      link.download = own.download;
+      link.setAttribute("aria-label", own.label);
+    }
+  }
+
+  /** The second result's stems go (another comparison, or another song): each row shows its own again. */
+  function forgetStems() {
+    for (const row of $("stems").children) showVersion(row, "a");
+    for (const entry of Object.values(stemUrls)) URL.revokeObjectURL(entry.url);
+    stemUrls = {};
+    player.draw();
   }
 
   /** The result goes away (another song): forget the comparison. */
@@ -205,13 +279,25 @@ export function createCompare({ player, config, log }) {
     if (run) run.abort();
     run = null;
     sessions.close();
+    forgetStems();
     first = null;
     second = null;
     if (zipUrl) URL.revokeObjectURL(zipUrl);
     zipUrl = null;
     show("compare-download", false);
-    status("");
+    status("", null);
+    $("compare-announce").textContent = "";
+    said = null;
     show("compare", false);
+  }
+
+  /** "Delete my files now": the first job's song is gone from the server, so it cannot run again. */
+  function filesDeleted() {
+    if (!first) return;
+    gone = true;
+    if (run) run.abort();
+    $("compare-run").disabled = true;
+    status(GONE);
   }
 
   function wire() {
@@ -221,6 +307,7 @@ export function createCompare({ player, config, log }) {
   return {
     offer,
     reset,
+    filesDeleted,
     wire,
     /** For tests (window.freestems.compare): the second model, its switched stems, the choices and gains. */
     view: {

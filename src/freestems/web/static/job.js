@@ -1,7 +1,8 @@
 // A job's life in this tab: a key (sessions.js), the upload, following it to its end (follow.js), the
 // download of its zip; or, after a reload, following again the job this tab had (kept in sessionStorage as
-// {id, token, name, created, options}); and Cancel. A run resolves with its outcome and the caller shows it:
-// {kind: "result"}, {kind: "cancelled"} or {kind: "problem", problem}.
+// {id, token, name, created, options, position}: `position`, where the player was when the page went away);
+// or opening a job of the recent list the same way; and Cancel. A run resolves with its outcome and the
+// caller shows it: {kind: "result", cached}, {kind: "cancelled"} or {kind: "problem", problem}.
 import { deleteJob, downloadResult, getJob, uploadJob } from "./api.js";
 import { $ } from "./dom.js";
 import { JobFollow } from "./follow.js";
@@ -86,7 +87,7 @@ export function createJobs({ screens, messages, recent, log, present, prepareAud
       await follow.until(created);
       session.close(); // the key did its one job; nothing more to hear
       await collect(file, options, mine);
-      return { kind: "result" };
+      return { kind: "result", cached: created.cache === "hit" }; // answered at once from the result cache
     } catch (error) {
       if (!aborted(mine, error)) return failed(error);
       log("cancelled");
@@ -143,9 +144,11 @@ export function createJobs({ screens, messages, recent, log, present, prepareAud
 
   /**
    * After a reload: follows this tab's unfinished job again, or shows its result if it is done. Resolves
-   * with null when there is none (or the server no longer has it).
+   * with null when there is none (or the server no longer has it). `chosen`: a job of the recent list
+   * ({id, token, name, created}) instead, which becomes this tab's job.
    */
-  async function reattach() {
+  async function reattach(chosen = null) {
+    if (chosen && validEntry(chosen)) saveCurrent({ ...chosen });
     const entry = loadCurrent();
     if (!entry) return null;
     let view;
@@ -164,7 +167,14 @@ export function createJobs({ screens, messages, recent, log, present, prepareAud
     follow.job = job;
     const file = { name: entry.name || "your song" };
     const given = entry.options || {};
-    const options = { ...given, format: view.options.format || given.format || "mp3", bitrate: view.options.mp3_bitrate || given.bitrate || 192 };
+    const options = {
+      ...given,
+      model: view.model || given.model,
+      twoStems: view.options.two_stems ?? given.twoStems ?? null,
+      shifts: view.options.shifts || given.shifts || 1,
+      format: view.options.format || given.format || "mp3",
+      bitrate: view.options.mp3_bitrate || given.bitrate || 192,
+    };
     log("reattach", { id: entry.id, state: view.state });
     messages.showWork(file.name);
     try {
@@ -225,6 +235,16 @@ export function createJobs({ screens, messages, recent, log, present, prepareAud
     letGo() {
       job = null;
       saveCurrent(null);
+    },
+    /** Seconds into the song where the player was when this tab's job was last left (0: none). */
+    get savedPosition() {
+      const entry = loadCurrent();
+      return entry && Number.isFinite(entry.position) ? entry.position : 0;
+    },
+    /** The page goes away while the player is at `seconds`: a reload resumes there. */
+    notePosition(seconds) {
+      const entry = loadCurrent();
+      if (entry && job && entry.id === job.id) saveCurrent({ ...entry, position: seconds });
     },
     /** The page goes away: close the sockets (the server keeps an unfinished job for a grace period). */
     close() {

@@ -11,6 +11,11 @@
 const RAMP = 0.012; // seconds: gain changes glide this fast (no clicks)
 const PEAK_BUCKETS = 2048;
 
+/** Bytes `stems` decoded stems of `samples` samples take (4 bytes a sample, two channels). */
+export function decodedBytes(samples, stems) {
+  return samples * 2 * 4 * stems;
+}
+
 export class Mixer {
   constructor(context = new AudioContext()) {
     this.context = context;
@@ -33,6 +38,11 @@ export class Mixer {
     } catch (error) {
       throw new Error(`${name} could not be decoded by this browser`);
     }
+    return this.addBuffer(name, buffer);
+  }
+
+  /** Adds stem `name` as it is already decoded (an AudioBuffer). */
+  addBuffer(name, buffer) {
     const gain = this.context.createGain();
     gain.connect(this.master);
     const stem = { name, buffer, gain, volume: 1, muted: false, soloed: false, peaks: peaks(buffer) };
@@ -135,6 +145,19 @@ export class Mixer {
 
   setMasterVolume(volume) {
     this._glide(this.master.gain, Math.max(0, Number(volume) || 0));
+  }
+
+  /** The mix as it is set: {stems: {name: {volume, muted, soloed}}, master}. */
+  mix() {
+    const stems = this.stems.map(({ name, volume, muted, soloed }) => [name, { volume, muted, soloed }]);
+    return { stems: Object.fromEntries(stems), master: this.master.gain.value };
+  }
+
+  /** Sets the mix (`mix()` of another player of the same song) at once. */
+  setMix(mix) {
+    for (const stem of this.stems) Object.assign(stem, mix.stems[stem.name] || {});
+    this._applyGains(true);
+    this.master.gain.value = mix.master;
   }
 
   /** Seconds into the song. */

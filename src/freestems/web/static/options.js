@@ -56,27 +56,29 @@ function fillTwoStems(sources) {
 /** Only the models this server runs: the rest of the catalog cannot be chosen here, so it is not shown. */
 function fillModels(config) {
   const served = config.models.filter((model) => model.available);
-  $("models").replaceChildren(...served.map((model) => modelChoice(model, model.name === config.model, served.length === 1)));
+  $("models").replaceChildren(...served.map((model) => modelChoice(model, model.name === config.model)));
 }
 
-/** What a person weighs when choosing: the stems, the published SDR, the time relative to the fastest. */
+/**
+ * What a person weighs when choosing: the stems, the published SDR, the time relative to the fastest; what
+ * is not known is said so (a model served from a file has no published SDR and no measured speed).
+ */
 export function modelFacts(model) {
   const parts = [];
   if (model.stems) parts.push(model.stems.map((stem) => stemWords(stem)).join(", "));
   const sdr = model.sdr || {};
+  const stems = Object.entries(sdr).filter(([stem, value]) => stem !== "avg" && Number.isFinite(value));
   if (Number.isFinite(sdr.avg)) parts.push(`SDR ${sdr.avg.toFixed(2)} dB`);
-  else {
-    const stems = Object.entries(sdr).filter(([, value]) => Number.isFinite(value));
-    if (stems.length) parts.push(`SDR ${stems.map(([stem, value]) => `${stemWords(stem).toLowerCase()} ${value.toFixed(2)}`).join(", ")} dB`);
-  }
+  else if (stems.length) parts.push(`SDR ${stems.map(([stem, value]) => `${stemWords(stem).toLowerCase()} ${value.toFixed(2)}`).join(", ")} dB`);
+  else parts.push("SDR not measured");
   if (Number.isFinite(model.relativeCost)) {
     parts.push(model.relativeCost <= 1 ? "fastest" : `about ${model.relativeCost}× slower`);
-  } else if (model.stems && Object.keys(sdr).length) parts.push("speed not measured");
+  } else parts.push("speed not measured");
   return parts;
 }
 
 /** A radio button for one model of the catalog: its title, SDR and cost; disabled when it is not served. */
-function modelChoice(model, checked, only = false) {
+function modelChoice(model, checked) {
   const label = document.createElement("label");
   label.className = "choice choice-model";
   const input = document.createElement("input");
@@ -91,9 +93,8 @@ function modelChoice(model, checked, only = false) {
   const facts = document.createElement("small");
   const parts = modelFacts(model);
   if (!model.available) parts.push("not on this server");
-  if (only && !Object.keys(model.sdr || {}).length) parts.push("the model this server runs");
   if (model.sdrSet) facts.title = `SDR as published, measured on ${model.sdrSet}${model.license ? `; weights' licence: ${model.license}` : ""}`;
-  facts.textContent = parts.join(" · ") || "the model this server runs";
+  facts.textContent = parts.join(" · ");
   text.append(title, facts);
   label.append(input, text);
   if (!model.available) label.classList.add("is-disabled");

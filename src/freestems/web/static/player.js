@@ -3,7 +3,7 @@
 // too long for this device's memory gets rows with downloads only.
 import { $, show, cssVar } from "./dom.js";
 import { createLoop } from "./loop.js";
-import { drawWaveform, Mixer } from "./mixer.js";
+import { decodedBytes, drawWaveform, Mixer } from "./mixer.js";
 import { stemRank, stemWords } from "./names.js";
 import { formatBytes, formatClock } from "./text.js";
 
@@ -42,6 +42,7 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
   let warm = null; // an audio context made during a click may play later without another click
   let frame = 0;
   let dragging = false;
+  let startAt = 0; // seconds where the next player starts (a reload resumes where it was)
   const loop = createLoop({ mixer: () => mixer, render: () => render(), log });
 
   function prepare() {
@@ -75,6 +76,8 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
     $("result-heading").textContent = "Listen while it separates";
     $("result").hidden = false;
     $("seek").value = "0";
+    if (startAt) live.offset = startAt; // it plays from there once the separation has reached it
+    startAt = 0;
     live.on(() => render());
     render();
   }
@@ -87,13 +90,33 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
     return Math.min(1.5e9, (gigabytes * 1e9) / 4);
   }
 
-  /** Decodes `stems` ({name, data}) into a new mixer; resolves with "" or why they cannot be played here. */
+  /**
+   * The player of the result's `stems` ({name, data}); resolves with "" or why they cannot be played here.
+   * After a live player (stream.js) that has every segment, it is that player's own audio, joined into
+   * whole stems; else `stems` decoded into a new mixer. Either takes over from the live player without a
+   * gap and lets go of the live player's audio; only when both copies would not fit the memory budget does
+   * the live player stop first, and the result go on from where it was.
+   */
   async function load(stems) {
+    let live = mixer && mixer.live ? mixer : null; // playing while it separated: take over from it
+    if (live) {
+      const whole = await live.wholeStems(stems.map((stem) => stem.name));
+      if (whole) {
+        await handOver(live, whole, "live");
+        return "";
+      }
+    }
+    let resume = null; // {position, playing, mix} of a live player let go before the decoding
+    const context = live ? live.context : audioContext();
+    if (live && decodedBytes(live.total || 0, stems.length) * 2 > memoryBudget()) {
+      resume = { position: live.position(), playing: live.playing || live.waiting, mix: live.mix() };
+      await live.close(true);
+      log("live_released", { position: resume.position, playing: resume.playing });
+      live = null;
+    }
     let decoding = null;
     let noPlayer = "";
-    const live = mixer && mixer.live ? mixer : null; // playing while it separated: take over from it
     try {
-      const context = live ? live.context : audioContext();
       decoding = new Mixer(context);
       for (const [index, stem] of stems.entries()) {
         setProgress(`Decoding the stems: ${index + 1} of ${stems.length}…`, index / stems.length);
@@ -111,12 +134,28 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
       if (decoding) await decoding.close();
       decoding = null;
     }
-    if (live && decoding) {
-      const { at, ...handover } = await live.handOver(decoding);
-      log("handover", { ...handover, contextAt: at }); // the log's own `at` is the page clock
-    } else if (live) await live.close(false);
+    if (live && decoding) await handOver(live, decoding, "files");
+    else if (live) await live.close(false);
     mixer = decoding;
+    if (decoding && !live && startAt) decoding.offset = Math.min(startAt, decoding.duration);
+    startAt = 0;
+    if (decoding && resume) {
+      decoding.setMix(resume.mix);
+      decoding.offset = Math.min(resume.position, decoding.duration);
+      if (resume.playing) await decoding.play();
+    }
     return noPlayer;
+  }
+
+  /**
+   * `next` (a Mixer of the live player's own audio, `from` "live", or of the result's files, "files") takes
+   * over from `live` at the same place, with the same mix; `live` lets go of its audio.
+   */
+  async function handOver(live, next, from) {
+    const { at, ...handover } = await live.handOver(next);
+    live.release();
+    mixer = next;
+    log("handover", { ...handover, from, contextAt: at }); // the log's own `at` is the page clock
   }
 
   /** One row per stem ({name, fileName, address, data}); the transport when they can be played. */
@@ -179,12 +218,17 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
     if (mixer.playing) frame = requestAnimationFrame(render);
   }
 
-  /** The seek bar shows how far the stems exist; the line under it says when playback waits for them. */
+  /**
+   * The seek bar spans the whole song and shows how much is played and how far the stems exist; the line
+   * under it says when playback waits for them.
+   */
   function renderLive() {
     const seek = $("seek");
     const duration = mixer.duration || 0;
+    const percent = (seconds) => `${duration ? Math.min(100, (100 * seconds) / duration) : 0}%`;
     seek.max = String(duration || 1);
-    seek.style.setProperty("--ready", `${duration ? Math.min(100, (100 * mixer.ready) / duration) : 0}%`);
+    seek.style.setProperty("--ready", percent(mixer.ready));
+    seek.style.setProperty("--played", percent(dragging ? Number(seek.value) : mixer.position()));
     $("time-total").textContent = formatClock(duration);
     let words = "";
     if (!mixer.segments.length) words = "The first seconds of the stems are on their way…";
@@ -204,7 +248,8 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
       const canvas = row.querySelector("canvas");
       if (!canvas) continue;
       const region = mixer.loop && mixer.duration ? { from: mixer.loop.start / mixer.duration, to: mixer.loop.end / mixer.duration } : null;
-      drawWaveform(canvas, stem.peaks, progress, { line, color: row.style.getPropertyValue("--stem") || cssVar("--stem-other"), region });
+      const heard = stem.alternate && stem.choice === "b" ? stem.alternate : stem; // A or B (compare.js)
+      drawWaveform(canvas, heard.peaks, progress, { line, color: row.style.getPropertyValue("--stem") || cssVar("--stem-other"), region });
     }
   }
 
@@ -257,10 +302,36 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
     new ResizeObserver(() => draw()).observe($("stems"));
   }
 
+  /** The live player goes (its song outgrew the memory budget): its sound stops and its card hides. */
+  async function dropLive() {
+    if (!mixer || !mixer.live) return;
+    const live = mixer;
+    mixer = null;
+    cancelAnimationFrame(frame);
+    await live.close(true);
+    if (!warm || warm.state === "closed") warm = live.context; // a context the click let play, for the result
+    $("stems").replaceChildren();
+    $("result").classList.remove("is-live");
+    $("result").hidden = true;
+  }
+
+  /** Plays the result from where it is (a result from the server's cache plays as a fresh one does). */
+  async function play() {
+    if (mixer && !mixer.live && !mixer.playing) await mixer.play();
+    render();
+  }
+
   return {
     prepare,
     audioContext,
+    memoryBudget,
+    play,
+    /** The next player (live or not) starts at `seconds` rather than at 0:00. */
+    startAt(seconds) {
+      startAt = Number.isFinite(seconds) && seconds > 0 ? seconds : 0;
+    },
     goLive,
+    dropLive,
     load,
     showStems,
     render,

@@ -3,15 +3,22 @@
 //
 //   GET jobs/{id}/partial                -> {stems, sample_rate, segments: [{index, start, end}], ready_samples,
 //                                            total_samples, complete}
+//
+// The song's whole length is known from the start (the server's `total_samples`, else the job's `duration`):
+// the clock and the seek bar show all of it, the bar's band how much exists so far.
 //   GET jobs/{id}/partial/{stem}/{index} -> FLAC, exactly end - start samples of that stem
 //
 // The page downloads the segments in order, one index for all stems at a time, decodes them and schedules
 // them on one AudioContext timeline through the stems' GainNodes (so mute, solo and volume work as in the
 // result player). All stems start together once segment 0 of every stem is in; the seek bar shows how far
 // the stems exist; playback waits (and says so) when it catches up with the separation. When the job is
-// done, the result player takes over at the same place on the same timeline (player.js `load`).
+// done, the result player takes over at the same place on the same timeline (player.js `load`), with the
+// live player's own audio: each stem's segments are joined into one buffer, stem after stem, and let go as
+// soon as that stem plays from it, so the page holds one copy of the stems (not the segments and the
+// result's files decoded again). A song whose decoded stems would not fit this device's memory budget (the
+// result player's) is not played while it separates.
 import { url } from "./api.js";
-import { Mixer } from "./mixer.js";
+import { decodedBytes, Mixer } from "./mixer.js";
 import { Problem } from "./text.js";
 
 const POLL_MS = 500;
@@ -19,6 +26,7 @@ const LEAD = 0.06; // seconds between deciding to play and the first sample: tim
 const CATCH_UP = 0.02; // playback this close to the end of what exists waits for more
 const PEAK_BUCKETS = 2048;
 const MAX_FAILURES = 5; // partial requests that fail in a row before the page stops listening early
+const FINISH_MS = 15000; // how long the result waits for the last segments before it decodes its own files
 
 function sleep(ms, signal) {
   return new Promise((resolve) => {
@@ -63,6 +71,7 @@ export class LiveMixer extends Mixer {
     this.segments = []; // [{start, end} in seconds, buffers: {stem: AudioBuffer}]
     this.starting = false; // waiting for the browser to let the context run
     this.timer = null;
+    this.owners = new WeakMap(); // source -> the name of the stem it plays
     for (const name of stems) {
       const gain = context.createGain();
       gain.connect(this.master);
@@ -132,6 +141,7 @@ export class LiveMixer extends Mixer {
     this.playing = true;
     this.sources = [];
     for (const entry of this.segments) this._schedule(entry);
+    for (const stem of this.stems) if (stem.buffer) this._startWhole(stem, this.startedAt);
     clearInterval(this.timer);
     this.timer = setInterval(() => this._watch(), 50);
     this._emit("play");
@@ -173,12 +183,7 @@ export class LiveMixer extends Mixer {
     const playing = this.playing;
     const at = this.context.currentTime + LEAD;
     const position = playing ? at - this.startedAt + this.offset : this.offset;
-    for (const stem of next.stems) {
-      const mine = this.stems.find((item) => item.name === stem.name);
-      if (mine) Object.assign(stem, { volume: mine.volume, muted: mine.muted, soloed: mine.soloed });
-    }
-    next._applyGains(true);
-    next.master.gain.value = this.master.gain.value;
+    next.setMix(this.mix());
     next.offset = Math.min(position, next.duration);
     for (const source of this.sources) source.stop(at);
     clearInterval(this.timer);
@@ -196,13 +201,71 @@ export class LiveMixer extends Mixer {
     return { at, position, playing };
   }
 
-  /** Stops and lets go of its nodes, and of the context unless `keepContext`. */
+  /**
+   * The stems whole, as a Mixer for the result player (the stems `names`, all of them, all their segments
+   * in); null when the segments do not make those stems. Each stem's segments are copied into one buffer,
+   * stem after stem; the stem then plays on from it (at the same place, without a gap) and its segments go,
+   * so that at most one stem is held twice.
+   */
+  async wholeStems(names) {
+    const mine = this.stems.map((stem) => stem.name);
+    if (!this.complete || !this.segments.length || !sameNames(mine, names)) return null;
+    let end = 0;
+    for (const entry of this.segments) {
+      if (Math.abs(entry.start - end) > 1e-6 || mine.some((name) => !entry.buffers[name])) return null;
+      end = entry.end;
+    }
+    for (const stem of this.stems) {
+      const first = this.segments[0].buffers[stem.name];
+      const rate = first.sampleRate; // the context's: decoding resamples to it
+      const whole = this.context.createBuffer(first.numberOfChannels, Math.round(end * rate), rate);
+      for (const entry of this.segments) {
+        const part = entry.buffers[stem.name];
+        for (let c = 0; c < whole.numberOfChannels; c += 1) {
+          whole.copyToChannel(part.getChannelData(Math.min(c, part.numberOfChannels - 1)), c, Math.round(entry.start * rate));
+        }
+        delete entry.buffers[stem.name];
+      }
+      stem.buffer = whole;
+      const leaving = this.sources.filter((source) => this.owners.get(source) === stem.name);
+      this.sources = this.sources.filter((source) => this.owners.get(source) !== stem.name);
+      if (this.playing) {
+        const at = this.context.currentTime + LEAD;
+        for (const source of leaving) source.stop(at);
+        this._startWhole(stem, at);
+        await new Promise((resolve) => setTimeout(resolve, (LEAD + 0.05) * 1000));
+      }
+      for (const source of leaving) source.disconnect(); // stopped: nothing holds its segments any more
+    }
+    const next = new Mixer(this.context);
+    for (const stem of this.stems) next.addBuffer(stem.name, stem.buffer);
+    return next;
+  }
+
+  /** After the hand-over: lets go of every segment and buffer (the result player has its own references). */
+  release() {
+    this.segments = [];
+    for (const stem of this.stems) stem.buffer = null;
+  }
+
+  /** Stops and lets go of its nodes and its audio, and of the context unless `keepContext`. */
   async close(keepContext = false) {
     this._halt();
     this.listeners.clear();
     for (const stem of this.stems) stem.gain.disconnect();
     this.master.disconnect();
+    this.release();
     if (!keepContext && this.context.state !== "closed") await this.context.close();
+  }
+
+  /** Plays stem `stem` from its whole buffer from context time `at`, where playback is then. */
+  _startWhole(stem, at) {
+    const source = this.context.createBufferSource();
+    source.buffer = stem.buffer;
+    source.connect(stem.gain);
+    source.start(at, Math.max(0, at - this.startedAt + this.offset));
+    this.owners.set(source, stem.name);
+    this.sources.push(source);
   }
 
   _schedule(entry) {
@@ -218,6 +281,7 @@ export class LiveMixer extends Mixer {
       source.buffer = buffer;
       source.connect(stem.gain);
       source.start(from, into);
+      this.owners.set(source, stem.name);
       this.sources.push(source);
     }
   }
@@ -251,6 +315,11 @@ export class LiveMixer extends Mixer {
   }
 }
 
+/** True when `a` and `b` name the same stems. */
+function sameNames(a, b) {
+  return a.length === b.length && a.every((name) => b.includes(name));
+}
+
 /** Min/max of the stem's channel mean into the buckets (over `total` samples) that `buffer` covers. */
 function addPeaks(target, buffer, startSample, total) {
   if (!buffer || !total) return;
@@ -282,12 +351,20 @@ export function createListen({ player, log }) {
     if (message.id && message.id !== job.id) return;
     const progressive = message.ready_seconds !== undefined && message.ready_seconds !== null;
     if (message.state !== "running" || !progressive) return;
-    run = { job, controller: new AbortController() };
-    follow(run).catch((error) => log("live_stopped", { code: error && error.code, message: error && error.message }));
+    run = { job, controller: new AbortController(), duration: Number(message.duration) || null };
+    run.done = follow(run).catch((error) => log("live_stopped", { code: error && error.code, message: error && error.message }));
+  }
+
+  /** True (and said in the log) when `samples` of every stem would not fit the device's memory budget. */
+  function tooBig(samples, stems) {
+    const needed = decodedBytes(samples, stems.length);
+    if (needed <= player.memoryBudget()) return false;
+    log("live_skipped", { needed });
+    return true;
   }
 
   async function follow(mine) {
-    const { job, controller } = mine;
+    const { job, controller, duration } = mine;
     const signal = controller.signal;
     let mixer = null;
     let next = 0;
@@ -311,11 +388,9 @@ export function createListen({ player, log }) {
         continue;
       }
       if (!mixer) {
-        mixer = new LiveMixer(player.audioContext(), {
-          stems: info.stems,
-          sampleRate: info.sample_rate,
-          totalSamples: info.total_samples,
-        });
+        const total = info.total_samples ?? Math.round((duration || 0) * (info.sample_rate || 44100));
+        if (tooBig(total, info.stems)) return; // the result player will not play it either
+        mixer = new LiveMixer(player.audioContext(), { stems: info.stems, sampleRate: info.sample_rate, totalSamples: total });
         if (signal.aborted) return;
         player.goLive(mixer);
         log("live_mixer", { stems: info.stems });
@@ -326,6 +401,10 @@ export function createListen({ player, log }) {
         const segment = segments[next];
         const buffers = await fetchSegment(job, info.stems, segment.index ?? next, mixer.context, signal);
         if (signal.aborted) return;
+        if (tooBig(segment.end, info.stems)) {
+          await player.dropLive(); // a song of unknown length outgrew the budget
+          return;
+        }
         mixer.addSegment(segment, buffers);
         log("live_segment", { index: next, end: segment.end, contextTime: mixer.context.currentTime });
         next += 1;
@@ -353,6 +432,16 @@ export function createListen({ player, log }) {
 
   return {
     offer,
+    /**
+     * The job is done: resolves once the live player has every segment (the result player then takes its
+     * audio) or has stopped listening; after FINISH_MS at most (the result then decodes its own files).
+     */
+    async finish() {
+      if (!run) return;
+      let timer = null;
+      await Promise.race([run.done, new Promise((resolve) => (timer = setTimeout(resolve, FINISH_MS)))]);
+      clearTimeout(timer);
+    },
     /** The job ended (or the page let it go): stop downloading; the player decides about the sound. */
     stop() {
       if (run) run.controller.abort();

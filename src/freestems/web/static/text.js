@@ -41,11 +41,12 @@ const MP3_STEPS = [320, 256, 224, 192, 160, 128, 112, 96, 80, 64, 56, 48, 40, 32
 
 /**
  * What would fit under the upload limit, for a `file` ({name, size, type}) that is over it and lasts
- * `duration` seconds (null: unknown). An MP3 (or another compressed file) can be exported again at a lower
- * bitrate or cut shorter; a WAV or FLAC fits as an MP3 at the bitrate the limit allows. Headroom of 3% for
- * the file's headers and tags.
+ * `duration` seconds (null: unknown); no length it names is over the length limit `maxDuration` (a song
+ * longer than that is told to be cut to it at most). An MP3 (or another compressed file) can be exported
+ * again at a lower bitrate or cut shorter; a WAV or FLAC fits as an MP3 at the bitrate the limit allows.
+ * Headroom of 3% for the file's headers and tags.
  */
-export function fitAdvice(file, duration, limitMB) {
+export function fitAdvice(file, duration, limitMB, maxDuration = Infinity) {
   const limitBytes = limitMB * 1e6 * 0.97;
   const lossless = LOSSLESS.test(file.name || "") || /audio\/(wav|x-wav|flac|x-flac|aiff)/.test(file.type || "");
   if (!Number.isFinite(duration) || !duration) {
@@ -53,13 +54,23 @@ export function fitAdvice(file, duration, limitMB) {
       ? `Convert it to MP3 (a 5-minute song at 192 kbps is about 7 MB) and choose that file.`
       : `Export it again at a lower bitrate, or cut it shorter, and choose that file.`;
   }
-  const fitsKbps = Math.floor((limitBytes * 8) / duration / 1000);
+  const longest = Math.floor(maxDuration); // the most a song may last
+  const tooLong = duration > maxDuration + 0.5;
+  const kept = Math.min(duration, longest); // what is left of the song once it is within the length limit
+  const fitsKbps = Math.floor((limitBytes * 8) / kept / 1000);
   const bitrate = MP3_STEPS.find((kbps) => kbps <= fitsKbps);
-  const cut = Math.floor(limitBytes / (file.size / duration));
-  if (lossless) {
-    return bitrate
-      ? `Convert it to MP3 at ${bitrate} kbps or lower (about ${formatBytes((bitrate * 1000 * duration) / 8)}) and choose that file.`
-      : `Even as an MP3 it would not fit: cut it to at most ${formatClock(cut)} and choose that file.`;
+  const cut = Math.min(Math.floor(limitBytes / (file.size / duration)), longest);
+  const within = tooLong ? `It is also longer than the limit of ${formatDuration(maxDuration)}. ` : "";
+  if (lossless && bitrate) {
+    const mp3 = `MP3 at ${bitrate} kbps or lower (about ${formatBytes((bitrate * 1000 * kept) / 8)})`;
+    return tooLong
+      ? `${within}Cut it to at most ${formatClock(longest)}, convert that to ${mp3}, and choose that file.`
+      : `Convert it to ${mp3} and choose that file.`;
+  }
+  if (lossless) return `${within}Even as an MP3 it would not fit: cut it to at most ${formatClock(cut)} and choose that file.`;
+  if (tooLong) {
+    const lower = bitrate && cut < longest ? `, or to ${formatClock(longest)} exported again at ${bitrate} kbps or lower` : "";
+    return `${within}To fit, cut it to at most ${formatClock(cut)}${lower}, and choose that file.`;
   }
   const now = Math.round((file.size * 8) / duration / 1000);
   const lower = bitrate ? `export it again at ${bitrate} kbps or lower (it is about ${now} kbps now), or ` : "";
