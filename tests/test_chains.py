@@ -38,7 +38,7 @@ from freestems.models.download import is_cached
 from freestems.models.mdx23c import mdx23c_from_msst
 from freestems.models.roformer import roformer_from_msst
 from freestems.models.served import serve_models
-from freestems.service.jobs import Paths
+from freestems.service.paths import Paths
 
 FIRST, PARTS, VOCALS, PRESET = "tiny-scnet", "tiny-drumsep", "tiny-vocals", "tiny-drum-parts"
 DRUMS = ("kick", "snare", "toms", "hh", "ride", "crash")
