@@ -1,4 +1,4 @@
-"""Every answer is whole and every error is JSON: files deleted under a reader, Range, HEAD.
+"""Every answer is whole and every error is JSON: files deleted under a reader, Range, HEAD, form messages.
 
 A result or a segment can be deleted at any moment (by its owner, by the TTL sweep); a reader then gets a
 JSON 404 before anything is sent, or the complete file, and the server logs no traceback. Real servers on
@@ -257,3 +257,14 @@ def test_head_works_wherever_get_does(finished):
         assert missing.status_code == 404 and missing.headers["content-type"] == "application/json"
         assert http.head("/separate").status_code == 405
     assert len(zip_bytes) > 0
+
+
+# ---------------------------------------------------------------------------------------------- messages
+
+
+def test_a_rerun_missing_half_of_its_pair_names_the_right_field(finished):
+    server, job, _, _, _ = finished
+    for given, missing in (("from_job", "from_token"), ("from_token", "from_job")):
+        response = httpx.post(server.url + "/jobs", files={given: (None, job["id"])}, timeout=60)
+        error = assert_json(response, 422)
+        assert error["field"] == missing and error["message"] == f"{missing}: required with {given}"

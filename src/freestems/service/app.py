@@ -465,8 +465,8 @@ def _earlier_job(service: Service, upload: Upload) -> Job | None:
     if upload.has_file:
         raise invalid_parameter(RERUN_FIELDS[0], f"give either {FILE_FIELD} or {RERUN_FIELDS[0]}, not both")
     if not (job_id and token):
-        missing = RERUN_FIELDS[1] if job_id else RERUN_FIELDS[0]
-        raise invalid_parameter(missing, f"required with {RERUN_FIELDS[1] if job_id else RERUN_FIELDS[0]}")
+        missing, given = RERUN_FIELDS[::-1] if job_id else RERUN_FIELDS
+        raise invalid_parameter(missing, f"required with {given}")
     return owned_job(service.manager, job_id, token)
 
 
