@@ -1,4 +1,5 @@
-"""Every answer is whole and every error is JSON: files deleted under a reader, Range, HEAD, form messages.
+"""Every answer is whole and every error is JSON: files deleted under a reader, Range, HEAD, form messages,
+and the API documentation without internet.
 
 A result or a segment can be deleted at any moment (by its owner, by the TTL sweep); a reader then gets a
 JSON 404 before anything is sent, or the complete file, and the server logs no traceback. Real servers on
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from service_helpers import error_of, post_job, wait_for_state
+from web_helpers import needs_chromium
 
 import freestems.service.app as service_app
 
@@ -268,3 +270,63 @@ def test_a_rerun_missing_half_of_its_pair_names_the_right_field(finished):
         response = httpx.post(server.url + "/jobs", files={given: (None, job["id"])}, timeout=60)
         error = assert_json(response, 422)
         assert error["field"] == missing and error["message"] == f"{missing}: required with {given}"
+
+
+# ---------------------------------------------------------------------------------------------- docs
+
+
+def test_the_api_docs_load_nothing_from_elsewhere(start_server):
+    server = start_server()
+    for page, script in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        text = httpx.get(server.url + page, timeout=60).text
+        assert f'src="/docs-assets/{script}"' in text, text
+        assert "https://" not in text and "http://" not in text, text
+        asset = httpx.get(f"{server.url}/docs-assets/{script}", timeout=60)
+        assert asset.status_code == 200 and len(asset.content) > 100_000
+        assert "javascript" in asset.headers["content-type"]
+    css = httpx.get(server.url + "/docs-assets/swagger-ui.css", timeout=60)
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+
+
+def test_without_the_docs_assets_the_pages_say_what_to_install(tmp_path, small_model, monkeypatch):
+    from service_helpers import running_server, small_settings
+
+    from freestems.executors import LocalExecutor
+    from freestems.service.paths import Paths
+
+    monkeypatch.setattr(service_app, "assets_folder", lambda: None)
+    settings = small_settings(tmp_path / "data")
+    executor = LocalExecutor(lambda: small_model, Paths(settings.data_dir).work, workers=1)
+    with running_server(settings, executor) as server:
+        for page in ("/docs", "/redoc"):
+            answer = httpx.get(server.url + page, timeout=60)
+            assert answer.status_code == 200 and "pip install fastapi-offline" in answer.text
+            assert "/openapi.json" in answer.text
+        assert httpx.get(server.url + "/docs-assets/swagger-ui.css", timeout=60).status_code == 404
+
+
+@needs_chromium
+def test_the_api_docs_render_in_a_browser_without_internet(start_server, browser):
+    """This machine has no route to a CDN: Swagger UI and ReDoc render from the server's own files, and
+    what the bundles would fetch from elsewhere (ReDoc's footer logo) is blocked by the page's policy
+    before it leaves the browser."""
+    server = start_server()
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sent: list[str] = []  # requests that left the browser: to the server only
+        page.on("request", lambda request: sent.append(request.url))
+        failed: list[tuple[str, str | None]] = []
+        page.on("requestfailed", lambda request: failed.append((request.url, request.failure)))
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server.url + "/docs")
+        page.wait_for_selector('[data-path="/jobs/{job_id}/result"]', timeout=30_000)  # an operation
+        page.goto(server.url + "/redoc")
+        page.get_by_text("Queue a separation").first.wait_for(timeout=30_000)
+        blocked = {url for url, why in failed if why == "csp"}
+        local = (server.url, f"blob:{server.url}/")
+        assert [url for url in sent if not url.startswith(local) and url not in blocked] == []
+        assert [entry for entry in failed if entry[0] not in blocked] == [] and errors == []
+    finally:
+        context.close()

@@ -33,6 +33,7 @@ from freestems.models import CATALOG, DEFAULT_MODEL
 from freestems.models.served import LoadedModels, public_facts
 from freestems.version import __version__
 
+from .apidocs import add_api_docs, assets_folder
 from .challenges import ChallengeBook
 from .downloads import Files, HeadAsGet, open_download
 from .errors import (
@@ -94,11 +95,14 @@ def create_app(
         version=__version__,
         description="Free, unlimited music stem separation. Demucs-compatible `POST /separate`.",
         lifespan=_lifespan(settings, executor, paths, _challenge_secret(settings), state),
+        docs_url=None,  # add_api_docs: the same pages, with their scripts served from here
+        redoc_url=None,
     )
     app.add_middleware(HeadAsGet)
     app.add_middleware(AllowedHosts, allowed=settings.hosts)
     _add_error_handlers(app)
     _add_routes(app)
+    add_api_docs(app, assets_folder())
     _generate_form_schema(app, settings, executor)
     app.mount("/static", Files(directory=WEB_PAGE.parent / "static", check_dir=False), name="static")
     return app
