@@ -50,6 +50,7 @@ from freestems.service.server import uvicorn_config
 from freestems.service.sessions import Mailbox
 
 from .bounds import scaled
+from .disk import unreachable_files
 from .serve_process import GRACEFUL, ServeProcess
 
 
@@ -313,6 +314,7 @@ def test_sigkill_mid_job_and_mid_upload_then_restart(serve_process, songs):
     left = stored(server.data_dir, forgotten["id"])
     assert (left.state, left.error_code) == ("cancelled", "cancelled"), left
     assert leftover_files(server.data_dir) == []
+    assert unreachable_files(server.data_dir, {owned["id"]}) == []  # the cancelled one kept no song
 
 
 def test_sigterm_mid_separate_answers_503_and_resumes_only_collectable_jobs(serve_process, songs):
@@ -341,6 +343,7 @@ def test_sigterm_mid_separate_answers_503_and_resumes_only_collectable_jobs(serv
     interrupted = stored(server.data_dir, owned["id"])
     assert interrupted.state == "queued", interrupted  # it runs again after the restart
     assert [p.stem for p in uploads.iterdir()] == [owned["id"]]  # the POST /separate upload is gone
+    assert unreachable_files(server.data_dir, {owned["id"]}) == []  # and its song
 
     server.start()
     status = poll_until_ended(server.url, owned, timeout=300)
@@ -348,6 +351,7 @@ def test_sigterm_mid_separate_answers_503_and_resumes_only_collectable_jobs(serv
     assert httpx.get(server.url + status["result"], timeout=60).status_code == 200
     assert server.stop() in GRACEFUL
     assert leftover_files(server.data_dir) == []
+    assert unreachable_files(server.data_dir, {owned["id"]}) == []
     from freestems.service.store import JobStore
 
     store = JobStore(server.data_dir / "jobs.sqlite3")

@@ -24,7 +24,6 @@ from typing import Any
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from freestems.audio.formats import MP3_BITRATES
@@ -34,7 +33,9 @@ from freestems.models import CATALOG, DEFAULT_MODEL
 from freestems.models.served import LoadedModels, public_facts
 from freestems.version import __version__
 
+from .apidocs import add_api_docs, assets_folder
 from .challenges import ChallengeBook
+from .downloads import Files, HeadAsGet, open_download
 from .errors import (
     ServiceError,
     conflict,
@@ -64,8 +65,9 @@ from .websocket import session_socket
 log = logging.getLogger(__name__)
 
 WEB_PAGE = Path(__file__).resolve().parents[1] / "web" / "index.html"
-REFUSED_UPLOAD_STATUSES = frozenset({400, 408, 413, 415, 422})
-"""Upload refusals that leave the session key unspent, so they count against the client's address."""
+REFUSED_UPLOAD_STATUSES = frozenset({400, 401, 408, 413, 415, 422})
+"""Upload refusals that start no job, so they count against the client's address: the key stays unspent,
+or (401) it died during the upload, which its client can make happen at will by closing its socket."""
 
 FORM_ROUTES = ("/separate", "/jobs")
 """The routes that take the separation form (its schema comes from :func:`~.options.form_schema`)."""
@@ -93,12 +95,16 @@ def create_app(
         version=__version__,
         description="Free, unlimited music stem separation. Demucs-compatible `POST /separate`.",
         lifespan=_lifespan(settings, executor, paths, _challenge_secret(settings), state),
+        docs_url=None,  # add_api_docs: the same pages, with their scripts served from here
+        redoc_url=None,
     )
+    app.add_middleware(HeadAsGet)
     app.add_middleware(AllowedHosts, allowed=settings.hosts)
     _add_error_handlers(app)
     _add_routes(app)
+    add_api_docs(app, assets_folder())
     _generate_form_schema(app, settings, executor)
-    app.mount("/static", StaticFiles(directory=WEB_PAGE.parent / "static", check_dir=False), name="static")
+    app.mount("/static", Files(directory=WEB_PAGE.parent / "static", check_dir=False), name="static")
     return app
 
 
@@ -249,10 +255,13 @@ def _add_form_routes(app: FastAPI) -> None:
     async def separate(request: Request) -> Response:
         service = _service(request)
         job = await _create_job(request, service, rerun=False)
-        finished = await _wait_unless_disconnected(request, service, job)
-        if finished is None:
-            return Response(status_code=499)  # nobody is listening any more
-        return _result_response(service, finished)
+        try:
+            finished = await _wait_unless_disconnected(request, service, job)
+            if finished is None:
+                return Response(status_code=499)  # nobody is listening any more
+            return _result_response(service, finished)
+        finally:  # its zip is open (or the answer is an error): nobody can ask for this job again
+            service.manager.let_go(job.id)
 
     @app.post(
         "/jobs",
@@ -317,7 +326,12 @@ def _add_job_routes(app: FastAPI) -> None:
         job = _owned_job(request, service, job_id)
         service.manager.follow.seen(job.id)
         path = await service.manager.partials.segment(job, stem, index, service.manager.stems(job))
-        return FileResponse(path, media_type="audio/flac", headers={"Cache-Control": "private, max-age=3600"})
+        return open_download(
+            path,
+            f"segment {index} of job {job.id} is gone (the job was deleted or has expired)",
+            media_type="audio/flac",
+            headers={"Cache-Control": "private, max-age=3600"},
+        )
 
     @app.delete(
         "/jobs/{job_id}", status_code=204, summary="Cancel a job and delete its upload and results now"
@@ -421,7 +435,7 @@ async def _create_job(request: Request, service: Service, rerun: bool) -> Job:
             raise
         if earlier is not None:
             return await service.manager.submit_again(earlier, options, client, session)
-        return await service.manager.submit(upload, options, client, session)
+        return await service.manager.submit(upload, options, client, session, keep_source=rerun)
     except ExecutorError as error:
         log.warning("job refused: %s", error)
         if session is not None:
@@ -456,8 +470,8 @@ def _earlier_job(service: Service, upload: Upload) -> Job | None:
     if upload.has_file:
         raise invalid_parameter(RERUN_FIELDS[0], f"give either {FILE_FIELD} or {RERUN_FIELDS[0]}, not both")
     if not (job_id and token):
-        missing = RERUN_FIELDS[1] if job_id else RERUN_FIELDS[0]
-        raise invalid_parameter(missing, f"required with {RERUN_FIELDS[1] if job_id else RERUN_FIELDS[0]}")
+        missing, given = RERUN_FIELDS[::-1] if job_id else RERUN_FIELDS
+        raise invalid_parameter(missing, f"required with {given}")
     return owned_job(service.manager, job_id, token)
 
 
@@ -532,15 +546,14 @@ def _owned_job(request: Request, service: Service, job_id: str) -> Job:
 
 
 def _result_response(service: Service, job: Job) -> Response:
-    if job.state == "done" and job.result_path is not None and job.result_path.is_file():
-        return FileResponse(
+    if job.state == "done":
+        return open_download(
             job.result_path,
+            f"the result of job {job.id} has been deleted",
             media_type="application/zip",
             filename="stems.zip",
             headers={"X-Cache": "hit" if job.cache_hit else "miss", "X-Job-Id": job.id},
         )
-    if job.state == "done":
-        raise not_found(f"the result of job {job.id} has been deleted")
     if job.state == "failed":
         code = job.error_code or "failed"
         answer = http_failure(code)

@@ -20,10 +20,13 @@ A computed job also leaves a usage row (GPU type, audio and GPU seconds, cost at
 
 Files (all under the data folder): ``uploads/`` inputs waiting or running (deleted once processed),
 ``work/`` the executor's per-job folders, ``results/<job>.zip`` results, ``cache/<key>.zip`` the cache (hard
-links to results), ``sources/<job>.<ext>`` each job's upload as it arrived, kept with its result so that the
-song can be separated again with another model without a second upload (:meth:`JobManager.submit_again`),
-``partials/<job>/`` the progressive results (:mod:`.partials`). On start, stale temporary files and files no
-record points at are removed.
+links to results), ``sources/<job>.<ext>`` the upload of a ``POST /jobs`` job as it arrived, kept while it
+runs and then with its result so that the song can be separated again with another model without a second
+upload (:meth:`JobManager.submit_again`), ``partials/<job>/`` the progressive results (:mod:`.partials`).
+Nothing outlives whoever can reach it: a refused upload leaves no file, a job that fails or is cancelled
+keeps no song, and a ``POST /separate`` job (its client has no token) keeps none, nor its result once its
+answer is under way (:meth:`JobManager.let_go`). On start, stale temporary files, files no record points
+at and songs of ended jobs that did not finish are removed.
 
 Between the engine's reports a running job's progress is interpolated from its measured speed
 (:mod:`.progress`), and its sockets hear it every ``TICK_SECONDS``.
@@ -50,7 +53,7 @@ from freestems.audio import AudioDecodeError, AudioReader, AudioTooLong
 from freestems.contract import SAMPLE_RATE
 from freestems.cost import UsageRecord, job_cost
 from freestems.errors import FailureCode
-from freestems.executors import Executor, JobEvent, ModelDescription, WorkItem
+from freestems.executors import Executor, ExecutorError, JobEvent, ModelDescription, WorkItem
 from freestems.files import TEMP_GLOB, temp_path
 from freestems.models.download import file_sha256
 from freestems.rules import output_names
@@ -135,6 +138,7 @@ class JobManager:
         requeue, failed = self.store.recover(self.settings.result_ttl)
         for job in failed:
             log.warning("job %s could not be resumed after a restart (its upload is gone)", job.id)
+            self._remove_source(job)
         if not self.state.shared:
             self._remove_orphans()
         for job in requeue:
@@ -196,34 +200,58 @@ class JobManager:
             )
 
     async def submit(
-        self, upload: Upload, options: SeparationOptions, client: str, session: Session | None
+        self,
+        upload: Upload,
+        options: SeparationOptions,
+        client: str,
+        session: Session | None,
+        *,
+        keep_source: bool = True,
     ) -> Job:
-        """Turn a received upload into a job (or a cached result). The upload's temp file is always consumed.
+        """Turn a received upload into a job (or a cached result). The upload's temp file is always consumed,
+        and nothing of it stays unless the job was stored.
+
+        ``keep_source``: keep the song for a rerun (``from_job``) while the job is kept; only a client that
+        holds the job's token can ask for one, so ``POST /separate`` keeps none.
 
         Raises:
             ServiceError: 415 not audio, 413 too long, 429 queue full / too many jobs, 401 key died meanwhile.
         """
+        kept: list[Path] = []  # the job's files so far: removed unless the job is stored
+        job: Job | None = None
+        attached = owned = stored = False
         try:
             duration = await asyncio.to_thread(self._probe, upload)
             self.admit(client)  # again: from here to the insert nothing awaits, so this is exact
             model = self.served_model(options.model)
             key = cache_key(upload.sha256, model.fingerprint, options.as_dict())
             job = self._new_job(upload, options, model.name, key, client, session)
-            link_or_copy(upload.path, self.paths.sources / f"{job.id}{upload.suffix}")
+            if keep_source:
+                kept.append(self.paths.sources / f"{job.id}{upload.suffix}")
+                link_or_copy(upload.path, kept[-1])
             if duration is not None:
                 self.views.durations[job.id] = duration
             cached = self.cache.lookup(key)
-            if cached is not None:
-                await self._from_cache(job, key, cached, session)
+            if cached is not None and await self._from_cache(job, key, cached, session):
+                stored = True
                 return job
             job.input_path = self.paths.uploads / f"{job.id}{upload.suffix}"
             if session is not None:
-                self.sessions.attach(session, job.id)
+                self.sessions.attach(session, job.id)  # 401 if the key died during the upload
+                attached = True
+            kept.append(job.input_path)
             upload.path.replace(job.input_path)
             self.state.changed()
             self.follow.own(job.id)  # before the others can see the job: none adopts it
+            owned = True
             self.store.create(job)
-            self.executor.submit(self.work_item(job))  # if it refuses (closing), the job runs after restart
+            stored = True
+            try:
+                self.executor.submit(self.work_item(job))
+            except ExecutorError:  # closing: the client hears 503 and never gets the token
+                self.store.delete(job.id)
+                stored = False
+                raise
             self.follow.seen(job.id)  # its creator holds the token: the grace period starts now
             self.notify(job)
             return job
@@ -234,6 +262,15 @@ class JobManager:
             ) from None
         finally:
             upload.discard()
+            if not stored:
+                for path in kept:
+                    path.unlink(missing_ok=True)
+                if job is not None:
+                    self.views.durations.pop(job.id, None)
+                    if owned:
+                        self.follow.ended(job.id)
+                    if attached:
+                        self.sessions.finish(job.id)
 
     def _new_job(
         self,
@@ -258,16 +295,24 @@ class JobManager:
             created_at=time.time(),
         )
 
-    async def _from_cache(self, job: Job, key: str, cached: Path, session: Session | None) -> None:
+    async def _from_cache(self, job: Job, key: str, cached: Path, session: Session | None) -> bool:
         """A result cache hit: the job is done at once, with the result (and segments) of the job that
-        computed it; its session hears so and its key is spent."""
+        computed it; its session hears so and its key is spent. False when the entry went meanwhile (the
+        job that made it was deleted): then it is a miss."""
         result = self.paths.results / f"{job.id}.zip"
-        link_or_copy(cached, result)
+        try:
+            link_or_copy(cached, result)
+        except FileNotFoundError:
+            return False
         now = time.time()
         job.state, job.progress, job.cache_hit, job.result_path = "done", 1.0, True, result
         job.started_at = job.finished_at = now
         job.expires_at = now + self.settings.result_ttl
-        self.store.create(job)
+        try:
+            self.store.create(job)
+        except BaseException:
+            result.unlink(missing_ok=True)
+            raise
         source = self.store.result_job(key)
         if source is not None:
             await asyncio.to_thread(self.partials.adopt, job.id, source)
@@ -275,6 +320,7 @@ class JobManager:
             self.sessions.post(session.connection, self.views.message(job))
             self.sessions.post(session.connection, self.views.done_message(job))
             self.sessions.consume(session)
+        return True
 
     async def submit_again(
         self, earlier: Job, options: SeparationOptions, client: str, session: Session | None
@@ -592,6 +638,8 @@ class JobManager:
         """A job reached a final state: tell its socket, end its key, wake its waiter, move the queue."""
         self.clock.ended(job.id, job.state == "done")
         self.partials.ended(job.id, job.state == "done")
+        if job.state != "done":
+            self._remove_source(job)  # only a finished job's song is kept, for a rerun by its owner
         self._progress.pop(job.id, None)
         self._persisted.pop(job.id, None)
         self.follow.ended(job.id)
@@ -606,12 +654,25 @@ class JobManager:
 
     # ------------------------------------------------------------------------------------------ files
 
+    def let_go(self, job_id: str) -> None:
+        """The answer of a ``POST /separate`` is under way (its zip open) or given up: nobody can ask for
+        the job again (its client has no token), so a finished job's files go now. The result cache keeps
+        its own name for the zip; the record stays until its TTL, without files."""
+        job = self.store.get(job_id)
+        if job is not None and job.state == "done":
+            self._remove_files(job)
+            self.store.update(job_id, result_path=None)
+
     def _remove_files(self, job: Job) -> None:
         self.partials.remove(job.id)
         self.views.durations.pop(job.id, None)
         for path in (job.input_path, job.result_path, self.paths.results / f"{job.id}.zip"):
             if path is not None:
                 path.unlink(missing_ok=True)
+        self._remove_source(job)
+
+    def _remove_source(self, job: Job) -> None:
+        """Delete the job's kept song (every name it may have)."""
         while (source := self.source_of(job)) is not None:
             source.unlink(missing_ok=True)
 
@@ -629,8 +690,8 @@ class JobManager:
                 if path.is_file() and path.resolve() not in known:
                     log.info("removing orphaned file %s", path)
                     path.unlink(missing_ok=True)
-        jobs = {job.id for job in self.store.jobs()}
-        for path in self.paths.sources.iterdir():
+        jobs = {job.id for job in self.store.jobs() if job.state not in ("failed", "cancelled")}
+        for path in self.paths.sources.iterdir():  # songs are kept for unfinished and finished jobs only
             if path.name.split(".", 1)[0] not in jobs:
                 log.info("removing orphaned file %s", path)
                 path.unlink(missing_ok=True)

@@ -148,7 +148,8 @@ class Partials:
         }
 
     async def segment(self, job: Job, stem: str, index: int, stems: tuple[str, ...]) -> Path:
-        """The file of segment ``index`` of ``stem``; 404 ``not_ready`` if it does not exist yet."""
+        """Where segment ``index`` of ``stem`` is; 404 ``not_ready`` if it does not exist yet (the file may
+        still go before it is opened: the job expired or was deleted)."""
         manifest = await self._manifest(job)
         if manifest is not None:
             stems, count, complete = manifest.stems, len(manifest.segments), True
@@ -165,10 +166,7 @@ class Partials:
                 f"GET /jobs/{job.id}/partial lists them",
                 code="not_ready",
             )
-        path = segment_path(self.folder(job.id), index, stem)
-        if not path.is_file():  # deleted meanwhile (the job expired or was deleted)
-            raise not_found(f"segment {index} of job {job.id} is gone")
-        return path
+        return segment_path(self.folder(job.id), index, stem)  # the route opens it: 404 if gone meanwhile
 
     async def _manifest(self, job: Job) -> Manifest | None:
         """A finished job's manifest (cut from its result first if needed); None while it runs."""
@@ -199,6 +197,9 @@ class Partials:
             raise not_found(f"the result of job {job.id} has been deleted")
         try:
             return await asyncio.to_thread(rebuild_segments, result, self.folder(job.id))
+        except FileNotFoundError:  # the job was deleted or expired meanwhile
+            shutil.rmtree(self.folder(job.id), ignore_errors=True)
+            raise not_found(f"the result of job {job.id} has been deleted") from None
         except Exception as error:
             log.error("job %s: cutting segments from its result failed: %s", job.id, error)
             shutil.rmtree(self.folder(job.id), ignore_errors=True)

@@ -40,8 +40,9 @@ class Paths:
 
     @property
     def sources(self) -> Path:
-        """Each job's upload as it arrived (``<job id><suffix>``), kept as long as its result, so that the
-        same song can be separated again with another model without a second upload (``from_job``)."""
+        """A ``POST /jobs`` job's upload as it arrived (``<job id><suffix>``), kept while the job runs and
+        then as long as its result, so that the same song can be separated again with another model
+        without a second upload (``from_job``); a job that fails or is cancelled keeps none."""
         return self.root / "sources"
 
     @property
