@@ -6,7 +6,8 @@ It exists so that :mod:`freestems.deploy.modal_app` declares the image in one li
 
 **Layers.** Debian slim, torch as the CUDA 12.6 build (``FREESTEMS_MODAL_TORCH_INDEX``: Modal's driver,
 575.57.08, runs CUDA 12.x wheels, not PyPI's CUDA 13 one), freestems' dependencies (read from its installed
-metadata, so ``pyproject.toml`` stays the one list, each pinned to the version installed here:
+metadata, so ``pyproject.toml`` stays the one list, with the extra of every model family served, such as
+``demucs`` for HT-Demucs, each pinned to the version installed here:
 :func:`requirements`), then a build step that runs the catalog's download code
 (:func:`freestems.models.ensure_weights`) into ``/weights`` and writes the model's description there
 (:func:`bake_weights`; its arguments carry the catalog's facts, :func:`catalog_facts`, so a catalog change
@@ -29,7 +30,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,10 +75,44 @@ def image_environment(environ: Mapping[str, str], settings: Settings) -> dict[st
     return dict(sorted(env.items()))
 
 
-def requirements() -> list[str]:
-    """freestems' dependencies and its ``serve`` extra, from the installed package's metadata, no torch,
-    each pinned to the version installed where ``modal deploy`` runs (``name==version``: the image runs
-    what the deployer tested, and a new release upstream does not change it unseen)."""
+FAMILY_EXTRAS: dict[str, str] = {"htdemucs": "demucs"}
+"""The package extra a served model family needs beyond freestems' dependencies and its ``serve`` extra:
+HT-Demucs runs the ``demucs`` package's own classes; SCNet, MDX23C and the RoFormers are freestems' own
+code. The ``export`` extra (ONNX) is never needed to serve."""
+
+
+def model_families(models: Iterable[str]) -> set[str]:
+    """The families of the catalog models ``models`` (each member of an ensemble or of ``a+b`` too)."""
+    from freestems.models import get_model_info
+
+    families: set[str] = set()
+    pending = [name.strip() for model in models for name in model.split("+") if name.strip()]
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        info = get_model_info(name)
+        if info.architecture == "ensemble":
+            pending.extend(member for member, _ in info.config["members"])
+        else:
+            families.add(info.architecture)
+    return families
+
+
+def served_families(settings: Settings) -> set[str]:
+    """The families of every model ``settings`` serve: the catalog's, or a model file's (a Demucs ``.th``
+    without a config is HT-Demucs)."""
+    families = model_families([*filter(None, [default_model_name(settings)]), *other_model_names(settings)])
+    file = settings.model_file
+    if file is not None and file.suffix == ".th" and settings.model_config_file is None:
+        families.add("htdemucs")
+    return families
+
+
+def _declared(extras: set[str]) -> list[tuple[str, str]]:
+    """(name, spec) of freestems' dependencies and those of ``extras``, from the installed metadata."""
     try:
         declared = importlib.metadata.requires("freestems") or []
     except importlib.metadata.PackageNotFoundError:
@@ -88,15 +123,35 @@ def requirements() -> list[str]:
     for requirement in declared:
         spec, _, marker = requirement.partition(";")
         marker = marker.replace(" ", "").replace("'", '"')
-        if marker and marker != 'extra=="serve"':
+        if marker and marker not in {f'extra=="{extra}"' for extra in extras}:
             continue
         name = re.split(r"[\s<>=!~\[(;]", spec.strip(), maxsplit=1)[0].lower()
         if name in ("torch", "freestems"):
             continue
+        found.append((name, spec.strip()))
+    return found
+
+
+def family_requirements(families: Iterable[str]) -> list[str]:
+    """The names of the packages the extras of ``families`` declare (:data:`FAMILY_EXTRAS`)."""
+    extras = {FAMILY_EXTRAS[family] for family in families if family in FAMILY_EXTRAS}
+    return sorted({name for name, _ in _declared(extras)} - {name for name, _ in _declared(set())})
+
+
+def requirements(models: Iterable[str] = (), families: Iterable[str] = ()) -> list[str]:
+    """freestems' dependencies, its ``serve`` extra, and the extra of every family served (the catalog
+    ``models``, and ``families``: :data:`FAMILY_EXTRAS`, so an HT-Demucs model brings ``demucs``), from
+    the installed package's metadata, no torch, each pinned to the version installed where ``modal deploy``
+    runs (``name==version``: the image runs what the deployer tested, and a new release upstream does not
+    change it unseen)."""
+    wanted = model_families(models) | set(families)
+    extras = {"serve"} | {FAMILY_EXTRAS[family] for family in wanted if family in FAMILY_EXTRAS}
+    found = set()
+    for name, spec in _declared(extras):
         try:
-            found.append(f"{name}=={importlib.metadata.version(name)}")
+            found.add(f"{name}=={importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
-            found.append(spec.strip())  # not installed here: the declared range, as declared
+            found.add(spec)  # not installed here: the declared range, as declared
     return sorted(found)
 
 
@@ -186,7 +241,7 @@ def build_image(settings: Settings, deployment: ModalSettings, environ: Mapping[
     image = (
         modal.Image.debian_slim(python_version=PYTHON_VERSION)
         .pip_install(deployment.modal_torch, **torch_index)
-        .pip_install(*requirements())
+        .pip_install(*requirements(families=served_families(settings)))
     )
     model_file = model_config = None
     if settings.model_file is not None:

@@ -210,7 +210,11 @@ class _SeparatorCode:
     @modal.enter(snap=True)
     def load(self) -> None:
         """Before the snapshot: the model on the CPU (on the GPU with GPU snapshots), one job run, and
-        the memory that run freed given back."""
+        the memory that run freed given back.
+
+        Without GPU snapshots nothing here may ask CUDA anything (not even ``torch.cuda.is_available()``):
+        no GPU is attached before a CPU memory snapshot, and torch keeps the device count of its first
+        query, so a restored container would see none and refuse to start (:class:`NoAccelerator`)."""
         import torch
 
         from freestems.executors import describe

@@ -1,0 +1,100 @@
+"""The Modal deployment's containers as they start, and the image they start from (issue 20): nothing before
+a CPU memory snapshot asks CUDA anything, and every served model family's packages are in the image.
+
+Modal's cloud is the one thing faked (``modal_helpers``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from freestems.deploy.image import family_requirements, requirements
+from freestems.models import CATALOG
+
+CUDA_QUERIES = (
+    "is_available",
+    "device_count",
+    "init",
+    "_lazy_init",
+    "current_device",
+    "get_device_name",
+    "get_device_properties",
+    "empty_cache",
+    "synchronize",
+    "mem_get_info",
+    "is_bf16_supported",
+)
+"""The ``torch.cuda`` functions that reach the driver (and, for the device count, fix it for the process)."""
+
+
+class CudaTouched(AssertionError):
+    """Something asked CUDA before the snapshot."""
+
+
+@pytest.fixture
+def cuda_forbidden(monkeypatch):
+    """Every CUDA query raises :class:`CudaTouched` (a compiled CUDA build's own path to the driver too),
+    until the test lifts it (``lift()``); returns the names asked meanwhile."""
+    asked: list[str] = []
+    forbidden = [True]
+
+    def refuse(name, original):
+        def call(*args, **kwargs):
+            if forbidden[0]:
+                asked.append(name)
+                raise CudaTouched(f"torch.cuda.{name} was called before the snapshot")
+            return original(*args, **kwargs) if original is not None else 0
+
+        return call
+
+    for name in CUDA_QUERIES:
+        monkeypatch.setattr(torch.cuda, name, refuse(name, getattr(torch.cuda, name, None)), raising=False)
+    # torch.cuda.is_available on a CUDA build goes through these; a module that kept its own reference to
+    # is_available still lands here
+    monkeypatch.setattr(torch.cuda, "_is_compiled", lambda: True)
+    monkeypatch.setattr(torch._C, "_cuda_getDeviceCount", refuse("_cuda_getDeviceCount", None), raising=False)
+
+    def lift() -> None:
+        forbidden[0] = False
+        monkeypatch.setattr(torch.cuda, "_is_compiled", lambda: False)
+
+    return asked, lift
+
+
+def test_nothing_before_the_snapshot_asks_cuda_so_a_restored_container_finds_its_gpu(
+    deployment, cuda_forbidden, monkeypatch
+):
+    asked, lift = cuda_forbidden
+    module = deployment.module
+    separator = module._SeparatorCode()  # the GPU class's code, its hooks called as Modal calls them
+    separator.load()  # @modal.enter(snap=True): no GPU attached yet, so nothing may ask for one
+    assert asked == []
+    assert separator.device.type == "cpu" and separator.trimmed is True
+    lift()  # the snapshot is taken and restored: the GPU is attached now
+    queried = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: queried.append("is_available") or False)
+    separator.ready()  # @modal.enter(snap=False): the first CUDA query is here, after the restore
+    assert queried, "the restored container never asked for its GPU"
+
+
+@pytest.mark.parametrize("family", sorted({info.architecture for info in CATALOG.values()}))
+def test_every_served_family_has_its_packages_in_the_image(family):
+    names = [name for name, info in CATALOG.items() if info.architecture == family]
+    installed = {line.split("==")[0] for line in requirements(names)}
+    for package in family_requirements([family]):
+        assert package in installed, f"{family} needs {package}, which the image would not install"
+    if family == "htdemucs":
+        assert "demucs" in installed
+    assert not {"onnx", "onnxscript", "onnxruntime"} & installed  # the export extra stays out
+
+
+def test_the_image_installs_demucs_only_when_an_htdemucs_model_is_served():
+    assert "demucs" not in {line.split("==")[0] for line in requirements(["scnet"])}
+    ensembles = [info for info in CATALOG.values() if info.architecture == "ensemble"]
+    ensemble = next(
+        info.name
+        for info in ensembles
+        if any(CATALOG[member].architecture == "htdemucs" for member, _ in info.config["members"])
+    )
+    assert "demucs" in {line.split("==")[0] for line in requirements([ensemble])}
