@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import secrets
@@ -25,6 +26,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from freestems.audio.formats import MP3_BITRATES
@@ -187,14 +189,18 @@ async def _sweep_forever(service: Service) -> None:
     while True:
         await asyncio.sleep(service.settings.sweep_interval)
         try:
-            sweep(service)
+            if service.state.shared:  # the shared store's rows and the Volume's files: off the event loop
+                await asyncio.to_thread(service.manager.sweep)
+            sweep(service, jobs=not service.state.shared)
         except Exception:
             log.exception("the sweeper failed; it tries again next time")
 
 
-def sweep(service: Service) -> None:
-    """Expired results and jobs, expired keys (their sockets are told and closed), old challenges."""
-    service.manager.sweep()
+def sweep(service: Service, jobs: bool = True) -> None:
+    """Expired results and jobs (unless ``jobs`` is False), expired keys (their sockets are told and
+    closed), old challenges."""
+    if jobs:
+        service.manager.sweep()
     service.sessions.sweep()
     service.challenges.prune()
     service.limiter.prune()
@@ -263,6 +269,7 @@ def _add_form_routes(app: FastAPI) -> None:
     async def create_job(request: Request) -> JSONResponse:
         service = _service(request)
         job = await _create_job(request, service, rerun=True)
+        await service.state.settled()  # the job is in the shared store before its id is given out
         body = {
             **service.manager.views.view(job),
             "token": job.token,
@@ -279,8 +286,10 @@ def _add_job_routes(app: FastAPI) -> None:
     @app.get("/jobs/{job_id}", summary="A job's state, progress and queue position (needs its token)")
     async def get_job(job_id: str, request: Request) -> dict[str, Any]:
         service = _service(request)
-        job = _owned_job(request, service, job_id)
+        job = await _fresh_owned_job(request, service, job_id)
         service.manager.follow.seen(job.id)  # a poll by the owner follows the job
+        if service.state.shared:  # its queue position and cost from the shared store: off the event loop
+            return await asyncio.to_thread(service.manager.views.view, job)
         return service.manager.views.view(job)
 
     @app.get(
@@ -290,10 +299,16 @@ def _add_job_routes(app: FastAPI) -> None:
     )
     async def get_result(job_id: str, request: Request) -> Response:
         service = _service(request)
-        job = _owned_job(request, service, job_id)
+        job = await _fresh_owned_job(request, service, job_id)
         service.manager.follow.seen(job.id)
-        if job.state == "done" and service.state.shared:  # written by another container, maybe
-            await asyncio.to_thread(service.state.visible, job.result_path)
+        if job.state == "done" and service.state.shared and job.result_path is not None:
+            # written by another container, maybe: read through the Volume when it cannot reload now
+            original = job.result_path
+            found = await asyncio.to_thread(service.state.readable, original)
+            if found is not None and found != original:
+                response = _result_response(service, dataclasses.replace(job, result_path=found))
+                response.background = BackgroundTask(service.state.discard, found, original)
+                return response
         return _result_response(service, job)
 
     @app.get(
@@ -302,7 +317,7 @@ def _add_job_routes(app: FastAPI) -> None:
     )
     async def get_partial(job_id: str, request: Request) -> dict[str, Any]:
         service = _service(request)
-        job = _owned_job(request, service, job_id)
+        job = await _fresh_owned_job(request, service, job_id)
         service.manager.follow.seen(job.id)
         return await service.manager.partials.listing(job, service.manager.stems(job))
 
@@ -313,7 +328,7 @@ def _add_job_routes(app: FastAPI) -> None:
     )
     async def get_segment(job_id: str, stem: str, index: int, request: Request) -> Response:
         service = _service(request)
-        job = _owned_job(request, service, job_id)
+        job = await _fresh_owned_job(request, service, job_id)
         service.manager.follow.seen(job.id)
         path = await service.manager.partials.segment(job, stem, index, service.manager.stems(job))
         return FileResponse(path, media_type="audio/flac", headers={"Cache-Control": "private, max-age=3600"})
@@ -323,8 +338,9 @@ def _add_job_routes(app: FastAPI) -> None:
     )
     async def delete_job(job_id: str, request: Request) -> Response:
         service = _service(request)
-        job = _owned_job(request, service, job_id)
+        job = await _fresh_owned_job(request, service, job_id)
         service.manager.delete(job.id)
+        await service.state.settled()  # deleted for every container before the answer
         return Response(status_code=204)
 
 
@@ -399,6 +415,8 @@ async def _create_job(request: Request, service: Service, rerun: bool) -> Job:
     settings = service.settings
     client = client_address(request, settings.trust_proxy)
     key = request.headers.get("x-session-key")
+    if settings.auth_required or key:
+        await service.state.prepare_key(key, client)  # a shared key book is read off the event loop
     session = service.sessions.claim(key, client) if settings.auth_required or key else None
     try:
         _check_refusals(service, client)  # before reading the body: a flood is refused cheaply
@@ -412,6 +430,8 @@ async def _create_job(request: Request, service: Service, rerun: bool) -> Job:
             require_file=not rerun,
         )
         try:
+            if rerun:
+                await service.state.refresh(upload.fields.get(RERUN_FIELDS[0]))
             earlier = _earlier_job(service, upload) if rerun else None
             models = {model.name: model.sources for model in service.executor.models}
             options = parse_options(upload.fields, models=models, max_shifts=settings.max_shifts)
@@ -520,6 +540,12 @@ async def _disconnected(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+async def _fresh_owned_job(request: Request, service: Service, job_id: str) -> Job:
+    """:func:`_owned_job`, the job read first where it is shared (another container may have changed it)."""
+    await service.state.refresh(job_id)
+    return _owned_job(request, service, job_id)
 
 
 def _owned_job(request: Request, service: Service, job_id: str) -> Job:
