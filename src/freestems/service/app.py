@@ -47,6 +47,7 @@ from .errors import (
     unauthorized,
     unavailable,
 )
+from .guard import AppGuard
 from .jobs import JobManager
 from .limits import SlidingWindow
 from .network import AllowedHosts, client_address
@@ -97,6 +98,14 @@ def create_app(
         lifespan=_lifespan(settings, executor, paths, _challenge_secret(settings), state),
     )
     app.add_middleware(AllowedHosts, allowed=settings.hosts)
+    app.add_middleware(  # outermost: caps and body deadlines that hold where uvicorn's layer does not (Modal)
+        AppGuard,
+        max_open=settings.max_connections,
+        per_address=settings.max_connections_per_address,
+        silence=settings.header_timeout,
+        body_seconds=settings.upload_timeout,
+        trust_proxy=settings.trust_proxy,
+    )
     _add_error_handlers(app)
     _add_routes(app)
     _generate_form_schema(app, settings, executor)
