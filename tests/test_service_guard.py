@@ -1,6 +1,6 @@
 """The limits that must hold where uvicorn's layer does not run (Modal's web tier), tested against the app
 itself with raw ASGI calls (issue 20): connection caps per address and body deadlines
-(:mod:`freestems.service.guard`).
+(:mod:`freestems.service.guard`); and ``POST /separate`` answering within a request's time limit.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
-from service_helpers import small_settings
+from service_helpers import small_settings, wait_until
 
 from freestems.executors import LocalExecutor
 from freestems.service import create_app
@@ -136,3 +137,24 @@ def test_an_address_holds_at_most_its_share_of_requests_and_sockets_in_the_app(g
     assert refused_socket[0] == 429 and refused_socket[1]["error"]["code"] == "too_many_connections"
     assert other[0] == 200  # another address is not affected
     assert after == 200  # the slots are free once the requests end
+
+
+def test_post_separate_answers_202_with_its_job_once_its_wait_is_up(start_server, songs):
+    server = start_server(auth="none", separate_wait=1.0)
+    with songs["long"].open("rb") as audio:
+        response = httpx.post(
+            server.url + "/separate",
+            files={"audio_file": ("long.mp3", audio, "audio/mpeg")},
+            data={"shifts": "3"},
+            timeout=60,
+        )
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == job["status_url"] and job["state"] in ("queued", "running")
+    done = wait_until(
+        lambda: (view := httpx.get(server.url + job["status_url"]).json())["state"] == "done" and view,
+        timeout=240,
+    )
+    assert done["id"] == job["id"]
+    result = httpx.get(server.url + job["result_url"], timeout=60)
+    assert result.status_code == 200 and result.headers["content-type"] == "application/zip"

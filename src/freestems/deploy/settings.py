@@ -51,6 +51,12 @@ class ModalSettings(EnvSettings):
     modal_web_max_containers: AtLeastOne = 10
     """Most web containers at once. They share jobs, keys and socket slots (``modal.Dict`` s
     ``<app>-state-*``) and the data Volume ``<app>-data``, so any of them serves any request."""
+    modal_request_seconds: int = Field(120, ge=10, le=150)
+    """Seconds one HTTP request to the web tier may take, upload included: Modal ends a web request at 150 s
+    (with a ``303`` that a page cannot follow across origins). The web tier sets ``FREESTEMS_UPLOAD_TIMEOUT``
+    to at most this (a 100 MB upload then needs about 6.7 Mbit/s upstream; 150 s: 5.3) and
+    ``FREESTEMS_SEPARATE_WAIT`` to it: a ``POST /separate`` whose job is not done by then answers ``202``
+    with the job to follow, as ``POST /jobs`` does."""
     modal_web_memory: int = Field(1024, ge=256, le=65536)
     """MiB of memory requested per web container (uploads stream to the Volume; result zips are written
     there by the executor, not held in memory while served)."""

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import math
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ from .replicas import Replica
 from .sessions import SessionRegistry
 from .settings import Settings
 from .shared_state import LocalState, SharedState
-from .store import Job
+from .store import TERMINAL, Job
 from .tokens import owned_job
 from .uploads import Upload, receive_upload
 from .views import result_url
@@ -263,10 +264,16 @@ def _add_form_routes(app: FastAPI) -> None:
     )
     async def separate(request: Request) -> Response:
         service = _service(request)
+        began = time.monotonic()
         job = await _create_job(request, service, rerun=False)
-        finished = await _wait_unless_disconnected(request, service, job)
+        wait = service.settings.separate_wait
+        left = max(0.0, wait - (time.monotonic() - began)) if wait else None
+        finished = await _wait_unless_disconnected(request, service, job, left)
         if finished is None:
             return Response(status_code=499)  # nobody is listening any more
+        if finished.state not in TERMINAL:  # FREESTEMS_SEPARATE_WAIT is up: the job, to follow
+            await service.state.settled()
+            return _accepted(service, finished)
         return _result_response(service, finished)
 
     @app.post(
@@ -279,14 +286,19 @@ def _add_form_routes(app: FastAPI) -> None:
         service = _service(request)
         job = await _create_job(request, service, rerun=True)
         await service.state.settled()  # the job is in the shared store before its id is given out
-        body = {
-            **service.manager.views.view(job),
-            "token": job.token,
-            "status_url": f"/jobs/{job.id}?token={job.token}",
-            "result_url": result_url(job),
-        }
-        headers = {"Location": body["status_url"], "X-Cache": "hit" if job.cache_hit else "miss"}
-        return JSONResponse(body, status_code=202, headers=headers)
+        return _accepted(service, job)
+
+
+def _accepted(service: Service, job: Job) -> JSONResponse:
+    """``202``: the job, its token and where to follow it (``Location``) and fetch its zip."""
+    body = {
+        **service.manager.views.view(job),
+        "token": job.token,
+        "status_url": f"/jobs/{job.id}?token={job.token}",
+        "result_url": result_url(job),
+    }
+    headers = {"Location": body["status_url"], "X-Cache": "hit" if job.cache_hit else "miss"}
+    return JSONResponse(body, status_code=202, headers=headers)
 
 
 def _add_job_routes(app: FastAPI) -> None:
@@ -503,8 +515,11 @@ def _check_refusals(service: Service, client: str) -> None:
         )
 
 
-async def _wait_unless_disconnected(request: Request, service: Service, job: Job) -> Job | None:
-    """Wait for the job; if the client hangs up first, cancel it (nobody would get the result).
+async def _wait_unless_disconnected(
+    request: Request, service: Service, job: Job, timeout: float | None = None
+) -> Job | None:
+    """Wait for the job; if the client hangs up first, cancel it (nobody would get the result). After
+    ``timeout`` seconds the job is returned as it is then (unfinished): its owner will follow it.
 
     A graceful shutdown that outlasts uvicorn's grace cancels this request's task: the job is cancelled
     too (this client has no token and cannot come back for it) and the client gets a JSON 503
@@ -514,7 +529,9 @@ async def _wait_unless_disconnected(request: Request, service: Service, job: Job
     hangup = asyncio.ensure_future(_disconnected(request))
     try:
         try:
-            done, _ = await asyncio.wait({waiting, hangup}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {waiting, hangup}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None:
@@ -528,6 +545,9 @@ async def _wait_unless_disconnected(request: Request, service: Service, job: Job
             if finished.state == "cancelled" and finished.error_code == FailureCode.RESTARTING:
                 raise _restarting()
             return finished
+        if not done:  # the wait's time is up: the caller answers with the job (its owner polls it)
+            service.manager.follow.seen(job.id)
+            return service.manager.get(job.id) or job
         service.manager.cancel(job.id, "cancelled because the client of POST /separate disconnected")
         return None
     finally:

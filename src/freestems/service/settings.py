@@ -295,6 +295,11 @@ class Settings(EnvSettings):
     upload_timeout: Positive = 600.0
     """Seconds an upload may take, so that a trickling client cannot hold a slot forever (also the longest
     any request body may take, and ``header_timeout`` the longest silence within one)."""
+    separate_wait: float = Field(0.0, ge=0)
+    """Seconds ``POST /separate`` may take in all, upload included, before it answers ``202`` with the job
+    to follow (``Location``: its status URL; the zip at its ``result_url``) instead of the zip. 0: it waits
+    for the zip however long the job takes. The Modal deployment sets it below Modal's 150 s limit on a web
+    request (``FREESTEMS_MODAL_REQUEST_SECONDS``)."""
     sessions_per_minute: AtLeastOne = 10
     """New sessions (challenges) per client address per minute."""
     refused_uploads_per_minute: AtLeastOne = 5
