@@ -98,3 +98,21 @@ def test_the_image_installs_demucs_only_when_an_htdemucs_model_is_served():
         if any(CATALOG[member].architecture == "htdemucs" for member, _ in info.config["members"])
     )
     assert "demucs" in {line.split("==")[0] for line in requirements([ensemble])}
+
+
+def test_a_wake_up_counts_the_restore_before_ready_from_the_spawn(deployment, songs):
+    """Modal bills a container from its start; ready() runs after the snapshot's restore, so the wake-up is
+    timed from the call's spawn (the web tier's clock) on the container's first input."""
+    import time
+
+    separator = deployment.Separator()
+    spawned = time.time() - 5.0  # the restore (and scheduling) took 5 s before the input was taken
+    separator.separate.local(songs["short"].read_bytes(), {"two_stems": "vocals"}, spawned_at=spawned)
+    instance = separator._cached_user_cls_instance()
+    (job,) = deployment.usage.records
+    assert job.timings["wake_seconds"] >= 5.0 > job.timings["container_start"]
+    instance.record_wake()
+    (wake,) = deployment.usage.wakes
+    assert wake.start_seconds == job.timings["wake_seconds"]
+    separator.separate.local(songs["short"].read_bytes(), {"two_stems": "vocals"}, spawned_at=time.time())
+    assert "wake_seconds" not in deployment.usage.records[-1].timings  # a warm container: no wake-up

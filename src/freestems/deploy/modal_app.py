@@ -267,6 +267,7 @@ class _SeparatorCode:
             self._use(device)
         self.ready_at = time.time()
         self.container_start = self.ready_at - (begin if self.restored else _IMPORTED_AT)
+        self.wake_seconds = self.container_start  # until the first input says when it was spawned
         log.info(
             "ready on %s (%s, precision %s%s, fidelity %s) in %.2f s",
             self.device,
@@ -288,15 +289,16 @@ class _SeparatorCode:
         if ready_at is None:
             return
         now = time.time()
+        start = max(self.container_start, getattr(self, "wake_seconds", 0.0))  # the restore too, if timed
         record = WakeRecord(
             task=os.environ.get("MODAL_TASK_ID") or uuid.uuid4().hex[:12],
             tier=self.shape.tier,
             ended_at=now,
-            start_seconds=round(self.container_start, 3),
+            start_seconds=round(start, 3),
             busy_seconds=round(self.busy, 3),
             idle_seconds=round(max(0.0, now - ready_at - self.busy), 3),
             inputs=self.inputs,
-            cost_usd=self.shape.cost(self.container_start + now - ready_at, settings.gpu_prices),
+            cost_usd=self.shape.cost(start + now - ready_at, settings.gpu_prices),
         )
         try:
             stores.usage_log().record_wake(record)
@@ -326,6 +328,7 @@ class _SeparatorCode:
         filename: str | None = None,
         progress: str | None = None,
         lease: str | None = None,
+        spawned_at: float | None = None,
     ) -> bytes:
         """The zip of the stems of ``audio`` (any format ``POST /separate`` takes, as bytes).
 
@@ -334,13 +337,16 @@ class _SeparatorCode:
         ``mp3_bitrate``, ``format``, ``model``, plus ``seed``, ``max_duration``, ``filename`` and
         ``progress``). ``max_duration`` (seconds), ``filename`` (used in messages) and ``progress`` (an event
         key) may also come as keyword arguments; ``lease`` names the caller's lease (the job stops once it
-        lapses; none: the job runs to its end).
+        lapses; none: the job runs to its end); ``spawned_at`` (the caller's clock when it spawned the call)
+        times a wake-up from the spawn, the restore included (``wake_seconds``).
         Raises :class:`freestems.jobrun.JobFailed` for a bad input or bad options,
         :class:`freestems.errors.Cancelled` when the lease lapsed.
         """
         received, clock = time.time(), time.perf_counter()
         self.inputs += 1
         container_start = self.container_start if self.inputs == 1 else 0.0
+        if self.inputs == 1 and spawned_at is not None:  # the restore happened before ready() began
+            self.wake_seconds = max(self.container_start, min(received - spawned_at, 3600.0))
         request = parse_request(
             options,
             self.model.sources,
@@ -365,6 +371,7 @@ class _SeparatorCode:
             busy = round(time.perf_counter() - clock, 3)
             timings = {
                 **result.timings,
+                **({"wake_seconds": round(self.wake_seconds, 3)} if self.inputs == 1 else {}),
                 "container_start": round(container_start, 3),
                 "busy_seconds": busy,
                 "cost_usd": self.shape.cost(busy, settings.gpu_prices) or 0.0,

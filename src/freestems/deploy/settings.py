@@ -14,6 +14,11 @@ from freestems.executors.modal import Tier
 from freestems.rules import Precision
 from freestems.service.settings import AtLeastOne, CommaList, EnvSettings, Name, Positive
 
+WEB_CPU = 1.0
+"""Cores of a web container (CPU only: it loads no model)."""
+WEB_SCALEDOWN_WINDOW = 300
+"""Seconds the (CPU-only, cheap) web container stays up without a request or an open WebSocket."""
+
 
 class ModalSettings(EnvSettings):
     """What ``modal deploy`` declares: the app, its GPU class and its web tier."""

@@ -34,12 +34,9 @@ from freestems.executors.base import ModelDescription
 from freestems.executors.modal import ModalExecutor, RemoteCalls
 from freestems.service.settings import PREFIX, Settings
 
-from .settings import ModalSettings
+from .settings import WEB_CPU, WEB_SCALEDOWN_WINDOW, ModalSettings
 from .stores import Stores
 
-WEB_SCALEDOWN_WINDOW = 300
-"""Seconds the (CPU-only, cheap) web container stays up without a request or an open WebSocket."""
-WEB_CPU = 1.0
 WEB_TIMEOUT_MARGIN = 60
 """Seconds the web function's timeout exceeds the longest input (a socket's lifetime, or an HTTP request's
 limit): the server ends every socket itself, with a close code the client knows."""
