@@ -116,3 +116,43 @@ def test_a_wake_up_counts_the_restore_before_ready_from_the_spawn(deployment, so
     assert wake.start_seconds == job.timings["wake_seconds"]
     separator.separate.local(songs["short"].read_bytes(), {"two_stems": "vocals"}, spawned_at=time.time())
     assert "wake_seconds" not in deployment.usage.records[-1].timings  # a warm container: no wake-up
+
+
+@pytest.mark.usefixtures("deployment")  # torch on one thread, as in the deployment's other tests
+def test_the_build_prints_records_and_checks_the_digest_of_what_it_bakes(checkpoint, tmp_path, capsys):
+    """No catalog entry carries a sha256 or size today, so the build trusts its first download of a file:
+    it prints each file's size and sha256, keeps them in the image's description, and a pin
+    (FREESTEMS_MODAL_WEIGHTS_SHA256) makes a later build fail if the file published at the URL changed."""
+    import hashlib
+    import json
+
+    from freestems.deploy.image import bake_arguments, bake_weights, parse_pins
+    from freestems.service import Settings
+
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    bake_weights(None, str(checkpoint), None, str(weights))
+    (baked,) = json.loads((weights / "model.json").read_text())["files"]
+    assert baked == {"file": checkpoint.name, "size": checkpoint.stat().st_size, "sha256": digest,
+                     "pinned": False}  # fmt: skip
+    assert (
+        f"weights {checkpoint.name}: {checkpoint.stat().st_size} bytes, sha256 {digest}"
+        in capsys.readouterr().out
+    )
+    bake_weights(None, str(checkpoint), None, str(weights), pins=(f"{checkpoint.name}={digest}",))
+    assert json.loads((weights / "model.json").read_text())["files"][0]["pinned"] is True
+    with pytest.raises(RuntimeError, match="the file published at its URL changed"):
+        bake_weights(None, str(checkpoint), None, str(weights), pins=(f"{checkpoint.name}={'0' * 64}",))
+    with pytest.raises(ValueError, match="FILE=SHA256"):
+        parse_pins(["scnet.ckpt=abc"])
+    arguments = bake_arguments(Settings(), None, None, (f"a.ckpt={digest}",))
+    assert arguments["pins"] == (f"a.ckpt={digest}",)  # part of the layer's hash: a new pin rebuilds it
+
+
+def test_the_msst_configs_are_fetched_from_a_fixed_commit_not_a_moving_branch():
+    from freestems.models.catalog import MSST_CONFIGS
+
+    configs = [info.config_url for info in CATALOG.values() if info.config_url.startswith(MSST_CONFIGS)]
+    assert configs and "/main/" not in MSST_CONFIGS
+    assert MSST_CONFIGS.split("/")[-3] == "ea7eb9c20ea0e3f94368a30fc1654b51cdd55789"  # release v1.0.21

@@ -144,18 +144,23 @@ def usage_dict_name(app_name: str) -> str:
 
 
 def modal_usage_records(app_name: str) -> list[UsageRecord]:
-    """Every usage record the Modal deployment ``app_name`` kept (needs the ``modal`` package and a token;
-    Modal drops Dict entries that are not touched for a while, see the README)."""
+    """Every usage record the Modal deployment ``app_name`` kept (needs the ``modal`` package and a token)."""
     records, _ = modal_records(app_name)
     return records
 
 
 def modal_records(app_name: str) -> tuple[list[UsageRecord], list[WakeRecord]]:
-    """Every job record and every wake-up record the Modal deployment ``app_name`` kept, oldest first."""
+    """Every job record and every wake-up record the Modal deployment ``app_name`` kept, oldest first: the
+    Dict ``<app>-usage`` and what the web tier rolled up from it onto the data Volume (``usage/``, JSON
+    lines; Modal drops a Dict entry after 7 days without a read or a write)."""
     import modal
 
     store = modal.Dict.from_name(usage_dict_name(app_name))
-    values = [value for value in store.values() if isinstance(value, Mapping)]
+    entries: dict[str, Mapping[str, Any]] = {}
+    for line in _rolled_up(modal.Volume.from_name(f"{app_name}-data")):
+        entries[str(line.pop("key", len(entries)))] = line
+    entries.update({str(key): value for key, value in store.items() if isinstance(value, Mapping)})
+    values = list(entries.values())
     records = [UsageRecord.from_dict(value) for value in values if value.get("kind", "job") == "job"]
     fields = WakeRecord.__dataclass_fields__
     wakes = [
@@ -167,6 +172,25 @@ def modal_records(app_name: str) -> tuple[list[UsageRecord], list[WakeRecord]]:
         sorted(records, key=lambda record: record.finished_at),
         sorted(wakes, key=lambda wake: wake.ended_at),
     )
+
+
+def _rolled_up(volume: Any) -> list[dict[str, Any]]:
+    """The entries rolled up onto the data Volume ``volume`` (none if it has no ``usage/`` folder yet)."""
+    try:
+        files = [entry.path for entry in volume.listdir("usage") if str(entry.path).endswith(".jsonl")]
+    except Exception:  # no such Volume or folder yet
+        return []
+    lines = []
+    for path in sorted(files):
+        text = b"".join(volume.read_file(path)).decode("utf-8", "replace")
+        for line in text.splitlines():
+            try:
+                value = json.loads(line)
+            except ValueError:  # a line cut short by a container that stopped mid-write
+                continue
+            if isinstance(value, dict):
+                lines.append(value)
+    return lines
 
 
 def format_recorded(records: Sequence[UsageRecord], wakes: Sequence[WakeRecord]) -> str:

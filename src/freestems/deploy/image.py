@@ -193,6 +193,47 @@ def other_model_names(settings: Settings) -> tuple[str, ...]:
     return tuple(settings.models[1:]) if settings.model_file is None else ()
 
 
+def parse_pins(pins: Sequence[str]) -> dict[str, str]:
+    """``FILE=SHA256`` entries (``FREESTEMS_MODAL_WEIGHTS_SHA256``) as a dict.
+
+    Raises:
+        ValueError: an entry is not ``FILE=`` and 64 hex digits.
+    """
+    found = {}
+    for entry in pins:
+        name, _, digest = entry.partition("=")
+        digest = digest.strip().lower()
+        if not name.strip() or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError(f"{entry!r} is not FILE=SHA256 (64 hex digits)")
+        found[name.strip()] = digest
+    return found
+
+
+def record_files(paths: Sequence[Path], pins: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The size and sha256 of each file the build baked, printed to the build log (to copy into
+    ``FREESTEMS_MODAL_WEIGHTS_SHA256``) and returned for the image's description. A file pinned there
+    must have that digest.
+
+    Raises:
+        RuntimeError: a file's sha256 differs from its pin.
+    """
+    from freestems.models.download import file_sha256
+
+    files = []
+    for path in dict.fromkeys(paths):
+        digest, size = file_sha256(path), path.stat().st_size
+        pinned = pins.get(path.name)
+        if pinned is not None and pinned != digest:
+            raise RuntimeError(
+                f"{path.name}: sha256 {digest}, but FREESTEMS_MODAL_WEIGHTS_SHA256 pins {pinned}: the file "
+                "published at its URL changed; check it, then update the pin"
+            )
+        state = "pinned" if pinned else "not pinned (trusted as first downloaded)"
+        print(f"weights {path.name}: {size} bytes, sha256 {digest}, {state}", flush=True)
+        files.append({"file": path.name, "size": size, "sha256": digest, "pinned": pinned is not None})
+    return files
+
+
 def bake_weights(
     model: str | None,
     model_file: str | None,
@@ -200,23 +241,31 @@ def bake_weights(
     weights_dir: str,
     others: tuple[str, ...] = (),
     catalog: str | None = None,
+    pins: tuple[str, ...] = (),
 ) -> None:
     """Image build step: the catalog model's weights into ``weights_dir`` (with the catalog's own
-    download code, size and checksum checks included), and the model's description beside them; with
-    ``FREESTEMS_MODELS``, the other served models' files and descriptions too (``others``).
+    download code: its size and sha256 checked where the catalog has them, a Demucs file's published
+    sha256 prefix), and the model's description beside them; with ``FREESTEMS_MODELS``, the other served
+    models' files and descriptions too (``others``). Each file's size and sha256 is printed and kept in
+    the description, and checked against ``pins`` (``FILE=SHA256``, ``FREESTEMS_MODAL_WEIGHTS_SHA256``).
     ``catalog`` is :func:`catalog_facts` as the deployer saw it; the build checks that the image's
     catalog says the same, so an image never bakes other weights than the ones its hash names."""
     from freestems.executors import describe
-    from freestems.models import DEFAULT_MODEL, ensure_weights, get_model_info, load_model
+    from freestems.models import DEFAULT_MODEL, get_model_info, load_model
+    from freestems.models.loading import fetch_files
     from freestems.models.served import serve_catalog
 
+    baked: list[Path] = [Path(name) for name in (model_file, model_config) if name is not None]
     if model_file is None:
         if catalog is not None and catalog != catalog_facts(model, others):
             raise RuntimeError(
                 "the image's model catalog differs from the deployer's; reinstall and redeploy"
             )
-        for name in (model or DEFAULT_MODEL).split("+"):
-            ensure_weights(get_model_info(name.strip()), cache_dir=weights_dir, progress=False)
+        for name in [
+            *(model or DEFAULT_MODEL).split("+"),
+            *(part for other in others for part in other.split("+")),
+        ]:
+            baked += fetch_files(get_model_info(name.strip()), cache_dir=weights_dir, progress=False)
     loaded = load_model(
         model,
         model_file=model_file,
@@ -230,6 +279,7 @@ def bake_weights(
         dataclasses.asdict(ModelDescription(served.name, served.sources, served.fingerprint, served.title))
         for served in (serve_catalog(name, cache_dir=weights_dir, download=True) for name in others)
     ]
+    description["files"] = record_files(baked, parse_pins(pins))
     Path(weights_dir, DESCRIPTION_FILE).write_text(json.dumps(description))
 
 
@@ -250,15 +300,21 @@ def build_image(settings: Settings, deployment: ModalSettings, environ: Mapping[
     if settings.model_config_file is not None:
         model_config = f"{WEIGHTS_DIR}/config/{settings.model_config_file.name}"
         image = image.add_local_file(settings.model_config_file, model_config, copy=True)
-    image = image.run_function(bake_weights, kwargs=bake_arguments(settings, model_file, model_config))
+    arguments = bake_arguments(settings, model_file, model_config, deployment.modal_weights_sha256)
+    image = image.run_function(bake_weights, kwargs=arguments)
     return image.env(image_environment(environ, settings)).add_local_python_source("freestems", ignore=[])
 
 
-def bake_arguments(settings: Settings, model_file: str | None, model_config: str | None) -> dict[str, Any]:
+def bake_arguments(
+    settings: Settings, model_file: str | None, model_config: str | None, pins: Sequence[str] = ()
+) -> dict[str, Any]:
     """The arguments of the weights step (Modal hashes them with the function's source to cache the
-    layer): the catalog's facts are among them, unless the model is a file (whose bytes are hashed)."""
+    layer): the catalog's facts are among them, unless the model is a file (whose bytes are hashed), and
+    the pinned digests (a new pin rebuilds the layer, and checks the files)."""
+    parse_pins(pins)  # a malformed pin fails the deploy, not the build
     model, others = default_model_name(settings), other_model_names(settings)
     return {
+        "pins": tuple(pins),
         "model": model,
         "model_file": model_file,
         "model_config": model_config,

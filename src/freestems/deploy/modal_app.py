@@ -59,6 +59,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -87,7 +88,7 @@ from .probe import (
     warm_up_device,
 )
 from .settings import ModalSettings
-from .stores import Stores
+from .stores import USAGE_FOLDER, Stores, roll_up_forever
 from .web_tier import modal_executor, web_function_options, web_settings
 
 if TYPE_CHECKING:
@@ -512,7 +513,12 @@ def web() -> FastAPI:
 
     _configure_logging()
     served = web_settings(settings, modal_settings, in_container=not modal.is_local())
-    return create_app(served, executor=make_executor(), state=stores.shared_state())
+    state = stores.shared_state()
+    if in_container() and state is not None:  # the usage log outlives Modal's 7 days, on the data Volume
+        folder = served.data_dir / USAGE_FOLDER
+        roll_up = (stores.usage_dict, folder, state.commit, state.container)
+        threading.Thread(target=roll_up_forever, args=roll_up, name="freestems-usage", daemon=True).start()
+    return create_app(served, executor=make_executor(), state=state)
 
 
 @app.local_entrypoint()

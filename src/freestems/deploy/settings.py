@@ -65,6 +65,11 @@ class ModalSettings(EnvSettings):
     modal_web_memory: int = Field(1024, ge=256, le=65536)
     """MiB of memory requested per web container (uploads stream to the Volume; result zips are written
     there by the executor, not held in memory while served)."""
+    modal_weights_sha256: CommaList = ()
+    """Pins of the weights the image build downloads: ``FILE=SHA256`` entries (the build prints one line per
+    file to copy here). A file whose digest differs fails the build; a file without a pin is trusted as
+    first downloaded (today's catalog entries carry no sha256; the Demucs file names carry a prefix of
+    theirs, checked)."""
     modal_torch: str = "torch==2.13.0"
     """The torch requirement of the image."""
     modal_torch_index: str = "https://download.pytorch.org/whl/cu126"
