@@ -75,7 +75,10 @@ class Replica:
         for job in list(self._touched):
             if job not in followed:
                 del self._touched[job]
-        messages, seen, adopted = await asyncio.to_thread(self._exchange, followed | running, touch, running)
+        checks = running | self.manager.follow.checking()  # their follows elsewhere, for the grace checks
+        messages, seen, adopted = await asyncio.to_thread(
+            self._exchange, followed | running, touch, checks, running
+        )
         for message in messages:
             if message.get("type") == "attach":
                 self.sessions.attach_remote(
@@ -87,7 +90,7 @@ class Replica:
             self.manager.follow.adopt(adopted_job)
 
     def _exchange(
-        self, jobs: set[str], touch: set[str], running: set[str]
+        self, jobs: set[str], touch: set[str], checks: set[str], running: set[str]
     ) -> tuple[list[dict[str, Any]], dict[str, Job | None], list[Job]]:
         """The blocking part of a round (in a worker thread)."""
         state, store = self.state, self.manager.store
@@ -96,7 +99,7 @@ class Replica:
         for job_id in touch:
             state.touch_follow(job_id)
         seen = {job_id: store.get(job_id) for job_id in jobs}
-        for job_id in running:
+        for job_id in checks:
             state.follow_age(job_id)  # the other containers' follows, for the event loop's grace checks
         adopted = []
         active = store.active()  # also the event loop's copy of the active index
