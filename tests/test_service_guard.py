@@ -100,7 +100,8 @@ def test_a_stalled_request_body_is_ended_with_408_by_the_app_itself(guarded_app)
             return (*answer(sent), loop.time() - began)
 
     status, body, seconds = asyncio.run(scenario())
-    assert status == 408 and body["error"]["code"] == "body_timeout", body
+    assert status == 408 and body["error"]["code"] == "upload_timeout", body
+    assert "stopped for more than 0.5 s" in body["error"]["message"]
     assert seconds < 5
 
 

@@ -15,7 +15,8 @@ see, and the limits hold on Modal as they do under uvicorn:
   ``sockets_per_ip``, counted across every web container: :mod:`.websocket`.)
 - a request body must keep coming: a silence of more than ``header_timeout`` seconds (before its first
   byte or between two chunks) or a body that takes longer than ``upload_timeout`` in all ends the request
-  with 408 ``body_timeout`` (a client trickling a body cannot hold a slot; the request head itself is read,
+  with 408 ``upload_timeout``, the code a slow upload gets (a client trickling a body cannot hold a slot;
+  the whole body's deadline is a second past the upload's own, so an upload says which; the head is read,
   and bounded, by uvicorn or Modal's proxy before the app sees it).
 """
 
@@ -28,7 +29,7 @@ from collections import Counter
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ServiceError
+from .errors import ServiceError, request_timeout
 from .network import client_address, refuse
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,8 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 5
 
 
-def body_timeout(message: str) -> ServiceError:
-    return ServiceError(408, "body_timeout", message)
+BODY_MARGIN = 1.0
+"""Seconds the whole body's deadline exceeds ``upload_timeout``: an upload's own deadline comes first."""
 
 
 class AppGuard:
@@ -112,7 +113,7 @@ class AppGuard:
     def _deadlines(self, receive: Receive) -> Receive:
         """``receive`` with the body's deadlines: a silence, and the whole body (until its last chunk)."""
         loop = asyncio.get_running_loop()
-        ends = loop.time() + self.body_seconds
+        ends = loop.time() + self.body_seconds + BODY_MARGIN
         done = False
 
         async def guarded() -> Message:
@@ -125,8 +126,10 @@ class AppGuard:
                     message = await receive()
             except TimeoutError:
                 if loop.time() >= ends:
-                    raise body_timeout(f"the request body took longer than {self.body_seconds:g} s") from None
-                raise body_timeout(f"the request body stopped for more than {self.silence:g} s") from None
+                    raise request_timeout(
+                        f"the request body took longer than {self.body_seconds:g} s"
+                    ) from None
+                raise request_timeout(f"the request body stopped for more than {self.silence:g} s") from None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 done = True
             return message

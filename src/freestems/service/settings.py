@@ -232,7 +232,7 @@ class Settings(EnvSettings):
     header_timeout: Positive = 15.0
     """Seconds a connection has to send a complete request head (from opening, or from its last response);
     then it is closed. The app itself (so also on Modal, whose proxy reads the heads) ends a request whose
-    body falls silent this long with 408 ``body_timeout``."""
+    body falls silent this long with 408 ``upload_timeout``."""
     keep_alive_timeout: Positive = 5.0
     """Seconds an idle kept-alive connection stays open after a response."""
     max_connections: int = Field(0, ge=0)
