@@ -10,7 +10,8 @@ values as one in a test module does.
   127.0.0.1), ``songs`` (real encoded files);
 - web page: ``browser`` (the system Chromium, headless), ``web_server`` (a server for the page),
   ``open_page``;
-- Modal: ``checkpoint`` (a small checkpoint file), ``deployment`` (the Modal module imported in-process).
+- Modal: ``checkpoint`` (a small checkpoint file), ``deployment`` (the Modal module imported in-process);
+  and, for every test, no call of the Modal fakes on an event loop's thread.
 
 Everything heavy (torch, playwright, the Modal fakes, the service) is imported inside the fixture that uses
 it, never here at the top: a module that needs no browser runs where playwright is not installed, and one
@@ -48,6 +49,22 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def no_modal_call_on_an_event_loop() -> Iterator[None]:
+    """Every test that uses the Modal fakes (``modal_fakes``) fails if a Dict, Queue or Volume call was made
+    on an event loop's thread, even where the service caught the error it raised."""
+    import sys
+
+    fakes = sys.modules.get("modal_fakes")
+    if fakes is not None:
+        fakes.LOOP_CALLS.clear()
+    yield
+    fakes = sys.modules.get("modal_fakes")
+    if fakes is not None:
+        calls, fakes.LOOP_CALLS[:] = list(fakes.LOOP_CALLS), []
+        assert not calls, "blocking Modal calls on an event loop:\n" + "\n".join(calls[:3])
 
 
 # ---------------------------------------------------------------------------------------------- service

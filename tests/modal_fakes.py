@@ -11,11 +11,18 @@ What they keep of Modal's behaviour (``modal`` 1.x client documentation and sour
   ``block=True`` raises ``queue.Empty`` once ``timeout`` passes; ``get(block=False)`` returns None.
 - :class:`FakeVolume`: one committed copy ("the cloud") and a mount per container. What a container writes
   is seen by another only after the writer's ``commit()`` and the reader's ``reload()``; ``reload`` commits
-  the container's own changes first (Modal: "uncommitted changes may implicitly be committed").
+  the container's own changes first (Modal: "uncommitted changes may implicitly be committed"), and
+  refuses while a file under the mount is open in this process (Modal: "Reloading will fail if there are
+  open files for the volume"); ``read_file(path)`` gives the committed bytes without a reload.
+
+And one rule of the service's own: no call of a fake Dict or Queue is made from a thread that runs an
+asyncio event loop (each is a network round trip on Modal, and the loop serves every socket of a web
+container). Such a call raises :class:`LoopBlocked` and is recorded in :data:`LOOP_CALLS`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import pickle
@@ -23,10 +30,29 @@ import queue
 import shutil
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 _MISSING = object()
+
+LOOP_CALLS: list[str] = []
+"""Where each call made on an event loop's thread came from (a test asserts it stays empty)."""
+
+
+class LoopBlocked(AssertionError):
+    """A blocking Modal call was made on an event loop's thread."""
+
+
+def forbid_the_loop(what: str) -> None:
+    """Raise :class:`LoopBlocked` (and record where) if this thread runs an asyncio event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    where = "".join(traceback.format_stack(limit=8)[:-2])
+    LOOP_CALLS.append(f"{what} on the event loop's thread ({threading.current_thread().name}):\n{where}")
+    raise LoopBlocked(f"{what} blocks the event loop (a network round trip on Modal)")
 
 
 class FakeDict:
@@ -42,12 +68,14 @@ class FakeDict:
         return pickle.dumps(value)
 
     def get(self, key: Any, default: Any = None) -> Any:
+        forbid_the_loop("Dict.get")
         self.calls["get"] += 1
         with self._lock:
             found = self._data.get(key)
         return default if found is None else pickle.loads(found)
 
     def put(self, key: Any, value: Any, *, skip_if_exists: bool = False) -> bool:
+        forbid_the_loop("Dict.put")
         self.calls["put"] += 1
         data = self._copy(value)
         with self._lock:
@@ -57,6 +85,7 @@ class FakeDict:
             return True
 
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
+        forbid_the_loop("Dict.pop")
         self.calls["pop"] += 1
         with self._lock:
             found = self._data.pop(key, None)
@@ -67,14 +96,17 @@ class FakeDict:
         return pickle.loads(found)
 
     def contains(self, key: Any) -> bool:
+        forbid_the_loop("Dict.contains")
         with self._lock:
             return key in self._data
 
     def len(self) -> int:
+        forbid_the_loop("Dict.len")
         with self._lock:
             return len(self._data)
 
     def items(self):
+        forbid_the_loop("Dict.items")
         with self._lock:
             snapshot = list(self._data.items())
         for key, value in snapshot:
@@ -140,6 +172,7 @@ class FakeQueue:
         partition: str | None = None,
         partition_ttl: int = 86400,
     ) -> None:
+        forbid_the_loop("Queue.put")
         with self._ready:
             self._partitions[partition].append(pickle.dumps(v))
             self._ready.notify_all()
@@ -147,6 +180,7 @@ class FakeQueue:
     def get_many(
         self, n_values: int, block: bool = True, timeout: float | None = None, *, partition: str | None = None
     ) -> list[Any]:
+        forbid_the_loop("Queue.get_many")
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._ready:
             items = self._partitions[partition]
@@ -190,15 +224,36 @@ def _files(root: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
-class FakeVolume:
-    """A ``modal.Volume``: the committed copy under ``cloud``; :meth:`mount` gives a container's view."""
+def open_files_under(path: Path) -> list[str]:
+    """The files under ``path`` this process has open (``/proc/self/fd``; none where there is no /proc)."""
+    found = []
+    prefix = str(path.resolve()) + os.sep
+    try:
+        descriptors = os.listdir("/proc/self/fd")
+    except OSError:
+        return []
+    for descriptor in descriptors:
+        try:
+            target = os.readlink(f"/proc/self/fd/{descriptor}")
+        except OSError:
+            continue
+        if target.startswith(prefix):
+            found.append(target)
+    return found
 
-    def __init__(self, cloud: Path) -> None:
+
+class FakeVolume:
+    """A ``modal.Volume``: the committed copy under ``cloud``; :meth:`mount` gives a container's view.
+    ``refuse_open_files``: a mount's reload refuses while files under it are open (Modal's rule)."""
+
+    def __init__(self, cloud: Path, refuse_open_files: bool = True) -> None:
         self.cloud = cloud
         cloud.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
         self.commits = 0
         self.reloads = 0
+        self.refused = 0
+        self.refuse_open_files = refuse_open_files
 
     def mount(self, path: Path) -> VolumeMount:
         """The Volume mounted at ``path`` in a new container: the committed files are there."""
@@ -217,6 +272,7 @@ class VolumeMount:
         self._synced: dict[str, tuple[int, int]] = {}  # this mount's files at its last commit or reload
 
     def commit(self) -> None:
+        forbid_the_loop("Volume.commit")
         with self.volume.lock:
             self._commit()
             self.volume.commits += 1
@@ -235,7 +291,24 @@ class VolumeMount:
             (self.volume.cloud / name).unlink(missing_ok=True)
         self._synced = _files(self.path)
 
+    def read_file(self, path: str):
+        """The committed bytes of ``path`` (relative to the Volume's root), in chunks; no reload needed."""
+        forbid_the_loop("Volume.read_file")
+        source = self.volume.cloud / path.lstrip("/")
+        try:
+            data = source.read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise FileNotFoundError(f"{path} not found on the volume") from None
+        for start in range(0, len(data), 1 << 16):
+            yield data[start : start + (1 << 16)]
+
     def reload(self) -> None:
+        forbid_the_loop("Volume.reload")
+        if self.volume.refuse_open_files:
+            held = open_files_under(self.path)
+            if held:
+                self.volume.refused += 1
+                raise RuntimeError(f"there are open files preventing the operation: {held[0]}")
         with self.volume.lock:
             self._commit()
             cloud = _files(self.volume.cloud)

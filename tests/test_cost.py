@@ -20,13 +20,16 @@ from freestems.cost import (
     deployed_shape,
     format_projections,
     format_recorded,
+    format_web,
     job_cost,
     parse_prices,
     price_of,
     project,
     project_deployment,
+    project_web,
     region_multiplier,
     scaledown_window,
+    wake_start,
 )
 from freestems.deploy.settings import ModalSettings
 from freestems.service import Settings, SettingsError
@@ -219,3 +222,45 @@ def test_the_cost_command_projects_the_cpu_tier_from_the_bench_results(capsys):
     assert rows["CPU"][:3] == ["CPU", str(len(data["runs"])), f"{busy:.1f}"]
     assert rows["CPU"][4] == f"{busy * CPU_RATE:.5f}"
     assert rows["L4"][2:4] == ["no", "records"]
+
+
+# ------------------------------------------------------------------------------------ the web tier (issue 20)
+
+WEB_RATE = 1 * 0.0000131 + 1 * 0.00000222  # the web container: 1 core, 1 GiB = 0.00001532 $/s
+
+
+def test_the_web_tier_is_counted_per_visit_per_song_and_per_day_held_awake():
+    web = project_web([], Shape(None, 1.0, 1024), 300, DEFAULT_GPU_PRICES)
+    assert web.rate == pytest.approx(WEB_RATE)
+    assert web.visit_usd == pytest.approx((3.0 + 300.0) * WEB_RATE)  # its start and its idle window
+    assert round(web.visit_usd, 4) == 0.0046  # near the whole $0.005 target on its own
+    assert web.day_usd == pytest.approx(86400 * WEB_RATE) and round(web.day_usd, 2) == 1.32
+    assert web.song_usd == pytest.approx((3.0 + 60.0 + 300.0) * WEB_RATE) and not web.song_measured
+    timed = UsageRecord("a", 1.0, "scnet", "L4", 180.0, 9.0, timings={
+        "busy_seconds": 9.0, "upload": 2.0, "queue_wait": 11.0, "download": 1.0})  # fmt: skip
+    measured = project_web([timed], Shape(None, 1.0, 1024), 300, DEFAULT_GPU_PRICES)
+    assert measured.song_seconds == 23.0 and measured.song_measured  # a 180 s song: per audio second x 180
+    text = format_web(measured)
+    assert f"a visit that wakes it ${(303.0) * WEB_RATE:.5f}" in text
+    assert f"a song that wakes it ${(326.0) * WEB_RATE:.5f}" in text and f"${86400 * WEB_RATE:.2f}" in text
+
+
+def test_a_wake_up_counts_the_restore_from_the_spawn():
+    restored = UsageRecord("a", 1.0, "scnet", "L4", 180.0, 9.0, timings={
+        "busy_seconds": 9.0, "container_start": 2.0, "wake_seconds": 6.5})  # fmt: skip
+    assert wake_start(restored) == 6.5  # spawn to the input taken: the restore before ready() included
+    assert wake_start(whole("b", "L4", 180.0, 9.0, start=2.0)) == 2.0  # an older record: ready() only
+    assert wake_start(whole("c", "L4", 180.0, 9.0)) is None  # a warm container: no wake-up
+
+
+def test_the_cost_command_shows_the_web_tiers_share(capsys):
+    results = ROOT / "bench" / "results" / "separate.json"
+    assert main(["cost", "--bench", str(results)]) == 0
+    out = capsys.readouterr().out
+    web = next(line for line in out.splitlines() if line.startswith("web tier"))
+    assert "1 cores + 1 GiB" in web and f"{WEB_RATE:.7f} $/s" in web
+    assert (
+        f"a visit that wakes it ${303.0 * WEB_RATE:.5f}" in web
+        and f"held awake ${86400 * WEB_RATE:.2f}" in web
+    )
+    assert "A song that wakes both the web tier and a separator, alone: CPU $" in out

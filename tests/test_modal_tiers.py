@@ -416,17 +416,22 @@ def test_the_cost_command_reads_jobs_and_wake_ups_from_modal(monkeypatch, capsys
     names: list[str] = []
 
     class FakeDict:
-        def values(self):
-            return iter(entries)
+        def items(self):
+            return iter(enumerate(entries))
+
+    class EmptyVolume:  # nothing rolled up yet
+        def listdir(self, path):
+            raise FileNotFoundError(path)
 
     def from_name(name, **kwargs):
         names.append(name)
         return FakeDict()
 
     monkeypatch.setattr(modal.Dict, "from_name", from_name)
+    monkeypatch.setattr(modal.Volume, "from_name", lambda name, **kwargs: names.append(name) or EmptyVolume())
     assert main(["cost", "--modal"]) == 0
     out = capsys.readouterr().out
-    assert names == ["freestems-usage"]
+    assert names == ["freestems-usage", "freestems-data"]
     assert out.startswith("2 recorded job(s) in Modal app freestems; 2 on the tiers shown")
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:6]}
     assert rows["L4"][:3] == ["L4", "1", "9.0"] and rows["CPU"][:3] == ["CPU", "1", "60.0"]
@@ -434,3 +439,42 @@ def test_the_cost_command_reads_jobs_and_wake_ups_from_modal(monkeypatch, capsys
     total = 9.0 * L4_RATE + 60.0 * CPU_RATE
     assert f"2 job(s) ${total:.4f}" in spend and f"1 wake-up(s) ${27.0 * L4_RATE:.4f}" in spend
     assert "start 8 s and idle 10 s" in spend
+
+
+def test_the_usage_log_outlives_modals_seven_days_on_the_data_volume(monkeypatch, tmp_path, capsys):
+    """Modal drops a Dict entry after 7 days without a read or write: the web tier rolls the usage log up
+    onto the data Volume, and `freestems cost --modal` reads both (one record per key)."""
+    from modal_fakes import FakeDict, FakeVolume
+
+    from freestems.cli import main
+    from freestems.cost import UsageRecord, WakeRecord
+    from freestems.deploy.stores import DictUsageLog, roll_up_usage
+
+    usage, volume = FakeDict(), FakeVolume(tmp_path / "cloud")
+    mount = volume.mount(tmp_path / "web")
+    log = DictUsageLog(usage)
+    log.record(UsageRecord("j1", 2.0, "scnet", "L4", 180.0, 9.0, 9.0 * L4_RATE, {"busy_seconds": 9.0}))
+    log.record_wake(WakeRecord("ta-1", "L4", 4.0, 8.0, 9.0, 10.0, 1, 27.0 * L4_RATE))
+    rolled = list(usage.items())
+    assert roll_up_usage(usage, mount.path / "usage", mount.commit, "c1") == 2
+    assert usage.len() == 0  # out of the Dict, into the Volume (committed first)
+    for key, value in rolled[:1]:  # a second container rolled the same entry up at the same time
+        usage.put(key, value)
+    log.record(UsageRecord("j2", 3.0, "scnet", None, 180.0, None, 60.0 * CPU_RATE, {"busy_seconds": 60.0}))
+
+    class CloudVolume:  # the Volume seen from the deployer's machine: its committed files, through the API
+        def listdir(self, path):
+            return [
+                type("Entry", (), {"path": f"{path}/{file.name}"}) for file in (volume.cloud / path).iterdir()
+            ]
+
+        def read_file(self, path):
+            yield (volume.cloud / path).read_bytes()
+
+    monkeypatch.setattr(modal.Dict, "from_name", lambda name, **kwargs: usage)
+    monkeypatch.setattr(modal.Volume, "from_name", lambda name, **kwargs: CloudVolume())
+    assert main(["cost", "--modal"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("2 recorded job(s) in Modal app freestems")  # j1 once, though in both places
+    spend = next(line for line in out.splitlines() if line.startswith("recorded spend"))
+    assert "2 job(s)" in spend and "1 wake-up(s)" in spend

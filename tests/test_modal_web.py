@@ -175,3 +175,18 @@ def test_the_executor_relays_failures_and_gives_running_calls_back_at_shutdown(d
     assert (tmp_path / "long.mp3").exists() and not (tmp_path / "long.zip").exists()
     assert calls.cancelled == 1 and len(calls.spawned) == 3  # junk, flac and long
     assert not (tmp_path / "junk.wav").exists() and not flac.source.exists()
+
+
+def test_every_web_request_ends_within_modals_limit(deployment):
+    """Modal ends a web request at 150 s (with a 303 a page cannot follow across origins): on the web tier
+    an upload may take FREESTEMS_MODAL_REQUEST_SECONDS at most, and POST /separate answers 202 with its job
+    by then (tests/test_service_guard.py shows that answer)."""
+    from freestems.deploy.web_tier import web_settings
+
+    module = deployment.module
+    limit = module.modal_settings.modal_request_seconds
+    assert limit == 120
+    served = web_settings(module.settings, module.modal_settings, in_container=True)
+    assert served.upload_timeout <= limit and served.separate_wait == limit < 150
+    assert module.settings.separate_wait == 0  # freestems serve still waits for the zip
+    assert module.WEB_FUNCTION_OPTIONS["timeout"] > served.socket_lifetime  # a socket ends first

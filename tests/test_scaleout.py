@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import modal_fakes
 import pytest
 from modal_fakes import FakeQueue, FakeSpace, FakeVolume
 from modal_helpers import declared
@@ -241,3 +242,87 @@ def test_the_jobs_of_a_container_that_crashed_are_adopted_once_its_lease_runs_ou
         assert done["id"] == job["id"]
     assert b.service.state.runs(job["id"]) is False  # ended: nobody runs it any more
     download(b, job)
+
+
+# ------------------------------------------------------------------------------------ issue 20
+
+
+def test_no_shared_state_call_blocks_the_event_loop(cluster, songs):
+    """Every Dict, Queue and Volume call of a web container is made off its event loop: the fakes raise
+    (and record) one made on a loop's thread, and ``conftest`` fails the test on any. Here: keys issued and
+    claimed, jobs viewed and followed on the other container, the progress ticker, a deletion."""
+    a, b = cluster("a"), cluster("b")
+    with key_from(a) as (ws, key), connect_session(b) as follower:
+        job = submit(b, key, songs["medium"])  # A's key claimed on B
+        assert receive(follower)["type"] == "challenge"
+        follow(follower, job)  # B's job followed on... B; and A's socket follows it through A's inbox
+        running = wait_for_message(ws, lambda m: m.get("state") in ("running", "done"), timeout=120)
+        assert running["id"] == job["id"]
+        for server in (a, b):
+            assert view(server, job)["id"] == job["id"]  # views (position, cost) on both containers
+        wait_for_message(follower, lambda m: m["type"] == "done", timeout=120)
+    download(a, job)
+    gone = httpx.delete(f"{a.url}/jobs/{job['id']}", headers={"X-Job-Token": job["token"]}, timeout=30)
+    assert gone.status_code == 204
+    assert httpx.get(f"{b.url}/jobs/{job['id']}", headers={"X-Job-Token": job["token"]}).status_code == 404
+    assert modal_fakes.LOOP_CALLS == []
+
+
+@contextlib.contextmanager
+def open_file_on(server: LiveServer) -> Iterator[None]:
+    """A file of the Volume held open on ``server``'s mount, as an upload streaming in holds one: its
+    reloads are refused meanwhile (Modal's rule, kept by the fake)."""
+    held = server.data_dir / "uploads" / "streaming-in.part"
+    held.parent.mkdir(parents=True, exist_ok=True)
+    with held.open("wb") as upload:
+        upload.write(b"...")
+        yield
+    held.unlink()
+
+
+def test_a_result_of_another_container_is_served_while_its_volume_cannot_reload(cluster, songs):
+    a, b = cluster("a"), cluster("b")
+    _, _, volume = a.shared  # type: ignore[attr-defined]
+    with key_from(a) as (_, key):
+        job = submit(a, key, songs["short"])
+    wait_until(lambda: view(a, job)["state"] == "done", timeout=60)
+    refused = volume.refused
+    with open_file_on(b):
+        body = download(b, job)  # not on B's mount, and B cannot reload: read through the Volume
+        assert volume.refused > refused
+    assert body == download(a, job)
+    assert not list((b.service.state.work_dir / "fetched").glob("*"))  # the copy went after serving
+
+
+def test_a_job_is_adopted_and_run_while_the_adopters_volume_cannot_reload(cluster, songs):
+    a, b = cluster("a"), cluster("b")
+    with open_file_on(b), key_from(a) as (ws, key):
+        job = submit(a, key, songs["long"], shifts="3")
+        wait_for_message(ws, lambda m: m.get("state") == "running", timeout=60)
+        with connect_session(b) as follower:
+            assert receive(follower)["type"] == "challenge"
+            follow(follower, job)
+            a.stop()  # A gives the job back; B adopts it, its upload read through the Volume
+            done = wait_for_message(follower, lambda m: m["type"] in ("done", "error"), timeout=240)
+            assert done["type"] == "done", done
+    assert view(b, job)["state"] == "done"
+    download(b, job)
+
+
+def test_a_result_that_cannot_be_committed_fails_its_job_and_frees_it(cluster, songs):
+    a = cluster("a")
+    state = a.service.state
+    mount = state.volume
+
+    def broken_commit() -> None:
+        raise RuntimeError("the volume is unreachable")
+
+    with key_from(a) as (ws, key):
+        mount.commit = broken_commit  # type: ignore[method-assign]
+        job = submit(a, key, songs["short"])
+        ended = wait_for_message(ws, lambda m: m.get("state") in ("done", "failed"), timeout=60)
+    assert ended["state"] == "failed"
+    failed = view(a, job)
+    assert failed["state"] == "failed" and failed["error"]["code"] == "internal"
+    wait_until(lambda: not state.runs(job["id"]), timeout=10)  # freed: no container runs it any more
+    assert a.service.manager.follow.running_here() == set()

@@ -137,3 +137,81 @@ def test_the_dict_store_orders_the_queue_and_keeps_ended_jobs_ended(tmp_path):
     assert store.get(f"{0:016x}").state == "cancelled"
     assert [job.id for job in store.expired()] == [f"{0:016x}"]
     assert store.position(store.get(f"{2:016x}")) == 2 and store.counts()["queued"] == 2
+
+
+class SlowDict(FakeDict):
+    """A Dict whose calls take a little time, as a network round trip does: races get room to happen."""
+
+    def get(self, key, default=None):
+        time.sleep(0.0005)
+        return super().get(key, default)
+
+    def put(self, key, value, *, skip_if_exists=False):
+        time.sleep(0.0005)
+        return super().put(key, value, skip_if_exists=skip_if_exists)
+
+
+class SlowSpace(FakeSpace):
+    def __call__(self, name):
+        with self._lock:
+            return self.dicts.setdefault(name, SlowDict())
+
+
+def running_job(store: DictJobStore, tmp_path) -> Job:
+    job = Job(id="0123456789abcdef", token="t", state="running", options={}, model="m", client="c",
+              created_at=time.time(), input_path=tmp_path / "uploads" / "x.mp3")  # fmt: skip
+    store.create(job)
+    return job
+
+
+@pytest.mark.parametrize("round_", range(5))
+def test_a_cancel_racing_progress_reports_from_other_containers_is_never_lost(tmp_path, round_):
+    space = SlowSpace()
+    job = running_job(DictJobStore(space, tmp_path), tmp_path)
+    stores = [DictJobStore(space, tmp_path) for _ in range(6)]  # six containers, one Dict
+
+    def act(index: int) -> None:
+        if index == 0:
+            time.sleep(0.01)
+            stores[0].update(job.id, state="cancelled", error_code="cancelled", finished_at=time.time())
+            return
+        for step in range(15):  # progress reports read as running and write the row back
+            stores[index].update(job.id, progress=step / 15, timings={"step": float(step)})
+
+    race(6, act)
+    final = DictJobStore(space, tmp_path).get(job.id)
+    assert final.state == "cancelled" and final.error_code == "cancelled"
+    assert job.id not in space("active")  # nor does the index say it runs
+
+
+def test_a_job_deleted_while_a_report_races_stays_deleted(tmp_path):
+    space = SlowSpace()
+    job = running_job(DictJobStore(space, tmp_path), tmp_path)
+    a, b = DictJobStore(space, tmp_path), DictJobStore(space, tmp_path)
+
+    def act(index: int) -> None:
+        if index == 0:
+            a.delete(job.id)
+        else:
+            for step in range(10):
+                b.update(job.id, progress=step / 10)
+
+    race(2, act)
+    assert DictJobStore(space, tmp_path).get(job.id) is None
+
+
+def test_on_an_event_loop_the_store_answers_from_its_copy_and_writes_through_its_courier(tmp_path):
+    space = FakeSpace()
+    state = SharedState(space, FakeQueue())
+    store = state.open_store(tmp_path, tmp_path / "unused.sqlite")
+    other = DictJobStore(space, tmp_path)  # another container, reading the Dicts directly
+
+    async def on_the_loop() -> Job:
+        job = running_job(store, tmp_path)  # no Dict call here (the fakes raise on the loop's thread)
+        store.update(job.id, progress=0.5)
+        assert store.get(job.id).progress == 0.5 and store.in_flight() == 1
+        await state.settled()
+        return job
+
+    job = asyncio.run(on_the_loop())
+    assert other.get(job.id).progress == 0.5 and other.in_flight() == 1

@@ -519,13 +519,15 @@ def run_cost(args: argparse.Namespace) -> int:
     from freestems.cost import (
         DEFAULT_TIERS,
         RecordsError,
+        Shape,
         format_projections,
         format_recorded,
         project_deployment,
+        project_web,
     )
 
     try:
-        from freestems.deploy.settings import ModalSettings
+        from freestems.deploy.settings import WEB_CPU, WEB_SCALEDOWN_WINDOW, ModalSettings
         from freestems.service import Settings, SettingsError
     except ImportError as error:
         return fail(f"{error.name} is missing: pip install 'freestems[serve]'")
@@ -540,9 +542,13 @@ def run_cost(args: argparse.Namespace) -> int:
     projections = project_deployment(
         records, deployment, settings.gpu_prices, args.tier or DEFAULT_TIERS, song_seconds=args.song_seconds
     )
+    web_shape = Shape(None, WEB_CPU, deployment.modal_web_memory)
+    web = project_web(
+        records, web_shape, WEB_SCALEDOWN_WINDOW, settings.gpu_prices, song_seconds=args.song_seconds
+    )
     counted = sum(p.jobs for p in projections)
     print(f"{len(records)} recorded job(s) in {' + '.join(sources)}; {counted} on the tiers shown")
-    print(format_projections(projections))
+    print(format_projections(projections, web=web))
     if args.modal or args.data_dir is not None or not args.bench:
         print(format_recorded(records, wakes))
     return 0

@@ -8,7 +8,11 @@ region. So a song costs two things:
 - **its job**: the seconds the container spent on it (``busy_seconds``, the wall time of the method),
   times the container's rate ``(gpu + cores x core price + GiB x GiB price) x region multiplier``;
 - **its share of a wake-up**: a container that wakes for it costs its start (or restore) plus its idle
-  tail after the last input, at the same rate; a song that finds a warm container pays none of it.
+  tail after the last input, at the same rate; a song that finds a warm container pays none of it;
+- **the web tier**: the CPU container that serves the page, the API and the sockets is billed the same
+  way (one core and 1 GiB: about $0.0000153 a second). A visit that wakes it pays its start and its idle
+  window (300 s: about $0.0046, near the whole target), a song its time on it too, and a day it is held
+  awake (an open socket holds it) about $1.32 (:class:`WebProjection`).
 
 :class:`Shape` is what a container reserves, :meth:`Shape.rate` its dollars per second. Usage records
 (one per computed job, from the job store, the Modal Dict, or a bench's JSON results) give the measured
@@ -71,6 +75,11 @@ MIN_CPU, MIN_MEMORY_MIB = 0.125, 128
 
 SONG_SECONDS = 180.0
 """The reference song: three minutes."""
+DAY_SECONDS = 86400.0
+WEB_ASSUMED_START_SECONDS = 3.0
+"""A web container's start (no torch: Python, the service, the shared state), until measured."""
+WEB_ASSUMED_SONG_SECONDS = 60.0
+"""A song's time on the web tier (upload, job, download) where no record measured it."""
 TARGET_USD_PER_SONG = 0.005
 """The design target: under half a cent of GPU per 3-minute song."""
 
@@ -135,18 +144,23 @@ def usage_dict_name(app_name: str) -> str:
 
 
 def modal_usage_records(app_name: str) -> list[UsageRecord]:
-    """Every usage record the Modal deployment ``app_name`` kept (needs the ``modal`` package and a token;
-    Modal drops Dict entries that are not touched for a while, see the README)."""
+    """Every usage record the Modal deployment ``app_name`` kept (needs the ``modal`` package and a token)."""
     records, _ = modal_records(app_name)
     return records
 
 
 def modal_records(app_name: str) -> tuple[list[UsageRecord], list[WakeRecord]]:
-    """Every job record and every wake-up record the Modal deployment ``app_name`` kept, oldest first."""
+    """Every job record and every wake-up record the Modal deployment ``app_name`` kept, oldest first: the
+    Dict ``<app>-usage`` and what the web tier rolled up from it onto the data Volume (``usage/``, JSON
+    lines; Modal drops a Dict entry after 7 days without a read or a write)."""
     import modal
 
     store = modal.Dict.from_name(usage_dict_name(app_name))
-    values = [value for value in store.values() if isinstance(value, Mapping)]
+    entries: dict[str, Mapping[str, Any]] = {}
+    for line in _rolled_up(modal.Volume.from_name(f"{app_name}-data")):
+        entries[str(line.pop("key", len(entries)))] = line
+    entries.update({str(key): value for key, value in store.items() if isinstance(value, Mapping)})
+    values = list(entries.values())
     records = [UsageRecord.from_dict(value) for value in values if value.get("kind", "job") == "job"]
     fields = WakeRecord.__dataclass_fields__
     wakes = [
@@ -158,6 +172,25 @@ def modal_records(app_name: str) -> tuple[list[UsageRecord], list[WakeRecord]]:
         sorted(records, key=lambda record: record.finished_at),
         sorted(wakes, key=lambda wake: wake.ended_at),
     )
+
+
+def _rolled_up(volume: Any) -> list[dict[str, Any]]:
+    """The entries rolled up onto the data Volume ``volume`` (none if it has no ``usage/`` folder yet)."""
+    try:
+        files = [entry.path for entry in volume.listdir("usage") if str(entry.path).endswith(".jsonl")]
+    except Exception:  # no such Volume or folder yet
+        return []
+    lines = []
+    for path in sorted(files):
+        text = b"".join(volume.read_file(path)).decode("utf-8", "replace")
+        for line in text.splitlines():
+            try:
+                value = json.loads(line)
+            except ValueError:  # a line cut short by a container that stopped mid-write
+                continue
+            if isinstance(value, dict):
+                lines.append(value)
+    return lines
 
 
 def format_recorded(records: Sequence[UsageRecord], wakes: Sequence[WakeRecord]) -> str:
@@ -298,9 +331,103 @@ def busy_seconds(record: UsageRecord) -> float | None:
     return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
+def wake_start(record: UsageRecord) -> float | None:
+    """The start a record's call paid, if it woke its container: ``wake_seconds`` (from the spawn to the
+    container taking the input: the restore included), else ``container_start`` (``ready()`` only)."""
+    for name in ("wake_seconds", "container_start"):
+        value = record.timings.get(name)
+        if isinstance(value, (int, float)) and value > 0:
+            return float(value)
+    return None
+
+
 def tier_of(record: UsageRecord) -> str:
     """The tier that ran a record's job: its GPU type as a price key, or ``CPU``."""
     return _gpu_key(record.gpu).upper() if record.gpu else "CPU"
+
+
+@dataclass(frozen=True)
+class WebProjection:
+    """The web tier's share of the bill: the CPU container in front of the separators (the page, the API,
+    the session sockets), billed per second of its life like any container."""
+
+    shape: Shape
+    rate: float
+    """Dollars per second of a web container."""
+    start_seconds: float
+    idle_seconds: float
+    """Its scale-down window: how long it stays up after its last request or socket."""
+    song_seconds: float
+    """A song's time on it: the upload, the job (the page's socket follows it), the download."""
+    song_measured: bool = False
+
+    @property
+    def visit_usd(self) -> float:
+        """A visit that wakes it and ends (the page, its configuration): its start and idle window."""
+        return (self.start_seconds + self.idle_seconds) * self.rate
+
+    @property
+    def song_usd(self) -> float:
+        """A song that wakes it and is the only one before it scales down."""
+        return (self.start_seconds + self.song_seconds + self.idle_seconds) * self.rate
+
+    @property
+    def day_usd(self) -> float:
+        """A day it is held awake: by traffic, or by one open socket (a page that keeps one open)."""
+        return DAY_SECONDS * self.rate
+
+
+def web_song_seconds(records: Iterable[UsageRecord], song_seconds: float = SONG_SECONDS) -> float | None:
+    """The median time a recorded song of ``song_seconds`` held the web tier: its upload, its wait, its
+    busy seconds and its download (as the web tier timed them), per audio second; None without records."""
+    spans = []
+    for record in records:
+        busy = busy_seconds(record)
+        if busy is None or not record.audio_seconds or record.audio_seconds <= 0:
+            continue
+        timings = record.timings
+        extra = sum(
+            float(timings[name])
+            for name in ("upload", "queue_wait", "download")
+            if isinstance(timings.get(name), (int, float))
+        )
+        spans.append((busy + extra) / record.audio_seconds * song_seconds)
+    return statistics.median(spans) if spans else None
+
+
+def project_web(
+    records: Iterable[UsageRecord],
+    shape: Shape,
+    idle_seconds: float,
+    gpu_prices: Mapping[str, float],
+    *,
+    song_seconds: float = SONG_SECONDS,
+) -> WebProjection:
+    """The web tier's share (:class:`WebProjection`) for a web container of ``shape`` that scales down
+    after ``idle_seconds``, a song's time on it measured from ``records`` where they say."""
+    measured = web_song_seconds(records, song_seconds)
+    return WebProjection(
+        shape=shape,
+        rate=shape.rate(gpu_prices) or 0.0,
+        start_seconds=WEB_ASSUMED_START_SECONDS,
+        idle_seconds=float(idle_seconds),
+        song_seconds=measured if measured is not None else WEB_ASSUMED_SONG_SECONDS,
+        song_measured=measured is not None,
+    )
+
+
+def format_web(web: WebProjection) -> str:
+    """The lines ``freestems cost`` prints for the web tier."""
+    song = f"{web.song_seconds:.0f}{'' if web.song_measured else '*'}"
+    return "\n".join(
+        [
+            f"web tier ({web.shape.describe()}, {web.rate:.7f} $/s): a visit that wakes it "
+            f"${web.visit_usd:.5f} (start {web.start_seconds:g}* + idle {web.idle_seconds:g} s); a song that "
+            f"wakes it ${web.song_usd:.5f} (+ {song} s on it); a day it is held awake ${web.day_usd:.2f}.",
+            "  A page opens its session socket only to get a key or follow a job, and closes it once "
+            "idle, so an open tab does not hold the web tier awake.",
+        ]
+    )
 
 
 def scaledown_window(start_seconds: float) -> int:
@@ -388,11 +515,7 @@ def project(
     for shape in shapes:
         group = groups.get(_gpu_key(shape.tier).upper(), [])
         ratios = [busy_seconds(r) / r.audio_seconds for r in group]  # type: ignore[operator]
-        starts = [
-            float(r.timings["container_start"])
-            for r in group
-            if isinstance(r.timings.get("container_start"), (int, float)) and r.timings["container_start"] > 0
-        ]
+        starts = [start for start in map(wake_start, group) if start is not None]
         kind = "cpu" if shape.gpu is None else "gpu"
         projections.append(
             Projection(
@@ -467,8 +590,11 @@ def _usd(value: float | None) -> str:
     return "?" if value is None else f"{value:.5f}"
 
 
-def format_projections(projections: Sequence[Projection], *, skipped: int = 0) -> str:
-    """The table ``freestems cost`` prints, then how it was computed and what it assumes."""
+def format_projections(
+    projections: Sequence[Projection], *, skipped: int = 0, web: WebProjection | None = None
+) -> str:
+    """The table ``freestems cost`` prints, then the web tier's share (``web``), how it was computed and
+    what it assumes."""
     if not projections:
         return "no tier to project"
     song = projections[0].song_seconds
@@ -504,6 +630,12 @@ def format_projections(projections: Sequence[Projection], *, skipped: int = 0) -
     lines.extend(f"{p.tier}: {p.shape.describe()}" for p in projections)
     if skipped:
         lines.append(f"({skipped} recorded job(s) without audio or busy seconds are not counted)")
+    if web is not None:
+        lines.extend(["", format_web(web)])
+        isolated = [(p.tier, p.isolated_usd) for p in projections if p.isolated_usd is not None]
+        if isolated:
+            whole = ", ".join(f"{tier} ${usd + web.song_usd:.5f}" for tier, usd in isolated)
+            lines.append(f"  A song that wakes both the web tier and a separator, alone: {whole}.")
     lines.extend(
         [
             "",
@@ -513,12 +645,13 @@ def format_projections(projections: Sequence[Projection], *, skipped: int = 0) -
             "x the region multiplier, per second of the container's life.",
             "isolated $/song = warm + one wake-up: (start + idle) s x rate, the song that wakes a container "
             "and is alone before it scales down.",
-            "start s: median recorded container_start (first input of a container); * = not measured, an "
+            "start s: median recorded wake_seconds (spawn to the first input of a container: the restore "
+            "included; else container_start); * = not measured, an "
             "estimate (ASSUMED_START_SECONDS).",
             "window s: the scale-down window that keeps idle spend within 2x the best in hindsight (= the "
             "start, rounded up); set FREESTEMS_MODAL_SCALEDOWN_WINDOW / _CPU_SCALEDOWN_WINDOW to it.",
-            f"target: under ${TARGET_USD_PER_SONG} per 3-minute song. Not counted: the web tier, Volume "
-            "storage, a container cut short by preemption.",
+            f"target: under ${TARGET_USD_PER_SONG} per 3-minute song. Not counted: Volume storage, the "
+            "Dicts and Queues, a container cut short by preemption.",
             f"prices: {PRICES_SOURCE}",
         ]
     )

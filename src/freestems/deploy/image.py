@@ -6,7 +6,8 @@ It exists so that :mod:`freestems.deploy.modal_app` declares the image in one li
 
 **Layers.** Debian slim, torch as the CUDA 12.6 build (``FREESTEMS_MODAL_TORCH_INDEX``: Modal's driver,
 575.57.08, runs CUDA 12.x wheels, not PyPI's CUDA 13 one), freestems' dependencies (read from its installed
-metadata, so ``pyproject.toml`` stays the one list, each pinned to the version installed here:
+metadata, so ``pyproject.toml`` stays the one list, with the extra of every model family served, such as
+``demucs`` for HT-Demucs, each pinned to the version installed here:
 :func:`requirements`), then a build step that runs the catalog's download code
 (:func:`freestems.models.ensure_weights`) into ``/weights`` and writes the model's description there
 (:func:`bake_weights`; its arguments carry the catalog's facts, :func:`catalog_facts`, so a catalog change
@@ -29,7 +30,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,10 +75,44 @@ def image_environment(environ: Mapping[str, str], settings: Settings) -> dict[st
     return dict(sorted(env.items()))
 
 
-def requirements() -> list[str]:
-    """freestems' dependencies and its ``serve`` extra, from the installed package's metadata, no torch,
-    each pinned to the version installed where ``modal deploy`` runs (``name==version``: the image runs
-    what the deployer tested, and a new release upstream does not change it unseen)."""
+FAMILY_EXTRAS: dict[str, str] = {"htdemucs": "demucs"}
+"""The package extra a served model family needs beyond freestems' dependencies and its ``serve`` extra:
+HT-Demucs runs the ``demucs`` package's own classes; SCNet, MDX23C and the RoFormers are freestems' own
+code. The ``export`` extra (ONNX) is never needed to serve."""
+
+
+def model_families(models: Iterable[str]) -> set[str]:
+    """The families of the catalog models ``models`` (each member of an ensemble or of ``a+b`` too)."""
+    from freestems.models import get_model_info
+
+    families: set[str] = set()
+    pending = [name.strip() for model in models for name in model.split("+") if name.strip()]
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        info = get_model_info(name)
+        if info.architecture == "ensemble":
+            pending.extend(member for member, _ in info.config["members"])
+        else:
+            families.add(info.architecture)
+    return families
+
+
+def served_families(settings: Settings) -> set[str]:
+    """The families of every model ``settings`` serve: the catalog's, or a model file's (a Demucs ``.th``
+    without a config is HT-Demucs)."""
+    families = model_families([*filter(None, [default_model_name(settings)]), *other_model_names(settings)])
+    file = settings.model_file
+    if file is not None and file.suffix == ".th" and settings.model_config_file is None:
+        families.add("htdemucs")
+    return families
+
+
+def _declared(extras: set[str]) -> list[tuple[str, str]]:
+    """(name, spec) of freestems' dependencies and those of ``extras``, from the installed metadata."""
     try:
         declared = importlib.metadata.requires("freestems") or []
     except importlib.metadata.PackageNotFoundError:
@@ -88,15 +123,35 @@ def requirements() -> list[str]:
     for requirement in declared:
         spec, _, marker = requirement.partition(";")
         marker = marker.replace(" ", "").replace("'", '"')
-        if marker and marker != 'extra=="serve"':
+        if marker and marker not in {f'extra=="{extra}"' for extra in extras}:
             continue
         name = re.split(r"[\s<>=!~\[(;]", spec.strip(), maxsplit=1)[0].lower()
         if name in ("torch", "freestems"):
             continue
+        found.append((name, spec.strip()))
+    return found
+
+
+def family_requirements(families: Iterable[str]) -> list[str]:
+    """The names of the packages the extras of ``families`` declare (:data:`FAMILY_EXTRAS`)."""
+    extras = {FAMILY_EXTRAS[family] for family in families if family in FAMILY_EXTRAS}
+    return sorted({name for name, _ in _declared(extras)} - {name for name, _ in _declared(set())})
+
+
+def requirements(models: Iterable[str] = (), families: Iterable[str] = ()) -> list[str]:
+    """freestems' dependencies, its ``serve`` extra, and the extra of every family served (the catalog
+    ``models``, and ``families``: :data:`FAMILY_EXTRAS`, so an HT-Demucs model brings ``demucs``), from
+    the installed package's metadata, no torch, each pinned to the version installed where ``modal deploy``
+    runs (``name==version``: the image runs what the deployer tested, and a new release upstream does not
+    change it unseen)."""
+    wanted = model_families(models) | set(families)
+    extras = {"serve"} | {FAMILY_EXTRAS[family] for family in wanted if family in FAMILY_EXTRAS}
+    found = set()
+    for name, spec in _declared(extras):
         try:
-            found.append(f"{name}=={importlib.metadata.version(name)}")
+            found.add(f"{name}=={importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
-            found.append(spec.strip())  # not installed here: the declared range, as declared
+            found.add(spec)  # not installed here: the declared range, as declared
     return sorted(found)
 
 
@@ -138,6 +193,47 @@ def other_model_names(settings: Settings) -> tuple[str, ...]:
     return tuple(settings.models[1:]) if settings.model_file is None else ()
 
 
+def parse_pins(pins: Sequence[str]) -> dict[str, str]:
+    """``FILE=SHA256`` entries (``FREESTEMS_MODAL_WEIGHTS_SHA256``) as a dict.
+
+    Raises:
+        ValueError: an entry is not ``FILE=`` and 64 hex digits.
+    """
+    found = {}
+    for entry in pins:
+        name, _, digest = entry.partition("=")
+        digest = digest.strip().lower()
+        if not name.strip() or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError(f"{entry!r} is not FILE=SHA256 (64 hex digits)")
+        found[name.strip()] = digest
+    return found
+
+
+def record_files(paths: Sequence[Path], pins: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The size and sha256 of each file the build baked, printed to the build log (to copy into
+    ``FREESTEMS_MODAL_WEIGHTS_SHA256``) and returned for the image's description. A file pinned there
+    must have that digest.
+
+    Raises:
+        RuntimeError: a file's sha256 differs from its pin.
+    """
+    from freestems.models.download import file_sha256
+
+    files = []
+    for path in dict.fromkeys(paths):
+        digest, size = file_sha256(path), path.stat().st_size
+        pinned = pins.get(path.name)
+        if pinned is not None and pinned != digest:
+            raise RuntimeError(
+                f"{path.name}: sha256 {digest}, but FREESTEMS_MODAL_WEIGHTS_SHA256 pins {pinned}: the file "
+                "published at its URL changed; check it, then update the pin"
+            )
+        state = "pinned" if pinned else "not pinned (trusted as first downloaded)"
+        print(f"weights {path.name}: {size} bytes, sha256 {digest}, {state}", flush=True)
+        files.append({"file": path.name, "size": size, "sha256": digest, "pinned": pinned is not None})
+    return files
+
+
 def bake_weights(
     model: str | None,
     model_file: str | None,
@@ -145,23 +241,31 @@ def bake_weights(
     weights_dir: str,
     others: tuple[str, ...] = (),
     catalog: str | None = None,
+    pins: tuple[str, ...] = (),
 ) -> None:
     """Image build step: the catalog model's weights into ``weights_dir`` (with the catalog's own
-    download code, size and checksum checks included), and the model's description beside them; with
-    ``FREESTEMS_MODELS``, the other served models' files and descriptions too (``others``).
+    download code: its size and sha256 checked where the catalog has them, a Demucs file's published
+    sha256 prefix), and the model's description beside them; with ``FREESTEMS_MODELS``, the other served
+    models' files and descriptions too (``others``). Each file's size and sha256 is printed and kept in
+    the description, and checked against ``pins`` (``FILE=SHA256``, ``FREESTEMS_MODAL_WEIGHTS_SHA256``).
     ``catalog`` is :func:`catalog_facts` as the deployer saw it; the build checks that the image's
     catalog says the same, so an image never bakes other weights than the ones its hash names."""
     from freestems.executors import describe
-    from freestems.models import DEFAULT_MODEL, ensure_weights, get_model_info, load_model
+    from freestems.models import DEFAULT_MODEL, get_model_info, load_model
+    from freestems.models.loading import fetch_files
     from freestems.models.served import serve_catalog
 
+    baked: list[Path] = [Path(name) for name in (model_file, model_config) if name is not None]
     if model_file is None:
         if catalog is not None and catalog != catalog_facts(model, others):
             raise RuntimeError(
                 "the image's model catalog differs from the deployer's; reinstall and redeploy"
             )
-        for name in (model or DEFAULT_MODEL).split("+"):
-            ensure_weights(get_model_info(name.strip()), cache_dir=weights_dir, progress=False)
+        for name in [
+            *(model or DEFAULT_MODEL).split("+"),
+            *(part for other in others for part in other.split("+")),
+        ]:
+            baked += fetch_files(get_model_info(name.strip()), cache_dir=weights_dir, progress=False)
     loaded = load_model(
         model,
         model_file=model_file,
@@ -175,6 +279,7 @@ def bake_weights(
         dataclasses.asdict(ModelDescription(served.name, served.sources, served.fingerprint, served.title))
         for served in (serve_catalog(name, cache_dir=weights_dir, download=True) for name in others)
     ]
+    description["files"] = record_files(baked, parse_pins(pins))
     Path(weights_dir, DESCRIPTION_FILE).write_text(json.dumps(description))
 
 
@@ -186,7 +291,7 @@ def build_image(settings: Settings, deployment: ModalSettings, environ: Mapping[
     image = (
         modal.Image.debian_slim(python_version=PYTHON_VERSION)
         .pip_install(deployment.modal_torch, **torch_index)
-        .pip_install(*requirements())
+        .pip_install(*requirements(families=served_families(settings)))
     )
     model_file = model_config = None
     if settings.model_file is not None:
@@ -195,15 +300,21 @@ def build_image(settings: Settings, deployment: ModalSettings, environ: Mapping[
     if settings.model_config_file is not None:
         model_config = f"{WEIGHTS_DIR}/config/{settings.model_config_file.name}"
         image = image.add_local_file(settings.model_config_file, model_config, copy=True)
-    image = image.run_function(bake_weights, kwargs=bake_arguments(settings, model_file, model_config))
+    arguments = bake_arguments(settings, model_file, model_config, deployment.modal_weights_sha256)
+    image = image.run_function(bake_weights, kwargs=arguments)
     return image.env(image_environment(environ, settings)).add_local_python_source("freestems", ignore=[])
 
 
-def bake_arguments(settings: Settings, model_file: str | None, model_config: str | None) -> dict[str, Any]:
+def bake_arguments(
+    settings: Settings, model_file: str | None, model_config: str | None, pins: Sequence[str] = ()
+) -> dict[str, Any]:
     """The arguments of the weights step (Modal hashes them with the function's source to cache the
-    layer): the catalog's facts are among them, unless the model is a file (whose bytes are hashed)."""
+    layer): the catalog's facts are among them, unless the model is a file (whose bytes are hashed), and
+    the pinned digests (a new pin rebuilds the layer, and checks the files)."""
+    parse_pins(pins)  # a malformed pin fails the deploy, not the build
     model, others = default_model_name(settings), other_model_names(settings)
     return {
+        "pins": tuple(pins),
         "model": model,
         "model_file": model_file,
         "model_config": model_config,

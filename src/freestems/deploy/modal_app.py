@@ -59,6 +59,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -87,7 +88,7 @@ from .probe import (
     warm_up_device,
 )
 from .settings import ModalSettings
-from .stores import Stores
+from .stores import USAGE_FOLDER, Stores, roll_up_forever
 from .web_tier import modal_executor, web_function_options, web_settings
 
 if TYPE_CHECKING:
@@ -210,7 +211,11 @@ class _SeparatorCode:
     @modal.enter(snap=True)
     def load(self) -> None:
         """Before the snapshot: the model on the CPU (on the GPU with GPU snapshots), one job run, and
-        the memory that run freed given back."""
+        the memory that run freed given back.
+
+        Without GPU snapshots nothing here may ask CUDA anything (not even ``torch.cuda.is_available()``):
+        no GPU is attached before a CPU memory snapshot, and torch keeps the device count of its first
+        query, so a restored container would see none and refuse to start (:class:`NoAccelerator`)."""
         import torch
 
         from freestems.executors import describe
@@ -263,6 +268,7 @@ class _SeparatorCode:
             self._use(device)
         self.ready_at = time.time()
         self.container_start = self.ready_at - (begin if self.restored else _IMPORTED_AT)
+        self.wake_seconds = self.container_start  # until the first input says when it was spawned
         log.info(
             "ready on %s (%s, precision %s%s, fidelity %s) in %.2f s",
             self.device,
@@ -284,15 +290,16 @@ class _SeparatorCode:
         if ready_at is None:
             return
         now = time.time()
+        start = max(self.container_start, getattr(self, "wake_seconds", 0.0))  # the restore too, if timed
         record = WakeRecord(
             task=os.environ.get("MODAL_TASK_ID") or uuid.uuid4().hex[:12],
             tier=self.shape.tier,
             ended_at=now,
-            start_seconds=round(self.container_start, 3),
+            start_seconds=round(start, 3),
             busy_seconds=round(self.busy, 3),
             idle_seconds=round(max(0.0, now - ready_at - self.busy), 3),
             inputs=self.inputs,
-            cost_usd=self.shape.cost(self.container_start + now - ready_at, settings.gpu_prices),
+            cost_usd=self.shape.cost(start + now - ready_at, settings.gpu_prices),
         )
         try:
             stores.usage_log().record_wake(record)
@@ -322,6 +329,7 @@ class _SeparatorCode:
         filename: str | None = None,
         progress: str | None = None,
         lease: str | None = None,
+        spawned_at: float | None = None,
     ) -> bytes:
         """The zip of the stems of ``audio`` (any format ``POST /separate`` takes, as bytes).
 
@@ -330,13 +338,16 @@ class _SeparatorCode:
         ``mp3_bitrate``, ``format``, ``model``, plus ``seed``, ``max_duration``, ``filename`` and
         ``progress``). ``max_duration`` (seconds), ``filename`` (used in messages) and ``progress`` (an event
         key) may also come as keyword arguments; ``lease`` names the caller's lease (the job stops once it
-        lapses; none: the job runs to its end).
+        lapses; none: the job runs to its end); ``spawned_at`` (the caller's clock when it spawned the call)
+        times a wake-up from the spawn, the restore included (``wake_seconds``).
         Raises :class:`freestems.jobrun.JobFailed` for a bad input or bad options,
         :class:`freestems.errors.Cancelled` when the lease lapsed.
         """
         received, clock = time.time(), time.perf_counter()
         self.inputs += 1
         container_start = self.container_start if self.inputs == 1 else 0.0
+        if self.inputs == 1 and spawned_at is not None:  # the restore happened before ready() began
+            self.wake_seconds = max(self.container_start, min(received - spawned_at, 3600.0))
         request = parse_request(
             options,
             self.model.sources,
@@ -361,6 +372,7 @@ class _SeparatorCode:
             busy = round(time.perf_counter() - clock, 3)
             timings = {
                 **result.timings,
+                **({"wake_seconds": round(self.wake_seconds, 3)} if self.inputs == 1 else {}),
                 "container_start": round(container_start, 3),
                 "busy_seconds": busy,
                 "cost_usd": self.shape.cost(busy, settings.gpu_prices) or 0.0,
@@ -501,7 +513,12 @@ def web() -> FastAPI:
 
     _configure_logging()
     served = web_settings(settings, modal_settings, in_container=not modal.is_local())
-    return create_app(served, executor=make_executor(), state=stores.shared_state())
+    state = stores.shared_state()
+    if in_container() and state is not None:  # the usage log outlives Modal's 7 days, on the data Volume
+        folder = served.data_dir / USAGE_FOLDER
+        roll_up = (stores.usage_dict, folder, state.commit, state.container)
+        threading.Thread(target=roll_up_forever, args=roll_up, name="freestems-usage", daemon=True).start()
+    return create_app(served, executor=make_executor(), state=state)
 
 
 @app.local_entrypoint()

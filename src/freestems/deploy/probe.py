@@ -87,11 +87,15 @@ def gpu_refusal(gpu: str, driver: str | None, torch_version: str, wheel_cuda: st
 def trim_memory() -> bool:
     """Give freed memory back before the snapshot: Python's garbage, torch's cached CUDA blocks, and the
     C allocator's free pages (``malloc_trim``, glibc), so they are not saved and restored with every
-    container. Returns whether ``malloc_trim`` ran."""
+    container. Returns whether ``malloc_trim`` ran.
+
+    It never asks CUDA anything unless CUDA is in use already (``torch.cuda.is_initialized()`` reads a flag):
+    before a CPU memory snapshot no GPU is attached, and torch keeps the device count of its first query,
+    so one ``torch.cuda.is_available()`` here would leave every restored container without its GPU."""
     import torch
 
     gc.collect()
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]  # only with GPU snapshots
         torch.cuda.empty_cache()
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -14,6 +14,11 @@ from freestems.executors.modal import Tier
 from freestems.rules import Precision
 from freestems.service.settings import AtLeastOne, CommaList, EnvSettings, Name, Positive
 
+WEB_CPU = 1.0
+"""Cores of a web container (CPU only: it loads no model)."""
+WEB_SCALEDOWN_WINDOW = 300
+"""Seconds the (CPU-only, cheap) web container stays up without a request or an open WebSocket."""
+
 
 class ModalSettings(EnvSettings):
     """What ``modal deploy`` declares: the app, its GPU class and its web tier."""
@@ -51,9 +56,20 @@ class ModalSettings(EnvSettings):
     modal_web_max_containers: AtLeastOne = 10
     """Most web containers at once. They share jobs, keys and socket slots (``modal.Dict`` s
     ``<app>-state-*``) and the data Volume ``<app>-data``, so any of them serves any request."""
+    modal_request_seconds: int = Field(120, ge=10, le=150)
+    """Seconds one HTTP request to the web tier may take, upload included: Modal ends a web request at 150 s
+    (with a ``303`` that a page cannot follow across origins). The web tier sets ``FREESTEMS_UPLOAD_TIMEOUT``
+    to at most this (a 100 MB upload then needs about 6.7 Mbit/s upstream; 150 s: 5.3) and
+    ``FREESTEMS_SEPARATE_WAIT`` to it: a ``POST /separate`` whose job is not done by then answers ``202``
+    with the job to follow, as ``POST /jobs`` does."""
     modal_web_memory: int = Field(1024, ge=256, le=65536)
     """MiB of memory requested per web container (uploads stream to the Volume; result zips are written
     there by the executor, not held in memory while served)."""
+    modal_weights_sha256: CommaList = ()
+    """Pins of the weights the image build downloads: ``FILE=SHA256`` entries (the build prints one line per
+    file to copy here). A file whose digest differs fails the build; a file without a pin is trusted as
+    first downloaded (today's catalog entries carry no sha256; the Demucs file names carry a prefix of
+    theirs, checked)."""
     modal_torch: str = "torch==2.13.0"
     """The torch requirement of the image."""
     modal_torch_index: str = "https://download.pytorch.org/whl/cu126"

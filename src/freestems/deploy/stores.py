@@ -7,7 +7,9 @@ It exists so that the app (:mod:`freestems.deploy.modal_app`) and its web tier
 - the Queue ``<app>-progress``: the separator containers' events to the web tier
   (:meth:`~Stores.progress_channel`);
 - the Dict ``<app>-usage``: what each call and each container's wake-up used (:meth:`~Stores.usage_log`,
-  read by ``freestems cost --modal``);
+  read by ``freestems cost --modal``). Modal drops a Dict entry after 7 days without a read or a write, so
+  the web tier rolls the entries up, every :data:`ROLL_UP_SECONDS` while a web container is up, into JSON
+  lines on the data Volume (``usage/``, :func:`roll_up_usage`), which ``freestems cost --modal`` reads too;
 - the Dict ``<app>-leases``: the leases the web tier renews and the containers read
   (:meth:`~Stores.lease_store`);
 - the Dict ``<app>-precision``: the precision chosen per model, GPU type and torch
@@ -20,6 +22,11 @@ Looking the objects up by name needs neither credentials nor the network; using 
 
 from __future__ import annotations
 
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import modal
@@ -27,6 +34,42 @@ import modal
 from freestems.cost import UsageRecord, WakeRecord, usage_dict_name
 from freestems.executors.modal import DictLeases, LeaseStore, ModalQueueChannel, ProgressChannel
 from freestems.service.shared_state import SharedState
+
+log = logging.getLogger("freestems.modal")
+
+USAGE_FOLDER = "usage"
+"""Where on the data Volume the usage log is rolled up (``<year>-<month>-<container>.jsonl``)."""
+ROLL_UP_SECONDS = 120.0
+"""How often a web container rolls the usage log up: below its 300 s idle window, so the records of the
+last jobs (and the separators' wake-ups, 10 s after them) are rolled up before it scales down."""
+
+
+def roll_up_usage(usage: Any, folder: Path, commit: Callable[[], None], container: str) -> int:
+    """Move every entry of the usage log ``usage`` (the Dict) into a JSON-lines file in ``folder`` (on the
+    data Volume), committed before the entries leave the Dict; returns how many moved. Two containers doing
+    it at once write an entry twice: readers keep one per key (:func:`freestems.cost.modal_records`)."""
+    entries = [(str(key), value) for key, value in list(usage.items()) if isinstance(value, Mapping)]
+    if not entries:
+        return 0
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{time.strftime('%Y-%m', time.gmtime())}-{container}.jsonl"
+    with path.open("a") as out:
+        for key, value in entries:
+            out.write(json.dumps({"key": key, **value}, default=str) + "\n")
+    commit()
+    for key, _ in entries:
+        usage.pop(key, None)
+    return len(entries)
+
+
+def roll_up_forever(usage: Any, folder: Path, commit: Callable[[], None], container: str) -> None:
+    """:func:`roll_up_usage` every :data:`ROLL_UP_SECONDS` (a web container's daemon thread)."""
+    while True:
+        time.sleep(ROLL_UP_SECONDS)
+        try:
+            roll_up_usage(usage, folder, commit, container)
+        except Exception:
+            log.warning("rolling the usage log up failed; trying again later", exc_info=True)
 
 
 class DictUsageLog:

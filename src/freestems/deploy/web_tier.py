@@ -9,7 +9,9 @@ to the GPU class, the CPU class or both (``FREESTEMS_MODAL_TIER``) through a
 shared (:class:`~freestems.service.shared_state.SharedState`, :meth:`.stores.Stores.shared_state`): jobs,
 session keys, socket slots and follows in the Dicts ``<app>-state-*``, each container's inbox in the Queue
 ``<app>-inbox``, uploads and results on the Volume ``<app>-data`` mounted at ``/data`` (the data folder:
-:func:`web_settings`). Any container serves any request; a container that goes (scale-down, redeploy,
+:func:`web_settings`). Every HTTP request ends within ``FREESTEMS_MODAL_REQUEST_SECONDS`` (Modal ends one at
+150 s): an upload may take that long, and a ``POST /separate`` still waiting then answers ``202`` with its
+job (:func:`web_settings`). Any container serves any request; a container that goes (scale-down, redeploy,
 preemption, crash) leaves its unfinished jobs to a live one, and a result stays ``FREESTEMS_RESULT_TTL``
 seconds on the Volume whether or not a container is up. Each socket is closed at
 ``FREESTEMS_SOCKET_LIFETIME`` (the page and client reconnect), below the function's timeout
@@ -32,15 +34,12 @@ from freestems.executors.base import ModelDescription
 from freestems.executors.modal import ModalExecutor, RemoteCalls
 from freestems.service.settings import PREFIX, Settings
 
-from .settings import ModalSettings
+from .settings import WEB_CPU, WEB_SCALEDOWN_WINDOW, ModalSettings
 from .stores import Stores
 
-WEB_SCALEDOWN_WINDOW = 300
-"""Seconds the (CPU-only, cheap) web container stays up without a request or an open WebSocket."""
-WEB_CPU = 1.0
 WEB_TIMEOUT_MARGIN = 60
-"""Seconds the web function's timeout exceeds the longest input (a socket's lifetime, or an upload and its
-job for ``POST /separate``): the server ends every socket itself, with a close code the client knows."""
+"""Seconds the web function's timeout exceeds the longest input (a socket's lifetime, or an HTTP request's
+limit): the server ends every socket itself, with a close code the client knows."""
 DATA_MOUNT = "/data"
 """Where the web containers mount the Volume ``<app>-data``: their data folder (uploads, results)."""
 
@@ -50,9 +49,10 @@ def web_function_options(
 ) -> dict[str, Any]:
     """The ``@app.function`` arguments of the web function, from the settings: its ``image`` and the
     ``data_volume`` it mounts at :data:`DATA_MOUNT`."""
-    # A WebSocket is one input until the server closes it at socket_lifetime; a POST /separate is one input
-    # for its upload and its job. The timeout is above both, so Modal never ends an input the server would.
-    longest = max(settings.socket_lifetime, settings.upload_timeout + deployment.modal_timeout)
+    # A WebSocket is one input until the server closes it at socket_lifetime; an HTTP request ends within
+    # modal_request_seconds (web_settings). The timeout is above both, so Modal never ends an input the
+    # server would.
+    longest = max(settings.socket_lifetime, deployment.modal_request_seconds)
     secret = modal.Secret.from_name(deployment.modal_secret_name, required_keys=[f"{PREFIX}HMAC_SECRET"])
     return dict(
         image=image,
@@ -73,8 +73,15 @@ def executor_workers(deployment: ModalSettings) -> int:
 
 
 def web_settings(settings: Settings, deployment: ModalSettings, in_container: bool) -> Settings:
-    """The web tier's settings: in a container its data folder is the Volume's mount."""
-    changes: dict[str, Any] = {"workers": executor_workers(deployment)}
+    """The web tier's settings: in a container its data folder is the Volume's mount; every HTTP request
+    ends within ``FREESTEMS_MODAL_REQUEST_SECONDS`` (Modal ends one at 150 s): an upload may take that
+    long at most, and ``POST /separate`` answers ``202`` with its job when the job is not done by then."""
+    limit = float(deployment.modal_request_seconds)
+    changes: dict[str, Any] = {
+        "workers": executor_workers(deployment),
+        "upload_timeout": min(settings.upload_timeout, limit),
+        "separate_wait": min(settings.separate_wait, limit) if settings.separate_wait else limit,
+    }
     if in_container:
         changes["data_dir"] = Path(DATA_MOUNT)
     return settings.replace(**changes)

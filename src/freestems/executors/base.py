@@ -135,11 +135,18 @@ class Executor(Protocol):
 
 
 def report(item: WorkItem, event: JobEvent) -> None:
-    """Give ``event`` to the item's listener; a listener that raises is logged, never propagated."""
+    """Give ``event`` to the item's listener; a listener that raises is logged, never propagated. A
+    listener that could not take a ``done`` is told ``failed`` instead, so the item still ends."""
     try:
         item.report(event)
     except Exception:  # a broken listener must not kill the worker or skip the cleanup
         log.exception("reporting %s of job %s failed", event.kind, item.job_id)
+        if event.kind == "done":
+            failed = JobEvent(item.job_id, "failed", code="internal", message="the result could not be kept")
+            try:
+                item.report(failed)
+            except Exception:
+                log.exception("reporting the failure of job %s failed too", item.job_id)
 
 
 def describe(model: LoadedModel) -> ModelDescription:

@@ -284,7 +284,7 @@ class ModalExecutor(WorkerPool):
                 self.leases.renew(key, time.time() + self.lease_seconds)
                 renewed = time.monotonic()
                 job["lease"] = key
-            spawned_at = time.time()
+            spawned_at = job["spawned_at"] = time.time()  # the container times its wake-up from it
             call = calls.spawn(audio, item.options, **job)
             timings["upload"] = time.perf_counter() - clock
             del audio

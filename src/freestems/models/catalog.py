@@ -276,7 +276,10 @@ _SCNETS = (
 ROFORMERS = ("bs_roformer", "mel_band_roformer")
 MSST_FAMILIES = (*ROFORMERS, "mdx23c")
 """The families built from an MSST YAML (:func:`freestems.models.loading.msst_model`)."""
-MSST_CONFIGS = "https://raw.githubusercontent.com/ZFTurbo/Music-Source-Separation-Training/main/configs/"
+MSST_CONFIGS = (  # MSST release v1.0.21 (2026-04-19) by its commit: a file there never changes; main does
+    "https://raw.githubusercontent.com/ZFTurbo/Music-Source-Separation-Training/"
+    "ea7eb9c20ea0e3f94368a30fc1654b51cdd55789/configs/"
+)
 DEMUCS_URL = "https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/"
 HTDEMUCS_SOURCES = ("drums", "bass", "other", "vocals")
 MULTISONG = "Multisong"

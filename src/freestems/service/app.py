@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ from .errors import (
     unauthorized,
     unavailable,
 )
+from .guard import AppGuard
 from .jobs import JobManager
 from .limits import SlidingWindow
 from .network import AllowedHosts, client_address
@@ -56,7 +59,7 @@ from .replicas import Replica
 from .sessions import SessionRegistry
 from .settings import Settings
 from .shared_state import LocalState, SharedState
-from .store import Job
+from .store import TERMINAL, Job
 from .tokens import owned_job
 from .uploads import Upload, receive_upload
 from .views import result_url
@@ -100,6 +103,14 @@ def create_app(
     )
     app.add_middleware(HeadAsGet)
     app.add_middleware(AllowedHosts, allowed=settings.hosts)
+    app.add_middleware(  # outermost: caps and body deadlines that hold where uvicorn's layer does not (Modal)
+        AppGuard,
+        max_open=settings.max_connections,
+        per_address=settings.max_connections_per_address,
+        silence=settings.header_timeout,
+        body_seconds=settings.upload_timeout,
+        trust_proxy=settings.trust_proxy,
+    )
     _add_error_handlers(app)
     _add_routes(app)
     add_api_docs(app, assets_folder())
@@ -193,14 +204,18 @@ async def _sweep_forever(service: Service) -> None:
     while True:
         await asyncio.sleep(service.settings.sweep_interval)
         try:
-            sweep(service)
+            if service.state.shared:  # the shared store's rows and the Volume's files: off the event loop
+                await asyncio.to_thread(service.manager.sweep)
+            sweep(service, jobs=not service.state.shared)
         except Exception:
             log.exception("the sweeper failed; it tries again next time")
 
 
-def sweep(service: Service) -> None:
-    """Expired results and jobs, expired keys (their sockets are told and closed), old challenges."""
-    service.manager.sweep()
+def sweep(service: Service, jobs: bool = True) -> None:
+    """Expired results and jobs (unless ``jobs`` is False), expired keys (their sockets are told and
+    closed), old challenges."""
+    if jobs:
+        service.manager.sweep()
     service.sessions.sweep()
     service.challenges.prune()
     service.limiter.prune()
@@ -254,14 +269,23 @@ def _add_form_routes(app: FastAPI) -> None:
     )
     async def separate(request: Request) -> Response:
         service = _service(request)
+        began = time.monotonic()
         job = await _create_job(request, service, rerun=False)
+        wait = service.settings.separate_wait
+        left = max(0.0, wait - (time.monotonic() - began)) if wait else None
+        handed_over = False
         try:
-            finished = await _wait_unless_disconnected(request, service, job)
+            finished = await _wait_unless_disconnected(request, service, job, left)
             if finished is None:
                 return Response(status_code=499)  # nobody is listening any more
+            if finished.state not in TERMINAL:  # FREESTEMS_SEPARATE_WAIT is up: the job, to follow
+                await service.state.settled()
+                handed_over = True
+                return _accepted(service, finished)
             return _result_response(service, finished)
         finally:  # its zip is open (or the answer is an error): nobody can ask for this job again
-            service.manager.let_go(job.id)
+            if not handed_over:  # a job answered 202 is followed by its token, as a POST /jobs one
+                service.manager.let_go(job.id)
 
     @app.post(
         "/jobs",
@@ -272,14 +296,20 @@ def _add_form_routes(app: FastAPI) -> None:
     async def create_job(request: Request) -> JSONResponse:
         service = _service(request)
         job = await _create_job(request, service, rerun=True)
-        body = {
-            **service.manager.views.view(job),
-            "token": job.token,
-            "status_url": f"/jobs/{job.id}?token={job.token}",
-            "result_url": result_url(job),
-        }
-        headers = {"Location": body["status_url"], "X-Cache": "hit" if job.cache_hit else "miss"}
-        return JSONResponse(body, status_code=202, headers=headers)
+        await service.state.settled()  # the job is in the shared store before its id is given out
+        return _accepted(service, job)
+
+
+def _accepted(service: Service, job: Job) -> JSONResponse:
+    """``202``: the job, its token and where to follow it (``Location``) and fetch its zip."""
+    body = {
+        **service.manager.views.view(job),
+        "token": job.token,
+        "status_url": f"/jobs/{job.id}?token={job.token}",
+        "result_url": result_url(job),
+    }
+    headers = {"Location": body["status_url"], "X-Cache": "hit" if job.cache_hit else "miss"}
+    return JSONResponse(body, status_code=202, headers=headers)
 
 
 def _add_job_routes(app: FastAPI) -> None:
@@ -288,8 +318,10 @@ def _add_job_routes(app: FastAPI) -> None:
     @app.get("/jobs/{job_id}", summary="A job's state, progress and queue position (needs its token)")
     async def get_job(job_id: str, request: Request) -> dict[str, Any]:
         service = _service(request)
-        job = _owned_job(request, service, job_id)
+        job = await _fresh_owned_job(request, service, job_id)
         service.manager.follow.seen(job.id)  # a poll by the owner follows the job
+        if service.state.shared:  # its queue position and cost from the shared store: off the event loop
+            return await asyncio.to_thread(service.manager.views.view, job)
         return service.manager.views.view(job)
 
     @app.get(
@@ -299,10 +331,17 @@ def _add_job_routes(app: FastAPI) -> None:
     )
     async def get_result(job_id: str, request: Request) -> Response:
         service = _service(request)
-        job = _owned_job(request, service, job_id)
+        job = await _fresh_owned_job(request, service, job_id)
         service.manager.follow.seen(job.id)
-        if job.state == "done" and service.state.shared:  # written by another container, maybe
-            await asyncio.to_thread(service.state.visible, job.result_path)
+        if job.state == "done" and service.state.shared and job.result_path is not None:
+            # written by another container, maybe: read through the Volume when it cannot reload now
+            original = job.result_path
+            found = await asyncio.to_thread(service.state.readable, original)
+            if found is not None and found != original:
+                try:  # the copy is open once the response exists (Download): it can go at once
+                    return _result_response(service, dataclasses.replace(job, result_path=found))
+                finally:
+                    await asyncio.to_thread(service.state.discard, found, original)
         return _result_response(service, job)
 
     @app.get(
@@ -311,7 +350,7 @@ def _add_job_routes(app: FastAPI) -> None:
     )
     async def get_partial(job_id: str, request: Request) -> dict[str, Any]:
         service = _service(request)
-        job = _owned_job(request, service, job_id)
+        job = await _fresh_owned_job(request, service, job_id)
         service.manager.follow.seen(job.id)
         duration = service.manager.views.progress_fields(job)["duration"]  # the probe's, until it is counted
         return await service.manager.partials.listing(job, service.manager.stems(job), duration)
@@ -323,7 +362,7 @@ def _add_job_routes(app: FastAPI) -> None:
     )
     async def get_segment(job_id: str, stem: str, index: int, request: Request) -> Response:
         service = _service(request)
-        job = _owned_job(request, service, job_id)
+        job = await _fresh_owned_job(request, service, job_id)
         service.manager.follow.seen(job.id)
         path = await service.manager.partials.segment(job, stem, index, service.manager.stems(job))
         return open_download(
@@ -338,8 +377,9 @@ def _add_job_routes(app: FastAPI) -> None:
     )
     async def delete_job(job_id: str, request: Request) -> Response:
         service = _service(request)
-        job = _owned_job(request, service, job_id)
+        job = await _fresh_owned_job(request, service, job_id)
         service.manager.delete(job.id)
+        await service.state.settled()  # deleted for every container before the answer
         return Response(status_code=204)
 
 
@@ -414,6 +454,8 @@ async def _create_job(request: Request, service: Service, rerun: bool) -> Job:
     settings = service.settings
     client = client_address(request, settings.trust_proxy)
     key = request.headers.get("x-session-key")
+    if settings.auth_required or key:
+        await service.state.prepare_key(key, client)  # a shared key book is read off the event loop
     session = service.sessions.claim(key, client) if settings.auth_required or key else None
     try:
         _check_refusals(service, client)  # before reading the body: a flood is refused cheaply
@@ -427,6 +469,8 @@ async def _create_job(request: Request, service: Service, rerun: bool) -> Job:
             require_file=not rerun,
         )
         try:
+            if rerun:
+                await service.state.refresh(upload.fields.get(RERUN_FIELDS[0]))
             earlier = _earlier_job(service, upload) if rerun else None
             models = {model.name: model.sources for model in service.executor.models}
             options = parse_options(upload.fields, models=models, max_shifts=settings.max_shifts)
@@ -489,8 +533,11 @@ def _check_refusals(service: Service, client: str) -> None:
         )
 
 
-async def _wait_unless_disconnected(request: Request, service: Service, job: Job) -> Job | None:
-    """Wait for the job; if the client hangs up first, cancel it (nobody would get the result).
+async def _wait_unless_disconnected(
+    request: Request, service: Service, job: Job, timeout: float | None = None
+) -> Job | None:
+    """Wait for the job; if the client hangs up first, cancel it (nobody would get the result). After
+    ``timeout`` seconds the job is returned as it is then (unfinished): its owner will follow it.
 
     A graceful shutdown that outlasts uvicorn's grace cancels this request's task: the job is cancelled
     too (this client has no token and cannot come back for it) and the client gets a JSON 503
@@ -500,7 +547,9 @@ async def _wait_unless_disconnected(request: Request, service: Service, job: Job
     hangup = asyncio.ensure_future(_disconnected(request))
     try:
         try:
-            done, _ = await asyncio.wait({waiting, hangup}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {waiting, hangup}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None:
@@ -514,6 +563,9 @@ async def _wait_unless_disconnected(request: Request, service: Service, job: Job
             if finished.state == "cancelled" and finished.error_code == FailureCode.RESTARTING:
                 raise _restarting()
             return finished
+        if not done:  # the wait's time is up: the caller answers with the job (its owner polls it)
+            service.manager.follow.seen(job.id)
+            return service.manager.get(job.id) or job
         service.manager.cancel(job.id, "cancelled because the client of POST /separate disconnected")
         return None
     finally:
@@ -535,6 +587,12 @@ async def _disconnected(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+async def _fresh_owned_job(request: Request, service: Service, job_id: str) -> Job:
+    """:func:`_owned_job`, the job read first where it is shared (another container may have changed it)."""
+    await service.state.refresh(job_id)
+    return _owned_job(request, service, job_id)
 
 
 def _owned_job(request: Request, service: Service, job_id: str) -> Job:

@@ -137,6 +137,11 @@ class Follow:
             "collect its result; it was cancelled",
         )
 
+    def checking(self) -> set[str]:
+        """Jobs whose "is it still followed?" check is pending: with a shared state the sync round reads
+        their follows on other containers before the check runs (the check runs on the event loop)."""
+        return set(self._timers)
+
     def wait_begins(self, job_id: str) -> None:
         """A ``POST /separate`` waits for the job: it is followed until the request ends."""
         self._collectors[job_id] = self._collectors.get(job_id, 0) + 1

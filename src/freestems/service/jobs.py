@@ -222,16 +222,18 @@ class JobManager:
         attached = owned = stored = False
         try:
             duration = await asyncio.to_thread(self._probe, upload)
-            self.admit(client)  # again: from here to the insert nothing awaits, so this is exact
             model = self.served_model(options.model)
             key = cache_key(upload.sha256, model.fingerprint, options.as_dict())
+            cached = await asyncio.to_thread(self.cache.lookup, key)  # a shared store's: off the loop
+            if session is not None:
+                await self.state.recheck_key(session.digest)  # a shared key may have died meanwhile
+            self.admit(client)  # again: from here to the insert nothing awaits, so this is exact
             job = self._new_job(upload, options, model.name, key, client, session)
             if keep_source:
                 kept.append(self.paths.sources / f"{job.id}{upload.suffix}")
                 link_or_copy(upload.path, kept[-1])
             if duration is not None:
                 self.views.durations[job.id] = duration
-            cached = self.cache.lookup(key)
             if cached is not None and await self._from_cache(job, key, cached, session):
                 stored = True
                 return job
@@ -534,10 +536,27 @@ class JobManager:
         if loop is None or loop.is_closed():
             return
         if event.kind == "done" and self.state.shared:
-            self.state.commit()  # the result is on the Volume for every container before it is "done"
+            event = self._committed(event)  # the result is on the Volume for every container before "done"
         # RuntimeError: the loop closed in between; the store keeps the job for the next start.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._on_event, event)
+
+    def _committed(self, event: JobEvent) -> JobEvent:
+        """A ``done`` event once its result is committed to the shared Volume; if the commit fails, the job
+        fails instead (no other container could serve its result), and so it ends and is freed."""
+        try:
+            self.state.commit()
+        except Exception:
+            log.exception("job %s: committing its result to the shared volume failed", event.job_id)
+            if event.result is not None:
+                event.result.unlink(missing_ok=True)
+            return JobEvent(
+                event.job_id,
+                "failed",
+                code=FailureCode.INTERNAL,
+                message="the result could not be saved where every server sees it; please submit it again",
+            )
+        return event
 
     def _on_event(self, event: JobEvent) -> None:
         if self._stopped:

@@ -104,15 +104,23 @@ class AllowedHosts:
             f"this server does not answer to the host {host!r}; use one of: {', '.join(self.allowed)} "
             "(FREESTEMS_ALLOWED_HOSTS)",
         )
-        response = JSONResponse(error.body(), status_code=error.status)
-        if scope["type"] == "http":
-            await response(scope, receive, send)
-            return
-        websocket = WebSocket(scope, receive, send)
-        try:
-            await websocket.send_denial_response(response)
-        except RuntimeError:  # the server cannot send HTTP responses to a handshake
-            await websocket.close(1008)
+        await refuse(scope, receive, send, error)
+
+
+async def refuse(
+    scope: Scope, receive: Receive, send: Send, error: ServiceError, close_code: int = 1008
+) -> None:
+    """Answer an HTTP request, or refuse a WebSocket handshake, with ``error`` as the API's JSON (a bare
+    close with ``close_code`` where the server cannot send HTTP responses to a handshake)."""
+    response = JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+    if scope["type"] == "http":
+        await response(scope, receive, send)
+        return
+    websocket = WebSocket(scope, receive, send)
+    try:
+        await websocket.send_denial_response(response)
+    except RuntimeError:
+        await websocket.close(close_code)
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:

@@ -13,7 +13,10 @@ With a :class:`~.shared_state.SharedState`, every ``SYNC_INTERVAL`` seconds each
    adoption is atomic: one container wins each), and runs them;
 5. commits its file changes to the Volume.
 
-The shared-state calls run in a worker thread; what they found is applied on the event loop.
+The shared-state calls run in a worker thread; what they found is applied on the event loop. The round
+also refreshes what the event loop reads instead of the shared state (:mod:`.shared_store`): the
+``active`` index, the rows of the jobs it reads, and the other containers' follows of the jobs that run
+here; and an adopted job's upload is fetched here first, through the Volume's API if a reload is refused.
 """
 
 from __future__ import annotations
@@ -72,7 +75,10 @@ class Replica:
         for job in list(self._touched):
             if job not in followed:
                 del self._touched[job]
-        messages, seen, adopted = await asyncio.to_thread(self._exchange, followed | running, touch)
+        checks = running | self.manager.follow.checking()  # their follows elsewhere, for the grace checks
+        messages, seen, adopted = await asyncio.to_thread(
+            self._exchange, followed | running, touch, checks, running
+        )
         for message in messages:
             if message.get("type") == "attach":
                 self.sessions.attach_remote(
@@ -84,7 +90,7 @@ class Replica:
             self.manager.follow.adopt(adopted_job)
 
     def _exchange(
-        self, jobs: set[str], touch: set[str]
+        self, jobs: set[str], touch: set[str], checks: set[str], running: set[str]
     ) -> tuple[list[dict[str, Any]], dict[str, Job | None], list[Job]]:
         """The blocking part of a round (in a worker thread)."""
         state, store = self.state, self.manager.store
@@ -93,11 +99,15 @@ class Replica:
         for job_id in touch:
             state.touch_follow(job_id)
         seen = {job_id: store.get(job_id) for job_id in jobs}
+        for job_id in checks:
+            state.follow_age(job_id)  # the other containers' follows, for the event loop's grace checks
         adopted = []
+        active = store.active()  # also the event loop's copy of the active index
         if not self.manager.closing:
-            running = self.manager.follow.running_here()
-            for job in store.active():
+            for job in active:
                 if job.id not in running and state.adopt(job.id):
+                    if job.input_path is not None:
+                        state.fetch(job.input_path)  # without depending on a reload succeeding
                     adopted.append(job)
         state.commit_if_changed()
         return messages, seen, adopted
@@ -108,6 +118,7 @@ class Replica:
             await asyncio.to_thread(self._leave)
 
     def _leave(self) -> None:
+        self.state.courier.flush()  # the event loop's last writes (jobs given back) first
         self.state.commit()
         self.state.release_slots()
         self.state.leave()

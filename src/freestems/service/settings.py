@@ -231,15 +231,19 @@ class Settings(EnvSettings):
     it by DNS rebinding), elsewhere any (set it to the public name). See :attr:`hosts`."""
     header_timeout: Positive = 15.0
     """Seconds a connection has to send a complete request head (from opening, or from its last response);
-    then it is closed."""
+    then it is closed. The app itself (so also on Modal, whose proxy reads the heads) ends a request whose
+    body falls silent this long with 408 ``upload_timeout``."""
     keep_alive_timeout: Positive = 5.0
     """Seconds an idle kept-alive connection stays open after a response."""
     max_connections: int = Field(0, ge=0)
     """Open connections (HTTP and WebSocket) at once; more are refused at once with 503. 0: derived from
-    the open file limit (raised to its hard limit at start): the limit less a quarter, at most 4096."""
+    the open file limit (raised to its hard limit at start): the limit less a quarter, at most 4096. When
+    set, the app also caps its open requests and WebSockets at it (on Modal, where uvicorn's layer does not
+    run, the web function's concurrent inputs cap them otherwise)."""
     max_connections_per_address: AtLeastOne = 64
-    """Open connections per client address (an IPv6 /64); more get 429. Not applied with
-    ``trust_proxy``: then every connection comes from the proxy."""
+    """Open connections per client address (an IPv6 /64); more get 429. The app counts its open requests
+    and WebSockets against it too, so it holds on Modal. Not applied with ``trust_proxy``: then every
+    connection comes from the proxy."""
 
     # -- storage --
     data_dir: UserPath = Field(default_factory=default_data_dir)
@@ -289,7 +293,13 @@ class Settings(EnvSettings):
     max_shifts: AtLeastOne = 5
     """Largest ``shifts`` a request may ask for (each shift is one more full pass of the model)."""
     upload_timeout: Positive = 600.0
-    """Seconds an upload may take, so that a trickling client cannot hold a slot forever."""
+    """Seconds an upload may take, so that a trickling client cannot hold a slot forever (also the longest
+    any request body may take, and ``header_timeout`` the longest silence within one)."""
+    separate_wait: float = Field(0.0, ge=0)
+    """Seconds ``POST /separate`` may take in all, upload included, before it answers ``202`` with the job
+    to follow (``Location``: its status URL; the zip at its ``result_url``) instead of the zip. 0: it waits
+    for the zip however long the job takes. The Modal deployment sets it below Modal's 150 s limit on a web
+    request (``FREESTEMS_MODAL_REQUEST_SECONDS``)."""
     sessions_per_minute: AtLeastOne = 10
     """New sessions (challenges) per client address per minute."""
     refused_uploads_per_minute: AtLeastOne = 5

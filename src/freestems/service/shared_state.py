@@ -15,18 +15,29 @@ and a redeploy, a preemption or a crash loses nothing:
 - a ``modal.Queue``: one partition per container, its inbox (``the key of one of your sockets was used
   for job J``);
 - a ``modal.Volume`` mounted at the data folder: uploads and results. A container commits after it
-  writes (an upload, before a result is announced, after the sweeper deletes) and reloads when a file a
-  record names is not there yet. The TTL sweep deletes results; nothing else does, so a result lives
-  ``result_ttl`` seconds whichever container (if any) is up.
+  writes (an upload, before a result is announced, after the sweeper deletes) and, when a file a record
+  names is not there yet, reloads; a reload refuses while files of the Volume are open in the container
+  (an upload streaming in, a result being served: nearly always, under load), so then the file is read
+  through the Volume's API instead (:meth:`SharedState.fetch`, :meth:`SharedState.readable`): no result
+  and no adoption depends on a reload succeeding. The TTL sweep deletes results; nothing else does, so a
+  result lives ``result_ttl`` seconds whichever container (if any) is up.
 
-Shared-state calls block for a network round trip; those on a socket's path run in a thread.
+Every shared-state call blocks for a network round trip, so none is made on the event loop: there the
+state answers from what this container last read (the sync round refreshes it) and hands its writes to
+one thread, the :class:`~.shared_store.Courier`, which makes them in order. A request that needs what
+another container wrote reads it first in a thread (:meth:`SharedState.refresh`,
+:meth:`SharedState.prepare_key`), and one whose answer another container may act on at once waits for
+the courier first (:meth:`SharedState.settled`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import logging
 import queue
+import re
 import secrets
 import tempfile
 import threading
@@ -35,8 +46,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from freestems.files import temp_path
+
 from .errors import ServiceError, too_many_requests
-from .shared_store import DictJobStore, DictLike
+from .shared_store import Courier, DictJobStore, DictLike, on_event_loop, retrying
 from .store import JobStore
 
 log = logging.getLogger(__name__)
@@ -64,6 +77,11 @@ class VolumeLike(Protocol):
     def commit(self) -> None: ...
 
     def reload(self) -> None: ...
+
+    def read_file(self, path: str) -> Any:
+        """The committed bytes of ``path`` (relative to the Volume's root), in chunks; ``FileNotFoundError``
+        when there is none. Needs no reload (``modal.Volume.read_file``)."""
+        ...
 
 
 def too_many_sockets(limit: int) -> ServiceError:
@@ -150,6 +168,31 @@ class LocalState:
         """True if ``path`` is a file here (after fetching the others' changes, where they are shared)."""
         return path is not None and path.is_file()
 
+    def readable(self, path: Path | None) -> Path | None:
+        """A file with ``path``'s content to read now: ``path`` itself, else (shared) a copy of it on this
+        container's own disk, which the caller removes (:meth:`discard`). Blocking: not on the loop."""
+        return path if path is not None and path.is_file() else None
+
+    def discard(self, path: Path, original: Path | None) -> None:
+        """Remove ``path`` if :meth:`readable` made it as a copy of ``original``."""
+        if original is not None and path != original:
+            path.unlink(missing_ok=True)
+
+    # -------------------------------------------------------------------------------------- event loop
+
+    async def refresh(self, job_id: object) -> None:
+        """Read the job ``job_id`` (a client's word: any value) where it is shared, off the event loop,
+        before a request looks at it. Here the store is this process's: nothing to do."""
+
+    async def settled(self) -> None:
+        """Wait until this container's writes are where the other containers read them (nothing to do)."""
+
+    async def prepare_key(self, key: str | None, client: str) -> None:
+        """Read what claiming ``key`` for ``client`` needs, off the event loop (nothing to do here)."""
+
+    async def recheck_key(self, digest: bytes) -> None:
+        """Read again whether the key ``digest`` died, off the event loop (nothing to do here)."""
+
 
 class KeyBook(Protocol):
     """Session keys shared between containers (see :class:`SharedState`)."""
@@ -201,6 +244,11 @@ class SharedState(LocalState):
         self._slots: dict[str, str] = {}  # connection -> the slot key it holds
         self._dirty = False
         self._volume_lock = threading.Lock()
+        self.courier = Courier()
+        """Makes the writes of the event loop, in order (:mod:`.shared_store`)."""
+        self.store: DictJobStore | None = None
+        self.root: Path | None = None
+        self._follows_seen: dict[str, float] = {}  # job id -> its shared follow time, as last read
         self._book = _DictKeyBook(self)
 
     @property
@@ -209,7 +257,16 @@ class SharedState(LocalState):
         return Path(tempfile.gettempdir()) / f"freestems-work-{self.container}"
 
     def open_store(self, root: Path, database: Path) -> DictJobStore:
-        return DictJobStore(self.space, root)
+        self.root = Path(root)
+        self.store = DictJobStore(self.space, root, courier=self.courier)
+        return self.store
+
+    def _later(self, call: Callable[[], Any], what: str) -> None:
+        """A write: to the courier on the event loop (it must not wait there), else now."""
+        if on_event_loop():
+            self.courier.send(lambda: retrying(call, what))
+        else:
+            call()
 
     @property
     def keys(self) -> KeyBook:
@@ -271,31 +328,44 @@ class SharedState(LocalState):
 
     def touch_follow(self, job_id: str) -> None:
         super().touch_follow(job_id)
-        self.misc.put(f"follow:{job_id}", self._clock())
+        now = self._clock()
+        self._follows_seen[job_id] = now
+        self._later(lambda: self.misc.put(f"follow:{job_id}", now), f"following {job_id}")
 
     def follow_age(self, job_id: str) -> float | None:
+        """Seconds since ``job_id`` was last followed here or on another container (on the event loop: as
+        the sync round last read the other containers' follows)."""
         local = super().follow_age(job_id)
-        seen = self.misc.get(f"follow:{job_id}")
+        if on_event_loop():
+            seen = self._follows_seen.get(job_id)
+        else:
+            seen = self.misc.get(f"follow:{job_id}")
+            if seen is not None:
+                self._follows_seen[job_id] = float(seen)
         shared = None if seen is None else max(0.0, self._clock() - float(seen))
         ages = [age for age in (local, shared) if age is not None]
         return min(ages) if ages else None
 
     def forget_follow(self, job_id: str) -> None:
         super().forget_follow(job_id)
-        self.misc.pop(f"follow:{job_id}", None)
+        self._follows_seen.pop(job_id, None)
+        self._later(lambda: self.misc.pop(f"follow:{job_id}", None), f"forgetting the follows of {job_id}")
 
     # -------------------------------------------------------------------------------------- jobs
 
     def own(self, job_id: str) -> None:
-        self.misc.put(f"owner:{job_id}", (self.container, 0))
+        self._later(lambda: self.misc.put(f"owner:{job_id}", (self.container, 0)), f"owning {job_id}")
 
     def release(self, job_id: str) -> None:
-        owner = self.misc.get(f"owner:{job_id}")
-        if owner is not None and owner[0] == self.container:
-            self.misc.put(f"owner:{job_id}", (None, int(owner[1])))
+        def give_back() -> None:
+            owner = self.misc.get(f"owner:{job_id}")
+            if owner is not None and owner[0] == self.container:
+                self.misc.put(f"owner:{job_id}", (None, int(owner[1])))
+
+        self._later(give_back, f"giving {job_id} back")
 
     def disown(self, job_id: str) -> None:
-        self.misc.pop(f"owner:{job_id}", None)
+        self._later(lambda: self.misc.pop(f"owner:{job_id}", None), f"disowning {job_id}")
 
     def adopt(self, job_id: str) -> bool:
         """Take ``job_id`` if its container has gone (or gave it back); True if this container won it.
@@ -319,7 +389,9 @@ class SharedState(LocalState):
     # -------------------------------------------------------------------------------------- inbox
 
     def tell(self, container: str, message: dict[str, Any]) -> None:
-        self.inbox.put(message, partition=container, partition_ttl=3600)
+        self._later(
+            lambda: self.inbox.put(message, partition=container, partition_ttl=3600), f"telling {container}"
+        )
 
     def messages(self) -> list[dict[str, Any]]:
         try:
@@ -342,46 +414,189 @@ class SharedState(LocalState):
         if self._dirty:
             self.commit()
 
-    def reload(self) -> None:
+    def reload(self) -> bool:
+        """Fetch the other containers' committed changes; False when the Volume refused (it refuses while
+        files of it are open here: an upload streaming in, a result being served)."""
         if self.volume is None:
-            return
+            return False
         try:
             with self._volume_lock:
                 self.volume.reload()
-        except Exception as error:  # open files (a download in progress): the next try will do
-            log.info("reloading the volume failed (%s); trying again later", error)
+        except Exception as error:
+            log.info("reloading the volume failed (%s); reading files through its API instead", error)
+            return False
+        return True
 
     def visible(self, path: Path | None) -> bool:
+        """True if ``path`` is a file here: fetched into place (:meth:`fetch`) if another container
+        committed it. On the event loop it only looks (nothing there may wait for the network)."""
         if path is None:
             return False
         if path.is_file():
             return True
-        self.reload()
-        return path.is_file()
+        if on_event_loop():
+            return False
+        return self.fetch(path)
+
+    def fetch(self, path: Path) -> bool:
+        """Make ``path``, a file another container committed, a file here: by a reload, or, when the
+        Volume refuses one, by reading it through the Volume's API into place. False if there is none.
+        Blocking: not on the event loop."""
+        if path.is_file():
+            return True
+        if self.reload() and path.is_file():
+            return True
+        return path.is_file() or self._read_through(path, path)
+
+    def readable(self, path: Path | None) -> Path | None:
+        """``path`` if it is a file here (after a reload), else a copy read through the Volume's API onto
+        this container's own disk (so the next commit does not upload it again), which the caller removes
+        (:meth:`discard`); None if there is no such file. Blocking: not on the event loop."""
+        if path is None:
+            return None
+        if path.is_file() or (self.reload() and path.is_file()):
+            return path
+        copy = self.work_dir / "fetched" / f"{secrets.token_hex(8)}{path.suffix}"
+        return copy if self._read_through(path, copy) else None
+
+    def _read_through(self, path: Path, destination: Path) -> bool:
+        """Write the committed bytes of ``path`` at ``destination`` (atomically); False if there are none."""
+        if self.volume is None or self.root is None or not hasattr(self.volume, "read_file"):
+            return False
+        try:
+            relative = path.relative_to(self.root).as_posix()
+        except ValueError:
+            return False
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        partial = temp_path(destination)
+        try:
+            with partial.open("wb") as out:
+                for chunk in self.volume.read_file(relative):
+                    out.write(chunk)
+            partial.replace(destination)
+        except FileNotFoundError:
+            partial.unlink(missing_ok=True)
+            return False
+        except Exception:
+            partial.unlink(missing_ok=True)
+            log.warning("reading %s through the volume's API failed", relative, exc_info=True)
+            return False
+        return True
+
+    # -------------------------------------------------------------------------------------- event loop
+
+    async def refresh(self, job_id: object) -> None:
+        """Read the job ``job_id`` from the shared store in a thread (this container's own writes made
+        first), so that the event loop's copy has it as it is now."""
+        store = self.store
+        if store is None or not isinstance(job_id, str) or not re.fullmatch(r"[0-9a-f]{16}", job_id):
+            return
+
+        def read() -> None:
+            self.courier.flush()
+            store.get(job_id)
+
+        await asyncio.to_thread(read)
+
+    async def settled(self) -> None:
+        await self.courier.settled()
+
+    async def prepare_key(self, key: str | None, client: str) -> None:
+        if key:
+            await asyncio.to_thread(
+                self._book.prepare, hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest(), client
+            )
+
+    async def recheck_key(self, digest: bytes) -> None:
+        await asyncio.to_thread(self._book.recheck, digest)
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """What :meth:`_DictKeyBook.prepare` read for one key, for the event loop's claim."""
+
+    tombstone: ServiceError | None
+    record: dict[str, Any] | None
+    claimed: bool | None
+    """The atomic claim, taken when the record allowed it (None: not tried)."""
+    at: float = dataclasses.field(default_factory=time.monotonic)
 
 
 class _DictKeyBook:
     """Session keys in the ``keys`` Dict: ``<digest>`` the record, ``claim:<digest>`` the one use,
-    ``dead:<digest>`` why it died."""
+    ``dead:<digest>`` why it died.
+
+    The session registry asks on the event loop, so there the book answers from what :meth:`prepare` (and
+    :meth:`recheck`) read in a thread just before, and its writes go to the courier; elsewhere it reads and
+    writes the Dict directly. The claim itself, ``put(claim:<digest>, skip_if_exists=True)``, is taken in
+    :meth:`prepare` when the key's record says that this client may use it now."""
+
+    PREPARED_SECONDS = 120.0
+    """How long what :meth:`prepare` read stays (a request uses it within milliseconds)."""
 
     def __init__(self, state: SharedState) -> None:
         self.state = state
         self.keys = state.key_dict
+        self._prepared: dict[bytes, _Prepared] = {}
 
     def publish(self, digest: bytes, record: dict[str, Any]) -> None:
-        self.keys.put(digest.hex(), {**record, "container": self.state.container})
+        value = {**record, "container": self.state.container}
+        self.state._later(lambda: self.keys.put(digest.hex(), value), "publishing a key")
+
+    def prepare(self, digest: bytes, client: str) -> None:
+        """Blocking, in a thread: read the key's tombstone and record (this container's writes made first)
+        and, when it is alive, unexpired and ``client``'s, take its claim."""
+        self.state.courier.flush()
+        now = time.monotonic()
+        for old in [key for key, found in self._prepared.items() if now - found.at > self.PREPARED_SECONDS]:
+            self._prepared.pop(old, None)
+        tombstone = self._read_tombstone(digest)
+        record = None if tombstone is not None else self._read_record(digest)
+        claimed = None
+        if (
+            record is not None
+            and str(record.get("client")) == client
+            and float(record.get("expires_at", 0.0)) >= time.time()
+        ):
+            claimed = self._claim(digest)
+        self._prepared[digest] = _Prepared(tombstone, record, claimed)
+
+    def recheck(self, digest: bytes) -> None:
+        """Blocking, in a thread: read again whether the key died (an upload can take minutes)."""
+        tombstone = self._read_tombstone(digest)
+        found = self._prepared.get(digest)
+        if found is None:
+            self._prepared[digest] = _Prepared(tombstone, None, None)
+        else:
+            found.tombstone, found.at = tombstone, time.monotonic()
 
     def lookup(self, digest: bytes) -> dict[str, Any] | None:
+        if on_event_loop():
+            found = self._prepared.get(digest)
+            return None if found is None or found.record is None else dict(found.record)
+        return self._read_record(digest)
+
+    def _read_record(self, digest: bytes) -> dict[str, Any] | None:
         record = self.keys.get(digest.hex())
         if record is None or not self.state.alive(record.get("container")):
             return None  # its socket's container has gone, and the socket with it
         return dict(record)
 
     def claim(self, digest: bytes) -> bool:
+        """Take the key's one use (on the event loop: the claim :meth:`prepare` took, used once)."""
+        if on_event_loop():
+            found = self._prepared.get(digest)
+            claimed = found is not None and bool(found.claimed)
+            if found is not None:
+                found.claimed = False  # one claim, one use
+            return claimed
+        return self._claim(digest)
+
+    def _claim(self, digest: bytes) -> bool:
         return bool(self.keys.put(f"claim:{digest.hex()}", self.state.container, skip_if_exists=True))
 
     def unclaim(self, digest: bytes) -> None:
-        self.keys.pop(f"claim:{digest.hex()}", None)
+        self.state._later(lambda: self.keys.pop(f"claim:{digest.hex()}", None), "giving a key back")
 
     def attached(self, digest: bytes, record: dict[str, Any], job_id: str) -> None:
         """A key of another container's socket started ``job_id``: tell that container."""
@@ -394,10 +609,21 @@ class _DictKeyBook:
         self.state.tell(str(record["container"]), message)
 
     def bury(self, digest: bytes, error: ServiceError, until: float) -> None:
-        self.keys.put(f"dead:{digest.hex()}", (error.status, error.code, error.message, until))
-        self.keys.pop(digest.hex(), None)
+        dead = (error.status, error.code, error.message, until)
+
+        def write() -> None:
+            self.keys.put(f"dead:{digest.hex()}", dead)
+            self.keys.pop(digest.hex(), None)
+
+        self.state._later(write, "burying a key")
 
     def tombstone(self, digest: bytes) -> ServiceError | None:
+        if on_event_loop():
+            found = self._prepared.get(digest)
+            return None if found is None else found.tombstone
+        return self._read_tombstone(digest)
+
+    def _read_tombstone(self, digest: bytes) -> ServiceError | None:
         found = self.keys.get(f"dead:{digest.hex()}")
         if found is None:
             return None

@@ -212,6 +212,7 @@ async def _handle(
             raise _EndOfLife
         ttl = min(settings.session_ttl, left)
         key, _ = service.sessions.issue(client, connection, ttl=ttl)
+        await service.state.settled()  # published for every container before the client has it
         return {"type": "session", "key": key, "expires_in": round(ttl)}
     if kind == "challenge":
         if service.sessions.has_live_key(connection):
@@ -221,6 +222,7 @@ async def _handle(
     if kind == "ping":
         return {"type": "pong"}
     if kind == "follow":
+        await service.state.refresh(message.get("id"))  # a job of another container, maybe
         _follow(service, connection, message.get("id"), message.get("token"))
         return None
     raise forbidden(

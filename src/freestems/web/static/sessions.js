@@ -1,17 +1,42 @@
 // The session WebSocket that earns a key: connect, solve the challenge in Web Workers (pow.js), redeem the
 // answer. A session whose key no upload has used yet is kept for the next song (a refused upload does not use
-// the key up). Also on servers without keys (FREESTEMS_AUTH=none): the socket is what reports the job's
-// progress and what cancels the job when the page goes away.
+// the key up), for a minute: then its socket closes, since an open socket keeps the server's web container
+// awake (and billed) for a page that may sit idle for hours. The socket is opened only when a key is needed
+// (Separate), never when the page loads. Also on servers without keys (FREESTEMS_AUTH=none): the socket is
+// what reports the job's progress and what cancels the job when the page goes away.
 import { Session } from "./api.js";
 import { solveChallenge } from "./pow.js";
 import { Problem } from "./text.js";
 
+const KEEP_MS = 60 * 1000; // how long an unused key's socket stays open for the next song
+
 /** `handlers` ({onJob, onDone, onProblem}) hear the session's job messages and its failure. */
 export function createSessions({ messages, log, handlers }) {
   let session = null;
+  let idle = null; // the timer that closes a kept, unused session
+
+  function stopIdle() {
+    if (idle) clearTimeout(idle);
+    idle = null;
+  }
+
+  /** Keep a session whose key is unused for the next song, for KEEP_MS; then close its socket. */
+  function keepForAWhile() {
+    stopIdle();
+    const kept = session;
+    const wait = Number(globalThis.freestemsSessionKeepMs) || KEEP_MS; // tests shorten it
+    idle = setTimeout(() => {
+      idle = null;
+      if (session !== kept || !kept) return;
+      log("session_idle_closed");
+      kept.close();
+      session = null;
+    }, wait);
+  }
 
   /** A session with an unused key: the open one, or a new one. `expected`: the most tries (or null). */
   async function obtain(signal, expected) {
+    stopIdle();
     if (session && session.usable) {
       log("session_reused");
       return session;
@@ -52,14 +77,18 @@ export function createSessions({ messages, log, handlers }) {
 
   return {
     obtain,
-    /** After a problem: a session that cannot serve another upload is closed. */
+    /** After a problem: a session that cannot serve another upload is closed; one that can is kept for a
+     * while (KEEP_MS), then closed. */
     dropUnusable() {
       if (session && !session.usable) {
         session.close();
         session = null;
+      } else if (session) {
+        keepForAWhile();
       }
     },
     close() {
+      stopIdle();
       if (session) session.close();
       session = null;
     },
