@@ -38,6 +38,7 @@ from freestems.models.served import LoadedModels, public_facts
 from freestems.version import __version__
 
 from .challenges import ChallengeBook
+from .device import CrossOriginIsolation, add_device_routes, device_models
 from .errors import (
     ServiceError,
     conflict,
@@ -114,8 +115,10 @@ def create_app(
         lifespan=_lifespan(settings, executor, paths, _challenge_secret(settings), state),
     )
     app.add_middleware(AllowedHosts, allowed=settings.hosts)
+    app.add_middleware(CrossOriginIsolation)  # the page separating on the device may use threads
     _add_error_handlers(app)
     _add_routes(app)
+    add_device_routes(app, settings, lambda: [model.name for model in executor.models])
     _generate_form_schema(app, settings, executor)
     app.mount("/static", StaticFiles(directory=WEB_PAGE.parent / "static", check_dir=False), name="static")
     return app
@@ -408,6 +411,7 @@ def _config(service: Service) -> dict[str, Any]:
         "auth": settings.auth,
         "pow": {"algorithm": settings.pow_algorithm, "counter": settings.pow_counter},
         "result_ttl": settings.result_ttl,
+        "device_models": device_models(settings, [model.name for model in served]),
     }
 
 
