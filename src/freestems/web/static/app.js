@@ -14,6 +14,7 @@
 import { loadConfig } from "./api.js";
 import { createCompare } from "./compare.js";
 import { askFirst } from "./confirm.js";
+import { createDevice } from "./device-run.js";
 import { $ } from "./dom.js";
 import { createJobs } from "./job.js";
 import { createLog } from "./log.js";
@@ -48,6 +49,17 @@ const jobs = createJobs({
   prepareAudio: () => player.prepare(),
   onView: (job, message) => listen.offer(job, message),
 });
+// Separating on this device instead (device-run.js): no upload, no job; its result shows as a server's does.
+const device = createDevice({
+  screens,
+  messages,
+  log,
+  present: async (archive, file, options) => {
+    await result.show(archive, file, options);
+    compare.offer(null, file, options);
+  },
+  prepareAudio: () => player.prepare(),
+});
 
 /** The job ended without a result: stop listening to it. */
 async function stopListening() {
@@ -69,8 +81,9 @@ function showProblem(problem) {
 }
 
 async function separate() {
-  if (!song.ready || !config || jobs.running) return;
-  const outcome = await jobs.separate(song.file, readOptions(config.model), config.powCounter);
+  if (!song.ready || !config || jobs.running || device.running) return;
+  const options = readOptions(config.model);
+  const outcome = device.chosen ? await device.separate(song.file, options) : await jobs.separate(song.file, options, config.powCounter);
   if (outcome.kind !== "result") await stopListening();
   if (outcome.kind === "cancelled") {
     backToSetup();
@@ -92,11 +105,12 @@ function wire() {
   wireOptions(() => config);
   player.wire();
   compare.wire();
+  device.wire();
   $("setup").addEventListener("submit", (event) => {
     event.preventDefault();
     separate();
   });
-  const confirmCancel = askFirst({ trigger: "cancel", box: "cancel-confirm", yes: "cancel-yes", no: "cancel-no", onYes: () => jobs.cancel() });
+  const confirmCancel = askFirst({ trigger: "cancel", box: "cancel-confirm", yes: "cancel-yes", no: "cancel-no", onYes: () => (device.running ? device.cancel() : jobs.cancel()) });
   screens.onShow(() => confirmCancel.close());
   $("retry").addEventListener("click", () => {
     messages.hideProblem();
@@ -146,6 +160,7 @@ const hook = {
   events,
   mixer: player.view,
   compare: compare.view,
+  device: device.view,
   ready: false,
   memoryBudget: undefined, // bytes; tests set it to see the downloads-only result
 };
@@ -166,6 +181,7 @@ async function start() {
   }
   fillOptions(config);
   song.useConfig(config);
+  device.useConfig(config);
   hook.ready = true;
   document.documentElement.dataset.ready = "true";
   log("ready", { described: config.described });
