@@ -138,6 +138,7 @@ class Traffic:
 
 def separate_on_device(page, song: Path) -> str:
     wait_js(page, "window.freestems.device.unavailable() === ''", timeout=30)
+    page.evaluate("window.freestems.device.keep = true")  # the floats, for the comparison
     page.check('input[name="where"][value="device"]')
     page.set_input_files("#file", str(song))
     wait_js(page, "!document.getElementById('separate').disabled")
@@ -205,16 +206,20 @@ def test_a_song_is_separated_on_the_device_as_the_engine_does_and_nothing_leaves
 
 
 @needs_runtime
-def test_cancelling_a_device_separation_goes_back_to_the_form(exported, open_page, tmp_path):
+def test_a_song_over_the_upload_limit_can_be_separated_on_the_device_and_cancelled(
+    exported, open_page, tmp_path
+):
     model, device_dir = exported
-    song = tmp_path / "long.mp3"
-    write_test_file(song, "mp3", seconds=30.0, signal=music(30.0))
+    song = tmp_path / "long.wav"
+    write_test_file(song, "wav", seconds=30.0, signal=music(30.0))  # 5.3 MB: over the 4 MB upload limit
     with device_server(tmp_path, model, device_dir) as server:
         page = open_page(server=server)
         wait_js(page, "window.freestems.device.unavailable() === ''", timeout=30)
-        page.check('input[name="where"][value="device"]')
         page.set_input_files("#file", str(song))
+        assert "This file is too big" in wait_js(page, "document.getElementById('file-error').textContent")
+        page.check('input[name="where"][value="device"]')  # nothing is uploaded: the size is no matter
         wait_js(page, "!document.getElementById('separate').disabled")
+        assert page.is_hidden("#file-error")
         page.click("#separate")
         status = "document.getElementById('status').textContent"
         wait_js(page, f"/Separating on this device: /.test({status})", timeout=120)
@@ -223,6 +228,9 @@ def test_cancelling_a_device_separation_goes_back_to_the_form(exported, open_pag
         wait_js(page, "window.freestems.phase === 'setup'")
         assert page.is_visible("#setup") and not page.is_visible("#work")
         assert page.evaluate("window.freestems.device.last()") is None
+        page.check('input[name="where"][value="server"]')  # back to an upload: the limit again
+        wait_js(page, "document.getElementById('separate').disabled")
+        assert page.is_visible("#file-error")
 
 
 def test_without_the_runtime_the_page_says_device_separation_is_unavailable(

@@ -53,6 +53,7 @@ const jobs = createJobs({
 const device = createDevice({
   screens,
   messages,
+  song,
   log,
   present: async (archive, file, options) => {
     await result.show(archive, file, options);

@@ -84,12 +84,13 @@ function twoStems(stems, stem, mix) {
  * `present(archive, file, options)` shows a result (the result card); `prepareAudio()` runs during the
  * click (an audio context made then may play later).
  */
-export function createDevice({ screens, messages, log, present, prepareAudio }) {
+export function createDevice({ screens, messages, song, log, present, prepareAudio }) {
   let fieldset = null;
   let config = null;
   let unavailable = "checking"; // "" when this page can separate on the device, else why not
   let run = null; // the AbortController of the run in progress
-  let last = null; // the last device run's floats, for tests: {names, stems, input, info}
+  let last = null; // the last device run, for tests: {names, info} (and stems, input: view.keep)
+  let relaxed = false; // the song is checked without the upload's size limit
 
   function chosenModel() {
     const chosen = document.querySelector('input[name="model"]:checked');
@@ -110,6 +111,12 @@ export function createDevice({ screens, messages, log, present, prepareAudio }) 
     device.closest("label").classList.toggle("is-disabled", device.disabled);
     if (device.disabled && device.checked) fieldset.querySelector('input[value="server"]').checked = true;
     $("where-hint").textContent = why || (chosen() ? "The stems are made in this browser, as WAV files, in one pass; the first run downloads the model once." : "");
+    // Nothing is uploaded: the upload's size limit does not apply (the length limit does: memory).
+    const onDevice = chosen();
+    if (onDevice !== relaxed) {
+      relaxed = onDevice;
+      song.useConfig(onDevice ? { ...config, limits: { ...config.limits, max_upload_mb: Infinity } } : config);
+    }
   }
 
   function chosen() {
@@ -164,7 +171,8 @@ export function createDevice({ screens, messages, log, present, prepareAudio }) 
         },
       });
       const stems = options.twoStems ? twoStems(outcome.stems, options.twoStems, channels) : outcome.stems;
-      last = { names: Object.keys(stems), stems, input: channels, info: { ...outcome.info, first_block_page_s: firstBlock } };
+      const info = { ...outcome.info, first_block_page_s: firstBlock };
+      last = view.keep ? { names: Object.keys(stems), stems, input: channels, info } : { names: Object.keys(stems), info };
       log("device_done", { ...outcome.info.timings, cached: outcome.info.cached, threads: outcome.info.threads });
       messages.setPhase("fetch", "Preparing the player…", null);
       const archive = await wavArchive(stems);
@@ -200,6 +208,13 @@ export function createDevice({ screens, messages, log, present, prepareAudio }) 
     });
   }
 
+  /** For tests (window.freestems.device): the last run's facts (and floats, with `keep`); why it cannot run. */
+  const view = {
+    keep: false, // keep the last run's floats (the song's decoded samples and the stems)
+    last: () => last,
+    unavailable: () => unavailable,
+  };
+
   return {
     wire,
     useConfig,
@@ -212,10 +227,6 @@ export function createDevice({ screens, messages, log, present, prepareAudio }) 
     get running() {
       return Boolean(run);
     },
-    /** For tests (window.freestems.device): the last run's floats and facts; whether it can run here. */
-    view: {
-      last: () => last,
-      unavailable: () => unavailable,
-    },
+    view,
   };
 }
