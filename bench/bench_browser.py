@@ -7,8 +7,8 @@ own decoding, the engine's Web Worker and onnxruntime-web (WASM, on as many thre
 when the page is cross-origin isolated), twice (the second run reads the network from Cache Storage). The
 page picks the network file as it does for anyone (fp16 weights where the export found them faithful).
 
-- ``first_sound_s``: from the click on Separate to the first finished block of every stem (what the page
-  could play first if it played while it separates; it does not yet);
+- ``first_sound_s``: from the click on Separate to the first finished block of every stem, which the page
+  plays at once;
 - ``whole_s``: from the click to the result card, the player ready;
 - ``cached_whole_s``: the same for the second run;
 - ``network_load_s``, ``chunks``, ``threads``, ``file``: the worker's own facts of the first run.

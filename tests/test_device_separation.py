@@ -23,7 +23,7 @@ import pytest
 from audio_samples import write_test_file
 from conftest import one_torch_thread
 from model_helpers import make_small_checkpoint
-from web_helpers import needs_chromium, wait_js
+from web_helpers import events, needs_chromium, wait_js
 
 from freestems import engine
 from freestems.service import device
@@ -165,12 +165,17 @@ def test_a_song_is_separated_on_the_device_as_the_engine_does_and_nothing_leaves
         run = page.evaluate(LAST_RUN)
         stems = page.eval_on_selector_all("#stems li", "rows => rows.map(row => row.dataset.stem)")
         playable = page.evaluate("window.freestems.mixer.duration()")
+        handovers = events(page, "handover")  # the live player (the blocks as they were finished) took over
         first = len(traffic.requests)
 
-        # A second song, the same model: the network comes from Cache Storage.
+        # Again, karaoke this time (vocals and the rest): the network comes from Cache Storage.
         page.click("#again")
+        page.check('input[name="stems"][value="two"]')
+        page.select_option("#two-stems", "vocals")
         assert separate_on_device(page, song) == "result", page.evaluate("window.freestems.problem")
-        second = page.evaluate("window.freestems.device.last().info")
+        karaoke = page.evaluate(LAST_RUN)
+        second = karaoke["info"]
+        karaoke_rows = page.eval_on_selector_all("#stems li", "rows => rows.map(row => row.dataset.stem)")
         networks = [path for path in traffic.paths() if path.endswith(".onnx")]
         second_end = len(traffic.requests)
         # The fp32 file too (the page's "auto" took the fp16 one where the export measured it faithful).
@@ -191,7 +196,13 @@ def test_a_song_is_separated_on_the_device_as_the_engine_does_and_nothing_leaves
     print(f"first run {first_run_s:.1f} s in all; the worker's: {run['info']}")
     assert min(snrs.values()) >= MIN_SNR_DB, snrs
     assert min(fp32_snrs.values()) >= MIN_SNR_DB, fp32_snrs
+    with one_torch_thread():
+        pair = engine.separate(mix, model, two_stems="vocals")
+    assert list(karaoke["stems"]) == karaoke_rows == ["vocals", "no_vocals"]
+    for name, reference in pair.items():
+        assert snr_db(reference, _floats(karaoke["stems"][name])) >= MIN_SNR_DB, name
     assert playable == pytest.approx(mix.shape[1] / 44100, abs=0.01)
+    assert len(handovers) == 1
 
     # Nothing left the browser: no upload, no form, no socket; only GETs of the page's own files.
     assert traffic.sockets == []
@@ -206,7 +217,7 @@ def test_a_song_is_separated_on_the_device_as_the_engine_does_and_nothing_leaves
 
 
 @needs_runtime
-def test_a_song_over_the_upload_limit_can_be_separated_on_the_device_and_cancelled(
+def test_a_song_over_the_upload_limit_plays_while_it_separates_on_the_device_and_is_cancelled(
     exported, open_page, tmp_path
 ):
     model, device_dir = exported
@@ -223,11 +234,15 @@ def test_a_song_over_the_upload_limit_can_be_separated_on_the_device_and_cancell
         page.click("#separate")
         status = "document.getElementById('status').textContent"
         wait_js(page, f"/Separating on this device: /.test({status})", timeout=120)
+        # The first finished block plays at once, while the rest is separated.
+        wait_js(page, "(window.freestems.mixer.live() || {}).ready > 0", timeout=120)
+        assert page.evaluate("window.freestems.mixer.live().complete") is False
         page.click("#cancel")
         page.click("#cancel-yes")
         wait_js(page, "window.freestems.phase === 'setup'")
         assert page.is_visible("#setup") and not page.is_visible("#work")
         assert page.evaluate("window.freestems.device.last()") is None
+        assert page.evaluate("window.freestems.mixer.live()") is None  # the live player went with it
         page.check('input[name="where"][value="server"]')  # back to an upload: the limit again
         wait_js(page, "document.getElementById('separate').disabled")
         assert page.is_visible("#file-error")

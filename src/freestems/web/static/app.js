@@ -54,6 +54,7 @@ const device = createDevice({
   screens,
   messages,
   song,
+  player,
   log,
   present: async (archive, file, options) => {
     await result.show(archive, file, options);

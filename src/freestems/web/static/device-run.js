@@ -2,13 +2,15 @@
 // no session key). This module adds the choice to the form when the server has models exported for the
 // browser (GET /config's device_models), says why it cannot be chosen when it cannot (no runtime on the
 // server, an old browser, a model that runs only on the server), and runs a separation on the device: the
-// song decoded by the browser, the engine's worker followed on the work card, its stems handed to the
-// result card as WAV files (the same player, downloads and mix export as a server's result).
+// song decoded by the browser, the engine's worker followed on the work card, each finished block played
+// at once (stream.js's LiveMixer, as a server's progressive results are), and the stems handed to the
+// result card as WAV files at the end (the same player, downloads and mix export as a server's result).
 //
 // A run resolves like job.js's: {kind: "result"}, {kind: "cancelled"} or {kind: "problem", problem}.
 import { decodeSong, deviceSupport, SAMPLE_RATE, separateOnDevice } from "./device.js";
 import { $ } from "./dom.js";
 import { wavBlob } from "./mixdown.js";
+import { LiveMixer } from "./stream.js";
 import { formatBytes, formatClock, Problem } from "./text.js";
 import { crc32, writeZip } from "./zip.js";
 
@@ -60,31 +62,40 @@ function buildChoice() {
 /** The zip the result card takes (as a server's): one 16-bit WAV per stem, stored. */
 async function wavArchive(stems) {
   const entries = [];
-  for (const [name, channels] of Object.entries(stems)) {
-    const buffer = new AudioBuffer({ numberOfChannels: channels.length, length: channels[0].length, sampleRate: SAMPLE_RATE });
-    channels.forEach((channel, c) => buffer.copyToChannel(channel, c));
+  for (const [name, buffer] of Object.entries(audioBuffers(stems))) {
     const data = new Uint8Array(await wavBlob(buffer).arrayBuffer());
     entries.push({ name: `${name}.wav`, method: 0, crc: crc32(data), packed: data, size: data.length });
   }
   return writeZip(entries).arrayBuffer();
 }
 
-/** The engine's two-stem mode: {stem, no_stem = mix - stem}. */
-function twoStems(stems, stem, mix) {
+/** The engine's two-stem mode: {stem, no_stem = mix - stem}; `from`: where the stem starts in the mix. */
+function twoStems(stems, stem, mix, from = 0) {
   const rest = stems[stem].map((channel, c) => {
     const source = mix[Math.min(c, mix.length - 1)];
     const out = new Float32Array(channel.length);
-    for (let i = 0; i < channel.length; i += 1) out[i] = source[i] - channel[i];
+    for (let i = 0; i < channel.length; i += 1) out[i] = source[from + i] - channel[i];
     return out;
   });
   return { [stem]: stems[stem], [`no_${stem}`]: rest };
+}
+
+/** {stem: AudioBuffer} of `stems` ({stem: [Float32Array per channel]}), for the live player. */
+function audioBuffers(stems) {
+  const buffers = {};
+  for (const [name, channels] of Object.entries(stems)) {
+    const buffer = new AudioBuffer({ numberOfChannels: channels.length, length: channels[0].length, sampleRate: SAMPLE_RATE });
+    channels.forEach((channel, c) => buffer.copyToChannel(channel, c));
+    buffers[name] = buffer;
+  }
+  return buffers;
 }
 
 /**
  * `present(archive, file, options)` shows a result (the result card); `prepareAudio()` runs during the
  * click (an audio context made then may play later).
  */
-export function createDevice({ screens, messages, song, log, present, prepareAudio }) {
+export function createDevice({ screens, messages, song, player, log, present, prepareAudio }) {
   let fieldset = null;
   let config = null;
   let unavailable = "checking"; // "" when this page can separate on the device, else why not
@@ -156,6 +167,16 @@ export function createDevice({ screens, messages, song, log, present, prepareAud
       if (mine.signal.aborted) throw new DOMException("cancelled", "AbortError");
       log("device_decoded", { channels: channels.length, length });
       let firstBlock = null;
+      let live = null; // the LiveMixer playing the finished blocks
+      const play = (message) => {
+        const named = Object.fromEntries(message.names.map((name, s) => [name, message.stems[s]]));
+        const block = options.twoStems ? twoStems(named, options.twoStems, channels, message.from) : named;
+        if (!live) {
+          live = new LiveMixer(player.audioContext(), { stems: Object.keys(block), sampleRate: SAMPLE_RATE, totalSamples: length });
+          player.goLive(live);
+        }
+        live.addSegment({ start: message.from, end: message.to }, audioBuffers(block));
+      };
       const outcome = await separateOnDevice({
         model: options.model,
         channels,
@@ -167,9 +188,13 @@ export function createDevice({ screens, messages, song, log, present, prepareAud
           } else if (message.type === "progress") {
             const words = message.done === 0 ? "Separating on this device…" : `Separating on this device: ${formatClock(Math.min(length, (message.done / message.total) * length) / SAMPLE_RATE)} of ${formatClock(length / SAMPLE_RATE)}`;
             messages.setProgress(words, message.done / message.total);
-          } else if (message.type === "block" && firstBlock === null) firstBlock = (performance.now() - began) / 1000;
+          } else if (message.type === "block") {
+            if (firstBlock === null) firstBlock = (performance.now() - began) / 1000;
+            play(message);
+          }
         },
       });
+      if (live) live.finish();
       const stems = options.twoStems ? twoStems(outcome.stems, options.twoStems, channels) : outcome.stems;
       const info = { ...outcome.info, first_block_page_s: firstBlock };
       last = view.keep ? { names: Object.keys(stems), stems, input: channels, info } : { names: Object.keys(stems), info };

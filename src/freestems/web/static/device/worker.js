@@ -5,8 +5,8 @@
 //
 // Messages in:  {type: "separate", manifestUrl, channels: [Float32Array, ...] (44.1 kHz), precision, overlap}
 // Messages out: {type: "status", stage, words}, {type: "download", received, total},
-//               {type: "progress", done, total}, {type: "block", from, to, stems: [[Float32Array per channel]]}
-//               (the finished samples [from, to) of every stem, in the manifest's stem order),
+//               {type: "progress", done, total}, {type: "block", from, to, names, stems: [[Float32Array per
+//               channel] per stem]} (the finished samples [from, to) of every stem, `names` their names),
 //               {type: "done", stems, length, timings, cached, threads, file}, {type: "error", message}.
 // The page ends a separation by terminating the worker.
 import { checkManifest, chunkStarts, ChunkSTFT, mixStats, overlapWindow, stride } from "./dsp.js";
@@ -145,7 +145,7 @@ async function separate({ manifestUrl, channels, precision = "auto", overlap = n
     );
     total.copyWithin(0, count);
     total.fill(0, segment - count);
-    post({ type: "block", from: emitted, to: emitted + count, stems: block }, block.flat().map((part) => part.buffer));
+    post({ type: "block", from: emitted, to: emitted + count, names: stems, stems: block }, block.flat().map((part) => part.buffer));
     emitted += count;
   }
 
