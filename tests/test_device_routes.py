@@ -69,3 +69,11 @@ def test_the_vendored_runtime_is_served_when_it_was_fetched(start_server):
         assert wasm.headers["content-type"] == "application/wasm"
     else:
         assert response.status_code == 404
+
+
+def test_the_service_worker_is_served_from_the_root(start_server):
+    server = start_server()
+    response = httpx.get(server.url + "/sw.js")
+    assert response.status_code == 200 and "networkFirst" in response.text
+    assert response.headers["content-type"].startswith("text/javascript")
+    assert response.headers["cache-control"] == "no-cache"

@@ -116,10 +116,12 @@ def device_server(tmp_path: Path, model, device_dir: Path) -> Iterator:
 
 
 class Traffic:
-    """Every request of a browser context (its pages and their workers) and every WebSocket it opens."""
+    """Every request of a browser context (its pages, their workers, the service worker) and every WebSocket
+    it opens. A request the service worker answers from the network is seen twice: ``paths`` lists the
+    page's side only."""
 
     def __init__(self) -> None:
-        self.requests: list[tuple[str, str, int]] = []
+        self.requests: list[tuple[str, str, int, bool]] = []
         self.sockets: list[str] = []
 
     def watch(self, page) -> None:
@@ -130,10 +132,15 @@ class Traffic:
         if request.url.startswith(("blob:", "data:")):
             return  # the page's own object URLs (the stems' WAV files): nothing leaves the browser
         body = request.post_data_buffer
-        self.requests.append((request.method, request.url, len(body) if body else 0))
+        size = len(body) if body else 0
+        self.requests.append((request.method, request.url, size, request.service_worker is not None))
 
-    def paths(self, since: int = 0) -> list[str]:
-        return [url.split("://", 1)[1].split("/", 1)[1].split("?")[0] for _, url, _ in self.requests[since:]]
+    def paths(self, since: int = 0, until: int | None = None) -> list[str]:
+        return [
+            url.split("://", 1)[1].split("/", 1)[1].split("?")[0]
+            for _, url, _, by_service_worker in self.requests[since:until]
+            if not by_service_worker
+        ]
 
 
 def separate_on_device(page, song: Path) -> str:
@@ -206,13 +213,14 @@ def test_a_song_is_separated_on_the_device_as_the_engine_does_and_nothing_leaves
 
     # Nothing left the browser: no upload, no form, no socket; only GETs of the page's own files.
     assert traffic.sockets == []
-    assert [(method, url) for method, url, _ in traffic.requests if method not in ("GET", "HEAD")] == []
-    assert all(size == 0 for *_, size in traffic.requests)
-    allowed = ("static/", "vendor/onnxruntime-web/", "models/small/device/")
-    assert [path for path in traffic.paths(before) if not path.startswith(allowed)] == []
+    assert [(method, url) for method, url, *_ in traffic.requests if method not in ("GET", "HEAD")] == []
+    assert all(size == 0 for _, _, size, _ in traffic.requests)
+    allowed = ("static/", "vendor/onnxruntime-web/", "models/small/device/", "sw.js")
+    own = [path for path in traffic.paths(before) if not path.startswith(allowed)]
+    assert set(own) <= {"", "config"}  # the service worker keeps a copy of the page for offline use
     assert networks == [f"models/small/device/{run['info']['file']}"]  # once, over both runs
     assert run["info"]["cached"] is False and second["cached"] is True
-    again = traffic.paths(first)[: second_end - first]
+    again = traffic.paths(first, second_end)
     assert again.count("models/small/device/manifest.json") == 1  # asked again (small), the network not
 
 
@@ -248,6 +256,27 @@ def test_a_song_over_the_upload_limit_plays_while_it_separates_on_the_device_and
         assert page.is_visible("#file-error")
 
 
+@needs_runtime
+def test_once_it_has_separated_on_the_device_the_page_does_it_offline(exported, open_page, tmp_path):
+    model, device_dir = exported
+    song = tmp_path / "song.mp3"
+    write_test_file(song, "mp3", seconds=3.0, signal=music(3.0))
+    with device_server(tmp_path, model, device_dir) as server:
+        page = open_page(server=server, expected_errors=("ERR_INTERNET_DISCONNECTED",))
+        assert separate_on_device(page, song) == "result"
+        wait_js(page, "Boolean(navigator.serviceWorker.controller)")
+        wait_js(page, "window.freestems.events.some(event => event.kind === 'offline' && event.registered)")
+        page.context.set_offline(True)
+        try:
+            page.reload()
+            wait_js(page, "Boolean(window.freestems && window.freestems.ready)")
+            assert separate_on_device(page, song) == "result", page.evaluate("window.freestems.problem")
+            assert page.evaluate("window.freestems.device.last().info.cached") is True
+            assert page.evaluate("fetch('health').then(() => 'online', () => 'offline')") == "offline"
+        finally:
+            page.context.set_offline(False)
+
+
 def test_without_the_runtime_the_page_says_device_separation_is_unavailable(
     exported, open_page, tmp_path, monkeypatch
 ):
@@ -272,3 +301,5 @@ def test_a_server_without_exports_shows_no_choice(open_page):
     page = open_page()
     assert page.evaluate("window.freestems.config.deviceModels") == []
     assert page.is_hidden("#where")
+    # Nor a service worker: a server that offers only uploads has nothing to do offline.
+    assert page.evaluate("navigator.serviceWorker.getRegistrations().then((found) => found.length)") == 0

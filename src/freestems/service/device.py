@@ -7,6 +7,8 @@
 - ``/vendor/``: the page's third-party runtime (onnxruntime-web, fetched by ``scripts/fetch_web_deps.sh``
   into ``web/vendor/``, never committed); 404 when it was absent at start, and the page then says
   separating on the device is unavailable.
+- ``GET /sw.js``: the page's service worker (``web/static/device/sw.js``; at the root, so that its scope
+  is the whole page), which a page offering device separation registers to work offline.
 - :class:`CrossOriginIsolation`: every response says ``Cross-Origin-Opener-Policy: same-origin`` and
   ``Cross-Origin-Embedder-Policy: require-corp``, so the page is ``crossOriginIsolated`` and
   onnxruntime-web may run on several threads (SharedArrayBuffer). The page loads nothing from another
@@ -29,6 +31,7 @@ from .errors import not_found
 from .settings import Settings
 
 VENDOR = Path(__file__).resolve().parents[1] / "web" / "vendor"
+SERVICE_WORKER = Path(__file__).resolve().parents[1] / "web" / "static" / "device" / "sw.js"
 MANIFEST = "manifest.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 ISOLATION_HEADERS = (
@@ -91,6 +94,11 @@ def add_device_routes(app: FastAPI, settings: Settings, served: Any) -> None:
         # The page keeps the networks in Cache Storage, checked against the manifest's sha256: the browser's
         # HTTP cache must ask again each time, or a re-export would be hidden behind an old manifest.
         return FileResponse(folder / file, media_type=kind, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/sw.js", include_in_schema=False)
+    async def service_worker() -> FileResponse:
+        headers = {"Cache-Control": "no-cache"}
+        return FileResponse(SERVICE_WORKER, media_type="text/javascript", headers=headers)
 
     if VENDOR.is_dir():  # fetched after the server started: seen at its next start
         app.mount("/vendor", StaticFiles(directory=VENDOR), name="vendor")

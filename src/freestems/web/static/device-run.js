@@ -7,7 +7,7 @@
 // result card as WAV files at the end (the same player, downloads and mix export as a server's result).
 //
 // A run resolves like job.js's: {kind: "result"}, {kind: "cancelled"} or {kind: "problem", problem}.
-import { decodeSong, deviceSupport, SAMPLE_RATE, separateOnDevice } from "./device.js";
+import { decodeSong, deviceSupport, keepOffline, SAMPLE_RATE, separateOnDevice } from "./device.js";
 import { $ } from "./dom.js";
 import { wavBlob } from "./mixdown.js";
 import { LiveMixer } from "./stream.js";
@@ -143,6 +143,11 @@ export function createDevice({ screens, messages, song, player, log, present, pr
     unavailable = await deviceSupport(config.deviceModels);
     log("device_support", { available: !unavailable, reason: unavailable });
     refresh();
+    if (!unavailable) {
+      keepOffline()
+        .then((registered) => log("offline", { registered }))
+        .catch((error) => log("offline", { registered: false, message: error && error.message }));
+    }
   }
 
   function showPhases(device) {

@@ -20,7 +20,7 @@ export async function deviceSupport(deviceModels) {
   if (typeof OfflineAudioContext !== "function") return "this browser cannot decode songs for the model (no Web Audio)";
   if (!Array.isArray(deviceModels) || !deviceModels.length) return "this server offers no model that runs in the browser";
   try {
-    const response = await fetch(new URL("ort.wasm.min.mjs", VENDOR), { method: "HEAD" });
+    const response = await fetch(new URL("ort.wasm.min.mjs", VENDOR)); // a GET: the offline copy answers it too
     if (!response.ok) return "this server does not have the in-browser runtime installed";
   } catch (ignored) {
     return "the in-browser runtime could not be reached";
@@ -106,4 +106,18 @@ export function separateOnDevice({ model, channels, precision = "auto", overlap 
       copies.map((channel) => channel.buffer),
     );
   });
+}
+
+/**
+ * Registers the page's service worker (/sw.js: the page and separating on the device work offline) and
+ * tells it what this page loaded before it was controlled. Resolves with true once it controls the page.
+ */
+export async function keepOffline() {
+  if (!("serviceWorker" in navigator)) return false;
+  const registration = await navigator.serviceWorker.register(new URL("../sw.js", import.meta.url));
+  await navigator.serviceWorker.ready;
+  const page = new URL("..", import.meta.url).href;
+  const urls = [page, ...performance.getEntriesByType("resource").map((entry) => entry.name)];
+  (registration.active || navigator.serviceWorker.controller).postMessage({ type: "keep", urls });
+  return true;
 }
