@@ -37,6 +37,7 @@ from freestems.version import __version__
 
 from .apidocs import add_api_docs, assets_folder
 from .challenges import ChallengeBook
+from .device import CrossOriginIsolation, add_device_routes, device_models
 from .downloads import Files, HeadAsGet, open_download
 from .errors import (
     ServiceError,
@@ -103,6 +104,7 @@ def create_app(
     )
     app.add_middleware(HeadAsGet)
     app.add_middleware(AllowedHosts, allowed=settings.hosts)
+    app.add_middleware(CrossOriginIsolation)  # the page separating on the device may use threads
     app.add_middleware(  # outermost: caps and body deadlines that hold where uvicorn's layer does not (Modal)
         AppGuard,
         max_open=settings.max_connections,
@@ -114,6 +116,7 @@ def create_app(
     _add_error_handlers(app)
     _add_routes(app)
     add_api_docs(app, assets_folder())
+    add_device_routes(app, settings, lambda: [model.name for model in executor.models])
     _generate_form_schema(app, settings, executor)
     app.mount("/static", Files(directory=WEB_PAGE.parent / "static", check_dir=False), name="static")
     return app
@@ -444,6 +447,7 @@ def _config(service: Service) -> dict[str, Any]:
         "auth": settings.auth,
         "pow": {"algorithm": settings.pow_algorithm, "counter": settings.pow_counter},
         "result_ttl": settings.result_ttl,
+        "device_models": device_models(settings, [model.name for model in served]),
     }
 
 

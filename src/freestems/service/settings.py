@@ -331,6 +331,10 @@ class Settings(EnvSettings):
     """Torch threads for the in-process executor; 0 keeps torch's default (one per core)."""
     device: Device = "auto"
     """Where the in-process executor runs the model."""
+    device_dir: UserPath | None = None
+    """A folder of ``freestems export`` outputs, one sub-folder per served model named as the model
+    (``<device_dir>/scnet/manifest.json``): the page offers to separate with those models in the browser,
+    on the visitor's device, nothing uploaded. Unset: only on the server."""
     gpu_prices: Prices = Field(default_factory=lambda: dict(DEFAULT_GPU_PRICES))
     """Dollars per GPU-second by GPU type, for the cost of each job (usage records, ``freestems cost``).
     ``FREESTEMS_GPU_PRICES="L4=0.000222,T4=0.000164"`` replaces those entries and keeps the other defaults."""

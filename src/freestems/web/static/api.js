@@ -99,6 +99,7 @@ export async function loadConfig() {
   return {
     model,
     sources: Array.isArray(source.sources) && source.sources.length ? source.sources : SOURCES,
+    deviceModels: Array.isArray(source.device_models) ? source.device_models : [], // device-run.js
     models,
     limits,
     formats,

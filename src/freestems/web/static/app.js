@@ -14,6 +14,7 @@
 import { loadConfig } from "./api.js";
 import { createCompare } from "./compare.js";
 import { askFirst } from "./confirm.js";
+import { createDevice } from "./device-run.js";
 import { $ } from "./dom.js";
 import { createJobs } from "./job.js";
 import { createLog } from "./log.js";
@@ -49,6 +50,19 @@ const jobs = createJobs({
   prepareAudio: () => player.prepare(),
   onView: (job, message) => listen.offer(job, message),
 });
+// Separating on this device instead (device-run.js): no upload, no job; its result shows as a server's does.
+const device = createDevice({
+  screens,
+  messages,
+  song,
+  player,
+  log,
+  present: async (archive, file, options) => {
+    await result.show(archive, file, options);
+    compare.offer(null, file, options);
+  },
+  prepareAudio: () => player.prepare(),
+});
 
 /** The job ended without a result: stop listening to it. */
 async function stopListening() {
@@ -70,8 +84,9 @@ function showProblem(problem) {
 }
 
 async function separate() {
-  if (!song.ready || !config || jobs.running) return;
-  const outcome = await jobs.separate(song.file, readOptions(config.model), config.powCounter);
+  if (!song.ready || !config || jobs.running || device.running) return;
+  const options = readOptions(config.model);
+  const outcome = device.chosen ? await device.separate(song.file, options) : await jobs.separate(song.file, options, config.powCounter);
   if (outcome.kind === "result" && outcome.cached) await player.play(); // as a fresh result's live player does
   if (outcome.kind !== "result") await stopListening();
   if (outcome.kind === "cancelled") {
@@ -110,11 +125,12 @@ function wire() {
   wireOptions(() => config);
   player.wire();
   compare.wire();
+  device.wire();
   $("setup").addEventListener("submit", (event) => {
     event.preventDefault();
     separate();
   });
-  const confirmCancel = askFirst({ trigger: "cancel", box: "cancel-confirm", yes: "cancel-yes", no: "cancel-no", onYes: () => jobs.cancel() });
+  const confirmCancel = askFirst({ trigger: "cancel", box: "cancel-confirm", yes: "cancel-yes", no: "cancel-no", onYes: () => (device.running ? device.cancel() : jobs.cancel()) });
   screens.onShow(() => confirmCancel.close());
   $("retry").addEventListener("click", () => {
     messages.hideProblem();
@@ -171,6 +187,7 @@ const hook = {
   events,
   mixer: player.view,
   compare: compare.view,
+  device: device.view,
   ready: false,
   memoryBudget: undefined, // bytes; tests set it to see the downloads-only result
 };
@@ -191,6 +208,7 @@ async function start() {
   }
   fillOptions(config);
   song.useConfig(config);
+  device.useConfig(config);
   hook.ready = true;
   document.documentElement.dataset.ready = "true";
   log("ready", { described: config.described });

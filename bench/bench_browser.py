@@ -1,0 +1,126 @@
+"""How long does separating on the visitor's device take? The page in headless Chromium, the release model.
+
+Exports the release configuration of ``scnet`` with seeded random weights (speed does not depend on weight
+values) with ``freestems export``'s code, starts ``freestems serve`` with it as the only model and the export
+in ``FREESTEMS_DEVICE_DIR``, and has the page separate a synthetic 30 s MP3 "On this device": the page's
+own decoding, the engine's Web Worker and onnxruntime-web (WASM, on as many threads as the machine has cores
+when the page is cross-origin isolated), twice (the second run reads the network from Cache Storage). The
+page picks the network file as it does for anyone (fp16 weights where the export found them faithful).
+
+- ``first_sound_s``: from the click on Separate to the first finished block of every stem, which the page
+  plays at once;
+- ``whole_s``: from the click to the result card, the player ready;
+- ``cached_whole_s``: the same for the second run;
+- ``network_load_s``, ``chunks``, ``threads``, ``file``: the worker's own facts of the first run.
+
+    python bench/bench_browser.py                  # 30 s, the release scnet
+    python bench/bench_browser.py --seconds 10
+
+The last line printed is one JSON object with those fields; it is also written to
+``bench/results/browser.json`` with the export's time and the machine's core count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from bench_listen import LOG, random_release_checkpoint, start_server  # noqa: E402
+from bench_separate import synthetic_track  # noqa: E402
+from web_helpers import chromium, wait_js  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FINISHED = "['result', 'problem'].includes(window.freestems.phase) && window.freestems.phase"
+
+
+def export(model_file: Path, folder: Path) -> tuple[str, float]:
+    """Export the checkpoint into ``folder/<its name>``; its served name and the seconds it took."""
+    from freestems import export as exporter
+    from freestems.models import load_model
+
+    model = load_model(model_file=model_file)
+    started = time.perf_counter()
+    exporter.export_model(model, folder / model.name)
+    return model.name, time.perf_counter() - started
+
+
+def run_once(page: Any, track: Path) -> dict[str, Any]:
+    """One separation on the device through the page's form; the page's and the worker's timings."""
+    wait_js(page, "window.freestems.device.unavailable() === ''", timeout=60)
+    page.check('input[name="where"][value="device"]')
+    page.set_input_files("#file", str(track))
+    wait_js(page, "!document.getElementById('separate').disabled", timeout=60)
+    started = time.perf_counter()
+    page.click("#separate")
+    phase = wait_js(page, FINISHED, timeout=3600)
+    whole = time.perf_counter() - started
+    if phase != "result":
+        raise SystemExit(f"the separation failed: {page.evaluate('window.freestems.problem')}")
+    info = page.evaluate("window.freestems.device.last().info")
+    return {"whole_s": round(whole, 2), "info": info}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="scnet", help="catalog model whose release config is used")
+    parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--log", default=LOG, help="where the server writes its output")
+    args = parser.parse_args()
+    args.model_config = None  # start_server's: the checkpoint carries its config
+
+    with tempfile.TemporaryDirectory(prefix="bench-browser-") as work:
+        root = Path(work)
+        model_file = random_release_checkpoint(root / f"{args.model}.pt", args.model)
+        name, export_s = export(model_file, root / "device")
+        track = root / "clip.mp3"
+        synthetic_track(track, args.seconds, seed=1)
+        os.environ["FREESTEMS_DEVICE_DIR"] = str(root / "device")
+        process, url = start_server(args, root / "data", model_file)
+        try:
+            with chromium() as browser:
+                page = browser.new_page()
+                page.goto(url + "/")
+                wait_js(page, "Boolean(window.freestems && window.freestems.ready)", timeout=60)
+                first = run_once(page, track)
+                page.click("#again")
+                second = run_once(page, track)
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+
+    info = first["info"]
+    found = {
+        "first_sound_s": round(info["first_block_page_s"], 2),
+        "whole_s": first["whole_s"],
+        "cached_whole_s": second["whole_s"],
+        "network_load_s": round(info["timings"]["load_s"], 2),
+        "chunks": info["chunks"],
+        "threads": info["threads"],
+        "file": info["file"],
+    }
+    details = {
+        **found,
+        "model": name,
+        "seconds": args.seconds,
+        "export_s": round(export_s, 1),
+        "cores": os.cpu_count(),
+        "worker": {"first": info, "second": second["info"]},
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "browser.json").write_text(json.dumps(details, indent=2) + "\n")
+    print(json.dumps(found))
+
+
+if __name__ == "__main__":
+    main()

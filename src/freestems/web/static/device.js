@@ -1,0 +1,123 @@
+// Separating on the visitor's device, the page's side: whether it can (the runtime on the server, the model
+// exported, the browser's parts), the song decoded by the browser at the model's rate, the engine's worker
+// (device/worker.js) started and followed, its finished blocks put together into whole stems. Nothing is uploaded:
+// the only requests are for the manifest, the network (once; then Cache Storage) and the runtime.
+
+export const SAMPLE_RATE = 44100;
+const VENDOR = new URL("../vendor/onnxruntime-web/", import.meta.url);
+
+/** The URL of the manifest of served model `name`'s export. */
+export function manifestUrl(name) {
+  return new URL(`../models/${encodeURIComponent(name)}/device/manifest.json`, import.meta.url).href;
+}
+
+/**
+ * Whether this page can separate on the device: resolves with "" or the reason it cannot, in words.
+ * `deviceModels`: the served models with an export (GET /config's `device_models`).
+ */
+export async function deviceSupport(deviceModels) {
+  if (typeof WebAssembly !== "object" || typeof Worker !== "function") return "this browser cannot run the model (no WebAssembly or Web Workers)";
+  if (typeof OfflineAudioContext !== "function") return "this browser cannot decode songs for the model (no Web Audio)";
+  if (!Array.isArray(deviceModels) || !deviceModels.length) return "this server offers no model that runs in the browser";
+  try {
+    const response = await fetch(new URL("ort.wasm.min.mjs", VENDOR)); // a GET: the offline copy answers it too
+    if (!response.ok) return "this server does not have the in-browser runtime installed";
+  } catch (ignored) {
+    return "the in-browser runtime could not be reached";
+  }
+  return "";
+}
+
+/** The song decoded by the browser and resampled to 44.1 kHz: {channels: [Float32Array, ...], length}. */
+export async function decodeSong(file) {
+  const bytes = await file.arrayBuffer();
+  const context = new OfflineAudioContext(2, 1, SAMPLE_RATE);
+  let buffer;
+  try {
+    buffer = await context.decodeAudioData(bytes);
+  } catch (error) {
+    throw new Error("this browser cannot decode this file; choose another one, or separate it on our server");
+  }
+  if (buffer.numberOfChannels > 2) {
+    // More than stereo: the browser's own down-mix to two channels (the speakers' rules).
+    const mixdown = new OfflineAudioContext(2, buffer.length, SAMPLE_RATE);
+    const source = mixdown.createBufferSource();
+    source.buffer = buffer;
+    source.connect(mixdown.destination);
+    source.start();
+    buffer = await mixdown.startRendering();
+  }
+  const channels = [];
+  for (let c = 0; c < buffer.numberOfChannels; c += 1) channels.push(buffer.getChannelData(c).slice());
+  return { channels, length: buffer.length };
+}
+
+/**
+ * Separates `channels` (44.1 kHz) with served model `model` on this device. `on(message)` hears the
+ * worker's status, download and progress messages and each block as it is finished; `signal` stops it.
+ * Resolves with {stems: {name: [Float32Array per channel]}, names, length, info} (info: the worker's
+ * "done" message: timings, whether the network came from Cache Storage, the threads).
+ */
+export function separateOnDevice({ model, channels, precision = "auto", overlap = null, on = () => {}, signal }) {
+  return new Promise((resolve, reject) => {
+    if (signal && signal.aborted) {
+      reject(new DOMException("cancelled", "AbortError"));
+      return;
+    }
+    const worker = new Worker(new URL("./device/worker.js", import.meta.url), { type: "module", name: "freestems-device" });
+    const length = channels[0].length;
+    let outputs = null;
+    const stop = () => {
+      worker.terminate();
+      reject(new DOMException("cancelled", "AbortError"));
+    };
+    if (signal) signal.addEventListener("abort", stop, { once: true });
+    const finish = () => signal && signal.removeEventListener("abort", stop);
+    worker.onerror = (event) => {
+      finish();
+      worker.terminate();
+      reject(new Error(event.message || "the separation stopped in the browser"));
+    };
+    worker.onmessage = (event) => {
+      const message = event.data;
+      if (message.type === "block") {
+        if (!outputs) outputs = message.stems.map((stem) => stem.map(() => new Float32Array(length)));
+        message.stems.forEach((stem, s) => stem.forEach((part, c) => outputs[s][c].set(part, message.from)));
+      } else if (message.type === "done") {
+        finish();
+        worker.terminate();
+        const stems = {};
+        message.stems.forEach((name, s) => {
+          stems[name] = outputs[s];
+        });
+        resolve({ stems, names: message.stems, length, info: message });
+        return;
+      } else if (message.type === "error") {
+        finish();
+        worker.terminate();
+        reject(new Error(message.message));
+        return;
+      }
+      on(message);
+    };
+    const copies = channels.map((channel) => channel.slice()); // the caller keeps its own
+    worker.postMessage(
+      { type: "separate", manifestUrl: manifestUrl(model), channels: copies, precision, overlap },
+      copies.map((channel) => channel.buffer),
+    );
+  });
+}
+
+/**
+ * Registers the page's service worker (/sw.js: the page and separating on the device work offline) and
+ * tells it what this page loaded before it was controlled. Resolves with true once it controls the page.
+ */
+export async function keepOffline() {
+  if (!("serviceWorker" in navigator)) return false;
+  const registration = await navigator.serviceWorker.register(new URL("../sw.js", import.meta.url));
+  await navigator.serviceWorker.ready;
+  const page = new URL("..", import.meta.url).href;
+  const urls = [page, ...performance.getEntriesByType("resource").map((entry) => entry.name)];
+  (registration.active || navigator.serviceWorker.controller).postMessage({ type: "keep", urls });
+  return true;
+}

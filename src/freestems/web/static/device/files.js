@@ -1,0 +1,86 @@
+// The exported network's file, fetched once per browser: kept in Cache Storage under its URL and sha256
+// (from the manifest), checked against both the size and the sha256 the manifest gives, whether it came
+// from the server or from the cache. A file the manifest no longer names is dropped from the cache.
+
+export const CACHE_NAME = "freestems-device-models";
+
+/** Lowercase hex sha256 of an ArrayBuffer. */
+export async function sha256(buffer) {
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", buffer));
+  return Array.from(digest, (byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+function cacheKey(url, entry) {
+  const key = new URL(url);
+  key.searchParams.set("sha256", entry.sha256);
+  return key.href;
+}
+
+async function openCache() {
+  try {
+    return typeof caches === "undefined" ? null : await caches.open(CACHE_NAME);
+  } catch (ignored) {
+    return null; // no Cache Storage here (an insecure origin, a private mode that refuses it): fetch each time
+  }
+}
+
+async function verified(buffer, entry) {
+  return buffer.byteLength === entry.bytes && (await sha256(buffer)) === entry.sha256;
+}
+
+/**
+ * The bytes of `entry` ({file, bytes, sha256}, a manifest's file) at `url`; `onProgress(received, total)`
+ * while it downloads. Resolves with {buffer, cached}: cached tells whether it came from Cache Storage.
+ */
+export async function fetchModelFile(url, entry, { onProgress = null, signal = undefined } = {}) {
+  const cache = await openCache();
+  const key = cacheKey(url, entry);
+  if (cache) {
+    const hit = await cache.match(key);
+    if (hit) {
+      const buffer = await hit.arrayBuffer();
+      if (await verified(buffer, entry)) return { buffer, cached: true };
+      await cache.delete(key); // damaged: fetch it again
+    }
+  }
+  const response = await fetch(url, { signal, cache: "no-store" });
+  if (!response.ok) throw new Error(`the model file ${entry.file} could not be downloaded (HTTP ${response.status})`);
+  const buffer = await readAll(response, entry.bytes, onProgress);
+  if (!(await verified(buffer, entry))) {
+    throw new Error(`the model file ${entry.file} is not the one the manifest describes (size or sha256 differ)`);
+  }
+  if (cache) {
+    for (const old of await cache.keys()) {
+      const address = new URL(old.url);
+      address.search = "";
+      if (address.href === new URL(url).href && old.url !== key) await cache.delete(old);
+    }
+    try {
+      await cache.put(key, new Response(buffer, { headers: { "Content-Type": "application/octet-stream" } }));
+    } catch (ignored) {
+      // over the storage quota: this run goes on, the next one downloads it again
+    }
+  }
+  return { buffer, cached: false };
+}
+
+async function readAll(response, total, onProgress) {
+  if (!response.body || !onProgress) return response.arrayBuffer();
+  const reader = response.body.getReader();
+  const parts = [];
+  let received = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    parts.push(value);
+    received += value.length;
+    onProgress(received, total);
+  }
+  const bytes = new Uint8Array(received);
+  let at = 0;
+  for (const part of parts) {
+    bytes.set(part, at);
+    at += part.length;
+  }
+  return bytes.buffer;
+}

@@ -1,0 +1,184 @@
+// The engine of separating on the device, in a Web Worker: the network of `freestems export` run by
+// onnxruntime-web (WASM; on several threads when the page is crossOriginIsolated), and around it what
+// freestems.engine does, as the export's manifest says: whole-track normalisation, chunks of the model's
+// segment stepping by the engine's stride, the STFT and its inverse, the trapezoid overlap-add.
+//
+// Messages in:  {type: "separate", manifestUrl, channels: [Float32Array, ...] (44.1 kHz), precision, overlap}
+// Messages out: {type: "status", stage, words}, {type: "download", received, total},
+//               {type: "progress", done, total}, {type: "block", from, to, names, stems: [[Float32Array per
+//               channel] per stem]} (the finished samples [from, to) of every stem, `names` their names),
+//               {type: "done", stems, length, timings, cached, threads, file}, {type: "error", message}.
+// The page ends a separation by terminating the worker.
+import { checkManifest, chunkStarts, ChunkSTFT, mixStats, overlapWindow, stride } from "./dsp.js";
+import { fetchModelFile } from "./files.js";
+
+const VENDOR = new URL("../../vendor/onnxruntime-web/", import.meta.url);
+let ort = null;
+let session = null; // {key, session}: kept for the next separation of this worker
+
+async function loadRuntime() {
+  if (ort) return ort;
+  try {
+    ort = await import(new URL("ort.wasm.min.mjs", VENDOR).href);
+  } catch (error) {
+    throw new Error(
+      "the in-browser runtime (onnxruntime-web) is not installed on this server (scripts/fetch_web_deps.sh)",
+    );
+  }
+  ort.env.wasm.wasmPaths = VENDOR.href;
+  ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.max(1, Math.min(8, navigator.hardwareConcurrency || 1)) : 1;
+  ort.env.logLevel = "error";
+  return ort;
+}
+
+// "auto" takes the fp16-weights file (half the download) only where the export measured it this close to
+// the fp32 one: onnxruntime-web's WASM kernels already differ from torch by about 70 dB over a whole song,
+// and the page must stay within 60 dB of the Python engine.
+const FP16_AUTO_MIN_SNR_DB = 70;
+
+function chooseFile(manifest, precision) {
+  const files = manifest.onnx.files;
+  const fp16 = files.find((entry) => entry.precision.startsWith("fp16"));
+  const fp32 = files.find((entry) => entry.precision === "fp32");
+  if (precision === "fp16" && fp16) return fp16;
+  if (precision === "fp32" || !fp16) return fp32;
+  return fp16.snr_db_vs_fp32 >= FP16_AUTO_MIN_SNR_DB ? fp16 : fp32;
+}
+
+async function openSession(manifest, manifestUrl, precision) {
+  const entry = chooseFile(manifest, precision);
+  const key = `${manifestUrl}#${entry.sha256}`;
+  if (session && session.key === key) return { session: session.session, cached: true, entry };
+  post({ type: "status", stage: "model", words: "Loading the model…" });
+  const { buffer, cached } = await fetchModelFile(new URL(entry.file, manifestUrl).href, entry, {
+    onProgress: (received, total) => post({ type: "download", received, total }),
+  });
+  post({ type: "status", stage: "runtime", words: "Starting the model…" });
+  const runtime = await loadRuntime();
+  const created = await runtime.InferenceSession.create(new Uint8Array(buffer), {
+    executionProviders: ["wasm"],
+    graphOptimizationLevel: "all",
+  });
+  session = { key, session: created };
+  return { session: created, cached, entry };
+}
+
+function post(message, transfer = []) {
+  self.postMessage(message, transfer);
+}
+
+async function separate({ manifestUrl, channels, precision = "auto", overlap = null }) {
+  const started = performance.now();
+  const response = await fetch(manifestUrl, { cache: "no-cache" });
+  if (!response.ok) throw new Error(`this model cannot be run in the browser here (HTTP ${response.status})`);
+  const manifest = await response.json();
+  checkManifest(manifest);
+  await loadRuntime(); // before the download: a server without the runtime says so at once
+  const { session: network, cached, entry } = await openSession(manifest, manifestUrl, precision);
+  const loaded = performance.now();
+
+  const { chunking, tensors } = manifest;
+  const audioChannels = manifest.model.audio_channels;
+  const stems = manifest.model.stems;
+  const segment = chunking.segment;
+  const useOverlap = overlap ?? chunking.overlap;
+  const step = stride(segment, useOverlap);
+  const length = channels[0].length;
+  const input = channels.length === audioChannels ? channels : fit(channels, audioChannels);
+  const stats = manifest.normalization.whole_track.enabled ? mixStats(input) : { mean: 0, std: 1 };
+  const normalised = input.map((channel) => {
+    const out = new Float32Array(channel.length);
+    for (let i = 0; i < channel.length; i += 1) out[i] = (channel[i] - stats.mean) / stats.std;
+    return out;
+  });
+  const weights = overlapWindow(segment, useOverlap);
+  const starts = chunkStarts(length, segment, useOverlap);
+  const stft = new ChunkSTFT(manifest);
+  const shape = tensors.input.shape;
+  // Weighted sums of the chunks' outputs and of their weights from `emitted` on (a chunk's length).
+  const sums = stems.map(() => input.map(() => new Float64Array(segment)));
+  const total = new Float64Array(segment);
+  let emitted = 0;
+  let firstBlock = null;
+  post({ type: "progress", done: 0, total: starts.length });
+  for (const [index, start] of starts.entries()) {
+    const chunk = normalised.map((channel) => {
+      const part = new Float32Array(segment); // zeros past the end
+      part.set(channel.subarray(start, Math.min(start + segment, length)));
+      return part;
+    });
+    const planes = stft.forward(chunk);
+    const feeds = { [tensors.input.name]: new ort.Tensor("float32", planes, shape) };
+    const results = await network.run(feeds);
+    const output = results[tensors.output.name];
+    const data = output.data;
+    const perStem = data.length / stems.length;
+    const at = start - emitted;
+    for (let s = 0; s < stems.length; s += 1) {
+      const waves = stft.inverse(data, s * perStem);
+      for (let c = 0; c < audioChannels; c += 1) {
+        const sum = sums[s][c];
+        const wave = waves[c];
+        for (let i = 0; i < segment - at; i += 1) sum[at + i] += wave[i] * weights[i];
+      }
+    }
+    for (let i = 0; i < segment - at; i += 1) total[at + i] += weights[i];
+    if (typeof output.dispose === "function") output.dispose();
+    // Everything before the next chunk's start is final.
+    const last = index === starts.length - 1;
+    const upto = last ? length : Math.min(starts[index + 1], length);
+    emit(upto - emitted);
+    post({ type: "progress", done: index + 1, total: starts.length });
+    if (firstBlock === null) firstBlock = performance.now();
+  }
+
+  function emit(count) {
+    if (count <= 0) return;
+    const block = sums.map((channelsOfStem) =>
+      channelsOfStem.map((sum) => {
+        const out = new Float32Array(count);
+        for (let i = 0; i < count; i += 1) out[i] = (sum[i] / total[i]) * stats.std + stats.mean;
+        sum.copyWithin(0, count);
+        sum.fill(0, segment - count);
+        return out;
+      }),
+    );
+    total.copyWithin(0, count);
+    total.fill(0, segment - count);
+    post({ type: "block", from: emitted, to: emitted + count, names: stems, stems: block }, block.flat().map((part) => part.buffer));
+    emitted += count;
+  }
+
+  const finished = performance.now();
+  post({
+    type: "done",
+    stems,
+    length,
+    cached,
+    file: entry.file,
+    threads: ort.env.wasm.numThreads,
+    stride: step,
+    chunks: starts.length,
+    timings: {
+      load_s: (loaded - started) / 1000,
+      first_block_s: ((firstBlock ?? finished) - started) / 1000,
+      whole_s: (finished - started) / 1000,
+    },
+  });
+}
+
+/** `channels` made `count` channels: mono duplicated (as the engine does), else the first `count`. */
+function fit(channels, count) {
+  if (channels.length === 1) return Array.from({ length: count }, () => channels[0]);
+  return channels.slice(0, count);
+}
+
+self.onmessage = async (event) => {
+  const message = event.data;
+  if (!message || message.type !== "separate") return;
+  try {
+    await separate(message);
+  } catch (error) {
+    post({ type: "error", message: error && error.message ? error.message : String(error) });
+  }
+};

@@ -1,0 +1,79 @@
+"""What the server does for separating in the browser (``freestems.service.device``), without a browser:
+the export files of the served models from ``device_dir``, ``device_models`` in ``GET /config``, the
+vendored runtime under ``/vendor/``, and the cross-origin isolation headers on every response.
+
+The export here is a stand-in (a manifest naming one file): what is checked is which files are served, not
+what they hold (``test_device_separation.py`` runs a real one in Chromium).
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from freestems.service import device
+
+
+def _fake_export(folder, name="small"):
+    model = folder / name
+    model.mkdir(parents=True)
+    (model / "network.fp32.onnx").write_bytes(b"network")
+    (model / "notes.txt").write_text("not listed in the manifest")
+    manifest = {"onnx": {"files": [{"file": "network.fp32.onnx", "bytes": 7, "sha256": "x"}]}}
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    return model
+
+
+def test_every_response_is_cross_origin_isolated(start_server):
+    server = start_server()
+    pages = [("/", "text/html"), ("/static/app.js", "*/*"), ("/config", "*/*"), ("/nowhere", "*/*")]
+    for path, accept in pages:
+        response = httpx.get(server.url + path, headers={"Accept": accept})
+        assert response.headers["cross-origin-opener-policy"] == "same-origin", path
+        assert response.headers["cross-origin-embedder-policy"] == "require-corp", path
+
+
+def test_without_a_device_dir_no_model_runs_in_the_browser(start_server):
+    server = start_server()
+    assert httpx.get(server.url + "/config").json()["device_models"] == []
+    response = httpx.get(server.url + "/models/small/device/manifest.json")
+    assert response.status_code == 404
+    assert "cannot be run in the browser" in response.json()["error"]["message"]
+
+
+def test_the_export_of_a_served_model_is_served_file_by_file(start_server, tmp_path):
+    _fake_export(tmp_path / "device")
+    _fake_export(tmp_path / "device", name="other")  # exported, but not served here
+    server = start_server(device_dir=tmp_path / "device")
+    assert httpx.get(server.url + "/config").json()["device_models"] == ["small"]
+    base = server.url + "/models/small/device/"
+    manifest = httpx.get(base + "manifest.json")
+    assert manifest.status_code == 200 and manifest.json()["onnx"]["files"][0]["file"] == "network.fp32.onnx"
+    assert manifest.headers["cache-control"] == "no-cache"
+    network = httpx.get(base + "network.fp32.onnx")
+    assert network.status_code == 200 and network.content == b"network"
+    for path in ["notes.txt", "..%2Fsmall.pt", "%2E%2E"]:
+        assert httpx.get(base + path).status_code == 404, path
+    assert httpx.get(server.url + "/models/other/device/manifest.json").status_code == 404
+    assert httpx.get(server.url + "/models/..%2Fdevice/device/manifest.json").status_code == 404
+
+
+def test_the_vendored_runtime_is_served_when_it_was_fetched(start_server):
+    server = start_server()
+    response = httpx.get(server.url + "/vendor/onnxruntime-web/ort.wasm.min.mjs")
+    if (device.VENDOR / "onnxruntime-web" / "ort.wasm.min.mjs").is_file():
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/javascript")
+        wasm = httpx.head(server.url + "/vendor/onnxruntime-web/ort-wasm-simd-threaded.wasm")
+        assert wasm.headers["content-type"] == "application/wasm"
+    else:
+        assert response.status_code == 404
+
+
+def test_the_service_worker_is_served_from_the_root(start_server):
+    server = start_server()
+    response = httpx.get(server.url + "/sw.js")
+    assert response.status_code == 200 and "networkFirst" in response.text
+    assert response.headers["content-type"].startswith("text/javascript")
+    assert response.headers["cache-control"] == "no-cache"

@@ -1,0 +1,305 @@
+"""Separating on the visitor's device, end to end: the real page of a real server in headless Chromium, its
+real engine worker running the exported network with onnxruntime-web (WASM), on a real encoded song.
+
+The small seeded model (whole-track and spectrogram normalisation on, so both are covered; a 2 s segment, so
+a few seconds of song take several overlapping chunks and a tail) is exported with ``freestems export``'s
+code into the server's ``device_dir``. The page decodes the MP3 itself; the Python engine then separates
+the very samples the browser decoded (sent back from the page: browsers' MP3 decoders differ from PyAV's
+by an encoder delay), and every stem must match it at 60 dB or better. Meanwhile every request of the page
+and its workers is watched: nothing is posted, no socket is opened, the network file is fetched once over
+two separations (the second reads Cache Storage) and the result card plays the stems.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from audio_samples import write_test_file
+from conftest import one_torch_thread
+from model_helpers import make_small_checkpoint
+from web_helpers import events, needs_chromium, wait_js
+
+from freestems import engine
+from freestems.service import device
+
+pytestmark = needs_chromium
+pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+pytest.importorskip("onnxruntime")
+
+RUNTIME = device.VENDOR / "onnxruntime-web" / "ort.wasm.min.mjs"
+needs_runtime = pytest.mark.skipif(
+    not RUNTIME.is_file(), reason="onnxruntime-web is not fetched (scripts/fetch_web_deps.sh)"
+)
+MIN_SNR_DB = 60.0
+FINISHED = "['result', 'problem'].includes(window.freestems.phase) && window.freestems.phase"
+
+# Float32Arrays go back to Python as base64 (a few MB in one evaluate, no JSON of numbers).
+ENCODE = """
+  const encode = (array) => {
+    const bytes = new Uint8Array(array.buffer, array.byteOffset, array.byteLength);
+    let text = '';
+    for (let i = 0; i < bytes.length; i += 8192) text += String.fromCharCode(...bytes.subarray(i, i + 8192));
+    return btoa(text);
+  };
+  const encodeStems = (names, stems) =>
+    Object.fromEntries(names.map((name) => [name, stems[name].map(encode)]));
+"""
+# The last device run of the page: its stems, the samples the browser decoded, the worker's facts.
+LAST_RUN = f"""() => {{
+  {ENCODE}
+  const last = window.freestems.device.last();
+  return {{stems: encodeStems(last.names, last.stems), input: last.input.map(encode), info: last.info}};
+}}"""
+# The same decoded song through the engine's worker again, with the fp32 network.
+FP32_RUN = f"""async () => {{
+  {ENCODE}
+  const device = await import('/static/device.js');
+  const last = window.freestems.device.last();
+  const result = await device.separateOnDevice({{model: 'small', channels: last.input, precision: 'fp32'}});
+  return encodeStems(result.names, result.stems);
+}}"""
+
+
+def _floats(channels: list[str]) -> np.ndarray:
+    return np.stack([np.frombuffer(base64.b64decode(text), np.float32) for text in channels])
+
+
+def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
+    reference = reference.astype(np.float64)
+    noise = float(np.sum((reference - estimate) ** 2))
+    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(reference**2) / noise))
+
+
+def music(seconds: float, seed: int = 4) -> np.ndarray:
+    """Stereo tones, a gliding bass, clicks and noise: something in every stem's range, under full scale."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 44100)) / 44100
+    tones = 0.25 * np.sin(2 * np.pi * 330 * t) + 0.2 * np.sin(2 * np.pi * 55 * t * (1 + 0.02 * t))
+    clicks = (np.sin(2 * np.pi * 2 * t) > 0.995) * 0.3
+    left = tones + clicks + 0.03 * rng.standard_normal(t.size)
+    right = 0.7 * tones + 0.5 * clicks + 0.03 * rng.standard_normal(t.size)
+    return np.stack([left, right]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The small model (spec_norm and normalize on) and its export in ``<device_dir>/small``."""
+    from freestems import export
+    from freestems.models import load_model
+
+    folder = tmp_path_factory.mktemp("device")
+    checkpoint = make_small_checkpoint(folder / "small.pt", seed=3, normalize=True)
+    with one_torch_thread():
+        model = load_model(model_file=checkpoint, spec_norm=True)
+        export.export_model(model, folder / "exports" / model.name)
+    return model, folder / "exports"
+
+
+@contextlib.contextmanager
+def device_server(tmp_path: Path, model, device_dir: Path) -> Iterator:
+    from service_helpers import running_server, small_settings
+
+    from freestems.executors import LocalExecutor
+    from freestems.service.jobs import Paths
+
+    settings = small_settings(tmp_path / "data", device_dir=device_dir)
+    executor = LocalExecutor(lambda: model, Paths(settings.data_dir).work, workers=settings.workers)
+    with running_server(settings, executor) as server:
+        yield server
+
+
+class Traffic:
+    """Every request of a browser context (its pages, their workers, the service worker) and every WebSocket
+    it opens. A request the service worker answers from the network is seen twice: ``paths`` lists the
+    page's side only."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, int, bool]] = []
+        self.sockets: list[str] = []
+
+    def watch(self, page) -> None:
+        page.context.on("request", self._request)
+        page.on("websocket", lambda socket: self.sockets.append(socket.url))
+
+    def _request(self, request) -> None:
+        if request.url.startswith(("blob:", "data:")):
+            return  # the page's own object URLs (the stems' WAV files): nothing leaves the browser
+        body = request.post_data_buffer
+        size = len(body) if body else 0
+        self.requests.append((request.method, request.url, size, request.service_worker is not None))
+
+    def paths(self, since: int = 0, until: int | None = None) -> list[str]:
+        return [
+            url.split("://", 1)[1].split("/", 1)[1].split("?")[0]
+            for _, url, _, by_service_worker in self.requests[since:until]
+            if not by_service_worker
+        ]
+
+
+def separate_on_device(page, song: Path) -> str:
+    wait_js(page, "window.freestems.device.unavailable() === ''", timeout=30)
+    page.evaluate("window.freestems.device.keep = true")  # the floats, for the comparison
+    page.check('input[name="where"][value="device"]')
+    page.set_input_files("#file", str(song))
+    wait_js(page, "!document.getElementById('separate').disabled")
+    page.click("#separate")
+    return wait_js(page, FINISHED, timeout=240)
+
+
+@needs_runtime
+def test_a_song_is_separated_on_the_device_as_the_engine_does_and_nothing_leaves(
+    exported, open_page, tmp_path
+):
+    model, device_dir = exported
+    song = tmp_path / "song.mp3"
+    write_test_file(song, "mp3", seconds=5.0, signal=music(5.0))
+    traffic = Traffic()
+    with device_server(tmp_path, model, device_dir) as server:
+        page = open_page(server=server, before=traffic.watch)
+        assert page.evaluate("crossOriginIsolated") is True
+        assert page.is_visible("text=On this device (nothing is uploaded)")
+        before = len(traffic.requests)
+        started = time.monotonic()
+        assert separate_on_device(page, song) == "result", page.evaluate("window.freestems.problem")
+        first_run_s = time.monotonic() - started
+        run = page.evaluate(LAST_RUN)
+        stems = page.eval_on_selector_all("#stems li", "rows => rows.map(row => row.dataset.stem)")
+        playable = page.evaluate("window.freestems.mixer.duration()")
+        handovers = events(page, "handover")  # the live player (the blocks as they were finished) took over
+        first = len(traffic.requests)
+
+        # Again, karaoke this time (vocals and the rest): the network comes from Cache Storage.
+        page.click("#again")
+        page.check('input[name="stems"][value="two"]')
+        page.select_option("#two-stems", "vocals")
+        assert separate_on_device(page, song) == "result", page.evaluate("window.freestems.problem")
+        karaoke = page.evaluate(LAST_RUN)
+        second = karaoke["info"]
+        karaoke_rows = page.eval_on_selector_all("#stems li", "rows => rows.map(row => row.dataset.stem)")
+        networks = [path for path in traffic.paths() if path.endswith(".onnx")]
+        second_end = len(traffic.requests)
+        # The fp32 file too (the page's "auto" took the fp16 one where the export measured it faithful).
+        fp32 = page.evaluate(FP32_RUN)
+
+    mix = _floats(run["input"])
+    assert mix.shape[0] == 2 and abs(mix.shape[1] - 5 * 44100) < 44100 // 10  # the browser's decoding
+    with one_torch_thread():
+        expected = engine.separate(mix, model)
+    assert list(run["stems"]) == list(model.sources) and sorted(stems) == sorted(model.sources)
+    snrs = {}
+    for name, reference in expected.items():
+        got = _floats(run["stems"][name])
+        assert got.shape == reference.shape
+        snrs[name] = snr_db(reference, got)
+    fp32_snrs = {name: snr_db(reference, _floats(fp32[name])) for name, reference in expected.items()}
+    print(f"device ({run['info']['file']}) vs engine SNR (dB): {snrs}; fp32 file: {fp32_snrs}")
+    print(f"first run {first_run_s:.1f} s in all; the worker's: {run['info']}")
+    assert min(snrs.values()) >= MIN_SNR_DB, snrs
+    assert min(fp32_snrs.values()) >= MIN_SNR_DB, fp32_snrs
+    with one_torch_thread():
+        pair = engine.separate(mix, model, two_stems="vocals")
+    assert list(karaoke["stems"]) == karaoke_rows == ["vocals", "no_vocals"]
+    for name, reference in pair.items():
+        assert snr_db(reference, _floats(karaoke["stems"][name])) >= MIN_SNR_DB, name
+    assert playable == pytest.approx(mix.shape[1] / 44100, abs=0.01)
+    assert len(handovers) == 1
+
+    # Nothing left the browser: no upload, no form, no socket; only GETs of the page's own files.
+    assert traffic.sockets == []
+    assert [(method, url) for method, url, *_ in traffic.requests if method not in ("GET", "HEAD")] == []
+    assert all(size == 0 for _, _, size, _ in traffic.requests)
+    allowed = ("static/", "vendor/onnxruntime-web/", "models/small/device/", "sw.js")
+    own = [path for path in traffic.paths(before) if not path.startswith(allowed)]
+    assert set(own) <= {"", "config"}  # the service worker keeps a copy of the page for offline use
+    assert networks == [f"models/small/device/{run['info']['file']}"]  # once, over both runs
+    assert run["info"]["cached"] is False and second["cached"] is True
+    again = traffic.paths(first, second_end)
+    assert again.count("models/small/device/manifest.json") == 1  # asked again (small), the network not
+
+
+@needs_runtime
+def test_a_song_over_the_upload_limit_plays_while_it_separates_on_the_device_and_is_cancelled(
+    exported, open_page, tmp_path
+):
+    model, device_dir = exported
+    song = tmp_path / "long.wav"
+    write_test_file(song, "wav", seconds=30.0, signal=music(30.0))  # 5.3 MB: over the 4 MB upload limit
+    with device_server(tmp_path, model, device_dir) as server:
+        page = open_page(server=server)
+        wait_js(page, "window.freestems.device.unavailable() === ''", timeout=30)
+        page.set_input_files("#file", str(song))
+        assert "This file is too big" in wait_js(page, "document.getElementById('file-error').textContent")
+        page.check('input[name="where"][value="device"]')  # nothing is uploaded: the size is no matter
+        wait_js(page, "!document.getElementById('separate').disabled")
+        assert page.is_hidden("#file-error")
+        page.click("#separate")
+        status = "document.getElementById('status').textContent"
+        wait_js(page, f"/Separating on this device: /.test({status})", timeout=120)
+        # The first finished block plays at once, while the rest is separated.
+        wait_js(page, "(window.freestems.mixer.live() || {}).ready > 0", timeout=120)
+        assert page.evaluate("window.freestems.mixer.live().complete") is False
+        page.click("#cancel")
+        page.click("#cancel-yes")
+        wait_js(page, "window.freestems.phase === 'setup'")
+        assert page.is_visible("#setup") and not page.is_visible("#work")
+        assert page.evaluate("window.freestems.device.last()") is None
+        assert page.evaluate("window.freestems.mixer.live()") is None  # the live player went with it
+        page.check('input[name="where"][value="server"]')  # back to an upload: the limit again
+        wait_js(page, "document.getElementById('separate').disabled")
+        assert page.is_visible("#file-error")
+
+
+@needs_runtime
+def test_once_it_has_separated_on_the_device_the_page_does_it_offline(exported, open_page, tmp_path):
+    model, device_dir = exported
+    song = tmp_path / "song.mp3"
+    write_test_file(song, "mp3", seconds=3.0, signal=music(3.0))
+    with device_server(tmp_path, model, device_dir) as server:
+        page = open_page(server=server, expected_errors=("ERR_INTERNET_DISCONNECTED",))
+        assert separate_on_device(page, song) == "result"
+        wait_js(page, "Boolean(navigator.serviceWorker.controller)")
+        wait_js(page, "window.freestems.events.some(event => event.kind === 'offline' && event.registered)")
+        page.context.set_offline(True)
+        try:
+            page.reload()
+            wait_js(page, "Boolean(window.freestems && window.freestems.ready)")
+            assert separate_on_device(page, song) == "result", page.evaluate("window.freestems.problem")
+            assert page.evaluate("window.freestems.device.last().info.cached") is True
+            assert page.evaluate("fetch('health').then(() => 'online', () => 'offline')") == "offline"
+        finally:
+            page.context.set_offline(False)
+
+
+def test_without_the_runtime_the_page_says_device_separation_is_unavailable(
+    exported, open_page, tmp_path, monkeypatch
+):
+    model, device_dir = exported
+    monkeypatch.setattr(device, "VENDOR", tmp_path / "no-vendor")
+    with device_server(tmp_path, model, device_dir) as server:
+        page = open_page(server=server, expected_errors=("404",))
+        hint = wait_js(
+            page,
+            "window.freestems.device.unavailable() !== 'checking' && "
+            "document.getElementById('where-hint').textContent",
+        )
+        assert hint == (
+            "Separating on this device is unavailable: "
+            "this server does not have the in-browser runtime installed."
+        )
+        assert page.is_disabled('input[name="where"][value="device"]')
+        assert page.is_checked('input[name="where"][value="server"]')
+
+
+def test_a_server_without_exports_shows_no_choice(open_page):
+    page = open_page()
+    assert page.evaluate("window.freestems.config.deviceModels") == []
+    assert page.is_hidden("#where")
+    # Nor a service worker: a server that offers only uploads has nothing to do offline.
+    assert page.evaluate("navigator.serviceWorker.getRegistrations().then((found) => found.length)") == 0
