@@ -32,9 +32,10 @@ async function loadRuntime() {
 }
 
 // "auto" takes the fp16-weights file (half the download) only where the export measured it this close to
-// the fp32 one: onnxruntime-web's WASM kernels already differ from torch by about 70 dB over a whole song,
-// and the page must stay within 60 dB of the Python engine.
-const FP16_AUTO_MIN_SNR_DB = 70;
+// the fp32 one. onnxruntime-web's WASM kernels differ from the native runtime's by 78 dB (the tests' small
+// model) to 93 dB (the release scnet) on one chunk, about 64 dB over a whole song with the small model; with
+// fp16 weights 66 dB from fp32 the page stays 60 dB from the Python engine even then (the noises add).
+const FP16_AUTO_MIN_SNR_DB = 66;
 
 function chooseFile(manifest, precision) {
   const files = manifest.onnx.files;
