@@ -6,6 +6,7 @@
 // without stopping playback. Stems only one model gives (a vocals model's "no_vocals") are offered as a
 // download of the second zip.
 import { downloadResult, uploadJob } from "./api.js";
+import { budgetFor } from "./cost.js";
 import { $, show } from "./dom.js";
 import { JobFollow } from "./follow.js";
 import { stemWords, baseName } from "./names.js";
@@ -30,8 +31,11 @@ export function rerunForm(job, options, model) {
   return form;
 }
 
-/** `player`: the result's player (its mixer gets the alternates); `config()`: the server's description. */
-export function createCompare({ player, config, log }) {
+/**
+ * `player`: the result's player (its mixer gets the alternates); `config()`: the server's description;
+ * `duration()`: the song's length in seconds (null: unknown), to earn a key for what the rerun costs.
+ */
+export function createCompare({ player, config, log, duration = () => null }) {
   let first = null; // {job, file, options, model} of the result on show
   let second = null; // {model, stems: [names with an A/B switch], url}
   let run = null; // the AbortController of a rerun in progress
@@ -91,7 +95,9 @@ export function createCompare({ player, config, log }) {
     $("compare-run").disabled = true;
     log("compare", { model: chosen });
     try {
-      const session = await sessions.obtain(mine.signal, described && described.powCounter);
+      const pricing = described && described.pricing;
+      const budget = budgetFor(pricing, { ...first.options, model: chosen }, duration());
+      const session = await sessions.obtain(mine.signal, described && described.powCounter, budget);
       status(`Separating the same song with ${modelOf(chosen).title}: sending the request (no upload)…`);
       let created;
       try {
@@ -111,6 +117,7 @@ export function createCompare({ player, config, log }) {
       await add(chosen, archive);
     } catch (error) {
       if (mine.signal.aborted) return;
+      if (error && error.code === "key_budget") sessions.needAtLeast(error.cost);
       sessions.dropUnusable();
       const words = describe(error instanceof Problem ? error : new Problem("unexpected", String(error && error.message)));
       status(`The second separation did not work: ${words.title} ${words.action}`);

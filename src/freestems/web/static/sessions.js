@@ -9,10 +9,16 @@ import { Problem } from "./text.js";
 /** `handlers` ({onJob, onDone, onProblem}) hear the session's job messages and its failure. */
 export function createSessions({ messages, log, handlers }) {
   let session = null;
+  let atLeast = 0; // a budget the server said a request needs (a key_budget refusal): asked for from then on
 
-  /** A session with an unused key: the open one, or a new one. `expected`: the most tries (or null). */
-  async function obtain(signal, expected) {
-    if (session && session.usable) {
+  /**
+   * A session with an unused key: the open one, or a new one. `expected`: the most tries (or null);
+   * `budget`: the model-seconds the key must buy (cost.js; null: the server's default). The check's work
+   * grows with the budget, so a key is earned for what the chosen options need.
+   */
+  async function obtain(signal, expected, budget = null) {
+    const wanted = Number.isFinite(budget) ? Math.max(budget, atLeast) : atLeast || null;
+    if (session && session.usable && !(wanted && session.budget !== null && session.budget < wanted)) {
       log("session_reused");
       return session;
     }
@@ -23,15 +29,16 @@ export function createSessions({ messages, log, handlers }) {
     const closeOnAbort = () => fresh.close();
     signal.addEventListener("abort", closeOnAbort, { once: true });
     try {
-      await earnKey(fresh, signal, expected);
+      await earnKey(fresh, signal, expected, wanted);
       return fresh;
     } finally {
       signal.removeEventListener("abort", closeOnAbort);
     }
   }
 
-  async function earnKey(fresh, signal, expected) {
-    const challenge = await fresh.connect();
+  async function earnKey(fresh, signal, expected, budget) {
+    const challenge = await fresh.connect(budget);
+    expected = fresh.maxCounter || expected;
     messages.setProgress("Anti-abuse check: your browser is solving a small puzzle…", null, true);
     const started = performance.now();
     const payload = await solveChallenge(challenge, {
@@ -52,6 +59,10 @@ export function createSessions({ messages, log, handlers }) {
 
   return {
     obtain,
+    /** The server refused a request as dearer than its key (`cost` model-seconds): later keys buy that. */
+    needAtLeast(cost) {
+      if (Number.isFinite(cost)) atLeast = Math.max(atLeast, Math.ceil(cost));
+    },
     /** After a problem: a session that cannot serve another upload is closed. */
     dropUnusable() {
       if (session && !session.usable) {

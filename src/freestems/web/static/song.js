@@ -10,9 +10,10 @@ const NO_LIMITS = { max_upload_mb: Infinity, max_duration: Infinity };
  * `canChoose()` says whether the form is in use (a file chosen during a separation is ignored); the page's
  * settings come later through `useConfig`.
  */
-export function createSong({ log, canChoose }) {
+export function createSong({ log, canChoose, onChecked = () => {} }) {
   let config = null;
   let file = null;
+  let duration = null; // seconds, as the browser read them from the chosen file (null: unknown)
   let token = 0; // the latest choice: a slow check of an earlier file must not overwrite it
   let ok = false;
 
@@ -59,12 +60,14 @@ export function createSong({ log, canChoose }) {
       }
       return;
     }
-    const duration = await probeDuration(chosen);
+    const read = await probeDuration(chosen);
     if (mine !== token) return; // another file was chosen meanwhile
-    if (!checkDuration(duration, limits)) return;
+    if (!checkDuration(read, limits)) return;
     ok = true;
+    duration = read;
     log("accepted", { duration });
     refresh();
+    onChecked();
   }
 
   function checkSize(chosen, limits) {
@@ -100,6 +103,7 @@ export function createSong({ log, canChoose }) {
   function clear() {
     token += 1;
     file = null;
+    duration = null;
     ok = false;
     $("file").value = "";
     showError("");
@@ -107,6 +111,7 @@ export function createSong({ log, canChoose }) {
     $("drop").dataset.state = "empty";
     $("file-label").textContent = "Choose a file";
     refresh();
+    onChecked();
   }
 
   /** The server's settings arrived: its limits apply, also to a file chosen before. */
@@ -119,6 +124,10 @@ export function createSong({ log, canChoose }) {
   return {
     get file() {
       return file;
+    },
+    /** The accepted file's length in seconds, as the browser reads it (null: unknown, or none accepted). */
+    get duration() {
+      return ok ? duration : null;
     },
     /** A file is chosen and passed the checks. */
     get ready() {
