@@ -264,6 +264,10 @@ def modal_environment(model_file: Path, data_dir: Path, **extra: str) -> dict[st
         "FREESTEMS_SESSIONS_PER_MINUTE": "1000",
         "FREESTEMS_JOBS_PER_IP": "8",
         "FREESTEMS_MAX_DURATION": "240",
+        # The small model priced as scnet; any option at the longest song fits a request and a default key.
+        "FREESTEMS_UNMEASURED_COST": "1",
+        "FREESTEMS_MAX_REQUEST_COST": "1200",
+        "FREESTEMS_KEY_BUDGET": "1200",
         "FREESTEMS_SWEEP_INTERVAL": "0.2",
         "FREESTEMS_REATTACH_GRACE": "2",
         "FREESTEMS_MODAL_MAX_CONTAINERS": "1",

@@ -54,6 +54,11 @@ def small_settings(data_dir: Path, **overrides: Any) -> Settings:
         refused_uploads_per_minute=1000,
         jobs_per_ip=8,
         queue_capacity=16,
+        # The small test model is priced as scnet, and a request may use every option at the longest song
+        # (3 shifts x 240 s), as may a key that names no budget; tests of prices set their own.
+        unmeasured_cost=1.0,
+        max_request_cost=720.0,
+        key_budget=720.0,
         result_ttl=600.0,
         sweep_interval=0.2,
         reattach_grace=2.0,

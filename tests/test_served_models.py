@@ -338,6 +338,7 @@ def test_a_running_job_keeps_its_model_while_another_job_waits_for_memory(tmp_pa
     served = serve_models([KIM, BS4], cache_dir=catalog["cache"]).served
     budget = max(served[KIM].estimate, served[BS4].estimate) + 1000
     settings = dict(budget_mb=budget / 1e6, auth="none", result_cache=False, workers=2, reattach_grace=120.0)
+    settings["max_request_cost"] = 10_000.0  # the long song at 3 shifts on Kim's RoFormer (15.4x): 4158
     with models_server(tmp_path, catalog, [KIM, BS4], **settings) as (server, executor):
         models = executor.loaded
         long = post_job(server, songs["long"], None, model=KIM, shifts=3).json()

@@ -39,7 +39,15 @@ def test_health_as_json_and_the_page_for_browsers(start_server):
         body = response.json()
         assert body["status"] == "ok"
         assert body["model"] == "small"
-        assert body["queue"] == {"queued": 0, "running": 0, "capacity": 16}
+        # work in model-seconds: capacity 16 jobs x 720 (the test settings' most one request may cost)
+        assert body["queue"] == {
+            "queued": 0,
+            "running": 0,
+            "capacity": 16,
+            "work": 0,
+            "work_capacity": 16 * 720,
+            "cuts": 0,
+        }
         assert body["version"]
     page = httpx.get(server.url + "/", headers={"Accept": "text/html,application/xhtml+xml"})
     assert page.status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import time
@@ -16,6 +17,7 @@ import httpx
 
 from freestems.version import __version__
 
+from . import budget as budgets
 from . import pow
 from .errors import RemoteError
 from .http import NETWORK_ERRORS, MultipartUpload, backoff, download, error_of
@@ -31,6 +33,8 @@ POLL_ALONE = 1.0
 POLL_BESIDE_SOCKET = 5.0
 """... and while a socket does (a safety net; it also keeps the job followed on servers with a grace)."""
 NEW_KEY_ATTEMPTS = 3
+OVER_BUDGET = "key_budget"
+"""403: the request costs more than its key's budget; the error says the cost, and a key for it is the fix."""
 
 
 @dataclass
@@ -96,6 +100,7 @@ class Client:
             headers={"User-Agent": f"freestems-client/{__version__}"},
         )
         self._waited = 0.0
+        self._pricing: dict[str, Any] | None = None
 
     def close(self) -> None:
         self.http.close()
@@ -108,11 +113,15 @@ class Client:
 
     # ------------------------------------------------------------------------------------------ the steps
 
-    def get_key(self) -> Session:
+    def get_key(self, budget: float | None = None) -> Session:
         """Open ``WS /session``, solve its challenge on every core, and return the session holding the
         key (``session.key``). Keep it open until the job is over: closing it ends the key (and, on
-        servers without a grace period, cancels the key's job)."""
-        session = self._patiently(lambda: Session.connect(self.ws_url, timeout=self.timeout))
+        servers without a grace period, cancels the key's job).
+
+        ``budget``: the model-seconds of compute the key must buy (:meth:`budget`); the proof of work
+        grows linearly with it. None: the server's default budget."""
+        url = self.ws_url if budget is None else f"{self.ws_url}?budget={budget:g}"
+        session = self._patiently(lambda: Session.connect(url, timeout=self.timeout))
         try:
             challenge = session.receive(self.timeout)
             if challenge.get("type") != "challenge":
@@ -126,11 +135,26 @@ class Client:
             if reply.get("type") != "session" or not isinstance(reply.get("key"), str):
                 raise RemoteError(None, "bad_response", f"expected a session key, got {reply.get('type')!r}")
             session.key, session.expires_in = reply["key"], reply.get("expires_in")
+            session.budget = reply.get("budget")
             session.start_reader()
             return session
         except BaseException:
             session.close()
             raise
+
+    def budget(self, path: str | os.PathLike[str], **options: Any) -> int | None:
+        """The budget a key needs to separate ``path`` with ``options`` (as :meth:`submit` takes them): its
+        price at the server's published prices (``GET /config``), with a small margin; None when the server
+        publishes none or the song's length is not stated in its header (then the server's default)."""
+        if self._pricing is None:
+            self._pricing = {}
+            with contextlib.suppress(*NETWORK_ERRORS, ValueError):
+                response = self.http.get("/config")
+                if response.status_code == 200:
+                    self._pricing = dict(response.json().get("pricing") or {})
+        if not self._pricing:
+            return None
+        return budgets.needed(self._pricing, budgets.seconds(Path(path)), options)
 
     def submit(self, path: str | os.PathLike[str], session: Session | None, **options: Any) -> Job:
         """``POST /jobs``: upload ``path`` (streamed from disk) with the options of the form
@@ -313,9 +337,12 @@ class Client:
             self.reporter.end()
 
     def _submit_with_a_key(self, path: Path, options: dict[str, Any]) -> Job:
-        """Key, upload and wait; a key that dies before the upload is accepted is replaced by a new one."""
+        """Key (for the budget the request needs), upload and wait; a key that dies before the upload is
+        accepted is replaced by a new one, and a key whose budget is short by one for the cost the server
+        names."""
+        budget = self.budget(path, **options)
         for attempt in range(1, NEW_KEY_ATTEMPTS + 1):
-            session = self.get_key()
+            session = self.get_key(budget)
             job: Job | None = None
             try:
                 job = self.submit(path, session, **options)
@@ -323,6 +350,17 @@ class Client:
             except RemoteError as error:
                 if job is None and error.code in KEY_GONE and attempt < NEW_KEY_ATTEMPTS:
                     self.reporter.note(f"{error.message}; getting a new key")
+                    continue
+                cost = error.details.get("cost")
+                if (
+                    job is None
+                    and error.code == OVER_BUDGET
+                    and isinstance(cost, (int, float))
+                    and attempt < NEW_KEY_ATTEMPTS
+                    and (budget is None or cost > budget)
+                ):
+                    budget = math.ceil(cost)
+                    self.reporter.note(f"the request costs {budget} model-seconds; earning a key for that")
                     continue
                 raise
             except KeyboardInterrupt:

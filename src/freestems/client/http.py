@@ -10,6 +10,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -24,13 +25,17 @@ def error_of(response: httpx.Response) -> RemoteError:
     """The server's JSON error (``{"error": {"code", "message"}}``) as a :class:`RemoteError`; any other
     answer (a proxy's HTML page, say) becomes one too, with its status."""
     code, message = f"http_{response.status_code}", response.reason_phrase or "unexpected answer"
+    details: dict[str, Any] = {}
     try:
         body = response.json()
         error = body["error"]
         code, message = str(error["code"]), str(error["message"])
-    except (ValueError, KeyError, TypeError, httpx.ResponseNotRead):
+        details = {name: value for name, value in error.items() if name not in ("code", "message")}
+    except (ValueError, KeyError, TypeError, AttributeError, httpx.ResponseNotRead):
         pass
-    return RemoteError(response.status_code, code, message, retry_after=retry_after(response.headers))
+    return RemoteError(
+        response.status_code, code, message, retry_after=retry_after(response.headers), details=details
+    )
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:

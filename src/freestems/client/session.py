@@ -38,6 +38,8 @@ class Session:
         self.socket = socket
         self.key: str | None = None
         self.expires_in: float | None = None
+        self.budget: float | None = None
+        """Model-seconds the key buys, as the server said (None: an older server, or no key yet)."""
         self._changed = threading.Condition()
         self._version = 0
         self._jobs: dict[str, dict[str, Any]] = {}

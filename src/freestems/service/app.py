@@ -72,6 +72,8 @@ WEB_PAGE = Path(__file__).resolve().parents[1] / "web" / "index.html"
 REFUSED_UPLOAD_STATUSES = frozenset({400, 401, 408, 413, 415, 422})
 """Upload refusals that start no job, so they count against the client's address: the key stays unspent,
 or (401) it died during the upload, which its client can make happen at will by closing its socket."""
+REFUSED_UPLOAD_CODES = frozenset({"key_budget"})
+"""Refusals of other statuses that leave the key unspent too (403: a request dearer than its key)."""
 
 FORM_ROUTES = ("/separate", "/jobs")
 """The routes that take the separation form (its schema comes from :func:`~.options.form_schema`)."""
@@ -356,7 +358,8 @@ def _add_job_routes(app: FastAPI) -> None:
         job = await _fresh_owned_job(request, service, job_id)
         service.manager.follow.seen(job.id)
         duration = service.manager.views.progress_fields(job)["duration"]  # the probe's, until it is counted
-        return await service.manager.partials.listing(job, service.manager.stems(job), duration)
+        client = client_address(request, service.settings.trust_proxy)
+        return await service.manager.partials.listing(job, service.manager.stems(job), duration, client)
 
     @app.get(
         "/jobs/{job_id}/partial/{stem}/{index}",
@@ -367,7 +370,8 @@ def _add_job_routes(app: FastAPI) -> None:
         service = _service(request)
         job = await _fresh_owned_job(request, service, job_id)
         service.manager.follow.seen(job.id)
-        path = await service.manager.partials.segment(job, stem, index, service.manager.stems(job))
+        client = client_address(request, service.settings.trust_proxy)
+        path = await service.manager.partials.segment(job, stem, index, service.manager.stems(job), client)
         return open_download(
             path,
             f"segment {index} of job {job.id} is gone (the job was deleted or has expired)",
@@ -445,7 +449,12 @@ def _config(service: Service) -> dict[str, Any]:
         "mp3_bitrates": list(MP3_BITRATES),
         "mp3_bitrate": SeparationOptions.mp3_bitrate,
         "auth": settings.auth,
-        "pow": {"algorithm": settings.pow_algorithm, "counter": settings.pow_counter},
+        "pow": {
+            "algorithm": settings.pow_algorithm,
+            "counter": settings.pow_counter,
+            "budget": round(service.manager.pricing.default_budget, 3),
+        },
+        "pricing": service.manager.pricing.describe(),
         "result_ttl": settings.result_ttl,
         "device_models": device_models(settings, [model.name for model in served]),
     }
@@ -499,7 +508,9 @@ async def _create_job(request: Request, service: Service, rerun: bool) -> Job:
     except BaseException as error:
         if session is not None:
             service.sessions.unclaim(session)
-        if isinstance(error, ServiceError) and error.status in REFUSED_UPLOAD_STATUSES:
+        if isinstance(error, ServiceError) and (
+            error.status in REFUSED_UPLOAD_STATUSES or error.code in REFUSED_UPLOAD_CODES
+        ):
             service.refusals.record(client)
         raise
 

@@ -6,8 +6,15 @@ the service costs the scripter real compute per separation, and the per-address 
 how fast anyone can earn keys.
 
 We use ALTCHA's *deterministic* mode: the server picks the counter the client must reach (between half of
-``pow_counter`` and ``pow_counter``), so the work is predictable, and signs the expected derived key, so
-verifying an answer is an HMAC instead of a derivation.
+the challenge's largest counter and all of it), so the work is predictable, and signs the expected derived
+key, so verifying an answer is an HMAC instead of a derivation.
+
+**Work that scales with the budget.** A key is earned for a budget of compute (model-seconds,
+:mod:`.pricing`), and its challenge's largest counter is linear in that budget: ``pow_counter`` for the
+default budget, twice that for twice the budget (:meth:`~.pricing.Pricing.counter`). The budget is in the
+challenge's signed ``data`` and in the server's record of the pending challenge; the verified answer yields
+it (:meth:`ChallengeBook.verify`), and the key is issued for it. A challenge with more work than the
+default gets as many times ``ttl`` to be solved in.
 
 What the altcha library does not do, this module does:
 
@@ -46,6 +53,7 @@ MAX_PAYLOAD_CHARS = 8192
 class _Pending:
     signature: str
     expires_at: float
+    budget: float | None = None
 
 
 class ChallengeBook:
@@ -72,36 +80,50 @@ class ChallengeBook:
         self._pending: dict[str, _Pending] = {}
         self._used: dict[str, float] = {}  # challenge signature -> its expiry
 
-    def issue(self, connection: str) -> dict[str, Any]:
-        """A new challenge (as JSON-ready dict) for ``connection``; it replaces any pending one."""
-        challenge, pending = self._create(connection)
+    def issue(
+        self, connection: str, *, counter: int | None = None, budget: float | None = None
+    ) -> dict[str, Any]:
+        """A new challenge (as JSON-ready dict) for ``connection``; it replaces any pending one.
+
+        ``counter``: its largest counter (default ``counter``, the work of a default key); ``budget``: the
+        budget the key it earns will have (None: the default), kept with it and signed in its data."""
+        challenge, pending = self._create(connection, counter, budget)
         self._pending[connection] = pending
         return challenge
 
-    async def issue_async(self, connection: str) -> dict[str, Any]:
+    async def issue_async(
+        self, connection: str, *, counter: int | None = None, budget: float | None = None
+    ) -> dict[str, Any]:
         """:meth:`issue`, with the key derivation (~1.5 ms at the default cost) in a worker thread, so that
         a burst of new connections does not stall the event loop (hashlib releases the GIL)."""
-        challenge, pending = await asyncio.to_thread(self._create, connection)
+        challenge, pending = await asyncio.to_thread(self._create, connection, counter, budget)
         self._pending[connection] = pending
         return challenge
 
-    def _create(self, connection: str) -> tuple[dict[str, Any], _Pending]:
+    def _create(
+        self, connection: str, counter: int | None = None, budget: float | None = None
+    ) -> tuple[dict[str, Any], _Pending]:
         """Make and sign a challenge (the server's one derivation); touches no shared state."""
-        expires_at = self._clock() + self.ttl
+        most = counter or self.counter
+        expires_at = self._clock() + self.ttl * max(1.0, most / self.counter)
+        data: dict[str, Any] = {"conn": connection}
+        if budget is not None:
+            data["budget"] = round(budget, 3)
         challenge = altcha.create_challenge(
             algorithm=self.algorithm,
             cost=self.cost,
-            counter=secrets.randbelow(self.counter - self.counter // 2 + 1) + self.counter // 2,
+            counter=secrets.randbelow(most - most // 2 + 1) + most // 2,
             expires_at=math.ceil(expires_at),
-            data={"conn": connection},
+            data=data,
             hmac_secret=self._secret,
             hmac_key_secret=self._key_secret,
         )
         assert challenge.signature is not None
-        return challenge.to_dict(), _Pending(challenge.signature, expires_at)
+        return challenge.to_dict(), _Pending(challenge.signature, expires_at, budget)
 
-    def verify(self, connection: str, payload: object) -> None:
-        """Accept ``payload`` (base64 ALTCHA payload) as the answer of ``connection``'s challenge, once.
+    def verify(self, connection: str, payload: object) -> float | None:
+        """Accept ``payload`` (base64 ALTCHA payload) as the answer of ``connection``'s challenge, once;
+        returns the budget the challenge was issued for (None: the default).
 
         Raises:
             ServiceError: 403 with code ``invalid_payload``, ``replayed_solution``, ``challenge_expired``,
@@ -140,6 +162,7 @@ class ChallengeBook:
             raise forbidden("invalid_solution", "the solution is wrong; solve the challenge again")
         del self._pending[connection]
         self._used[signature] = pending.expires_at
+        return pending.budget
 
     def pending_expiry(self, connection: str) -> float | None:
         """When ``connection``'s pending challenge expires (clock time), or None."""

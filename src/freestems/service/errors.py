@@ -30,6 +30,7 @@ class ServiceError(Exception):
         retry_after: float | None = None,
         headers: Mapping[str, str] | None = None,
         field: str | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -37,6 +38,8 @@ class ServiceError(Exception):
         self.message = message
         self.retry_after = None if retry_after is None else max(1, math.ceil(retry_after))
         self.field = field
+        self.extra = dict(extra or {})
+        """More members of the JSON error (a refused price: ``cost``, ``limit``, ``fits``)."""
         self.headers = dict(headers or {})
         if self.retry_after is not None:
             self.headers["Retry-After"] = str(self.retry_after)
@@ -47,6 +50,7 @@ class ServiceError(Exception):
             error["field"] = self.field
         if self.retry_after is not None:
             error["retry_after"] = self.retry_after
+        error.update(self.extra)
         return {"error": error}
 
     def __repr__(self) -> str:
@@ -77,7 +81,8 @@ def request_timeout(message: str) -> ServiceError:
 
 
 def payload_too_large(code: str, message: str) -> ServiceError:
-    """413: the upload is too big, or its audio too long."""
+    """413: the upload is too big, or its audio too long (a request that costs too much is 413 too, made by
+    :mod:`.pricing`)."""
     return ServiceError(413, code, message)
 
 

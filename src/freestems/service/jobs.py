@@ -4,9 +4,11 @@ Everything here runs on the event loop (executor reports are brought back to it 
 ``call_soon_threadsafe``), so a check and the insert that follows it cannot interleave with another
 request: the queue capacity and per-address limits are exact.
 
-A submission goes: probe the audio (415 not audio, 413 too long) -> admission (429 queue full, 429 too many
-jobs from this address) -> result cache (a hit is a finished job at once, no model run) -> job stored as
-``queued`` -> executor. Reports move it to ``running`` and then ``done``/``failed``/``cancelled``; each
+A submission goes: probe the audio (415 not audio, 413 too long) -> its price (:mod:`.pricing`: 413 over
+the ceiling, 403 over its key's budget) -> admission (429 queue full, 429 too many jobs or too much work
+from this address, both counted in jobs and in model-seconds) -> result cache (a hit is a finished job at
+once, no model run) -> job stored as ``queued`` -> executor. Reports move it to ``running`` and then
+``done``/``failed``/``cancelled``; each
 change goes to the sockets following the job, progress is persisted at most once a second, and when a job
 ends its session key dies.
 
@@ -64,6 +66,7 @@ from .follow import Follow
 from .options import SeparationOptions
 from .partials import Partials
 from .paths import Paths
+from .pricing import EPSILON, CutGate, Pricing, Quote
 from .progress import ProgressClock
 from .sessions import Session, SessionRegistry
 from .settings import Settings
@@ -114,7 +117,9 @@ class JobManager:
             settings.result_cache,
             visible=self.state.visible,
         )
-        self.partials = Partials(paths.partials)
+        self.pricing = Pricing(settings, [model.name for model in executor.models])
+        self.cuts = CutGate(settings.cuts_per_ip, settings.max_cuts)
+        self.partials = Partials(paths.partials, cut=self._cut)
         self.clock = ProgressClock()
         self.views = JobViews(store, self.partials, self.clock, settings.workers)
         self.follow = Follow(settings, self.state, store, sessions, executor, self)
@@ -177,27 +182,64 @@ class JobManager:
 
     # ------------------------------------------------------------------------------------------ admission
 
-    def admit(self, client: str) -> None:
-        """Raise 429 (with Retry-After) if the queue is full or ``client`` has too many jobs in flight."""
+    def admit(self, client: str, cost: float = 0.0) -> None:
+        """Raise 429 (with Retry-After) if the queue is full or ``client`` has too much in flight: counted
+        in jobs (``queue_capacity``, ``jobs_per_ip``) and in model-seconds (``queue_cost``, ``cost_per_ip``,
+        segment cuts included) with this request's ``cost`` added (0: before its price is known, there
+        must be room at all). A request alone in the queue, or alone from its address, always fits."""
         if self._closed:
             raise unavailable("the server is shutting down; try again in a minute", retry_after=60)
-        total = self.store.in_flight()
-        job_seconds = self.views.job_seconds
-        if total >= self.settings.queue_capacity:
-            wait = job_seconds * total / self.settings.workers
+        active = self.store.active()
+        total = len(active)
+        work = sum(self.work(job) for job in active) + self.cuts.cost()
+        pricing = self.pricing
+        if total >= self.settings.queue_capacity or _over(work, cost, pricing.queue):
+            wait = self._wait(work, total)
             raise too_many_requests(
                 "queue_full",
-                f"the queue is full ({total} jobs); try again in {math.ceil(wait)} s",
+                f"the queue is full ({total} jobs, {work:.0f} of {pricing.queue:.0f} model-seconds of work); "
+                f"try again in {math.ceil(wait)} s",
                 wait,
             )
-        mine = self.store.in_flight(client)
-        if mine >= self.settings.jobs_per_ip:
+        mine = [job for job in active if job.client == client]
+        if len(mine) >= self.settings.jobs_per_ip:
             raise too_many_requests(
                 "too_many_jobs",
-                f"you already have {mine} job(s) queued or running "
+                f"you already have {len(mine)} job(s) queued or running "
                 f"(the limit is {self.settings.jobs_per_ip}); wait for one to finish",
-                job_seconds,
+                self._wait(sum(self.work(job) for job in mine), len(mine)),
             )
+        own = sum(self.work(job) for job in mine) + self.cuts.cost(client)
+        if _over(own, cost, pricing.per_address):
+            raise too_many_requests(
+                "too_much_work",
+                f"your address has {own:.0f} model-seconds of work queued or running and this request costs "
+                f"{cost:.0f}, more than the {pricing.per_address:.0f} one address may have; wait for a job "
+                "to finish",
+                self._wait(own, len(mine)),
+            )
+
+    def work(self, job: Job) -> float:
+        """The model-seconds a queued or running job counts for: its price (a job stored before prices
+        counts as the dearest request)."""
+        return job.cost if job.cost > 0 else self.pricing.ceiling
+
+    def _wait(self, work: float, jobs: int) -> float:
+        """Seconds until ``work`` model-seconds (``jobs`` jobs) have run: the measured seconds per
+        model-second when known, else the usual job's duration."""
+        per_unit = self.clock.seconds_per_audio  # the clock learns seconds per model-second (``work``)
+        if per_unit:
+            return max(1.0, per_unit * work / self.settings.workers)
+        return max(1.0, self.views.job_seconds * max(jobs, 1) / self.settings.workers)
+
+    def price(self, duration: float | None, options: SeparationOptions, session: Session | None) -> Quote:
+        """The request's price, refused when over the ceiling (413) or over its key's budget (403)."""
+        quote = self.pricing.quote(duration, options)
+        budget = None
+        if session is not None:
+            budget = session.budget if session.budget is not None else self.pricing.default_budget
+        self.pricing.check(quote, budget)
+        return quote
 
     async def submit(
         self,
@@ -215,20 +257,23 @@ class JobManager:
         holds the job's token can ask for one, so ``POST /separate`` keeps none.
 
         Raises:
-            ServiceError: 415 not audio, 413 too long, 429 queue full / too many jobs, 401 key died meanwhile.
+            ServiceError: 415 not audio, 413 too long or too costly, 403 over the key's budget, 429 queue
+                full / too many jobs / too much work, 401 key died meanwhile.
         """
         kept: list[Path] = []  # the job's files so far: removed unless the job is stored
         job: Job | None = None
         attached = owned = stored = False
         try:
             duration = await asyncio.to_thread(self._probe, upload)
+            quote = self.price(duration, options, session)
             model = self.served_model(options.model)
             key = cache_key(upload.sha256, model.fingerprint, options.as_dict())
             cached = await asyncio.to_thread(self.cache.lookup, key)  # a shared store's: off the loop
             if session is not None:
                 await self.state.recheck_key(session.digest)  # a shared key may have died meanwhile
-            self.admit(client)  # again: from here to the insert nothing awaits, so this is exact
+            self.admit(client, quote.cost)  # again: from here to the insert nothing awaits, so this is exact
             job = self._new_job(upload, options, model.name, key, client, session)
+            job.duration, job.cost = duration, quote.cost
             if keep_source:
                 kept.append(self.paths.sources / f"{job.id}{upload.suffix}")
                 link_or_copy(upload.path, kept[-1])
@@ -328,7 +373,8 @@ class JobManager:
         self, earlier: Job, options: SeparationOptions, client: str, session: Session | None
     ) -> Job:
         """A new job on the kept source of ``earlier`` (whose token the caller checked): another model or
-        other options on the same song, without a second upload. Same answers as :meth:`submit`.
+        other options on the same song, without a second upload. Same answers as :meth:`submit`: it is
+        priced like an upload of the song, against the budget of the key it comes with.
 
         Raises:
             ServiceError: 404 when the source is no longer kept; as :meth:`submit` otherwise.
@@ -398,7 +444,15 @@ class JobManager:
             "queued": counts["queued"],
             "running": counts["running"],
             "capacity": self.settings.queue_capacity,
+            "work": round(sum(self.work(job) for job in self.store.active()) + self.cuts.cost(), 1),
+            "work_capacity": round(self.pricing.queue, 1),
+            "cuts": len(self.cuts),
         }
+
+    def _cut(self, job: Job, client: str) -> contextlib.AbstractContextManager[None]:
+        """A place for cutting ``job``'s segments from its zip, for ``client`` (429 when there is none)."""
+        duration = job.duration or self.views.durations.get(job.id)
+        return self.cuts.cut(client, self.pricing.cut_cost(duration))
 
     def stems(self, job: Job) -> tuple[str, ...]:
         """The stems the job gives: its model's, or one stem and its complement."""
@@ -585,7 +639,8 @@ class JobManager:
             durations = self.views.durations
             if event.segment.total and job.id not in durations:
                 durations[job.id] = event.segment.total / SAMPLE_RATE
-                self.clock.set_duration(job.id, durations[job.id])
+                if not job.cost:
+                    self.clock.set_duration(job.id, durations[job.id])
             self.notify(job)
         elif event.kind == "done":
             self._done(job, event, now)
@@ -606,7 +661,9 @@ class JobManager:
         self.store.update(job.id, state="running", started_at=now, progress=0.0)
         job.state, job.started_at = "running", now
         self.partials.started(job.id)
-        self.clock.started(job.id, self.views.durations.get(job.id))
+        # The clock measures work (model-seconds), so that a job with dearer options is expected to take
+        # as many times longer; a job stored before prices is measured by its track's length.
+        self.clock.started(job.id, job.cost or self.views.durations.get(job.id))
         self.notify(job)
         self._broadcast_positions()
 
@@ -714,6 +771,13 @@ class JobManager:
             if path.name.split(".", 1)[0] not in jobs:
                 log.info("removing orphaned file %s", path)
                 path.unlink(missing_ok=True)
+
+
+def _over(held: float, cost: float, limit: float) -> bool:
+    """True when ``cost`` more on top of ``held`` passes ``limit`` (nothing held: only a full limit)."""
+    if held <= EPSILON:
+        return False
+    return held + cost > limit + EPSILON if cost > 0 else held >= limit - EPSILON
 
 
 def _whole_cost(timings: dict[str, Any]) -> float | None:

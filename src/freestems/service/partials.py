@@ -11,7 +11,9 @@ FLAC, exactly ``end - start`` samples). The segments live in ``<data>/partials/<
   has them;
 - a job whose folder has no manifest (a cache hit whose original is gone, a job run on Modal, where no
   segments are written, or a folder lost in a restart) gets its segments cut from its result zip on the
-  first request (30 s each, all at once; the first request waits for that).
+  first request (30 s each, all at once; the first request waits for that). A cut is work in flight like a
+  job: it holds a place given by ``cut`` (:class:`~.pricing.CutGate`: a few per address and in all, 429
+  ``too_many_cuts`` with Retry-After beyond them) and its cost counts in the admission of jobs.
 
 A failed or cancelled job has none.
 """
@@ -19,8 +21,10 @@ A failed or cancelled job has none.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,8 +54,15 @@ class _Live:
 class Partials:
     """Every job's progressive results (see the module's docstring)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        cut: Callable[[Job, str], contextlib.AbstractContextManager[None]] | None = None,
+    ) -> None:
+        """``cut(job, client)``: a place for cutting ``job``'s segments for ``client`` (raises a 429
+        ServiceError when there is none); None: cuts are not bounded."""
         self.root = root
+        self._cut = cut or (lambda job, client: contextlib.nullcontext())
         self._live: dict[str, _Live] = {}
         self._finished: dict[str, Manifest] = {}
         self._rebuilding: dict[str, asyncio.Lock] = {}
@@ -125,11 +136,12 @@ class Partials:
         return manifest.total if manifest is not None else None
 
     async def listing(
-        self, job: Job, stems: tuple[str, ...], duration: float | None = None
+        self, job: Job, stems: tuple[str, ...], duration: float | None = None, client: str = ""
     ) -> dict[str, Any]:
         """The JSON of ``GET /jobs/{id}/partial``; ``stems``: the job's stems, as far as it knows;
-        ``duration``: the track's seconds as the upload's probe found them, the total until it is counted."""
-        manifest = await self._manifest(job)
+        ``duration``: the track's seconds as the upload's probe found them, the total until it is counted;
+        ``client``: who asks (a cut is counted against that address)."""
+        manifest = await self._manifest(job, client)
         total: int | None
         if manifest is not None:
             stems, segments, total, complete = manifest.stems, manifest.segments, manifest.total, True
@@ -147,10 +159,12 @@ class Partials:
             "complete": complete,
         }
 
-    async def segment(self, job: Job, stem: str, index: int, stems: tuple[str, ...]) -> Path:
+    async def segment(
+        self, job: Job, stem: str, index: int, stems: tuple[str, ...], client: str = ""
+    ) -> Path:
         """Where segment ``index`` of ``stem`` is; 404 ``not_ready`` if it does not exist yet (the file may
         still go before it is opened: the job expired or was deleted)."""
-        manifest = await self._manifest(job)
+        manifest = await self._manifest(job, client)
         if manifest is not None:
             stems, count, complete = manifest.stems, len(manifest.segments), True
         else:
@@ -168,8 +182,9 @@ class Partials:
             )
         return segment_path(self.folder(job.id), index, stem)  # the route opens it: 404 if gone meanwhile
 
-    async def _manifest(self, job: Job) -> Manifest | None:
-        """A finished job's manifest (cut from its result first if needed); None while it runs."""
+    async def _manifest(self, job: Job, client: str) -> Manifest | None:
+        """A finished job's manifest (cut from its result first if needed, in a place of ``cut``); None
+        while it runs."""
         if job.state in ("failed", "cancelled"):
             raise not_found(f"job {job.id} was {job.state}; it has no partial results")
         if job.state != "done":
@@ -184,7 +199,8 @@ class Partials:
                     Manifest.read, self.folder(job.id)
                 )
                 if manifest is None:
-                    manifest = await self._rebuild(job)
+                    with self._cut(job, client):
+                        manifest = await self._rebuild(job)
                 self._finished[job.id] = manifest
                 return manifest
         finally:

@@ -7,6 +7,11 @@ second or more: the last report plus the measured speed times the time since, ne
 job itself; until it has reported anything, the speed of earlier jobs (seconds of work per second of
 audio) and the track's length give an estimate, or none.
 
+The service gives the clock each job's *work* for its "duration": its price in model-seconds
+(:mod:`.pricing`; for a job at the default options on ``scnet``, its track's seconds), so that
+``seconds_per_audio`` is learnt per model-second and a job with dearer options (or a dearer model), and
+the queue ahead of it, is expected to take as many times longer.
+
 It also answers the other fields of a job view: ``stage``, ``elapsed``, ``eta`` and ``queue_eta``.
 Everything is in memory (a restart forgets it; a job that runs again is measured again).
 """

@@ -1,4 +1,9 @@
-"""Session keys: earned on a WebSocket, good for one separation, dead when anything ends.
+"""Session keys: earned on a WebSocket, good for one separation of at most their budget, dead when anything
+ends.
+
+A key is earned for a budget of compute (model-seconds, :mod:`.pricing`; the proof of work grows with it):
+a request that costs more than its key's budget is refused (403 ``key_budget``) before any job exists,
+and the key stays usable for a cheaper one.
 
 A key is issued after a valid proof-of-work answer and lives in memory only (a restart ends every socket,
 and with it every key). It is bound to the client address and to its connection, and it dies:
@@ -95,6 +100,8 @@ class Session:
     job_id: str | None = None
     remote: dict[str, Any] | None = None
     """The shared record of a key issued on another container's socket (None: this container's)."""
+    budget: float | None = None
+    """Model-seconds of compute the key was earned for (:mod:`.pricing`); None: the default budget."""
 
     @property
     def hash(self) -> str:
@@ -210,18 +217,23 @@ class SessionRegistry:
 
     # ------------------------------------------------------------------------------------- keys
 
-    def issue(self, client: str, connection: str, ttl: float | None = None) -> tuple[str, Session]:
+    def issue(
+        self, client: str, connection: str, ttl: float | None = None, budget: float | None = None
+    ) -> tuple[str, Session]:
         """A new key for ``client`` on ``connection`` (which must not hold a live one), usable for ``ttl``
-        seconds (default: the registry's)."""
+        seconds (default: the registry's), for a request of at most ``budget`` model-seconds (None: the
+        default budget)."""
         if connection in self._by_connection:
             raise forbidden("session_active", "this connection already holds a live session key")
         key = secrets.token_urlsafe(32)
         expires_at = self._clock() + (self.ttl if ttl is None else ttl)
-        session = Session(digest=_digest(key), client=client, connection=connection, expires_at=expires_at)
+        session = Session(
+            digest=_digest(key), client=client, connection=connection, expires_at=expires_at, budget=budget
+        )
         self._sessions[session.digest] = session
         self._by_connection[connection] = session.digest
         if self.book is not None:
-            record = {"client": client, "connection": connection, "expires_at": expires_at}
+            record = {"client": client, "connection": connection, "expires_at": expires_at, "budget": budget}
             self.book.publish(session.digest, record)
         return key, session
 
@@ -288,6 +300,7 @@ class SessionRegistry:
             connection=str(record["connection"]),
             expires_at=float(record["expires_at"]),
             remote=record,
+            budget=float(record["budget"]) if record.get("budget") is not None else None,
         )
 
     def unclaim(self, session: Session) -> None:

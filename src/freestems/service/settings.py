@@ -33,6 +33,8 @@ from freestems.cost import DEFAULT_GPU_PRICES, parse_prices
 from freestems.models.catalog import check_model_choice, default_served_model
 from freestems.rules import Device
 
+from .pricing import dearest_measured
+
 PREFIX = "FREESTEMS_"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 """The Host names a server on a loopback address answers to by default (any port)."""
@@ -270,10 +272,12 @@ class Settings(EnvSettings):
     pow_cost: AtLeastOne = 5000
     """Cost of one derivation (PBKDF2 iterations). The server pays one derivation per challenge."""
     pow_counter: AtLeastOne = 1000
-    """Work per challenge: the client must find a counter drawn between half this and this, trying each one
-    (one derivation each). 5000 iterations x ~750 tries is ~1 s of one browser core."""
+    """Work per challenge for a key of the default budget: the client must find a counter drawn between half
+    this and this, trying each one (one derivation each). 5000 iterations x ~750 tries is ~1 s of one
+    browser core. A key for another budget scales it linearly (see ``max_request_cost``)."""
     challenge_ttl: Positive = 120.0
-    """Seconds a challenge can be solved in."""
+    """Seconds a challenge can be solved in (a challenge for more than the default budget gets as many
+    times more)."""
     session_ttl: Positive = 900.0
     """Seconds a session key can be used in (from issue to the start of its upload)."""
     socket_lifetime: Positive = 1800.0
@@ -310,6 +314,33 @@ class Settings(EnvSettings):
     """Queued plus running jobs per client address."""
     queue_capacity: AtLeastOne = 32
     """Queued plus running jobs in total; beyond it new jobs get 429 and are not stored."""
+    max_request_cost: float = Field(0.0, ge=0)
+    """The most one request may cost, in model-seconds (one second of audio through ``scnet`` at the
+    default options; a request costs its seconds x ``shifts`` x its overlap's chunk factor x its model's
+    relative cost). Dearer requests get 413 ``too_costly`` naming the option to lower. 0: the longest
+    allowed song (``max_duration``) at the default options on the dearest served model, so every allowed
+    song runs at the defaults and dearer options fit only shorter songs. A session key is earned for a
+    budget up to this, its proof of work ``pow_counter`` x budget / ``key_budget``."""
+    key_budget: float = Field(0.0, ge=0)
+    """Model-seconds a session key buys when its client asks for no budget; its proof of work is
+    ``pow_counter``, and a key for another budget (``WS /session?budget=...``, at most
+    ``max_request_cost``) scales that linearly. 0: the longest allowed song at the default options on the
+    default model (the first served)."""
+    cost_per_ip: float = Field(0.0, ge=0)
+    """Model-seconds of work queued plus running per client address (jobs and segment cuts); beyond it new
+    jobs get 429 ``too_much_work``. 0: ``jobs_per_ip`` x ``max_request_cost``."""
+    queue_cost: float = Field(0.0, ge=0)
+    """Model-seconds of work queued plus running in total; beyond it new jobs get 429 ``queue_full``. 0:
+    ``queue_capacity`` x ``max_request_cost``."""
+    unmeasured_cost: Positive = dearest_measured()
+    """The relative cost (to ``scnet``) of a served model with none measured: a checkpoint file, or a
+    catalog model not benchmarked yet. Default: the dearest measured single model's."""
+    cuts_per_ip: AtLeastOne = 1
+    """Segment cuts at once per client address: a finished job without segments on disk (a cache hit whose
+    original job has gone, a job run on Modal) has them cut from its zip on its first ``GET
+    /jobs/{id}/partial``; beyond it 429 ``too_many_cuts`` with Retry-After."""
+    max_cuts: AtLeastOne = 2
+    """Segment cuts at once in total (per web container)."""
 
     # -- model and compute --
     models: CommaList = ()

@@ -9,7 +9,8 @@ The same database holds the result cache's table (:mod:`freestems.service.cache`
 one place where results are accounted for; and ``usage``, one row per computed job (model, GPU type,
 audio and GPU seconds, cost, timings: no file name, no address), which outlives the job's record so that
 ``freestems cost`` can project prices from more than the last hour. The table was added without a schema
-version change: ``CREATE TABLE IF NOT EXISTS`` adds it to an older file.
+version change: ``CREATE TABLE IF NOT EXISTS`` adds it to an older file; so were the ``duration`` and
+``cost`` (model-seconds, :mod:`.pricing`) columns of ``jobs``, added at open to a file that lacks them.
 
 A job goes ``queued -> running -> done | failed | cancelled``. Terminal jobs get ``expires_at``; the sweeper
 deletes them (record and files) after it.
@@ -61,7 +62,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     finished_at REAL,
     expires_at REAL,
-    timings TEXT
+    timings TEXT,
+    duration REAL,
+    cost REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
 CREATE INDEX IF NOT EXISTS jobs_client ON jobs (client, state);
@@ -86,6 +89,9 @@ CREATE TABLE IF NOT EXISTS usage (
 );
 CREATE INDEX IF NOT EXISTS usage_time ON usage (finished_at);
 """
+_ADDED_COLUMNS = {"duration": "REAL", "cost": "REAL NOT NULL DEFAULT 0"}
+"""Columns of ``jobs`` added after schema version 1 (without a version change): a file that lacks them gets
+them at open, with their defaults (an older job's cost is 0: it is priced at the ceiling while it waits)."""
 
 
 class StoreError(ServiceError):
@@ -120,6 +126,10 @@ class Job:
     expires_at: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     seq: int = 0
+    duration: float | None = None
+    """Seconds of audio, as the upload's probe found them (None: not known)."""
+    cost: float = 0.0
+    """What the job was priced at, in model-seconds (:mod:`.pricing`); 0 for a job stored before prices."""
 
     @property
     def active(self) -> bool:
@@ -142,6 +152,10 @@ class JobStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            present = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            for name, kind in _ADDED_COLUMNS.items():
+                if name not in present:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
             row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
                 self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))

@@ -148,5 +148,7 @@ class JobViews:
             if queued.id == job.id:
                 job_seconds = self.job_seconds if self.job_measured else None
                 return self.clock.queue_eta(ahead, self.workers, job_seconds)
-            ahead.append(self.durations.get(queued.id))
+            # What a job ahead will take is its work (its price in model-seconds: the clock learns seconds
+            # per model-second), or its track's length for a job stored before prices.
+            ahead.append(queued.cost or self.durations.get(queued.id))
         return None

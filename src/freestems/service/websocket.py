@@ -2,17 +2,27 @@
 
 Server and client exchange JSON text messages::
 
-    (handshake: Origin checked, new-session rate limit)      refused: HTTP 403 / 429 with a JSON error
-    server -> {"type": "challenge", "challenge": {...ALTCHA v2 challenge...}}
+    (handshake /session?budget=<model-seconds>: Origin checked, new-session rate limit, budget checked)
+                                                             refused: HTTP 403 / 422 / 429 with a JSON error
+    server -> {"type": "challenge", "challenge": {...ALTCHA v2 challenge...}, "budget": 1200,
+               "max_counter": 1000}
     client -> {"type": "solution", "payload": "<base64 altcha.Payload(challenge, solution)>"}
-    server -> {"type": "session", "key": "<opaque>", "expires_in": 900}
+    server -> {"type": "session", "key": "<opaque>", "expires_in": 900, "budget": 1200}
     ...        the key is sent as X-Session-Key with POST /separate or POST /jobs
     server -> {"type": "job", "id": ..., "state": "queued", "progress": 0, "position": 2}   (its changes)
     server -> {"type": "done", "id": ..., "result": "/jobs/<id>/result?token=..."}
-    client -> {"type": "challenge"}       a new challenge once the key is spent (counts as a new session)
+    client -> {"type": "challenge", "budget": 300}   a new challenge once the key is spent (counts as a new
+                                          session); ``budget`` optional, as in the handshake
     client -> {"type": "ping"}            server -> {"type": "pong"} (browsers cannot send ping frames)
     client -> {"type": "follow", "id": ..., "token": ...}   follow a job by id and token (no key needed):
     server -> its current "job" message (and "done" if it has finished), then its changes
+
+A key is earned for a **budget** of compute (model-seconds, :mod:`.pricing`): the ``budget`` query
+parameter of the handshake (or of a ``challenge`` message), by default the longest allowed song at the
+default options on the default model. The challenge's work grows linearly with it (``max_counter``: the
+largest counter the client may have to try; ``pow_counter`` at the default budget), and a request dearer
+than the key's budget is refused (403 ``key_budget``). A budget that is not a positive number, or above
+what one request may cost, is refused (422 ``invalid_parameter``, field ``budget``).
 
 ``job`` messages are coalesced: per job the socket holds only the newest one it has not sent yet, so a
 client that reads slowly (or not at all) gets the newest state when it reads, never a backlog.
@@ -79,6 +89,11 @@ async def session_socket(websocket: WebSocket, service: Service) -> None:
         await _deny(websocket, forbidden("bad_origin", "this origin may not open sessions on this server"))
         return
     client = client_address(websocket, settings.trust_proxy)
+    try:
+        budget = service.manager.pricing.budget(websocket.query_params.get("budget"))
+    except ServiceError as error:
+        await _deny(websocket, error)
+        return
     connection = secrets.token_hex(8)
     try:
         await service.state.acquire_socket(client, connection, settings.sockets_per_ip)
@@ -96,9 +111,7 @@ async def session_socket(websocket: WebSocket, service: Service) -> None:
     closed_by_server_restart = False
     try:
         await websocket.accept()
-        mailbox.put_nowait(
-            {"type": "challenge", "challenge": await service.challenges.issue_async(connection)}
-        )
+        mailbox.put_nowait(await _challenge(service, connection, budget))
         closed_by_server_restart = await _serve(websocket, service, connection, client, mailbox, closes_at)
     except (WebSocketDisconnect, RuntimeError, OSError):  # the peer went away mid-send
         pass
@@ -205,20 +218,23 @@ async def _handle(
         raise forbidden("bad_message", 'messages are JSON objects with a "type"')
     kind = message["type"]
     if kind == "solution":
-        service.challenges.verify(connection, message.get("payload"))
+        budget = service.challenges.verify(connection, message.get("payload"))
         settings = service.settings
         left = closes_at - time.time() - settings.upload_timeout  # the socket's life left for a key
         if left < min(MIN_KEY_SECONDS, settings.session_ttl):
             raise _EndOfLife
         ttl = min(settings.session_ttl, left)
-        key, _ = service.sessions.issue(client, connection, ttl=ttl)
+        if budget is None:
+            budget = service.manager.pricing.default_budget
+        key, _ = service.sessions.issue(client, connection, ttl=ttl, budget=budget)
         await service.state.settled()  # published for every container before the client has it
-        return {"type": "session", "key": key, "expires_in": round(ttl)}
+        return {"type": "session", "key": key, "expires_in": round(ttl), "budget": round(budget, 3)}
     if kind == "challenge":
         if service.sessions.has_live_key(connection):
             raise forbidden("session_active", "this connection still holds a live key; use it first")
+        budget = service.manager.pricing.budget(message.get("budget"))
         service.limiter.hit(client)
-        return {"type": "challenge", "challenge": await service.challenges.issue_async(connection)}
+        return await _challenge(service, connection, budget)
     if kind == "ping":
         return {"type": "pong"}
     if kind == "follow":
@@ -228,6 +244,14 @@ async def _handle(
     raise forbidden(
         "bad_message", f"unknown message type {kind!r}; expected solution, challenge, follow or ping"
     )
+
+
+async def _challenge(service: Service, connection: str, budget: float) -> Message:
+    """A ``challenge`` message: a new challenge for a key of ``budget`` model-seconds, its work linear in
+    the budget."""
+    counter = service.manager.pricing.counter(budget)
+    challenge = await service.challenges.issue_async(connection, counter=counter, budget=budget)
+    return {"type": "challenge", "challenge": challenge, "budget": round(budget, 3), "max_counter": counter}
 
 
 def _follow(service: Service, connection: str, job_id: object, token: object) -> None:

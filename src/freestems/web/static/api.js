@@ -57,7 +57,8 @@ async function request(path, options = {}) {
 
 /**
  * The server's description, normalised: {model, sources, models[], limits, formats[], mp3Bitrates,
- * mp3Bitrate, auth, powCounter, resultTtl, described}. Uses GET config, else GET health and defaults.
+ * mp3Bitrate, auth, powCounter, pricing, resultTtl, described}. Uses GET config, else GET health and defaults.
+ * `pricing` (null from a server that sets no prices) is what cost.js prices a separation with.
  */
 export async function loadConfig() {
   let described = null;
@@ -107,6 +108,7 @@ export async function loadConfig() {
     mp3Bitrate: source.mp3_bitrate || 192,
     auth: source.auth || health.auth || "pow",
     powCounter: (source.pow && source.pow.counter) || source.pow_counter || null,
+    pricing: source.pricing && typeof source.pricing === "object" ? source.pricing : null,
     resultTtl: source.result_ttl || null,
     described: Boolean(described),
   };
@@ -139,6 +141,8 @@ export class Session {
     this.problem = null;
     this.closedByUs = false;
     this.key = null;
+    this.budget = null; // model-seconds the key buys (null: a server without prices)
+    this.maxCounter = null; // the most tries the challenge can take, as the server said
     this.keyExpiresAt = 0;
     this.spent = false;
     this.pinger = null;
@@ -153,10 +157,11 @@ export class Session {
     return this.open && Boolean(this.key) && !this.spent && Date.now() < this.keyExpiresAt - 5000;
   }
 
-  /** Connects; resolves with the first challenge ({parameters, signature}). */
-  async connect() {
+  /** Connects; resolves with the first challenge ({parameters, signature}), for a key of `budget`
+   * model-seconds (null: the server's default budget). */
+  async connect(budget = null) {
     let opened = false;
-    this.socket = new WebSocket(websocketUrl("session"));
+    this.socket = new WebSocket(websocketUrl(Number.isFinite(budget) ? `session?budget=${budget}` : "session"));
     this.socket.onopen = () => {
       opened = true;
     };
@@ -175,6 +180,7 @@ export class Session {
     };
     const message = await this.next("challenge");
     this.pinger = setInterval(() => this.send({ type: "ping" }), 25000);
+    this.maxCounter = Number.isFinite(message.max_counter) ? message.max_counter : null;
     return message.challenge;
   }
 
@@ -187,6 +193,7 @@ export class Session {
     this.send({ type: "solution", payload });
     const message = await this.next("session");
     this.key = message.key;
+    this.budget = Number.isFinite(message.budget) ? message.budget : null;
     this.keyExpiresAt = Date.now() + (message.expires_in || 60) * 1000;
     this.spent = false;
     return this.key;
@@ -280,6 +287,7 @@ export function uploadJob(form, key, { onProgress, signal } = {}) {
           status: xhr.status,
           retryAfter: error.retry_after || (Number.isFinite(header) && header > 0 ? header : null),
           field: error.field || null,
+          cost: Number.isFinite(error.cost) ? error.cost : null,
         }),
       );
     };

@@ -8,12 +8,14 @@
 //   recent.js    recent separations in this browser                    screens.js  which card shows, the phase
 //   stream.js    listening while it separates (progressive results)     confirm.js  "Stop the separation?"
 //   compare.js   a second model on the same song (no upload), A/B per stem while it plays
+//   cost.js      what the chosen options cost on the server, and the budget the anti-abuse check is for
 // A job outlives a dropped connection for a grace period on the server: a reload (or a phone that dropped
 // the page) follows it again, and when the socket drops mid-job the page reconnects and follows it by id and
 // token (the server kept it, or resumed it after a restart).
 import { loadConfig } from "./api.js";
 import { createCompare } from "./compare.js";
 import { askFirst } from "./confirm.js";
+import { budgetFor, showCost } from "./cost.js";
 import { createDevice } from "./device-run.js";
 import { $ } from "./dom.js";
 import { createJobs } from "./job.js";
@@ -30,12 +32,12 @@ import { createListen } from "./stream.js";
 const { events, log } = createLog();
 const screens = createScreens();
 const messages = createMessages({ screens, log });
-const song = createSong({ log, canChoose: () => screens.phase === "setup" });
+const song = createSong({ log, canChoose: () => screens.phase === "setup", onChecked: () => updateCost() });
 const recent = createRecent({ log, onOpen: (entry) => reopen(entry) });
 const player = createPlayer({ log, setProgress: messages.setProgress, budgetOverride: () => hook.memoryBudget });
 const result = createResult({ player, screens, log });
 const listen = createListen({ player, log });
-const compare = createCompare({ player, config: () => config, log });
+const compare = createCompare({ player, config: () => config, log, duration: () => song.duration });
 const jobs = createJobs({
   screens,
   messages,
@@ -71,6 +73,11 @@ async function stopListening() {
 }
 let config = null;
 
+/** The cost hint under the options; false when the chosen options cost more than one separation may. */
+function updateCost() {
+  return config ? showCost(config.pricing, readOptions(config.model), song.duration) : true;
+}
+
 function backToSetup({ keepFile = true } = {}) {
   messages.clearRetry();
   screens.enter("setup");
@@ -85,8 +92,15 @@ function showProblem(problem) {
 
 async function separate() {
   if (!song.ready || !config || jobs.running || device.running) return;
+  if (!device.chosen && !updateCost()) {
+    $("cost-hint").focus();
+    return; // the hint says what fits: nothing is sent that the server would refuse for its cost
+  }
   const options = readOptions(config.model);
-  const outcome = device.chosen ? await device.separate(song.file, options) : await jobs.separate(song.file, options, config.powCounter);
+  const budget = budgetFor(config.pricing, options, song.duration);
+  const outcome = device.chosen
+    ? await device.separate(song.file, options)
+    : await jobs.separate(song.file, options, config.powCounter, budget);
   if (outcome.kind === "result" && outcome.cached) await player.play(); // as a fresh result's live player does
   if (outcome.kind !== "result") await stopListening();
   if (outcome.kind === "cancelled") {
@@ -123,6 +137,7 @@ async function reopen(entry) {
 function wire() {
   song.wire();
   wireOptions(() => config);
+  $("setup").addEventListener("change", () => updateCost());
   player.wire();
   compare.wire();
   device.wire();
@@ -209,6 +224,7 @@ async function start() {
   fillOptions(config);
   song.useConfig(config);
   device.useConfig(config);
+  updateCost();
   hook.ready = true;
   document.documentElement.dataset.ready = "true";
   log("ready", { described: config.described });

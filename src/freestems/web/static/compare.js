@@ -8,6 +8,7 @@
 // shows every step and tick; screen readers hear only the changes of state (not each tick of progress).
 // The rerun needs the first job's song on the server: after "Delete my files now" it is not offered.
 import { downloadResult, uploadJob } from "./api.js";
+import { budgetFor } from "./cost.js";
 import { $, show } from "./dom.js";
 import { JobFollow } from "./follow.js";
 import { stemWords, baseName } from "./names.js";
@@ -57,8 +58,11 @@ export function rerunForm(job, options, model) {
   return form;
 }
 
-/** `player`: the result's player (its mixer gets the alternates); `config()`: the server's description. */
-export function createCompare({ player, config, log }) {
+/**
+ * `player`: the result's player (its mixer gets the alternates); `config()`: the server's description;
+ * `duration()`: the song's length in seconds (null: unknown), to earn a key for what the rerun costs.
+ */
+export function createCompare({ player, config, log, duration = () => null }) {
   let first = null; // {job, file, options, model} of the result on show
   let second = null; // {model, stems: [names with an A/B switch], url}
   let run = null; // the AbortController of a rerun in progress
@@ -127,7 +131,9 @@ export function createCompare({ player, config, log }) {
     $("compare-run").disabled = true;
     log("compare", { model: chosen });
     try {
-      const session = await sessions.obtain(mine.signal, described && described.powCounter);
+      const pricing = described && described.pricing;
+      const budget = budgetFor(pricing, { ...first.options, model: chosen }, duration());
+      const session = await sessions.obtain(mine.signal, described && described.powCounter, budget);
       status(`Separating the same song with ${modelOf(chosen).title}: sending the request (no upload)…`);
       let created;
       try {
@@ -147,6 +153,7 @@ export function createCompare({ player, config, log }) {
       await add(chosen, archive);
     } catch (error) {
       if (mine.signal.aborted) return;
+      if (error && error.code === "key_budget") sessions.needAtLeast(error.cost);
       sessions.dropUnusable();
       gone = gone || (error && error.code === "not_found");
       status(compareFailure(error));

@@ -66,13 +66,17 @@ export function createJobs({ screens, messages, recent, log, present, prepareAud
 
   function failed(error) {
     const problem = asProblem(error);
+    if (problem.code === "key_budget") sessions.needAtLeast(problem.cost); // Try again earns a key for it
     sessions.dropUnusable();
     if (problem.code !== "lost_contact") saveCurrent(null); // the job has ended: nothing to re-attach to
     return { kind: "problem", problem };
   }
 
-  /** Separates `file` with `options` (from the form); `powCounter`: the server's most proof-of-work tries. */
-  async function separate(file, options, powCounter) {
+  /**
+   * Separates `file` with `options` (from the form); `powCounter`: the server's most proof-of-work tries;
+   * `budget`: the model-seconds the options need on this song (cost.js), what the key is earned for.
+   */
+  async function separate(file, options, powCounter, budget = null) {
     const mine = begin();
     job = null;
     messages.showWork(file.name);
@@ -81,7 +85,7 @@ export function createJobs({ screens, messages, recent, log, present, prepareAud
     log("separate", { options });
     prepareAudio();
     try {
-      const session = await sessions.obtain(mine.signal, powCounter);
+      const session = await sessions.obtain(mine.signal, powCounter, budget);
       const created = await upload(session, file, options, mine.signal);
       started(created, file, options);
       await follow.until(created);

@@ -14,6 +14,7 @@ const KEEP_MS = 60 * 1000; // how long an unused key's socket stays open for the
 export function createSessions({ messages, log, handlers }) {
   let session = null;
   let idle = null; // the timer that closes a kept, unused session
+  let atLeast = 0; // a budget the server said a request needs (a key_budget refusal): asked for from then on
 
   function stopIdle() {
     if (idle) clearTimeout(idle);
@@ -34,10 +35,15 @@ export function createSessions({ messages, log, handlers }) {
     }, wait);
   }
 
-  /** A session with an unused key: the open one, or a new one. `expected`: the most tries (or null). */
-  async function obtain(signal, expected) {
+  /**
+   * A session with an unused key: the open one, or a new one. `expected`: the most tries (or null);
+   * `budget`: the model-seconds the key must buy (cost.js; null: the server's default). The check's work
+   * grows with the budget, so a key is earned for what the chosen options need.
+   */
+  async function obtain(signal, expected, budget = null) {
     stopIdle();
-    if (session && session.usable) {
+    const wanted = Number.isFinite(budget) ? Math.max(budget, atLeast) : atLeast || null;
+    if (session && session.usable && !(wanted && session.budget !== null && session.budget < wanted)) {
       log("session_reused");
       return session;
     }
@@ -48,15 +54,16 @@ export function createSessions({ messages, log, handlers }) {
     const closeOnAbort = () => fresh.close();
     signal.addEventListener("abort", closeOnAbort, { once: true });
     try {
-      await earnKey(fresh, signal, expected);
+      await earnKey(fresh, signal, expected, wanted);
       return fresh;
     } finally {
       signal.removeEventListener("abort", closeOnAbort);
     }
   }
 
-  async function earnKey(fresh, signal, expected) {
-    const challenge = await fresh.connect();
+  async function earnKey(fresh, signal, expected, budget) {
+    const challenge = await fresh.connect(budget);
+    expected = fresh.maxCounter || expected;
     messages.setProgress("Anti-abuse check: your browser is solving a small puzzle…", null, true);
     const started = performance.now();
     const payload = await solveChallenge(challenge, {
@@ -77,6 +84,10 @@ export function createSessions({ messages, log, handlers }) {
 
   return {
     obtain,
+    /** The server refused a request as dearer than its key (`cost` model-seconds): later keys buy that. */
+    needAtLeast(cost) {
+      if (Number.isFinite(cost)) atLeast = Math.max(atLeast, Math.ceil(cost));
+    },
     /** After a problem: a session that cannot serve another upload is closed; one that can is kept for a
      * while (KEEP_MS), then closed. */
     dropUnusable() {

@@ -46,9 +46,10 @@ const MEDIA_SIGNATURES = [
  * `canChoose()` says whether the form is in use (a file chosen during a separation is ignored); the page's
  * settings come later through `useConfig`.
  */
-export function createSong({ log, canChoose }) {
+export function createSong({ log, canChoose, onChecked = () => {} }) {
   let config = null;
   let file = null;
+  let duration = null; // seconds, as the browser read them from the chosen file (null: unknown)
   let token = 0; // the latest choice: a slow check of an earlier file must not overwrite it
   let ok = false;
 
@@ -95,7 +96,7 @@ export function createSong({ log, canChoose }) {
       }
       return;
     }
-    const { duration, unreadable } = await probe(chosen);
+    const { duration: read, unreadable } = await probe(chosen);
     if (mine !== token) return; // another file was chosen meanwhile
     if (unreadable && !(await looksLikeMedia(chosen))) {
       if (mine !== token) return;
@@ -104,10 +105,12 @@ export function createSong({ log, canChoose }) {
       refuse("not_audio", `${words.title} ${words.action}`);
       return;
     }
-    if (!checkDuration(duration, limits)) return;
+    if (!checkDuration(read, limits)) return;
     ok = true;
+    duration = read;
     log("accepted", { duration });
     refresh();
+    onChecked();
   }
 
   function checkSize(chosen, limits) {
@@ -143,6 +146,7 @@ export function createSong({ log, canChoose }) {
   function clear() {
     token += 1;
     file = null;
+    duration = null;
     ok = false;
     $("file").value = "";
     showError("");
@@ -150,6 +154,7 @@ export function createSong({ log, canChoose }) {
     $("drop").dataset.state = "empty";
     $("file-label").textContent = "Choose a file";
     refresh();
+    onChecked();
   }
 
   /** The server's settings arrived: its limits apply, also to a file chosen before. */
@@ -162,6 +167,10 @@ export function createSong({ log, canChoose }) {
   return {
     get file() {
       return file;
+    },
+    /** The accepted file's length in seconds, as the browser reads it (null: unknown, or none accepted). */
+    get duration() {
+      return ok ? duration : null;
     },
     /** A file is chosen and passed the checks. */
     get ready() {

@@ -92,15 +92,16 @@ export class Problem extends Error {
   /**
    * @param {string} code  a server error code (queue_full, not_audio, ...) or a page one (network, ...)
    * @param {string} message  the detail (the server's message when it sent one)
-   * @param {object} extra  {status, retryAfter (s), field}
+   * @param {object} extra  {status, retryAfter (s), field, cost (model-seconds, of a refused price)}
    */
-  constructor(code, message = "", { status = 0, retryAfter = null, field = null } = {}) {
+  constructor(code, message = "", { status = 0, retryAfter = null, field = null, cost = null } = {}) {
     super(message || code);
     this.code = code;
     this.detail = message;
     this.status = status;
     this.retryAfter = retryAfter;
     this.field = field;
+    this.cost = cost;
   }
 }
 
@@ -171,6 +172,14 @@ export function describe(problem) {
       };
     case "queue_full":
       return { title: "The server is busy: its queue is full.", action: waitWords, retryAfter: wait };
+    case "too_much_work":
+      return { title: "You already have a lot of separation work running.", action: `Wait until it finishes. ${waitWords}`, retryAfter: wait };
+    case "too_many_cuts":
+      return { title: "The server is busy preparing results to listen to.", action: waitWords, retryAfter: wait };
+    case "too_costly":
+      return { title: "These options take more compute than this server gives one song.", action: `${said} Press Change the song or options.` };
+    case "key_budget":
+      return { title: "The anti-abuse check was for a smaller separation than this one.", action: AGAIN };
     case "unavailable":
       return {
         title: said || "The server is busy or restarting.",
