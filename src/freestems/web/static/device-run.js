@@ -59,6 +59,11 @@ function buildChoice() {
   return fieldset;
 }
 
+function warnBeforeLeaving(event) {
+  event.preventDefault();
+  event.returnValue = "";
+}
+
 /** The zip the result card takes (as a server's): one 16-bit WAV per stem, stored. */
 async function wavArchive(stems) {
   const entries = [];
@@ -102,6 +107,7 @@ export function createDevice({ screens, messages, song, player, log, present, pr
   let run = null; // the AbortController of the run in progress
   let last = null; // the last device run, for tests: {names, info} (and stems, input: view.keep)
   let relaxed = false; // the song is checked without the upload's size limit
+  let serverHint = null; // the work card's words about leaving the page, for a server's run
 
   function chosenModel() {
     const chosen = document.querySelector('input[name="model"]:checked');
@@ -150,9 +156,19 @@ export function createDevice({ screens, messages, song, player, log, present, pr
     }
   }
 
+  /** The work card for a device run (`device`) or a server's: its steps, and what leaving the page does. */
   function showPhases(device) {
     for (const item of document.querySelectorAll("#phases li")) {
       if (EARLY_PHASES.includes(item.dataset.phase)) item.hidden = device;
+    }
+    const hint = $("cancel").parentElement.querySelector(".hint");
+    if (device) {
+      serverHint = hint.textContent;
+      hint.textContent = "Nothing is uploaded. If you close this page the separation stops: keep it open until the end.";
+      window.addEventListener("beforeunload", warnBeforeLeaving);
+    } else {
+      if (serverHint !== null) hint.textContent = serverHint;
+      window.removeEventListener("beforeunload", warnBeforeLeaving);
     }
   }
 
