@@ -128,8 +128,11 @@ export function createDevice({ screens, messages, song, player, log, present, pr
     device.closest("label").classList.toggle("is-disabled", device.disabled);
     if (device.disabled && device.checked) fieldset.querySelector('input[value="server"]').checked = true;
     $("where-hint").textContent = why || (chosen() ? "The stems are made in this browser, as WAV files, in one pass; the first run downloads the model once." : "");
-    // Nothing is uploaded: the upload's size limit does not apply (the length limit does: memory).
+    // Nothing is uploaded: the upload's size limit does not apply (the length limit does: memory). The
+    // stems come as WAV files from one pass: the format and the passes are the server's choices.
     const onDevice = chosen();
+    $("format").disabled = onDevice;
+    $("shifts").disabled = onDevice;
     if (onDevice !== relaxed) {
       relaxed = onDevice;
       song.useConfig(onDevice ? { ...config, limits: { ...config.limits, max_upload_mb: Infinity } } : config);
