@@ -165,6 +165,7 @@ def test_a_song_is_separated_on_the_device_as_the_engine_does_and_nothing_leaves
         page = open_page(server=server, before=traffic.watch)
         assert page.evaluate("crossOriginIsolated") is True
         assert page.is_visible("text=On this device (nothing is uploaded)")
+        assert page.is_enabled("#format")
         before = len(traffic.requests)
         started = time.monotonic()
         assert separate_on_device(page, song) == "result", page.evaluate("window.freestems.problem")
@@ -174,6 +175,7 @@ def test_a_song_is_separated_on_the_device_as_the_engine_does_and_nothing_leaves
         playable = page.evaluate("window.freestems.mixer.duration()")
         handovers = events(page, "handover")  # the live player (the blocks as they were finished) took over
         first = len(traffic.requests)
+        assert page.is_disabled("#format") and page.is_disabled("#shifts")  # WAV files from one pass
 
         # Again, karaoke this time (vocals and the rest): the network comes from Cache Storage.
         page.click("#again")

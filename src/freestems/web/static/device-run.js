@@ -59,6 +59,11 @@ function buildChoice() {
   return fieldset;
 }
 
+function warnBeforeLeaving(event) {
+  event.preventDefault();
+  event.returnValue = "";
+}
+
 /** The zip the result card takes (as a server's): one 16-bit WAV per stem, stored. */
 async function wavArchive(stems) {
   const entries = [];
@@ -102,6 +107,7 @@ export function createDevice({ screens, messages, song, player, log, present, pr
   let run = null; // the AbortController of the run in progress
   let last = null; // the last device run, for tests: {names, info} (and stems, input: view.keep)
   let relaxed = false; // the song is checked without the upload's size limit
+  let serverHint = null; // the work card's words about leaving the page, for a server's run
 
   function chosenModel() {
     const chosen = document.querySelector('input[name="model"]:checked');
@@ -122,8 +128,11 @@ export function createDevice({ screens, messages, song, player, log, present, pr
     device.closest("label").classList.toggle("is-disabled", device.disabled);
     if (device.disabled && device.checked) fieldset.querySelector('input[value="server"]').checked = true;
     $("where-hint").textContent = why || (chosen() ? "The stems are made in this browser, as WAV files, in one pass; the first run downloads the model once." : "");
-    // Nothing is uploaded: the upload's size limit does not apply (the length limit does: memory).
+    // Nothing is uploaded: the upload's size limit does not apply (the length limit does: memory). The
+    // stems come as WAV files from one pass: the format and the passes are the server's choices.
     const onDevice = chosen();
+    $("format").disabled = onDevice;
+    $("shifts").disabled = onDevice;
     if (onDevice !== relaxed) {
       relaxed = onDevice;
       song.useConfig(onDevice ? { ...config, limits: { ...config.limits, max_upload_mb: Infinity } } : config);
@@ -150,9 +159,19 @@ export function createDevice({ screens, messages, song, player, log, present, pr
     }
   }
 
+  /** The work card for a device run (`device`) or a server's: its steps, and what leaving the page does. */
   function showPhases(device) {
     for (const item of document.querySelectorAll("#phases li")) {
       if (EARLY_PHASES.includes(item.dataset.phase)) item.hidden = device;
+    }
+    const hint = $("cancel").parentElement.querySelector(".hint");
+    if (device) {
+      serverHint = hint.textContent;
+      hint.textContent = "Nothing is uploaded. If you close this page the separation stops: keep it open until the end.";
+      window.addEventListener("beforeunload", warnBeforeLeaving);
+    } else {
+      if (serverHint !== null) hint.textContent = serverHint;
+      window.removeEventListener("beforeunload", warnBeforeLeaving);
     }
   }
 
