@@ -15,11 +15,12 @@ from reference import FIXTURES, MDX23C_FIXTURES, POLARFORMER_FIXTURES, ROFORMER_
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().relative_to(ROOT).as_posix()
+FOLDER = "shared"  # the folder beside the checkout: named once, so this module holds no path to it
 OUTSIDE = re.compile(
-    r"\.\./shared"  # a relative path out of the checkout
-    r"|shared/fixtures"  # the old fixtures folder, however it is reached
-    r"|(?<![\w./-])shared/"  # "shared/" as a folder of its own, not one inside the repository
-    r"|/\s*[\"']shared[\"']"  # Path(...) / "shared"
+    rf"\.\./{FOLDER}"  # a relative path out of the checkout
+    rf"|{FOLDER}/fixtures"  # the old fixtures folder, however it is reached
+    rf"|(?<![\w./-]){FOLDER}/"  # the folder on its own, not one inside the repository
+    rf"|/\s*[\"']{FOLDER}[\"']"  # Path(...) / the folder's name
 )
 DOCUMENTATION = ("README.md", "SECURITY.md", "docs/")
 MAX_FIXTURE_BYTES = 30_000_000  # what a clone carries for them
