@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import httpx
+from device_helpers import hashed_export, replace_file
 
 from freestems.service import device
 
@@ -77,3 +78,90 @@ def test_the_service_worker_is_served_from_the_root(start_server):
     assert response.status_code == 200 and "networkFirst" in response.text
     assert response.headers["content-type"].startswith("text/javascript")
     assert response.headers["cache-control"] == "no-cache"
+
+
+def test_the_manifest_names_each_file_at_a_hash_named_url_cached_for_good(start_server, tmp_path):
+    import hashlib
+
+    entry = hashed_export(tmp_path / "device")
+    server = start_server(device_dir=tmp_path / "device")
+    base = server.url + "/models/small/device/"
+    manifest = httpx.get(base + "manifest.json")
+    assert manifest.status_code == 200 and manifest.headers["cache-control"] == "no-cache"
+    assert manifest.headers["etag"] == f'"{hashlib.sha256(manifest.content).hexdigest()}"'
+    (served,) = manifest.json()["onnx"]["files"]
+    assert served == {**entry, "url": f"{entry['sha256']}/network.fp32.onnx"}
+    unchanged = httpx.get(base + "manifest.json", headers={"If-None-Match": manifest.headers["etag"]})
+    assert unchanged.status_code == 304 and unchanged.content == b""
+
+    network = httpx.get(base + served["url"])
+    assert network.status_code == 200 and network.content == b"the network, version 1"
+    assert network.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert network.headers["etag"] == f'"{entry["sha256"]}"'  # strong: the content's own hash
+    head = httpx.head(base + served["url"])
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(entry["bytes"])
+    part = httpx.get(base + served["url"], headers={"Range": "bytes=4-10"})
+    assert part.status_code == 206 and part.content == b"network"
+    assert part.headers["content-range"] == f"bytes 4-10/{entry['bytes']}"
+    again = httpx.get(base + served["url"], headers={"If-None-Match": network.headers["etag"]})
+    assert again.status_code == 304
+
+
+def test_a_hash_named_url_serves_only_the_listed_file_with_that_hash(start_server, tmp_path):
+    import hashlib
+
+    entry = hashed_export(tmp_path / "device")
+    (tmp_path / "device" / "small" / "notes.txt").write_text("not listed")
+    (tmp_path / "secret.txt").write_text("outside the export folder")
+    server = start_server(device_dir=tmp_path / "device")
+    base = server.url + "/models/small/device/"
+    digest = entry["sha256"]
+    notes = hashlib.sha256(b"not listed").hexdigest()
+    secret = hashlib.sha256(b"outside the export folder").hexdigest()
+    refused = [
+        f"{'0' * 64}/network.fp32.onnx",  # a wrong hash
+        f"{digest.upper()}/network.fp32.onnx",  # not as the manifest writes it
+        f"{digest[:-1]}/network.fp32.onnx",
+        f"{notes}/notes.txt",  # its real hash, but the manifest does not list it
+        f"{secret}/..%2F..%2Fsecret.txt",
+        f"{secret}/%2E%2E",
+        f"{digest}/manifest.json",
+    ]
+    for path in refused:
+        response = httpx.get(base + path)
+        assert response.status_code == 404, path
+        assert response.headers.get("cache-control") != "public, max-age=31536000, immutable", path
+    assert httpx.get(server.url + f"/models/other/device/{digest}/network.fp32.onnx").status_code == 404
+
+    # A manifest that names a file outside its folder gets no URL for it, and nothing is served.
+    manifest = tmp_path / "device" / "small" / "manifest.json"
+    outside = {"file": "../../secret.txt", "bytes": 25, "sha256": secret}
+    manifest.write_text(json.dumps({"onnx": {"files": [outside]}}))
+    assert "url" not in httpx.get(base + "manifest.json").json()["onnx"]["files"][0]
+    assert httpx.get(base + f"{secret}/..%2F..%2Fsecret.txt").status_code == 404
+
+
+def test_a_new_export_gets_new_urls_and_a_file_changed_behind_its_manifest_is_not_served(
+    start_server, tmp_path
+):
+    first = hashed_export(tmp_path / "device")
+    server = start_server(device_dir=tmp_path / "device")
+    base = server.url + "/models/small/device/"
+    old = httpx.get(base + "manifest.json")
+    old_url = old.json()["onnx"]["files"][0]["url"]
+    assert httpx.get(base + old_url).status_code == 200
+
+    second = hashed_export(tmp_path / "device", content=b"the network, version 2")
+    new = httpx.get(base + "manifest.json", headers={"If-None-Match": old.headers["etag"]})
+    assert new.status_code == 200 and new.headers["etag"] != old.headers["etag"]
+    new_url = new.json()["onnx"]["files"][0]["url"]
+    assert new_url == f"{second['sha256']}/network.fp32.onnx" != old_url
+    assert httpx.get(base + new_url).content == b"the network, version 2"
+    assert httpx.get(base + old_url).status_code == 404, first  # no URL may serve two contents
+
+    # The file replaced after the manifest was written: its URL would promise the old content for a year.
+    replace_file(tmp_path / "device" / "small" / "network.fp32.onnx", b"the network, version 3")
+    stale = httpx.get(base + new_url)
+    assert stale.status_code == 404 and stale.json()["error"]["code"] == "stale_export"
+    assert "export the model again" in stale.json()["error"]["message"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 from audio_samples import write_test_file
 from conftest import one_torch_thread
+from device_helpers import hashed_export
 from model_helpers import make_small_checkpoint
 from web_helpers import events, needs_chromium, wait_js
 
@@ -220,7 +222,10 @@ def test_a_song_is_separated_on_the_device_as_the_engine_does_and_nothing_leaves
     allowed = ("static/", "vendor/onnxruntime-web/", "models/small/device/", "sw.js")
     own = [path for path in traffic.paths(before) if not path.startswith(allowed)]
     assert set(own) <= {"", "config"}  # the service worker keeps a copy of the page for offline use
-    assert networks == [f"models/small/device/{run['info']['file']}"]  # once, over both runs
+    # Once over both runs, from its hash-named URL (the manifest's: the server lets it be cached for good).
+    hashed = r"models/small/device/[0-9a-f]{64}/network\.fp(16|32)\.onnx"
+    assert len(networks) == 1 and re.fullmatch(hashed, networks[0]), networks
+    assert run["info"]["url"] == f"{server.url}/{networks[0]}" and networks[0].endswith(run["info"]["file"])
     assert run["info"]["cached"] is False and second["cached"] is True
     again = traffic.paths(first, second_end)
     assert again.count("models/small/device/manifest.json") == 1  # asked again (small), the network not
@@ -305,3 +310,40 @@ def test_a_server_without_exports_shows_no_choice(open_page):
     assert page.is_hidden("#where")
     # Nor a service worker: a server that offers only uploads has nothing to do offline.
     assert page.evaluate("navigator.serviceWorker.getRegistrations().then((found) => found.length)") == 0
+
+
+# The network file as the worker gets it: the manifest, then files.js with its hash-named URL.
+FETCH_NETWORK = """async () => {
+  const files = await import('/static/device/files.js');
+  const manifestUrl = new URL('models/small/device/manifest.json', location.href).href;
+  const manifest = await (await fetch(manifestUrl, {cache: 'no-cache'})).json();
+  const entry = manifest.onnx.files[0];
+  const stable = new URL(entry.file, manifestUrl).href;
+  const got = await files.fetchModelFile(new URL(entry.url, manifestUrl).href, entry, {cacheAs: stable});
+  const kept = await (await caches.open(files.CACHE_NAME)).keys();
+  return {cached: got.cached, text: new TextDecoder().decode(got.buffer), kept: kept.map((r) => r.url)};
+}"""
+
+
+def test_a_new_export_is_downloaded_once_and_replaces_the_old_one_in_cache_storage(
+    open_page, start_server, tmp_path
+):
+    first = hashed_export(tmp_path / "device")
+    server = start_server(device_dir=tmp_path / "device")
+    traffic = Traffic()
+    page = open_page(server=server, before=traffic.watch)
+    stable = f"{server.url}/models/small/device/network.fp32.onnx"
+    runs = [page.evaluate(FETCH_NETWORK), page.evaluate(FETCH_NETWORK)]
+    second = hashed_export(tmp_path / "device", content=b"the network, version 2")
+    runs += [page.evaluate(FETCH_NETWORK), page.evaluate(FETCH_NETWORK)]
+
+    assert [(run["cached"], run["text"][-9:]) for run in runs] == [
+        (False, "version 1"), (True, "version 1"), (False, "version 2"), (True, "version 2")
+    ]  # fmt: skip
+    assert runs[1]["kept"] == [f"{stable}?sha256={first['sha256']}"]
+    assert runs[3]["kept"] == [f"{stable}?sha256={second['sha256']}"]  # the old one dropped
+    downloads = [path for path in traffic.paths() if path.endswith(".onnx")]
+    assert downloads == [
+        f"models/small/device/{first['sha256']}/network.fp32.onnx",
+        f"models/small/device/{second['sha256']}/network.fp32.onnx",
+    ]

@@ -4,6 +4,13 @@
   from ``<device_dir>/<name>/`` (:attr:`Settings.device_dir`): ``manifest.json``, and only the files the
   manifest lists (anything else there is not served). Without ``device_dir``, or without an export for a
   model, 404; ``GET /config`` lists the models that have one (``device_models``).
+- Hash-named URLs (:func:`add_hashed_routes`), what the page uses: the manifest, at its stable URL with
+  ``Cache-Control: no-cache`` and a strong ``ETag`` (so a new export is seen at the next visit, and an
+  unchanged one costs a ``304``), gives each file a ``url``, ``<sha256>/<file>`` beside it; there the file is
+  served with ``Cache-Control: public, max-age=31536000, immutable`` and the ``ETag`` ``"<sha256>"``, only
+  while the file on disk really has that sha256 (hashed once per version of the file: a URL that promises a
+  content for a year must never name another), with ``Range`` and ``HEAD``. A CDN or a browser may keep it
+  for good; a re-export gets new URLs.
 - ``/vendor/``: the page's third-party runtime (onnxruntime-web, fetched by ``scripts/fetch_web_deps.sh``
   into ``web/vendor/``, never committed); 404 when it was absent at start, and the page then says
   separating on the device is unavailable.
@@ -17,16 +24,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from fastapi import FastAPI
-from fastapi.responses import FileResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .downloads import Download, open_download
 from .errors import not_found
 from .settings import Settings
 
@@ -82,6 +93,7 @@ def _listed_files(folder: Path) -> set[str]:
 
 def add_device_routes(app: FastAPI, settings: Settings, served: Any) -> None:
     """The export files of the served models, and the vendored runtime. ``served()``: the served names."""
+    add_hashed_routes(app, settings, served)  # first: its manifest route is the one that answers
 
     @app.get("/models/{name}/device/{file}", include_in_schema=False)
     async def device_file(name: str, file: str) -> FileResponse:
@@ -102,3 +114,124 @@ def add_device_routes(app: FastAPI, settings: Settings, served: Any) -> None:
 
     if VENDOR.is_dir():  # fetched after the server started: seen at its next start
         app.mount("/vendor", StaticFiles(directory=VENDOR), name="vendor")
+
+
+# ------------------------------------------------------------------------------------- hash-named URLs
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+"""The ``Cache-Control`` of a hash-named file: a year (RFC 9111's longest in practice), never revalidated."""
+REVALIDATE = "no-cache"
+"""The ``Cache-Control`` of the manifest: kept, but asked again (a ``304`` when unchanged) before each use."""
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_VERIFIED: dict[tuple[int, int, int, int], str] = {}
+"""sha256 of the files hashed so far, by (device, inode, size, mtime): a file is hashed once per version."""
+_VERIFIED_MAX = 256
+
+
+def hashed_url(entry: dict[str, Any]) -> str:
+    """The hash-named URL of a manifest's file entry, relative to the manifest's URL: ``<sha256>/<file>``."""
+    return f"{entry['sha256']}/{entry['file']}"
+
+
+def served_manifest(folder: Path) -> bytes | None:
+    """The manifest of the export in ``folder`` as the page gets it: each file with its ``url``
+    (:func:`hashed_url`). None if it does not read as a manifest."""
+    try:
+        manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        for entry in manifest["onnx"]["files"]:
+            if _DIGEST.fullmatch(str(entry["sha256"])) and _NAME.fullmatch(str(entry["file"])):
+                entry["url"] = hashed_url(entry)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (json.dumps(manifest, indent=2) + "\n").encode()
+
+
+def _matches(request: Request, etag: str) -> bool:
+    """Whether the request's ``If-None-Match`` names ``etag`` (or ``*``): the client's copy is current."""
+    wanted = request.headers.get("if-none-match", "")
+    tags = {tag.strip().removeprefix("W/") for tag in wanted.split(",")}
+    return etag in tags or "*" in tags
+
+
+def manifest_response(folder: Path, name: str, request: Request) -> Response:
+    """The served manifest (:func:`served_manifest`) with a strong ``ETag`` of its bytes; ``304`` when the
+    client has it already."""
+    body = served_manifest(folder)
+    if body is None:
+        raise not_found(f"the export of model {name} has an unreadable {MANIFEST}: export the model again")
+    etag = f'"{hashlib.sha256(body).hexdigest()}"'
+    headers = {"Cache-Control": REVALIDATE, "ETag": etag}
+    if _matches(request, etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def _listed_entry(folder: Path, digest: str, file: str) -> dict[str, Any] | None:
+    """The manifest's entry of ``file`` if the manifest gives it the sha256 ``digest``."""
+    try:
+        manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        entries = [dict(entry) for entry in manifest["onnx"]["files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return next((e for e in entries if e.get("file") == file and e.get("sha256") == digest), None)
+
+
+def file_sha256(file: BinaryIO) -> str:
+    """The sha256 of the open regular ``file`` (read from its start; its position is left anywhere), from
+    :data:`_VERIFIED` when this version of it was hashed before."""
+    info = os.fstat(file.fileno())
+    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    known = _VERIFIED.get(key)
+    if known is not None:
+        return known
+    digest = hashlib.sha256()
+    file.seek(0)
+    for block in iter(lambda: file.read(1 << 20), b""):
+        digest.update(block)
+    if len(_VERIFIED) >= _VERIFIED_MAX:
+        _VERIFIED.clear()
+    _VERIFIED[key] = digest.hexdigest()
+    return _VERIFIED[key]
+
+
+async def hashed_file_response(folder: Path, name: str, digest: str, file: str, request: Request) -> Response:
+    """The file ``file`` of the export in ``folder`` at its hash-named URL: 404 unless the manifest lists it
+    with ``digest`` and the file on disk has that sha256."""
+    gone = f"no file {file} with sha256 {digest} in the export of model {name} (reload the page)"
+    listed = _DIGEST.fullmatch(digest) and _NAME.fullmatch(file) and _listed_entry(folder, digest, file)
+    if not listed:
+        raise not_found(gone)
+    etag = f'"{digest}"'
+    headers = {"Cache-Control": IMMUTABLE, "ETag": etag}
+    download: Download = open_download(
+        folder / file, gone, media_type="application/octet-stream", headers=headers
+    )
+    if await asyncio.to_thread(file_sha256, download.file) != digest:
+        download.file.close()
+        raise not_found(
+            f"the file {file} of model {name} was changed after its export: export the model again",
+            "stale_export",
+        )
+    if _matches(request, etag):
+        download.file.close()
+        return Response(status_code=304, headers=headers)
+    return download
+
+
+def add_hashed_routes(app: FastAPI, settings: Settings, served: Any) -> None:
+    """The manifest at its stable URL (short cache, ``ETag``) and each file at its hash-named URL (cached
+    for good). ``served()``: the served names."""
+
+    def folder_of(name: str) -> Path:
+        folder = export_folder(settings, name) if name in served() else None
+        if folder is None:
+            raise not_found(f"model {name} cannot be run in the browser on this server")
+        return folder
+
+    @app.get(f"/models/{{name}}/device/{MANIFEST}", include_in_schema=False)
+    async def device_manifest(name: str, request: Request) -> Response:
+        return manifest_response(folder_of(name), name, request)
+
+    @app.get("/models/{name}/device/{digest}/{file}", include_in_schema=False)
+    async def device_hashed_file(name: str, digest: str, file: str, request: Request) -> Response:
+        return await hashed_file_response(folder_of(name), name, digest, file, request)

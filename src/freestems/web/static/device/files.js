@@ -1,6 +1,7 @@
-// The exported network's file, fetched once per browser: kept in Cache Storage under its URL and sha256
-// (from the manifest), checked against both the size and the sha256 the manifest gives, whether it came
-// from the server or from the cache. A file the manifest no longer names is dropped from the cache.
+// The exported network's file, fetched once per browser: kept in Cache Storage under its stable URL and
+// sha256 (from the manifest), checked against both the size and the sha256 the manifest gives, whether it
+// came from the server or from the cache. It is downloaded from its hash-named URL (the manifest's `url`:
+// cached for good by the server's answer), and a new export's file replaces the old one in the cache.
 
 export const CACHE_NAME = "freestems-device-models";
 
@@ -29,12 +30,14 @@ async function verified(buffer, entry) {
 }
 
 /**
- * The bytes of `entry` ({file, bytes, sha256}, a manifest's file) at `url`; `onProgress(received, total)`
- * while it downloads. Resolves with {buffer, cached}: cached tells whether it came from Cache Storage.
+ * The bytes of `entry` ({file, bytes, sha256}, a manifest's file) at `url`, kept in Cache Storage as
+ * `cacheAs` (the file's stable URL, so that one copy per file is kept whatever URL it came from);
+ * `onProgress(received, total)` while it downloads. Resolves with {buffer, cached}: cached tells whether it
+ * came from Cache Storage.
  */
-export async function fetchModelFile(url, entry, { onProgress = null, signal = undefined } = {}) {
+export async function fetchModelFile(url, entry, { cacheAs = url, onProgress = null, signal = undefined } = {}) {
   const cache = await openCache();
-  const key = cacheKey(url, entry);
+  const key = cacheKey(cacheAs, entry);
   if (cache) {
     const hit = await cache.match(key);
     if (hit) {
@@ -43,7 +46,8 @@ export async function fetchModelFile(url, entry, { onProgress = null, signal = u
       await cache.delete(key); // damaged: fetch it again
     }
   }
-  const response = await fetch(url, { signal, cache: "no-store" });
+  // With Cache Storage the HTTP cache would hold a second copy; without it, the HTTP cache is the one kept.
+  const response = await fetch(url, { signal, cache: cache ? "no-store" : "default" });
   if (!response.ok) throw new Error(`the model file ${entry.file} could not be downloaded (HTTP ${response.status})`);
   const buffer = await readAll(response, entry.bytes, onProgress);
   if (!(await verified(buffer, entry))) {
@@ -53,7 +57,7 @@ export async function fetchModelFile(url, entry, { onProgress = null, signal = u
     for (const old of await cache.keys()) {
       const address = new URL(old.url);
       address.search = "";
-      if (address.href === new URL(url).href && old.url !== key) await cache.delete(old);
+      if (address.href === new URL(cacheAs).href && old.url !== key) await cache.delete(old);
     }
     try {
       await cache.put(key, new Response(buffer, { headers: { "Content-Type": "application/octet-stream" } }));

@@ -7,7 +7,7 @@
 // Messages out: {type: "status", stage, words}, {type: "download", received, total},
 //               {type: "progress", done, total}, {type: "block", from, to, names, stems: [[Float32Array per
 //               channel] per stem]} (the finished samples [from, to) of every stem, `names` their names),
-//               {type: "done", stems, length, timings, cached, threads, file}, {type: "error", message}.
+//               {type: "done", stems, length, timings, cached, threads, file, url}, {type: "error", message}.
 // The page ends a separation by terminating the worker.
 import { checkManifest, chunkStarts, ChunkSTFT, mixStats, overlapWindow, stride } from "./dsp.js";
 import { fetchModelFile } from "./files.js";
@@ -51,7 +51,10 @@ async function openSession(manifest, manifestUrl, precision) {
   const key = `${manifestUrl}#${entry.sha256}`;
   if (session && session.key === key) return { session: session.session, cached: true, entry };
   post({ type: "status", stage: "model", words: "Loading the model…" });
-  const { buffer, cached } = await fetchModelFile(new URL(entry.file, manifestUrl).href, entry, {
+  // The hash-named URL where the server gives one (cached for good), else the file beside the manifest.
+  const stable = new URL(entry.file, manifestUrl).href;
+  const { buffer, cached } = await fetchModelFile(new URL(entry.url || entry.file, manifestUrl).href, entry, {
+    cacheAs: stable,
     onProgress: (received, total) => post({ type: "download", received, total }),
   });
   post({ type: "status", stage: "runtime", words: "Starting the model…" });
@@ -157,6 +160,7 @@ async function separate({ manifestUrl, channels, precision = "auto", overlap = n
     length,
     cached,
     file: entry.file,
+    url: new URL(entry.url || entry.file, manifestUrl).href,
     threads: ort.env.wasm.numThreads,
     stride: step,
     chunks: starts.length,
