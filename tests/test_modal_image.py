@@ -156,3 +156,121 @@ def test_the_msst_configs_are_fetched_from_a_fixed_commit_not_a_moving_branch():
     configs = [info.config_url for info in CATALOG.values() if info.config_url.startswith(MSST_CONFIGS)]
     assert configs and "/main/" not in MSST_CONFIGS
     assert MSST_CONFIGS.split("/")[-3] == "ea7eb9c20ea0e3f94368a30fc1654b51cdd55789"  # release v1.0.21
+
+
+class RecordedImage:
+    """A stand-in for ``modal.Image`` that records the recipe (each call, in order) instead of building."""
+
+    def __init__(self, steps: list[tuple[str, tuple, dict]]) -> None:
+        self.steps = steps
+
+    @classmethod
+    def debian_slim(cls, **options):
+        return cls([("debian_slim", (), options)])
+
+    def __getattr__(self, name):
+        def step(*args, **options):
+            return RecordedImage([*self.steps, (name, args, options)])
+
+        return step
+
+
+def recipe(
+    monkeypatch, environ: dict[str, str] | None = None, **deploy: str
+) -> list[tuple[str, tuple, dict]]:
+    """The steps ``build_image`` takes for the service settings ``environ`` and the Modal ones ``deploy``
+    (``FREESTEMS_MODAL_<KEY>``)."""
+    import modal
+
+    from freestems.deploy.image import build_image
+    from freestems.deploy.settings import ModalSettings
+    from freestems.service import Settings
+
+    monkeypatch.setattr(modal, "Image", RecordedImage)
+    environ = dict(environ or {})
+    deployment = ModalSettings.from_env({f"FREESTEMS_MODAL_{k.upper()}": v for k, v in deploy.items()})
+    return build_image(Settings.from_env(environ), deployment, environ).steps
+
+
+def test_the_image_exports_the_served_scnet_models_for_the_browser_after_baking_their_weights(monkeypatch):
+    from freestems.deploy.image import DEVICE_DIR, bake_device_exports, bake_weights, exporter_fingerprint
+
+    environ = {"FREESTEMS_MODELS": "scnet,mel-roformer-kim", "FREESTEMS_DEVICE_DIR": "/home/me/exports"}
+    steps = recipe(monkeypatch, environ)
+    names = [name for name, _, _ in steps]
+    assert names == ["debian_slim", "pip_install", "pip_install", "run_function", "pip_install",
+                     "run_function", "env", "add_local_python_source"]  # fmt: skip
+    (_, _, baked), (_, packages, _), (_, _, exported) = steps[3], steps[4], steps[5]
+    assert baked["kwargs"]["model"] == "scnet"
+    assert steps[3][1] == (bake_weights,) and steps[5][1] == (bake_device_exports,)
+    installed = {package.split("==")[0] for package in packages}
+    assert installed == {"onnx", "onnxscript", "onnxruntime"}  # the export extra, in a layer of its own
+    assert all("==" in package for package in packages)  # pinned to what the deployer has
+    kwargs = exported["kwargs"]
+    assert kwargs["device_dir"] == DEVICE_DIR and kwargs["others"] == ("mel-roformer-kim",)
+    assert kwargs["catalog"] == baked["kwargs"]["catalog"]  # a catalog change rebuilds the exports too
+    assert kwargs["exporter"] == exporter_fingerprint() and len(kwargs["exporter"]) == 64
+    assert exported["memory"] >= 8192
+    (environment,) = steps[6][1]
+    assert "FREESTEMS_DEVICE_DIR" not in environment  # the deployer's path means nothing in the image
+
+
+@pytest.mark.parametrize(
+    ("environ", "deploy"),
+    [
+        ({"FREESTEMS_MODEL": "mel-roformer-kim"}, {}),  # no family the browser runs
+        ({"FREESTEMS_MODEL": "scnet"}, {"device_exports": "false"}),  # switched off
+    ],
+)
+def test_no_export_layer_where_no_served_model_runs_in_the_browser(monkeypatch, environ, deploy):
+    steps = recipe(monkeypatch, environ, **deploy)
+    assert [name for name, _, _ in steps].count("run_function") == 1
+    assert not any("onnx" in str(args) for _, args, _ in steps)
+
+
+def test_the_web_tier_serves_the_exports_from_where_the_image_put_them():
+    from pathlib import Path
+
+    from freestems.deploy.image import DEVICE_DIR
+    from freestems.deploy.settings import ModalSettings
+    from freestems.deploy.web_tier import web_settings
+    from freestems.service import Settings
+
+    scnet, roformer = Settings.from_env({}), Settings.from_env({"FREESTEMS_MODEL": "mel-roformer-kim"})
+    deployment = ModalSettings.from_env({})
+    assert web_settings(scnet, deployment, in_container=True).device_dir == Path(DEVICE_DIR)
+    assert web_settings(roformer, deployment, in_container=True).device_dir is None
+    off = ModalSettings.from_env({"FREESTEMS_MODAL_DEVICE_EXPORTS": "false"})
+    assert web_settings(scnet, off, in_container=True).device_dir is None
+    assert web_settings(scnet, deployment, in_container=False).device_dir is None  # `modal serve` here
+
+
+@pytest.mark.usefixtures("deployment")  # torch on one thread
+def test_the_export_step_writes_each_served_model_where_the_web_tier_looks_for_it(
+    checkpoint, tmp_path, capsys
+):
+    """The step as the build runs it, on the small checkpoint (a model file): its export lands in
+    ``<device_dir>/<served name>/``, the name the web tier serves it under; a model of another family is
+    skipped before anything is loaded (its weights are not there)."""
+    import json
+
+    from freestems.deploy.image import bake_device_exports
+    from freestems.executors import describe
+    from freestems.models import load_model
+
+    served = describe(load_model(model_file=checkpoint)).name
+    device_dir = tmp_path / "device"
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    bake_device_exports(
+        None, str(checkpoint), None, str(weights), str(device_dir), others=("mel-roformer-kim",)
+    )
+    manifest = json.loads((device_dir / served / "manifest.json").read_text())
+    files = {entry["file"]: entry for entry in manifest["onnx"]["files"]}
+    assert "network.fp32.onnx" in files
+    for name, entry in files.items():
+        assert (device_dir / served / name).stat().st_size == entry["bytes"]
+    printed = capsys.readouterr().out
+    assert f"device export {served}: network.fp32.onnx {files['network.fp32.onnx']['bytes']} bytes" in printed
+    assert "device export mel-roformer-kim: skipped, a mel_band_roformer model" in printed
+    assert [path.name for path in device_dir.iterdir()] == [served]

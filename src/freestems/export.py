@@ -37,6 +37,7 @@ from freestems.contract import LoadedModel
 from freestems.errors import one_line
 from freestems.files import atomic_path, temp_path
 from freestems.models import get_model_info
+from freestems.models.catalog import EXPORTABLE_FAMILIES
 from freestems.models.ensemble import SEPARATOR
 from freestems.models.scnet import SCNet
 from freestems.rules import MAX_OVERLAP
@@ -57,7 +58,7 @@ FP32_FILE = "network.fp32.onnx"
 FP16_FILE = "network.fp16.onnx"
 INPUT_NAME = "spectrogram"
 OUTPUT_NAME = "stems"
-EXPORTABLE = ("scnet",)
+EXPORTABLE = EXPORTABLE_FAMILIES
 """The model families that can be exported (catalog ``architecture`` values)."""
 
 _MAX_RELATIVE_ERROR = 1e-4  # of the fp32 file against torch, relative to the output's peak

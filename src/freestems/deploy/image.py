@@ -11,9 +11,11 @@ metadata, so ``pyproject.toml`` stays the one list, with the extra of every mode
 :func:`requirements`), then a build step that runs the catalog's download code
 (:func:`freestems.models.ensure_weights`) into ``/weights`` and writes the model's description there
 (:func:`bake_weights`; its arguments carry the catalog's facts, :func:`catalog_facts`, so a catalog change
-rebuilds it), and last the ``freestems`` source itself (mounted, so a code change does not rebuild the
-layers above). Nothing is downloaded at request time: the containers load with ``download=False``
-(:func:`load_configured_model`).
+rebuilds it), then, where a served model can run in the browser (``FREESTEMS_MODAL_DEVICE_EXPORTS``), the
+``export`` extra and a step that exports those models into :data:`DEVICE_DIR`, the web tier's
+``device_dir`` (:func:`bake_device_exports`), and last the ``freestems`` source itself (mounted, so a code
+change does not rebuild the layers above). Nothing is downloaded at request time: the containers load with
+``download=False`` (:func:`load_configured_model`).
 
 **Environment.** The containers read the same ``FREESTEMS_*`` settings as the deployer: the image carries
 them (:func:`image_environment`), less the machine-local ones (paths, the HMAC secret).
@@ -47,12 +49,15 @@ if TYPE_CHECKING:
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 """The image's Python is the deployer's: errors and values cross between the two pickled."""
 WEIGHTS_DIR = "/weights"
+DEVICE_DIR = "/device"
+"""Where the image's build exports the served models that run in the browser, one folder per model: the web
+tier's ``device_dir`` (:func:`freestems.deploy.web_tier.web_settings`)."""
 DESCRIPTION_FILE = "model.json"
 """The model's description (name, sources, fingerprint), written into ``/weights`` at build time."""
 
 LOCAL_ONLY = frozenset(
     {"HOST", "PORT", "DATA_DIR", "HMAC_SECRET", "CACHE", "MODEL_FILE", "MODEL_CONFIG", "DEVICE", "WORKERS",
-     "THREADS"}
+     "THREADS", "DEVICE_DIR"}
 )  # fmt: skip
 """Settings that describe the deployer's machine, not the containers: never put in the image."""
 
@@ -283,6 +288,92 @@ def bake_weights(
     Path(weights_dir, DESCRIPTION_FILE).write_text(json.dumps(description))
 
 
+def device_exports_wanted(settings: Settings, deployment: ModalSettings) -> bool:
+    """Whether the image exports models for the browser: asked for, and a served model may be exportable
+    (a catalog model of :data:`~freestems.models.catalog.EXPORTABLE_FAMILIES`, or a model file other than
+    a Demucs one: its family is known once it is loaded, at the build)."""
+    from freestems.models.catalog import EXPORTABLE_FAMILIES
+
+    if not deployment.modal_device_exports:
+        return False
+    if settings.model_file is not None:
+        return "htdemucs" not in served_families(settings)
+    return bool(served_families(settings) & set(EXPORTABLE_FAMILIES))
+
+
+def export_requirements() -> list[str]:
+    """The packages of the ``export`` extra (onnx, onnxscript, onnxruntime), pinned to the versions installed
+    here like :func:`requirements`'s: the image exports with what the deployer tested."""
+    base = {name for name, _ in _declared(set())}
+    found = set()
+    for name, spec in _declared({"export"}):
+        if name in base:
+            continue
+        try:
+            found.add(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.add(spec)
+    return sorted(found)
+
+
+def exporter_fingerprint() -> str:
+    """The sha256 of the code that decides what an export holds (``export.py``, the SCNet module): an
+    argument of the export step, so a change to either rebuilds the exports (Modal hashes a step's own
+    source and arguments only). Read as text: nothing here imports torch."""
+    import hashlib
+
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for part in ("export.py", "models/scnet.py"):
+        digest.update((package / part).read_bytes())
+    return digest.hexdigest()
+
+
+def bake_device_exports(
+    model: str | None,
+    model_file: str | None,
+    model_config: str | None,
+    weights_dir: str,
+    device_dir: str,
+    others: tuple[str, ...] = (),
+    catalog: str | None = None,
+    exporter: str = "",
+) -> None:
+    """Image build step: every served model that can run in the browser exported into
+    ``<device_dir>/<served name>/`` (``freestems export``'s code, from the weights :func:`bake_weights`
+    baked), one line printed per model; a model of another family is skipped, saying so. ``catalog`` and
+    ``exporter`` (:func:`exporter_fingerprint`) are here for the layer's hash only.
+
+    Raises:
+        freestems.export.ExportError: an exportable model's export failed its checks (the build fails: a
+            deployment must not lose the device silently).
+    """
+    from freestems import export
+    from freestems.models import DEFAULT_MODEL, get_model_info, load_model
+    from freestems.models.scnet import SCNet
+
+    del catalog, exporter
+    names: list[str | None] = [None] if model_file is not None else [model or DEFAULT_MODEL]
+    for name in [*names, *others]:
+        if name is not None and get_model_info(name).architecture not in export.EXPORTABLE:
+            print(f"device export {name}: skipped, a {get_model_info(name).architecture} model", flush=True)
+            continue
+        loaded = load_model(
+            name,
+            model_file=model_file if name is None else None,
+            model_config=model_config if name is None else None,
+            cache_dir=weights_dir,
+            download=False,
+            progress=False,
+        )
+        if not isinstance(loaded.module, SCNet):
+            print(f"device export {loaded.name}: skipped, not an SCNet model", flush=True)
+            continue
+        manifest = export.export_model(loaded, Path(device_dir) / loaded.name)
+        files = ", ".join(f"{entry['file']} {entry['bytes']} bytes" for entry in manifest["onnx"]["files"])
+        print(f"device export {loaded.name}: {files}", flush=True)
+
+
 def build_image(settings: Settings, deployment: ModalSettings, environ: Mapping[str, str]) -> modal.Image:
     """The image of both functions (see the module docstring for the layers and why in this order)."""
     torch_index: dict[str, Any] = (
@@ -302,7 +393,29 @@ def build_image(settings: Settings, deployment: ModalSettings, environ: Mapping[
         image = image.add_local_file(settings.model_config_file, model_config, copy=True)
     arguments = bake_arguments(settings, model_file, model_config, deployment.modal_weights_sha256)
     image = image.run_function(bake_weights, kwargs=arguments)
+    if device_exports_wanted(settings, deployment):
+        image = image.pip_install(*export_requirements()).run_function(
+            bake_device_exports,
+            kwargs=device_export_arguments(arguments),
+            cpu=EXPORT_CPU,
+            memory=EXPORT_MEMORY,
+        )
     return image.env(image_environment(environ, settings)).add_local_python_source("freestems", ignore=[])
+
+
+EXPORT_CPU, EXPORT_MEMORY = 4.0, 8192
+"""Cores and MiB of the export step's build container (a release SCNet's export: see the Modal docs)."""
+
+
+def device_export_arguments(bake: Mapping[str, Any]) -> dict[str, Any]:
+    """The export step's arguments: the weights step's (``bake``: what it baked, hence what is exported),
+    where to write, and the exporter's fingerprint."""
+    names = ("model", "model_file", "model_config", "weights_dir", "others", "catalog")
+    return {
+        **{name: bake[name] for name in names},
+        "device_dir": DEVICE_DIR,
+        "exporter": exporter_fingerprint(),
+    }
 
 
 def bake_arguments(

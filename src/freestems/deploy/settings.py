@@ -70,6 +70,11 @@ class ModalSettings(EnvSettings):
     file to copy here). A file whose digest differs fails the build; a file without a pin is trusted as
     first downloaded (today's catalog entries carry no sha256; the Demucs file names carry a prefix of
     theirs, checked)."""
+    modal_device_exports: bool = True
+    """Export the served models that can run in the visitor's browser (SCNet; ``freestems export``) while the
+    image is built, into ``/device``, the web tier's ``FREESTEMS_DEVICE_DIR``: the page then offers to
+    separate on the device, and the web tier serves the files at hash-named URLs. It adds the ``export``
+    extra to the image (see "Separating on the device" in the Modal docs). Off: no export, no such layer."""
     modal_torch: str = "torch==2.13.0"
     """The torch requirement of the image."""
     modal_torch_index: str = "https://download.pytorch.org/whl/cu126"

@@ -34,6 +34,7 @@ from freestems.executors.base import ModelDescription
 from freestems.executors.modal import ModalExecutor, RemoteCalls
 from freestems.service.settings import PREFIX, Settings
 
+from .image import DEVICE_DIR, device_exports_wanted
 from .settings import WEB_CPU, WEB_SCALEDOWN_WINDOW, ModalSettings
 from .stores import Stores
 
@@ -75,7 +76,9 @@ def executor_workers(deployment: ModalSettings) -> int:
 def web_settings(settings: Settings, deployment: ModalSettings, in_container: bool) -> Settings:
     """The web tier's settings: in a container its data folder is the Volume's mount; every HTTP request
     ends within ``FREESTEMS_MODAL_REQUEST_SECONDS`` (Modal ends one at 150 s): an upload may take that
-    long at most, and ``POST /separate`` answers ``202`` with its job when the job is not done by then."""
+    long at most, and ``POST /separate`` answers ``202`` with its job when the job is not done by then.
+    Its ``device_dir`` is where the image's build exported the models that run in the browser
+    (:data:`~freestems.deploy.image.DEVICE_DIR`), when it did."""
     limit = float(deployment.modal_request_seconds)
     changes: dict[str, Any] = {
         "workers": executor_workers(deployment),
@@ -84,6 +87,7 @@ def web_settings(settings: Settings, deployment: ModalSettings, in_container: bo
     }
     if in_container:
         changes["data_dir"] = Path(DATA_MOUNT)
+        changes["device_dir"] = Path(DEVICE_DIR) if device_exports_wanted(settings, deployment) else None
     return settings.replace(**changes)
 
 

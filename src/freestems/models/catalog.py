@@ -45,6 +45,9 @@ JOBS: dict[str, str] = {
 SERVABLE_LICENSES = ("MIT", "Apache-2.0", "BSD", "CC0", "CC-BY-4.0")
 """Licences that allow redistributing the weights, so a service may offer them: an entry's ``license``
 must start with one of these (``"MIT (model card)"`` does; ``"none stated (repository MIT)"`` does not)."""
+EXPORTABLE_FAMILIES = ("scnet",)
+"""The families ``freestems export`` can write for the browser (catalog ``architecture`` values): here, not
+in :mod:`freestems.export`, so that the Modal image's recipe reads it without importing torch."""
 
 
 def servable_license(license: str) -> bool:
