@@ -264,3 +264,92 @@ def test_the_cost_command_shows_the_web_tiers_share(capsys):
         and f"held awake ${86400 * WEB_RATE:.2f}" in web
     )
     assert "A song that wakes both the web tier and a separator, alone: CPU $" in out
+
+
+# ------------------------------------------------------------------- a separation on the device (issue 21)
+
+
+def _export(folder: Path, name: str, fp16_snr: float | None) -> None:
+    """A stand-in export: a manifest naming an fp32 file (40 MB) and, unless None, an fp16 one (20 MB)."""
+    files = [{"file": "network.fp32.onnx", "precision": "fp32", "bytes": 40_000_000, "sha256": "a" * 64}]
+    if fp16_snr is not None:
+        files.append({"file": "network.fp16.onnx", "precision": "fp16 weights, fp32 arithmetic",
+                      "bytes": 20_000_000, "sha256": "b" * 64, "snr_db_vs_fp32": fp16_snr})  # fmt: skip
+    (folder / name).mkdir(parents=True)
+    (folder / name / "manifest.json").write_text(json.dumps({"onnx": {"files": files}}))
+
+
+def _runtime(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "ort-wasm-simd-threaded.wasm").write_bytes(b"w" * 15_000)
+    (folder / "ort.wasm.min.mjs").write_bytes(b"m" * 500)
+    (folder / "LICENSE").write_text("not loaded by the page")
+    return folder
+
+
+def test_a_device_separation_costs_the_bytes_of_a_first_visit_only(tmp_path):
+    from freestems.cost import EGRESS_USD_PER_GB, project_device
+
+    _export(tmp_path / "device", "faithful", fp16_snr=69.1)  # the page takes the fp16 file
+    _export(tmp_path / "device", "loose", fp16_snr=62.0)  # under 66 dB: the fp32 one
+    _export(tmp_path / "device", "only", fp16_snr=None)
+    (tmp_path / "device" / "broken").mkdir()
+    (tmp_path / "device" / "broken" / "manifest.json").write_text("{")
+    vendor = _runtime(tmp_path / "vendor")
+    costs = {c.model: c for c in project_device(tmp_path / "device", vendor, EGRESS_USD_PER_GB)}
+    assert set(costs) == {"faithful", "loose", "only"}
+    picked = {model: (cost.network_file, cost.network_bytes) for model, cost in costs.items()}
+    assert picked == {"faithful": ("network.fp16.onnx", 20_000_000),
+                      "loose": ("network.fp32.onnx", 40_000_000),
+                      "only": ("network.fp32.onnx", 40_000_000)}  # fmt: skip
+    faithful = costs["faithful"]
+    manifest = (tmp_path / "device" / "faithful" / "manifest.json").stat().st_size
+    assert faithful.runtime_bytes == 15_500 and faithful.manifest_bytes == manifest  # not the licence
+    assert faithful.first_visit_bytes == 20_000_000 + manifest + 15_500
+    assert faithful.first_visit_usd == pytest.approx(faithful.first_visit_bytes / 1e9 * 0.085)
+    assert faithful.network_measured and faithful.runtime_measured
+
+
+def test_without_exports_or_runtime_here_the_release_scnets_measured_sizes_stand_in(tmp_path):
+    from freestems.cost import MEASURED_NETWORK, MEASURED_RUNTIME_BYTES, format_device, project_device
+
+    (cost,) = project_device(None, tmp_path / "no-vendor", 0.01)
+    assert (cost.model, cost.network_file, cost.network_bytes) == MEASURED_NETWORK[:3]
+    assert cost.runtime_bytes == MEASURED_RUNTIME_BYTES and not cost.runtime_measured
+    assert not cost.network_measured
+    text = format_device([cost])
+    assert "bandwidth at $0.01/GB" in text and f"${cost.first_visit_usd:.5f}" in text
+    assert "network.fp16.onnx 21.4 MB*" in text and "its later ones $0" in text
+
+
+def test_the_page_and_the_cost_take_the_same_network_file():
+    from freestems.cost import FP16_AUTO_MIN_SNR_DB
+
+    worker = (ROOT / "src" / "freestems" / "web" / "static" / "device" / "worker.js").read_text()
+    assert f"const FP16_AUTO_MIN_SNR_DB = {FP16_AUTO_MIN_SNR_DB:g};" in worker
+
+
+def test_the_cost_command_shows_a_device_separation_next_to_the_server_costs(tmp_path, monkeypatch, capsys):
+    _export(tmp_path / "device", "scnet", fp16_snr=69.1)
+    monkeypatch.setenv("FREESTEMS_EGRESS_PRICE", "0.05")
+    results = ROOT / "bench" / "results" / "separate.json"
+    assert main(["cost", "--bench", str(results), "--device-dir", str(tmp_path / "device")]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    device = lines.index(next(line for line in lines if line.startswith("on the visitor's device")))
+    assert device > lines.index(next(line for line in lines if line.startswith("web tier")))
+    assert "bandwidth at $0.05/GB" in lines[device]
+    scnet = lines[device + 1]
+    manifest = (tmp_path / "device" / "scnet" / "manifest.json").stat().st_size
+    vendor = ROOT / "src" / "freestems" / "web" / "vendor" / "onnxruntime-web"
+    runtime = sum(f.stat().st_size for f in vendor.glob("*") if f.suffix in (".mjs", ".wasm"))
+    from freestems.cost import MEASURED_RUNTIME_BYTES
+
+    whole = 20_000_000 + manifest + (runtime or MEASURED_RUNTIME_BYTES)
+    assert f"scnet: a browser's first separation ${whole / 1e9 * 0.05:.5f}" in scnet
+    assert "network.fp16.onnx 20.0 MB +" in scnet
+    assert "egress price: an assumption" in out and "aws.amazon.com/cloudfront/pricing" in out
+
+    monkeypatch.setenv("FREESTEMS_EGRESS_PRICE", "-1")
+    assert main(["cost", "--bench", str(results)]) == 1
+    assert "FREESTEMS_EGRESS_PRICE" in capsys.readouterr().err

@@ -219,6 +219,13 @@ def add_cost_parser(commands: Subcommands) -> None:
     cost.add_argument(
         "--song-seconds", type=float, default=180.0, metavar="S", help="song length to price (180)"
     )
+    cost.add_argument(
+        "--device-dir",
+        type=Path,
+        metavar="DIR",
+        help="the exports a device separation downloads (FREESTEMS_DEVICE_DIR; default: the release scnet's "
+        "measured sizes)",
+    )
     cost.set_defaults(run=run_cost)
 
 
@@ -523,6 +530,7 @@ def run_cost(args: argparse.Namespace) -> int:
         format_projections,
         format_recorded,
         project_deployment,
+        project_device,
         project_web,
     )
 
@@ -546,12 +554,18 @@ def run_cost(args: argparse.Namespace) -> int:
     web = project_web(
         records, web_shape, WEB_SCALEDOWN_WINDOW, settings.gpu_prices, song_seconds=args.song_seconds
     )
+    device = project_device(args.device_dir or settings.device_dir, _vendor_runtime(), settings.egress_price)
     counted = sum(p.jobs for p in projections)
     print(f"{len(records)} recorded job(s) in {' + '.join(sources)}; {counted} on the tiers shown")
-    print(format_projections(projections, web=web))
+    print(format_projections(projections, web=web, device=device))
     if args.modal or args.data_dir is not None or not args.bench:
         print(format_recorded(records, wakes))
     return 0
+
+
+def _vendor_runtime() -> Path:
+    """Where the page's in-browser runtime is installed (``scripts/fetch_web_deps.sh``)."""
+    return Path(__file__).resolve().parent / "web" / "vendor" / "onnxruntime-web"
 
 
 def _cost_records(

@@ -27,6 +27,11 @@ rent until the rent paid equals the price of buying); a longer window only wins 
 more than ``start`` seconds apart but less than ``W``. So the window is the measured start (restore)
 seconds of the tier, rounded up; :func:`scaledown_window` computes it and ``freestems cost`` prints it.
 
+**A separation on the visitor's device** (:class:`DeviceCost`) costs no compute at all: no GPU or CPU class
+runs, and the web tier only serves files. It costs bytes: on a browser's first visit the network file the
+page picks, its manifest and the in-browser runtime (onnxruntime-web's files), at :data:`EGRESS_USD_PER_GB`
+(an assumption: :data:`EGRESS_SOURCE`); later separations in that browser read them from its caches.
+
 Prices (:data:`DEFAULT_GPU_PRICES`, :data:`CPU_CORE_PRICE`, :data:`MEMORY_GIB_PRICE`,
 :func:`region_multiplier`): see :data:`PRICES_SOURCE`. They change; override the GPU ones with
 ``FREESTEMS_GPU_PRICES`` (``L4=0.000222,T4=0.000164``).
@@ -72,6 +77,19 @@ BROAD_REGION_MULTIPLIER = 1.5
 NARROW_REGION_MULTIPLIER = 1.75
 """Price multiplier of a function pinned to a narrow region (``us-east``, ``us-west-2``...)."""
 MIN_CPU, MIN_MEMORY_MIB = 0.125, 128
+
+EGRESS_USD_PER_GB = 0.085
+"""Dollars per GB (10^9 bytes) sent to visitors, for a device separation's files: an assumption, see
+:data:`EGRESS_SOURCE`; ``FREESTEMS_EGRESS_PRICE`` replaces it."""
+EGRESS_SOURCE = (
+    "an assumption: Modal's published prices have no meter for bytes a web endpoint sends (GPU, CPU, "
+    "memory and Volume storage only, in the sources of the compute prices), so what Modal bills for them "
+    "is not published; the default is what a CDN in front would charge, Amazon CloudFront's published "
+    "$0.085/GB for the first 10 TB a month to the US, Mexico, Canada and Europe "
+    "(https://aws.amazon.com/cloudfront/pricing, read 2026-12-06; 1 TB a month free there). Set "
+    "FREESTEMS_EGRESS_PRICE (0 if your host does not bill it)."
+)
+"""Where :data:`EGRESS_USD_PER_GB` comes from (printed by ``freestems cost``)."""
 
 SONG_SECONDS = 180.0
 """The reference song: three minutes."""
@@ -591,10 +609,14 @@ def _usd(value: float | None) -> str:
 
 
 def format_projections(
-    projections: Sequence[Projection], *, skipped: int = 0, web: WebProjection | None = None
+    projections: Sequence[Projection],
+    *,
+    skipped: int = 0,
+    web: WebProjection | None = None,
+    device: Sequence[DeviceCost] = (),
 ) -> str:
-    """The table ``freestems cost`` prints, then the web tier's share (``web``), how it was computed and
-    what it assumes."""
+    """The table ``freestems cost`` prints, then the web tier's share (``web``), a separation on the
+    visitor's device (``device``), how it was computed and what it assumes."""
     if not projections:
         return "no tier to project"
     song = projections[0].song_seconds
@@ -636,6 +658,8 @@ def format_projections(
         if isolated:
             whole = ", ".join(f"{tier} ${usd + web.song_usd:.5f}" for tier, usd in isolated)
             lines.append(f"  A song that wakes both the web tier and a separator, alone: {whole}.")
+    if device:
+        lines.extend(["", format_device(device)])
     lines.extend(
         [
             "",
@@ -655,6 +679,120 @@ def format_projections(
             f"prices: {PRICES_SOURCE}",
         ]
     )
+    if device:
+        lines.append(
+            "device: * = not found here, the release scnet's measured sizes (export, onnxruntime-web "
+            f"1.31.1); bytes as sent, uncompressed. egress price: {EGRESS_SOURCE}"
+        )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ a separation on the device
+
+FP16_AUTO_MIN_SNR_DB = 66.0
+"""The page takes an export's fp16-weights file when the export measured it this close to the fp32 one
+(``FP16_AUTO_MIN_SNR_DB`` in ``web/static/device/worker.js``), else the fp32 file."""
+RUNTIME_SUFFIXES = (".mjs", ".wasm")
+"""The files of onnxruntime-web the page loads (``web/vendor/onnxruntime-web/``; not its licence or notes)."""
+MEASURED_RUNTIME_BYTES = 14_848_852 + 53_725 + 24_738
+"""onnxruntime-web 1.31.1's ``ort-wasm-simd-threaded.wasm``, ``ort.wasm.min.mjs`` and
+``ort-wasm-simd-threaded.mjs`` as ``scripts/fetch_web_deps.sh`` installed them here (2026-12-06): counted when
+the runtime is not installed where ``freestems cost`` runs."""
+MEASURED_NETWORK = ("scnet", "network.fp16.onnx", 21_393_956, 4_122)
+"""The release ``scnet``'s export as measured here (2026-12-06; its fp16 file is 69 dB from the fp32 one,
+so the page takes it) and its manifest's size: counted when no export is found."""
+
+
+@dataclass(frozen=True)
+class DeviceCost:
+    """What one browser's separations on its device cost us: nothing but the bytes of its first visit."""
+
+    model: str
+    network_file: str
+    network_bytes: int
+    manifest_bytes: int
+    runtime_bytes: int
+    usd_per_gb: float
+    network_measured: bool = True
+    """False: no export was read; :data:`MEASURED_NETWORK` stands in."""
+    runtime_measured: bool = True
+    """False: the runtime is not installed here; :data:`MEASURED_RUNTIME_BYTES` stands in."""
+
+    @property
+    def first_visit_bytes(self) -> int:
+        return self.network_bytes + self.manifest_bytes + self.runtime_bytes
+
+    @property
+    def first_visit_usd(self) -> float:
+        """A browser's first device separation: every file once (no GPU, no CPU class: no compute)."""
+        return self.first_visit_bytes / 1e9 * self.usd_per_gb
+
+
+def picked_file(files: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The network file the page downloads of an export's ``files`` (its manifest's ``onnx.files``): the
+    fp16-weights one where measured within :data:`FP16_AUTO_MIN_SNR_DB` of the fp32 one, else fp32."""
+    fp32 = next((f for f in files if f.get("precision") == "fp32"), None)
+    fp16 = next((f for f in files if str(f.get("precision", "")).startswith("fp16")), None)
+    if fp16 is not None and (fp16.get("snr_db_vs_fp32") or 0) >= FP16_AUTO_MIN_SNR_DB:
+        return fp16
+    return fp32 or fp16
+
+
+def runtime_bytes(vendor: Path) -> int | None:
+    """The bytes of the in-browser runtime's files in ``vendor`` (None: not installed there)."""
+    sizes = [f.stat().st_size for f in vendor.glob("*") if f.suffix in RUNTIME_SUFFIXES and f.is_file()]
+    return sum(sizes) if sizes else None
+
+
+def project_device(device_dir: Path | None, vendor: Path, usd_per_gb: float) -> list[DeviceCost]:
+    """One :class:`DeviceCost` per export in ``device_dir`` (``<model>/manifest.json``), the runtime from
+    ``vendor``; with no export there, the release ``scnet``'s measured sizes (:data:`MEASURED_NETWORK`)."""
+    runtime = runtime_bytes(vendor)
+    found: list[tuple[str, str, int, int]] = []
+    for manifest in sorted(device_dir.glob("*/manifest.json")) if device_dir is not None else []:
+        try:
+            entry = picked_file(json.loads(manifest.read_text())["onnx"]["files"])
+            if entry is not None:
+                network = (str(entry["file"]), int(entry["bytes"]))
+                found.append((manifest.parent.name, *network, manifest.stat().st_size))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not an export: nothing of it is served
+    measured = bool(found)
+    return [
+        DeviceCost(
+            model,
+            file,
+            size,
+            manifest_size,
+            runtime or MEASURED_RUNTIME_BYTES,
+            usd_per_gb,
+            network_measured=measured,
+            runtime_measured=runtime is not None,
+        )
+        for model, file, size, manifest_size in found or [MEASURED_NETWORK]
+    ]
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def format_device(costs: Sequence[DeviceCost]) -> str:
+    """The lines ``freestems cost`` prints for separations on the visitor's device."""
+    price = costs[0].usd_per_gb if costs else EGRESS_USD_PER_GB
+    lines = [
+        f"on the visitor's device: no GPU or CPU class runs (no compute but the web tier's visit above); "
+        f"bandwidth at ${price:g}/GB:"
+    ]
+    for c in costs:
+        net = f"{c.network_file} {_mb(c.network_bytes)}{'' if c.network_measured else '*'}"
+        runtime = f"{_mb(c.runtime_bytes)}{'' if c.runtime_measured else '*'}"
+        whole = _mb(c.first_visit_bytes)
+        lines.append(
+            f"  {c.model}: a browser's first separation ${c.first_visit_usd:.5f} ({whole}: {net} + manifest "
+            f"{c.manifest_bytes / 1e3:.0f} kB + runtime {runtime}); its later ones $0 (kept in Cache "
+            "Storage; the manifest revalidated, a 304)."
+        )
     return "\n".join(lines)
 
 

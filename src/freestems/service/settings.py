@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
-from freestems.cost import DEFAULT_GPU_PRICES, parse_prices
+from freestems.cost import DEFAULT_GPU_PRICES, EGRESS_USD_PER_GB, parse_prices
 from freestems.models.catalog import check_model_choice, default_served_model
 from freestems.rules import Device
 
@@ -369,6 +369,10 @@ class Settings(EnvSettings):
     gpu_prices: Prices = Field(default_factory=lambda: dict(DEFAULT_GPU_PRICES))
     """Dollars per GPU-second by GPU type, for the cost of each job (usage records, ``freestems cost``).
     ``FREESTEMS_GPU_PRICES="L4=0.000222,T4=0.000164"`` replaces those entries and keeps the other defaults."""
+    egress_price: float = Field(EGRESS_USD_PER_GB, ge=0)
+    """Dollars per GB (10^9 bytes) the server's answers cost to send, for what ``freestems cost`` counts a
+    separation on the visitor's device (its files' bytes). An assumption: Modal publishes no such price; the
+    default is Amazon CloudFront's for the first 10 TB a month (:data:`freestems.cost.EGRESS_SOURCE`)."""
 
     @model_validator(mode="after")
     def _one_model(self) -> Settings:
