@@ -5,8 +5,9 @@
   manifest lists (anything else there is not served). Without ``device_dir``, or without an export for a
   model, 404; ``GET /config`` lists the models that have one (``device_models``).
 - ``/vendor/``: the page's third-party runtime (onnxruntime-web, fetched by ``scripts/fetch_web_deps.sh``
-  into ``web/vendor/``, never committed); 404 when it was absent at start, and the page then says
-  separating on the device is unavailable.
+  into ``web/vendor/``, never committed), as the folder is when asked: files fetched while the server runs
+  are served at once; while they are absent, 404, and the page then says separating on the device is
+  unavailable.
 - ``GET /sw.js``: the page's service worker (``web/static/device/sw.js``; at the root, so that its scope
   is the whole page), which a page offering device separation registers to work offline.
 - :class:`CrossOriginIsolation`: every response says ``Cross-Origin-Opener-Policy: same-origin`` and
@@ -100,5 +101,13 @@ def add_device_routes(app: FastAPI, settings: Settings, served: Any) -> None:
         headers = {"Cache-Control": "no-cache"}
         return FileResponse(SERVICE_WORKER, media_type="text/javascript", headers=headers)
 
-    if VENDOR.is_dir():  # fetched after the server started: seen at its next start
-        app.mount("/vendor", StaticFiles(directory=VENDOR), name="vendor")
+    app.mount("/vendor", VendorFiles(directory=VENDOR, check_dir=False), name="vendor")
+
+
+class VendorFiles(StaticFiles):
+    """Static files of a folder that may not exist yet: each request looks at the folder as it is then (a
+    missing folder or file is a 404), so a runtime fetched after the start is served without a restart.
+    Which paths are served is Starlette's rule, unchanged: files under the folder, nothing outside it."""
+
+    async def check_config(self) -> None:
+        """No check at the first request: a missing folder is a 404 like a missing file, not a 500."""
