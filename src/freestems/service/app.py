@@ -64,6 +64,7 @@ from .store import TERMINAL, Job
 from .tokens import owned_job
 from .uploads import Upload, receive_upload
 from .views import result_url
+from .webapp import add_manifest_route
 from .websocket import session_socket
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ def create_app(
     _add_routes(app)
     add_api_docs(app, assets_folder())
     add_device_routes(app, settings, lambda: [model.name for model in executor.models])
+    add_manifest_route(app)
     _generate_form_schema(app, settings, executor)
     app.mount("/static", Files(directory=WEB_PAGE.parent / "static", check_dir=False), name="static")
     return app
