@@ -339,3 +339,35 @@ def test_a_device_only_server_offers_no_upload_and_the_page_separates_on_the_dev
     assert traffic.sockets == []
     assert [(method, url) for method, url, *_ in traffic.requests if method not in ("GET", "HEAD")] == []
     assert all(size == 0 for _, _, size, _ in traffic.requests)
+
+
+def test_a_device_only_page_whose_browser_cannot_says_why_and_uploads_nothing(exported, open_page, tmp_path):
+    from service_helpers import running_server, small_settings
+
+    _, device_dir = exported
+    song = tmp_path / "song.mp3"
+    write_test_file(song, "mp3", seconds=1.0)
+    settings = small_settings(tmp_path / "data", device_dir=device_dir, device_only=True, models=("small",))
+    traffic = Traffic()
+
+    def without_runtime(page) -> None:  # as if the runtime went away after the server started
+        traffic.watch(page)
+        page.route("**/vendor/onnxruntime-web/**", lambda route: route.fulfill(status=404, body="gone"))
+
+    with running_server(settings, None) as server:
+        page = open_page(server=server, before=without_runtime, expected_errors=("404",))
+        wait_js(page, "window.freestems.device.unavailable() !== 'checking'")
+        assert page.text_content("#where-hint") == (
+            "This server separates on your own device: nothing is uploaded. Separating on this device is "
+            "unavailable: this server does not have the in-browser runtime installed."
+        )
+        assert page.is_hidden("text=On our server")
+        page.set_input_files("#file", str(song))
+        wait_js(page, "!document.getElementById('separate').disabled")
+        page.click("#separate")
+        wait_js(page, "window.freestems.phase === 'problem'")
+        problem = page.evaluate("window.freestems.problem")
+    assert problem["code"] == "device_only" and "runtime installed" in problem["title"]
+    assert "Reload the page" in problem["action"]
+    assert traffic.sockets == []
+    assert [(method, url) for method, url, *_ in traffic.requests if method not in ("GET", "HEAD")] == []
