@@ -1,6 +1,7 @@
 """What the server does for separating in the browser (``freestems.service.device``), without a browser:
 the export files of the served models from ``device_dir``, ``device_models`` in ``GET /config``, the
-vendored runtime under ``/vendor/``, and the cross-origin isolation headers on every response.
+vendored runtime under ``/vendor/`` (both as the files are when asked, not at the start), and the
+cross-origin isolation headers on every response.
 
 The export here is a stand-in (a manifest naming one file): what is checked is which files are served, not
 what they hold (``test_device_separation.py`` runs a real one in Chromium).
@@ -12,6 +13,7 @@ import json
 
 import httpx
 from device_helpers import hashed_export, replace_file
+from service_helpers import error_of
 
 from freestems.service import device
 
@@ -165,3 +167,28 @@ def test_a_new_export_gets_new_urls_and_a_file_changed_behind_its_manifest_is_no
     stale = httpx.get(base + new_url)
     assert stale.status_code == 404 and stale.json()["error"]["code"] == "stale_export"
     assert "export the model again" in stale.json()["error"]["message"]
+
+
+def test_a_runtime_and_an_export_that_arrive_after_the_start_are_served_at_once(
+    start_server, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(device, "VENDOR", tmp_path / "vendor")
+    (tmp_path / "secret.txt").write_text("outside the runtime's folder")
+    server = start_server(device_dir=tmp_path / "device")  # neither folder exists yet
+    entry = server.url + "/vendor/onnxruntime-web/ort.wasm.min.mjs"
+    missing = httpx.get(entry)
+    assert missing.status_code == 404 and error_of(missing)["code"] == "not_found"
+    assert httpx.get(server.url + "/config").json()["device_models"] == []
+    runtime = tmp_path / "vendor" / "onnxruntime-web" / "ort.wasm.min.mjs"
+    runtime.parent.mkdir(parents=True)
+    runtime.write_text("export const version = 'stand-in';\n")
+    _fake_export(tmp_path / "device")
+    found = httpx.get(entry)
+    assert found.status_code == 200 and found.text.startswith("export const version")
+    assert found.headers["content-type"].startswith("text/javascript")
+    assert httpx.get(server.url + "/config").json()["device_models"] == ["small"]
+    escapes = ["../secret.txt", "..%2Fsecret.txt", "%2E%2E/secret.txt", "a/..%2F..%2Fsecret.txt"]
+    escapes.append("%2Fetc/passwd")  # an absolute path
+    for path in escapes:
+        response = httpx.get(f"{server.url}/vendor/{path}")
+        assert response.status_code == 404 and "outside" not in response.text, path

@@ -25,7 +25,7 @@ from audio_samples import write_test_file
 from conftest import one_torch_thread
 from device_helpers import hashed_export
 from model_helpers import make_small_checkpoint
-from web_helpers import events, needs_chromium, wait_js
+from web_helpers import ARTIFACTS, events, needs_chromium, wait_js
 
 from freestems import engine
 from freestems.service import device
@@ -347,3 +347,69 @@ def test_a_new_export_is_downloaded_once_and_replaces_the_old_one_in_cache_stora
         f"models/small/device/{first['sha256']}/network.fp32.onnx",
         f"models/small/device/{second['sha256']}/network.fp32.onnx",
     ]
+
+
+@needs_runtime
+def test_a_device_only_server_offers_no_upload_and_the_page_separates_on_the_device(
+    exported, open_page, tmp_path
+):
+    from service_helpers import running_server, small_settings
+
+    _, device_dir = exported
+    song = tmp_path / "song.mp3"
+    write_test_file(song, "mp3", seconds=3.0, signal=music(3.0))
+    settings = small_settings(tmp_path / "data", device_dir=device_dir, device_only=True, models=("small",))
+    traffic = Traffic()
+    with running_server(settings, None) as server:  # its own executor: no model loaded
+        page = open_page(server=server, before=traffic.watch)
+        wait_js(page, "window.freestems.device.unavailable() === ''", timeout=30)
+        notice = page.text_content("#where-hint")
+        assert notice.startswith("This server separates on your own device: nothing is uploaded.")
+        assert page.is_visible("#where-hint") and page.is_hidden("text=On our server")
+        assert "never leaves this browser" in page.text_content(".site-footer")
+        page.set_input_files("#file", str(song))
+        wait_js(page, "!document.getElementById('separate').disabled")
+        assert page.is_hidden("#cost-hint")  # nothing of it runs on the server: no compute to count
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.evaluate("document.getElementById('where').scrollIntoView({block: 'center'})")
+        page.screenshot(path=str(ARTIFACTS / "device-only-setup.png"))
+        page.click("#separate")  # nothing to choose: it runs on the device
+        assert wait_js(page, FINISHED, timeout=240) == "result", page.evaluate("window.freestems.problem")
+        stems = page.eval_on_selector_all("#stems li", "rows => rows.map(row => row.dataset.stem)")
+        assert "nothing was uploaded" in page.text_content("#result-note")
+    assert sorted(stems) == ["bass", "drums", "other", "vocals"]
+    assert traffic.sockets == []
+    assert [(method, url) for method, url, *_ in traffic.requests if method not in ("GET", "HEAD")] == []
+    assert all(size == 0 for _, _, size, _ in traffic.requests)
+
+
+def test_a_device_only_page_whose_browser_cannot_says_why_and_uploads_nothing(exported, open_page, tmp_path):
+    from service_helpers import running_server, small_settings
+
+    _, device_dir = exported
+    song = tmp_path / "song.mp3"
+    write_test_file(song, "mp3", seconds=1.0)
+    settings = small_settings(tmp_path / "data", device_dir=device_dir, device_only=True, models=("small",))
+    traffic = Traffic()
+
+    def without_runtime(page) -> None:  # as if the runtime went away after the server started
+        traffic.watch(page)
+        page.route("**/vendor/onnxruntime-web/**", lambda route: route.fulfill(status=404, body="gone"))
+
+    with running_server(settings, None) as server:
+        page = open_page(server=server, before=without_runtime, expected_errors=("404",))
+        wait_js(page, "window.freestems.device.unavailable() !== 'checking'")
+        assert page.text_content("#where-hint") == (
+            "This server separates on your own device: nothing is uploaded. Separating on this device is "
+            "unavailable: this server does not have the in-browser runtime installed."
+        )
+        assert page.is_hidden("text=On our server")
+        page.set_input_files("#file", str(song))
+        wait_js(page, "!document.getElementById('separate').disabled")
+        page.click("#separate")
+        wait_js(page, "window.freestems.phase === 'problem'")
+        problem = page.evaluate("window.freestems.problem")
+    assert problem["code"] == "device_only" and "runtime installed" in problem["title"]
+    assert "Reload the page" in problem["action"]
+    assert traffic.sockets == []
+    assert [(method, url) for method, url, *_ in traffic.requests if method not in ("GET", "HEAD")] == []

@@ -117,6 +117,19 @@ def add_serve_parser(commands: Subcommands) -> None:
         help="allow --auth none on a non-loopback address",
     )
     serve.add_argument("--workers", type=int, help="jobs run at once (FREESTEMS_WORKERS, 1)")
+    serve.add_argument(
+        "--device-dir",
+        type=Path,
+        metavar="DIR",
+        help="exported models (`freestems export`), one folder per served model: the page may separate on "
+        "the visitor's device (FREESTEMS_DEVICE_DIR)",
+    )
+    serve.add_argument(
+        "--device-only",
+        action="store_true",
+        default=None,
+        help="separate only on the visitor's device: no uploads, no model loaded (FREESTEMS_DEVICE_ONLY)",
+    )
     add_served_model_arguments(serve)
     serve.set_defaults(run=run_serve)
 
@@ -490,8 +503,12 @@ def run_serve(args: argparse.Namespace) -> int:
             allow_public_noauth=args.allow_public_noauth,
             workers=args.workers,
             model_memory=args.model_memory,
+            device_dir=args.device_dir,
+            device_only=args.device_only,
         )
         names, files = served_model_choice(args, settings)
+        if settings.device_only:
+            return _serve_device_only(settings, names, files)
         models = serve_models(
             names,
             files,
@@ -518,6 +535,35 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     logging.basicConfig(level=logging.INFO, format="%(levelname)-9s %(name)s: %(message)s")
     with suppress(KeyboardInterrupt):  # Ctrl-C is how a foreground server stops, after a clean shutdown
+        serve(settings, executor)
+    return 0
+
+
+def _serve_device_only(settings: Settings, names: list[str], files: list[tuple[Path, Path | None]]) -> int:
+    """``serve --device-only``: the exports of the named models described, nothing loaded; then serve."""
+    import logging
+
+    from freestems.service import SettingsError
+    from freestems.service.device_only import DeviceOnlyExecutor
+    from freestems.service.server import serve
+
+    if files:
+        return fail(
+            "--device-only serves exported models, not checkpoint files: export the file "
+            "(`freestems export --model-file F -o DIR/NAME`) and serve it with -m NAME --device-dir DIR"
+        )
+    try:
+        executor = DeviceOnlyExecutor(settings, tuple(names))
+    except SettingsError as error:
+        return fail(error)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    print(
+        f"freestems: {', '.join(names)} separated on the visitors' devices only, from {settings.device_dir}, "
+        f"on http://{host}:{settings.port} (data: {settings.data_dir})",
+        file=sys.stderr,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(levelname)-9s %(name)s: %(message)s")
+    with suppress(KeyboardInterrupt):
         serve(settings, executor)
     return 0
 

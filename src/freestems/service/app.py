@@ -38,6 +38,7 @@ from freestems.version import __version__
 from .apidocs import add_api_docs, assets_folder
 from .challenges import ChallengeBook
 from .device import CrossOriginIsolation, add_device_routes, device_models
+from .device_only import DeviceOnlyExecutor, refusal
 from .downloads import Files, HeadAsGet, open_download
 from .errors import (
     ServiceError,
@@ -64,6 +65,7 @@ from .store import TERMINAL, Job
 from .tokens import owned_job
 from .uploads import Upload, receive_upload
 from .views import result_url
+from .webapp import add_manifest_route
 from .websocket import session_socket
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,9 @@ def create_app(
     a :class:`~.shared_state.SharedState` lets several instances serve one deployment."""
     state = state or LocalState()
     paths = Paths(settings.data_dir, state.work_dir)
-    if executor is None:
+    if executor is None and settings.device_only:  # it runs nothing: no model is loaded, torch not imported
+        executor = DeviceOnlyExecutor(settings)
+    elif executor is None:
         executor = LocalExecutor(
             lambda: _load_models(settings),
             paths.work,
@@ -119,6 +123,7 @@ def create_app(
     _add_routes(app)
     add_api_docs(app, assets_folder())
     add_device_routes(app, settings, lambda: [model.name for model in executor.models])
+    add_manifest_route(app)
     _generate_form_schema(app, settings, executor)
     app.mount("/static", Files(directory=WEB_PAGE.parent / "static", check_dir=False), name="static")
     return app
@@ -457,6 +462,7 @@ def _config(service: Service) -> dict[str, Any]:
         "pricing": service.manager.pricing.describe(),
         "result_ttl": settings.result_ttl,
         "device_models": device_models(settings, [model.name for model in served]),
+        "device_only": settings.device_only,
     }
 
 
@@ -465,6 +471,8 @@ async def _create_job(request: Request, service: Service, rerun: bool) -> Job:
     ``rerun`` (``POST /jobs``): the form may name an earlier job (``from_job``, ``from_token``) instead of
     carrying a file."""
     settings = service.settings
+    if settings.device_only:  # before the key and the body: nothing of the request is used
+        raise refusal()
     client = client_address(request, settings.trust_proxy)
     key = request.headers.get("x-session-key")
     if settings.auth_required or key:

@@ -12,8 +12,9 @@
   content for a year must never name another), with ``Range`` and ``HEAD``. A CDN or a browser may keep it
   for good; a re-export gets new URLs.
 - ``/vendor/``: the page's third-party runtime (onnxruntime-web, fetched by ``scripts/fetch_web_deps.sh``
-  into ``web/vendor/``, never committed); 404 when it was absent at start, and the page then says
-  separating on the device is unavailable.
+  into ``web/vendor/``, never committed), as the folder is when asked: files fetched while the server runs
+  are served at once; while they are absent, 404, and the page then says separating on the device is
+  unavailable.
 - ``GET /sw.js``: the page's service worker (``web/static/device/sw.js``; at the root, so that its scope
   is the whole page), which a page offering device separation registers to work offline.
 - :class:`CrossOriginIsolation`: every response says ``Cross-Origin-Opener-Policy: same-origin`` and
@@ -112,8 +113,7 @@ def add_device_routes(app: FastAPI, settings: Settings, served: Any) -> None:
         headers = {"Cache-Control": "no-cache"}
         return FileResponse(SERVICE_WORKER, media_type="text/javascript", headers=headers)
 
-    if VENDOR.is_dir():  # fetched after the server started: seen at its next start
-        app.mount("/vendor", StaticFiles(directory=VENDOR), name="vendor")
+    app.mount("/vendor", VendorFiles(directory=VENDOR, check_dir=False), name="vendor")
 
 
 # ------------------------------------------------------------------------------------- hash-named URLs
@@ -235,3 +235,12 @@ def add_hashed_routes(app: FastAPI, settings: Settings, served: Any) -> None:
     @app.get("/models/{name}/device/{digest}/{file}", include_in_schema=False)
     async def device_hashed_file(name: str, digest: str, file: str, request: Request) -> Response:
         return await hashed_file_response(folder_of(name), name, digest, file, request)
+
+
+class VendorFiles(StaticFiles):
+    """Static files of a folder that may not exist yet: each request looks at the folder as it is then (a
+    missing folder or file is a 404), so a runtime fetched after the start is served without a restart.
+    Which paths are served is Starlette's rule, unchanged: files under the folder, nothing outside it."""
+
+    async def check_config(self) -> None:
+        """No check at the first request: a missing folder is a 404 like a missing file, not a 500."""

@@ -366,6 +366,13 @@ class Settings(EnvSettings):
     """A folder of ``freestems export`` outputs, one sub-folder per served model named as the model
     (``<device_dir>/scnet/manifest.json``): the page offers to separate with those models in the browser,
     on the visitor's device, nothing uploaded. Unset: only on the server."""
+    device_only: bool = False
+    """Separate only on the visitor's device: the page offers no upload, and ``POST /separate``, ``POST
+    /jobs`` and ``WS /session`` are refused (403 ``device_only``). Each served model (``models``, or
+    ``model``: here the name of a folder in ``device_dir``) must have an export in ``device_dir``, and the
+    in-browser runtime must be installed (``scripts/fetch_web_deps.sh``), or the server does not start. No
+    model is downloaded or loaded and torch is not imported: the server sends files and nothing else. (A
+    deployment that brings its own executor, Modal's, keeps it: there only the routes are closed.)"""
     gpu_prices: Prices = Field(default_factory=lambda: dict(DEFAULT_GPU_PRICES))
     """Dollars per GPU-second by GPU type, for the cost of each job (usage records, ``freestems cost``).
     ``FREESTEMS_GPU_PRICES="L4=0.000222,T4=0.000164"`` replaces those entries and keeps the other defaults."""
@@ -384,6 +391,21 @@ class Settings(EnvSettings):
             )
         if len(set(self.models)) < len(self.models):
             raise ValueError(f"{self.variable('models')}: a model is named twice")
+        return self
+
+    @model_validator(mode="after")
+    def _device_only_needs_exports(self) -> Settings:
+        if self.device_only and self.device_dir is None:
+            raise ValueError(
+                f"{self.variable('device_only')} needs {self.variable('device_dir')}: the folder of the "
+                "`freestems export` outputs the page runs on the visitor's device"
+            )
+        if self.device_only and self.model_file is not None:
+            raise ValueError(
+                f"{self.variable('device_only')} serves exported models, not a checkpoint file: export it "
+                f"(`freestems export --model-file F -o {self.variable('device_dir')}/NAME`) and name the "
+                f"export with {self.variable('models')}=NAME instead of {self.variable('model_file')}"
+            )
         return self
 
     @model_validator(mode="after")

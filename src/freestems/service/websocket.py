@@ -30,6 +30,9 @@ client that reads slowly (or not at all) gets the newest state when it reads, ne
 Any error is ``{"type": "error", "code": ..., "message": ...}`` and the server closes the socket (1008);
 a ``follow`` with an unknown id or a wrong token is answered with code ``not_found``.
 
+A device-only server (``FREESTEMS_DEVICE_ONLY``) has no key to give: it refuses every handshake with 403
+``device_only``.
+
 A socket lives at most ``socket_lifetime`` seconds (on Modal a socket is one input of the web function,
 which has a timeout): then the server closes it with code 4000, reason ``socket_lifetime``, and no error
 message. Its unused key dies with it; its job does not: the client opens a new socket and sends ``follow``
@@ -58,6 +61,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from .device_only import refusal
 from .errors import ServiceError, forbidden
 from .network import client_address, origin_allowed
 from .parts import Service
@@ -83,6 +87,9 @@ itself fits, see ``expires_in``); below the margin of the web function's timeout
 async def session_socket(websocket: WebSocket, service: Service) -> None:
     """Serve one ``/session`` connection from handshake to close."""
     settings = service.settings
+    if settings.device_only:  # no key to earn: nothing separates here
+        await _deny(websocket, refusal())
+        return
     if not origin_allowed(
         websocket.headers.get("origin"), websocket.headers.get("host"), settings.allowed_origins
     ):

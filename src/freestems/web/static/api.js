@@ -101,6 +101,7 @@ export async function loadConfig() {
     model,
     sources: Array.isArray(source.sources) && source.sources.length ? source.sources : SOURCES,
     deviceModels: Array.isArray(source.device_models) ? source.device_models : [], // device-run.js
+    deviceOnly: source.device_only === true, // the server separates on the visitor's device only
     models,
     limits,
     formats,

@@ -75,7 +75,8 @@ let config = null;
 
 /** The cost hint under the options; false when the chosen options cost more than one separation may. */
 function updateCost() {
-  return config ? showCost(config.pricing, readOptions(config.model), song.duration) : true;
+  if (!config) return true;
+  return showCost(device.chosen ? null : config.pricing, readOptions(config.model), song.duration); // a device run costs the server nothing
 }
 
 function backToSetup({ keepFile = true } = {}) {

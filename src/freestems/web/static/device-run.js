@@ -6,6 +6,9 @@
 // at once (stream.js's LiveMixer, as a server's progressive results are), and the stems handed to the
 // result card as WAV files at the end (the same player, downloads and mix export as a server's result).
 //
+// A server that separates only on the device (GET /config's device_only) gets no "On our server" choice: the
+// form says plainly that the song is separated in this browser, and nothing is ever uploaded.
+//
 // A run resolves like job.js's: {kind: "result"}, {kind: "cancelled"} or {kind: "problem", problem}.
 import { decodeSong, deviceSupport, keepOffline, SAMPLE_RATE, separateOnDevice } from "./device.js";
 import { $ } from "./dom.js";
@@ -15,6 +18,8 @@ import { formatBytes, formatClock, Problem } from "./text.js";
 import { crc32, writeZip } from "./zip.js";
 
 const EARLY_PHASES = ["check", "upload", "queue"]; // steps of a server run that a device run has not
+const DEVICE_ONLY = "This server separates on your own device: nothing is uploaded.";
+const DEVICE_ONLY_FOOTER = "Your song never leaves this browser: the stems are made on your device, and nothing is sent to the server.";
 
 function choiceLabel(value, title, words) {
   const label = document.createElement("label");
@@ -44,6 +49,7 @@ function buildChoice() {
   legend.textContent = "Where to separate";
   const choices = document.createElement("div");
   choices.className = "choices";
+  choices.id = "where-choices";
   choices.append(
     choiceLabel("server", "On our server", "Faster; the song is uploaded, and deleted after the separation"),
     choiceLabel("device", "On this device (nothing is uploaded)", "Your song stays in this browser; slower, WAV files"),
@@ -114,20 +120,32 @@ export function createDevice({ screens, messages, song, player, log, present, pr
     return chosen ? chosen.value : config && config.model;
   }
 
+  /** Why the device cannot be chosen now ("" when it can): the browser, the runtime, the model chosen. */
+  function obstacle() {
+    if (unavailable === "checking") return "Checking whether this browser can separate on this device…";
+    if (unavailable) return `Separating on this device is unavailable: ${unavailable}.`;
+    if (!(config.deviceModels || []).includes(chosenModel())) return "The chosen model runs only on our server.";
+    return "";
+  }
+
   /** Shows the choice as it can be made now (the model chosen, the runtime there or not). */
   function refresh() {
     if (!fieldset || !config) return;
     const models = config.deviceModels || [];
-    fieldset.hidden = models.length === 0;
+    fieldset.hidden = models.length === 0 && !config.deviceOnly;
     const device = fieldset.querySelector('input[value="device"]');
-    let why = "";
-    if (unavailable === "checking") why = "Checking whether this browser can separate on this device…";
-    else if (unavailable) why = `Separating on this device is unavailable: ${unavailable}.`;
-    else if (!models.includes(chosenModel())) why = "The chosen model runs only on our server.";
-    device.disabled = Boolean(why);
-    device.closest("label").classList.toggle("is-disabled", device.disabled);
-    if (device.disabled && device.checked) fieldset.querySelector('input[value="server"]').checked = true;
-    $("where-hint").textContent = why || (chosen() ? "The stems are made in this browser, as WAV files, in one pass; the first run downloads the model once." : "");
+    const why = obstacle();
+    if (config.deviceOnly) {
+      // The one way here: no choice to make, only what it means (or why this browser cannot).
+      $("where-choices").hidden = true;
+      device.checked = true;
+      $("where-hint").textContent = why ? `${DEVICE_ONLY} ${why}` : `${DEVICE_ONLY} The stems are made in this browser, as WAV files, in one pass; the first run downloads the model once.`;
+    } else {
+      device.disabled = Boolean(why);
+      device.closest("label").classList.toggle("is-disabled", device.disabled);
+      if (device.disabled && device.checked) fieldset.querySelector('input[value="server"]').checked = true;
+      $("where-hint").textContent = why || (chosen() ? "The stems are made in this browser, as WAV files, in one pass; the first run downloads the model once." : "");
+    }
     // Nothing is uploaded: the upload's size limit does not apply (the length limit does: memory). The
     // stems come as WAV files from one pass: the format and the passes are the server's choices.
     const onDevice = chosen();
@@ -140,6 +158,7 @@ export function createDevice({ screens, messages, song, player, log, present, pr
   }
 
   function chosen() {
+    if (config && config.deviceOnly) return true;
     const picked = document.querySelector('input[name="where"]:checked');
     return Boolean(picked && picked.value === "device");
   }
@@ -147,6 +166,11 @@ export function createDevice({ screens, messages, song, player, log, present, pr
   async function useConfig(loaded) {
     config = loaded;
     if (!fieldset) fieldset = buildChoice();
+    if (config.deviceOnly) {
+      fieldset.querySelector("legend").textContent = "Where it is separated";
+      $("where-hint").classList.add("notice", "notice-device");
+      $("privacy-words").textContent = DEVICE_ONLY_FOOTER;
+    }
     refresh();
     if (!(config.deviceModels || []).length) return;
     unavailable = await deviceSupport(config.deviceModels);
@@ -177,6 +201,10 @@ export function createDevice({ screens, messages, song, player, log, present, pr
 
   /** Separates `file` with `options` (the form's) on this device. */
   async function separate(file, options) {
+    if (config && config.deviceOnly && obstacle()) {
+      // The server takes no uploads: say why nothing can be done here instead of trying.
+      return { kind: "problem", problem: new Problem("device_only", `${DEVICE_ONLY} ${obstacle()}`) };
+    }
     const mine = new AbortController();
     run = mine;
     messages.showWork(file.name);

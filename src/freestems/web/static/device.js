@@ -117,7 +117,8 @@ export async function keepOffline() {
   const registration = await navigator.serviceWorker.register(new URL("../sw.js", import.meta.url));
   await navigator.serviceWorker.ready;
   const page = new URL("..", import.meta.url).href;
-  const urls = [page, ...performance.getEntriesByType("resource").map((entry) => entry.name)];
+  const manifest = document.querySelector('link[rel="manifest"]'); // the installed app's (the browser fetched it)
+  const urls = [page, ...(manifest ? [manifest.href] : []), ...performance.getEntriesByType("resource").map((entry) => entry.name)];
   (registration.active || navigator.serviceWorker.controller).postMessage({ type: "keep", urls });
   return true;
 }

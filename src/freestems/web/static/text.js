@@ -236,6 +236,11 @@ export function describe(problem) {
         title: "The server restarted before your separation started.",
         action: AGAIN,
       };
+    case "device_only":
+      return {
+        title: said || "This server separates only on your own device: nothing is uploaded to it.",
+        action: "Reload the page to separate the song in this browser; if this browser cannot, open the page in an up-to-date Chrome, Edge or Firefox.",
+      };
     case "aborted":
       return { title: "Stopped.", action: "" };
     default: {
