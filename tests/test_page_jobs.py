@@ -200,6 +200,15 @@ def test_choose_the_model_yourself_and_the_choice_survives_a_reload(open_page, j
     assert last_job(job_server).model == DEREVERB
     assert rows(page) == [("dry", "Without reverb"), ("no_dry", "Reverb")]
 
+    # Opened again from the recent list on a later visit (its job was not picked here): its model's job
+    # still names its stems.
+    again(page)
+    page.reload()
+    wait_js(page, "window.freestems.events.some((event) => event.kind === 'recent')")
+    page.get_by_role("button", name=f"Open {song.name} in the player").click()
+    wait_js(page, "window.freestems.phase === 'result'", timeout=60)
+    assert rows(page) == [("dry", "Without reverb"), ("no_dry", "Reverb")]
+
 
 def test_the_jobs_at_phone_width(open_page, job_server):
     page = open_page(server=job_server, viewport=PHONE)
@@ -225,6 +234,7 @@ NAMES = """async () => {
         lead: ['vocals', 'no_vocals'].map((name) => stemWords(name, 'lead-backing')),
         crowd: sorted(['crowd', 'no_crowd'], 'crowd').map((name) => stemWords(name, 'crowd')),
         plain: ['vocals', 'no_vocals', 'no_piano', 'dry'].map((name) => stemWords(name)),
+        again: ['vocals-vocals', 'vocals-no_vocals'].map((name) => stemWords(name, 'acapella')),
     };
 }"""
 
@@ -243,3 +253,4 @@ def test_stems_are_named_plainly_and_a_chains_parts_are_listed_where_their_stem_
     assert named["lead"] == ["Lead vocals", "Backing vocals and instruments"]
     assert named["crowd"] == ["Without crowd noise", "Crowd noise"]  # what the job is for, first
     assert named["plain"] == ["Vocals", "Instrumental (no vocals)", "Everything but piano", "Dry"]
+    assert named["again"] == ["Vocals", "Rest of the vocals"]  # a vocals model run on a model's vocals

@@ -45,9 +45,10 @@ const jobs = createJobs({
   messages,
   recent,
   log,
-  present: async (archive, file, options) => {
+  present: async (archive, file, given) => {
     await listen.finish(); // the live player's last segments: the result player takes its audio
     listen.stop();
+    const options = named(given);
     await result.show(archive, file, options);
     compare.offer(jobs.job, file, options);
   },
@@ -69,6 +70,13 @@ const device = createDevice({
 });
 
 const picker = createJobPicker(); // its changes reach the form's listeners (the cost, the device) as events
+
+/** `options` with the job that names its stems: a job of the recent list has none, so its model's first. */
+function named(options) {
+  if (options.naming !== undefined || !config) return options;
+  const model = config.models.find((entry) => entry.name === options.model);
+  return { ...options, naming: (model && model.jobs[0]) || null };
+}
 
 /** The job ended without a result: stop listening to it. */
 async function stopListening() {

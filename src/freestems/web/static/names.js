@@ -63,6 +63,8 @@ export function stemWords(name, job = null) {
   const partWords = ownWords(part, job);
   if (stem === "drums") return partWords; // the drum parts say what they are: "Kick", "Snare"
   const whole = ownWords(stem, job);
+  if (part === stem) return whole; // a vocals model run on the vocals: "vocals-vocals", "vocals-no_vocals"
+  if (part === `no_${stem}`) return `Rest of the ${whole.toLowerCase()}`;
   return part.startsWith("no_")
     ? `${partWords} of the ${whole.toLowerCase()}`
     : `${whole} ${partWords.toLowerCase()}`;
