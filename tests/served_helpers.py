@@ -6,6 +6,11 @@ small BS-RoFormer (four stems), serves them from 127.0.0.1, and yields catalog e
 licence) with only what fetches and builds the network replaced: the URL, the config and the checksum. So a
 server given these names downloads, pins, describes and loads them by the real code path, and the page
 shows the real titles and numbers.
+
+Two more stand in for the models of the page's jobs "Remove reverb" and "Clean up noise"
+(:data:`JOB_STAND_INS`): ``bs-roformer-dereverb`` (a small one-stem BS-RoFormer whose stem is ``dry``, as
+the real one's) and ``mel-roformer-denoise`` (a small one-stem Mel-Band RoFormer, stem ``dry``). They are in
+the catalog for the ``with`` block too, but only a server that names them serves them.
 """
 
 from __future__ import annotations
@@ -26,12 +31,18 @@ from freestems.models.roformer import roformer_from_msst
 
 SCNET, KIM, BS4 = "scnet", "mel-roformer-kim", "bs-roformer-4stem"
 STAND_INS = (SCNET, KIM, BS4)
+DEREVERB, DENOISE = "bs-roformer-dereverb", "mel-roformer-denoise"
+JOB_STAND_INS = (DEREVERB, DENOISE)
 
 
-def roformer_config(family: str, segment: int = 44_100) -> dict:
-    """An MSST YAML (as a dict) of the small fixture config: Mel-Band with one vocals stem, BS with four."""
+def roformer_config(family: str, segment: int = 44_100, target: str | None = None) -> dict:
+    """An MSST YAML (as a dict) of the small fixture config: Mel-Band with one vocals stem, BS with four;
+    either with one stem ``target`` (and the rest, ``other``) when given."""
     model = json.loads((ROFORMER_FIXTURES / f"{family}_config.json").read_text())
-    if family == "mel_band_roformer":
+    if target is not None:
+        model = {**model, "num_stems": 1}
+        training = {"instruments": [target, "other"], "target_instrument": target}
+    elif family == "mel_band_roformer":
         training = {"instruments": ["vocals", "other"], "target_instrument": "vocals"}
     else:
         training = {"instruments": ["bass", "drums", "vocals", "other"]}
@@ -46,21 +57,26 @@ def _save_roformer(path: Path, config: dict, seed: int) -> Path:
 
 
 def write_stand_ins(folder: Path) -> dict[str, tuple[Path, dict]]:
-    """The three small weights files (and the configs their entries embed), by catalog name."""
+    """The five small weights files (and the configs their entries embed), by catalog name."""
     folder.mkdir(parents=True, exist_ok=True)
     kim = roformer_config("mel_band_roformer")
     bs4 = roformer_config("bs_roformer")
+    dereverb = roformer_config("bs_roformer", target="dry")
+    denoise = roformer_config("mel_band_roformer", target="dry")
     return {
         SCNET: (make_small_checkpoint(folder / "scnet_small.ckpt", seed=3), small_config()),
         KIM: (_save_roformer(folder / "kim_small.ckpt", kim, seed=4), kim),
         BS4: (_save_roformer(folder / "bs4_small.ckpt", bs4, seed=5), bs4),
+        DEREVERB: (_save_roformer(folder / "dereverb_small.ckpt", dereverb, seed=6), dereverb),
+        DENOISE: (_save_roformer(folder / "denoise_small.ckpt", denoise, seed=7), denoise),
     }
 
 
 @contextlib.contextmanager
 def stand_in_catalog(folder: Path) -> Iterator[dict[str, ModelInfo]]:
-    """The real entries of :data:`STAND_INS`, pointing at small seeded files served from 127.0.0.1, put
-    into the catalog for the ``with`` block (the server runs in this process, so it sees them)."""
+    """The real entries of :data:`STAND_INS` and :data:`JOB_STAND_INS`, pointing at small seeded files served
+    from 127.0.0.1, put into the catalog for the ``with`` block (the server runs in this process, so it sees
+    them)."""
     files = write_stand_ins(folder / "served")
     with serve_directory(folder / "served") as base, pytest.MonkeyPatch.context() as patch:
         entries = {}

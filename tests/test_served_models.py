@@ -137,6 +137,7 @@ def test_config_lists_the_served_models_and_a_request_picks_one(tmp_path, catalo
             "sdr_set": "MUSDB18-HQ",
             "relative_cost": 1.0,
             "license": "MIT",
+            "jobs": ["four-stems", "acapella", "karaoke"],
             "default": True,
         }
         assert kim["stems"] == ["vocals", "no_vocals"] and kim["sdr"] == {"vocals": 10.98}

@@ -133,9 +133,12 @@ def test_config_describes_limits_models_and_formats(start_server):
             "sdr_set": None,
             "relative_cost": None,
             "license": "as published with the file",
+            "jobs": ["four-stems", "acapella", "karaoke"],  # by its stems: the four, or vocals and the rest
             "default": True,
         }
     ]
+    jobs = {job["name"]: job["models"] for job in config["jobs"]}
+    assert (jobs["four-stems"], jobs["karaoke"], jobs["denoise"]) == (["small"], ["small"], [])
     settings = server.settings
     assert config["limits"] == {
         "max_upload_mb": settings.max_upload_mb,

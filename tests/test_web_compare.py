@@ -84,6 +84,10 @@ def test_pick_a_model_then_hear_another_on_the_same_song_stem_by_stem(open_page,
     page = open_page(server=two_models)
     page.on("request", record)
 
+    # The page opens on SCNet's job, four stems; "Choose the model yourself" shows every model.
+    assert page.input_value("input[name=job]:checked") == "four-stems"
+    assert page.is_hidden(f"input[name=model][value={KIM}]")  # Kim's model gives no four stems
+    page.get_by_role("radio", name="Choose the model yourself").check()
     # The models the server runs, by their titles (never a file name), with stems, SDR and speed.
     offered = page.eval_on_selector_all("input[name=model]", "inputs => inputs.map(input => input.value)")
     assert offered == [SCNET, KIM]

@@ -20,6 +20,7 @@ Each entry names the jobs it serves (:data:`JOBS`): ``freestems models`` groups 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -41,6 +42,44 @@ JOBS: dict[str, str] = {
     "crowd": "the mix without its crowd noise (applause, cheering)",
 }
 """The jobs an entry can serve, in the order ``freestems models`` lists them, with what each gives."""
+
+JOB_TITLES: dict[str, str] = {
+    "four-stems": "Four stems",
+    "six-stems": "Six stems",
+    "acapella": "Acapella",
+    "karaoke": "Karaoke",
+    "lead-backing": "Lead and backing vocals",
+    "drum-parts": "Drum parts",
+    "de-reverb": "Remove reverb",
+    "denoise": "Clean up noise",
+    "crowd": "Remove crowd noise",
+}
+"""Each job of :data:`JOBS` as a title a person reads (the web page's job picker)."""
+
+STEM_JOBS: dict[str, frozenset[str]] = {
+    "four-stems": frozenset(SOURCES),
+    "six-stems": frozenset((*SOURCES, "guitar", "piano")),
+}
+"""The jobs a model without a catalog entry (a checkpoint file, an ad-hoc ensemble or chain) is taken to
+serve: only these two, and only when its stems are exactly these. Its stems say nothing more: a one-stem
+``vocals`` model may give the whole voice or only the lead (the karaoke model's ``vocals`` is the lead
+vocal), and a ``dry`` stem may be without reverb or without noise."""
+
+TWO_STEM_JOBS = ("acapella", "karaoke")
+"""What a model serving :data:`STEM_JOBS` also serves when it gives a ``vocals`` stem: that stem and the rest
+(``two_stems=vocals``), the vocals alone or the mix without them."""
+
+
+def served_jobs(name: str, sources: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The jobs of :data:`JOBS` a model called ``name`` with these stems serves, in :data:`JOBS` order, as
+    ``(its own, by two stems)``: its own are its catalog entry's jobs (without an entry: :data:`STEM_JOBS`
+    by its stems); by two stems, :data:`TWO_STEM_JOBS` it gets from ``two_stems=vocals`` and does not name.
+    """
+    info = CATALOG.get(name)
+    stems = frozenset(sources)
+    own = set(info.jobs) if info else {job for job, wanted in STEM_JOBS.items() if stems == wanted}
+    extra = set(TWO_STEM_JOBS) - own if own & set(STEM_JOBS) and "vocals" in stems else set()
+    return tuple(job for job in JOBS if job in own), tuple(job for job in JOBS if job in extra)
 
 SERVABLE_LICENSES = ("MIT", "Apache-2.0", "BSD", "CC0", "CC-BY-4.0")
 """Licences that allow redistributing the weights, so a service may offer them: an entry's ``license``

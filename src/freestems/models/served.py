@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from freestems.errors import Cancelled
-from freestems.models.catalog import ModelInfo, get_model_info, member_names
+from freestems.models.catalog import JOB_TITLES, JOBS, ModelInfo, get_model_info, member_names, served_jobs
 from freestems.models.errors import ModelChoiceError
 
 if TYPE_CHECKING:  # torch is imported only where a model is loaded (a web tier never loads one)
@@ -77,6 +77,7 @@ def public_facts(name: str, sources: Sequence[str], title: str = "") -> dict[str
     from freestems.rules import output_names
 
     info = CATALOG.get(name)
+    own, by_two_stems = served_jobs(name, sources)
     return {
         "name": name,
         "title": title or (info.title if info else name),
@@ -85,7 +86,34 @@ def public_facts(name: str, sources: Sequence[str], title: str = "") -> dict[str
         "sdr_set": info.sdr_set if info else None,
         "relative_cost": info.relative_cost if info else None,
         "license": info.license if info else "as published with the file",
+        "jobs": [job for job in JOBS if job in own or job in by_two_stems],
     }
+
+
+def jobs_offered(models: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, Any]]:
+    """What ``GET /config`` says about the jobs (:data:`~freestems.models.catalog.JOBS`, in its order) for the
+    served ``models`` (``(name, sources)``, the operator's order): each job's title, what it gives and the
+    models that serve it, best first. Best: a model whose own jobs name it (:func:`served_jobs`) before one
+    that serves it by two stems (a vocals model before a four-stem one for karaoke), then the operator's
+    order. Published scores do not rank them: they are measured on different test sets (MUSDB18-HQ,
+    Multisong, DrumSep's), and most models of the newer jobs publish none. A job no model serves is listed
+    with no models."""
+    ranked: dict[str, list[tuple[int, int, str]]] = {job: [] for job in JOBS}
+    for index, (name, sources) in enumerate(models):
+        own, by_two_stems = served_jobs(name, sources)
+        for job in own:
+            ranked[job].append((0, index, name))
+        for job in by_two_stems:
+            ranked[job].append((1, index, name))
+    return [
+        {
+            "name": job,
+            "title": JOB_TITLES[job],
+            "description": JOBS[job],
+            "models": [name for _, _, name in sorted(ranked[job])],
+        }
+        for job in JOBS
+    ]
 
 
 # --------------------------------------------------------------------------------------------- describing

@@ -32,7 +32,7 @@ from freestems.audio.formats import MP3_BITRATES
 from freestems.errors import FailureCode, http_failure
 from freestems.executors import Executor, ExecutorError, LocalExecutor
 from freestems.models import CATALOG, DEFAULT_MODEL
-from freestems.models.served import LoadedModels, public_facts
+from freestems.models.served import LoadedModels, jobs_offered, public_facts
 from freestems.version import __version__
 
 from .apidocs import add_api_docs, assets_folder
@@ -445,6 +445,7 @@ def _config(service: Service) -> dict[str, Any]:
             {**public_facts(model.name, model.sources, model.title), "default": index == 0}
             for index, model in enumerate(served)
         ],
+        "jobs": jobs_offered([(model.name, model.sources) for model in served]),
         "limits": {
             "max_upload_mb": settings.max_upload_mb,
             "max_duration": settings.max_duration,

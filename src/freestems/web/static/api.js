@@ -56,7 +56,7 @@ async function request(path, options = {}) {
 }
 
 /**
- * The server's description, normalised: {model, sources, models[], limits, formats[], mp3Bitrates,
+ * The server's description, normalised: {model, sources, models[], jobs[], limits, formats[], mp3Bitrates,
  * mp3Bitrate, auth, powCounter, pricing, resultTtl, described}. Uses GET config, else GET health and defaults.
  * `pricing` (null from a server that sets no prices) is what cost.js prices a separation with.
  */
@@ -90,6 +90,7 @@ export async function loadConfig() {
     sdrSet: entry.sdr_set || null,
     relativeCost: entry.relative_cost ?? entry.relativeCost ?? null,
     license: entry.license || null,
+    jobs: Array.isArray(entry.jobs) ? entry.jobs : [],
     available: entry.served ?? entry.available ?? (catalog === source.models || entry.name === model),
   }));
   if (!models.some((entry) => entry.name === model)) {
@@ -103,6 +104,7 @@ export async function loadConfig() {
     deviceModels: Array.isArray(source.device_models) ? source.device_models : [], // device-run.js
     deviceOnly: source.device_only === true, // the server separates on the visitor's device only
     models,
+    jobs: describedJobs(source.jobs),
     limits,
     formats,
     mp3Bitrates: Array.isArray(source.mp3_bitrates) && source.mp3_bitrates.length ? source.mp3_bitrates : MP3_BITRATES,
@@ -113,6 +115,14 @@ export async function loadConfig() {
     resultTtl: source.result_ttl || null,
     described: Boolean(described),
   };
+}
+
+/** GET config's jobs ({name, title, description, models: best first}); none from a server that has none. */
+function describedJobs(jobs) {
+  if (!Array.isArray(jobs)) return [];
+  return jobs
+    .filter((job) => job && typeof job.name === "string" && Array.isArray(job.models))
+    .map((job) => ({ name: job.name, title: job.title || job.name, description: job.description || "", models: job.models }));
 }
 
 /** True when the server answers at all (tells a refused WebSocket from a network that is down). */

@@ -3,6 +3,7 @@
 //
 // This module only wires the parts together; each part keeps its own state:
 //   song.js      the chosen file, its checks, the Separate button     options.js  the form's choices
+//   jobs.js      "What do you want?": the job, its best model, its stems
 //   job.js       a job's life: key, upload, follow, re-attach, cancel  messages.js progress, live region, problems
 //   result.js    the result card: files, downloads, delete             player.js   the stem rows and transport
 //   recent.js    recent separations in this browser                    screens.js  which card shows, the phase
@@ -19,6 +20,7 @@ import { budgetFor, showCost } from "./cost.js";
 import { createDevice } from "./device-run.js";
 import { $ } from "./dom.js";
 import { createJobs } from "./job.js";
+import { createJobPicker } from "./jobs.js";
 import { createLog } from "./log.js";
 import { createMessages, isFileProblem } from "./messages.js";
 import { fillOptions, readOptions, updateStemsChoice, wireOptions } from "./options.js";
@@ -43,9 +45,10 @@ const jobs = createJobs({
   messages,
   recent,
   log,
-  present: async (archive, file, options) => {
+  present: async (archive, file, given) => {
     await listen.finish(); // the live player's last segments: the result player takes its audio
     listen.stop();
+    const options = named(given);
     await result.show(archive, file, options);
     compare.offer(jobs.job, file, options);
   },
@@ -65,6 +68,15 @@ const device = createDevice({
   },
   prepareAudio: () => player.prepare(),
 });
+
+const picker = createJobPicker(); // its changes reach the form's listeners (the cost, the device) as events
+
+/** `options` with the job that names its stems: a job of the recent list has none, so its model's first. */
+function named(options) {
+  if (options.naming !== undefined || !config) return options;
+  const model = config.models.find((entry) => entry.name === options.model);
+  return { ...options, naming: (model && model.jobs[0]) || null };
+}
 
 /** The job ended without a result: stop listening to it. */
 async function stopListening() {
@@ -98,6 +110,7 @@ async function separate() {
     return; // the hint says what fits: nothing is sent that the server would refuse for its cost
   }
   const options = readOptions(config.model);
+  player.useNaming(options.naming); // the job names the stems (a live player shows them before the result)
   const budget = budgetFor(config.pricing, options, song.duration);
   const outcome = device.chosen
     ? await device.separate(song.file, options)
@@ -138,6 +151,7 @@ async function reopen(entry) {
 function wire() {
   song.wire();
   wireOptions(() => config);
+  picker.wire();
   $("setup").addEventListener("change", () => updateCost());
   player.wire();
   compare.wire();
@@ -223,6 +237,7 @@ async function start() {
     return;
   }
   fillOptions(config);
+  picker.fill(config);
   song.useConfig(config);
   device.useConfig(config);
   updateCost();

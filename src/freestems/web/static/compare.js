@@ -64,6 +64,7 @@ export function rerunForm(job, options, model) {
  */
 export function createCompare({ player, config, log, duration = () => null }) {
   let first = null; // {job, file, options, model} of the result on show
+  const named = (stem) => stemWords(stem, first && first.options.naming); // as the result's rows say it
   let second = null; // {model, stems: [names with an A/B switch], url}
   let run = null; // the AbortController of a rerun in progress
   let zipUrl = null;
@@ -206,8 +207,8 @@ export function createCompare({ player, config, log, duration = () => null }) {
     status(
       stems.length
         ? `Now switch each stem between A (${modelOf(first.model).title}) and B (${title}) while it plays.` +
-            (others.length ? ` ${others.map(stemWords).join(", ")}: in the download only.` : "")
-        : `${title} gives other stems (${others.map(stemWords).join(", ")}) than the first result: download them to listen.`,
+            (others.length ? ` ${others.map(named).join(", ")}: in the download only.` : "")
+        : `${title} gives other stems (${others.map(named).join(", ")}) than the first result: download them to listen.`,
     );
     log("compare_ready", { model, stems, others });
   }
@@ -226,14 +227,14 @@ export function createCompare({ player, config, log, duration = () => null }) {
     const group = document.createElement("div");
     group.className = "ab";
     group.setAttribute("role", "group");
-    group.setAttribute("aria-label", `${stemWords(name)}: which model`);
+    group.setAttribute("aria-label", `${named(name)}: which model`);
     for (const [choice, model] of [["a", first.model], ["b", second.model]]) {
       const button = document.createElement("button");
       button.type = "button";
       button.className = `toggle toggle-ab toggle-${choice}`;
       button.dataset.choice = choice;
       button.textContent = choice.toUpperCase();
-      button.title = `${stemWords(name)} by ${modelOf(model).title}`;
+      button.title = `${named(name)} by ${modelOf(model).title}`;
       button.setAttribute("aria-label", `${choice.toUpperCase()}: ${button.title}`);
       button.setAttribute("aria-pressed", String(choice === "a"));
       button.addEventListener("click", () => choose(name, choice));
@@ -265,7 +266,7 @@ export function createCompare({ player, config, log, duration = () => null }) {
     if (choice === "b" && other && second) {
       link.href = other.url;
       link.download = other.fileName;
-      link.setAttribute("aria-label", `Download ${stemWords(row.dataset.stem)} by ${modelOf(second.model).title} (${formatBytes(other.size)})`);
+      link.setAttribute("aria-label", `Download ${named(row.dataset.stem)} by ${modelOf(second.model).title} (${formatBytes(other.size)})`);
     } else {
       link.href = own.href;
       link.download = own.download;

@@ -2,6 +2,7 @@
 // take out, the models, the file formats and the passes; then read back as the options of one separation
 // and turned into the upload's form fields. The choices live in the form itself: no state here.
 import { $ } from "./dom.js";
+import { chosenJob } from "./jobs.js";
 import { stemWords } from "./names.js";
 import { formatDuration, formatLimitMB } from "./text.js";
 
@@ -65,11 +66,12 @@ function fillModels(config) {
  */
 export function modelFacts(model) {
   const parts = [];
-  if (model.stems) parts.push(model.stems.map((stem) => stemWords(stem)).join(", "));
+  const job = (model.jobs || [])[0] || null; // a de-reverb model's "dry" is without reverb (names.js)
+  if (model.stems) parts.push(model.stems.map((stem) => stemWords(stem, job)).join(", "));
   const sdr = model.sdr || {};
   const stems = Object.entries(sdr).filter(([stem, value]) => stem !== "avg" && Number.isFinite(value));
   if (Number.isFinite(sdr.avg)) parts.push(`SDR ${sdr.avg.toFixed(2)} dB`);
-  else if (stems.length) parts.push(`SDR ${stems.map(([stem, value]) => `${stemWords(stem).toLowerCase()} ${value.toFixed(2)}`).join(", ")} dB`);
+  else if (stems.length) parts.push(`SDR ${stems.map(([stem, value]) => `${stemWords(stem, job).toLowerCase()} ${value.toFixed(2)}`).join(", ")} dB`);
   else parts.push("SDR not measured");
   if (Number.isFinite(model.relativeCost)) {
     parts.push(model.relativeCost <= 1 ? "fastest" : `about ${model.relativeCost}× slower`);
@@ -87,6 +89,7 @@ function modelChoice(model, checked) {
   input.value = model.name;
   input.disabled = !model.available;
   input.checked = checked;
+  input.dataset.jobs = (model.jobs || []).join(" "); // its first job names its stems (names.js)
   const text = document.createElement("span");
   const title = document.createElement("strong");
   title.textContent = model.title;
@@ -140,11 +143,18 @@ export function wireOptions(config) {
   $("models").addEventListener("change", () => config() && fillTwoStems(chosenStems(config())));
 }
 
-/** The chosen options: {twoStems, model, format, bitrate, shifts}; `defaultModel` when no model is chosen. */
+/**
+ * The chosen options: {job, naming, twoStems, model, format, bitrate, shifts}; `defaultModel` when no model is
+ * chosen. `job`: the job picked (null: "Choose the model yourself"); `naming`: the job whose words and order
+ * the stems get (names.js): the one picked, else the chosen model's first.
+ */
 export function readOptions(defaultModel) {
   const model = document.querySelector('input[name="model"]:checked');
   const format = $("format").value || "mp3:192";
+  const job = chosenJob();
   return {
+    job,
+    naming: job || (model && model.dataset.jobs ? model.dataset.jobs.split(" ")[0] : null),
     twoStems: twoStemsChosen() ? $("two-stems").value : null,
     model: model ? model.value : defaultModel,
     format: format.startsWith("mp3") ? "mp3" : format,

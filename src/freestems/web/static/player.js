@@ -43,6 +43,7 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
   let frame = 0;
   let dragging = false;
   let startAt = 0; // seconds where the next player starts (a reload resumes where it was)
+  let naming = null; // the job whose words and order the stems get (names.js)
   const loop = createLoop({ mixer: () => mixer, render: () => render(), log });
 
   function prepare() {
@@ -69,8 +70,8 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
     cancelAnimationFrame(frame);
     mixer = live;
     const controls = mixerControls();
-    const names = live.stems.map((stem) => stem.name).sort((a, b) => stemRank(a) - stemRank(b)); // as the result lists them
-    $("stems").replaceChildren(...names.map((name) => stemRow(name, null, null, 0, controls)));
+    const names = live.stems.map((stem) => stem.name).sort((a, b) => stemRank(a, naming) - stemRank(b, naming)); // as the result lists them
+    $("stems").replaceChildren(...names.map((name) => stemRow(name, stemWords(name, naming), null, null, 0, controls)));
     show("transport", true);
     $("result").classList.add("is-live");
     $("result-heading").textContent = "Listen while it separates";
@@ -162,7 +163,9 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
   function showStems(stems) {
     const controls = mixerControls();
     $("stems").replaceChildren(
-      ...stems.map((stem) => stemRow(stem.name, stem.fileName, stem.address, stem.data.length, mixer ? controls : null)),
+      ...stems.map((stem) =>
+        stemRow(stem.name, stemWords(stem.name, naming), stem.fileName, stem.address, stem.data.length, mixer ? controls : null),
+      ),
     );
     show("transport", Boolean(mixer));
     $("result").classList.remove("is-live");
@@ -330,6 +333,10 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
     startAt(seconds) {
       startAt = Number.isFinite(seconds) && seconds > 0 ? seconds : 0;
     },
+    /** The stems from now on are named and ordered for `job` (null: by their names alone). */
+    useNaming(job) {
+      naming = job || null;
+    },
     goLive,
     dropLive,
     load,
@@ -385,9 +392,11 @@ function showMix(row, stem) {
   }
 }
 
-/** A stem's row; `controls` (null: downloads only) is what its mute, solo, volume and waveform do. */
-function stemRow(name, downloadName, blobUrl, size, controls) {
-  const words = stemWords(name);
+/**
+ * A stem's row, titled `words`; `controls` (null: downloads only) is what its mute, solo, volume and
+ * waveform do.
+ */
+function stemRow(name, words, downloadName, blobUrl, size, controls) {
   const row = document.createElement("li");
   row.className = controls ? "stem" : "stem stem-download-only";
   row.dataset.stem = name;

@@ -22,7 +22,8 @@ export function createResult({ player, screens, log }) {
 
   /** Shows the stems of `archive` (the result zip) of `file` separated with `options`. */
   async function show(archive, file, options) {
-    const files = await unpack(archive);
+    player.useNaming(options.naming); // the job the stems were made for names and orders them
+    const files = await unpack(archive, options.naming);
     await dispose({ keepLive: true }); // a player that played while it separated hands over to the new one
     const song = baseName(file.name);
     songName = song;
@@ -94,13 +95,13 @@ export function createResult({ player, screens, log }) {
   return { show, dispose, wireDelete };
 }
 
-/** The zip's files ({name, data}) in the order stems are listed. */
-async function unpack(archive) {
+/** The zip's files ({name, data}) in the order stems are listed for the job `naming`. */
+async function unpack(archive, naming) {
   let files;
   try {
     files = await readZip(archive);
   } catch (error) {
     throw new Problem("zip", error.message);
   }
-  return files.sort((a, b) => stemRank(baseName(a.name)) - stemRank(baseName(b.name)));
+  return files.sort((a, b) => stemRank(baseName(a.name), naming) - stemRank(baseName(b.name), naming));
 }
