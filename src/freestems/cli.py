@@ -337,7 +337,7 @@ def run_separate(args: argparse.Namespace) -> int:
     from freestems.models import ModelError
     from freestems.options import SeparationOptions
     from freestems.pipeline import separate_file, zip_stems
-    from freestems.rules import SeparationError
+    from freestems.rules import SeparationError, model_folder
 
     errors: list[str] = []
     try:
@@ -370,7 +370,7 @@ def run_separate(args: argparse.Namespace) -> int:
     )
 
     def one(path: Path) -> None:
-        destination = Path(args.out) / model.name / path.stem
+        destination = Path(args.out) / model_folder(model.name) / path.stem
         try:
             with progress_bar(path.name) as update:
                 result = separate_file(
