@@ -331,12 +331,28 @@ def test_separate_with_a_chain_from_the_cli(cache, tmp_path, capsys, model, fold
     write_test_file(tmp_path / "song.wav", "wav", seconds=2.3)
     argv = ["separate", str(tmp_path / "song.wav"), "-o", str(tmp_path / "out"), "-m", model]
     assert main([*argv, "--cache-dir", str(cache)]) == 0, capsys.readouterr().err
+    second = PARTS if model == PRESET else VOCALS
+    note = f'freestems: note: the weights of {FIRST}, {second} are published with the licences "none stated"'
+    assert note in capsys.readouterr().err  # the tiny models' licence, as a catalog entry words it
     (folder,) = (tmp_path / "out").iterdir()
     assert folder.name == folder_name  # no '>' or ':' in a folder (see docs/cli.md)
     folder = folder / "song"
     assert sorted(path.stem for path in folder.iterdir()) == sorted(stems)
     length = decode(tmp_path / "song.wav").shape[1]
     assert all(decode(folder / f"{stem}.wav").shape == (2, length) for stem in stems)
+
+
+def test_eval_notes_the_licence_of_the_weights_it_runs(cache, tmp_path, capsys):
+    song = tmp_path / "songs" / "a"
+    song.mkdir(parents=True)
+    write_test_file(song / "mixture.wav", "wav", seconds=1.0)
+    write_test_file(song / "vocals.wav", "wav", seconds=1.0)
+    assert main(["eval", str(tmp_path / "songs"), "-m", FIRST, "--cache-dir", str(cache)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert (
+        f'freestems: note: the weights of {FIRST} are published with the licence "none stated"; you run '
+        "them under that licence (not one that lets a service offer them)" in err
+    )
 
 
 def test_a_bad_chain_from_the_cli_is_one_line(cache, tmp_path, capsys):
