@@ -46,7 +46,10 @@ def test_entries_are_complete_and_consistent():
         assert tuple(info.config["sources"]) == info.sources
         assert set(info.config) <= set(CONFIG_KEYS)
         assert info.sha256 is None and info.size is None  # unknown here: never invented
-        assert info.license == "MIT"
+        authors = "authors" in info.name or name == "scnet"  # the SCNet authors' weights, not ZFTurbo's
+        assert info.license == (
+            "MIT (authors: starrytong/SCNet#35)" if authors else "none stated (repository MIT)"
+        )
         assert set(info.sdr) == {"avg", "bass", "drums", "vocals", "other"}
         assert info.sdr["avg"] == pytest.approx(
             sum(info.sdr[s] for s in ("bass", "drums", "vocals", "other")) / 4, abs=0.01
@@ -301,6 +304,31 @@ def test_servable_follows_the_licence_and_a_preset_its_members():
     assert CATALOG[DEFAULT_MODEL].servable  # the service's default must be servable
     assert not CATALOG["bs-roformer-viperx"].servable and not CATALOG["htdemucs"].servable
     assert CATALOG["ensemble-vocals-kim-scnet"].servable and not CATALOG["ensemble-vocals-kim-ft"].servable
+
+
+def test_every_licence_label_takes_a_form_of_the_policy_and_says_the_same_of_the_same_facts():
+    """The module docstring's rule: a label names the weights' own licence and where it is stated, or says
+    none is stated (naming the repository's or code's licence), or unknown; servable exactly when the weights'
+    own licence allows it. Weights from one place with no licence of their own get one label: every entry in
+    MSST's releases (ZFTurbo's SCNets too) whose authors state nothing says "none stated (repository MIT)"."""
+    import re
+
+    from freestems.models.catalog import LICENSE_FORMS, RELEASES_URL, servable_license
+
+    for name, info in CATALOG.items():
+        assert any(re.fullmatch(form, info.license) for form in LICENSE_FORMS), (name, info.license)
+        presets = ("ensemble", "chain")
+        assert (info.license == "as its members") == (info.architecture in presets), name
+        stated = re.fullmatch(r"\S+ \((model card|authors: .+)\)", info.license) is not None
+        if info.architecture not in presets:
+            assert info.servable == (stated and servable_license(info.license)), name
+        if info.url.startswith(RELEASES_URL) and not stated:
+            assert info.license == "none stated (repository MIT)", name
+    assert not any(re.fullmatch(form, "MIT") for form in LICENSE_FORMS)  # a bare licence says not where
+    assert [name for name, info in CATALOG.items() if info.architecture == "scnet" and info.servable] == [
+        "scnet",
+        "scnet-large-authors",
+    ]
 
 
 def test_no_two_entries_share_a_cache_file_for_their_configs_either():

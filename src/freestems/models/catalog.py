@@ -8,11 +8,22 @@ release table of the Music-Source-Separation-Training (MSST) collection (``docs/
 the SCNet paper/code; they cannot be verified against the weights here, so they are our best knowledge and a
 user can override both flags (``load_model(..., spec_norm=..., normalize=...)``).
 
-Licences: the MSST repository (which hosts the files) is MIT and the SCNet authors' code is MIT as well; the
-released weights carry no separate licence file, so "MIT" is our best knowledge, not a legal statement.
-An entry is *servable* (:func:`servable_license`) only when its licence names one that allows redistribution;
+Licences: an entry's ``license`` says what is stated for *the weights*, by whom, in one of the forms of
+:data:`LICENSE_FORMS` (a licence of a repository or of code covers that code; it is named, but it is not the
+weights' licence):
+
+* ``"<licence> (<where it is stated>)"``: the weights' own licence, with where their authors state it:
+  Kim's model card (``"MIT (model card)"``), the SCNet authors' answer in starrytong/SCNet#35 that the
+  released SCNet and SCNet-large weights are MIT (``"MIT (authors: starrytong/SCNet#35)"``);
+* ``"none stated (repository MIT)"``, ``"none stated (code MIT)"``: no licence stated for the weights, which
+  are published in (or for) a repository or code under that licence: ZFTurbo's own weights in MSST's releases,
+  SCNet ones included, and the files others trained that MSST re-hosts; the Demucs weights;
+* ``"none stated"``: nothing stated; ``"unknown (<why>)"``: not known here; a preset: ``"as its members"``.
+
+An entry is *servable* (:func:`servable_license`) only when its weights' own licence allows redistribution;
 weights with no licence stated, or an unknown one, run from the CLI and the library (the user downloads them),
-but a service never offers them by default (:func:`default_served_model`).
+but a service never offers them by default (:func:`default_served_model`). This is our best reading of what
+is published, not a legal statement.
 
 Each entry names the jobs it serves (:data:`JOBS`): ``freestems models`` groups the catalog by them.
 """
@@ -45,6 +56,17 @@ JOBS: dict[str, str] = {
 SERVABLE_LICENSES = ("MIT", "Apache-2.0", "BSD", "CC0", "CC-BY-4.0")
 """Licences that allow redistributing the weights, so a service may offer them: an entry's ``license``
 must start with one of these (``"MIT (model card)"`` does; ``"none stated (repository MIT)"`` does not)."""
+
+
+LICENSE_FORMS = (
+    r"(MIT|Apache-2\.0|BSD|CC0|CC-BY-4\.0) \((model card|authors: [\w.-]+/[\w.-]+#\d+)\)",
+    r"none stated \((repository|code) (MIT|Apache-2\.0|BSD-\d-Clause)\)",
+    r"none stated",
+    r"unknown \(.+\)",
+    r"as its members",
+)
+"""The forms an entry's ``license`` takes (regular expressions, matched whole; see the module docstring): a
+licence stated for the weights says where, so a bare ``"MIT"`` is none of them."""
 
 
 def servable_license(license: str) -> bool:
@@ -127,7 +149,7 @@ class ModelInfo:
     more_urls: tuple[str, ...] = ()
     size: int | None = None
     sha256: str | None = None
-    license: str = "MIT"
+    license: str = "none stated"
     sdr: dict[str, float] = field(default_factory=dict)
     sdr_set: str | None = "MUSDB18-HQ"
     spec_norm: bool = False
@@ -189,6 +211,7 @@ def _entry(
     spec_norm: bool,
     normalize: bool,
     cost: float | None,
+    license: str,
 ) -> ModelInfo:
     return ModelInfo(
         name=name,
@@ -203,10 +226,16 @@ def _entry(
         normalize=normalize,
         relative_cost=cost,
         sdr_set="MUSDB18-HQ",
+        license=license,
         jobs=_FOUR,
-        servable=servable_license("MIT"),
+        servable=servable_license(license),
     )
 
+
+_AUTHORS = "MIT (authors: starrytong/SCNet#35)"
+"""The SCNet authors' weights (base and Large): MIT, as the authors answered in starrytong/SCNet#35."""
+_MSST_OWN = "none stated (repository MIT)"
+"""Weights in MSST's releases with no licence of their own (ZFTurbo's SCNets among them)."""
 
 # relative_cost: FLOPs of a 3 s stereo input (torch flop counter) were 42 / 228 / 253 / 410 GFLOP for
 # base / large / XL / XL IHF and single-thread CPU time measured about the same (1 / 4.7 / 6.3 / 10.8).
@@ -222,6 +251,7 @@ _SCNETS = (
         spec_norm=False,
         normalize=True,
         cost=1.0,
+        license=_AUTHORS,
     ),
     _entry(
         "scnet-large",
@@ -234,6 +264,7 @@ _SCNETS = (
         spec_norm=False,
         normalize=False,
         cost=5.0,
+        license=_MSST_OWN,
     ),
     _entry(
         "scnet-large-authors",
@@ -246,6 +277,7 @@ _SCNETS = (
         spec_norm=True,
         normalize=True,
         cost=5.0,
+        license=_AUTHORS,
     ),
     _entry(
         "scnet-xl",
@@ -258,6 +290,7 @@ _SCNETS = (
         spec_norm=False,
         normalize=False,
         cost=6.0,
+        license=_MSST_OWN,
     ),
     _entry(
         "scnet-xl-ihf",
@@ -270,6 +303,7 @@ _SCNETS = (
         spec_norm=False,
         normalize=False,
         cost=10.0,
+        license=_MSST_OWN,
     ),
 )
 
