@@ -367,7 +367,28 @@ def test_the_job_entries_as_msst_uvr_and_audio_separator_publish_them():
     assert five.sources == ("kick", "snare", "toms", "hh", "cymbals") and five.sdr["kick"] == 16.66
     for info in (karaoke, dereverb, denoise, crowd, drums, five):
         assert "/main/" not in info.config_url  # pinned to a release or a commit
-        assert not info.servable and info.relative_cost is None
+        assert not info.servable
+
+
+def test_the_job_entries_cost_is_the_bench_runs_or_the_entry_says_why_there_is_none():
+    """bench/results/models_jobs.json is the run of bench/bench_models.py the costs come from (CPU time, one
+    thread, over scnet's in the same run); an entry without a cost says why in its note."""
+    import json
+    from pathlib import Path
+
+    from freestems.models.catalog import NOT_MEASURED
+
+    run = json.loads((Path(__file__).parents[1] / "bench/results/models_jobs.json").read_text())
+    measured = {name: cost for name, cost in run["relative_cpu_cost"].items() if name != "scnet"}
+    assert set(measured) == {"mdx23c-vocals", "bs-roformer-dereverb", "mel-roformer-karaoke"}
+    assert {name: CATALOG[name].relative_cost for name in measured} == measured
+    assert all(row["threads"] == 1 for row in run["runs"])
+    assert CATALOG["chain-dereverb-kim"].relative_cost == round(15.4 + measured["bs-roformer-dereverb"], 1)
+    for name, info in CATALOG.items():
+        if info.relative_cost is None and info.architecture not in ("ensemble", "chain"):
+            assert name in NOT_MEASURED and "Cost not measured" in info.note, name
+        elif info.relative_cost is None:
+            assert "Cost not measured" in info.note, name
 
 
 def test_the_drumsep_demucs_parameter_count_is_that_of_msst_config():
