@@ -14,6 +14,14 @@ seconds of a row barely depend on the load, so that run's ``relative_cpu_cost`` 
     python bench/bench_models.py --seconds 20 --rows scnet htdemucs_6s htdemucs_ft bs-roformer-4stem scnet \
         --results models_more.json
 
+The entries added for the jobs (issue 22) whose geometry is known here (MDX23C vocals, the karaoke and
+de-reverb RoFormers, Demucs DrumSep as MSST's ``config_drumsep.yaml`` builds it) have rows too; one whose YAML
+is published only beside its weights (DrumSep MDX23C, PolarFormer, denoise, crowd) stops with a line saying
+so, and has no cost::
+
+    python bench/bench_models.py --seconds 10 --threads 1 --results models_jobs.json \
+        --rows scnet mdx23c-vocals bs-roformer-dereverb mel-roformer-karaoke scnet
+
 Prints a table and writes bench/results/models.json (or ``--results``). ``bs-roformer-4stem`` runs the
 geometry of its published YAML written down in :data:`BS_4STEM_MODEL`; ``mel-roformer-4stem`` has no row: its
 YAML is published only beside the weights and its geometry is not known here.
@@ -56,6 +64,18 @@ weights): dim 384, depth 8, 8 heads of 64, viperx's 62 bands, four stems, 11 s c
 what ports of that checkpoint state; speed depends on these numbers, not on the weights."""
 
 
+DRUMSEP_HDEMUCS = {
+    "channels": 48, "channels_time": None, "growth": 2, "nfft": 4096, "wiener_iters": 0,
+    "end_iters": 0, "wiener_residual": False, "cac": True, "depth": 6, "rewrite": True, "hybrid": True,
+    "hybrid_old": False, "multi_freqs": [], "multi_freqs_depth": 3, "freq_emb": 0.2, "emb_scale": 10,
+    "emb_smooth": True, "kernel_size": 8, "stride": 4, "time_stride": 2, "context": 1, "context_enc": 0,
+    "norm_starts": 4, "norm_groups": 4, "dconv_mode": 1, "dconv_depth": 2, "dconv_comp": 4,
+    "dconv_attn": 4, "dconv_lstm": 4, "dconv_init": 0.001, "rescale": 0.1,
+}  # fmt: skip
+"""The ``hdemucs`` section of MSST's ``configs/config_drumsep.yaml`` (``demucs-drumsep``: HDemucs, 40 s
+segment), as tests/test_models_catalog.py counts its parameters."""
+
+
 def build(name: str):
     """The LoadedModel of a catalog entry's configuration, seeded random weights, no download."""
     from fractions import Fraction
@@ -72,6 +92,15 @@ def build(name: str):
         return LoadedModel(
             module=module, name=name, sources=info.sources, segment=info.segment, normalize=info.normalize
         )
+    if name == "demucs-drumsep":
+        from demucs.hdemucs import HDemucs
+
+        from freestems.models.htdemucs import wrap_demucs
+
+        network = HDemucs(
+            list(info.sources), audio_channels=2, samplerate=SAMPLE_RATE, segment=40, **DRUMSEP_HDEMUCS
+        )
+        return wrap_demucs(network.eval(), name)
     if info.architecture == "htdemucs":
         from demucs.apply import BagOfModels
         from demucs.htdemucs import HTDemucs
@@ -89,7 +118,7 @@ def build(name: str):
         if len(weights) == 1:
             return wrap_demucs(one(), name)
         return wrap_demucs(BagOfModels([one() for _ in weights], weights, None).eval(), name)
-    from freestems.models.roformer import roformer_from_msst
+    from freestems.models.loading import msst_model
 
     config = info.config
     if name == "bs-roformer-4stem":
@@ -99,7 +128,9 @@ def build(name: str):
             "training": {"instruments": list(info.sources), "target_instrument": None},
             "inference": {"num_overlap": 2},
         }
-    module, facts = roformer_from_msst(config, info.architecture, name=name)
+    if not config:
+        raise SystemExit(f"{name}: its geometry is published only in the YAML beside its weights; no row")
+    module, facts = msst_model(config, info.architecture, name)
     return LoadedModel(
         module=module, name=name, sources=facts.sources, segment=facts.segment, normalize=facts.normalize
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,9 +29,11 @@ from service_helpers import leftover_files, post_job, running_server, small_sett
 
 from freestems.audio import decode
 from freestems.cli import main
+from freestems.client import Client
 from freestems.contract import MixStats
 from freestems.engine import separate, separate_blocks
 from freestems.executors import LocalExecutor
+from freestems.library import separate_file
 from freestems.models import CATALOG, ModelChoiceError, ModelInfo, load_model
 from freestems.models.catalog import _measured_chain, member_names
 from freestems.models.chain import ChainSpec, chain_outputs, parse_chain, spec_outputs
@@ -38,6 +41,7 @@ from freestems.models.download import is_cached
 from freestems.models.mdx23c import mdx23c_from_msst
 from freestems.models.roformer import roformer_from_msst
 from freestems.models.served import serve_models
+from freestems.rules import model_folder
 from freestems.service.paths import Paths
 
 FIRST, PARTS, VOCALS, PRESET = "tiny-scnet", "tiny-drumsep", "tiny-vocals", "tiny-drum-parts"
@@ -283,20 +287,72 @@ def test_a_chain_preset_is_cached_when_its_models_are(cache, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("model", "stems"),
+    ("model", "folder"),
     [
-        (PRESET, list(PRESET_STEMS)),
-        (f"{FIRST}>vocals:{VOCALS}", ["drums", "bass", "other", "vocals-vocals", "vocals-no_vocals"]),
+        ("scnet", "scnet"),
+        ("chain-drumsep-ft", "chain-drumsep-ft"),
+        ("htdemucs_ft>drums:mdx23c-drumsep", "htdemucs_ft--drums-by-mdx23c-drumsep"),
+        (" a+b:vocals=2 > drums : c > vocals:d+e ", "a+b_vocals_2--drums-by-c--vocals-by-d+e"),
+        ("my model (v2)", "my_model__v2_"),
+        ("../x", "_x"),
+        ("-x.", "x"),
+        ("nul", "_nul"),
+        ("Con.ckpt", "_Con.ckpt"),
+        ("...", "model"),
     ],
 )
-def test_separate_with_a_chain_from_the_cli(cache, tmp_path, capsys, model, stems):
+def test_a_model_folder_is_readable_and_safe_on_every_file_system_and_shell(model, folder):
+    assert model_folder(model) == folder
+
+
+def test_the_library_writes_a_chains_stems_under_their_own_names(cache, tmp_path):
+    """``freestems.separate_file`` puts no model name in a path: the caller names the folder, the files are
+    the chain's stems, which hold no character a folder or a shell would mind."""
+    write_test_file(tmp_path / "song.wav", "wav", seconds=1.2)
+    result = separate_file(tmp_path / "song.wav", tmp_path / "out", load(PRESET, cache))
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == sorted(
+        f"{s}.wav" for s in PRESET_STEMS
+    )
+    assert all(model_folder(stem) == stem for stem in result.stems)
+
+
+@pytest.mark.parametrize(
+    ("model", "folder_name", "stems"),
+    [
+        (PRESET, PRESET, list(PRESET_STEMS)),
+        (
+            f"{FIRST}>vocals:{VOCALS}",
+            f"{FIRST}--vocals-by-{VOCALS}",
+            ["drums", "bass", "other", "vocals-vocals", "vocals-no_vocals"],
+        ),
+    ],
+)
+def test_separate_with_a_chain_from_the_cli(cache, tmp_path, capsys, model, folder_name, stems):
     write_test_file(tmp_path / "song.wav", "wav", seconds=2.3)
     argv = ["separate", str(tmp_path / "song.wav"), "-o", str(tmp_path / "out"), "-m", model]
     assert main([*argv, "--cache-dir", str(cache)]) == 0, capsys.readouterr().err
-    folder = tmp_path / "out" / model / "song"
+    second = PARTS if model == PRESET else VOCALS
+    note = f'freestems: note: the weights of {FIRST}, {second} are published with the licences "none stated"'
+    assert note in capsys.readouterr().err  # the tiny models' licence, as a catalog entry words it
+    (folder,) = (tmp_path / "out").iterdir()
+    assert folder.name == folder_name  # no '>' or ':' in a folder (see docs/cli.md)
+    folder = folder / "song"
     assert sorted(path.stem for path in folder.iterdir()) == sorted(stems)
     length = decode(tmp_path / "song.wav").shape[1]
     assert all(decode(folder / f"{stem}.wav").shape == (2, length) for stem in stems)
+
+
+def test_eval_notes_the_licence_of_the_weights_it_runs(cache, tmp_path, capsys):
+    song = tmp_path / "songs" / "a"
+    song.mkdir(parents=True)
+    write_test_file(song / "mixture.wav", "wav", seconds=1.0)
+    write_test_file(song / "vocals.wav", "wav", seconds=1.0)
+    assert main(["eval", str(tmp_path / "songs"), "-m", FIRST, "--cache-dir", str(cache)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert (
+        f'freestems: note: the weights of {FIRST} are published with the licence "none stated"; you run '
+        "them under that licence (not one that lets a service offer them)" in err
+    )
 
 
 def test_a_bad_chain_from_the_cli_is_one_line(cache, tmp_path, capsys):
@@ -353,6 +409,15 @@ def test_the_api_serves_a_chain_and_says_its_stems(tmp_path):
         )
         names = sorted(zipfile.ZipFile(io.BytesIO(result.content)).namelist())
         assert names == sorted(f"{stem}.wav" for stem in described[chain]["stems"])
+        assert all(re.fullmatch(r"[a-z_-]+\.wav", name) for name in names)  # the zip holds no model name
+        assert result.headers["content-disposition"] == 'attachment; filename="stems.zip"'
+        with Client(server.url) as client:  # `freestems remote`: the folder is named as by `separate`
+            stems = client.separate(
+                tmp_path / "song.wav", model=chain, format="wav", out_dir=tmp_path / "out"
+            )
+        assert {path.parent for path in stems.values()} == {
+            tmp_path / "out" / f"{SCNET}--vocals-by-{KIM}" / "song"
+        }
 
 
 def test_a_served_chain_is_checked_at_start(tmp_path):

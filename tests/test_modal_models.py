@@ -7,8 +7,10 @@ stand-ins of both families, ``served_helpers``); only Modal's cloud is replaced 
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from audio_samples import write_test_file
@@ -18,7 +20,7 @@ from served_helpers import KIM, SCNET, stand_in_catalog
 
 from freestems.deploy.image import bake_weights, read_descriptions
 from freestems.jobrun import JobFailed
-from freestems.models.served import serve_models
+from freestems.models.served import serve_catalog, serve_models
 from freestems.options import SeparationOptions
 
 
@@ -66,3 +68,20 @@ def test_one_gpu_class_runs_each_served_model_by_name(two_model_deployment, tmp_
     assert [record.model for record in two_model_deployment.usage.records] == [SCNET, KIM]
     with pytest.raises(JobFailed, match="not served here; served: scnet, mel-roformer-kim"):
         separator.separate.local(audio, SeparationOptions(model="htdemucs"))
+
+
+def test_the_build_bakes_every_model_of_a_served_chain(tmp_path):
+    """An ad-hoc chain served beside the default: the weights step fetches both of its models' files into
+    /weights (a container never downloads), and the chain's description is the one served in-process."""
+    chain = f"{SCNET}>vocals:{KIM}"
+    with stand_in_catalog(tmp_path / "catalog") as entries, one_torch_thread():
+        weights = tmp_path / "weights"
+        bake_weights(KIM, None, None, str(weights), others=(chain,))
+        baked = json.loads((weights / "model.json").read_text())
+        files = {Path(entries[name].url).name for name in (SCNET, KIM)}
+        assert {entry["file"] for entry in baked["files"]} == files
+        assert {path.name for path in weights.rglob("*.ckpt")} == files
+        default, served = read_descriptions(weights)
+        assert (default.name, served.name) == (KIM, chain)
+        assert served.sources == ("drums", "bass", "other", "vocals-vocals", "vocals-no_vocals")
+        assert served.fingerprint == serve_catalog(chain, cache_dir=weights, download=False).fingerprint

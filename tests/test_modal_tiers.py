@@ -294,6 +294,37 @@ def test_an_ensemble_bakes_and_hashes_every_member():
     assert {DEFAULT_MODEL, sorted(members)[0]} <= set(pair["entries"])
 
 
+@pytest.mark.parametrize(
+    ("served", "models"),
+    [
+        ("htdemucs_ft>drums:mdx23c-drumsep", {"htdemucs_ft", "mdx23c-drumsep"}),
+        ("chain-drumsep-ft", {"chain-drumsep-ft", "htdemucs_ft", "mdx23c-drumsep"}),
+        ("chain-dereverb-kim", {"chain-dereverb-kim", "mel-roformer-kim", "bs-roformer-dereverb"}),
+        ("scnet+mel-roformer-kim>vocals:bs-roformer-dereverb", {"scnet", "mel-roformer-kim",
+                                                                  "bs-roformer-dereverb"}),
+    ],
+)  # fmt: skip
+def test_a_chain_bakes_and_hashes_every_model_it_runs(served, models):
+    """A chain, ad hoc or a preset, is seen through like an ensemble: each of its models' entries is in the
+    layer's hash, and each of its families' packages in the image (DrumSep after HT-Demucs: MDX23C; a
+    preset's own architecture, ``chain``, is no family)."""
+    from freestems.deploy.image import model_families
+
+    assert set(json.loads(catalog_facts(served))["entries"]) == models
+    assert set(json.loads(catalog_facts(DEFAULT_MODEL, [served]))["entries"]) == models | {DEFAULT_MODEL}
+    families = {CATALOG[name].architecture for name in models} - {"chain"}
+    assert model_families([served]) == families
+    htdemucs = "htdemucs" in families
+    assert ("demucs" in {line.split("==")[0] for line in requirements([served])}) is htdemucs
+
+
+def test_an_unknown_model_in_a_chain_fails_the_deploy_naming_it():
+    from freestems.models import ModelNotAvailable
+
+    with pytest.raises(ModelNotAvailable, match="unknown model 'nope'"):
+        catalog_facts("htdemucs_ft>drums:nope")
+
+
 def test_the_image_pins_every_dependency_to_the_version_installed_here():
     pinned = requirements()
     assert pinned and all("==" in requirement for requirement in pinned)

@@ -46,7 +46,10 @@ def test_entries_are_complete_and_consistent():
         assert tuple(info.config["sources"]) == info.sources
         assert set(info.config) <= set(CONFIG_KEYS)
         assert info.sha256 is None and info.size is None  # unknown here: never invented
-        assert info.license == "MIT"
+        authors = "authors" in info.name or name == "scnet"  # the SCNet authors' weights, not ZFTurbo's
+        assert info.license == (
+            "MIT (authors: starrytong/SCNet#35)" if authors else "none stated (repository MIT)"
+        )
         assert set(info.sdr) == {"avg", "bass", "drums", "vocals", "other"}
         assert info.sdr["avg"] == pytest.approx(
             sum(info.sdr[s] for s in ("bass", "drums", "vocals", "other")) / 4, abs=0.01
@@ -303,6 +306,31 @@ def test_servable_follows_the_licence_and_a_preset_its_members():
     assert CATALOG["ensemble-vocals-kim-scnet"].servable and not CATALOG["ensemble-vocals-kim-ft"].servable
 
 
+def test_every_licence_label_takes_a_form_of_the_policy_and_says_the_same_of_the_same_facts():
+    """The module docstring's rule: a label names the weights' own licence and where it is stated, or says
+    none is stated (naming the repository's or code's licence), or unknown; servable exactly when the weights'
+    own licence allows it. Weights from one place with no licence of their own get one label: every entry in
+    MSST's releases (ZFTurbo's SCNets too) whose authors state nothing says "none stated (repository MIT)"."""
+    import re
+
+    from freestems.models.catalog import LICENSE_FORMS, RELEASES_URL, servable_license
+
+    for name, info in CATALOG.items():
+        assert any(re.fullmatch(form, info.license) for form in LICENSE_FORMS), (name, info.license)
+        presets = ("ensemble", "chain")
+        assert (info.license == "as its members") == (info.architecture in presets), name
+        stated = re.fullmatch(r"\S+ \((model card|authors: .+)\)", info.license) is not None
+        if info.architecture not in presets:
+            assert info.servable == (stated and servable_license(info.license)), name
+        if info.url.startswith(RELEASES_URL) and not stated:
+            assert info.license == "none stated (repository MIT)", name
+    assert not any(re.fullmatch(form, "MIT") for form in LICENSE_FORMS)  # a bare licence says not where
+    assert [name for name, info in CATALOG.items() if info.architecture == "scnet" and info.servable] == [
+        "scnet",
+        "scnet-large-authors",
+    ]
+
+
 def test_no_two_entries_share_a_cache_file_for_their_configs_either():
     from freestems.models.download import entry_urls
 
@@ -339,7 +367,28 @@ def test_the_job_entries_as_msst_uvr_and_audio_separator_publish_them():
     assert five.sources == ("kick", "snare", "toms", "hh", "cymbals") and five.sdr["kick"] == 16.66
     for info in (karaoke, dereverb, denoise, crowd, drums, five):
         assert "/main/" not in info.config_url  # pinned to a release or a commit
-        assert not info.servable and info.relative_cost is None
+        assert not info.servable
+
+
+def test_the_job_entries_cost_is_the_bench_runs_or_the_entry_says_why_there_is_none():
+    """bench/results/models_jobs.json is the run of bench/bench_models.py the costs come from (CPU time, one
+    thread, over scnet's in the same run); an entry without a cost says why in its note."""
+    import json
+    from pathlib import Path
+
+    from freestems.models.catalog import NOT_MEASURED
+
+    run = json.loads((Path(__file__).parents[1] / "bench/results/models_jobs.json").read_text())
+    measured = {name: cost for name, cost in run["relative_cpu_cost"].items() if name != "scnet"}
+    assert set(measured) == {"mdx23c-vocals", "bs-roformer-dereverb", "mel-roformer-karaoke"}
+    assert {name: CATALOG[name].relative_cost for name in measured} == measured
+    assert all(row["threads"] == 1 for row in run["runs"])
+    assert CATALOG["chain-dereverb-kim"].relative_cost == round(15.4 + measured["bs-roformer-dereverb"], 1)
+    for name, info in CATALOG.items():
+        if info.relative_cost is None and info.architecture not in ("ensemble", "chain"):
+            assert name in NOT_MEASURED and "Cost not measured" in info.note, name
+        elif info.relative_cost is None:
+            assert "Cost not measured" in info.note, name
 
 
 def test_the_drumsep_demucs_parameter_count_is_that_of_msst_config():

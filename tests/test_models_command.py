@@ -55,7 +55,8 @@ def test_the_listing_says_which_models_are_cached_and_servable(tmp_path, capsys)
     rows = _rows(_run(capsys, "--cache-dir", tmp_path)[1])
     cells = {name: row.split()[-2:] for name, row in rows.items()}  # cached, serve
     assert cells["scnet"] == ["yes", "yes"]
-    assert cells["scnet-large"] == ["no", "yes"]
+    assert cells["scnet-large"] == ["no", "no"]  # ZFTurbo's SCNet: no licence stated for its weights
+    assert cells["scnet-large-authors"] == ["no", "yes"]
     assert cells["bs-roformer-viperx"] == ["no", "no"]
     assert cells["ensemble-vocals-kim-scnet"] == ["no", "yes"]
 

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from freestems.cli import licence_note
 from freestems.models import CATALOG, ModelChoiceError, ModelNotAvailable, catalog
 from freestems.models.served import serve_models, unservable
 from freestems.service import Settings
@@ -48,3 +49,15 @@ def test_serving_a_named_unservable_model_warns_one_line_at_start(tmp_path, capl
         serve_models(["mel-roformer-kim+htdemucs"], cache_dir=tmp_path, download=False)
     (warning,) = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert "mel-roformer-kim+htdemucs (member htdemucs)" in warning
+
+
+def test_the_command_line_notes_each_licence_that_does_not_allow_serving():
+    assert licence_note("scnet") is None and licence_note(None) is None and licence_note("nonsense") is None
+    assert licence_note("ensemble-vocals-kim-scnet") is None
+    assert licence_note(UNSERVABLE) == (
+        f'the weights of {UNSERVABLE} are published with the licence "{CATALOG[UNSERVABLE].license}"; '
+        "you run them under that licence (not one that lets a service offer them)"
+    )
+    chain = licence_note("scnet>vocals:mel-roformer-kim+htdemucs")
+    assert chain is not None and "\n" not in chain
+    assert chain.startswith('the weights of htdemucs are published with the licence "none stated (code MIT)"')

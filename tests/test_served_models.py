@@ -136,7 +136,7 @@ def test_config_lists_the_served_models_and_a_request_picks_one(tmp_path, catalo
             "sdr": {"avg": 9.03, "bass": 8.89, "drums": 10.44, "vocals": 9.9, "other": 6.89},
             "sdr_set": "MUSDB18-HQ",
             "relative_cost": 1.0,
-            "license": "MIT",
+            "license": "MIT (authors: starrytong/SCNet#35)",
             "jobs": ["four-stems", "acapella", "karaoke"],
             "default": True,
         }

@@ -312,9 +312,14 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model_from_args(args: argparse.Namespace) -> LoadedModel:
+    """The model ``-m``/``--model-file`` name, after a note on stderr when its weights' licence is not one
+    a service may offer (:func:`licence_note`)."""
     from freestems.models import check_model_choice, load_model
 
     check_model_choice(args.model, args.model_file, args.model_config)
+    note = licence_note(args.model) if args.model_file is None else None
+    if note:
+        print(f"freestems: note: {note}", file=sys.stderr)
     return load_model(
         args.model,
         model_file=args.model_file,
@@ -322,6 +327,29 @@ def load_model_from_args(args: argparse.Namespace) -> LoadedModel:
         spec_norm=args.spec_norm,
         normalize=args.normalize,
         cache_dir=args.cache_dir,
+    )
+
+
+def licence_note(name: str | None) -> str | None:
+    """One line for a catalog model (a preset, an ensemble, a chain) whose weights' licence does not allow
+    serving them (:func:`freestems.models.served.unservable`): each licence as published, and that the user
+    runs the weights under it. None when every model is servable, or the name is not the catalog's."""
+    from freestems.models import DEFAULT_MODEL
+    from freestems.models.served import unservable
+
+    entries = unservable(name or DEFAULT_MODEL)
+    if not entries:
+        return None
+    if len(entries) == 1:
+        (info,) = entries
+        return (
+            f'the weights of {info.name} are published with the licence "{info.license}"; you run them under '
+            "that licence (not one that lets a service offer them)"
+        )
+    licences = ", ".join(f'"{info.license}" ({info.name})' for info in entries)
+    return (
+        f"the weights of {', '.join(info.name for info in entries)} are published with the licences "
+        f"{licences}; you run them under those licences (not ones that let a service offer them)"
     )
 
 
@@ -357,7 +385,7 @@ def run_separate(args: argparse.Namespace) -> int:
     from freestems.models import ModelError
     from freestems.options import SeparationOptions
     from freestems.pipeline import separate_file, zip_stems
-    from freestems.rules import SeparationError
+    from freestems.rules import SeparationError, model_folder
 
     errors: list[str] = []
     try:
@@ -390,7 +418,7 @@ def run_separate(args: argparse.Namespace) -> int:
     )
 
     def one(path: Path) -> None:
-        destination = Path(args.out) / model.name / path.stem
+        destination = Path(args.out) / model_folder(model.name) / path.stem
         try:
             with progress_bar(path.name) as update:
                 result = separate_file(

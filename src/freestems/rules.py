@@ -1,4 +1,5 @@
-"""The engine's rules that need no torch: devices, precisions, option checks and stem names.
+"""The engine's rules that need no torch: devices, precisions, option checks, stem names and the folder
+a model's output goes in.
 
 The web tier (the service, the Modal web function) checks a request's options with these before any job
 runs, and must not import torch for it (a multi-GB import on every cold start of a CPU-only container):
@@ -8,6 +9,7 @@ runs, and must not import torch for it (a multi-GB import on every cold start of
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Iterable
 from typing import Literal, get_args
 
@@ -68,3 +70,35 @@ def output_names(sources: Iterable[str], two_stems: str | None = None) -> list[s
     if two_stems not in sources:
         raise SeparationError(f"two_stems must be one of {', '.join(sources)}, got {two_stems!r}")
     return [two_stems, complement(two_stems)]
+
+
+CHAIN_LINK = ">"
+"""``a>drums:b``: what separates a chain's first model from each link (:mod:`freestems.models.chain`)."""
+CHAIN_STEM = ":"
+"""``drums:b``: what separates a chain link's stem from its model."""
+
+FOLDER_LINK = "--"
+"""What a chain link's ``>`` becomes in a folder name."""
+FOLDER_BY = "-by-"
+"""What a chain link's ``:`` becomes in a folder name."""
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
+_RESERVED = re.compile(r"(con|prn|aux|nul|com\d|lpt\d)(\..*)?", re.IGNORECASE)
+
+
+def model_folder(name: str) -> str:
+    """The folder named after the model ``name`` that its output goes in (``DIR/<model>/<track>/``): the
+    name itself when it is a plain catalog name, else a name safe on every file system and in every shell,
+    still readable. A chain ``a>drums:b`` becomes ``a--drums-by-b`` (``>`` gives ``--``, a link's ``:``
+    gives ``-by-``); then every character but letters, digits and ``. _ - +`` becomes ``_`` (an ensemble's
+    weights ``a+b:vocals=2`` give ``a+b_vocals_2``, a space ``_``); leading dots and dashes and trailing
+    dots go (no hidden folder, nothing read as an option), a name Windows reserves (``con``, ``nul``...)
+    gets a ``_`` before it, and nothing left is ``model``."""
+    first, *links = name.split(CHAIN_LINK)
+    parts = [first.strip()]
+    for link in links:
+        stem, colon, model = link.partition(CHAIN_STEM)
+        parts.append(f"{stem.strip()}{FOLDER_BY if colon else ''}{model.strip()}")
+    folder = _UNSAFE.sub("_", FOLDER_LINK.join(parts)).lstrip(".-").rstrip(".")
+    if _RESERVED.fullmatch(folder):
+        folder = "_" + folder
+    return folder or "model"

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from freestems.rules import model_folder
 from freestems.version import __version__
 
 from . import budget as budgets
@@ -298,8 +299,9 @@ class Client:
         zip: bool = False,
     ) -> dict[str, Path]:
         """Separate ``path`` on the server; the stems land in ``out_dir/<model>/<track>/`` (as
-        ``freestems separate`` writes them) and the answer maps stem names to their files. With ``zip``
-        the zip is kept as ``out_dir/<model>/<track>.zip`` instead, and the answer is ``{"zip": path}``.
+        ``freestems separate`` writes them: the model's folder named by :func:`freestems.rules.model_folder`)
+        and the answer maps stem names to their files. With ``zip`` the zip is kept as
+        ``out_dir/<model>/<track>.zip`` instead, and the answer is ``{"zip": path}``.
 
         Options left None take the server's defaults (four MP3 stems at 192 kbps).
         """
@@ -318,7 +320,7 @@ class Client:
         self._waited = 0.0
         try:
             job = self._submit_with_a_key(path, options)
-            folder = Path(out_dir) / (job.model or model or "remote")
+            folder = Path(out_dir) / model_folder(job.model or model or "remote")
             archive = folder / f"{path.stem}.zip"
             try:
                 self.download(job, archive)

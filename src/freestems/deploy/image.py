@@ -87,23 +87,12 @@ code. The ``export`` extra (ONNX) is never needed to serve."""
 
 
 def model_families(models: Iterable[str]) -> set[str]:
-    """The families of the catalog models ``models`` (each member of an ensemble or of ``a+b`` too)."""
-    from freestems.models import get_model_info
+    """The families of the catalog models ``models``: of every network each one runs (the members of an
+    ensemble, ``a+b``, a chain ``a>stem:b`` or a preset, however nested:
+    :func:`~freestems.models.served.network_entries`)."""
+    from freestems.models.served import network_entries
 
-    families: set[str] = set()
-    pending = [name.strip() for model in models for name in model.split("+") if name.strip()]
-    seen: set[str] = set()
-    while pending:
-        name = pending.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        info = get_model_info(name)
-        if info.architecture == "ensemble":
-            pending.extend(member for member, _ in info.config["members"])
-        else:
-            families.add(info.architecture)
-    return families
+    return {info.architecture for model in models for info in network_entries(model.strip())}
 
 
 def served_families(settings: Settings) -> set[str]:
@@ -162,25 +151,21 @@ def requirements(models: Iterable[str] = (), families: Iterable[str] = ()) -> li
 
 def catalog_facts(model: str | None, others: Sequence[str] = ()) -> str:
     """What the weights step bakes, as the catalog says it today: every entry of ``model`` (the default
-    model if None; each member of an ensemble or of ``a+b``) and of the ``others`` served, with its URLs,
-    sizes, sha256 and config.
+    model if None; each model of a preset, an ensemble ``a+b`` or a chain ``a>stem:b``:
+    :func:`~freestems.models.served.catalog_entries`) and of the ``others`` served, with its URLs, sizes,
+    sha256 and config.
 
     It is an argument of the build step, so it is part of what Modal hashes to cache that layer: a catalog
     change (a URL, a checksum, a config, the default model) rebuilds it; nothing else does.
     """
-    from freestems.models import DEFAULT_MODEL, get_model_info
+    from freestems.models import DEFAULT_MODEL
+    from freestems.models.served import catalog_entries
 
-    entries: dict[str, Any] = {}
-    pending = [name.strip() for name in (model or DEFAULT_MODEL).split("+")]
-    pending += [name.strip() for other in others for name in other.split("+")]
-    while pending:
-        name = pending.pop(0)
-        if name in entries:
-            continue
-        info = get_model_info(name)
-        entries[name] = dataclasses.asdict(info)
-        if info.architecture == "ensemble":
-            pending.extend(member for member, _ in info.config["members"])
+    entries = {
+        info.name: dataclasses.asdict(info)
+        for name in (model or DEFAULT_MODEL, *others)
+        for info in catalog_entries(name.strip())
+    }
     facts = {"model": model or DEFAULT_MODEL, "others": list(others), "entries": entries}
     return json.dumps(facts, sort_keys=True, default=str)
 
@@ -256,9 +241,9 @@ def bake_weights(
     ``catalog`` is :func:`catalog_facts` as the deployer saw it; the build checks that the image's
     catalog says the same, so an image never bakes other weights than the ones its hash names."""
     from freestems.executors import describe
-    from freestems.models import DEFAULT_MODEL, get_model_info, load_model
+    from freestems.models import DEFAULT_MODEL, load_model
     from freestems.models.loading import fetch_files
-    from freestems.models.served import serve_catalog
+    from freestems.models.served import network_entries, serve_catalog
 
     baked: list[Path] = [Path(name) for name in (model_file, model_config) if name is not None]
     if model_file is None:
@@ -266,11 +251,10 @@ def bake_weights(
             raise RuntimeError(
                 "the image's model catalog differs from the deployer's; reinstall and redeploy"
             )
-        for name in [
-            *(model or DEFAULT_MODEL).split("+"),
-            *(part for other in others for part in other.split("+")),
-        ]:
-            baked += fetch_files(get_model_info(name.strip()), cache_dir=weights_dir, progress=False)
+        names = (model or DEFAULT_MODEL, *others)
+        networks = {info.name: info for name in names for info in network_entries(name.strip())}
+        for info in networks.values():
+            baked += fetch_files(info, cache_dir=weights_dir, progress=False)
     loaded = load_model(
         model,
         model_file=model_file,

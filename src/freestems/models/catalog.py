@@ -8,11 +8,22 @@ release table of the Music-Source-Separation-Training (MSST) collection (``docs/
 the SCNet paper/code; they cannot be verified against the weights here, so they are our best knowledge and a
 user can override both flags (``load_model(..., spec_norm=..., normalize=...)``).
 
-Licences: the MSST repository (which hosts the files) is MIT and the SCNet authors' code is MIT as well; the
-released weights carry no separate licence file, so "MIT" is our best knowledge, not a legal statement.
-An entry is *servable* (:func:`servable_license`) only when its licence names one that allows redistribution;
+Licences: an entry's ``license`` says what is stated for *the weights*, by whom, in one of the forms of
+:data:`LICENSE_FORMS` (a licence of a repository or of code covers that code; it is named, but it is not the
+weights' licence):
+
+* ``"<licence> (<where it is stated>)"``: the weights' own licence, with where their authors state it:
+  Kim's model card (``"MIT (model card)"``), the SCNet authors' answer in starrytong/SCNet#35 that the
+  released SCNet and SCNet-large weights are MIT (``"MIT (authors: starrytong/SCNet#35)"``);
+* ``"none stated (repository MIT)"``, ``"none stated (code MIT)"``: no licence stated for the weights, which
+  are published in (or for) a repository or code under that licence: ZFTurbo's own weights in MSST's releases,
+  SCNet ones included, and the files others trained that MSST re-hosts; the Demucs weights;
+* ``"none stated"``: nothing stated; ``"unknown (<why>)"``: not known here; a preset: ``"as its members"``.
+
+An entry is *servable* (:func:`servable_license`) only when its weights' own licence allows redistribution;
 weights with no licence stated, or an unknown one, run from the CLI and the library (the user downloads them),
-but a service never offers them by default (:func:`default_served_model`).
+but a service never offers them by default (:func:`default_served_model`). This is our best reading of what
+is published, not a legal statement.
 
 Each entry names the jobs it serves (:data:`JOBS`): ``freestems models`` groups the catalog by them.
 """
@@ -87,6 +98,17 @@ must start with one of these (``"MIT (model card)"`` does; ``"none stated (repos
 EXPORTABLE_FAMILIES = ("scnet",)
 """The families ``freestems export`` can write for the browser (catalog ``architecture`` values): here, not
 in :mod:`freestems.export`, so that the Modal image's recipe reads it without importing torch."""
+
+
+LICENSE_FORMS = (
+    r"(MIT|Apache-2\.0|BSD|CC0|CC-BY-4\.0) \((model card|authors: [\w.-]+/[\w.-]+#\d+)\)",
+    r"none stated \((repository|code) (MIT|Apache-2\.0|BSD-\d-Clause)\)",
+    r"none stated",
+    r"unknown \(.+\)",
+    r"as its members",
+)
+"""The forms an entry's ``license`` takes (regular expressions, matched whole; see the module docstring): a
+licence stated for the weights says where, so a bare ``"MIT"`` is none of them."""
 
 
 def servable_license(license: str) -> bool:
@@ -169,7 +191,7 @@ class ModelInfo:
     more_urls: tuple[str, ...] = ()
     size: int | None = None
     sha256: str | None = None
-    license: str = "MIT"
+    license: str = "none stated"
     sdr: dict[str, float] = field(default_factory=dict)
     sdr_set: str | None = "MUSDB18-HQ"
     spec_norm: bool = False
@@ -231,6 +253,7 @@ def _entry(
     spec_norm: bool,
     normalize: bool,
     cost: float | None,
+    license: str,
 ) -> ModelInfo:
     return ModelInfo(
         name=name,
@@ -245,10 +268,16 @@ def _entry(
         normalize=normalize,
         relative_cost=cost,
         sdr_set="MUSDB18-HQ",
+        license=license,
         jobs=_FOUR,
-        servable=servable_license("MIT"),
+        servable=servable_license(license),
     )
 
+
+_AUTHORS = "MIT (authors: starrytong/SCNet#35)"
+"""The SCNet authors' weights (base and Large): MIT, as the authors answered in starrytong/SCNet#35."""
+_MSST_OWN = "none stated (repository MIT)"
+"""Weights in MSST's releases with no licence of their own (ZFTurbo's SCNets among them)."""
 
 # relative_cost: FLOPs of a 3 s stereo input (torch flop counter) were 42 / 228 / 253 / 410 GFLOP for
 # base / large / XL / XL IHF and single-thread CPU time measured about the same (1 / 4.7 / 6.3 / 10.8).
@@ -264,6 +293,7 @@ _SCNETS = (
         spec_norm=False,
         normalize=True,
         cost=1.0,
+        license=_AUTHORS,
     ),
     _entry(
         "scnet-large",
@@ -276,6 +306,7 @@ _SCNETS = (
         spec_norm=False,
         normalize=False,
         cost=5.0,
+        license=_MSST_OWN,
     ),
     _entry(
         "scnet-large-authors",
@@ -288,6 +319,7 @@ _SCNETS = (
         spec_norm=True,
         normalize=True,
         cost=5.0,
+        license=_AUTHORS,
     ),
     _entry(
         "scnet-xl",
@@ -300,6 +332,7 @@ _SCNETS = (
         spec_norm=False,
         normalize=False,
         cost=6.0,
+        license=_MSST_OWN,
     ),
     _entry(
         "scnet-xl-ihf",
@@ -312,6 +345,7 @@ _SCNETS = (
         spec_norm=False,
         normalize=False,
         cost=10.0,
+        license=_MSST_OWN,
     ),
 )
 
@@ -486,6 +520,9 @@ JARREDOU_DRUMSEP = "https://github.com/jarredou/models/releases/download/DrumSep
 # on a busy machine (bench/results/models_more.json), scaled by those anchors' idle ratios (6s and ft by
 # htdemucs's, the BS-RoFormer by Kim's; that run's own CPU ratio for Kim was 15.7 against 15.4 idle). None:
 # not measured (mel-roformer-4stem: its geometry is known only from the YAML published beside its weights).
+# The entries added for the jobs (bench/results/models_jobs.json): single-thread CPU time over scnet's in the
+# same run (10 s clip, a machine at load 6-13), unscaled; mel-roformer-karaoke is Kim's network and came out
+# 18.3 there against Kim's 15.4: the short clip overstates these by about a sixth. Unmeasured: NOT_MEASURED.
 _MEASURED: dict[str, float] = {
     "htdemucs": 2.2,
     "htdemucs_6s": 2.3,
@@ -493,7 +530,23 @@ _MEASURED: dict[str, float] = {
     "mel-roformer-kim": 15.4,
     "bs-roformer-4stem": 24.3,
     "bs-roformer-viperx": 34.8,
+    "mdx23c-vocals": 11.7,
+    "bs-roformer-dereverb": 15.1,
+    "mel-roformer-karaoke": 18.3,
 }
+
+_BESIDE = "its geometry is published only in the YAML beside its weights, which the bench does not download"
+NOT_MEASURED: dict[str, str] = {
+    "mel-roformer-4stem": _BESIDE,
+    "bs-polarformer": _BESIDE,
+    "mdx23c-drumsep": _BESIDE,
+    "mdx23c-drumsep-jarredou": _BESIDE,
+    "mel-roformer-denoise": _BESIDE,
+    "mel-roformer-crowd": _BESIDE,
+    "demucs-drumsep": "bench_models.py builds it (MSST's config_drumsep.yaml), but its 40 s chunks need a "
+    "clip of 40 s or more, which no run has had time for yet on the shared machine",
+}
+"""Why an entry has no measured cost (its ``note`` says so too); a preset of one of them has none either."""
 
 # Millions of parameters of each release configuration, counted by building it with seeded weights.
 _PARAMETERS_M: dict[str, float] = {
@@ -868,7 +921,9 @@ def _measured(info: ModelInfo) -> ModelInfo:
     when every member is."""
     if info.architecture != "ensemble":
         cost = info.relative_cost if info.relative_cost is not None else _MEASURED.get(info.name)
-        return replace(info, relative_cost=cost, parameters_m=_PARAMETERS_M.get(info.name))
+        why = NOT_MEASURED.get(info.name)
+        note = f"{info.note} Cost not measured: {why}.".strip() if why else info.note
+        return replace(info, relative_cost=cost, parameters_m=_PARAMETERS_M.get(info.name), note=note)
     members = [_MODELS[name] for name, _ in info.config["members"]]
     costs = [member.relative_cost for member in members]
     sizes = [member.parameters_m for member in members]
@@ -1005,11 +1060,14 @@ def _measured_chain(info: ModelInfo) -> ModelInfo:
     def added(values: list[float | None]) -> float | None:
         return None if None in values else round(sum(value or 0.0 for value in values), 1)
 
+    unmeasured = [member.name for member in members if member.relative_cost is None]
+    note = f"{info.note} Cost not measured: {', '.join(unmeasured)}'s is not." if unmeasured else info.note
     return replace(
         info,
         relative_cost=added([member.relative_cost for member in members]),
         parameters_m=added([member.parameters_m for member in members]),
         servable=all(member.servable for member in members),
+        note=note,
     )
 
 

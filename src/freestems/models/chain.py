@@ -59,12 +59,13 @@ from freestems.models.ensemble import (
     weighted_sources,
 )
 from freestems.models.errors import ModelChoiceError, ModelNotAvailable
-from freestems.rules import output_names
+from freestems.rules import CHAIN_LINK, CHAIN_STEM, output_names
 
-LINK = ">"
-"""``a>drums:b``: what separates the first model from each link."""
+LINK = CHAIN_LINK
+"""``a>drums:b``: what separates the first model from each link (defined with the folder-name rule,
+:func:`freestems.rules.model_folder`)."""
 
-STEM = ":"
+STEM = CHAIN_STEM
 """``drums:b``: what separates a link's stem from its model."""
 
 PART = "-"

@@ -237,31 +237,42 @@ def unservable(name: str) -> list[ModelInfo]:
     ``a>stem:b``'s models, however nested) whose weights' licence does not allow serving them; an unknown or
     malformed name is left to the describing that follows."""
     try:
-        entries = _catalog_entries(name)
+        entries = catalog_entries(name, strict=False)
     except ModelChoiceError:
         return []
     return [info for info in entries if not member_names(info) and not info.servable]
 
 
-def _catalog_entries(name: str) -> list[ModelInfo]:
-    """Every catalog entry ``name`` runs, presets and their members alike (unknown names left out)."""
+def catalog_entries(name: str, *, strict: bool = True) -> list[ModelInfo]:
+    """Every catalog entry the model name ``name`` runs (a catalog name, a preset, an ensemble ``a+b``, a
+    chain ``a>stem:b``, however nested), presets and their members alike, in order, each once: the one
+    place that sees through a served name to its models (the licence check, the Modal image's weights).
+    ``network_entries`` keeps those with weights of their own.
+
+    Raises:
+        ModelNotAvailable: (``strict``) an unknown catalog name; otherwise it is left out.
+        ModelChoiceError: a malformed ensemble or chain.
+    """
     from freestems.models.catalog import CATALOG
     from freestems.models.chain import is_chain, parse_chain
     from freestems.models.ensemble import SEPARATOR, parse_members
 
+    found: list[ModelInfo] = []
     if is_chain(name):
         spec = parse_chain(name)
-        return [
-            info
-            for part in (spec.first, *(model for _, model in spec.links))
-            for info in _catalog_entries(part)
-        ]
-    if SEPARATOR in name:
-        return [info for member, _ in parse_members(name) for info in _catalog_entries(member)]
-    info = CATALOG.get(name)
-    if info is None:
-        return []
-    return [info, *(entry for member in member_names(info) for entry in _catalog_entries(member))]
+        parts = [spec.first, *(model for _, model in spec.links)]
+    elif SEPARATOR in name:
+        parts = [member for member, _ in parse_members(name)]
+    else:
+        info = get_model_info(name) if strict else CATALOG.get(name)
+        found, parts = ([info], member_names(info)) if info is not None else ([], [])
+    found += [entry for part in parts for entry in catalog_entries(part, strict=strict)]
+    return list({entry.name: entry for entry in found}.values())
+
+
+def network_entries(name: str) -> list[ModelInfo]:
+    """The entries of :func:`catalog_entries` that are networks with weights files (no preset)."""
+    return [info for info in catalog_entries(name) if not member_names(info)]
 
 
 def _digest(value: Any) -> str:
