@@ -137,10 +137,22 @@ def test_the_price_is_seconds_times_shifts_overlap_and_model(tmp_path):
     kim_ft = CATALOG["ensemble-vocals-kim-ft"]
     assert model_factor(kim_ft.name, 99.0) == pytest.approx(15.4 + 8.7) == kim_ft.relative_cost
     assert model_factor("scnet:2+htdemucs:vocals=0", 99.0) == pytest.approx(1.0 + 2.2)
+    # A chain costs its models' sum (each runs over the whole length), a preset as the same chain spelt out,
+    # and a model met twice is paid twice.
+    dereverb = CATALOG["chain-dereverb-kim"]
+    spelt = f"{dereverb.config['first']}" + "".join(f">{s}:{m}" for s, m in dereverb.config["links"])
+    assert (
+        model_factor(dereverb.name, 99.0)
+        == pytest.approx(model_factor(spelt, 99.0))
+        == pytest.approx(15.4 + 15.1)
+    )
+    assert model_factor("scnet>vocals:mel-roformer-kim", 99.0) == pytest.approx(1.0 + 15.4)
+    assert model_factor("scnet>vocals:scnet", 99.0) == 2.0
+    assert model_factor("scnet>vocals:my-checkpoint", 99.0) == 1.0 + 99.0
     # A model with no measured cost (a checkpoint file, an unmeasured entry) costs the dearest measured one's.
     assert dearest_measured() == max(CATALOG[name].relative_cost or 0 for name in ("bs-roformer-viperx",))
     assert model_factor("my-checkpoint", dearest_measured()) == dearest_measured()
-    assert model_factor("mdx23c-vocals", dearest_measured()) == dearest_measured()
+    assert model_factor("mdx23c-drumsep-jarredou", dearest_measured()) == dearest_measured()
 
     settings = small_settings(tmp_path, unmeasured_cost=dearest_measured(), max_request_cost=0, key_budget=0)
     pricing = Pricing(settings, ["scnet", "mel-roformer-kim", "mine"])

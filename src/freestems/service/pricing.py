@@ -44,7 +44,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from freestems.models.catalog import CATALOG
+from freestems.models.catalog import CATALOG, member_names
+from freestems.models.chain import is_chain, parse_chain
 from freestems.options import SeparationOptions
 
 from .errors import ServiceError, invalid_parameter, too_many_requests
@@ -82,15 +83,20 @@ def overlap_factor(overlap: float) -> float:
 
 
 def model_factor(name: str, unmeasured: float) -> float:
-    """The relative cost of the served model ``name``: the catalog's, an ensemble's members' sum (a preset,
-    or ``a+b`` with optional ``:weights``), else ``unmeasured``."""
+    """The relative cost of the served model ``name``: the catalog's; the sum of its models' for an ensemble
+    (``a+b`` with optional ``:weights``), a chain (``a>stem:b``: each model runs over the whole length) or a
+    preset of either; ``unmeasured`` for each model the catalog does not measure."""
+    if is_chain(name):
+        spec = parse_chain(name)
+        return sum(model_factor(model, unmeasured) for model in (spec.first, *(m for _, m in spec.links)))
     if "+" in name:
         return sum(model_factor(member.split(":", 1)[0].strip(), unmeasured) for member in name.split("+"))
     info = CATALOG.get(name)
     if info is None:
         return unmeasured
-    if info.architecture == "ensemble":
-        return sum(model_factor(member, unmeasured) for member, _ in info.config["members"])
+    members = member_names(info)
+    if members:
+        return sum(model_factor(member, unmeasured) for member in members)
     return info.relative_cost if info.relative_cost is not None else unmeasured
 
 
