@@ -92,6 +92,7 @@ def served_jobs(name: str, sources: Sequence[str]) -> tuple[tuple[str, ...], tup
     extra = set(TWO_STEM_JOBS) - own if own & set(STEM_JOBS) and "vocals" in stems else set()
     return tuple(job for job in JOBS if job in own), tuple(job for job in JOBS if job in extra)
 
+
 SERVABLE_LICENSES = ("MIT", "Apache-2.0", "BSD", "CC0", "CC-BY-4.0")
 """Licences that allow redistributing the weights, so a service may offer them: an entry's ``license``
 must start with one of these (``"MIT (model card)"`` does; ``"none stated (repository MIT)"`` does not)."""
