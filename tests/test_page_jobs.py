@@ -171,6 +171,11 @@ def test_karaoke_lists_the_instrumental_first_and_acapella_the_vocals(open_page,
     separate(page, song)
     assert (last_job(job_server).model, last_job(job_server).options["two_stems"]) == (SCNET, "vocals")
     assert rows(page) == [("no_vocals", "Instrumental (no vocals)"), ("vocals", "Vocals")]
+    # Compare offers the other karaoke model first, under the job's title, then the rest.
+    groups = page.eval_on_selector_all(
+        "#compare-model optgroup", "gs => gs.map(g => [g.label, [...g.children].map(o => o.value)])"
+    )
+    assert groups == [["Also for karaoke", [KIM]], ["Other models", [DEREVERB, DENOISE]]], groups
 
     again(page)
     page.get_by_role("radio", name="Acapella", exact=True).check()

@@ -100,6 +100,30 @@ export function createCompare({ player, config, log, duration = () => null }) {
     return (described && described.models.find((entry) => entry.name === name)) || { name, title: name, stems: null };
   }
 
+  /**
+   * The other models as options: after a job's result (Remove reverb, say), the models that do the same job
+   * come first, under its title, then the rest; otherwise every other model, in the server's order.
+   */
+  function choices(described, job, others) {
+    const option = (entry) => {
+      const element = document.createElement("option");
+      element.value = entry.name;
+      element.textContent = `${entry.title} (${modelFacts(entry).join(" · ")})`;
+      return element;
+    };
+    const task = job && (described.jobs || []).find((entry) => entry.name === job);
+    const same = task ? others.filter((entry) => task.models.includes(entry.name)) : [];
+    if (!same.length || same.length === others.length) return others.map(option);
+    const group = (label, entries) => {
+      const element = document.createElement("optgroup");
+      element.label = label;
+      element.append(...entries.map(option));
+      return element;
+    };
+    const rest = others.filter((entry) => !same.includes(entry));
+    return [group(`Also for ${task.title.toLowerCase()}`, same), group("Other models", rest)];
+  }
+
   /** Shows the card for the result of `job` ({id, token}), made from `file` with `options`. */
   function offer(job, file, options) {
     reset();
@@ -111,14 +135,7 @@ export function createCompare({ player, config, log, duration = () => null }) {
     if (!job || !others.length) return;
     gone = false;
     $("compare-first").textContent = modelOf(model).title;
-    $("compare-model").replaceChildren(
-      ...others.map((entry) => {
-        const element = document.createElement("option");
-        element.value = entry.name;
-        element.textContent = `${entry.title} (${modelFacts(entry).join(" · ")})`;
-        return element;
-      }),
-    );
+    $("compare-model").replaceChildren(...choices(described, options.job, others));
     $("compare-run").disabled = false;
   }
 
