@@ -15,9 +15,12 @@ weights' licence):
 * ``"<licence> (<where it is stated>)"``: the weights' own licence, with where their authors state it:
   Kim's model card (``"MIT (model card)"``), the SCNet authors' answer in starrytong/SCNet#35 that the
   released SCNet and SCNet-large weights are MIT (``"MIT (authors: starrytong/SCNet#35)"``);
-* ``"none stated (repository MIT)"``, ``"none stated (code MIT)"``: no licence stated for the weights, which
-  are published in (or for) a repository or code under that licence: ZFTurbo's own weights in MSST's releases,
-  SCNet ones included, and the files others trained that MSST re-hosts; the Demucs weights;
+* ``"research only (<where it is stated>)"``: the authors state the weights are for research, not covered by
+  their code's licence: the Demucs weights (``"research only (authors: facebookresearch/demucs#327)"``: "not
+  covered by the MIT license, and are provided only for scientific purposes");
+* ``"none stated (repository MIT)"``: no licence stated for the weights, which are published in a repository
+  under that licence: ZFTurbo's own weights in MSST's releases,
+  SCNet ones included, and the files others trained that MSST re-hosts;
 * ``"none stated"``: nothing stated; ``"unknown (<why>)"``: not known here; a preset: ``"as its members"``.
 
 An entry is *servable* (:func:`servable_license`) only when its weights' own licence allows redistribution;
@@ -103,7 +106,8 @@ in :mod:`freestems.export`, so that the Modal image's recipe reads it without im
 
 LICENSE_FORMS = (
     r"(MIT|Apache-2\.0|BSD|CC0|CC-BY-4\.0) \((model card|authors: [\w.-]+/[\w.-]+#\d+)\)",
-    r"none stated \((repository|code) (MIT|Apache-2\.0|BSD-\d-Clause)\)",
+    r"research only \(authors: [\w.-]+/[\w.-]+#\d+\)",
+    r"none stated \(repository (MIT|Apache-2\.0|BSD-\d-Clause)\)",
     r"none stated",
     r"unknown \(.+\)",
     r"as its members",
@@ -617,7 +621,7 @@ def _demucs(
     jobs: tuple[str, ...] = _FOUR,
 ) -> ModelInfo:
     weights = weights or [[1.0] * len(sources)]
-    license = "none stated (code MIT)"
+    license = "research only (authors: facebookresearch/demucs#327)"
     return ModelInfo(
         name=name,
         title=title,
