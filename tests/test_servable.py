@@ -60,5 +60,6 @@ def test_the_command_line_notes_each_licence_that_does_not_allow_serving():
     )
     chain = licence_note("scnet>vocals:mel-roformer-kim+htdemucs")
     assert chain is not None and "\n" not in chain
-    assert chain.startswith(f'the weights of htdemucs are published with the licence "{CATALOG["htdemucs"].license}"')
+    demucs = CATALOG["htdemucs"].license
+    assert chain.startswith(f'the weights of htdemucs are published with the licence "{demucs}"')
     assert CATALOG["htdemucs"].license.startswith("research only")
