@@ -20,6 +20,7 @@ import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -94,3 +95,32 @@ def stand_in_catalog(folder: Path) -> Iterator[dict[str, ModelInfo]]:
             patch.setitem(CATALOG, name, info)
             entries[name] = info
         yield entries
+
+
+@contextlib.contextmanager
+def page_server(folder: Path, models: tuple[str, ...]) -> Iterator[Any]:
+    """A live page server of the stand-ins ``models`` (the first the default), with a real proof of work
+    and room for long test songs: what the page tests that run several models share."""
+    from conftest import one_torch_thread
+    from service_helpers import running_server, small_settings
+
+    from freestems.executors import LocalExecutor
+    from freestems.models.served import serve_models
+    from freestems.service.paths import Paths
+
+    with stand_in_catalog(folder), one_torch_thread():
+        settings = small_settings(
+            folder / "data",
+            models=models,
+            pow_algorithm="PBKDF2/SHA-256",
+            pow_cost=200,
+            pow_counter=40,
+            max_upload_mb=100.0,
+            max_duration=1200.0,
+        )
+        executor = LocalExecutor(
+            lambda: serve_models(settings.served_models, cache_dir=folder / "cache"),
+            Paths(settings.data_dir).work,
+        )
+        with running_server(settings, executor) as server:
+            yield server

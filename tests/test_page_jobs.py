@@ -14,15 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 from audio_samples import write_test_file
-from conftest import one_torch_thread
-from served_helpers import DENOISE, DEREVERB, KIM, SCNET, stand_in_catalog
-from service_helpers import LiveServer, running_server, small_settings
+from served_helpers import DENOISE, DEREVERB, KIM, SCNET, page_server
+from service_helpers import LiveServer
 from web_helpers import ARTIFACTS, PHONE, needs_chromium, wait_js
 
-from freestems.executors import LocalExecutor
 from freestems.models.catalog import JOBS
-from freestems.models.served import serve_models
-from freestems.service.paths import Paths
 
 pytestmark = needs_chromium
 
@@ -35,22 +31,8 @@ DESKTOP = {"width": 1280, "height": 800}
 def job_server(tmp_path_factory) -> Iterator[LiveServer]:
     """A page server running SCNet (the default), Kim's vocals model, a de-reverb and a denoise model."""
     folder = tmp_path_factory.mktemp("jobs")
-    with stand_in_catalog(folder), one_torch_thread():
-        settings = small_settings(
-            folder / "data",
-            models=SERVED,
-            pow_algorithm="PBKDF2/SHA-256",
-            pow_cost=200,
-            pow_counter=40,
-            max_upload_mb=100.0,
-            max_duration=1200.0,
-        )
-        executor = LocalExecutor(
-            lambda: serve_models(settings.served_models, cache_dir=folder / "cache"),
-            Paths(settings.data_dir).work,
-        )
-        with running_server(settings, executor) as server:
-            yield server
+    with page_server(folder, SERVED) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

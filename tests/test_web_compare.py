@@ -14,14 +14,9 @@ from pathlib import Path
 
 import pytest
 from audio_samples import write_test_file
-from conftest import one_torch_thread
-from served_helpers import KIM, SCNET, stand_in_catalog
-from service_helpers import LiveServer, running_server, small_settings, wait_until
+from served_helpers import KIM, SCNET, page_server
+from service_helpers import LiveServer, wait_until
 from web_helpers import ARTIFACTS, needs_chromium, wait_js
-
-from freestems.executors import LocalExecutor
-from freestems.models.served import serve_models
-from freestems.service.paths import Paths
 
 pytestmark = needs_chromium
 
@@ -30,22 +25,8 @@ pytestmark = needs_chromium
 def two_models(tmp_path_factory) -> Iterator[LiveServer]:
     """A page server running SCNet (the default) and Kim's Mel-Band RoFormer, with a real proof of work."""
     folder = tmp_path_factory.mktemp("compare")
-    with stand_in_catalog(folder), one_torch_thread():
-        settings = small_settings(
-            folder / "data",
-            models=(SCNET, KIM),
-            pow_algorithm="PBKDF2/SHA-256",
-            pow_cost=200,
-            pow_counter=40,
-            max_upload_mb=100.0,
-            max_duration=1200.0,
-        )
-        executor = LocalExecutor(
-            lambda: serve_models(settings.served_models, cache_dir=folder / "cache"),
-            Paths(settings.data_dir).work,
-        )
-        with running_server(settings, executor) as server:
-            yield server
+    with page_server(folder, (SCNET, KIM)) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -513,14 +513,12 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import logging
 
     from freestems.executors import LocalExecutor
     from freestems.models import ModelError
     from freestems.models.served import serve_models
     from freestems.service import Settings, SettingsError
     from freestems.service.paths import Paths
-    from freestems.service.server import serve
 
     try:
         settings = Settings.from_env(
@@ -555,25 +553,29 @@ def run_serve(args: argparse.Namespace) -> int:
         threads=settings.threads,
         device=settings.device,
     )
+    what = f"serving {', '.join(models.served)}"
+    return _run_server(settings, executor, what, f"auth: {settings.auth}, data: {settings.data_dir}")
+
+
+def _run_server(settings: Settings, executor: Any, what: str, details: str) -> int:
+    """Says what is served where on stderr, then serves in the foreground until Ctrl-C (a clean shutdown)."""
+    import logging
+
+    from freestems.service.server import serve
+
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    print(
-        f"freestems: serving {', '.join(models.served)} on http://{host}:{settings.port} "
-        f"(auth: {settings.auth}, data: {settings.data_dir})",
-        file=sys.stderr,
-    )
+    print(f"freestems: {what} on http://{host}:{settings.port} ({details})", file=sys.stderr)
     logging.basicConfig(level=logging.INFO, format="%(levelname)-9s %(name)s: %(message)s")
-    with suppress(KeyboardInterrupt):  # Ctrl-C is how a foreground server stops, after a clean shutdown
+    with suppress(KeyboardInterrupt):
         serve(settings, executor)
     return 0
 
 
 def _serve_device_only(settings: Settings, names: list[str], files: list[tuple[Path, Path | None]]) -> int:
     """``serve --device-only``: the exports of the named models described, nothing loaded; then serve."""
-    import logging
 
     from freestems.service import SettingsError
     from freestems.service.device_only import DeviceOnlyExecutor
-    from freestems.service.server import serve
 
     if files:
         return fail(
@@ -584,16 +586,8 @@ def _serve_device_only(settings: Settings, names: list[str], files: list[tuple[P
         executor = DeviceOnlyExecutor(settings, tuple(names))
     except SettingsError as error:
         return fail(error)
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    print(
-        f"freestems: {', '.join(names)} separated on the visitors' devices only, from {settings.device_dir}, "
-        f"on http://{host}:{settings.port} (data: {settings.data_dir})",
-        file=sys.stderr,
-    )
-    logging.basicConfig(level=logging.INFO, format="%(levelname)-9s %(name)s: %(message)s")
-    with suppress(KeyboardInterrupt):
-        serve(settings, executor)
-    return 0
+    what = f"{', '.join(names)} separated on the visitors' devices only, from {settings.device_dir},"
+    return _run_server(settings, executor, what, f"data: {settings.data_dir}")
 
 
 def run_cost(args: argparse.Namespace) -> int:

@@ -38,8 +38,8 @@ from freestems.errors import one_line
 from freestems.files import atomic_path, temp_path
 from freestems.models import get_model_info
 from freestems.models.catalog import EXPORTABLE_FAMILIES
-from freestems.models.ensemble import SEPARATOR
 from freestems.models.scnet import SCNet
+from freestems.models.spelling import SEPARATOR
 from freestems.rules import MAX_OVERLAP
 from freestems.version import __version__
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,65 +49,19 @@ from torch import nn
 from freestems.contract import LoadedModel, MixStats
 from freestems.models.catalog import ModelInfo, get_model_info
 from freestems.models.ensemble import (
-    SEPARATOR,
     Pending,
     SharedInput,
     Stream,
     lockstep,
-    parse_members,
     progress_shares,
     weighted_sources,
 )
 from freestems.models.errors import ModelChoiceError, ModelNotAvailable
-from freestems.rules import CHAIN_LINK, CHAIN_STEM, output_names
-
-LINK = CHAIN_LINK
-"""``a>drums:b``: what separates the first model from each link (defined with the folder-name rule,
-:func:`freestems.rules.model_folder`)."""
-
-STEM = CHAIN_STEM
-"""``drums:b``: what separates a link's stem from its model."""
+from freestems.models.spelling import HINT, SEPARATOR, ChainSpec, is_chain, parse_chain, parse_members
+from freestems.rules import output_names
 
 PART = "-"
 """``drums-kick``: a chained stem's name, its link's stem's name, and this between them."""
-
-_HINT = "write FIRST>STEM:SECOND, e.g. htdemucs_ft>drums:mdx23c-drumsep"
-
-
-@dataclasses.dataclass(frozen=True)
-class ChainSpec:
-    """A chain by name: the first model and its links ``(stem, model)``; each model a name as ``-m`` takes."""
-
-    first: str
-    links: tuple[tuple[str, str], ...]
-
-    @classmethod
-    def of(cls, config: Mapping[str, Any]) -> ChainSpec:
-        """From a catalog entry's config ``{"first": name, "links": [[stem, name], ...]}``."""
-        return cls(str(config["first"]), tuple((str(stem), str(model)) for stem, model in config["links"]))
-
-    def __str__(self) -> str:
-        return LINK.join([self.first, *(f"{stem}{STEM}{model}" for stem, model in self.links)])
-
-
-def is_chain(name: str) -> bool:
-    """Whether ``name`` spells a chain (``a>drums:b``) rather than a catalog name or an ensemble."""
-    return LINK in name
-
-
-def parse_chain(text: str) -> ChainSpec:
-    """``a>drums:b>vocals:c`` into its first model and links; raises :class:`ModelChoiceError` when
-    malformed (which stems exist is :func:`chain_outputs`' business)."""
-    first, *links = (part.strip() for part in text.split(LINK))
-    if not first:
-        raise ModelChoiceError(f"chain {text!r} has no first model ({_HINT})")
-    parsed = []
-    for link in links:
-        stem, colon, model = link.partition(STEM)
-        if not (stem.strip() and colon and model.strip()):
-            raise ModelChoiceError(f"chain {text!r}: link {link!r} is not STEM{STEM}MODEL ({_HINT})")
-        parsed.append((stem.strip(), model.strip()))
-    return ChainSpec(first, tuple(parsed))
 
 
 def part_name(stem: str, part: str) -> str:
@@ -126,7 +80,7 @@ def chain_outputs(
             stems of one name.
     """
     if not links:
-        raise ModelChoiceError(f"chain {name!r} has no link ({_HINT})")
+        raise ModelChoiceError(f"chain {name!r} has no link ({HINT})")
     parts: dict[str, list[str]] = {}
     for stem, outputs in links:
         if stem not in first:

@@ -34,9 +34,6 @@ from torch import nn
 from freestems.contract import LoadedModel, MixStats
 from freestems.models.errors import ModelChoiceError
 
-SEPARATOR = "+"
-"""``-m a+b``: the members of an ad-hoc ensemble."""
-
 
 @dataclasses.dataclass(frozen=True)
 class Member:
@@ -47,31 +44,6 @@ class Member:
 
     def weight(self, stem: str) -> float:
         return float(self.weights.get(stem, 1.0)) if stem in self.model.sources else 0.0
-
-
-def parse_members(text: str) -> list[tuple[str, dict[str, float]]]:
-    """``a+b`` or ``a:2+b:vocals=0,drums=2`` into ``[(name, {stem: weight})]``; ``:2`` weighs every stem.
-
-    Raises :class:`ModelChoiceError` for an empty member or a weight that is not a non-negative number.
-    """
-    members = []
-    for part in text.split(SEPARATOR):
-        name, _, spec = part.strip().partition(":")
-        if not name:
-            raise ModelChoiceError(f"ensemble {text!r} has an empty member name (write a+b)")
-        weights: dict[str, float] = {}
-        for item in filter(None, (piece.strip() for piece in spec.split(","))):
-            stem, equals, value = item.rpartition("=")
-            key = stem.strip() if equals else "*"
-            try:
-                weight = float(value)
-            except ValueError:
-                weight = -1.0
-            if not weight >= 0 or weight == float("inf"):
-                raise ModelChoiceError(f"ensemble member {part!r}: weight {value!r} is not a number >= 0")
-            weights[key] = weight
-        members.append((name, weights))
-    return members
 
 
 def weighted_sources(

@@ -48,7 +48,7 @@ from freestems.models.msst import MsstFacts
 from freestems.models.scnet import SCNet
 
 if TYPE_CHECKING:
-    from freestems.models.chain import ChainSpec
+    from freestems.models.spelling import ChainSpec
 
 FORMAT_VERSION = 1
 """Version of the freestems checkpoint format written by :func:`save_checkpoint`."""
@@ -463,7 +463,7 @@ def load_model(
     Args:
         name: a catalog name (default :data:`DEFAULT_MODEL` when no ``model_file`` is given), an ensemble
             of them: ``"a+b"``, with optional weights ``"a:vocals=2+b:vocals=0"`` (see
-            :func:`freestems.models.ensemble.parse_members`), or a chain ``"a>drums:b"`` (b run on a's drums;
+            :func:`freestems.models.spelling.parse_members`), or a chain ``"a>drums:b"`` (b run on a's drums;
             see :mod:`freestems.models.chain`). With ``model_file`` it names the catalog config to use for
             that file.
         model_file: a checkpoint file instead of the cache: an SCNet, RoFormer or MDX23C state_dict (raw or
@@ -490,8 +490,7 @@ def load_model(
 
 def _load_named(name: str, flags: _Flags, fetch: _Fetch) -> LoadedModel:
     """A catalog name or preset, an ensemble ``a+b`` or a chain ``a>drums:b``."""
-    from freestems.models.chain import is_chain, parse_chain
-    from freestems.models.ensemble import SEPARATOR, parse_members
+    from freestems.models.spelling import SEPARATOR, is_chain, parse_chain, parse_members
 
     if is_chain(name):
         return _load_chain(name, parse_chain(name), flags, fetch)
@@ -531,7 +530,7 @@ def _load_entry(info: ModelInfo, flags: _Flags, fetch: _Fetch) -> LoadedModel:
         members = [(member, dict(weights)) for member, weights in info.config["members"]]
         return _load_ensemble(info.name, "+".join(m for m, _ in members), members, flags, fetch)
     if info.architecture == "chain":
-        from freestems.models.chain import ChainSpec
+        from freestems.models.spelling import ChainSpec
 
         return _load_chain(info.name, ChainSpec.of(info.config), flags, fetch)
     paths = fetch.files(info)

@@ -136,10 +136,11 @@ def serve_catalog(
         CheckpointError: a cached file changed since it was pinned.
         ModelChoiceError: a bad ensemble or chain.
     """
-    from freestems.models.chain import describe_chain, is_chain
+    from freestems.models.chain import describe_chain
     from freestems.models.download import file_sha256
-    from freestems.models.ensemble import SEPARATOR, parse_members, weighted_sources
+    from freestems.models.ensemble import weighted_sources
     from freestems.models.loading import fetch_files
+    from freestems.models.spelling import SEPARATOR, is_chain, parse_members
 
     if is_chain(name):
         info = None
@@ -254,8 +255,7 @@ def catalog_entries(name: str, *, strict: bool = True) -> list[ModelInfo]:
         ModelChoiceError: a malformed ensemble or chain.
     """
     from freestems.models.catalog import CATALOG
-    from freestems.models.chain import is_chain, parse_chain
-    from freestems.models.ensemble import SEPARATOR, parse_members
+    from freestems.models.spelling import SEPARATOR, is_chain, parse_chain, parse_members
 
     found: list[ModelInfo] = []
     if is_chain(name):

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from freestems.models.catalog import CATALOG, member_names
-from freestems.models.chain import is_chain, parse_chain
+from freestems.models.spelling import SEPARATOR, is_chain, parse_chain, parse_members
 from freestems.options import SeparationOptions
 
 from .errors import ServiceError, invalid_parameter, too_many_requests
@@ -89,8 +89,8 @@ def model_factor(name: str, unmeasured: float) -> float:
     if is_chain(name):
         spec = parse_chain(name)
         return sum(model_factor(model, unmeasured) for model in (spec.first, *(m for _, m in spec.links)))
-    if "+" in name:
-        return sum(model_factor(member.split(":", 1)[0].strip(), unmeasured) for member in name.split("+"))
+    if SEPARATOR in name:
+        return sum(model_factor(member, unmeasured) for member, _ in parse_members(name))
     info = CATALOG.get(name)
     if info is None:
         return unmeasured
