@@ -191,6 +191,32 @@ def test_the_whole_separation_through_onnx_matches_the_engine(exported):
         assert snr_db(expected[name], got[name]) >= 60, name
 
 
+@pytest.mark.parametrize("frames", [476, 30, 2])
+def test_the_matrix_rfft_gives_torchs_rfft_and_its_inverse(frames):
+    from freestems.models.scnet import FeatureConversion
+
+    generator = torch.Generator().manual_seed(frames)
+    signal = torch.randn(1, 8, 5, frames, generator=generator)
+    spectrum = torch.randn(1, 16, 5, frames // 2 + 1, generator=generator)
+    for inverse, given in [(False, signal), (True, spectrum)]:
+        expected = FeatureConversion(inverse)(given)
+        got = export._MatrixRFFT(inverse, frames)(given)
+        assert got.shape == expected.shape
+        assert (got - expected).abs().max() < 1e-5 * expected.abs().max()
+
+
+def test_the_exported_graph_takes_no_dft_and_stores_no_index_matrices(exported):
+    model, folder, _ = exported
+    proto = onnx.load(str(folder / export.FP32_FILE))
+    ops = {node.op_type for node in proto.graph.node}
+    assert "DFT" not in ops and {"MatMul", "Cos", "Sin", "Range"} <= ops
+    made = [t for t in proto.graph.initializer if ".dft_" in t.name]
+    assert made and not [t.name for t in made if t.name.endswith(("dft_cos", "dft_sin"))]
+    assert max(int(np.prod(t.dims)) for t in made) <= 2  # the matrices are made at load, not stored
+    conversions = model.module.separation_net.feature_conversion
+    assert all(type(module).__name__ == "FeatureConversion" for module in conversions)  # torch's own again
+
+
 def test_the_manifest_window_is_the_engines(exported):
     *_, manifest = exported
     chunking = manifest["chunking"]
