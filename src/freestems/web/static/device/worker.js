@@ -26,6 +26,8 @@ async function loadRuntime() {
     );
   }
   ort.env.wasm.wasmPaths = VENDOR.href;
+  // Every core: onnxruntime-web splits a chunk evenly between its threads at no extra CPU (its own default
+  // is half the cores); threads need SharedArrayBuffer, so one where the page is not isolated.
   ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.max(1, Math.min(8, navigator.hardwareConcurrency || 1)) : 1;
   ort.env.logLevel = "error";
   return ort;
@@ -59,6 +61,8 @@ async function openSession(manifest, manifestUrl, precision) {
   });
   post({ type: "status", stage: "runtime", words: "Starting the model…" });
   const runtime = await loadRuntime();
+  // bench/ort_options.mjs measured the other options (arena, memory pattern, parallel execution) and the
+  // fp16 file's time: none is faster than these (docs/browser.md, "Speed").
   const created = await runtime.InferenceSession.create(new Uint8Array(buffer), {
     executionProviders: ["wasm"],
     graphOptimizationLevel: "all",
