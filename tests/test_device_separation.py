@@ -367,6 +367,8 @@ def test_a_device_only_server_offers_no_upload_and_the_page_separates_on_the_dev
         assert notice.startswith("This server separates on your own device: nothing is uploaded.")
         assert page.is_visible("#where-hint") and page.is_hidden("text=On our server")
         assert "never leaves this browser" in page.text_content(".site-footer")
+        hint = page.inner_text("#file-hint")  # no upload: no size limit to name, the length limit stays
+        assert "MB" not in hint and "4 minutes" in hint, hint
         page.set_input_files("#file", str(song))
         wait_js(page, "!document.getElementById('separate').disabled")
         assert page.is_hidden("#cost-hint")  # nothing of it runs on the server: no compute to count

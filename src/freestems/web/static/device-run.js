@@ -151,6 +151,7 @@ export function createDevice({ screens, messages, song, player, log, present, pr
     const onDevice = chosen();
     $("format").disabled = onDevice;
     $("shifts").disabled = onDevice;
+    $("size-limit").hidden = onDevice; // the hint names the length limit only
     if (onDevice !== relaxed) {
       relaxed = onDevice;
       song.useConfig(onDevice ? { ...config, limits: { ...config.limits, max_upload_mb: Infinity } } : config);
