@@ -415,3 +415,28 @@ def test_a_device_only_page_whose_browser_cannot_says_why_and_uploads_nothing(ex
     assert "Reload the page" in problem["action"]
     assert traffic.sockets == []
     assert [(method, url) for method, url, *_ in traffic.requests if method not in ("GET", "HEAD")] == []
+
+
+def test_a_browser_without_webassembly_simd_is_told_before_any_download(exported, open_page, tmp_path):
+    """The runtime the page ships needs WebAssembly SIMD: a browser without it hears why at once, and
+    neither the runtime's code nor the network is fetched."""
+    from service_helpers import running_server, small_settings
+
+    _, device_dir = exported
+    settings = small_settings(tmp_path / "data", device_dir=device_dir, device_only=True, models=("small",))
+    traffic = Traffic()
+
+    def without_simd(page) -> None:  # as in a browser whose WebAssembly has no SIMD
+        traffic.watch(page)
+        page.add_init_script(
+            "const validate = WebAssembly.validate;"
+            "WebAssembly.validate = (bytes) => !new Uint8Array(bytes).includes(253) && validate(bytes);"
+        )
+
+    with running_server(settings, None) as server:
+        page = open_page(server=server, before=without_simd)
+        wait_js(page, "window.freestems.device.unavailable() !== 'checking'")
+        reason = page.evaluate("window.freestems.device.unavailable()")
+    assert reason == "this browser cannot run the model (no WebAssembly SIMD, which the runtime needs)"
+    fetched = [url for _, url, *_ in traffic.requests]
+    assert not [url for url in fetched if "/vendor/" in url or ".onnx" in url], fetched

@@ -12,12 +12,19 @@ export function manifestUrl(name) {
 }
 
 /**
+ * The smallest module that uses WebAssembly SIMD (a function returning i8x16.popcnt of a splat): the one
+ * onnxruntime-web build the page ships needs SIMD, so a browser without it is told before any download.
+ */
+const SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65, 0, 253, 15, 253, 98, 11]);
+
+/**
  * Whether this page can separate on the device: resolves with "" or the reason it cannot, in words.
  * `deviceModels`: the served models with an export (GET /config's `device_models`).
  */
 export async function deviceSupport(deviceModels) {
   if (typeof WebAssembly !== "object" || typeof Worker !== "function") return "this browser cannot run the model (no WebAssembly or Web Workers)";
   if (typeof OfflineAudioContext !== "function") return "this browser cannot decode songs for the model (no Web Audio)";
+  if (!WebAssembly.validate(SIMD_PROBE)) return "this browser cannot run the model (no WebAssembly SIMD, which the runtime needs)";
   if (!Array.isArray(deviceModels) || !deviceModels.length) return "this server offers no model that runs in the browser";
   try {
     const response = await fetch(new URL("ort.wasm.min.mjs", VENDOR)); // a GET: the offline copy answers it too
