@@ -84,12 +84,29 @@ def device_models(settings: Settings, names: list[str]) -> list[str]:
     return [name for name in names if export_folder(settings, name) is not None]
 
 
-def _listed_files(folder: Path) -> set[str]:
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of the export in ``folder``, with its file entries as dicts; None if it does not read as
+    one."""
     try:
         manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        return {str(entry["file"]) for entry in manifest["onnx"]["files"]}
+        manifest["onnx"]["files"] = [dict(entry) for entry in manifest["onnx"]["files"]]
     except (OSError, ValueError, KeyError, TypeError):
-        return set()
+        return None
+    return manifest
+
+
+def _listed_files(folder: Path) -> list[dict[str, Any]]:
+    """The file entries of the export's manifest (none when it does not read)."""
+    manifest = read_manifest(folder)
+    return manifest["onnx"]["files"] if manifest is not None else []
+
+
+def _export_of(settings: Settings, name: str, served: Any) -> Path:
+    """The export folder of served model ``name``; a 404 when it is not served or has none."""
+    folder = export_folder(settings, name) if name in served() else None
+    if folder is None:
+        raise not_found(f"model {name} cannot be run in the browser on this server")
+    return folder
 
 
 def add_device_routes(app: FastAPI, settings: Settings, served: Any) -> None:
@@ -98,15 +115,15 @@ def add_device_routes(app: FastAPI, settings: Settings, served: Any) -> None:
 
     @app.get("/models/{name}/device/{file}", include_in_schema=False)
     async def device_file(name: str, file: str) -> FileResponse:
-        folder = export_folder(settings, name) if name in served() else None
-        if folder is None:
-            raise not_found(f"model {name} cannot be run in the browser on this server")
-        if file != MANIFEST and file not in _listed_files(folder):
+        """A listed file at its plain URL (the manifest has its own route, above)."""
+        folder = _export_of(settings, name, served)
+        if file not in {str(entry.get("file")) for entry in _listed_files(folder)}:
             raise not_found(f"no file {file} in the export of model {name}")
-        kind = "application/json" if file == MANIFEST else "application/octet-stream"
         # The page keeps the networks in Cache Storage, checked against the manifest's sha256: the browser's
         # HTTP cache must ask again each time, or a re-export would be hidden behind an old manifest.
-        return FileResponse(folder / file, media_type=kind, headers={"Cache-Control": "no-cache"})
+        return FileResponse(
+            folder / file, media_type="application/octet-stream", headers={"Cache-Control": "no-cache"}
+        )
 
     @app.get("/sw.js", include_in_schema=False)
     async def service_worker() -> FileResponse:
@@ -136,13 +153,12 @@ def hashed_url(entry: dict[str, Any]) -> str:
 def served_manifest(folder: Path) -> bytes | None:
     """The manifest of the export in ``folder`` as the page gets it: each file with its ``url``
     (:func:`hashed_url`). None if it does not read as a manifest."""
-    try:
-        manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        for entry in manifest["onnx"]["files"]:
-            if _DIGEST.fullmatch(str(entry["sha256"])) and _NAME.fullmatch(str(entry["file"])):
-                entry["url"] = hashed_url(entry)
-    except (OSError, ValueError, KeyError, TypeError):
+    manifest = read_manifest(folder)
+    if manifest is None:
         return None
+    for entry in manifest["onnx"]["files"]:
+        if _DIGEST.fullmatch(str(entry.get("sha256"))) and _NAME.fullmatch(str(entry.get("file"))):
+            entry["url"] = hashed_url(entry)
     return (json.dumps(manifest, indent=2) + "\n").encode()
 
 
@@ -168,11 +184,7 @@ def manifest_response(folder: Path, name: str, request: Request) -> Response:
 
 def _listed_entry(folder: Path, digest: str, file: str) -> dict[str, Any] | None:
     """The manifest's entry of ``file`` if the manifest gives it the sha256 ``digest``."""
-    try:
-        manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        entries = [dict(entry) for entry in manifest["onnx"]["files"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    entries = _listed_files(folder)
     return next((e for e in entries if e.get("file") == file and e.get("sha256") == digest), None)
 
 
@@ -222,19 +234,13 @@ def add_hashed_routes(app: FastAPI, settings: Settings, served: Any) -> None:
     """The manifest at its stable URL (short cache, ``ETag``) and each file at its hash-named URL (cached
     for good). ``served()``: the served names."""
 
-    def folder_of(name: str) -> Path:
-        folder = export_folder(settings, name) if name in served() else None
-        if folder is None:
-            raise not_found(f"model {name} cannot be run in the browser on this server")
-        return folder
-
     @app.get(f"/models/{{name}}/device/{MANIFEST}", include_in_schema=False)
     async def device_manifest(name: str, request: Request) -> Response:
-        return manifest_response(folder_of(name), name, request)
+        return manifest_response(_export_of(settings, name, served), name, request)
 
     @app.get("/models/{name}/device/{digest}/{file}", include_in_schema=False)
     async def device_hashed_file(name: str, digest: str, file: str, request: Request) -> Response:
-        return await hashed_file_response(folder_of(name), name, digest, file, request)
+        return await hashed_file_response(_export_of(settings, name, served), name, digest, file, request)
 
 
 class VendorFiles(StaticFiles):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from freestems.errors import FailureCode
@@ -61,7 +62,7 @@ def describe_exports(settings: Settings, names: tuple[str, ...] | None = None) -
     described = []
     for name in names:
         folder = device.export_folder(settings, name)
-        manifest = _manifest(folder / device.MANIFEST) if folder is not None else None
+        manifest = _manifest(folder) if folder is not None else None
         if manifest is None:
             raise SettingsError(
                 f"{Settings.variable('device_only')}: model {name} has no export in {settings.device_dir} "
@@ -73,16 +74,14 @@ def describe_exports(settings: Settings, names: tuple[str, ...] | None = None) -
     return described
 
 
-def _manifest(path: Any) -> dict[str, Any] | None:
-    """The export's manifest, if it is one (readable JSON naming its stems)."""
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        stems = manifest["model"]["stems"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+def _manifest(folder: Path) -> dict[str, Any] | None:
+    """The export's manifest (:func:`~.device.read_manifest`), if it names its stems."""
+    manifest = device.read_manifest(folder)
+    model = manifest.get("model") if manifest is not None else None
+    stems = model.get("stems") if isinstance(model, dict) else None
     if not isinstance(stems, list) or not stems or not all(isinstance(stem, str) for stem in stems):
         return None
-    return dict(manifest)
+    return manifest
 
 
 def _description(name: str, manifest: Mapping[str, Any]) -> ModelDescription:
