@@ -9,8 +9,11 @@ synthetic 3-minute song the same way, and the Python engine (``freestems separat
 core) on that song. The page picks the network file as it does for anyone (fp16 weights where the export
 found them faithful).
 
-- ``clip``: ``first_sound_s``, from the click on Separate to the first finished block of every stem, which
-  the page plays at once; ``whole_s``, from the click to the result card, the player ready;
+- ``clip``: ``first_sound_s``, from the click on Separate to the first block of every stem, which the page
+  plays at once: the short first chunk's provisional block (``first_chunk``: true) where the export has
+  one, else the first whole chunk's; ``first_block_s``, the worker's time to the first whole chunk's
+  block (from the worker's start, after the decoding); ``whole_s``, from the click to the result card, the
+  player ready;
   ``cached_whole_s``, the same for the second run; ``chunk_s``, the worker's seconds per chunk (its whole
   time less the network's loading, over its chunks); ``network_load_s``;
 - ``song``: ``first_sound_s``, ``whole_s``, ``chunk_s`` and ``realtime``, the song's length over
@@ -83,6 +86,8 @@ def facts(run: dict[str, Any], seconds: int) -> dict[str, Any]:
     work = info["timings"]["whole_s"] - info["timings"]["load_s"]
     return {
         "first_sound_s": round(info["first_block_page_s"], 2),
+        "first_chunk": info["timings"]["first_sound_s"] < info["timings"]["first_block_s"],
+        "first_block_s": round(info["timings"]["first_block_s"], 2),
         "whole_s": run["whole_s"],
         "chunk_s": round(work / info["chunks"], 2),
         "realtime": round(seconds / run["whole_s"], 3),

@@ -6,7 +6,10 @@
 // pair gives the first pair's output.
 //
 // usage: node bench/ort_options.mjs THREADS ROUNDS CASES.json
-//   CASES.json: [{"name": "...", "file": "path/network.fp32.onnx", "options": {session options}}, ...]
+//   CASES.json: [{"name": "...", "file": "path/network.fp32.onnx", "options": {session options},
+//                 "frames": N (optional: a file with a dynamic frame axis run on N frames, e.g. the
+//                 manifest's first_chunk.frames; default the manifest's stft.frames)}, ...]
+// Outputs are compared between the cases of the same frame count.
 // The files come from `freestems export` (bench/bench_browser.py exports the release scnet with seeded
 // weights). THREADS is `ort.env.wasm.numThreads`, fixed for the process: compare thread counts by running
 // this once per count, alternately.
@@ -37,8 +40,12 @@ function probe(shape) {
 
 const manifest = JSON.parse(fs.readFileSync(path.join(path.dirname(cases[0].file), "manifest.json"), "utf8"));
 const { input, output } = manifest.tensors;
-const data = probe(input.shape);
+const probes = new Map(); // frame count -> the input of that many frames
 for (const entry of cases) {
+  const frames = entry.frames ?? manifest.stft.frames;
+  entry.shape = input.shape.map((dim) => (dim === "frames" ? frames : dim));
+  if (!probes.has(frames)) probes.set(frames, probe(entry.shape));
+  entry.data = probes.get(frames);
   const started = performance.now();
   entry.session = await ort.InferenceSession.create(fs.readFileSync(entry.file), {
     executionProviders: ["wasm"],
@@ -47,16 +54,17 @@ for (const entry of cases) {
   entry.load_s = (performance.now() - started) / 1000;
   entry.runs = [];
 }
-let reference = null;
+const references = new Map(); // input -> the first case's output for it
 for (let round = 0; round < Number(rounds); round += 1) {
   for (const entry of cases) {
     const cpu = process.cpuUsage();
     const started = performance.now();
-    const results = await entry.session.run({ [input.name]: new ort.Tensor("float32", data, input.shape) });
+    const results = await entry.session.run({ [input.name]: new ort.Tensor("float32", entry.data, entry.shape) });
     const wall = (performance.now() - started) / 1000;
     const used = process.cpuUsage(cpu);
     const out = results[output.name].data;
-    reference ??= out.slice();
+    if (!references.has(entry.data)) references.set(entry.data, out.slice());
+    const reference = references.get(entry.data);
     let diff = 0;
     for (let i = 0; i < out.length; i += 1) diff = Math.max(diff, Math.abs(out[i] - reference[i]));
     entry.runs.push({ wall_s: +wall.toFixed(2), cpu_s: +((used.user + used.system) / 1e6).toFixed(2), diff });
@@ -64,8 +72,9 @@ for (let round = 0; round < Number(rounds); round += 1) {
   }
 }
 const median = (values) => values.toSorted((a, b) => a - b)[Math.floor(values.length / 2)];
-const summary = cases.map(({ name, load_s, runs }) => ({
+const summary = cases.map(({ name, shape, load_s, runs }) => ({
   name,
+  frames: shape.at(-1),
   threads: Number(threads),
   load_s: +load_s.toFixed(2),
   median_wall_s: median(runs.map((run) => run.wall_s)),

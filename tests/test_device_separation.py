@@ -176,6 +176,7 @@ def test_a_song_is_separated_on_the_device_as_the_engine_does_and_nothing_leaves
         stems = page.eval_on_selector_all("#stems li", "rows => rows.map(row => row.dataset.stem)")
         playable = page.evaluate("window.freestems.mixer.duration()")
         handovers = events(page, "handover")  # the live player (the blocks as they were finished) took over
+        first_sounds = events(page, "device_first_sound")
         first = len(traffic.requests)
         assert page.is_disabled("#format") and page.is_disabled("#shifts")  # WAV files from one pass
 
@@ -213,7 +214,12 @@ def test_a_song_is_separated_on_the_device_as_the_engine_does_and_nothing_leaves
     for name, reference in pair.items():
         assert snr_db(reference, _floats(karaoke["stems"][name])) >= MIN_SNR_DB, name
     assert playable == pytest.approx(mix.shape[1] / 44100, abs=0.01)
-    assert len(handovers) == 1
+    assert len(handovers) == 1  # the whole blocks made whole stems: the provisional one was replaced
+    # The short first chunk (half the small model's 2 s segment) was heard before the first whole chunk,
+    # and is in no stem (they match the engine above).
+    timings = run["info"]["timings"]
+    assert [event["samples"] for event in first_sounds] == [44100]
+    assert timings["first_sound_s"] < timings["first_block_s"]
 
     # Nothing left the browser: no upload, no form, no socket; only GETs of the page's own files.
     assert traffic.sockets == []
@@ -249,8 +255,13 @@ def test_a_song_over_the_upload_limit_plays_while_it_separates_on_the_device_and
         page.click("#separate")
         status = "document.getElementById('status').textContent"
         wait_js(page, f"/Separating on this device: /.test({status})", timeout=120)
-        # The first finished block plays at once, while the rest is separated.
+        # The first finished block plays at once, while the rest is separated: the short first chunk's,
+        # which the first whole chunk's then replaces.
         wait_js(page, "(window.freestems.mixer.live() || {}).ready > 0", timeout=120)
+        assert events(page, "device_first_sound")
+        wait_js(page, "window.freestems.mixer.live().ready > 1", timeout=120)
+        segments = page.evaluate("window.freestems.mixer.live().segments")
+        assert segments[0][0] == 0 and not any(provisional for *_, provisional in segments)
         assert page.evaluate("window.freestems.mixer.live().complete") is False
         page.click("#cancel")
         page.click("#cancel-yes")

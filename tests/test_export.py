@@ -63,14 +63,24 @@ def _stft_window(stft: dict) -> np.ndarray:
     return window
 
 
-def spectrogram(chunk: np.ndarray, manifest: dict) -> np.ndarray:
+def sizes(manifest: dict, first: bool = False) -> tuple[int, int, int]:
+    """(segment, right padding, frames) of a chunk, or of the short first chunk."""
+    if first:
+        chunk = manifest["chunking"]["first_chunk"]
+        return chunk["segment"], chunk["right_padding"], chunk["frames"]
+    stft = manifest["stft"]
+    return manifest["chunking"]["segment"], stft["right_padding"], stft["frames"]
+
+
+def spectrogram(chunk: np.ndarray, manifest: dict, first: bool = False) -> np.ndarray:
     """(C, segment) -> (2C, bins, frames), planes as the manifest orders them."""
     stft = manifest["stft"]
     n_fft, hop = stft["n_fft"], stft["hop_length"]
     assert stft["center"] and stft["onesided"]
-    padded = np.pad(chunk, ((0, 0), (0, stft["right_padding"])))
+    _, right_padding, count = sizes(manifest, first)
+    padded = np.pad(chunk, ((0, 0), (0, right_padding)))
     padded = np.pad(padded, ((0, 0), (n_fft // 2, n_fft // 2)), mode=stft["pad_mode"])
-    starts = np.arange(stft["frames"]) * hop
+    starts = np.arange(count) * hop
     assert starts[-1] + n_fft == padded.shape[1]  # the manifest's frame count is the one the STFT gives
     frames = padded[:, starts[:, None] + np.arange(n_fft)] * _stft_window(stft)
     spec = np.fft.rfft(frames, axis=-1) / (np.sqrt(n_fft) if stft["normalized"] else 1.0)  # (C, T, F)
@@ -79,7 +89,7 @@ def spectrogram(chunk: np.ndarray, manifest: dict) -> np.ndarray:
     return planes.reshape(-1, *spec.shape[1:]).transpose(0, 2, 1).astype(np.float32)
 
 
-def waveform(planes: np.ndarray, manifest: dict) -> np.ndarray:
+def waveform(planes: np.ndarray, manifest: dict, first: bool = False) -> np.ndarray:
     """(2C, bins, frames) -> (C, segment): the inverse of :func:`spectrogram`."""
     stft = manifest["stft"]
     n_fft, hop = stft["n_fft"], stft["hop_length"]
@@ -93,7 +103,7 @@ def waveform(planes: np.ndarray, manifest: dict) -> np.ndarray:
         out[:, t * hop : t * hop + n_fft] += frames[:, :, t] * window
         envelope[t * hop : t * hop + n_fft] += window**2
     start = n_fft // 2
-    segment = manifest["chunking"]["segment"]
+    segment = sizes(manifest, first)[0]
     return (out[:, start : start + segment] / envelope[start : start + segment]).astype(np.float32)
 
 
@@ -123,12 +133,13 @@ def chunk_starts(length: int, chunking: dict) -> list[int]:
     return starts
 
 
-def separate_chunk(session, chunk: np.ndarray, manifest: dict) -> np.ndarray:
-    """(C, segment) -> (stems, C, segment) through ONNX Runtime, the STFT and its inverse in numpy."""
+def separate_chunk(session, chunk: np.ndarray, manifest: dict, first: bool = False) -> np.ndarray:
+    """(C, segment) -> (stems, C, segment) through ONNX Runtime, the STFT and its inverse in numpy
+    (``first``: the short first chunk's sizes)."""
     tensors = manifest["tensors"]
-    feed = {tensors["input"]["name"]: spectrogram(chunk, manifest)[None]}
+    feed = {tensors["input"]["name"]: spectrogram(chunk, manifest, first)[None]}
     stems = session.run([tensors["output"]["name"]], feed)[0][0]
-    return np.stack([waveform(planes, manifest) for planes in stems])
+    return np.stack([waveform(planes, manifest, first) for planes in stems])
 
 
 def separate_with_onnx(mix: np.ndarray, folder: Path, manifest: dict) -> dict[str, np.ndarray]:
@@ -191,6 +202,21 @@ def test_the_whole_separation_through_onnx_matches_the_engine(exported):
         assert snr_db(expected[name], got[name]) >= 60, name
 
 
+def test_the_short_first_chunk_runs_through_the_same_file(exported):
+    model, folder, manifest = exported
+    first = manifest["chunking"]["first_chunk"]
+    assert 0 < first["segment"] <= manifest["chunking"]["segment"] // 2 and first["frames"] % 2 == 0
+    chunk = music(first["segment"] / 44100, seed=4).astype(np.float32)
+    with torch.inference_mode():
+        expected = model.module(torch.from_numpy(chunk)[None])[0].numpy()
+    got = separate_chunk(_session(folder, manifest), chunk, manifest, first=True)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() < 1e-4
+    if manifest["onnx"]["fp16"]["written"]:
+        half = separate_chunk(_session(folder, manifest, "fp16"), chunk, manifest, first=True)
+        assert min(snr_db(expected[s], half[s]) for s in range(len(half))) >= 60
+
+
 @pytest.mark.parametrize("frames", [476, 30, 2])
 def test_the_matrix_rfft_gives_torchs_rfft_and_its_inverse(frames):
     from freestems.models.scnet import FeatureConversion
@@ -200,19 +226,19 @@ def test_the_matrix_rfft_gives_torchs_rfft_and_its_inverse(frames):
     spectrum = torch.randn(1, 16, 5, frames // 2 + 1, generator=generator)
     for inverse, given in [(False, signal), (True, spectrum)]:
         expected = FeatureConversion(inverse)(given)
-        got = export._MatrixRFFT(inverse, frames)(given)
+        got = export._MatrixRFFT(inverse)(given)
         assert got.shape == expected.shape
         assert (got - expected).abs().max() < 1e-5 * expected.abs().max()
 
 
 def test_the_exported_graph_takes_no_dft_and_stores_no_index_matrices(exported):
-    model, folder, _ = exported
+    model, folder, manifest = exported
     proto = onnx.load(str(folder / export.FP32_FILE))
     ops = {node.op_type for node in proto.graph.node}
     assert "DFT" not in ops and {"MatMul", "Cos", "Sin", "Range"} <= ops
-    made = [t for t in proto.graph.initializer if ".dft_" in t.name]
-    assert made and not [t.name for t in made if t.name.endswith(("dft_cos", "dft_sin"))]
-    assert max(int(np.prod(t.dims)) for t in made) <= 2  # the matrices are made at load, not stored
+    frames = manifest["stft"]["frames"]
+    matrix = {frames * (frames // 2 + 1)}
+    assert not [t.name for t in proto.graph.initializer if int(np.prod(t.dims)) in matrix]  # made, not stored
     conversions = model.module.separation_net.feature_conversion
     assert all(type(module).__name__ == "FeatureConversion" for module in conversions)  # torch's own again
 
@@ -253,7 +279,8 @@ def test_the_manifest_describes_the_model_and_the_tensors(exported):
     (given,), (taken,) = session.get_inputs(), session.get_outputs()
     assert (given.name, list(given.shape)) == (tensors["input"]["name"], tensors["input"]["shape"])
     assert (taken.name, list(taken.shape)) == (tensors["output"]["name"], tensors["output"]["shape"])
-    assert tensors["dynamic_axes"] == [] and tensors["input"]["shape"][0] == 1
+    assert tensors["dynamic_axes"] == ["frames"] and tensors["input"]["shape"][0] == 1
+    assert tensors["input"]["shape"][3] == tensors["output"]["shape"][4] == "frames"
     assert manifest["stft"]["frames"] % 2 == 0
 
 

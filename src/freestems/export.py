@@ -61,6 +61,13 @@ OUTPUT_NAME = "stems"
 EXPORTABLE = EXPORTABLE_FAMILIES
 """The model families that can be exported (catalog ``architecture`` values)."""
 
+FRAMES_AXIS = "frames"
+"""The name of the network's one dynamic axis: the spectrogram's frame count (even)."""
+
+FIRST_CHUNK_SECONDS = 3.0
+"""The length of the short first chunk that the page may run for a first sound sooner (see the manifest)."""
+
+_MAX_FRAMES = 1 << 14  # the dynamic frame axis's upper bound (a 6-minute chunk): the exporter needs one
 _MAX_RELATIVE_ERROR = 1e-4  # of the fp32 file against torch, relative to the output's peak
 _PROBE_SEED = 0
 _MIN_CONSTANT_SIZE = 16  # smaller constants are never rewritten
@@ -114,10 +121,11 @@ def export_model(model: LoadedModel, out_dir: str | os.PathLike[str], *, fp16: b
     folder = prepare_folder(out_dir)
     (folder / MANIFEST_FILE).unlink(missing_ok=True)  # an earlier manifest must not vouch for new files
     probe = _probe(scnet, model.segment)
+    short = _probe(scnet, _first_chunk(model))  # the graph must give torch's output for it too
     with torch.inference_mode():
-        expected = _Network(scnet)(probe).numpy()
+        expected = [_Network(scnet)(given).numpy() for given in (probe, short)]
     proto = _export_network(scnet, probe)
-    fp32, reference = _write_fp32(proto, folder / FP32_FILE, probe.numpy(), expected)
+    fp32, reference = _write_fp32(proto, folder / FP32_FILE, [probe.numpy(), short.numpy()], expected)
     files = [fp32]
     fp16_facts: dict[str, Any] = {"written": False, "min_snr_db": FP16_MIN_SNR_DB, "reason": "not asked for"}
     (folder / FP16_FILE).unlink(missing_ok=True)  # a file of an earlier export must not outlive its check
@@ -151,27 +159,23 @@ class _MatrixRFFT(nn.Module):
     The separation net's rFFT over time (and its inverse) has the chunk's frame count as its length, not a
     power of two: ONNX Runtime's DFT kernel spent a quarter to a third of the network's time on it. A matrix
     product over those few hundred frames gives the same numbers (within float32 rounding) in a fraction of
-    that (torch's own FFT stays faster in torch, so only the export uses this). The matrices are buffers
-    named ``dft_cos`` and ``dft_sin``, which :func:`_dft_made` replaces in the file by the nodes that make
-    them: the file stores nothing more, they are never fp16, and ONNX Runtime folds them when it loads.
+    that (torch's own FFT stays faster in torch, so only the export uses this). The matrices are made from
+    the input's frame count, so the file stores nothing more, they are never fp16, and the graph takes any
+    (even) frame count: the page runs a short first chunk with the same file (:data:`FIRST_CHUNK_SECONDS`).
     """
 
-    dft_cos: torch.Tensor
-    dft_sin: torch.Tensor
-
-    def __init__(self, inverse: bool, frames: int):
+    def __init__(self, inverse: bool):
         super().__init__()
         self.inverse = inverse
-        cos, sin = _dft_matrices(frames, inverse=inverse)
-        self.register_buffer("dft_cos", cos, persistent=False)
-        self.register_buffer("dft_sin", sin, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
         if self.inverse:
             real, imag = x.chunk(2, dim=1)
-            return real @ self.dft_cos + imag @ self.dft_sin
-        return torch.cat([x @ self.dft_cos, x @ self.dft_sin], dim=1)
+            cos, sin = _dft_matrices(2 * (x.shape[3] - 1), inverse=True)
+            return real @ cos + imag @ sin
+        cos, sin = _dft_matrices(x.shape[3], inverse=False)
+        return torch.cat([x @ cos, x @ sin], dim=1)
 
 
 def _dft_matrices(frames: int, *, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,30 +184,33 @@ def _dft_matrices(frames: int, *, inverse: bool) -> tuple[torch.Tensor, torch.Te
     Forward: (frames, bins), ``x @ cos`` and ``x @ sin`` are the spectrum's real and imaginary parts.
     Inverse: (bins, frames), ``re @ cos + im @ sin`` is the signal, every bin but the first and the last
     counted twice (its mirror image), the imaginary parts of those two ignored, as torch's irfft does.
-    Made as :func:`_dft_made`'s nodes make them: ``n * k mod frames`` in integers first, so that every angle
-    is in [0, 2 pi) before it is a float32.
+    ``n * k mod frames`` is taken in integers first, so that every angle is in [0, 2 pi) before it is a
+    float32. Written with tensor arithmetic only, so that an export with a dynamic frame count keeps it
+    symbolic (``float(frames)`` would fix the frame count, ``% frames`` does not export).
     """
-    bins = frames // 2 + 1
+    count: torch.Tensor = torch.ones((), dtype=torch.int64) * frames  # frames: a SymInt when exported
     n = torch.arange(frames, dtype=torch.int64)
-    k = torch.arange(bins, dtype=torch.int64)
-    turns = (k[:, None] * n[None, :]) % frames if inverse else (n[:, None] * k[None, :]) % frames
-    angle = turns.to(torch.float32) * (2 * math.pi / frames)
-    scale = 1 / math.sqrt(frames)
+    k = torch.arange(frames // 2 + 1, dtype=torch.int64)
+    turns = (k[:, None] * n[None, :]) % count if inverse else (n[:, None] * k[None, :]) % count
+    angle = turns.to(torch.float32) * (2 * math.pi) / count.to(torch.float32)
+    scale = torch.rsqrt(count.to(torch.float32))
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * -scale
     if not inverse:
-        return torch.cos(angle) * scale, torch.sin(angle) * -scale
-    twice = torch.full((bins, 1), 2.0)
-    twice[0] = twice[-1] = 1.0
-    return torch.cos(angle) * scale * twice, torch.sin(angle) * -scale * twice
+        return cos, sin
+    twice = torch.ones_like(k, dtype=torch.float32) * 2
+    twice[0] = 1.0
+    twice[-1] = 1.0
+    return cos * twice[:, None], sin * twice[:, None]
 
 
 @contextlib.contextmanager
-def _matrix_dft(scnet: SCNet, frames: int) -> Iterator[None]:
-    """``scnet``'s time-axis rFFTs of ``frames`` points are :class:`_MatrixRFFT` while the block runs."""
+def _matrix_dft(scnet: SCNet) -> Iterator[None]:
+    """``scnet``'s time-axis rFFTs are :class:`_MatrixRFFT` while the block runs."""
     conversions = scnet.separation_net.feature_conversion
     originals = list(conversions)
     try:
         for index, module in enumerate(originals):
-            conversions[index] = _MatrixRFFT(cast(FeatureConversion, module).inverse, frames)
+            conversions[index] = _MatrixRFFT(cast(FeatureConversion, module).inverse)
         yield
     finally:
         for index, module in enumerate(originals):
@@ -236,14 +243,21 @@ def _probe(scnet: SCNet, segment: int) -> torch.Tensor:
         return scnet.spectrogram(noise)
 
 
+def _first_chunk(model: LoadedModel) -> int:
+    """The short first chunk's length in samples: :data:`FIRST_CHUNK_SECONDS`, at most half a segment."""
+    return min(round(FIRST_CHUNK_SECONDS * model.sample_rate), model.segment // 2)
+
+
 def _export_network(scnet: SCNet, probe: torch.Tensor) -> onnx.ModelProto:
     """The network as an ONNX model (dynamo exporter), torch's node notes dropped.
 
-    Every shape is fixed, the batch at 1: the page runs one chunk at a time, onnxruntime-web's WebGPU backend
-    captures graphs of static shapes only, and a dynamic batch axis triples the export time.
+    The frame axis is dynamic (any even count: the rFFT over time needs it), so that the page can run a
+    short first chunk with the same file; every other shape is fixed, the batch at 1 (the page runs one chunk
+    at a time, and a dynamic batch axis triples the export time).
     """
+    frames = 2 * torch.export.Dim("half_frames", min=2, max=_MAX_FRAMES // 2)
     try:
-        with _quiet_torch(), _matrix_dft(scnet, probe.shape[3]):
+        with _quiet_torch(), _matrix_dft(scnet):
             program = torch.onnx.export(
                 _Network(scnet).eval(),
                 (probe,),
@@ -251,6 +265,7 @@ def _export_network(scnet: SCNet, probe: torch.Tensor) -> onnx.ModelProto:
                 opset_version=OPSET,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
+                dynamic_shapes={"spectrogram": {3: frames}},
                 external_data=False,
                 verbose=False,
             )
@@ -260,7 +275,16 @@ def _export_network(scnet: SCNet, probe: torch.Tensor) -> onnx.ModelProto:
     proto: onnx.ModelProto = program.model_proto
     for item in [*proto.graph.node, *proto.graph.value_info]:
         del item.metadata_props[:]  # stack traces with this machine's paths: bulk, and nobody's business
-    return _rewrite_constants(proto, _made_at_load)
+    # The exporter notes some intermediate shapes (the LSTMs' outputs) at the probe's frame count, and ONNX
+    # Runtime's Gemm fusion trusts the notes: any other frame count then fails. It infers them itself.
+    del proto.graph.value_info[:]
+    for dim in [
+        *proto.graph.input[0].type.tensor_type.shape.dim,
+        *proto.graph.output[0].type.tensor_type.shape.dim,
+    ]:
+        if dim.dim_param:
+            dim.dim_param = FRAMES_AXIS  # the exporter's name for it is its own (s0, ...)
+    return _rewrite_constants(proto, _zeros_made)
 
 
 @contextlib.contextmanager
@@ -282,19 +306,23 @@ def _quiet_torch() -> Iterator[None]:
 
 
 def _write_fp32(
-    proto: onnx.ModelProto, path: Path, probe: np.ndarray, expected: np.ndarray
+    proto: onnx.ModelProto, path: Path, probes: list[np.ndarray], expected: list[np.ndarray]
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Write the fp32 file if ONNX Runtime gives torch's output with it; its entry and that output."""
+    """Write the fp32 file if ONNX Runtime gives torch's output with it for every probe (a whole chunk's
+    spectrogram first, then a first chunk's); its entry and its output for the first probe."""
     with atomic_path(path) as temp:
         _save(proto, temp)
-        output = _run(temp, probe)
-        error = float(np.abs(output - expected).max())
-        peak = float(np.abs(expected).max())
+        outputs = [_run(temp, probe) for probe in probes]
+        error = max(
+            float(np.abs(got - want).max()) if got.shape == want.shape else math.inf
+            for got, want in zip(outputs, expected, strict=True)
+        )
+        peak = max(float(np.abs(want).max()) for want in expected)
         if not error <= _MAX_RELATIVE_ERROR * max(peak, 1.0):  # NaN included
             raise ExportError(f"the ONNX network differs from torch by {error:.3g} (output peak {peak:.3g})")
         entry = _file_entry(temp, path.name, "fp32")
     entry["max_abs_error_vs_torch"] = error
-    return entry, output
+    return entry, outputs[0]
 
 
 def _write_fp16(
@@ -355,11 +383,6 @@ def _rewrite_constants(
     return copy
 
 
-def _made_at_load(tensor: onnx.TensorProto, values: np.ndarray) -> Replacement | None:
-    """The constants that the exporter stores but that are cheaper made when the file loads."""
-    return _zeros_made(tensor, values) or _dft_made(tensor, values)
-
-
 def _zeros_made(tensor: onnx.TensorProto, values: np.ndarray) -> Replacement | None:
     """An all-zero float constant made at load time (ConstantOfShape) instead of stored: the exporter
     stores the LSTMs' initial states, megabytes of zeros in a release SCNet."""
@@ -370,57 +393,6 @@ def _zeros_made(tensor: onnx.TensorProto, values: np.ndarray) -> Replacement | N
     shape = numpy_helper.from_array(np.array(values.shape, np.int64), tensor.name + ".shape")
     zero = helper.make_tensor("value", TensorProto.FLOAT, [1], [0.0])
     return [shape], [helper.make_node("ConstantOfShape", [shape.name], [tensor.name], value=zero)]
-
-
-def _dft_made(tensor: onnx.TensorProto, values: np.ndarray) -> Replacement | None:
-    """A :class:`_MatrixRFFT` matrix (named ``...dft_cos`` or ``...dft_sin``) made by nodes, as
-    :func:`_dft_matrices` makes it, instead of stored: a megabyte each in a release SCNet, and fp16 would
-    not keep them faithful. Forward matrices are (frames, bins), inverse ones (bins, frames)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    part = tensor.name.rsplit(".", 1)[-1]
-    if part not in ("dft_cos", "dft_sin"):
-        return None
-    rows, columns = values.shape
-    frames, bins, inverse = max(rows, columns), min(rows, columns), rows < columns
-    name = tensor.name
-    numbers: dict[str, Any] = {"zero": 0, "one": 1, "frames": frames, "bins": bins}
-    numbers |= {"axis0": [0], "axis1": [1]}
-    sign = 1.0 if part == "dft_cos" else -1.0
-    floats = {"step": 2 * math.pi / frames, "scale": sign / math.sqrt(frames)}
-    if inverse:
-        numbers |= {"inner": bins - 2, "ends": [1, 1]}
-        floats["edge"] = 1.0
-    constants = [numpy_helper.from_array(np.array(v, np.int64), f"{name}.{k}") for k, v in numbers.items()]
-    constants += [numpy_helper.from_array(np.array(v, np.float32), f"{name}.{k}") for k, v in floats.items()]
-    two = helper.make_tensor("value", TensorProto.FLOAT, [1], [2.0])
-
-    def node(op: str, inputs: list[str], output: str, **attributes: Any) -> onnx.NodeProto:
-        return helper.make_node(op, [f"{name}.{i}" for i in inputs], [f"{name}.{output}"], **attributes)
-
-    first, second = ("k", "n") if inverse else ("n", "k")
-    nodes = [
-        node("Range", ["zero", "frames", "one"], "n"),
-        node("Range", ["zero", "bins", "one"], "k"),
-        node("Unsqueeze", [first, "axis1"], "rows"),
-        node("Unsqueeze", [second, "axis0"], "columns"),
-        node("Mul", ["rows", "columns"], "product"),
-        node("Mod", ["product", "frames"], "turns"),
-        node("Cast", ["turns"], "turns_f", to=TensorProto.FLOAT),
-        node("Mul", ["turns_f", "step"], "angle"),
-        node("Cos" if part == "dft_cos" else "Sin", ["angle"], "wave"),
-        node("Mul", ["wave", "scale"], "scaled" if inverse else "out"),
-    ]
-    if inverse:  # every bin but the first and the last twice: [1, 2, ..., 2, 1] as a column
-        nodes += [
-            node("Unsqueeze", ["inner", "axis0"], "inner_shape"),
-            node("ConstantOfShape", ["inner_shape"], "twos", value=two),
-            node("Pad", ["twos", "ends", "edge"], "twice"),
-            node("Unsqueeze", ["twice", "axis1"], "twice_column"),
-            node("Mul", ["scaled", "twice_column"], "out"),
-        ]
-    nodes.append(helper.make_node("Identity", [f"{name}.out"], [name]))
-    return constants, nodes
 
 
 def _fp16_stored(tensor: onnx.TensorProto, values: np.ndarray) -> Replacement | None:
@@ -496,8 +468,8 @@ def _manifest(
             "audio_channels": input_shape[1] // 2,
         },
         "normalization": _normalisation_facts(model, scnet),
-        "chunking": _chunking_facts(model),
-        "stft": _stft_facts(scnet, model.segment, frames=input_shape[3]),
+        "chunking": _chunking_facts(model, scnet),
+        "stft": _stft_facts(scnet, model.segment),
         "tensors": _tensor_facts(input_shape, output_shape),
         "onnx": {"opset": OPSET, "files": files, "fp16": fp16},
         "exported_by": {
@@ -532,8 +504,15 @@ def _normalisation_facts(model: LoadedModel, scnet: SCNet) -> dict[str, Any]:
     }
 
 
-def _chunking_facts(model: LoadedModel) -> dict[str, Any]:
-    """The engine's overlap-add (:func:`freestems.engine.separate_blocks` and its :func:`~engine.window`)."""
+def _frames(scnet: SCNet, length: int) -> int:
+    """The STFT frame count of a chunk of ``length`` samples (padded on the right, then centred)."""
+    return (length + scnet._padding(length)) // scnet.hop_size + 1
+
+
+def _chunking_facts(model: LoadedModel, scnet: SCNet) -> dict[str, Any]:
+    """The engine's overlap-add (:func:`freestems.engine.separate_blocks` and its :func:`~engine.window`),
+    and the short first chunk the page may run before it."""
+    first = _first_chunk(model)
     overlap = inspect.signature(engine.separate_blocks).parameters["overlap"].default
     stride = max(1, round(model.segment * (1 - overlap)))
     return {
@@ -553,12 +532,22 @@ def _chunking_facts(model: LoadedModel) -> dict[str, Any]:
         "mix": "each chunk's stems are multiplied by w and added at the chunk's place, and w to a weight "
         "sum; each output sample is the sum divided by its weight sum; the output is as long as the track",
         "chunk_tail": model.chunk_tail,
+        "first_chunk": {
+            "segment": first,
+            "right_padding": scnet._padding(first),
+            "frames": _frames(scnet, first),
+            "use": "optional, for a first sound sooner: the network (its frame axis is dynamic) run on the "
+            "track's first `segment` samples (zeros past the end), after the whole-track normalisation and "
+            "the STFT of that length, with no overlap window; its output is provisional: heard until the "
+            "first chunk's output for the same samples is there, and never part of the stems",
+        },
     }
 
 
-def _stft_facts(scnet: SCNet, segment: int, frames: int) -> dict[str, Any]:
+def _stft_facts(scnet: SCNet, segment: int) -> dict[str, Any]:
     """The STFT of :meth:`SCNet.spectrogram` and the inverse of :meth:`SCNet.waveform`, for one chunk."""
     n_fft, hop, win = scnet.nfft, scnet.hop_size, scnet.win_size
+    frames = _frames(scnet, segment)
     scale = "1 / sqrt(n_fft)" if scnet.normalized else "1"
     return {
         "n_fft": n_fft,
@@ -570,6 +559,8 @@ def _stft_facts(scnet: SCNet, segment: int, frames: int) -> dict[str, Any]:
         "normalized": scnet.normalized,
         "onesided": True,
         "right_padding": scnet._padding(segment),
+        "right_padding_rule": "for a chunk of L samples: hop_length - L % hop_length, plus hop_length if "
+        "(L + that) / hop_length is even: the frame count, (L + right_padding) / hop_length + 1, is even",
         "bins": n_fft // 2 + 1,
         "frames": frames,
         "forward": f"pad each channel of the chunk on the right with right_padding zeros, then by n_fft / 2 "

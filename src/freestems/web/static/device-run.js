@@ -228,7 +228,7 @@ export function createDevice({ screens, messages, song, player, log, present, pr
           live = new LiveMixer(player.audioContext(), { stems: Object.keys(block), sampleRate: SAMPLE_RATE, totalSamples: length });
           player.goLive(live);
         }
-        live.addSegment({ start: message.from, end: message.to }, audioBuffers(block));
+        live.addSegment({ start: message.from, end: message.to }, audioBuffers(block), { provisional: Boolean(message.provisional) });
       };
       const outcome = await separateOnDevice({
         model: options.model,
@@ -243,6 +243,7 @@ export function createDevice({ screens, messages, song, player, log, present, pr
             messages.setProgress(words, message.done / message.total);
           } else if (message.type === "block") {
             if (firstBlock === null) firstBlock = (performance.now() - began) / 1000;
+            if (message.provisional) log("device_first_sound", { seconds: firstBlock, samples: message.to });
             play(message);
           }
         },

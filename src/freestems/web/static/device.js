@@ -87,7 +87,8 @@ export function separateOnDevice({ model, channels, precision = "auto", overlap 
     };
     worker.onmessage = (event) => {
       const message = event.data;
-      if (message.type === "block") {
+      if (message.type === "block" && !message.provisional) {
+        // A provisional block (the short first chunk's) is only heard: the stems are made of whole chunks.
         if (!outputs) outputs = message.stems.map((stem) => stem.map(() => new Float32Array(length)));
         message.stems.forEach((stem, s) => stem.forEach((part, c) => outputs[s][c].set(part, message.from)));
       } else if (message.type === "done") {

@@ -371,7 +371,15 @@ export function createPlayer({ log, setProgress, budgetOverride }) {
       sourcesLoop: () =>
         Boolean(mixer && mixer.sources.length && mixer.sources.every((source) => source.loop && source.loopStart === mixer.loop.start && source.loopEnd === mixer.loop.end)),
       /** The live player's state ({ready, waiting, complete}), null when the stems are whole. */
-      live: () => (mixer && mixer.live ? { ready: mixer.ready, waiting: mixer.waiting, complete: mixer.complete } : null),
+      live: () =>
+        mixer && mixer.live
+          ? {
+              ready: mixer.ready,
+              waiting: mixer.waiting,
+              complete: mixer.complete,
+              segments: mixer.segments.map((entry) => [entry.start, entry.end, entry.provisional]),
+            }
+          : null,
       /** A stem's GainNode and the context (tests tap what each stem plays). */
       stemNode: (name) => (mixer ? mixer.stem(name).gain : null),
       context: () => (mixer ? mixer.context : null),

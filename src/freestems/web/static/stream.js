@@ -24,6 +24,7 @@ import { Problem } from "./text.js";
 const POLL_MS = 500;
 const LEAD = 0.06; // seconds between deciding to play and the first sample: time to schedule every source
 const CATCH_UP = 0.02; // playback this close to the end of what exists waits for more
+const FADE = 0.03; // seconds of crossfade where a segment replaces a provisional one mid-play
 const PEAK_BUCKETS = 2048;
 const MAX_FAILURES = 5; // partial requests that fail in a row before the page stops listening early
 const FINISH_MS = 15000; // how long the result waits for the last segments before it decodes its own files
@@ -72,6 +73,8 @@ export class LiveMixer extends Mixer {
     this.starting = false; // waiting for the browser to let the context run
     this.timer = null;
     this.owners = new WeakMap(); // source -> the name of the stem it plays
+    this.segmentOf = new WeakMap(); // source -> the segment it plays
+    this.fades = new WeakMap(); // source -> its own gain (a provisional segment's, or one replacing it)
     for (const name of stems) {
       const gain = context.createGain();
       gain.connect(this.master);
@@ -89,15 +92,41 @@ export class LiveMixer extends Mixer {
     if (Number.isFinite(totalSamples) && totalSamples > 0) this.total = totalSamples;
   }
 
-  /** Segment `segment` ({start, end} in samples) of every stem ({stem: AudioBuffer}) is in. */
-  addSegment(segment, buffers) {
-    const entry = { start: segment.start / this.rate, end: segment.end / this.rate, buffers };
+  /**
+   * Segment `segment` ({start, end} in samples) of every stem ({stem: AudioBuffer}) is in. A `provisional`
+   * one (a device run's short first chunk) is heard until a segment covering it comes, which replaces it
+   * where playback is, crossfading over FADE.
+   */
+  addSegment(segment, buffers, { provisional = false } = {}) {
+    const entry = { start: segment.start / this.rate, end: segment.end / this.rate, buffers, provisional };
+    const at = provisional ? null : this._replaceProvisional(entry);
     this.segments.push(entry);
     this.ready = Math.max(this.ready, entry.end);
-    for (const stem of this.stems) addPeaks(stem.peaks, buffers[stem.name], segment.start, this.total || segment.end);
-    if (this.playing) this._schedule(entry);
+    for (const stem of this.stems) {
+      if (at !== null) clearPeaks(stem.peaks, segment.start, segment.end, this.total || segment.end);
+      addPeaks(stem.peaks, buffers[stem.name], segment.start, this.total || segment.end);
+    }
+    if (this.playing) this._schedule(entry, at);
     else if (this.wantsPlay) this.play();
     this._emit("segment");
+  }
+
+  /**
+   * Drops the provisional segments within `entry`'s time; their playing sources fade out from `at` (a
+   * moment from now, returned; null when none was there), where `entry`'s then fade in.
+   */
+  _replaceProvisional(entry) {
+    const gone = this.segments.filter((old) => old.provisional && old.start >= entry.start && old.end <= entry.end);
+    if (!gone.length) return null;
+    this.segments = this.segments.filter((old) => !gone.includes(old));
+    const at = this.context.currentTime + LEAD;
+    for (const source of this.sources.filter((playing) => gone.includes(this.segmentOf.get(playing)))) {
+      const fade = this.fades.get(source);
+      fade.gain.setValueAtTime(1, at);
+      fade.gain.linearRampToValueAtTime(0, at + FADE);
+      source.stop(at + FADE);
+    }
+    return at;
   }
 
   finish() {
@@ -268,8 +297,13 @@ export class LiveMixer extends Mixer {
     this.sources.push(source);
   }
 
-  _schedule(entry) {
-    const earliest = this.context.currentTime + 0.005;
+  /**
+   * Schedules `entry`'s sources where playback will be; `crossfade` (a context time): it replaces a
+   * provisional segment fading out then, and fades in over the same FADE. A provisional segment's sources
+   * play through a gain of their own, to fade out when replaced.
+   */
+  _schedule(entry, crossfade = null) {
+    const earliest = crossfade ?? this.context.currentTime + 0.005;
     const startAt = this.startedAt + (entry.start - this.offset); // context time of the segment's first sample
     const from = Math.max(startAt, this.startedAt, earliest);
     const into = from - startAt;
@@ -279,9 +313,22 @@ export class LiveMixer extends Mixer {
       if (!buffer) continue;
       const source = this.context.createBufferSource();
       source.buffer = buffer;
-      source.connect(stem.gain);
+      if (entry.provisional || (crossfade !== null && into > 0)) {
+        const fade = this.context.createGain();
+        if (!entry.provisional) {
+          fade.gain.setValueAtTime(0, from);
+          fade.gain.linearRampToValueAtTime(1, from + FADE);
+        }
+        fade.connect(stem.gain);
+        source.connect(fade);
+        source.onended = () => fade.disconnect();
+        this.fades.set(source, fade);
+      } else {
+        source.connect(stem.gain);
+      }
       source.start(from, into);
       this.owners.set(source, stem.name);
+      this.segmentOf.set(source, entry);
       this.sources.push(source);
     }
   }
@@ -318,6 +365,17 @@ export class LiveMixer extends Mixer {
 /** True when `a` and `b` name the same stems. */
 function sameNames(a, b) {
   return a.length === b.length && a.every((name) => b.includes(name));
+}
+
+/** Empties the buckets (over `total` samples) of samples [start, end), for a segment drawn anew. */
+function clearPeaks(target, start, end, total) {
+  const buckets = target.length / 2;
+  const perBucket = total / buckets;
+  const last = Math.min(buckets - 1, Math.floor((end - 1) / perBucket));
+  for (let b = Math.floor(start / perBucket); b <= last; b += 1) {
+    target[b * 2] = 0;
+    target[b * 2 + 1] = 0;
+  }
 }
 
 /** Min/max of the stem's channel mean into the buckets (over `total` samples) that `buffer` covers. */

@@ -80,25 +80,45 @@ export function checkManifest(manifest) {
   if (chunking.chunk_tail !== "zeros") throw new Error(`unsupported chunk tail ${chunking.chunk_tail}`);
   if (chunking.window.kind !== "trapezoid") throw new Error(`unsupported overlap window ${chunking.window.kind}`);
   if (!tensors.plane_order.endsWith("at plane 2 * c + p")) throw new Error("unsupported plane order");
-  if (tensors.dynamic_axes.length) throw new Error("networks with dynamic axes are not supported");
+  // One dynamic axis is understood: the frame count (the last axis of both tensors), set per chunk.
+  const known = tensors.dynamic_axes.every((axis) => axis === "frames");
+  if (!known || tensors.input.shape.slice(0, 3).some((dim) => typeof dim !== "number")) {
+    throw new Error(`networks with dynamic axes ${tensors.dynamic_axes.join(", ")} are not supported`);
+  }
   stftWindow(stft);
+}
+
+/** The input tensor's shape for a chunk of `frames` frames (the manifest's, its frame axis set). */
+export function inputShape(manifest, frames) {
+  return manifest.tensors.input.shape.map((dim) => (dim === "frames" ? frames : dim));
+}
+
+/**
+ * The short first chunk the export offers ({segment, rightPadding, frames}), or null: a file with a fixed
+ * frame count (an earlier export) runs only whole chunks.
+ */
+export function firstChunk(manifest) {
+  const first = manifest.chunking.first_chunk;
+  if (!first || !manifest.tensors.dynamic_axes.includes("frames")) return null;
+  return { segment: first.segment, rightPadding: first.right_padding, frames: first.frames };
 }
 
 /**
  * The STFT of one chunk and its inverse, for the manifest's settings: `forward(channels)` takes the chunk's
  * channels (Float32Array of `segment` samples each) and gives the network's input planes (Float32Array of
  * 2C x bins x frames); `inverse(planes, offset)` reads one stem's 2C planes from `planes` at `offset` and
- * gives its channels (Float64Array of `segment` samples each).
+ * gives its channels (Float64Array of `segment` samples each). `sizes` ({segment, rightPadding, frames}):
+ * a chunk of another length than the manifest's segment (the short first chunk).
  */
 export class ChunkSTFT {
-  constructor(manifest) {
+  constructor(manifest, sizes = null) {
     const { stft, chunking } = manifest;
     this.nfft = stft.n_fft;
     this.hop = stft.hop_length;
     this.bins = stft.bins;
-    this.frames = stft.frames;
-    this.rightPadding = stft.right_padding;
-    this.segment = chunking.segment;
+    this.frames = sizes ? sizes.frames : stft.frames;
+    this.rightPadding = sizes ? sizes.rightPadding : stft.right_padding;
+    this.segment = sizes ? sizes.segment : chunking.segment;
     this.channels = manifest.model.audio_channels;
     this.scale = stft.normalized ? 1 / Math.sqrt(this.nfft) : 1;
     this.window = stftWindow(stft);

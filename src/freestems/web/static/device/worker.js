@@ -3,13 +3,19 @@
 // freestems.engine does, as the export's manifest says: whole-track normalisation, chunks of the model's
 // segment stepping by the engine's stride, the STFT and its inverse, the trapezoid overlap-add.
 //
-// Messages in:  {type: "separate", manifestUrl, channels: [Float32Array, ...] (44.1 kHz), precision, overlap}
+// For a first sound sooner, where the export allows it (its frame axis is dynamic), the network first runs
+// on the song's first few seconds alone (the manifest's `chunking.first_chunk`): that block is provisional,
+// to be heard while the first whole chunk is separated and then replaced by it; it is never in the stems.
+//
+// Messages in:  {type: "separate", manifestUrl, channels: [Float32Array, ...] (44.1 kHz), precision, overlap,
+//               firstChunk (default true: run the short first chunk where the export offers one)}
 // Messages out: {type: "status", stage, words}, {type: "download", received, total},
 //               {type: "progress", done, total}, {type: "block", from, to, names, stems: [[Float32Array per
-//               channel] per stem]} (the finished samples [from, to) of every stem, `names` their names),
+//               channel] per stem], provisional} (the finished samples [from, to) of every stem, `names`
+//               their names; `provisional`: the short first chunk's, replaced by the next block),
 //               {type: "done", stems, length, timings, cached, threads, file, url}, {type: "error", message}.
 // The page ends a separation by terminating the worker.
-import { checkManifest, chunkStarts, ChunkSTFT, mixStats, overlapWindow, stride } from "./dsp.js";
+import { checkManifest, chunkStarts, ChunkSTFT, firstChunk, inputShape, mixStats, overlapWindow, stride } from "./dsp.js";
 import { fetchModelFile } from "./files.js";
 
 const VENDOR = new URL("../../vendor/onnxruntime-web/", import.meta.url);
@@ -75,7 +81,7 @@ function post(message, transfer = []) {
   self.postMessage(message, transfer);
 }
 
-async function separate({ manifestUrl, channels, precision = "auto", overlap = null }) {
+async function separate({ manifestUrl, channels, precision = "auto", overlap = null, firstChunk: early = true }) {
   const started = performance.now();
   const response = await fetch(manifestUrl, { cache: "no-cache" });
   if (!response.ok) throw new Error(`this model cannot be run in the browser here (HTTP ${response.status})`);
@@ -102,23 +108,34 @@ async function separate({ manifestUrl, channels, precision = "auto", overlap = n
   const weights = overlapWindow(segment, useOverlap);
   const starts = chunkStarts(length, segment, useOverlap);
   const stft = new ChunkSTFT(manifest);
-  const shape = tensors.input.shape;
+  /** The normalised song's samples [start, start + size), zeros past its end, channel by channel. */
+  const cut = (start, size) =>
+    normalised.map((channel) => {
+      const part = new Float32Array(size);
+      part.set(channel.subarray(start, Math.min(start + size, length)));
+      return part;
+    });
+  /** The network's output for the chunk at `start` (`chunkStft`: its length's STFT). */
+  const run = async (chunkStft, start) => {
+    const planes = chunkStft.forward(cut(start, chunkStft.segment));
+    const shape = inputShape(manifest, chunkStft.frames);
+    const results = await network.run({ [tensors.input.name]: new ort.Tensor("float32", planes, shape) });
+    return results[tensors.output.name];
+  };
   // Weighted sums of the chunks' outputs and of their weights from `emitted` on (a chunk's length).
   const sums = stems.map(() => input.map(() => new Float64Array(segment)));
   const total = new Float64Array(segment);
   let emitted = 0;
   let firstBlock = null;
+  let firstSound = null;
   post({ type: "progress", done: 0, total: starts.length });
+  const short = early ? firstChunk(manifest) : null;
+  if (short && starts.length) {
+    await provisional(new ChunkSTFT(manifest, short));
+    firstSound = performance.now();
+  }
   for (const [index, start] of starts.entries()) {
-    const chunk = normalised.map((channel) => {
-      const part = new Float32Array(segment); // zeros past the end
-      part.set(channel.subarray(start, Math.min(start + segment, length)));
-      return part;
-    });
-    const planes = stft.forward(chunk);
-    const feeds = { [tensors.input.name]: new ort.Tensor("float32", planes, shape) };
-    const results = await network.run(feeds);
-    const output = results[tensors.output.name];
+    const output = await run(stft, start);
     const data = output.data;
     const perStem = data.length / stems.length;
     const at = start - emitted;
@@ -138,6 +155,23 @@ async function separate({ manifestUrl, channels, precision = "auto", overlap = n
     emit(upto - emitted);
     post({ type: "progress", done: index + 1, total: starts.length });
     if (firstBlock === null) firstBlock = performance.now();
+  }
+
+  /** The short first chunk's output, posted as a provisional block: heard until the first block comes. */
+  async function provisional(chunkStft) {
+    const output = await run(chunkStft, 0);
+    // Within the first block (which replaces it), however high the overlap.
+    const count = Math.min(chunkStft.segment, length, starts.length > 1 ? starts[1] : length);
+    const perStem = output.data.length / stems.length;
+    const block = stems.map((_, s) =>
+      chunkStft.inverse(output.data, s * perStem).map((wave) => {
+        const out = new Float32Array(count);
+        for (let i = 0; i < count; i += 1) out[i] = wave[i] * stats.std + stats.mean;
+        return out;
+      }),
+    );
+    if (typeof output.dispose === "function") output.dispose();
+    post({ type: "block", from: 0, to: count, names: stems, stems: block, provisional: true }, block.flat().map((part) => part.buffer));
   }
 
   function emit(count) {
@@ -170,6 +204,7 @@ async function separate({ manifestUrl, channels, precision = "auto", overlap = n
     chunks: starts.length,
     timings: {
       load_s: (loaded - started) / 1000,
+      first_sound_s: ((firstSound ?? firstBlock ?? finished) - started) / 1000,
       first_block_s: ((firstBlock ?? finished) - started) / 1000,
       whole_s: (finished - started) / 1000,
     },
