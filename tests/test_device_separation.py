@@ -64,7 +64,9 @@ FP32_RUN = f"""async () => {{
   {ENCODE}
   const device = await import('/static/device.js');
   const last = window.freestems.device.last();
-  const result = await device.separateOnDevice({{model: 'small', channels: last.input, precision: 'fp32'}});
+  const result = await device.separateOnDevice(
+    {{model: 'small', channels: last.input, precision: 'fp32', keep: true}}
+  );
   return encodeStems(result.names, result.stems);
 }}"""
 
@@ -440,3 +442,4 @@ def test_a_browser_without_webassembly_simd_is_told_before_any_download(exported
     assert reason == "this browser cannot run the model (no WebAssembly SIMD, which the runtime needs)"
     fetched = [url for _, url, *_ in traffic.requests]
     assert not [url for url in fetched if "/vendor/" in url or ".onnx" in url], fetched
+
