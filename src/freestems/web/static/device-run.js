@@ -95,6 +95,7 @@ export function createDevice({ screens, messages, song, player, log, present, pr
   let last = null; // the last device run, for tests: {names, info} (and stems, input: view.keep)
   let relaxed = false; // the song is checked without the upload's size limit
   let serverHint = null; // the work card's words about leaving the page, for a server's run
+  let serverWords = null; // the format's and the passes' hints, for a server's run
 
   function chosenModel() {
     const chosen = document.querySelector('input[name="model"]:checked');
@@ -130,13 +131,31 @@ export function createDevice({ screens, messages, song, player, log, present, pr
     // Nothing is uploaded: the upload's size limit does not apply (the length limit does: memory). The
     // stems come as WAV files from one pass: the format and the passes are the server's choices.
     const onDevice = chosen();
-    $("format").disabled = onDevice;
-    $("shifts").disabled = onDevice;
+    showServerOptions(onDevice);
     $("size-limit").hidden = onDevice; // the hint names the length limit only
     if (onDevice !== relaxed) {
       relaxed = onDevice;
       song.useConfig(onDevice ? { ...config, limits: { ...config.limits, max_upload_mb: Infinity } } : config);
     }
+  }
+
+  /**
+   * The file format and the passes: a device-only server has neither (the hint above says WAV files, one
+   * pass); on a server that has both, they are disabled while the device is chosen, and their hints say why.
+   */
+  function showServerOptions(onDevice) {
+    const hints = [$("format-hint"), $("shifts-hint")];
+    if (!serverWords) serverWords = hints.map((hint) => hint.textContent);
+    $("format").closest(".field-row").hidden = Boolean(config.deviceOnly);
+    $("format").disabled = onDevice;
+    $("shifts").disabled = onDevice;
+    const deviceWords = [
+      "On this device the stems are WAV files (lossless): the other formats are made on our server.",
+      "On this device the stems come from one pass: more passes run on our server.",
+    ];
+    hints.forEach((hint, i) => {
+      hint.textContent = onDevice ? deviceWords[i] : serverWords[i];
+    });
   }
 
   function chosen() {
