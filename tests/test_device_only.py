@@ -204,3 +204,15 @@ def test_serve_device_only_from_the_command_line_loads_no_model(tmp_path):
     assert refused.status_code == 403 and error_of(refused)["code"] == "device_only"
     assert "libtorch" not in libraries  # torch was never imported: it maps libtorch_cpu.so when it is
     assert "separated on the visitors' devices only" in stderr
+    assert "HMAC" not in stderr  # it issues no challenge: no secret to warn about
+
+
+def test_only_a_server_that_issues_challenges_warns_of_a_random_secret(tmp_path, vendor, caplog):
+    runtime(vendor)
+    export(tmp_path / "device")
+    for device_only in (True, False):
+        caplog.clear()
+        settings = device_only_settings(tmp_path, hmac_secret="", device_only=device_only)
+        create_app(settings, DeviceOnlyExecutor(settings) if device_only else None)
+        warned = [record.getMessage() for record in caplog.records if "HMAC_SECRET" in record.getMessage()]
+        assert bool(warned) is not device_only, warned

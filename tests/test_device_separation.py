@@ -64,7 +64,9 @@ FP32_RUN = f"""async () => {{
   {ENCODE}
   const device = await import('/static/device.js');
   const last = window.freestems.device.last();
-  const result = await device.separateOnDevice({{model: 'small', channels: last.input, precision: 'fp32'}});
+  const result = await device.separateOnDevice(
+    {{model: 'small', channels: last.input, precision: 'fp32', keep: true}}
+  );
   return encodeStems(result.names, result.stems);
 }}"""
 
@@ -451,3 +453,42 @@ def test_a_browser_without_webassembly_simd_is_told_before_any_download(exported
     assert reason == "this browser cannot run the model (no WebAssembly SIMD, which the runtime needs)"
     fetched = [url for _, url, *_ in traffic.requests]
     assert not [url for url in fetched if "/vendor/" in url or ".onnx" in url], fetched
+
+
+@needs_runtime
+def test_the_format_and_passes_say_why_they_are_fixed_on_the_device_and_a_device_only_page_hides_them(
+    exported, open_page, tmp_path
+):
+    """The device gives WAV files from one pass: with a choice, the format and the passes are disabled
+    while the device is chosen and their hints say why (and say their own words again for our server); a
+    device-only server shows neither (its notice says WAV files, one pass)."""
+    from service_helpers import running_server, small_settings
+
+    model, device_dir = exported
+    ARTIFACTS.mkdir(exist_ok=True)
+    hints = "['format-hint', 'shifts-hint'].map((id) => document.getElementById(id).textContent)"
+    with device_server(tmp_path, model, device_dir) as server:
+        page = open_page(server=server)
+        wait_js(page, "window.freestems.device.unavailable() === ''", timeout=30)
+        on_server = page.evaluate(hints)
+        page.check('input[name="where"][value="device"]')
+        on_device = page.evaluate(hints)
+        assert page.is_disabled("#format") and page.is_disabled("#shifts")
+        page.click(".advanced summary")
+        page.evaluate("document.getElementById('format').scrollIntoView({block: 'center'})")
+        page.screenshot(path=str(ARTIFACTS / "device-format-hints.png"))
+        page.check('input[name="where"][value="server"]')
+        assert page.evaluate(hints) == on_server and page.is_enabled("#format")
+    assert on_server[0].startswith("MP3 files are small") and on_server[1].startswith("More passes")
+    assert on_device == [
+        "On this device the stems are WAV files (lossless): the other formats are made on our server.",
+        "On this device the stems come from one pass: more passes run on our server.",
+    ]
+    settings = small_settings(tmp_path / "only", device_dir=device_dir, device_only=True, models=("small",))
+    with running_server(settings, None) as server:
+        page = open_page(server=server)
+        wait_js(page, "window.freestems.device.unavailable() === ''", timeout=30)
+        assert page.is_hidden("#format") and page.is_hidden("#shifts") and page.is_hidden(".advanced")
+        assert "as WAV files, in one pass" in page.text_content("#where-hint")
+        page.evaluate("document.getElementById('where').scrollIntoView({block: 'start'})")
+        page.screenshot(path=str(ARTIFACTS / "device-only-options.png"))

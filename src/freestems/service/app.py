@@ -130,9 +130,12 @@ def create_app(
 
 
 def _challenge_secret(settings: Settings) -> str:
-    """The HMAC key of the challenges: the configured one, else a random one of this process."""
+    """The HMAC key of the challenges: the configured one, else a random one of this process (said in the
+    log, except on a device-only server, which issues no challenge)."""
     if settings.hmac_secret:
         return settings.hmac_secret
+    if settings.device_only:
+        return secrets.token_hex(32)
     log.warning(
         "FREESTEMS_HMAC_SECRET is not set: challenges are signed with a random secret of this process, "
         "so a challenge issued before a restart cannot be answered after it"

@@ -3,8 +3,11 @@
 // browser (GET /config's device_models), says why it cannot be chosen when it cannot (no runtime on the
 // server, an old browser, a model that runs only on the server), and runs a separation on the device: the
 // song decoded by the browser, the engine's worker followed on the work card, each finished block played
-// at once (stream.js's LiveMixer, as a server's progressive results are), and the stems handed to the
-// result card as WAV files at the end (the same player, downloads and mix export as a server's result).
+// at once (stream.js's LiveMixer, as a server's progressive results are) and written into the stems' WAV
+// files (stemfiles.js), which go to the result card at the end (the same player, downloads and mix export
+// as a server's result). Of the song's length the page holds the live player's audio (which the result
+// player takes over) and the WAV files: the decoded song goes to the worker, and each block's floats go
+// only to those two.
 //
 // A server that separates only on the device (GET /config's device_only) gets no "On our server" choice: the
 // form says plainly that the song is separated in this browser, and nothing is ever uploaded.
@@ -12,10 +15,9 @@
 // A run resolves like job.js's: {kind: "result"}, {kind: "cancelled"} or {kind: "problem", problem}.
 import { decodeSong, deviceSupport, keepOffline, SAMPLE_RATE, separateOnDevice } from "./device.js";
 import { $ } from "./dom.js";
-import { wavBlob } from "./mixdown.js";
+import { StemFiles } from "./stemfiles.js";
 import { LiveMixer } from "./stream.js";
 import { formatBytes, formatClock, Problem } from "./text.js";
-import { crc32, writeZip } from "./zip.js";
 
 const EARLY_PHASES = ["check", "upload", "queue"]; // steps of a server run that a device run has not
 const DEVICE_ONLY = "This server separates on your own device: nothing is uploaded.";
@@ -70,27 +72,6 @@ function warnBeforeLeaving(event) {
   event.returnValue = "";
 }
 
-/** The zip the result card takes (as a server's): one 16-bit WAV per stem, stored. */
-async function wavArchive(stems) {
-  const entries = [];
-  for (const [name, buffer] of Object.entries(audioBuffers(stems))) {
-    const data = new Uint8Array(await wavBlob(buffer).arrayBuffer());
-    entries.push({ name: `${name}.wav`, method: 0, crc: crc32(data), packed: data, size: data.length });
-  }
-  return writeZip(entries).arrayBuffer();
-}
-
-/** The engine's two-stem mode: {stem, no_stem = mix - stem}; `from`: where the stem starts in the mix. */
-function twoStems(stems, stem, mix, from = 0) {
-  const rest = stems[stem].map((channel, c) => {
-    const source = mix[Math.min(c, mix.length - 1)];
-    const out = new Float32Array(channel.length);
-    for (let i = 0; i < channel.length; i += 1) out[i] = source[from + i] - channel[i];
-    return out;
-  });
-  return { [stem]: stems[stem], [`no_${stem}`]: rest };
-}
-
 /** {stem: AudioBuffer} of `stems` ({stem: [Float32Array per channel]}), for the live player. */
 function audioBuffers(stems) {
   const buffers = {};
@@ -114,6 +95,7 @@ export function createDevice({ screens, messages, song, player, log, present, pr
   let last = null; // the last device run, for tests: {names, info} (and stems, input: view.keep)
   let relaxed = false; // the song is checked without the upload's size limit
   let serverHint = null; // the work card's words about leaving the page, for a server's run
+  let serverWords = null; // the format's and the passes' hints, for a server's run
 
   function chosenModel() {
     const chosen = document.querySelector('input[name="model"]:checked');
@@ -149,13 +131,31 @@ export function createDevice({ screens, messages, song, player, log, present, pr
     // Nothing is uploaded: the upload's size limit does not apply (the length limit does: memory). The
     // stems come as WAV files from one pass: the format and the passes are the server's choices.
     const onDevice = chosen();
-    $("format").disabled = onDevice;
-    $("shifts").disabled = onDevice;
+    showServerOptions(onDevice);
     $("size-limit").hidden = onDevice; // the hint names the length limit only
     if (onDevice !== relaxed) {
       relaxed = onDevice;
       song.useConfig(onDevice ? { ...config, limits: { ...config.limits, max_upload_mb: Infinity } } : config);
     }
+  }
+
+  /**
+   * The file format and the passes: a device-only server has neither (the hint above says WAV files, one
+   * pass); on a server that has both, they are disabled while the device is chosen, and their hints say why.
+   */
+  function showServerOptions(onDevice) {
+    const hints = [$("format-hint"), $("shifts-hint")];
+    if (!serverWords) serverWords = hints.map((hint) => hint.textContent);
+    $("format").closest(".field-row").hidden = Boolean(config.deviceOnly);
+    $("format").disabled = onDevice;
+    $("shifts").disabled = onDevice;
+    const deviceWords = [
+      "On this device the stems are WAV files (lossless): the other formats are made on our server.",
+      "On this device the stems come from one pass: more passes run on our server.",
+    ];
+    hints.forEach((hint, i) => {
+      hint.textContent = onDevice ? deviceWords[i] : serverWords[i];
+    });
   }
 
   function chosen() {
@@ -200,6 +200,50 @@ export function createDevice({ screens, messages, song, player, log, present, pr
     }
   }
 
+  /** The work card's words for the worker's status, download and progress messages. */
+  function showProgress(message, length) {
+    if (message.type === "status") messages.setProgress(message.words, null);
+    else if (message.type === "download") {
+      messages.setProgress(`Downloading the model (once): ${formatBytes(message.received)} of ${formatBytes(message.total)}`, message.received / message.total);
+    } else if (message.type === "progress") {
+      const words = message.done === 0 ? "Separating on this device…" : `Separating on this device: ${formatClock(Math.min(length, (message.done / message.total) * length) / SAMPLE_RATE)} of ${formatClock(length / SAMPLE_RATE)}`;
+      messages.setProgress(words, message.done / message.total);
+    }
+  }
+
+  /**
+   * Where the worker's blocks of a song of `length` samples go: each into the stems' WAV files and then to
+   * the live player (made with the first block), which plays it at once. `finish()` gives the files.
+   */
+  function blockTaker(length) {
+    let files = null;
+    let live = null;
+    return {
+      firstBlock: null,
+      take(message, began) {
+        if (this.firstBlock === null) this.firstBlock = (performance.now() - began) / 1000;
+        if (message.provisional) {
+          // The short first chunk's: heard until the first whole block replaces it, never in the files.
+          log("device_first_sound", { seconds: this.firstBlock, samples: message.to });
+        } else {
+          files = files || new StemFiles(message.names, message.stems[0].length, length, SAMPLE_RATE);
+          files.write(message.from, message.stems);
+        }
+        if (!live) {
+          live = new LiveMixer(player.audioContext(), { stems: message.names, sampleRate: SAMPLE_RATE, totalSamples: length });
+          player.goLive(live);
+        }
+        const named = Object.fromEntries(message.names.map((name, s) => [name, message.stems[s]]));
+        live.addSegment({ start: message.from, end: message.to }, audioBuffers(named), { provisional: Boolean(message.provisional) });
+      },
+      finish() {
+        if (!files) throw new Error("the song has no samples to separate");
+        live.finish();
+        return files;
+      },
+    };
+  }
+
   /** Separates `file` with `options` (the form's) on this device. */
   async function separate(file, options) {
     if (config && config.deviceOnly && obstacle()) {
@@ -219,43 +263,25 @@ export function createDevice({ screens, messages, song, player, log, present, pr
       const { channels, length } = await decodeSong(file);
       if (mine.signal.aborted) throw new DOMException("cancelled", "AbortError");
       log("device_decoded", { channels: channels.length, length });
-      let firstBlock = null;
-      let live = null; // the LiveMixer playing the finished blocks
-      const play = (message) => {
-        const named = Object.fromEntries(message.names.map((name, s) => [name, message.stems[s]]));
-        const block = options.twoStems ? twoStems(named, options.twoStems, channels, message.from) : named;
-        if (!live) {
-          live = new LiveMixer(player.audioContext(), { stems: Object.keys(block), sampleRate: SAMPLE_RATE, totalSamples: length });
-          player.goLive(live);
-        }
-        live.addSegment({ start: message.from, end: message.to }, audioBuffers(block), { provisional: Boolean(message.provisional) });
-      };
+      const input = view.keep ? channels : null; // tests compare the floats; else the worker takes the song
+      const blocks = blockTaker(length);
       const outcome = await separateOnDevice({
         model: options.model,
         channels,
+        twoStems: options.twoStems || null,
+        keep: view.keep,
         signal: mine.signal,
         on: (message) => {
-          if (message.type === "status") messages.setProgress(message.words, null);
-          else if (message.type === "download") {
-            messages.setProgress(`Downloading the model (once): ${formatBytes(message.received)} of ${formatBytes(message.total)}`, message.received / message.total);
-          } else if (message.type === "progress") {
-            const words = message.done === 0 ? "Separating on this device…" : `Separating on this device: ${formatClock(Math.min(length, (message.done / message.total) * length) / SAMPLE_RATE)} of ${formatClock(length / SAMPLE_RATE)}`;
-            messages.setProgress(words, message.done / message.total);
-          } else if (message.type === "block") {
-            if (firstBlock === null) firstBlock = (performance.now() - began) / 1000;
-            if (message.provisional) log("device_first_sound", { seconds: firstBlock, samples: message.to });
-            play(message);
-          }
+          if (message.type === "block") blocks.take(message, began);
+          else showProgress(message, length);
         },
       });
-      if (live) live.finish();
-      const stems = options.twoStems ? twoStems(outcome.stems, options.twoStems, channels) : outcome.stems;
-      const info = { ...outcome.info, first_block_page_s: firstBlock };
-      last = view.keep ? { names: Object.keys(stems), stems, input: channels, info } : { names: Object.keys(stems), info };
+      const files = blocks.finish();
+      const info = { ...outcome.info, first_block_page_s: blocks.firstBlock };
+      last = view.keep ? { names: outcome.names, stems: outcome.stems, input, info } : { names: outcome.names, info };
       log("device_done", { ...outcome.info.timings, cached: outcome.info.cached, threads: outcome.info.threads });
       messages.setPhase("fetch", "Preparing the player…", null);
-      const archive = await wavArchive(stems);
-      await present(archive, file, { ...options, format: "wav", bitrate: null });
+      await present(files.archive(), file, { ...options, format: "wav", bitrate: null });
       $("delete").hidden = true; // nothing of it is on the server
       $("result-note").textContent += " Separated on this device: nothing was uploaded.";
       return { kind: "result" };

@@ -1,7 +1,8 @@
 // Separating on the visitor's device, the page's side: whether it can (the runtime on the server, the model
 // exported, the browser's parts), the song decoded by the browser at the model's rate, the engine's worker
-// (device/worker.js) started and followed, its finished blocks put together into whole stems. Nothing is uploaded:
-// the only requests are for the manifest, the network (once; then Cache Storage) and the runtime.
+// (device/worker.js) started and followed, its finished blocks handed on as they come (put together into whole
+// stems only when asked: tests). Nothing is uploaded: the only requests are for the manifest, the network
+// (once; then Cache Storage) and the runtime.
 
 export const SAMPLE_RATE = 44100;
 const VENDOR = new URL("../vendor/onnxruntime-web/", import.meta.url);
@@ -60,12 +61,15 @@ export async function decodeSong(file) {
 }
 
 /**
- * Separates `channels` (44.1 kHz) with served model `model` on this device. `on(message)` hears the
- * worker's status, download and progress messages and each block as it is finished; `signal` stops it.
- * Resolves with {stems: {name: [Float32Array per channel]}, names, length, info} (info: the worker's
- * "done" message: timings, whether the network came from Cache Storage, the threads).
+ * Separates `channels` (44.1 kHz) with served model `model` on this device; `twoStems`: null, or a stem
+ * (then that stem and "no_<stem>", the mix minus it). `on(message)` hears the worker's status, download
+ * and progress messages and each block as it is finished; `signal` stops it. `channels` go to the worker
+ * (the caller's arrays are emptied: the page holds no copy of the song) unless `keep`, which also puts the
+ * blocks together into whole stems (tests compare them). Resolves with {stems: {name: [Float32Array per
+ * channel]} with `keep`, else null; names, length, info} (info: the worker's "done" message: timings,
+ * whether the network came from Cache Storage, the threads).
  */
-export function separateOnDevice({ model, channels, precision = "auto", overlap = null, on = () => {}, signal }) {
+export function separateOnDevice({ model, channels, precision = "auto", overlap = null, twoStems = null, keep = false, on = () => {}, signal }) {
   return new Promise((resolve, reject) => {
     if (signal && signal.aborted) {
       reject(new DOMException("cancelled", "AbortError"));
@@ -87,17 +91,14 @@ export function separateOnDevice({ model, channels, precision = "auto", overlap 
     };
     worker.onmessage = (event) => {
       const message = event.data;
-      if (message.type === "block" && !message.provisional) {
+      if (message.type === "block" && keep && !message.provisional) {
         // A provisional block (the short first chunk's) is only heard: the stems are made of whole chunks.
         if (!outputs) outputs = message.stems.map((stem) => stem.map(() => new Float32Array(length)));
         message.stems.forEach((stem, s) => stem.forEach((part, c) => outputs[s][c].set(part, message.from)));
       } else if (message.type === "done") {
         finish();
         worker.terminate();
-        const stems = {};
-        message.stems.forEach((name, s) => {
-          stems[name] = outputs[s];
-        });
+        const stems = keep ? Object.fromEntries(message.stems.map((name, s) => [name, outputs ? outputs[s] : []])) : null;
         resolve({ stems, names: message.stems, length, info: message });
         return;
       } else if (message.type === "error") {
@@ -108,11 +109,9 @@ export function separateOnDevice({ model, channels, precision = "auto", overlap 
       }
       on(message);
     };
-    const copies = channels.map((channel) => channel.slice()); // the caller keeps its own
-    worker.postMessage(
-      { type: "separate", manifestUrl: manifestUrl(model), channels: copies, precision, overlap },
-      copies.map((channel) => channel.buffer),
-    );
+    const sent = keep ? channels.map((channel) => channel.slice()) : channels;
+    const transfer = [...new Set(sent.map((channel) => channel.buffer))];
+    worker.postMessage({ type: "separate", manifestUrl: manifestUrl(model), channels: sent, precision, overlap, twoStems }, transfer);
   });
 }
 

@@ -1,6 +1,7 @@
 // "Export my mix": the stems with the mix as it is set now (mute, solo, each stem's volume) rendered in
 // the browser by an OfflineAudioContext, the same graph as the player's, into a 16-bit WAV file. The master
-// volume is how loud one listens, not part of the mix: it is left out. Nothing is uploaded.
+// volume is how loud one listens, not part of the mix: it is left out. Nothing is uploaded. The 16-bit WAV
+// writing is shared with a separation on the device, which writes its stems' files block by block.
 import { $ } from "./dom.js";
 import { formatBytes } from "./text.js";
 
@@ -27,9 +28,21 @@ export async function renderMix(mixer) {
 
 /** A 16-bit PCM WAV (a Blob) of `buffer`: samples scaled by 32768, rounded, clipped. */
 export function wavBlob(buffer) {
-  const channels = buffer.numberOfChannels;
-  const frames = buffer.length;
-  const bytes = new DataView(new ArrayBuffer(44 + frames * channels * 2));
+  const channels = [];
+  for (let c = 0; c < buffer.numberOfChannels; c += 1) channels.push(buffer.getChannelData(c));
+  const bytes = new DataView(new ArrayBuffer(wavBytes(channels.length, buffer.length)));
+  writeWavHeader(bytes, channels.length, buffer.length, buffer.sampleRate);
+  writeWavSamples(bytes, 0, channels);
+  return new Blob([bytes], { type: "audio/wav" });
+}
+
+/** The size of a 16-bit PCM WAV file of `frames` frames of `channels` channels. */
+export function wavBytes(channels, frames) {
+  return 44 + frames * channels * 2;
+}
+
+/** The 44-byte header of a 16-bit PCM WAV file, at the start of `bytes` (a DataView). */
+export function writeWavHeader(bytes, channels, frames, sampleRate) {
   const text = (at, words) => [...words].forEach((letter, i) => bytes.setUint8(at + i, letter.charCodeAt(0)));
   text(0, "RIFF");
   bytes.setUint32(4, 36 + frames * channels * 2, true);
@@ -38,15 +51,22 @@ export function wavBlob(buffer) {
   bytes.setUint32(16, 16, true);
   bytes.setUint16(20, 1, true); // PCM
   bytes.setUint16(22, channels, true);
-  bytes.setUint32(24, buffer.sampleRate, true);
-  bytes.setUint32(28, buffer.sampleRate * channels * 2, true);
+  bytes.setUint32(24, sampleRate, true);
+  bytes.setUint32(28, sampleRate * channels * 2, true);
   bytes.setUint16(32, channels * 2, true);
   bytes.setUint16(34, 16, true);
   text(36, "data");
   bytes.setUint32(40, frames * channels * 2, true);
-  const data = [];
-  for (let c = 0; c < channels; c += 1) data.push(buffer.getChannelData(c));
-  let at = 44;
+}
+
+/**
+ * Writes `data` (a Float32Array per channel, of equal lengths) into the WAV file `bytes` (a DataView) from
+ * frame `from` on, interleaved: samples scaled by 32768, rounded, clipped.
+ */
+export function writeWavSamples(bytes, from, data) {
+  const channels = data.length;
+  const frames = data[0].length;
+  let at = 44 + from * channels * 2;
   for (let i = 0; i < frames; i += 1) {
     for (let c = 0; c < channels; c += 1) {
       const value = Math.round(data[c][i] * 32768);
@@ -54,7 +74,6 @@ export function wavBlob(buffer) {
       at += 2;
     }
   }
-  return new Blob([bytes], { type: "audio/wav" });
 }
 
 /** The "Export my mix" button: `mixer()` is the player's mixer, `songName()` the song's base name. */

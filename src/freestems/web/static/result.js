@@ -14,8 +14,8 @@ export function createResult({ player, screens, log }) {
   let songName = "song";
   wireExport({ mixer: () => player.current(), songName: () => songName, log });
 
-  function objectUrl(data, type) {
-    const address = URL.createObjectURL(data instanceof Blob ? data : new Blob([data], { type }));
+  function objectUrl(blob) {
+    const address = URL.createObjectURL(blob);
     urls.push(address);
     return address;
   }
@@ -30,13 +30,17 @@ export function createResult({ player, screens, log }) {
     const stems = files.map((entry) => {
       const name = baseName(entry.name);
       const extension = entry.name.slice(entry.name.lastIndexOf(".") + 1).toLowerCase();
-      const address = objectUrl(entry.data, TYPES[extension] || "application/octet-stream");
-      return { name, data: entry.data, fileName: `${song} - ${name}.${extension}`, address };
+      const blob = new Blob([entry.data], { type: TYPES[extension] || "application/octet-stream" });
+      return { name, data: entry.data, blob, fileName: `${song} - ${name}.${extension}`, address: objectUrl(blob) };
     });
     // "Download all": the server's zip names its files vocals.mp3, ...; the page packs the same bytes again
-    // under the names single downloads have ("My Song - vocals.mp3").
-    const renamed = files.map((entry, index) => ({ ...entry, name: stems[index].fileName, size: entry.data.length }));
-    $("download-all").href = objectUrl(writeZip(renamed), "application/zip");
+    // under the names single downloads have ("My Song - vocals.mp3"); a stored file's bytes are its
+    // download's Blob, held once.
+    const renamed = files.map((entry, index) => {
+      const packed = entry.method === 0 ? stems[index].blob : entry.packed;
+      return { ...entry, packed, name: stems[index].fileName, size: entry.data.length };
+    });
+    $("download-all").href = objectUrl(writeZip(renamed));
     $("download-all").download = `${song} - stems.zip`;
     const noPlayer = await player.load(stems);
     player.showStems(stems);

@@ -1,7 +1,9 @@
 // A small ZIP reader for the result archive: entries STORED (MP3) or DEFLATED (WAV, FLAC), CRC-checked.
 // Deflate is undone by the browser (DecompressionStream "deflate-raw"). And a writer that packs the same
 // entries again under other names (the song's name, as single downloads have), their packed bytes and
-// checksums as they came from the server: nothing is compressed or checked twice.
+// checksums as they came from the server: nothing is compressed or checked twice. And the frame of a zip of
+// stored entries whose bytes are written into it afterwards (a separation on the device writes its WAV
+// files there block by block: the archive is made without a copy).
 
 const EOCD_SIGNATURE = 0x06054b50;
 const CENTRAL_SIGNATURE = 0x02014b50;
@@ -11,8 +13,8 @@ export class ZipError extends Error {}
 
 let crcTable = null;
 
-/** CRC-32 (IEEE, as in ZIP) of a Uint8Array. */
-export function crc32(bytes) {
+/** CRC-32 (IEEE, as in ZIP) of a Uint8Array; `crc`: the CRC of the bytes before it, to go on from. */
+export function crc32(bytes, crc = 0) {
   if (!crcTable) {
     crcTable = new Uint32Array(256);
     for (let n = 0; n < 256; n += 1) {
@@ -21,7 +23,7 @@ export function crc32(bytes) {
       crcTable[n] = c >>> 0;
     }
   }
-  let crc = 0xffffffff;
+  crc = (crc ^ 0xffffffff) >>> 0;
   for (let i = 0; i < bytes.length; i += 1) crc = crcTable[(crc ^ bytes[i]) & 0xff] ^ (crc >>> 8);
   return (crc ^ 0xffffffff) >>> 0;
 }
@@ -84,7 +86,7 @@ export async function readZip(buffer) {
     if (start + entry.compressedSize > buffer.byteLength) throw new ZipError("the zip archive is cut short");
     const raw = new Uint8Array(buffer, start, entry.compressedSize);
     let data;
-    if (entry.method === 0) data = raw.slice();
+    if (entry.method === 0) data = raw; // a view: the archive's bytes are not copied
     else if (entry.method === 8) data = await inflateRaw(raw);
     else throw new ZipError(`${entry.name} is packed with an unsupported method (${entry.method})`);
     if (data.length !== entry.size || crc32(data) !== entry.crc) {
@@ -96,8 +98,9 @@ export async function readZip(buffer) {
 }
 
 /**
- * A zip (a Blob) of `entries` ({name, size, method, crc, packed}: as readZip gives them, with new names).
- * Names are UTF-8 (flag bit 11); dates are the DOS epoch, as the server's are.
+ * A zip (a Blob) of `entries` ({name, size, method, crc, packed}: as readZip gives them, with new names;
+ * `packed` may be a Blob, which the zip then holds without a copy). Names are UTF-8 (flag bit 11); dates
+ * are the DOS epoch, as the server's are.
  */
 export function writeZip(entries) {
   const encoder = new TextEncoder();
@@ -116,7 +119,7 @@ export function writeZip(entries) {
     fillHeader(central, 6, entry, name.length);
     central.setUint32(42, offset, true);
     directory.push(central, name);
-    offset += 30 + name.length + entry.packed.length;
+    offset += 30 + name.length + packedSize(entry);
   }
   const directorySize = directory.reduce((sum, part) => sum + part.byteLength, 0);
   const end = new DataView(new ArrayBuffer(22));
@@ -136,7 +139,66 @@ function fillHeader(view, at, entry, nameLength) {
   view.setUint16(at + 6, 0, true); // time
   view.setUint16(at + 8, 0x21, true); // date: 1980-01-01
   view.setUint32(at + 10, entry.crc, true);
-  view.setUint32(at + 14, entry.packed.length, true);
+  view.setUint32(at + 14, packedSize(entry), true);
   view.setUint32(at + 18, entry.size, true);
   view.setUint16(at + 22, nameLength, true);
+}
+
+function packedSize(entry) {
+  return entry.packed instanceof Blob ? entry.packed.size : entry.packed.length;
+}
+
+/**
+ * A zip of stored entries ({name, size}) laid out in one ArrayBuffer before their bytes exist: `data(i)`
+ * is entry i's place (a Uint8Array of `size` bytes) to write into, `setCrc(i, crc)` gives its checksum
+ * once written; `buffer` is then the archive, byte for byte what writeZip makes of the same entries.
+ */
+export class StoredZip {
+  constructor(entries) {
+    const encoder = new TextEncoder();
+    const names = entries.map((entry) => encoder.encode(entry.name));
+    const local = entries.reduce((sum, entry, i) => sum + 30 + names[i].length + entry.size, 0);
+    const central = names.reduce((sum, name) => sum + 46 + name.length, 0);
+    if (local + central + 22 > 0xffffffff) throw new ZipError("the stems are too long for one zip archive (over 4 GB)");
+    this.buffer = new ArrayBuffer(local + central + 22);
+    const view = new DataView(this.buffer);
+    const bytes = new Uint8Array(this.buffer);
+    this.starts = []; // where each entry's local header starts
+    this.centrals = []; // and its central header
+    let offset = 0;
+    let at = local;
+    entries.forEach((entry, i) => {
+      const fields = { method: 0, crc: 0, size: entry.size, packed: { length: entry.size } };
+      view.setUint32(offset, LOCAL_SIGNATURE, true);
+      fillHeader(view, offset + 4, fields, names[i].length);
+      bytes.set(names[i], offset + 30);
+      view.setUint32(at, CENTRAL_SIGNATURE, true);
+      view.setUint16(at + 4, 20, true); // made by: version 2.0
+      fillHeader(view, at + 6, fields, names[i].length);
+      view.setUint32(at + 42, offset, true);
+      bytes.set(names[i], at + 46);
+      this.starts.push(offset);
+      this.centrals.push(at);
+      offset += 30 + names[i].length + entry.size;
+      at += 46 + names[i].length;
+    });
+    view.setUint32(at, EOCD_SIGNATURE, true);
+    view.setUint16(at + 8, entries.length, true);
+    view.setUint16(at + 10, entries.length, true);
+    view.setUint32(at + 12, central, true);
+    view.setUint32(at + 16, local, true);
+    this.sizes = entries.map((entry) => entry.size);
+    this.nameLengths = names.map((name) => name.length);
+  }
+
+  /** Entry `index`'s bytes in the archive, to be written. */
+  data(index) {
+    return new Uint8Array(this.buffer, this.starts[index] + 30 + this.nameLengths[index], this.sizes[index]);
+  }
+
+  setCrc(index, crc) {
+    const view = new DataView(this.buffer);
+    view.setUint32(this.starts[index] + 14, crc, true);
+    view.setUint32(this.centrals[index] + 16, crc, true);
+  }
 }

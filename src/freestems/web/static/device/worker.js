@@ -1,19 +1,23 @@
 // The engine of separating on the device, in a Web Worker: the network of `freestems export` run by
 // onnxruntime-web (WASM; on several threads when the page is crossOriginIsolated), and around it what
 // freestems.engine does, as the export's manifest says: whole-track normalisation, chunks of the model's
-// segment stepping by the engine's stride, the STFT and its inverse, the trapezoid overlap-add.
+// segment stepping by the engine's stride, the STFT and its inverse, the trapezoid overlap-add, two-stem
+// mode. The song is held once (the page transfers it): each chunk is normalised as it is cut, and the blocks
+// posted are transferred, not kept.
 //
 // For a first sound sooner, where the export allows it (its frame axis is dynamic), the network first runs
 // on the song's first few seconds alone (the manifest's `chunking.first_chunk`): that block is provisional,
 // to be heard while the first whole chunk is separated and then replaced by it; it is never in the stems.
 //
 // Messages in:  {type: "separate", manifestUrl, channels: [Float32Array, ...] (44.1 kHz), precision, overlap,
-//               firstChunk (default true: run the short first chunk where the export offers one)}
+//               twoStems, firstChunk} (twoStems: null, or a stem: then only it and "no_<stem>", the mix
+//               minus it; firstChunk, default true: the short first chunk where the export offers one)
 // Messages out: {type: "status", stage, words}, {type: "download", received, total},
 //               {type: "progress", done, total}, {type: "block", from, to, names, stems: [[Float32Array per
 //               channel] per stem], provisional} (the finished samples [from, to) of every stem, `names`
 //               their names; `provisional`: the short first chunk's, replaced by the next block),
-//               {type: "done", stems, length, timings, cached, threads, file, url}, {type: "error", message}.
+//               {type: "done", stems, length, timings, cached, threads, file, url} (stems: the names),
+//               {type: "error", message}.
 // The page ends a separation by terminating the worker.
 import { checkManifest, chunkStarts, ChunkSTFT, firstChunk, inputShape, mixStats, overlapWindow, stride } from "./dsp.js";
 import { fetchModelFile } from "./files.js";
@@ -81,7 +85,7 @@ function post(message, transfer = []) {
   self.postMessage(message, transfer);
 }
 
-async function separate({ manifestUrl, channels, precision = "auto", overlap = null, firstChunk: early = true }) {
+async function separate({ manifestUrl, channels, precision = "auto", overlap = null, twoStems = null, firstChunk: early = true }) {
   const started = performance.now();
   const response = await fetch(manifestUrl, { cache: "no-cache" });
   if (!response.ok) throw new Error(`this model cannot be run in the browser here (HTTP ${response.status})`);
@@ -94,25 +98,24 @@ async function separate({ manifestUrl, channels, precision = "auto", overlap = n
   const { chunking, tensors } = manifest;
   const audioChannels = manifest.model.audio_channels;
   const stems = manifest.model.stems;
+  if (twoStems !== null && !stems.includes(twoStems)) throw new Error(`this model has no stem "${twoStems}" (it has ${stems.join(", ")})`);
+  const kept = twoStems === null ? stems.map((name, s) => s) : [stems.indexOf(twoStems)]; // the stems computed
+  const names = twoStems === null ? stems : [twoStems, `no_${twoStems}`];
   const segment = chunking.segment;
   const useOverlap = overlap ?? chunking.overlap;
   const step = stride(segment, useOverlap);
   const length = channels[0].length;
   const input = channels.length === audioChannels ? channels : fit(channels, audioChannels);
   const stats = manifest.normalization.whole_track.enabled ? mixStats(input) : { mean: 0, std: 1 };
-  const normalised = input.map((channel) => {
-    const out = new Float32Array(channel.length);
-    for (let i = 0; i < channel.length; i += 1) out[i] = (channel[i] - stats.mean) / stats.std;
-    return out;
-  });
   const weights = overlapWindow(segment, useOverlap);
   const starts = chunkStarts(length, segment, useOverlap);
   const stft = new ChunkSTFT(manifest);
-  /** The normalised song's samples [start, start + size), zeros past its end, channel by channel. */
+  /** The song's samples [start, start + size) normalised, zeros past its end, channel by channel. */
   const cut = (start, size) =>
-    normalised.map((channel) => {
+    input.map((channel) => {
       const part = new Float32Array(size);
-      part.set(channel.subarray(start, Math.min(start + size, length)));
+      const end = Math.min(start + size, length);
+      for (let i = start; i < end; i += 1) part[i - start] = (channel[i] - stats.mean) / stats.std;
       return part;
     });
   /** The network's output for the chunk at `start` (`chunkStft`: its length's STFT). */
@@ -123,14 +126,14 @@ async function separate({ manifestUrl, channels, precision = "auto", overlap = n
     return results[tensors.output.name];
   };
   // Weighted sums of the chunks' outputs and of their weights from `emitted` on (a chunk's length).
-  const sums = stems.map(() => input.map(() => new Float64Array(segment)));
+  const sums = kept.map(() => input.map(() => new Float64Array(segment)));
   const total = new Float64Array(segment);
   let emitted = 0;
   let firstBlock = null;
   let firstSound = null;
   post({ type: "progress", done: 0, total: starts.length });
   const short = early ? firstChunk(manifest) : null;
-  if (short && starts.length) {
+  if (short) {
     await provisional(new ChunkSTFT(manifest, short));
     firstSound = performance.now();
   }
@@ -139,10 +142,10 @@ async function separate({ manifestUrl, channels, precision = "auto", overlap = n
     const data = output.data;
     const perStem = data.length / stems.length;
     const at = start - emitted;
-    for (let s = 0; s < stems.length; s += 1) {
+    for (const [k, s] of kept.entries()) {
       const waves = stft.inverse(data, s * perStem);
       for (let c = 0; c < audioChannels; c += 1) {
-        const sum = sums[s][c];
+        const sum = sums[k][c];
         const wave = waves[c];
         for (let i = 0; i < segment - at; i += 1) sum[at + i] += wave[i] * weights[i];
       }
@@ -163,7 +166,7 @@ async function separate({ manifestUrl, channels, precision = "auto", overlap = n
     // Within the first block (which replaces it), however high the overlap.
     const count = Math.min(chunkStft.segment, length, starts.length > 1 ? starts[1] : length);
     const perStem = output.data.length / stems.length;
-    const block = stems.map((_, s) =>
+    const block = kept.map((s) =>
       chunkStft.inverse(output.data, s * perStem).map((wave) => {
         const out = new Float32Array(count);
         for (let i = 0; i < count; i += 1) out[i] = wave[i] * stats.std + stats.mean;
@@ -171,7 +174,8 @@ async function separate({ manifestUrl, channels, precision = "auto", overlap = n
       }),
     );
     if (typeof output.dispose === "function") output.dispose();
-    post({ type: "block", from: 0, to: count, names: stems, stems: block, provisional: true }, block.flat().map((part) => part.buffer));
+    if (twoStems !== null) block.push(block[0].map((stem, c) => rest(input[c], stem, 0)));
+    post({ type: "block", from: 0, to: count, names, stems: block, provisional: true }, block.flat().map((part) => part.buffer));
   }
 
   function emit(count) {
@@ -187,14 +191,15 @@ async function separate({ manifestUrl, channels, precision = "auto", overlap = n
     );
     total.copyWithin(0, count);
     total.fill(0, segment - count);
-    post({ type: "block", from: emitted, to: emitted + count, names: stems, stems: block }, block.flat().map((part) => part.buffer));
+    if (twoStems !== null) block.push(block[0].map((stem, c) => rest(input[c], stem, emitted))); // the engine's
+    post({ type: "block", from: emitted, to: emitted + count, names, stems: block }, block.flat().map((part) => part.buffer));
     emitted += count;
   }
 
   const finished = performance.now();
   post({
     type: "done",
-    stems,
+    stems: names,
     length,
     cached,
     file: entry.file,
@@ -209,6 +214,13 @@ async function separate({ manifestUrl, channels, precision = "auto", overlap = n
       whole_s: (finished - started) / 1000,
     },
   });
+}
+
+/** The mix minus `stem` (a block of it from `from`): two-stem mode's second stem, as the engine's. */
+function rest(mix, stem, from) {
+  const out = new Float32Array(stem.length);
+  for (let i = 0; i < stem.length; i += 1) out[i] = mix[from + i] - stem[i];
+  return out;
 }
 
 /** `channels` made `count` channels: mono duplicated (as the engine does), else the first `count`. */
