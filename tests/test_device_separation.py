@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from audio_samples import write_test_file
@@ -169,6 +170,9 @@ def test_a_song_is_separated_on_the_device_as_the_engine_does_and_nothing_leaves
         page = open_page(server=server, before=traffic.watch)
         assert page.evaluate("crossOriginIsolated") is True
         assert page.is_visible("text=On this device (nothing is uploaded)")
+        wait_js(page, "window.freestems.device.advice().words !== undefined", timeout=30)
+        assert page.is_checked('input[name="where"][value="device"]')  # the small model keeps up
+        page.check('input[name="where"][value="server"]')
         assert page.is_enabled("#format")
         before = len(traffic.requests)
         started = time.monotonic()
@@ -249,6 +253,7 @@ def test_a_song_over_the_upload_limit_plays_while_it_separates_on_the_device_and
     with device_server(tmp_path, model, device_dir) as server:
         page = open_page(server=server)
         wait_js(page, "window.freestems.device.unavailable() === ''", timeout=30)
+        page.check('input[name="where"][value="server"]')  # an upload first: the size limit applies
         page.set_input_files("#file", str(song))
         assert "This file is too big" in wait_js(page, "document.getElementById('file-error').textContent")
         page.check('input[name="where"][value="device"]')  # nothing is uploaded: the size is no matter
@@ -492,3 +497,68 @@ def test_the_format_and_passes_say_why_they_are_fixed_on_the_device_and_a_device
         assert "as WAV files, in one pass" in page.text_content("#where-hint")
         page.evaluate("document.getElementById('where').scrollIntoView({block: 'start'})")
         page.screenshot(path=str(ARTIFACTS / "device-only-options.png"))
+
+
+# A speed this browser remembers for the small model (device-speed.js's localStorage), before the page loads.
+REMEMBER = (
+    "localStorage.setItem('freestems.device.speed', JSON.stringify({small: {realtime: %s, threads: 2}}))"
+)
+ADVICE = "window.freestems.device.advice()"
+
+
+def test_the_page_chooses_the_device_where_it_keeps_up_and_says_why(exported, open_page, tmp_path):
+    model, device_dir = exported
+    with device_server(tmp_path, model, device_dir) as server:
+        # Remembered slower than the music: our server, with the measured pace.
+        slow = open_page(server=server, before=lambda page: page.add_init_script(REMEMBER % "0.4"))
+        wait_js(slow, f"{ADVICE}.words !== undefined", timeout=30)
+        assert slow.is_checked('input[name="where"][value="server"]')
+        hint = slow.text_content("#where-hint")
+        assert hint.startswith("Our server is chosen for you: on this device it separated 0.4 s of music per")
+        assert "slower than the music plays" in hint
+
+        # Nothing remembered: the probe's estimate (the small model is far lighter than the release one).
+        fresh = open_page(server=server)
+        advice = wait_js(fresh, f"{ADVICE}.words !== undefined && {ADVICE}", timeout=30)
+        assert advice["device"] is True and 0 < advice["probe"] < 5000
+        assert fresh.is_checked('input[name="where"][value="device"]')
+        hint = fresh.text_content("#where-hint")
+        assert hint.startswith("On this device is chosen for you: it should separate about")
+        assert "(estimated), faster than the music plays." in hint
+        manifest = httpx.get(f"{server.url}/models/small/device/manifest.json").json()
+        files = {entry["precision"][:4]: entry for entry in manifest["onnx"]["files"]}
+        faithful = files.get("fp16", {}).get("snr_db_vs_fp32", 0) >= 66  # the worker's "auto"
+        auto = files["fp16" if faithful else "fp32"]
+        assert f"the first run downloads the model once ({_size(auto['bytes'])})." in hint
+        assert fresh.is_hidden("#size-limit")  # no upload: no size limit named
+        # A choice made is kept: another song does not change it back.
+        fresh.check('input[name="where"][value="server"]')
+        song = tmp_path / "song.wav"
+        write_test_file(song, "wav", seconds=2.0, signal=music(2.0))
+        fresh.set_input_files("#file", str(song))
+        wait_js(fresh, "!document.getElementById('separate').disabled")
+        assert fresh.is_checked('input[name="where"][value="server"]') and fresh.evaluate(ADVICE)["touched"]
+
+
+def test_a_song_too_long_for_the_devices_memory_goes_to_the_server(exported, open_page, tmp_path):
+    model, device_dir = exported
+    # 0.5 GB of memory: 256 MB for the page, less than any song needs
+    tiny = "Object.defineProperty(Navigator.prototype, 'deviceMemory', {get: () => 0.5})"
+    with device_server(tmp_path, model, device_dir) as server:
+        page = open_page(server=server, before=lambda page: page.add_init_script(tiny))
+        wait_js(page, f"{ADVICE}.words !== undefined", timeout=30)
+        song = tmp_path / "song.wav"
+        write_test_file(song, "wav", seconds=2.0, signal=music(2.0))
+        page.set_input_files("#file", str(song))
+        wait_js(page, "!document.getElementById('separate').disabled")
+        assert page.is_checked('input[name="where"][value="server"]')
+        assert "a song this long needs about" in page.text_content("#where-hint")
+
+
+def _size(count: int) -> str:
+    """text.js's formatBytes, below a GB."""
+    if count < 1000:
+        return f"{count} bytes"
+    if count < 1e6:
+        return f"{count / 1e3:.0f} kB"
+    return f"{count / 1e6:.{1 if count < 1e7 else 0}f} MB"

@@ -34,7 +34,8 @@ import { createListen } from "./stream.js";
 const { events, log } = createLog();
 const screens = createScreens();
 const messages = createMessages({ screens, log });
-const song = createSong({ log, canChoose: () => screens.phase === "setup", onChecked: () => updateCost() });
+// The device's advice depends on the song's length (memory), the cost hint on the song and the choice.
+const song = createSong({ log, canChoose: () => screens.phase === "setup", onChecked: () => (device.songChanged(), updateCost()) });
 const recent = createRecent({ log, onOpen: (entry) => reopen(entry) });
 const player = createPlayer({ log, setProgress: messages.setProgress, budgetOverride: () => hook.memoryBudget });
 const result = createResult({ player, screens, log });

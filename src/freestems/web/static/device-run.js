@@ -13,7 +13,8 @@
 // form says plainly that the song is separated in this browser, and nothing is ever uploaded.
 //
 // A run resolves like job.js's: {kind: "result"}, {kind: "cancelled"} or {kind: "problem", problem}.
-import { decodeSong, deviceSupport, keepOffline, SAMPLE_RATE, separateOnDevice } from "./device.js";
+import { decodeSong, deviceSupport, keepOffline, modelFacts, SAMPLE_RATE, separateOnDevice } from "./device.js";
+import { memoryAvailable, memoryNeeded, probeMs, remember, speedOf } from "./device-speed.js";
 import { $ } from "./dom.js";
 import { StemFiles } from "./stemfiles.js";
 import { LiveMixer } from "./stream.js";
@@ -95,6 +96,10 @@ export function createDevice({ screens, messages, song, player, log, present, pr
   let last = null; // the last device run, for tests: {names, info} (and stems, input: view.keep)
   let relaxed = false; // the song is checked without the upload's size limit
   let serverHint = null; // the work card's words about leaving the page, for a server's run
+  let touched = false; // the person chose where: the page no longer chooses for them
+  let advising = false; // the page is setting the choice itself
+  let probe = null; // device-speed.js's probe, milliseconds (null: not run)
+  const facts = {}; // model -> modelFacts (null: none), as they come
   let serverWords = null; // the format's and the passes' hints, for a server's run
 
   function chosenModel() {
@@ -110,23 +115,64 @@ export function createDevice({ screens, messages, song, player, log, present, pr
     return "";
   }
 
-  /** Shows the choice as it can be made now (the model chosen, the runtime there or not). */
+  /**
+   * Where the page would separate, and why ({device, words}), while the person has not chosen: the device
+   * where it keeps up with the music and has the memory for the song, else our server. Null until the
+   * probe and the model's facts are in.
+   */
+  function advice() {
+    const model = chosenModel();
+    const known = facts[model];
+    if (probe === null || !known) return null;
+    const seconds = song.duration;
+    const needed = seconds ? memoryNeeded(seconds, known.stems) : 0;
+    const available = memoryAvailable();
+    if (available !== null && needed > available) {
+      const size = formatBytes(needed * 1024 * 1024);
+      return { device: false, words: `Our server is chosen for you: a song this long needs about ${size} of memory in this browser, more than this device should give it.` };
+    }
+    const { realtime, measured } = speedOf(model, { probe, bytes: known.fp32Bytes });
+    const pace = `${realtime.toFixed(1)} s of music per second`;
+    const how = measured ? `it separated ${pace} last time` : `it should separate about ${pace} (estimated)`;
+    if (realtime >= 1) return { device: true, words: `On this device is chosen for you: ${how}, faster than the music plays.` };
+    return { device: false, words: `Our server is chosen for you: on this device ${how}, slower than the music plays.` };
+  }
+
+  /** What a device run of the chosen model downloads first, in words. */
+  function downloadWords() {
+    const known = facts[chosenModel()];
+    if (known && known.kept) return "the model is already in this browser.";
+    return known ? `the first run downloads the model once (${formatBytes(known.bytes)}).` : "the first run downloads the model once.";
+  }
+
+  /** Shows the choice as it can be made now (the model chosen, the runtime there or not, the advice). */
   function refresh() {
     if (!fieldset || !config) return;
     const models = config.deviceModels || [];
     fieldset.hidden = models.length === 0 && !config.deviceOnly;
     const device = fieldset.querySelector('input[value="device"]');
     const why = obstacle();
+    const made = `The stems are made in this browser, as WAV files, in one pass; ${downloadWords()}`;
     if (config.deviceOnly) {
       // The one way here: no choice to make, only what it means (or why this browser cannot).
       $("where-choices").hidden = true;
       device.checked = true;
-      $("where-hint").textContent = why ? `${DEVICE_ONLY} ${why}` : `${DEVICE_ONLY} The stems are made in this browser, as WAV files, in one pass; the first run downloads the model once.`;
+      $("where-hint").textContent = why ? `${DEVICE_ONLY} ${why}` : `${DEVICE_ONLY} ${made}`;
     } else {
       device.disabled = Boolean(why);
       device.closest("label").classList.toggle("is-disabled", device.disabled);
-      if (device.disabled && device.checked) fieldset.querySelector('input[value="server"]').checked = true;
-      $("where-hint").textContent = why || (chosen() ? "The stems are made in this browser, as WAV files, in one pass; the first run downloads the model once." : "");
+      const server = fieldset.querySelector('input[value="server"]');
+      if (device.disabled && device.checked) server.checked = true;
+      const suggested = why || touched ? null : advice();
+      const pick = suggested && (suggested.device ? device : server);
+      if (pick && !pick.checked) {
+        pick.checked = true;
+        advising = true; // the form's other listeners (the cost) hear of it; this one does not count it as chosen
+        pick.dispatchEvent(new Event("change", { bubbles: true }));
+        advising = false;
+      }
+      const words = [suggested ? suggested.words : "", chosen() ? made : ""].filter(Boolean).join(" ");
+      $("where-hint").textContent = why || words;
     }
     // Nothing is uploaded: the upload's size limit does not apply (the length limit does: memory). The
     // stems come as WAV files from one pass: the format and the passes are the server's choices.
@@ -178,10 +224,23 @@ export function createDevice({ screens, messages, song, player, log, present, pr
     log("device_support", { available: !unavailable, reason: unavailable });
     refresh();
     if (!unavailable) {
+      probe = probeMs();
+      await learn(chosenModel());
+      log("device_advice", { probe_ms: probe, ...(advice() || {}) });
+    }
+    if (!unavailable) {
       keepOffline()
         .then((registered) => log("offline", { registered }))
         .catch((error) => log("offline", { registered: false, message: error && error.message }));
     }
+  }
+
+  /** Reads what a device run of `model` would download (once per model and page), then shows it. */
+  async function learn(model) {
+    if (!model || model in facts || !(config.deviceModels || []).includes(model)) return;
+    facts[model] = null;
+    facts[model] = await modelFacts(model);
+    refresh();
   }
 
   /** The work card for a device run (`device`) or a server's: its steps, and what leaving the page does. */
@@ -280,6 +339,8 @@ export function createDevice({ screens, messages, song, player, log, present, pr
       const info = { ...outcome.info, first_block_page_s: blocks.firstBlock };
       last = view.keep ? { names: outcome.names, stems: outcome.stems, input, info } : { names: outcome.names, info };
       log("device_done", { ...outcome.info.timings, cached: outcome.info.cached, threads: outcome.info.threads });
+      remember(options.model, outcome.info, length / SAMPLE_RATE); // the next default goes by this speed
+      if (facts[options.model]) facts[options.model].kept = true;
       messages.setPhase("fetch", "Preparing the player…", null);
       await present(files.archive(), file, { ...options, format: "wav", bitrate: null });
       $("delete").hidden = true; // nothing of it is on the server
@@ -306,7 +367,11 @@ export function createDevice({ screens, messages, song, player, log, present, pr
 
   function wire() {
     $("setup").addEventListener("change", (event) => {
-      if (event.target && (event.target.name === "model" || event.target.name === "where")) refresh();
+      const name = event.target && event.target.name;
+      if (advising) return;
+      if (name === "where") touched = true; // chosen: kept, whatever the advice
+      if (name === "model" || name === "where") refresh();
+      if (name === "model" && unavailable === "") learn(chosenModel());
     });
     screens.onShow((card) => {
       if (card === "work") $("delete").hidden = false; // a new run: a server's result can be deleted again
@@ -318,11 +383,14 @@ export function createDevice({ screens, messages, song, player, log, present, pr
     keep: false, // keep the last run's floats (the song's decoded samples and the stems)
     last: () => last,
     unavailable: () => unavailable,
+    advice: () => ({ probe, touched, ...(advice() || {}) }),
   };
 
   return {
     wire,
     useConfig,
+    /** The song chosen changed (its length: the memory it needs). */
+    songChanged: refresh,
     separate,
     cancel,
     /** The person chose to separate on this device (and can). */

@@ -4,6 +4,8 @@
 // stems only when asked: tests). Nothing is uploaded: the only requests are for the manifest, the network
 // (once; then Cache Storage) and the runtime.
 
+import { chooseFile, isKept } from "./device/files.js";
+
 export const SAMPLE_RATE = 44100;
 const VENDOR = new URL("../vendor/onnxruntime-web/", import.meta.url);
 
@@ -34,6 +36,26 @@ export async function deviceSupport(deviceModels) {
     return "the in-browser runtime could not be reached";
   }
   return "";
+}
+
+/**
+ * What the page tells before a device run of served model `name`: {bytes, fp32Bytes, stems, kept} (the file
+ * the worker would download, with "auto" precision; the fp32 network's size, for the speed estimate; the
+ * stems; whether that file is already in this browser), or null when the manifest cannot be read.
+ */
+export async function modelFacts(name) {
+  try {
+    const url = manifestUrl(name);
+    const response = await fetch(url, { cache: "no-cache" });
+    if (!response.ok) return null;
+    const manifest = await response.json();
+    const entry = chooseFile(manifest, "auto");
+    const fp32 = chooseFile(manifest, "fp32");
+    const kept = await isKept(new URL(entry.file, url).href, entry);
+    return { bytes: entry.bytes, fp32Bytes: fp32.bytes, stems: manifest.model.stems.length, kept };
+  } catch (ignored) {
+    return null; // offline with no copy, or not a manifest: the page says less
+  }
 }
 
 /** The song decoded by the browser and resampled to 44.1 kHz: {channels: [Float32Array, ...], length}. */

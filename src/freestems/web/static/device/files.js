@@ -5,6 +5,22 @@
 
 export const CACHE_NAME = "freestems-device-models";
 
+// "auto" takes the fp16-weights file (half the download) only where the export measured it this close to
+// the fp32 one. onnxruntime-web's WASM kernels differ from the native runtime's by 78 dB (the tests' small
+// model) to 93 dB (the release scnet) on one chunk, about 64 dB over a whole song with the small model; with
+// fp16 weights 66 dB from fp32 the page stays 60 dB from the Python engine even then (the noises add).
+const FP16_AUTO_MIN_SNR_DB = 66;
+
+/** The file of `manifest` a page runs for `precision` ("auto", "fp16" or "fp32"): its entry. */
+export function chooseFile(manifest, precision) {
+  const files = manifest.onnx.files;
+  const fp16 = files.find((entry) => entry.precision.startsWith("fp16"));
+  const fp32 = files.find((entry) => entry.precision === "fp32");
+  if (precision === "fp16" && fp16) return fp16;
+  if (precision === "fp32" || !fp16) return fp32;
+  return fp16.snr_db_vs_fp32 >= FP16_AUTO_MIN_SNR_DB ? fp16 : fp32;
+}
+
 /** Lowercase hex sha256 of an ArrayBuffer. */
 export async function sha256(buffer) {
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", buffer));
@@ -87,4 +103,10 @@ async function readAll(response, total, onProgress) {
     at += part.length;
   }
   return bytes.buffer;
+}
+
+/** Whether `entry` (a manifest's file) is already kept in Cache Storage under `cacheAs` (not re-checked). */
+export async function isKept(cacheAs, entry) {
+  const cache = await openCache();
+  return Boolean(cache && (await cache.match(cacheKey(cacheAs, entry))));
 }

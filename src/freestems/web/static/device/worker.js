@@ -20,7 +20,7 @@
 //               {type: "error", message}.
 // The page ends a separation by terminating the worker.
 import { checkManifest, chunkStarts, ChunkSTFT, firstChunk, inputShape, mixStats, overlapWindow, stride } from "./dsp.js";
-import { fetchModelFile } from "./files.js";
+import { chooseFile, fetchModelFile } from "./files.js";
 
 const VENDOR = new URL("../../vendor/onnxruntime-web/", import.meta.url);
 let ort = null;
@@ -41,21 +41,6 @@ async function loadRuntime() {
   ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.max(1, Math.min(8, navigator.hardwareConcurrency || 1)) : 1;
   ort.env.logLevel = "error";
   return ort;
-}
-
-// "auto" takes the fp16-weights file (half the download) only where the export measured it this close to
-// the fp32 one. onnxruntime-web's WASM kernels differ from the native runtime's by 78 dB (the tests' small
-// model) to 93 dB (the release scnet) on one chunk, about 64 dB over a whole song with the small model; with
-// fp16 weights 66 dB from fp32 the page stays 60 dB from the Python engine even then (the noises add).
-const FP16_AUTO_MIN_SNR_DB = 66;
-
-function chooseFile(manifest, precision) {
-  const files = manifest.onnx.files;
-  const fp16 = files.find((entry) => entry.precision.startsWith("fp16"));
-  const fp32 = files.find((entry) => entry.precision === "fp32");
-  if (precision === "fp16" && fp16) return fp16;
-  if (precision === "fp32" || !fp16) return fp32;
-  return fp16.snr_db_vs_fp32 >= FP16_AUTO_MIN_SNR_DB ? fp16 : fp32;
 }
 
 async function openSession(manifest, manifestUrl, precision) {
