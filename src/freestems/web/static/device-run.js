@@ -251,7 +251,8 @@ export function createDevice({ screens, messages, song, player, log, present, pr
       const stems = options.twoStems ? twoStems(outcome.stems, options.twoStems, channels) : outcome.stems;
       const info = { ...outcome.info, first_block_page_s: firstBlock };
       last = view.keep ? { names: Object.keys(stems), stems, input: channels, info } : { names: Object.keys(stems), info };
-      log("device_done", { ...outcome.info.timings, cached: outcome.info.cached, threads: outcome.info.threads });
+      const { backend, backend_why: why, probe } = outcome.info;
+      log("device_done", { ...outcome.info.timings, cached: outcome.info.cached, threads: outcome.info.threads, backend, why, probe_db: probe ? probe.db : null });
       messages.setPhase("fetch", "Preparing the player…", null);
       const archive = await wavArchive(stems);
       await present(archive, file, { ...options, format: "wav", bitrate: null });

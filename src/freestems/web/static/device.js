@@ -62,10 +62,13 @@ export async function decodeSong(file) {
 /**
  * Separates `channels` (44.1 kHz) with served model `model` on this device. `on(message)` hears the
  * worker's status, download and progress messages and each block as it is finished; `signal` stops it.
+ * `backend`: "auto" (WebGPU where a hardware adapter runs the network faithfully, else WASM), "wasm" or
+ * "webgpu" (any adapter, a software one too; still only if faithful).
  * Resolves with {stems: {name: [Float32Array per channel]}, names, length, info} (info: the worker's
- * "done" message: timings, whether the network came from Cache Storage, the threads).
+ * "done" message: timings, whether the network came from Cache Storage, the threads, the backend and why,
+ * the probe's dB).
  */
-export function separateOnDevice({ model, channels, precision = "auto", overlap = null, on = () => {}, signal }) {
+export function separateOnDevice({ model, channels, precision = "auto", overlap = null, backend = "auto", on = () => {}, signal }) {
   return new Promise((resolve, reject) => {
     if (signal && signal.aborted) {
       reject(new DOMException("cancelled", "AbortError"));
@@ -109,7 +112,7 @@ export function separateOnDevice({ model, channels, precision = "auto", overlap 
     };
     const copies = channels.map((channel) => channel.slice()); // the caller keeps its own
     worker.postMessage(
-      { type: "separate", manifestUrl: manifestUrl(model), channels: copies, precision, overlap },
+      { type: "separate", manifestUrl: manifestUrl(model), channels: copies, precision, overlap, backend },
       copies.map((channel) => channel.buffer),
     );
   });

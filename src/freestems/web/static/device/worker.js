@@ -1,36 +1,45 @@
 // The engine of separating on the device, in a Web Worker: the network of `freestems export` run by
-// onnxruntime-web (WASM; on several threads when the page is crossOriginIsolated), and around it what
-// freestems.engine does, as the export's manifest says: whole-track normalisation, chunks of the model's
-// segment stepping by the engine's stride, the STFT and its inverse, the trapezoid overlap-add.
+// onnxruntime-web (WebGPU where the browser offers it and the network runs faithfully there, else WASM on
+// several threads when the page is crossOriginIsolated), and around it what freestems.engine does, as the
+// export's manifest says: whole-track normalisation, chunks of the model's segment stepping by the engine's
+// stride, the STFT and its inverse, the trapezoid overlap-add.
 //
-// Messages in:  {type: "separate", manifestUrl, channels: [Float32Array, ...] (44.1 kHz), precision, overlap}
+// Messages in:  {type: "separate", manifestUrl, channels: [Float32Array, ...] (44.1 kHz), precision, overlap,
+//               backend: "auto" | "wasm" | "webgpu"}
 // Messages out: {type: "status", stage, words}, {type: "download", received, total},
 //               {type: "progress", done, total}, {type: "block", from, to, names, stems: [[Float32Array per
 //               channel] per stem]} (the finished samples [from, to) of every stem, `names` their names),
-//               {type: "done", stems, length, timings, cached, threads, file, url}, {type: "error", message}.
+//               {type: "done", stems, length, timings, cached, threads, file, url, backend, backend_why,
+//               adapter, probe}, {type: "error", message}.
 // The page ends a separation by terminating the worker.
 import { checkManifest, chunkStarts, ChunkSTFT, mixStats, overlapWindow, stride } from "./dsp.js";
 import { fetchModelFile } from "./files.js";
+import { compareProbe, probeInput, readProbe } from "./probe.js";
 
 const VENDOR = new URL("../../vendor/onnxruntime-web/", import.meta.url);
-let ort = null;
-let session = null; // {key, session}: kept for the next separation of this worker
+// Two builds of onnxruntime-web (scripts/fetch_web_deps.sh): a browser downloads the one it uses.
+const BUILDS = { wasm: "ort.wasm.min.mjs", webgpu: "ort.webgpu.min.mjs" };
+const runtimes = {};
+let ort = null; // the build of the session in use (a tensor must come from its session's build)
+let session = null; // {key, session, runtime, facts}: kept for the next separation of this worker
 
-async function loadRuntime() {
-  if (ort) return ort;
+async function loadRuntime(build = "wasm") {
+  if (runtimes[build]) return runtimes[build];
+  let runtime;
   try {
-    ort = await import(new URL("ort.wasm.min.mjs", VENDOR).href);
+    runtime = await import(new URL(BUILDS[build], VENDOR).href);
   } catch (error) {
     throw new Error(
-      "the in-browser runtime (onnxruntime-web) is not installed on this server (scripts/fetch_web_deps.sh)",
+      `the in-browser runtime (onnxruntime-web${build === "wasm" ? "" : `, ${build}`}) is not installed on this server (scripts/fetch_web_deps.sh)`,
     );
   }
-  ort.env.wasm.wasmPaths = VENDOR.href;
+  runtime.env.wasm.wasmPaths = VENDOR.href;
   // Every core: onnxruntime-web splits a chunk evenly between its threads at no extra CPU (its own default
   // is half the cores); threads need SharedArrayBuffer, so one where the page is not isolated.
-  ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.max(1, Math.min(8, navigator.hardwareConcurrency || 1)) : 1;
-  ort.env.logLevel = "error";
-  return ort;
+  runtime.env.wasm.numThreads = self.crossOriginIsolated ? Math.max(1, Math.min(8, navigator.hardwareConcurrency || 1)) : 1;
+  runtime.env.logLevel = "error";
+  runtimes[build] = runtime;
+  return runtime;
 }
 
 // "auto" takes the fp16-weights file (half the download) only where the export measured it this close to
@@ -48,10 +57,82 @@ function chooseFile(manifest, precision) {
   return fp16.snr_db_vs_fp32 >= FP16_AUTO_MIN_SNR_DB ? fp16 : fp32;
 }
 
-async function openSession(manifest, manifestUrl, precision) {
+// WebGPU is used only if the network's output for the export's probe is this close to native ONNX Runtime's
+// fp32 output (dB, every stem): the rule that admits the fp16 file on WASM, for the same reason (the page
+// must stay 60 dB from the Python engine over a song; the probe measures the file and the backend together).
+const PROBE_MIN_SNR_DB = FP16_AUTO_MIN_SNR_DB;
+
+/** "vendor architecture (description)" of a WebGPU adapter's info, for the log. */
+function describeAdapter(info) {
+  const words = [info.vendor, info.architecture].filter(Boolean).join(" ") || "unknown";
+  return info.description ? `${words} (${info.description})` : words;
+}
+
+/**
+ * Whether to try WebGPU for `backend` ("auto", "wasm" or "webgpu"): {adapter} (its words) or {why} not.
+ * "auto" tries it where navigator.gpu gives an adapter that is not a fallback (software) one, which would be
+ * slower than WASM; "webgpu" takes any adapter. Either needs the export's probe.
+ */
+async function webgpuPlan(backend, manifest) {
+  if (backend === "wasm") return { why: "WASM was asked for" };
+  if (!self.navigator.gpu) return { why: "this browser offers no WebGPU" };
+  let adapter = null;
+  try {
+    adapter = await navigator.gpu.requestAdapter();
+  } catch (ignored) {
+    // as no adapter
+  }
+  if (!adapter) return { why: "this browser offers no WebGPU adapter" };
+  const info = adapter.info || {};
+  const words = describeAdapter(info);
+  if ((info.isFallbackAdapter ?? adapter.isFallbackAdapter) && backend !== "webgpu") {
+    return { why: `the only WebGPU adapter is a software one (${words}), slower than WASM` };
+  }
+  if (!readProbe(manifest)) return { why: "the export has no faithfulness probe (export the model again)" };
+  return { adapter: words };
+}
+
+/**
+ * A WebGPU session of the network in `buffer`, if its output for the probe passes: {session, runtime,
+ * probe}; else {why, probe, runtime} (probe: the measured dB, or null where it could not run; runtime: the
+ * WebGPU build where it loaded, whose WASM backend is as fast as the WASM build's and already downloaded),
+ * the session released.
+ */
+async function tryWebGPU(buffer, manifest) {
+  const probe = readProbe(manifest);
+  post({ type: "status", stage: "backend", words: "Checking that the model runs faithfully on the GPU (WebGPU)…" });
+  let created = null;
+  let runtime = null;
+  try {
+    runtime = await loadRuntime("webgpu");
+    created = await runtime.InferenceSession.create(new Uint8Array(buffer), {
+      executionProviders: ["webgpu"],
+      graphOptimizationLevel: "all",
+    });
+    const { input, output } = manifest.tensors;
+    const feeds = { [input.name]: new runtime.Tensor("float32", probeInput(probe), probe.input.shape) };
+    const result = (await created.run(feeds))[output.name];
+    const measured = compareProbe(probe, result.data);
+    if (typeof result.dispose === "function") result.dispose();
+    const passed = measured.db >= PROBE_MIN_SNR_DB;
+    const facts = { ...measured, min_db: PROBE_MIN_SNR_DB, passed };
+    if (passed) return { session: created, runtime, probe: facts };
+    await created.release();
+    return { why: `its output for the probe is ${measured.db} dB from the export's, under ${PROBE_MIN_SNR_DB} dB`, probe: facts, runtime };
+  } catch (error) {
+    if (created) await created.release().catch(() => {});
+    return { why: `it failed: ${error && error.message ? error.message : error}`, probe: null, runtime };
+  }
+}
+
+async function openSession(manifest, manifestUrl, precision, backend = "auto") {
   const entry = chooseFile(manifest, precision);
-  const key = `${manifestUrl}#${entry.sha256}`;
-  if (session && session.key === key) return { session: session.session, cached: true, entry };
+  const key = `${manifestUrl}#${entry.sha256}#${backend}`;
+  if (session && session.key === key) {
+    ort = session.runtime;
+    return { ...session.facts, session: session.session, cached: true, entry };
+  }
+  const plan = await webgpuPlan(backend, manifest);
   post({ type: "status", stage: "model", words: "Loading the model…" });
   // The hash-named URL where the server gives one (cached for good), else the file beside the manifest.
   const stable = new URL(entry.file, manifestUrl).href;
@@ -60,29 +141,50 @@ async function openSession(manifest, manifestUrl, precision) {
     onProgress: (received, total) => post({ type: "download", received, total }),
   });
   post({ type: "status", stage: "runtime", words: "Starting the model…" });
-  const runtime = await loadRuntime();
-  // bench/ort_options.mjs measured the other options (arena, memory pattern, parallel execution) and the
-  // fp16 file's time: none is faster than these (docs/browser.md, "Speed").
-  const created = await runtime.InferenceSession.create(new Uint8Array(buffer), {
-    executionProviders: ["wasm"],
-    graphOptimizationLevel: "all",
-  });
-  session = { key, session: created };
-  return { session: created, cached, entry };
+  let facts = { backend: "wasm", backend_why: plan.why || "", adapter: plan.adapter || null, probe: null };
+  let created = null;
+  let runtime = null;
+  if (plan.adapter) {
+    const tried = await tryWebGPU(buffer, manifest);
+    facts = { ...facts, probe: tried.probe };
+    if (tried.session) {
+      ({ session: created, runtime } = tried);
+      facts.backend = "webgpu";
+      post({ type: "status", stage: "backend", words: `Separating with WebGPU (${plan.adapter}): the probe was ${tried.probe.db} dB from the export's.` });
+    } else {
+      runtime = tried.runtime; // its WASM backend: no second download
+      facts.backend_why = `WebGPU (${plan.adapter}) is not used: ${tried.why}`;
+      post({ type: "status", stage: "backend", words: `${facts.backend_why}; separating with WASM…` });
+    }
+  }
+  if (!created) {
+    runtime = runtime || (await loadRuntime("wasm"));
+    // bench/ort_options.mjs measured the other options (arena, memory pattern, parallel execution) and the
+    // fp16 file's time: none is faster than these (docs/browser.md, "Speed").
+    created = await runtime.InferenceSession.create(new Uint8Array(buffer), {
+      executionProviders: ["wasm"],
+      graphOptimizationLevel: "all",
+    });
+  }
+  ort = runtime;
+  session = { key, session: created, runtime, facts };
+  return { ...facts, session: created, cached, entry };
 }
 
 function post(message, transfer = []) {
   self.postMessage(message, transfer);
 }
 
-async function separate({ manifestUrl, channels, precision = "auto", overlap = null }) {
+async function separate({ manifestUrl, channels, precision = "auto", overlap = null, backend = "auto" }) {
   const started = performance.now();
+  if (!["auto", "wasm", "webgpu"].includes(backend)) throw new Error(`unknown backend ${backend} (auto, wasm or webgpu)`);
   const response = await fetch(manifestUrl, { cache: "no-cache" });
   if (!response.ok) throw new Error(`this model cannot be run in the browser here (HTTP ${response.status})`);
   const manifest = await response.json();
   checkManifest(manifest);
   await loadRuntime(); // before the download: a server without the runtime says so at once
-  const { session: network, cached, entry } = await openSession(manifest, manifestUrl, precision);
+  const opened = await openSession(manifest, manifestUrl, precision, backend);
+  const { session: network, cached, entry } = opened;
   const loaded = performance.now();
 
   const { chunking, tensors } = manifest;
@@ -166,6 +268,10 @@ async function separate({ manifestUrl, channels, precision = "auto", overlap = n
     file: entry.file,
     url: new URL(entry.url || entry.file, manifestUrl).href,
     threads: ort.env.wasm.numThreads,
+    backend: opened.backend,
+    backend_why: opened.backend_why,
+    adapter: opened.adapter,
+    probe: opened.probe,
     stride: step,
     chunks: starts.length,
     timings: {
