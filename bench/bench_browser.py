@@ -67,6 +67,9 @@ def export(model_file: Path, folder: Path) -> tuple[str, float]:
 def run_once(page: Any, track: Path) -> dict[str, Any]:
     """One separation on the device through the page's form; the page's and the worker's timings."""
     wait_js(page, "window.freestems.device.unavailable() === ''", timeout=60)
+    advised = "window.freestems.device.advice()"
+    wait_js(page, f"{advised}.words !== undefined || {advised}.touched", timeout=60)
+    advice = page.evaluate("window.freestems.device.advice()")  # what the page chose for the person
     page.check('input[name="where"][value="device"]')
     page.set_input_files("#file", str(track))
     wait_js(page, "!document.getElementById('separate').disabled", timeout=60)
@@ -77,7 +80,7 @@ def run_once(page: Any, track: Path) -> dict[str, Any]:
     if phase != "result":
         raise SystemExit(f"the separation failed: {page.evaluate('window.freestems.problem')}")
     info = page.evaluate("window.freestems.device.last().info")
-    return {"whole_s": round(whole, 2), "info": info}
+    return {"whole_s": round(whole, 2), "info": {**info, "advice": advice}}
 
 
 def facts(run: dict[str, Any], seconds: int) -> dict[str, Any]:
@@ -153,6 +156,8 @@ def main() -> None:
         },
         "threads": first["threads"],
         "file": first["file"],
+        "backend": first.get("backend"),
+        "advice": first["advice"].get("words"),
     }
     if args.song_seconds:
         found["song"] = {**facts(runs[2], args.song_seconds), "chunks": runs[2]["info"]["chunks"]}

@@ -8,7 +8,9 @@
 // usage: node bench/ort_options.mjs THREADS ROUNDS CASES.json
 //   CASES.json: [{"name": "...", "file": "path/network.fp32.onnx", "options": {session options},
 //                 "frames": N (optional: a file with a dynamic frame axis run on N frames, e.g. the
-//                 manifest's first_chunk.frames; default the manifest's stft.frames)}, ...]
+//                 manifest's first_chunk.frames; default the manifest's stft.frames),
+//                 "build": "ort.webgpu.min.mjs" (optional: which vendored build runs it, by default the
+//                 worker's WASM one, ort.wasm.min.mjs; each build is loaded once, with its own settings)}, ...]
 // Outputs are compared between the cases of the same frame count.
 // The files come from `freestems export` (bench/bench_browser.py exports the release scnet with seeded
 // weights). THREADS is `ort.env.wasm.numThreads`, fixed for the process: compare thread counts by running
@@ -19,12 +21,20 @@ import { fileURLToPath } from "node:url";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const VENDOR = path.join(here, "..", "src", "freestems", "web", "vendor", "onnxruntime-web") + path.sep;
-const ort = await import(path.join(VENDOR, "ort.wasm.min.mjs"));
-
 const [threads, rounds, casesFile] = process.argv.slice(2);
-ort.env.wasm.numThreads = Number(threads);
-ort.env.wasm.wasmPaths = VENDOR;
-ort.env.logLevel = "error";
+const builds = new Map();
+
+/** The vendored onnxruntime-web build `name`, loaded once and set up as the worker sets it up. */
+async function build(name = "ort.wasm.min.mjs") {
+  if (!builds.has(name)) {
+    const runtime = await import(path.join(VENDOR, name));
+    runtime.env.wasm.numThreads = Number(threads);
+    runtime.env.wasm.wasmPaths = VENDOR;
+    runtime.env.logLevel = "error";
+    builds.set(name, runtime);
+  }
+  return builds.get(name);
+}
 const cases = JSON.parse(fs.readFileSync(casesFile, "utf8"));
 
 /** A seeded standard-normal spectrogram of the manifest's input shape (the time does not depend on it). */
@@ -46,8 +56,9 @@ for (const entry of cases) {
   entry.shape = input.shape.map((dim) => (dim === "frames" ? frames : dim));
   if (!probes.has(frames)) probes.set(frames, probe(entry.shape));
   entry.data = probes.get(frames);
+  entry.ort = await build(entry.build);
   const started = performance.now();
-  entry.session = await ort.InferenceSession.create(fs.readFileSync(entry.file), {
+  entry.session = await entry.ort.InferenceSession.create(fs.readFileSync(entry.file), {
     executionProviders: ["wasm"],
     ...entry.options,
   });
@@ -59,7 +70,8 @@ for (let round = 0; round < Number(rounds); round += 1) {
   for (const entry of cases) {
     const cpu = process.cpuUsage();
     const started = performance.now();
-    const results = await entry.session.run({ [input.name]: new ort.Tensor("float32", entry.data, entry.shape) });
+    const feeds = { [input.name]: new entry.ort.Tensor("float32", entry.data, entry.shape) };
+    const results = await entry.session.run(feeds);
     const wall = (performance.now() - started) / 1000;
     const used = process.cpuUsage(cpu);
     const out = results[output.name].data;
@@ -72,9 +84,10 @@ for (let round = 0; round < Number(rounds); round += 1) {
   }
 }
 const median = (values) => values.toSorted((a, b) => a - b)[Math.floor(values.length / 2)];
-const summary = cases.map(({ name, shape, load_s, runs }) => ({
+const summary = cases.map(({ name, shape, build: used = "ort.wasm.min.mjs", load_s, runs }) => ({
   name,
   frames: shape.at(-1),
+  build: used,
   threads: Number(threads),
   load_s: +load_s.toFixed(2),
   median_wall_s: median(runs.map((run) => run.wall_s)),

@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
-# Fetches the page's third-party runtime for separating on the device: onnxruntime-web (WASM backend), from
-# the npm registry, into src/freestems/web/vendor/onnxruntime-web/ (gitignored, never committed; the
-# service serves it under /vendor/). Only the files the page loads are kept: the ESM module, its WASM
-# runtime (glue and binary) and the licence. Without them the page still works; separating on the device
-# is then offered as unavailable.
+# Fetches the page's third-party runtime for separating on the device: onnxruntime-web, from the npm
+# registry, into src/freestems/web/vendor/onnxruntime-web/ (gitignored, never committed; the service serves
+# it under /vendor/). Only the files the page loads are kept, and the licence: two builds, each an ESM
+# module with its WASM runtime (glue and binary), of which a browser downloads one:
+#   - ort.wasm.min.mjs: the WASM backend alone (ort-wasm-simd-threaded.*), where WebGPU is not used;
+#   - ort.webgpu.min.mjs: the WebGPU backend (the asyncify build, ort-wasm-simd-threaded.asyncify.*), where
+#     the browser offers WebGPU; it runs the WASM backend too, when the network is not faithful on the GPU.
+# Without them the page still works; separating on the device is then offered as unavailable.
 #
 #   scripts/fetch_web_deps.sh            # once, and again after changing ORT_WEB_VERSION
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ORT_WEB_VERSION="1.31.1"
 target="src/freestems/web/vendor/onnxruntime-web"
-files=(ort.wasm.min.mjs ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm)
+files=(
+    ort.wasm.min.mjs ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm
+    ort.webgpu.min.mjs ort-wasm-simd-threaded.asyncify.mjs ort-wasm-simd-threaded.asyncify.wasm
+)
 
-if [ -f "$target/VERSION" ] && [ "$(cat "$target/VERSION")" = "$ORT_WEB_VERSION" ]; then
+present=1
+for file in "${files[@]}"; do
+    [ -f "$target/$file" ] || present=0
+done
+if [ "$present" = 1 ] && [ -f "$target/VERSION" ] && [ "$(cat "$target/VERSION")" = "$ORT_WEB_VERSION" ]; then
     exit 0  # already there
 fi
 if ! command -v npm >/dev/null; then

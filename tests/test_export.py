@@ -284,6 +284,30 @@ def test_the_manifest_describes_the_model_and_the_tensors(exported):
     assert manifest["stft"]["frames"] % 2 == 0
 
 
+def test_the_manifest_probe_is_native_onnxruntimes_output_for_its_input(exported):
+    """The faithfulness probe, redone from the manifest alone: its input from its seed, the fp32 file through
+    ONNX Runtime, the values at the places it names and each stem's energy."""
+    _, folder, manifest = exported
+    given, output = manifest["probe"]["input"], manifest["probe"]["output"]
+    stems = len(manifest["model"]["stems"])
+    assert given["generator"] == "mulberry32" and given["dtype"] == "float32"
+    assert given["shape"][:3] == manifest["tensors"]["input"]["shape"][:3]
+    assert given["shape"][3] == manifest["chunking"]["first_chunk"]["frames"]  # a first chunk's frames
+    assert output["file"] == export.FP32_FILE and output["count"] == export.PROBE_VALUES_PER_STEM
+    spectrogram = export.probe_input(given["seed"], given["scale"], given["shape"])
+    tensors = manifest["tensors"]
+    got = _session(folder, manifest).run(
+        [tensors["output"]["name"]], {tensors["input"]["name"]: spectrogram}
+    )[0]
+    per_stem = got.reshape(stems, -1)
+    places = output["offset"] + output["step"] * np.arange(output["count"])
+    assert places[-1] < per_stem.shape[1]
+    np.testing.assert_allclose(per_stem[:, places], output["values"], rtol=1e-5, atol=1e-7)
+    energy = np.sum(per_stem.astype(np.float64) ** 2, axis=1)
+    np.testing.assert_allclose(energy, output["energy"], rtol=1e-5)
+    assert len(json.dumps(manifest["probe"])) < 40_000  # small beside the network, read at every visit
+
+
 def test_an_fp16_file_that_is_not_faithful_is_not_written(exported, tmp_path, monkeypatch):
     model, folder, manifest = exported
     proto = onnx.load(str(folder / export.FP32_FILE))

@@ -37,6 +37,12 @@ CHROMIUM_FLAGS = [
     "--disable-dev-shm-usage",
     "--mute-audio",
 ]
+WEBGPU_FLAGS = [
+    *(flag for flag in CHROMIUM_FLAGS if flag != "--disable-gpu"),
+    "--enable-unsafe-webgpu",
+    "--use-webgpu-adapter=swiftshader",
+]
+"""Chromium with WebGPU on SwiftShader, its software (fallback) adapter: WebGPU with no GPU, for tests."""
 DESKTOP = {"width": 1200, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
@@ -47,12 +53,13 @@ needs_chromium = pytest.mark.skipif(
 
 
 @contextlib.contextmanager
-def chromium() -> Iterator[Browser]:
-    """The system Chromium, headless. Playwright starts it with a fresh temporary profile
-    (``--user-data-dir``), removed when it closes; each browser context is a fresh incognito-like session."""
+def chromium(flags: list[str] | None = None) -> Iterator[Browser]:
+    """The system Chromium, headless (``flags``: :data:`CHROMIUM_FLAGS` unless given). Playwright starts it
+    with a fresh temporary profile (``--user-data-dir``), removed when it closes; each browser context is a
+    fresh incognito-like session."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS, timeout=60_000
+            executable_path=str(CHROMIUM), headless=True, args=flags or CHROMIUM_FLAGS, timeout=60_000
         )
         try:
             yield browser

@@ -692,8 +692,11 @@ def format_projections(
 FP16_AUTO_MIN_SNR_DB = 66.0
 """The page takes an export's fp16-weights file when the export measured it this close to the fp32 one
 (``FP16_AUTO_MIN_SNR_DB`` in ``web/static/device/worker.js``), else the fp32 file."""
-RUNTIME_SUFFIXES = (".mjs", ".wasm")
-"""The files of onnxruntime-web the page loads (``web/vendor/onnxruntime-web/``; not its licence or notes)."""
+RUNTIME_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+"""The files of onnxruntime-web a browser loads (``web/vendor/onnxruntime-web/``) to separate with WASM:
+the WASM build's, counted here. A browser with a hardware WebGPU adapter loads the WebGPU build instead
+(``ort.webgpu.min.mjs`` and ``ort-wasm-simd-threaded.asyncify.*``: 28.9 MB of onnxruntime-web 1.31.1, 14 MB
+more) and ``ort.wasm.min.mjs``; a browser loads one build, never both."""
 MEASURED_RUNTIME_BYTES = 14_848_852 + 53_725 + 24_738
 """onnxruntime-web 1.31.1's ``ort-wasm-simd-threaded.wasm``, ``ort.wasm.min.mjs`` and
 ``ort-wasm-simd-threaded.mjs`` as ``scripts/fetch_web_deps.sh`` installed them here (2026-12-06): counted when
@@ -740,7 +743,7 @@ def picked_file(files: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
 
 def runtime_bytes(vendor: Path) -> int | None:
     """The bytes of the in-browser runtime's files in ``vendor`` (None: not installed there)."""
-    sizes = [f.stat().st_size for f in vendor.glob("*") if f.suffix in RUNTIME_SUFFIXES and f.is_file()]
+    sizes = [(vendor / name).stat().st_size for name in RUNTIME_FILES if (vendor / name).is_file()]
     return sum(sizes) if sizes else None
 
 

@@ -9,6 +9,9 @@ normalisation), read from the model and the engine wherever they say it, plus ea
 Every file is checked before it is written: the fp32 network must give torch's output on a probe chunk, and
 the fp16 one (weights stored as fp16, cast back to fp32 when loaded: half the download) is written only
 where its output stays within :data:`FP16_MIN_SNR_DB` of the fp32 one; the manifest says which and why.
+The manifest also carries a faithfulness probe for another runtime (``probe``: an input any language makes
+bit for bit from a seed, and a fingerprint of the fp32 network's output for it, :func:`_probe_facts`): the
+page runs it before it trusts a backend such as WebGPU with the network.
 SCNet only, so far; other families get an :class:`ExportError` saying so.
 
 Nothing in freestems imports this module but the CLI (``freestems export``); it needs the ``export`` extra.
@@ -68,6 +71,15 @@ FIRST_CHUNK_SECONDS = 3.0
 """The length of the short first chunk that the page may run for a first sound sooner (see the manifest)."""
 
 _MAX_FRAMES = 1 << 14  # the dynamic frame axis's upper bound (a 6-minute chunk): the exporter needs one
+
+PROBE_SEED = 21
+"""The seed of the faithfulness probe's input (:func:`probe_input`)."""
+PROBE_SCALE = 1.0
+"""The probe's input values are uniform in [-scale / 2, scale / 2): a normalised spectrogram's order."""
+PROBE_VALUES_PER_STEM = 512
+"""How many output values per stem the probe's fingerprint keeps (with every stem's total energy)."""
+_MULBERRY32_STEP = 0x6D2B79F5
+
 _MAX_RELATIVE_ERROR = 1e-4  # of the fp32 file against torch, relative to the output's peak
 _PROBE_SEED = 0
 _MIN_CONSTANT_SIZE = 16  # smaller constants are never rewritten
@@ -133,6 +145,8 @@ def export_model(model: LoadedModel, out_dir: str | os.PathLike[str], *, fp16: b
         entry, fp16_facts = _write_fp16(proto, folder / FP16_FILE, probe.numpy(), reference)
         files += [entry] if entry else []
     manifest = _manifest(model, scnet, proto, files, fp16_facts)
+    # A first chunk's shape: a quarter of a whole chunk's work for the page that checks a backend with it.
+    manifest["probe"] = _probe_facts(folder / FP32_FILE, list(short.shape), len(model.sources))
     with atomic_path(folder / MANIFEST_FILE) as temp:
         temp.write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return manifest
@@ -441,6 +455,79 @@ def _file_entry(path: Path, name: str, precision: str) -> dict[str, Any]:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return {"file": name, "precision": precision, "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+# ------------------------------------------------------------------------------- the faithfulness probe
+
+
+def mulberry32(seed: int, count: int) -> np.ndarray:
+    """The first ``count`` outputs of the mulberry32 generator seeded with ``seed``, as uint32.
+
+    mulberry32 is counter-based: output i depends only on ``a = seed + (i + 1) * 0x6D2B79F5`` (mod 2^32),
+    so numpy computes all of them at once, and JavaScript (``Math.imul``, ``>>>``) gives the same bits.
+    """
+    steps = np.arange(1, count + 1, dtype=np.uint64) * np.uint64(_MULBERRY32_STEP) + np.uint64(seed)
+    a = (steps & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    t = (a ^ (a >> np.uint32(15))) * (a | np.uint32(1))
+    t = (t + (t ^ (t >> np.uint32(7))) * (t | np.uint32(61))) ^ t
+    result: np.ndarray = t ^ (t >> np.uint32(14))
+    return result
+
+
+def probe_input(seed: int, scale: float, shape: list[int]) -> np.ndarray:
+    """The probe's input: ``(u - 0.5) * scale`` as float32, u the mulberry32 outputs over 2^32."""
+    count = math.prod(shape)
+    uniform = mulberry32(seed, count).astype(np.float64) / 2.0**32
+    return ((uniform - 0.5) * scale).astype(np.float32).reshape(shape)
+
+
+def _probe_facts(path: Path, shape: list[int], stems: int) -> dict[str, Any]:
+    """The manifest's ``probe``: how to make its input, and a fingerprint of the output ONNX Runtime (CPU)
+    gives for it with the fp32 file at ``path``: per stem, :data:`PROBE_VALUES_PER_STEM` values at fixed
+    strided places and the energy of all its values. Another runtime that runs the file on that input and
+    compares (SNR over the values, and the energies) learns how faithful it is, for one network run."""
+    import onnxruntime
+
+    output = _run(path, probe_input(PROBE_SEED, PROBE_SCALE, shape))
+    return {
+        "input": {
+            "shape": shape,
+            "dtype": "float32",
+            "generator": "mulberry32",
+            "seed": PROBE_SEED,
+            "scale": PROBE_SCALE,
+            "how": "value i of the input (row-major, 0 <= i < its size) is float32((u - 0.5) * scale), u the "
+            "i-th output of mulberry32 over 2^32: in uint32 arithmetic (mod 2^32), a = seed + (i + 1) * "
+            "0x6D2B79F5, t = (a ^ a >> 15) * (a | 1), t = (t + (t ^ t >> 7) * (t | 61)) ^ t, "
+            "output t ^ t >> 14",
+        },
+        "output": {
+            "file": path.name,
+            "runtime": f"onnxruntime {onnxruntime.__version__}, CPU",
+            **probe_fingerprint(output, stems),
+        },
+    }
+
+
+def probe_fingerprint(output: np.ndarray, stems: int) -> dict[str, Any]:
+    """The fingerprint of a network's ``output`` (batch 1) of ``stems`` stems, as the manifest's probe keeps
+    it: per stem, :data:`PROBE_VALUES_PER_STEM` values (7 significant digits) at evenly strided places, and
+    the energy (float64 sum of squares) of all its values."""
+    per_stem = output.reshape(stems, -1)
+    step = max(1, per_stem.shape[1] // PROBE_VALUES_PER_STEM)
+    count = min(PROBE_VALUES_PER_STEM, per_stem.shape[1])
+    offset = (per_stem.shape[1] - step * (count - 1) - 1) // 2  # the places centred in the stem
+    picked = per_stem[:, offset : offset + step * count : step]
+    return {
+        "count": count,
+        "step": step,
+        "offset": offset,
+        "places": "stem s's values are those of the output at s * (output size / stems) + offset + "
+        "k * step, k = 0 .. count - 1 (row-major, the batch being 1); energy: the sum of the squares "
+        "of all of stem s's output values",
+        "values": [[float(f"{value:.7g}") for value in row] for row in picked.tolist()],
+        "energy": [float(value) for value in np.sum(per_stem.astype(np.float64) ** 2, axis=1)],
+    }
 
 
 # ------------------------------------------------------------------------------------------ the manifest

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -86,13 +87,59 @@ def device_models(settings: Settings, names: list[str]) -> list[str]:
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
     """The manifest of the export in ``folder``, with its file entries as dicts; None if it does not read as
-    one."""
+    one. A ``probe`` that does not read (:func:`read_probe`) is left out, as the page would ignore it."""
     try:
         manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         manifest["onnx"]["files"] = [dict(entry) for entry in manifest["onnx"]["files"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if "probe" in manifest and read_probe(manifest) is None:
+        del manifest["probe"]
     return manifest
+
+
+def _count(value: Any, least: int) -> bool:
+    """A whole JSON number (``2`` or ``2.0``, as JavaScript's ``Number.isInteger``) of at least ``least``."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and float(value).is_integer() and value >= least
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_probe(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest's faithfulness probe if the page can run it, else None: the rules of ``readProbe`` in
+    ``web/static/device/probe.js`` (a mulberry32 float32 input of a seed, a scale and a shape; per stem
+    ``count`` finite values and a finite energy). Without one the page separates with WASM only."""
+    probe = manifest.get("probe")
+    model = manifest.get("model")
+    stems = model.get("stems") if isinstance(model, dict) else None
+    count = len(stems) if isinstance(stems, list) else 0
+    if not isinstance(probe, dict) or not count:
+        return None
+    given, output = probe.get("input"), probe.get("output")
+    if not isinstance(given, dict) or not isinstance(output, dict):
+        return None
+    shape = given.get("shape")
+    if given.get("generator") != "mulberry32" or given.get("dtype") != "float32":
+        return None
+    if not (_count(given.get("seed"), 0) and given["seed"] <= 0xFFFFFFFF and _finite(given.get("scale"))):
+        return None
+    if not (isinstance(shape, list) and shape and all(_count(n, 1) for n in shape)):
+        return None
+    if not all(_count(output.get(key), least) for key, least in (("count", 1), ("step", 1), ("offset", 0))):
+        return None
+    values, energy = output.get("values"), output.get("energy")
+    rows_read = (
+        isinstance(values, list)
+        and len(values) == count
+        and all(
+            isinstance(row, list) and len(row) == output["count"] and all(map(_finite, row)) for row in values
+        )
+    )
+    energy_reads = isinstance(energy, list) and len(energy) == count and all(map(_finite, energy))
+    return probe if rows_read and energy_reads else None
 
 
 def _listed_files(folder: Path) -> list[dict[str, Any]]:

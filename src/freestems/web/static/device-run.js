@@ -338,7 +338,8 @@ export function createDevice({ screens, messages, song, player, log, present, pr
       const files = blocks.finish();
       const info = { ...outcome.info, first_block_page_s: blocks.firstBlock };
       last = view.keep ? { names: outcome.names, stems: outcome.stems, input, info } : { names: outcome.names, info };
-      log("device_done", { ...outcome.info.timings, cached: outcome.info.cached, threads: outcome.info.threads });
+      const { backend, backend_why: why, probe: checked } = outcome.info;
+      log("device_done", { ...outcome.info.timings, cached: outcome.info.cached, threads: outcome.info.threads, backend, why, probe_db: checked ? checked.db : null });
       remember(options.model, outcome.info, length / SAMPLE_RATE); // the next default goes by this speed
       if (facts[options.model]) facts[options.model].kept = true;
       messages.setPhase("fetch", "Preparing the player…", null);

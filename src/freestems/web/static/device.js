@@ -84,14 +84,16 @@ export async function decodeSong(file) {
 
 /**
  * Separates `channels` (44.1 kHz) with served model `model` on this device; `twoStems`: null, or a stem
- * (then that stem and "no_<stem>", the mix minus it). `on(message)` hears the worker's status, download
- * and progress messages and each block as it is finished; `signal` stops it. `channels` go to the worker
- * (the caller's arrays are emptied: the page holds no copy of the song) unless `keep`, which also puts the
- * blocks together into whole stems (tests compare them). Resolves with {stems: {name: [Float32Array per
- * channel]} with `keep`, else null; names, length, info} (info: the worker's "done" message: timings,
- * whether the network came from Cache Storage, the threads).
+ * (then that stem and "no_<stem>", the mix minus it). `backend`: "auto" (WebGPU where a hardware adapter
+ * runs the network faithfully, else WASM), "wasm" or "webgpu" (any adapter, a software one too; still only
+ * if faithful). `on(message)` hears the worker's status, download and progress messages and each block as
+ * it is finished; `signal` stops it. `channels` go to the worker (the caller's arrays are emptied: the page
+ * holds no copy of the song) unless `keep`, which also puts the blocks together into whole stems (tests
+ * compare them). Resolves with {stems: {name: [Float32Array per channel]} with `keep`, else null; names,
+ * length, info} (info: the worker's "done" message: timings, whether the network came from Cache Storage,
+ * the threads, the backend and why, the probe's dB).
  */
-export function separateOnDevice({ model, channels, precision = "auto", overlap = null, twoStems = null, keep = false, on = () => {}, signal }) {
+export function separateOnDevice({ model, channels, precision = "auto", overlap = null, twoStems = null, backend = "auto", keep = false, on = () => {}, signal }) {
   return new Promise((resolve, reject) => {
     if (signal && signal.aborted) {
       reject(new DOMException("cancelled", "AbortError"));
@@ -133,7 +135,7 @@ export function separateOnDevice({ model, channels, precision = "auto", overlap 
     };
     const sent = keep ? channels.map((channel) => channel.slice()) : channels;
     const transfer = [...new Set(sent.map((channel) => channel.buffer))];
-    worker.postMessage({ type: "separate", manifestUrl: manifestUrl(model), channels: sent, precision, overlap, twoStems }, transfer);
+    worker.postMessage({ type: "separate", manifestUrl: manifestUrl(model), channels: sent, precision, overlap, twoStems, backend }, transfer);
   });
 }
 

@@ -9,7 +9,7 @@ export const CACHE_NAME = "freestems-device-models";
 // the fp32 one. onnxruntime-web's WASM kernels differ from the native runtime's by 78 dB (the tests' small
 // model) to 93 dB (the release scnet) on one chunk, about 64 dB over a whole song with the small model; with
 // fp16 weights 66 dB from fp32 the page stays 60 dB from the Python engine even then (the noises add).
-const FP16_AUTO_MIN_SNR_DB = 66;
+export const FP16_AUTO_MIN_SNR_DB = 66;
 
 /** The file of `manifest` a page runs for `precision` ("auto", "fp16" or "fp32"): its entry. */
 export function chooseFile(manifest, precision) {

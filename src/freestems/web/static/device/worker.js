@@ -1,52 +1,40 @@
 // The engine of separating on the device, in a Web Worker: the network of `freestems export` run by
-// onnxruntime-web (WASM; on several threads when the page is crossOriginIsolated), and around it what
-// freestems.engine does, as the export's manifest says: whole-track normalisation, chunks of the model's
-// segment stepping by the engine's stride, the STFT and its inverse, the trapezoid overlap-add, two-stem
-// mode. The song is held once (the page transfers it): each chunk is normalised as it is cut, and the blocks
-// posted are transferred, not kept.
+// onnxruntime-web (WebGPU where the browser offers it and the network runs faithfully there, else WASM on
+// several threads when the page is crossOriginIsolated), and around it what freestems.engine does, as the
+// export's manifest says: whole-track normalisation, chunks of the model's segment stepping by the engine's
+// stride, the STFT and its inverse, the trapezoid overlap-add, two-stem mode. The song is held once (the page
+// transfers it): each chunk is normalised as it is cut, and the blocks posted are transferred, not kept.
 //
 // For a first sound sooner, where the export allows it (its frame axis is dynamic), the network first runs
 // on the song's first few seconds alone (the manifest's `chunking.first_chunk`): that block is provisional,
 // to be heard while the first whole chunk is separated and then replaced by it; it is never in the stems.
 //
 // Messages in:  {type: "separate", manifestUrl, channels: [Float32Array, ...] (44.1 kHz), precision, overlap,
-//               twoStems, firstChunk} (twoStems: null, or a stem: then only it and "no_<stem>", the mix
-//               minus it; firstChunk, default true: the short first chunk where the export offers one)
+//               twoStems, firstChunk, backend} (twoStems: null, or a stem: then only it and "no_<stem>", the
+//               mix minus it; firstChunk, default true: the short first chunk where the export offers one;
+//               backend: "auto" | "wasm" | "webgpu")
 // Messages out: {type: "status", stage, words}, {type: "download", received, total},
 //               {type: "progress", done, total}, {type: "block", from, to, names, stems: [[Float32Array per
 //               channel] per stem], provisional} (the finished samples [from, to) of every stem, `names`
 //               their names; `provisional`: the short first chunk's, replaced by the next block),
-//               {type: "done", stems, length, timings, cached, threads, file, url} (stems: the names),
-//               {type: "error", message}.
+//               {type: "done", stems, length, timings, cached, threads, file, url, backend, backend_why,
+//               adapter, probe} (stems: the names), {type: "error", message}.
 // The page ends a separation by terminating the worker.
 import { checkManifest, chunkStarts, ChunkSTFT, firstChunk, inputShape, mixStats, overlapWindow, stride } from "./dsp.js";
+import { loadRuntime, tryWebGPU, webgpuPlan } from "./backend.js";
 import { chooseFile, fetchModelFile } from "./files.js";
 
-const VENDOR = new URL("../../vendor/onnxruntime-web/", import.meta.url);
-let ort = null;
-let session = null; // {key, session}: kept for the next separation of this worker
+let ort = null; // the build of the session in use (a tensor must come from its session's build)
+let session = null; // {key, session, runtime, facts}: kept for the next separation of this worker
 
-async function loadRuntime() {
-  if (ort) return ort;
-  try {
-    ort = await import(new URL("ort.wasm.min.mjs", VENDOR).href);
-  } catch (error) {
-    throw new Error(
-      "the in-browser runtime (onnxruntime-web) is not installed on this server (scripts/fetch_web_deps.sh)",
-    );
-  }
-  ort.env.wasm.wasmPaths = VENDOR.href;
-  // Every core: onnxruntime-web splits a chunk evenly between its threads at no extra CPU (its own default
-  // is half the cores); threads need SharedArrayBuffer, so one where the page is not isolated.
-  ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.max(1, Math.min(8, navigator.hardwareConcurrency || 1)) : 1;
-  ort.env.logLevel = "error";
-  return ort;
-}
-
-async function openSession(manifest, manifestUrl, precision) {
+async function openSession(manifest, manifestUrl, precision, backend = "auto") {
   const entry = chooseFile(manifest, precision);
-  const key = `${manifestUrl}#${entry.sha256}`;
-  if (session && session.key === key) return { session: session.session, cached: true, entry };
+  const key = `${manifestUrl}#${entry.sha256}#${backend}`;
+  if (session && session.key === key) {
+    ort = session.runtime;
+    return { ...session.facts, session: session.session, cached: true, entry };
+  }
+  const plan = await webgpuPlan(backend, manifest);
   post({ type: "status", stage: "model", words: "Loading the model…" });
   // The hash-named URL where the server gives one (cached for good), else the file beside the manifest.
   const stable = new URL(entry.file, manifestUrl).href;
@@ -55,29 +43,50 @@ async function openSession(manifest, manifestUrl, precision) {
     onProgress: (received, total) => post({ type: "download", received, total }),
   });
   post({ type: "status", stage: "runtime", words: "Starting the model…" });
-  const runtime = await loadRuntime();
-  // bench/ort_options.mjs measured the other options (arena, memory pattern, parallel execution) and the
-  // fp16 file's time: none is faster than these (docs/browser.md, "Speed").
-  const created = await runtime.InferenceSession.create(new Uint8Array(buffer), {
-    executionProviders: ["wasm"],
-    graphOptimizationLevel: "all",
-  });
-  session = { key, session: created };
-  return { session: created, cached, entry };
+  let facts = { backend: "wasm", backend_why: plan.why || "", adapter: plan.adapter || null, probe: null };
+  let created = null;
+  let runtime = null;
+  if (plan.adapter) {
+    const tried = await tryWebGPU(buffer, manifest, (words) => post({ type: "status", stage: "backend", words }));
+    facts = { ...facts, probe: tried.probe };
+    if (tried.session) {
+      ({ session: created, runtime } = tried);
+      facts.backend = "webgpu";
+      post({ type: "status", stage: "backend", words: `Separating with WebGPU (${plan.adapter}): the probe was ${tried.probe.db} dB from the export's.` });
+    } else {
+      runtime = tried.runtime; // its WASM backend: no second download
+      facts.backend_why = `WebGPU (${plan.adapter}) is not used: ${tried.why}`;
+      post({ type: "status", stage: "backend", words: `${facts.backend_why}; separating with WASM…` });
+    }
+  }
+  if (!created) {
+    runtime = runtime || (await loadRuntime("wasm"));
+    // bench/ort_options.mjs measured the other options (arena, memory pattern, parallel execution) and the
+    // fp16 file's time: none is faster than these (docs/browser.md, "Speed").
+    created = await runtime.InferenceSession.create(new Uint8Array(buffer), {
+      executionProviders: ["wasm"],
+      graphOptimizationLevel: "all",
+    });
+  }
+  ort = runtime;
+  session = { key, session: created, runtime, facts };
+  return { ...facts, session: created, cached, entry };
 }
 
 function post(message, transfer = []) {
   self.postMessage(message, transfer);
 }
 
-async function separate({ manifestUrl, channels, precision = "auto", overlap = null, twoStems = null, firstChunk: early = true }) {
+async function separate({ manifestUrl, channels, precision = "auto", overlap = null, twoStems = null, firstChunk: early = true, backend = "auto" }) {
   const started = performance.now();
+  if (!["auto", "wasm", "webgpu"].includes(backend)) throw new Error(`unknown backend ${backend} (auto, wasm or webgpu)`);
   const response = await fetch(manifestUrl, { cache: "no-cache" });
   if (!response.ok) throw new Error(`this model cannot be run in the browser here (HTTP ${response.status})`);
   const manifest = await response.json();
   checkManifest(manifest);
   await loadRuntime(); // before the download: a server without the runtime says so at once
-  const { session: network, cached, entry } = await openSession(manifest, manifestUrl, precision);
+  const opened = await openSession(manifest, manifestUrl, precision, backend);
+  const { session: network, cached, entry } = opened;
   const loaded = performance.now();
 
   const { chunking, tensors } = manifest;
@@ -190,6 +199,10 @@ async function separate({ manifestUrl, channels, precision = "auto", overlap = n
     file: entry.file,
     url: new URL(entry.url || entry.file, manifestUrl).href,
     threads: ort.env.wasm.numThreads,
+    backend: opened.backend,
+    backend_why: opened.backend_why,
+    adapter: opened.adapter,
+    probe: opened.probe,
     stride: step,
     chunks: starts.length,
     timings: {
