@@ -171,8 +171,7 @@ def test_a_song_is_separated_on_the_device_as_the_engine_does_and_nothing_leaves
         assert page.evaluate("crossOriginIsolated") is True
         assert page.is_visible("text=On this device (nothing is uploaded)")
         wait_js(page, "window.freestems.device.advice().words !== undefined", timeout=30)
-        assert page.is_checked('input[name="where"][value="device"]')  # the small model keeps up
-        page.check('input[name="where"][value="server"]')
+        page.check('input[name="where"][value="server"]')  # whatever the page chose for the person
         assert page.is_enabled("#format")
         before = len(traffic.requests)
         started = time.monotonic()
@@ -475,8 +474,7 @@ def test_the_format_and_passes_say_why_they_are_fixed_on_the_device_and_a_device
     with device_server(tmp_path, model, device_dir) as server:
         page = open_page(server=server)
         wait_js(page, "window.freestems.device.advice().words !== undefined", timeout=30)
-        # The page chose the device (the small model keeps up): our server, chosen by hand first.
-        page.check('input[name="where"][value="server"]')
+        page.check('input[name="where"][value="server"]')  # whatever the page chose for the person
         on_server = page.evaluate(hints)
         page.check('input[name="where"][value="device"]')
         on_device = page.evaluate(hints)
@@ -519,14 +517,23 @@ def test_the_page_chooses_the_device_where_it_keeps_up_and_says_why(exported, op
         assert hint.startswith("Our server is chosen for you: on this device it separated 0.4 s of music per")
         assert "slower than the music plays" in hint
 
-        # Nothing remembered: the probe's estimate (the small model is far lighter than the release one).
+        # Nothing remembered: the probe's estimate, which depends on this machine's speed (the small model
+        # keeps up on the development machine, 2.1 s of music per second), and the choice that follows it.
         fresh = open_page(server=server)
         advice = wait_js(fresh, f"{ADVICE}.words !== undefined && {ADVICE}", timeout=30)
-        assert advice["device"] is True and 0 < advice["probe"] < 5000
-        assert fresh.is_checked('input[name="where"][value="device"]')
+        assert 0 < advice["probe"] < 5000
         hint = fresh.text_content("#where-hint")
-        assert hint.startswith("On this device is chosen for you: it should separate about")
-        assert "(estimated), faster than the music plays." in hint
+        pace = float(re.search(r"about ([0-9.]+) s of music per second \(estimated\)", hint).group(1))
+        where = "device" if advice["device"] else "server"
+        assert fresh.is_checked(f'input[name="where"][value="{where}"]')
+        assert advice["device"] == (pace >= 1)
+        if advice["device"]:
+            assert hint.startswith("On this device is chosen for you: it should separate about")
+            assert "(estimated), faster than the music plays." in hint
+        else:
+            assert hint.startswith("Our server is chosen for you: on this device it should separate about")
+        fresh.check('input[name="where"][value="device"]')
+        hint = fresh.text_content("#where-hint")
         manifest = httpx.get(f"{server.url}/models/small/device/manifest.json").json()
         files = {entry["precision"][:4]: entry for entry in manifest["onnx"]["files"]}
         faithful = files.get("fp16", {}).get("snr_db_vs_fp32", 0) >= 66  # the worker's "auto"

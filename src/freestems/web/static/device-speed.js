@@ -2,7 +2,7 @@
 // separate" (device-run.js): the device where it keeps up, else our server. Measured where it can be: every
 // device run remembers its speed in this browser (localStorage), per model. Before the first one, a short probe
 // (the page's own FFT, about a tenth of a second) is compared with the same probe on the development machine,
-// where a chunk of the release `scnet` took CHUNK_REF_S on one WebAssembly thread: an estimate, said as one.
+// where separating took what NETWORK_REF_S and AROUND_REF_S say: an estimate, said as one.
 // Memory: a song of this length must fit (navigator.deviceMemory, where the browser tells it).
 import { FFT } from "./device/dsp.js";
 
@@ -10,10 +10,14 @@ const KEY = "freestems.device.speed";
 const PROBE_SIZE = 4096;
 const PROBE_ROUNDS = 200; // FFTs per timing (about 30 ms on the development machine)
 const PROBE_REF_MS = 22; // the probe's time on the development machine (its best, Chromium 156, x86_64)
-const CHUNK_REF_S = 19.3; // one chunk of the release scnet there, one WASM thread (docs/browser.md, Speed)
-const STRIDE_REF_S = 8.25; // the audio one chunk adds at the default overlap (11 s segment, overlap 0.25)
-const BYTES_REF = 42.5e6; // the release scnet's fp32 network: other exports are scaled by their size
-const THREAD_GAIN = 0.75; // what each thread after the first adds (onnxruntime-web splits chunks evenly)
+// There, per second of music: the network of the release scnet (one chunk, 19.3 s on one WASM thread, adds
+// 8.25 s at the default overlap; other exports scaled by their fp32 file's size), and the page's own work
+// around it (the STFT and its inverses in JavaScript, the overlap-add: 0.24 s, fitted to the tests' small
+// model, whose network is a hundredth of that size, at 2.1 s of music per second).
+const NETWORK_REF_S = 19.3 / 8.25;
+const BYTES_REF = 42.5e6;
+const AROUND_REF_S = 0.24;
+const THREAD_GAIN = 0.75; // what each thread after the first adds to the network (it splits chunks evenly)
 // Memory, fitted to bench/bench_device_memory.py's 10-minute peaks (2678 MB with four stems, 1691 with two):
 // the page and the runtime, the song's floats, and per stem its floats (21 MB a minute), its WAV file (11)
 // and what the end's joining and the runtime's buffers add.
@@ -75,9 +79,9 @@ export function remember(model, info, seconds) {
 export function speedOf(model, { probe, bytes }) {
   const known = remembered()[model];
   if (known && known.realtime > 0) return { realtime: known.realtime, measured: true };
-  const threads = deviceThreads();
-  const perThread = (STRIDE_REF_S / CHUNK_REF_S) * (PROBE_REF_MS / probe) * (BYTES_REF / bytes);
-  return { realtime: perThread * (1 + THREAD_GAIN * (threads - 1)), measured: false };
+  const network = (NETWORK_REF_S * (bytes / BYTES_REF)) / (1 + THREAD_GAIN * (deviceThreads() - 1));
+  const perSecond = (network + AROUND_REF_S) * (probe / PROBE_REF_MS); // seconds of work a second of music
+  return { realtime: 1 / perSecond, measured: false };
 }
 
 /** Megabytes a device run of a song of `seconds` with `stems` stems holds at its peak (about). */
