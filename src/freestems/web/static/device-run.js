@@ -284,6 +284,7 @@ export function createDevice({ screens, messages, song, player, log, present, pr
         if (message.provisional) {
           // The short first chunk's: heard until the first whole block replaces it, never in the files.
           log("device_first_sound", { seconds: this.firstBlock, samples: message.to });
+          messages.setProgress(`Separating on this device: the first ${formatClock(message.to / SAMPLE_RATE)} play while the rest is separated…`, 0);
         } else {
           files = files || new StemFiles(message.names, message.stems[0].length, length, SAMPLE_RATE);
           files.write(message.from, message.stems);
