@@ -167,7 +167,7 @@ class _Network(nn.Module):
         return out.view(out.shape[0], len(self.scnet.sources), *spectrogram.shape[1:])
 
 
-class _MatrixRFFT(nn.Module):
+class _MatrixRFFT(FeatureConversion):
     """:class:`~freestems.models.scnet.FeatureConversion` as products with cos and sin matrices, for export.
 
     The separation net's rFFT over time (and its inverse) has the chunk's frame count as its length, not a
@@ -176,11 +176,8 @@ class _MatrixRFFT(nn.Module):
     that (torch's own FFT stays faster in torch, so only the export uses this). The matrices are made from
     the input's frame count, so the file stores nothing more, they are never fp16, and the graph takes any
     (even) frame count: the page runs a short first chunk with the same file (:data:`FIRST_CHUNK_SECONDS`).
+    Only :meth:`forward` differs: it is made as FeatureConversion is, with its ``inverse``.
     """
-
-    def __init__(self, inverse: bool):
-        super().__init__()
-        self.inverse = inverse
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
