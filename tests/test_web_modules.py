@@ -5,6 +5,7 @@ the page then never starts)."""
 
 from __future__ import annotations
 
+import posixpath
 import re
 
 from web_helpers import DESKTOP, ROOT, needs_chromium, wait_js
@@ -28,7 +29,9 @@ def module_graph(entry: str) -> set[str]:
         if module in seen:
             continue
         seen.add(module)
-        todo += [specifier.removeprefix("./") for specifier in imports(module)]
+        # as the browser resolves it: relative to the importing module's folder (device/ imports its own)
+        folder = posixpath.dirname(module)
+        todo += [posixpath.normpath(posixpath.join(folder, spec)) for spec in imports(module)]
     return seen
 
 

@@ -4,6 +4,7 @@
 // (the page's own FFT, about a tenth of a second) is compared with the same probe on the development machine,
 // where separating took what NETWORK_REF_S and AROUND_REF_S say: an estimate, said as one.
 // Memory: a song of this length must fit (navigator.deviceMemory, where the browser tells it).
+import { threadCount } from "./device/backend.js";
 import { FFT } from "./device/dsp.js";
 
 const KEY = "freestems.device.speed";
@@ -41,11 +42,6 @@ export function probeMs(tries = 3) {
   return best;
 }
 
-/** The threads a device run gets (the worker's rule: every core, at most 8, where the page is isolated). */
-export function deviceThreads() {
-  return self.crossOriginIsolated ? Math.max(1, Math.min(8, navigator.hardwareConcurrency || 1)) : 1;
-}
-
 function remembered() {
   try {
     return JSON.parse(localStorage.getItem(KEY) || "{}") || {};
@@ -79,7 +75,7 @@ export function remember(model, info, seconds) {
 export function speedOf(model, { probe, bytes }) {
   const known = remembered()[model];
   if (known && known.realtime > 0) return { realtime: known.realtime, measured: true };
-  const network = (NETWORK_REF_S * (bytes / BYTES_REF)) / (1 + THREAD_GAIN * (deviceThreads() - 1));
+  const network = (NETWORK_REF_S * (bytes / BYTES_REF)) / (1 + THREAD_GAIN * (threadCount() - 1));
   const perSecond = (network + AROUND_REF_S) * (probe / PROBE_REF_MS); // seconds of work a second of music
   return { realtime: 1 / perSecond, measured: false };
 }

@@ -9,6 +9,15 @@ const VENDOR = new URL("../../vendor/onnxruntime-web/", import.meta.url);
 const BUILDS = { wasm: "ort.wasm.min.mjs", webgpu: "ort.webgpu.min.mjs" };
 const runtimes = {};
 
+/**
+ * The WASM threads a device run gets: every core, at most 8 (onnxruntime-web splits a chunk evenly between
+ * its threads at no extra CPU; its own default is half the cores); threads need SharedArrayBuffer, so one
+ * where the page is not cross-origin isolated. The page's speed estimate counts the same.
+ */
+export function threadCount() {
+  return self.crossOriginIsolated ? Math.max(1, Math.min(8, navigator.hardwareConcurrency || 1)) : 1;
+}
+
 /** The vendored build `build` ("wasm" or "webgpu") of onnxruntime-web, set up for this worker. */
 export async function loadRuntime(build = "wasm") {
   if (runtimes[build]) return runtimes[build];
@@ -21,9 +30,7 @@ export async function loadRuntime(build = "wasm") {
     );
   }
   runtime.env.wasm.wasmPaths = VENDOR.href;
-  // Every core: onnxruntime-web splits a chunk evenly between its threads at no extra CPU (its own default
-  // is half the cores); threads need SharedArrayBuffer, so one where the page is not isolated.
-  runtime.env.wasm.numThreads = self.crossOriginIsolated ? Math.max(1, Math.min(8, navigator.hardwareConcurrency || 1)) : 1;
+  runtime.env.wasm.numThreads = threadCount();
   runtime.env.logLevel = "error";
   runtimes[build] = runtime;
   return runtime;
