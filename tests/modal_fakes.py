@@ -263,13 +263,18 @@ class FakeVolume:
 
 
 class VolumeMount:
-    """One container's view of a :class:`FakeVolume`, with ``modal.Volume``'s ``commit`` and ``reload``."""
+    """One container's view of a :class:`FakeVolume`, with ``modal.Volume``'s ``commit`` and ``reload``.
+
+    Other threads of the container write under the mount while it commits or reloads (a result renamed
+    into place, an upload streaming in), so a file counts as committed only with the stamp it had when it
+    was copied: one that changes, or appears, during a commit is copied by the next one, and a reload
+    removes only files that were committed and have since been deleted from the Volume."""
 
     def __init__(self, volume: FakeVolume, path: Path) -> None:
         self.volume = volume
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
-        self._synced: dict[str, tuple[int, int]] = {}  # this mount's files at its last commit or reload
+        self._synced: dict[str, tuple[int, int]] = {}  # file -> its stamp when it last went to or came back
 
     def commit(self) -> None:
         forbid_the_loop("Volume.commit")
@@ -287,9 +292,10 @@ class VolumeMount:
                     shutil.copy2(self.path / name, target)
                 except FileNotFoundError:
                     continue
+                self._synced[name] = stamp  # what changes after ``now`` was taken goes with the next commit
         for name in set(self._synced) - set(now):
             (self.volume.cloud / name).unlink(missing_ok=True)
-        self._synced = _files(self.path)
+            del self._synced[name]
 
     def read_file(self, path: str):
         """The committed bytes of ``path`` (relative to the Volume's root), in chunks; no reload needed."""
@@ -312,13 +318,13 @@ class VolumeMount:
         with self.volume.lock:
             self._commit()
             cloud = _files(self.volume.cloud)
-            mine = _files(self.path)
             for name, stamp in cloud.items():
-                if mine.get(name) != stamp:
+                if self._synced.get(name) != stamp:
                     target = self.path / name
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(self.volume.cloud / name, target)
-            for name in set(mine) - set(cloud):
+                    self._synced[name] = stamp
+            for name in set(self._synced) - set(cloud):  # committed once, deleted since by another container
                 (self.path / name).unlink(missing_ok=True)
-            self._synced = _files(self.path)
+                del self._synced[name]
             self.volume.reloads += 1
