@@ -202,3 +202,37 @@ def test_asked_for_webgpu_the_page_probes_it_and_separates_with_it_as_the_engine
     # One build downloaded: the WebGPU one (its WASM binary), not the WASM build's binary.
     assert downloaded(requested, "ort-wasm-simd-threaded.asyncify.wasm")
     assert not downloaded(requested, "ort-wasm-simd-threaded.wasm")
+
+
+@needs_runtimes
+def test_offline_without_the_webgpu_build_kept_the_page_separates_with_wasm_and_says_why(
+    exported, open_page, tmp_path
+):
+    """The service worker keeps the build a visit used; offline, WebGPU asked for on a visit that only ever
+    used WASM cannot load its build: the worker says so, and separates with the WASM build it kept."""
+    from service_helpers import running_server, small_settings
+
+    model, device_dir = exported
+    settings = small_settings(tmp_path / "data", device_dir=device_dir, device_only=True, models=("small",))
+    mix = music(1.0)
+    with running_server(settings, None) as server:
+        page = open_page(server=server, expected_errors=("ERR_INTERNET_DISCONNECTED",))
+        wait_js(page, "Boolean(navigator.serviceWorker.controller)", timeout=30)
+        wait_js(page, "window.freestems.device.unavailable() === ''", timeout=30)
+        assert separate(page, "small", mix, "wasm")["info"]["backend"] == "wasm"  # online: WASM kept
+        page.context.set_offline(True)
+        try:
+            page.reload()
+            wait_js(page, "Boolean(window.freestems && window.freestems.ready)")
+            run = separate(page, "small", mix, "webgpu")
+        finally:
+            page.context.set_offline(False)
+    info = run["info"]
+    assert info["backend"] == "wasm" and info["probe"] is None
+    assert info["backend_why"] == (
+        f"WebGPU ({info['adapter']}) is not used: it failed: the in-browser runtime "
+        "(onnxruntime-web, webgpu) cannot be downloaded while this browser is offline "
+        "(it was not kept from an earlier visit)"
+    )
+    assert info["cached"] is True
+    assert min(stem_snrs(model, mix, run["stems"]).values()) >= MIN_SNR_DB

@@ -25,9 +25,12 @@ export async function loadRuntime(build = "wasm") {
   try {
     runtime = await import(new URL(BUILDS[build], VENDOR).href);
   } catch (error) {
-    throw new Error(
-      `the in-browser runtime (onnxruntime-web${build === "wasm" ? "" : `, ${build}`}) is not installed on this server (scripts/fetch_web_deps.sh)`,
-    );
+    const what = `the in-browser runtime (onnxruntime-web${build === "wasm" ? "" : `, ${build}`})`;
+    if (self.navigator.onLine === false) {
+      // the page's service worker keeps what a visit used: offline, a build never used here is not there
+      throw new Error(`${what} cannot be downloaded while this browser is offline (it was not kept from an earlier visit)`);
+    }
+    throw new Error(`${what} is not installed on this server (scripts/fetch_web_deps.sh)`);
   }
   runtime.env.wasm.wasmPaths = VENDOR.href;
   runtime.env.wasm.numThreads = threadCount();
