@@ -53,20 +53,21 @@ RESULTS = Path(__file__).resolve().parent / "results"
 FINISHED = "['result', 'problem'].includes(window.freestems.phase) && window.freestems.phase"
 
 
-def export(model_file: Path, folder: Path) -> tuple[str, float]:
+def export(model_file: Path, folder: Path, int8: bool = False) -> tuple[str, float]:
     """Export the checkpoint into ``folder/<its name>``; its served name and the seconds it took."""
     from freestems import export as exporter
     from freestems.models import load_model
 
     model = load_model(model_file=model_file)
     started = time.perf_counter()
-    exporter.export_model(model, folder / model.name)
+    exporter.export_model(model, folder / model.name, int8=int8)
     return model.name, time.perf_counter() - started
 
 
-def run_once(page: Any, track: Path) -> dict[str, Any]:
+def run_once(page: Any, track: Path, precision: str) -> dict[str, Any]:
     """One separation on the device through the page's form; the page's and the worker's timings."""
     wait_js(page, "window.freestems.device.unavailable() === ''", timeout=60)
+    page.evaluate("(precision) => { window.freestems.device.precision = precision; }", precision)
     advised = "window.freestems.device.advice()"
     wait_js(page, f"{advised}.words !== undefined || {advised}.touched", timeout=60)
     advice = page.evaluate("window.freestems.device.advice()")  # what the page chose for the person
@@ -105,7 +106,7 @@ def python_seconds(track: Path, model_file: Path, out: Path) -> float:
     return round(time.perf_counter() - started, 2)
 
 
-def separate_in_page(url: str, clip: Path, song: Path | None) -> list[dict[str, Any]]:
+def separate_in_page(url: str, clip: Path, song: Path | None, precision: str) -> list[dict[str, Any]]:
     """The clip twice (the second with the network cached), then the song, in one page of Chromium."""
     runs = []
     with chromium() as browser:
@@ -115,7 +116,7 @@ def separate_in_page(url: str, clip: Path, song: Path | None) -> list[dict[str, 
         for track in [clip, clip, *([song] if song else [])]:
             if runs:
                 page.click("#again")
-            runs.append(run_once(page, track))
+            runs.append(run_once(page, track, precision))
     return runs
 
 
@@ -127,13 +128,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=30, help="the clip's length")
     parser.add_argument("--song-seconds", type=int, default=180, help="the song's length (0: no song)")
     parser.add_argument("--log", default=LOG, help="where the server writes its output")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "fp16", "int8"],
+        default="auto",
+        help="the network file the page runs (int8: exported with --int8; results in browser-int8.json)",
+    )
     args = parser.parse_args()
     args.model_config = None  # start_server's: the checkpoint carries its config
 
     with tempfile.TemporaryDirectory(prefix="bench-browser-") as work:
         root = Path(work)
         model_file = random_release_checkpoint(root / f"{args.model}.pt", args.model)
-        name, export_s = export(model_file, root / "device")
+        name, export_s = export(model_file, root / "device", int8=args.precision == "int8")
         clip, song = root / "clip.mp3", root / "song.mp3"
         synthetic_track(clip, args.seconds, seed=1)
         if args.song_seconds:
@@ -141,7 +148,7 @@ def main() -> None:
         os.environ["FREESTEMS_DEVICE_DIR"] = str(root / "device")
         process, url = start_server(args, root / "data", model_file)
         try:
-            runs = separate_in_page(url, clip, song if args.song_seconds else None)
+            runs = separate_in_page(url, clip, song if args.song_seconds else None, args.precision)
         finally:
             process.terminate()
             process.wait(timeout=60)
@@ -171,7 +178,8 @@ def main() -> None:
         "worker": [run["info"] for run in runs],
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "browser.json").write_text(json.dumps(details, indent=2) + "\n")
+    suffix = "" if args.precision == "auto" else f"-{args.precision}"
+    (RESULTS / f"browser{suffix}.json").write_text(json.dumps(details, indent=2) + "\n")
     print(json.dumps(found))
 
 

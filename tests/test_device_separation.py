@@ -402,6 +402,43 @@ def test_a_device_only_server_offers_no_upload_and_the_page_separates_on_the_dev
     assert all(size == 0 for _, _, size, _ in traffic.requests)
 
 
+@needs_runtime
+def test_asked_for_the_int8_file_the_page_separates_with_it_on_wasm(exported, open_page, tmp_path):
+    """The int8 export (its LSTMs in 8 bits) runs in onnxruntime-web's WASM backend, only when asked for
+    (``window.freestems.device.precision``, which bench/bench_browser.py sets): the stems are further from
+    the engine than the 60 dB of the fp32 and fp16 files, and still the same stems."""
+    from service_helpers import running_server, small_settings
+
+    from freestems import export
+
+    model, _ = exported
+    with one_torch_thread():
+        export.export_model(model, tmp_path / "exports" / "small", int8=True)
+    song = tmp_path / "song.mp3"
+    write_test_file(song, "mp3", seconds=3.0, signal=music(3.0))
+    settings = small_settings(
+        tmp_path / "data", device_dir=tmp_path / "exports", device_only=True, models=("small",)
+    )
+    traffic = Traffic()
+    with running_server(settings, None) as server:
+        page = open_page(server=server, before=traffic.watch)
+        page.evaluate("window.freestems.device.precision = 'int8'")
+        assert separate_on_device(page, song) == "result", page.evaluate("window.freestems.problem")
+        run = page.evaluate(LAST_RUN)
+    info = run["info"]
+    assert info["file"] == "network.int8.onnx" and info["backend"] == "wasm"
+    assert info["backend_why"] == "the int8 file runs on WASM only"
+    assert [path.rsplit("/", 1)[1] for path in traffic.paths() if path.endswith(".onnx")] == [
+        "network.int8.onnx"
+    ]
+    mix = _floats(run["input"])
+    with one_torch_thread():
+        expected = engine.separate(mix, model)
+    snrs = {name: snr_db(reference, _floats(run["stems"][name])) for name, reference in expected.items()}
+    print(f"int8 on the device vs engine (dB): {snrs}")
+    assert min(snrs.values()) >= 30, snrs
+
+
 def test_a_device_only_page_whose_browser_cannot_says_why_and_uploads_nothing(exported, open_page, tmp_path):
     from service_helpers import running_server, small_settings
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -142,9 +143,11 @@ def separate_chunk(session, chunk: np.ndarray, manifest: dict, first: bool = Fal
     return np.stack([waveform(planes, manifest, first) for planes in stems])
 
 
-def separate_with_onnx(mix: np.ndarray, folder: Path, manifest: dict) -> dict[str, np.ndarray]:
+def separate_with_onnx(
+    mix: np.ndarray, folder: Path, manifest: dict, precision: str = "fp32"
+) -> dict[str, np.ndarray]:
     """The whole separation, chunk by chunk through ONNX Runtime, as the manifest describes it."""
-    chunking, session = manifest["chunking"], _session(folder, manifest)
+    chunking, session = manifest["chunking"], _session(folder, manifest, precision)
     segment = chunking["segment"]
     mean, std = whole_track_stats(mix, manifest)
     starts = chunk_starts(mix.shape[1], chunking)
@@ -317,6 +320,78 @@ def test_an_fp16_file_that_is_not_faithful_is_not_written(exported, tmp_path, mo
     entry, facts = export._write_fp16(proto, tmp_path / export.FP16_FILE, probe, reference)
     assert entry is None and facts["written"] is False and "under 500 dB" in facts["reason"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_asked_for_the_int8_file_runs_its_lstms_in_8_bits_and_the_manifest_says_how_far_it_is(
+    exported, tmp_path, capsys
+):
+    model, _, plain = exported
+    checkpoint = tmp_path / "small.pt"
+    make_small_checkpoint(checkpoint, seed=3, normalize=True)
+    out = tmp_path / "out"
+    with one_torch_thread():
+        code = main(["export", "--model-file", str(checkpoint), "--spec-norm", "--int8", "-o", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().err
+    assert f"{out / export.INT8_FILE}: int8 LSTMs and linear layers, fp32 elsewhere" in printed
+    manifest = json.loads((out / export.MANIFEST_FILE).read_text())
+    check = manifest["onnx"]["int8"]
+    (entry,) = [f for f in manifest["onnx"]["files"] if f["precision"].startswith("int8")]
+    assert check["written"] is True and check["min_snr_db"] == export.INT8_MIN_SNR_DB
+    assert entry["file"] == export.INT8_FILE and entry["snr_db_vs_fp32"] == check["snr_db"] >= 40
+    data = (out / export.INT8_FILE).read_bytes()
+    assert entry["bytes"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
+    ops = {node.op_type for node in onnx.load(str(out / export.INT8_FILE)).graph.node}
+    assert {"DynamicQuantizeLSTM", "MatMulInteger"} <= ops and "LSTM" not in ops
+    assert plain["onnx"]["int8"] == {"written": False, "min_snr_db": 40.0, "reason": "not asked for"}
+
+    # The page's whole separation with it, and its short first chunk (the frame axis is still dynamic).
+    mix = music(5.0, seed=2).astype(np.float32)
+    with one_torch_thread():
+        expected = engine.separate(mix, model)
+    got = separate_with_onnx(mix, out, manifest, "int8")
+    snrs = {name: snr_db(reference, got[name]) for name, reference in expected.items()}
+    print(f"int8 file vs engine (dB): {snrs}; vs fp32 on the probe: {check['snr_db']}")
+    assert min(snrs.values()) >= 30, snrs
+    chunk = music(manifest["chunking"]["first_chunk"]["segment"] / 44100, seed=4).astype(np.float32)
+    with torch.inference_mode():
+        reference = model.module(torch.from_numpy(chunk)[None])[0].numpy()
+    first = separate_chunk(_session(out, manifest, "int8"), chunk, manifest, first=True)
+    assert first.shape == reference.shape
+    assert min(snr_db(reference[s], first[s]) for s in range(len(first))) >= 30
+
+    # Exported again without it: the int8 file of before goes, so that no manifest vouches for it.
+    with one_torch_thread():
+        assert main(["export", "--model-file", str(checkpoint), "--spec-norm", "-o", str(out)]) == 0
+    assert not (out / export.INT8_FILE).exists()
+
+
+def test_the_page_takes_the_int8_file_only_when_asked_for():
+    fp32 = {"file": "network.fp32.onnx", "precision": "fp32"}
+    fp16 = {"file": "network.fp16.onnx", "precision": "fp16 weights, fp32 arithmetic", "snr_db_vs_fp32": 80}
+    int8 = {"file": "network.int8.onnx", "precision": "int8 LSTMs and linear layers", "snr_db_vs_fp32": 56}
+    files_js = Path(export.__file__).parent / "web" / "static" / "device" / "files.js"
+    script = f"""
+      const files = await import({json.dumps(files_js.as_uri())});
+      const manifest = (list) => ({{onnx: {{files: list}}}});
+      const all = manifest({json.dumps([fp32, fp16, int8])});
+      const picked = ["auto", "fp32", "fp16", "int8"].map((asked) => files.chooseFile(all, asked).file);
+      let refused = "";
+      try {{
+        files.chooseFile(manifest({json.dumps([fp32])}), "int8");
+      }} catch (error) {{
+        refused = error.message;
+      }}
+      process.stdout.write(JSON.stringify({{picked, refused}}));
+    """
+    done = subprocess.run(
+        ["node", "--input-type=module", "-e", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "picked": ["network.fp16.onnx", "network.fp32.onnx", "network.fp16.onnx", "network.int8.onnx"],
+        "refused": "this model's export has no int8 file (freestems export --int8)",
+    }
 
 
 @pytest.mark.parametrize(

@@ -842,6 +842,12 @@ def add_export_parser(commands: Subcommands) -> None:
     export.add_argument("--model-file", type=Path, metavar="F", help="a checkpoint file instead of MODEL")
     export.add_argument("--model-config", type=Path, metavar="C", help="its MSST YAML (or JSON) config")
     export.add_argument("--no-fp16", dest="fp16", action="store_false", help="write the fp32 file only")
+    export.add_argument(
+        "--int8",
+        action="store_true",
+        help="also network.int8.onnx: the LSTMs and linear layers in 8 bits, faster in a browser's WASM and "
+        "less faithful (the manifest says how far from fp32); a page runs it only when asked for",
+    )
     add_weights_arguments(export)
     export.set_defaults(run=run_export)
 
@@ -856,15 +862,16 @@ def run_export(args: argparse.Namespace) -> int:
             check_exportable(args.model)  # before any download
         prepare_folder(args.out)
         model = load_model_from_args(args)
-        manifest = export_model(model, args.out, fp16=args.fp16)
+        manifest = export_model(model, args.out, fp16=args.fp16, int8=args.int8)
     except (ModelError, ExportError) as error:
         return fail(error)
     for entry in manifest["onnx"]["files"]:
         size = entry["bytes"] / 1e6
         print(f"{args.out / entry['file']}: {entry['precision']}, {size:.1f} MB", file=sys.stderr)
-    fp16 = manifest["onnx"]["fp16"]
-    if args.fp16 and not fp16["written"]:
-        print(f"freestems: no fp16 file: {fp16['reason']}", file=sys.stderr)
+    for precision, asked in (("fp16", args.fp16), ("int8", args.int8)):
+        check = manifest["onnx"][precision]
+        if asked and not check["written"]:
+            print(f"freestems: no {precision} file: {check['reason']}", file=sys.stderr)
     print(f"{args.out / 'manifest.json'}: how to run it", file=sys.stderr)
     return 0
 

@@ -9,6 +9,9 @@ normalisation), read from the model and the engine wherever they say it, plus ea
 Every file is checked before it is written: the fp32 network must give torch's output on a probe chunk, and
 the fp16 one (weights stored as fp16, cast back to fp32 when loaded: half the download) is written only
 where its output stays within :data:`FP16_MIN_SNR_DB` of the fp32 one; the manifest says which and why.
+Asked for (``int8=True``), an int8 file is written too: its LSTMs (most of a chunk's time in a browser's
+WASM) and linear layers in 8 bits (ONNX Runtime's dynamic quantisation), with how far its output is from the
+fp32 one's; how faithful it is with trained weights is not known, so a page runs it only when asked for.
 The manifest also carries a faithfulness probe for another runtime (``probe``: an input any language makes
 bit for bit from a seed, and a fingerprint of the fp32 network's output for it, :func:`_probe_facts`): the
 page runs it before it trusts a backend such as WebGPU with the network.
@@ -55,10 +58,15 @@ OPSET = 20
 FP16_MIN_SNR_DB = 60.0
 """The fp16 file is written only if its output is at least this close to the fp32 file's (dB, every stem)."""
 
+INT8_MIN_SNR_DB = 40.0
+"""The int8 file is written only if its output is at least this close to the fp32 file's (dB, every stem): a
+sanity floor, not faithfulness (the release model's seeded weights give about 56 dB on the probe chunk)."""
+
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 FP32_FILE = "network.fp32.onnx"
 FP16_FILE = "network.fp16.onnx"
+INT8_FILE = "network.int8.onnx"
 INPUT_NAME = "spectrogram"
 OUTPUT_NAME = "stems"
 EXPORTABLE = EXPORTABLE_FAMILIES
@@ -122,8 +130,11 @@ def prepare_folder(out_dir: str | os.PathLike[str]) -> Path:
     return folder
 
 
-def export_model(model: LoadedModel, out_dir: str | os.PathLike[str], *, fp16: bool = True) -> dict[str, Any]:
-    """Write ``model``'s network as ONNX (fp32, and fp16 where faithful) and ``manifest.json`` in ``out_dir``.
+def export_model(
+    model: LoadedModel, out_dir: str | os.PathLike[str], *, fp16: bool = True, int8: bool = False
+) -> dict[str, Any]:
+    """Write ``model``'s network as ONNX (fp32, fp16 where faithful, int8 LSTMs if ``int8``) and
+    ``manifest.json`` in ``out_dir``.
 
     The model must be on the CPU. ONNX Runtime uses as many threads as torch (``torch.get_num_threads()``).
     Returns the manifest.
@@ -144,7 +155,12 @@ def export_model(model: LoadedModel, out_dir: str | os.PathLike[str], *, fp16: b
     if fp16:
         entry, fp16_facts = _write_fp16(proto, folder / FP16_FILE, probe.numpy(), reference)
         files += [entry] if entry else []
-    manifest = _manifest(model, scnet, proto, files, fp16_facts)
+    int8_facts: dict[str, Any] = {"written": False, "min_snr_db": INT8_MIN_SNR_DB, "reason": "not asked for"}
+    (folder / INT8_FILE).unlink(missing_ok=True)
+    if int8:
+        entry, int8_facts = _write_int8(folder / FP32_FILE, folder / INT8_FILE, probe.numpy(), reference)
+        files += [entry] if entry else []
+    manifest = _manifest(model, scnet, proto, files, {"fp16": fp16_facts, "int8": int8_facts})
     # A first chunk's shape: a quarter of a whole chunk's work for the page that checks a backend with it.
     manifest["probe"] = _probe_facts(folder / FP32_FILE, list(short.shape), len(model.sources))
     with atomic_path(folder / MANIFEST_FILE) as temp:
@@ -340,23 +356,67 @@ def _write_fp16(
     proto: onnx.ModelProto, path: Path, probe: np.ndarray, reference: np.ndarray
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """Write the fp16-weights file if its output is faithful; its entry (or None) and what was measured."""
-    facts: dict[str, Any] = {"written": False, "min_snr_db": FP16_MIN_SNR_DB}
     temp = temp_path(path)
     try:
         _save(_rewrite_constants(proto, _fp16_stored), temp)
-        output = _run(temp, probe)
-        snr = min(_snr_db(reference[:, s], output[:, s]) for s in range(reference.shape[1]))
-        facts["snr_db"] = round(snr, 2) if math.isfinite(snr) else None  # JSON has no NaN or infinity
-        if math.isnan(snr):
-            facts["reason"] = "its output is not finite"
-            return None, facts
-        if snr < FP16_MIN_SNR_DB:
-            facts["reason"] = f"its output is {snr:.1f} dB from the fp32 file's, under {FP16_MIN_SNR_DB:g} dB"
-            return None, facts
-        entry = _file_entry(temp, path.name, "fp16 weights, fp32 arithmetic")
-        os.replace(temp, path)
+        return _keep_if_close(temp, path, "fp16 weights, fp32 arithmetic", probe, reference, FP16_MIN_SNR_DB)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _write_int8(
+    fp32: Path, path: Path, probe: np.ndarray, reference: np.ndarray
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Write the file whose LSTMs and linear layers run in 8 bits if its output is within
+    :data:`INT8_MIN_SNR_DB` of the fp32 file's; its entry (or None) and what was measured.
+
+    ONNX Runtime's dynamic quantisation: the weights stored as int8, the inputs quantised at each run
+    (``DynamicQuantizeLSTM`` and ``MatMulInteger``, which onnxruntime-web's WASM backend runs; WebGPU does
+    not). The time axis's DFT matrices are made from the frame count, so they stay fp32. The quantiser needs
+    the weights as constants, and the export makes the LSTMs' with nodes (the gates reordered), so ONNX
+    Runtime's basic optimisations fold them first."""
+    import onnxruntime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folded, temp = temp_path(path.with_suffix(".folded")), temp_path(path)
+    try:
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(folded)
+        options.log_severity_level = 3
+        onnxruntime.InferenceSession(str(fp32), options, providers=["CPUExecutionProvider"])
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantiser's advice to pre-process first, for static quantisation
+        try:
+            kinds = ["LSTM", "MatMul"]
+            quantize_dynamic(folded, temp, weight_type=QuantType.QInt8, op_types_to_quantize=kinds)
+        finally:
+            root.setLevel(level)
+        precision = "int8 LSTMs and linear layers, fp32 elsewhere"
+        return _keep_if_close(temp, path, precision, probe, reference, INT8_MIN_SNR_DB)
+    finally:
+        folded.unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
+
+
+def _keep_if_close(
+    temp: Path, path: Path, precision: str, probe: np.ndarray, reference: np.ndarray, minimum: float
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Move ``temp`` to ``path`` if its output for ``probe`` is within ``minimum`` dB of the fp32 file's
+    (``reference``) for every stem; its entry (or None) and what was measured."""
+    facts: dict[str, Any] = {"written": False, "min_snr_db": minimum}
+    output = _run(temp, probe)
+    snr = min(_snr_db(reference[:, s], output[:, s]) for s in range(reference.shape[1]))
+    facts["snr_db"] = round(snr, 2) if math.isfinite(snr) else None  # JSON has no NaN or infinity
+    if math.isnan(snr):
+        facts["reason"] = "its output is not finite"
+        return None, facts
+    if snr < minimum:
+        facts["reason"] = f"its output is {snr:.1f} dB from the fp32 file's, under {minimum:g} dB"
+        return None, facts
+    entry = _file_entry(temp, path.name, precision)
+    os.replace(temp, path)
     facts["written"] = True
     entry["snr_db_vs_fp32"] = facts["snr_db"]
     return entry, facts
@@ -535,7 +595,7 @@ def _manifest(
     scnet: SCNet,
     proto: onnx.ModelProto,
     files: list[dict[str, Any]],
-    fp16: dict[str, Any],
+    checks: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     import onnx
     import onnxscript
@@ -555,7 +615,7 @@ def _manifest(
         "chunking": _chunking_facts(model, scnet),
         "stft": _stft_facts(scnet, model.segment),
         "tensors": _tensor_facts(input_shape, output_shape),
-        "onnx": {"opset": OPSET, "files": files, "fp16": fp16},
+        "onnx": {"opset": OPSET, "files": files, **checks},
         "exported_by": {
             "freestems": __version__,
             "torch": torch.__version__,

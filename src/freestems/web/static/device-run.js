@@ -128,6 +128,7 @@ export function createDevice({ screens, messages, song, player, log, present, pr
         model: options.model,
         channels,
         twoStems: options.twoStems || null,
+        precision: view.precision,
         keep: view.keep,
         signal: mine.signal,
         on: (message) => {
@@ -175,6 +176,7 @@ export function createDevice({ screens, messages, song, player, log, present, pr
   /** For tests (window.freestems.device): the last run's facts (and floats, with `keep`); why it cannot run. */
   const view = {
     keep: false, // keep the last run's floats (the song's decoded samples and the stems)
+    precision: "auto", // which network file a run takes (device/files.js chooseFile); benches try "int8"
     last: () => last,
     unavailable: choice.unavailable,
     advice: choice.advice,

@@ -11,9 +11,18 @@ export const CACHE_NAME = "freestems-device-models";
 // fp16 weights 66 dB from fp32 the page stays 60 dB from the Python engine even then (the noises add).
 export const FP16_AUTO_MIN_SNR_DB = 66;
 
-/** The file of `manifest` a page runs for `precision` ("auto", "fp16" or "fp32"): its entry. */
+/**
+ * The file of `manifest` a page runs for `precision` ("auto", "fp16", "fp32" or "int8"): its entry. "auto"
+ * never takes the int8 file (its LSTMs in 8 bits: faster, and further from the Python engine than the
+ * page's 60 dB); asked for where the export has none, it is an error.
+ */
 export function chooseFile(manifest, precision) {
   const files = manifest.onnx.files;
+  if (precision === "int8") {
+    const int8 = files.find((entry) => entry.precision.startsWith("int8"));
+    if (!int8) throw new Error("this model's export has no int8 file (freestems export --int8)");
+    return int8;
+  }
   const fp16 = files.find((entry) => entry.precision.startsWith("fp16"));
   const fp32 = files.find((entry) => entry.precision === "fp32");
   if (precision === "fp16" && fp16) return fp16;

@@ -34,7 +34,9 @@ async function openSession(manifest, manifestUrl, precision, backend = "auto") {
     ort = session.runtime;
     return { ...session.facts, session: session.session, cached: true, entry };
   }
-  const plan = await webgpuPlan(backend, manifest);
+  // The int8 file's quantised LSTMs are kernels of onnxruntime's CPU backend only.
+  const int8 = entry.precision.startsWith("int8");
+  const plan = int8 ? { why: "the int8 file runs on WASM only" } : await webgpuPlan(backend, manifest);
   post({ type: "status", stage: "model", words: "Loading the model…" });
   // The hash-named URL where the server gives one (cached for good), else the file beside the manifest.
   const stable = new URL(entry.file, manifestUrl).href;
